@@ -1,0 +1,353 @@
+"""The `batchrelay` command line. Domain errors become one-line messages, never tracebacks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from redis.asyncio import Redis
+
+from .config import Settings, load_settings
+from .connection import DEFAULT_URL, connect
+from .errors import BatchrelayError
+from .keys import Keys
+from .store import BatchInfo, Store
+
+T = TypeVar("T")
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+EXIT_FAILED_LINES = 3
+
+
+def _run(coro: Awaitable[T]) -> T:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.find_object(dict)["settings"]  # type: ignore[index,no-any-return]
+
+
+def handles_errors(f: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except BatchrelayError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+@contextlib.asynccontextmanager
+async def _store(settings: Settings) -> Any:
+    redis: Redis = await connect(settings.redis_url or DEFAULT_URL)
+    try:
+        yield Store(redis, Keys(settings.redis.prefix))
+    finally:
+        await redis.aclose()
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), envvar="BATCHRELAY_CONFIG",
+              help="Config file (default: ./batchrelay.toml if present).")
+@click.version_option(package_name="batchrelay")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """Run JSONL batches of LLM requests on cheap, unreliable providers.
+
+    \b
+    Quick start (embedded Redis + built-in provider simulator, no setup):
+      batchrelay run examples/requests.jsonl -o results.jsonl
+      batchrelay demo
+    \b
+    With a Redis and worker processes:
+      export REDIS_URL=redis://127.0.0.1:6379/0
+      batchrelay submit requests.jsonl          # prints the batch id
+      batchrelay worker --burst &               # as many as you like, on any machine
+      batchrelay results BATCH -o results.jsonl --wait
+    """
+    ctx.ensure_object(dict)
+    try:
+        ctx.obj["settings"] = load_settings(config_path)
+    except BatchrelayError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(e.exit_code)
+
+
+endpoint_option = click.option(
+    "--endpoint", type=click.Choice(["chat", "messages"]), default="chat", show_default=True,
+    help="Dialect of bare request bodies (batch-format lines say their own).")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Results JSONL (successes, in input order).")
+@click.option("--errors", type=click.Path(dir_okay=False, path_type=Path),
+              help="Errors JSONL (default: OUTPUT with .errors.jsonl).")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker processes (1 = in this process).")
+@endpoint_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+@handles_errors
+def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers: int, endpoint: str,
+        as_json: bool) -> None:
+    """Submit FILE, work it here, and write the results: all in one process.
+
+    Uses REDIS_URL when set, else an embedded redis-server; uses the configured providers, else
+    the built-in simulator. Exit status: 0 all lines succeeded, 3 some lines failed, 2 bad usage.
+
+    \b
+    Examples:
+      batchrelay run examples/requests.jsonl -o results.jsonl
+      batchrelay -c batchrelay.toml run big.jsonl -o out.jsonl --workers 2
+    """
+    from .runner import environment, run_file
+
+    with environment(_settings(ctx)) as (settings, url):
+        report = _run(run_file(settings, url, file, out, errors, workers=workers,
+                               default_dialect=endpoint, show=not as_json))  # type: ignore[arg-type]
+    _report(report, as_json)
+    sys.exit(report.exit_code)
+
+
+def _report(report: Any, as_json: bool) -> None:
+    if as_json:
+        _emit_json(report.as_dict())
+        return
+    b: BatchInfo = report.batch
+    click.echo(f"{b.id}: {b.status} in {report.seconds:.1f}s: {b.succeeded} succeeded, {b.failed} failed, "
+               f"{b.invalid} invalid of {b.total} lines")
+    click.echo(f"results: {report.exported.results_path} ({report.exported.results} lines)")
+    if report.exported.errors:
+        click.echo(f"errors:  {report.exported.errors_path} ({report.exported.errors} lines)")
+
+
+@cli.command()
+@click.option("--lines", type=click.IntRange(1, 100_000), default=200, show_default=True)
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("demo-results.jsonl"), show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+@handles_errors
+def demo(ctx: click.Context, lines: int, out: Path, as_json: bool) -> None:
+    """A no-setup tour: embedded Redis, two simulated providers (one flaky), a sample batch.
+
+    Writes demo-input.jsonl (with a few deliberately bad lines), runs it, and writes the
+    results and errors files. The flaky provider fails 20 % of calls with 503 and answers
+    its first calls with 429 and 402, so the attempts in the results show the failover.
+    """
+    from .demo import DEMO_PROVIDERS, write_sample
+    from .runner import environment, run_file
+
+    sample = write_sample(out.with_name("demo-input.jsonl"), lines)
+    settings = _settings(ctx).with_providers([])
+    with environment(settings, DEMO_PROVIDERS) as (settings, url):
+        report = _run(run_file(settings, url, sample, out, None, show=not as_json))
+    _report(report, as_json)
+    if not as_json:
+        click.echo(f"input:   {sample} (the demo plants bad lines on purpose)")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", help="A name for the batch (default: the file name).")
+@endpoint_option
+@click.option("--json", "as_json", is_flag=True, help="Print the submission as JSON.")
+@click.pass_context
+@handles_errors
+def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, as_json: bool) -> None:
+    """Queue FILE as a new batch in Redis and print its id.
+
+    Each line is an OpenAI Batch line, an Anthropic Message Batches line, or a bare request
+    body; bad lines become error records with their line number and the rest runs.
+
+    \b
+    Example:
+      BATCH=$(batchrelay submit requests.jsonl)
+      batchrelay status $BATCH --watch
+    """
+    from .submit import submit_file
+
+    settings = _settings(ctx)
+
+    async def go() -> Any:
+        async with _store(settings) as store:
+            return await submit_file(store, file, name=name, default_dialect=endpoint,
+                                     chunk_size=settings.worker.chunk_size)
+
+    res = _run(go())
+    if as_json:
+        _emit_json({"id": res.batch_id, "lines": res.total, "valid": res.valid, "invalid": res.invalid})
+    else:
+        click.echo(res.batch_id)
+        if res.invalid:
+            click.echo(f"{res.invalid} of {res.total} lines are invalid (see the errors file of `results`)", err=True)
+
+
+@cli.command()
+@click.option("--concurrency", type=click.IntRange(1, 4096), help="Lines in flight in this process.")
+@click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
+@click.option("--quiet", is_flag=True, help="Log warnings only.")
+@click.pass_context
+@handles_errors
+def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool) -> None:
+    """Work queued batches: start as many as you like, on any machine sharing the Redis.
+
+    \b
+    Examples:
+      batchrelay worker --concurrency 64
+      batchrelay worker --burst          # for cron or CI: stop when nothing is queued
+    """
+    from .worker import build_worker, run_worker
+
+    settings = _settings(ctx)
+    if concurrency:
+        settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"concurrency": concurrency})})
+    if not settings.providers:
+        raise click.UsageError("no [[providers]] configured: a worker needs at least one (see README)")
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    async def go() -> None:
+        url = settings.redis_url or DEFAULT_URL
+        await (await connect(url)).aclose()  # a clear error now beats arq's retry loop
+        await run_worker(build_worker(settings, url, burst=burst))
+
+    _run(go())
+
+
+@cli.command()
+@click.argument("batch")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--watch", is_flag=True, help="Show a progress bar until the batch finishes.")
+@click.pass_context
+@handles_errors
+def status(ctx: click.Context, batch: str, as_json: bool, watch: bool) -> None:
+    """Show a batch's status and counts.
+
+    \b
+    Examples:
+      batchrelay status batch_0123abcd
+      batchrelay status batch_0123abcd --watch
+    """
+    from .progress import watch as watch_batch
+
+    async def go() -> BatchInfo:
+        async with _store(_settings(ctx)) as store:
+            if watch:
+                return await watch_batch(store, batch, show=True)
+            return await store.info(batch)
+
+    info = _run(go())
+    if as_json:
+        _emit_json(info.as_dict())
+        return
+    c = info.as_dict()["counts"]
+    click.echo(f"{info.id}  {info.status}  {info.name}")
+    click.echo("  " + "  ".join(f"{k}={v}" for k, v in c.items()))
+
+
+@cli.command()
+@click.argument("batch")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--errors", type=click.Path(dir_okay=False, path_type=Path),
+              help="Errors JSONL (default: OUTPUT with .errors.jsonl).")
+@click.option("--wait", is_flag=True, help="Wait for the batch to finish first.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@click.pass_context
+@handles_errors
+def results(ctx: click.Context, batch: str, out: Path, errors: Path | None, wait: bool, as_json: bool) -> None:
+    """Write a batch's results in input order (successes to OUTPUT, failures to the errors file).
+
+    Exit status 3 when the batch has failed or invalid lines.
+
+    \b
+    Example:
+      batchrelay results batch_0123abcd -o results.jsonl --wait
+    """
+    from .export import export
+    from .progress import watch as watch_batch
+
+    async def go() -> tuple[BatchInfo, Any]:
+        async with _store(_settings(ctx)) as store:
+            info = await (watch_batch(store, batch, show=not as_json) if wait else store.info(batch))
+            return info, await export(store, batch, out, errors)
+
+    info, exported = _run(go())
+    if as_json:
+        _emit_json({**info.as_dict(), "results_file": str(exported.results_path), "results": exported.results,
+                    "errors_file": str(exported.errors_path), "errors": exported.errors})
+    else:
+        if not info.finished:
+            click.echo(f"note: {info.id} is {info.status}; {info.pending} lines have no result yet", err=True)
+        click.echo(f"{exported.results} results -> {exported.results_path}; {exported.errors} errors -> {exported.errors_path}")
+    sys.exit(EXIT_FAILED_LINES if info.failed or info.invalid else 0)
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@click.pass_context
+@handles_errors
+def batches(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """List batches, newest first."""
+    from rich.console import Console
+    from rich.table import Table
+
+    async def go() -> list[BatchInfo]:
+        async with _store(_settings(ctx)) as store:
+            return await store.list_batches(limit)
+
+    items = _run(go())
+    if as_json:
+        _emit_json([b.as_dict() for b in items])
+        return
+    table = Table("id", "name", "status", "total", "succeeded", "failed", "invalid", "pending")
+    for b in items:
+        table.add_row(b.id, b.name, b.status, *(str(x) for x in (b.total, b.succeeded, b.failed, b.invalid, b.pending)))
+    Console().print(table)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8787, show_default=True)
+@click.option("--latency-ms", type=float, default=0.0, show_default=True)
+@click.option("--fail-status", type=int, help="Answer every call with this status.")
+@click.option("--fail-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction of calls that fail.")
+@click.option("--fail-rate-status", type=int, default=500, show_default=True)
+@click.option("--retry-after", type=float, help="Retry-After seconds on 429/503.")
+@click.option("--fail-after", type=int, help="402 insufficient quota after this many calls.")
+@click.option("--malformed-rate", type=click.FloatRange(0, 1), default=0.0)
+@click.option("--hang-rate", type=click.FloatRange(0, 1), default=0.0)
+@click.option("--seed", type=int, default=0, show_default=True)
+def simulate(host: str, port: int, **faults: Any) -> None:
+    """Serve a fake OpenAI/Anthropic-compatible provider on 127.0.0.1 (for demos and tests).
+
+    \b
+    Examples:
+      batchrelay simulate --port 8787
+      batchrelay simulate --port 8788 --fail-rate 0.2 --fail-rate-status 503 --retry-after 1
+    """
+    from .simulator import SimConfig, serve
+
+    serve(SimConfig(**{k: v for k, v in faults.items() if v is not None}), host=host, port=port)
+
+
+def main() -> None:
+    cli(prog_name="batchrelay")
+

@@ -1,0 +1,166 @@
+"""batchrelay.toml: Redis, worker tuning and the providers.
+
+Lookup order: `-c/--config`, then `BATCHRELAY_CONFIG`, then `./batchrelay.toml`, else defaults.
+`REDIS_URL` in the environment wins over `[redis] url`. API keys are never in this file: each
+provider names the environment variable that holds its key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .keys import DEFAULT_PREFIX
+
+Dialect = Literal["chat", "messages"]
+AuthStyle = Literal["bearer", "tt-api-key", "x-api-key"]
+DIALECTS: tuple[Dialect, ...] = ("chat", "messages")
+DEFAULT_PATHS: dict[Dialect, str] = {"chat": "/v1/chat/completions", "messages": "/v1/messages"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderConfig(_Strict):
+    name: str = Field(min_length=1)
+    base_url: str
+    api_key_env: str | None = None
+    auth: AuthStyle = "bearer"
+    dialects: tuple[Dialect, ...] = DIALECTS
+    endpoints: dict[Dialect, str] = Field(default_factory=dict)
+    priority: int = 100
+    models: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+    anthropic_version: str = "2023-06-01"
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+    @field_validator("endpoints")
+    @classmethod
+    def _paths(cls, v: dict[Dialect, str]) -> dict[Dialect, str]:
+        for dialect, path in v.items():
+            if not path.startswith("/"):
+                raise ValueError(f"{dialect} path must start with '/'")
+        return v
+
+    def path(self, dialect: Dialect) -> str:
+        return self.endpoints.get(dialect, DEFAULT_PATHS[dialect])
+
+    def speaks(self, dialect: Dialect) -> bool:
+        return dialect in self.dialects
+
+    def provider_model(self, model: str) -> str:
+        return self.models.get(model, model)
+
+    def api_key(self) -> str | None:
+        """The key from the environment, read at call time so it never sits in config dumps."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class RedisConfig(_Strict):
+    url: str | None = None
+    prefix: str = DEFAULT_PREFIX
+
+
+class WorkerConfig(_Strict):
+    concurrency: int = Field(default=32, ge=1, le=4096)
+    chunk_size: int = Field(default=50, ge=1, le=10_000)
+    call_timeout: float = Field(default=120.0, gt=0)
+    attempts_per_provider: int = Field(default=2, ge=1, le=10)
+    backoff: float = Field(default=0.5, ge=0)
+    max_tries: int = Field(default=25, ge=1)
+    connections_per_client: int = Field(default=16, ge=1, le=256)
+    # arq's limit for one chunk job; a SIGKILLed worker's chunk reruns this long (+10 s) later.
+    # The chunk stops itself before it and requeues its unfinished lines (arq would drop them).
+    job_timeout: float = Field(default=600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _deadlines(self) -> WorkerConfig:
+        if self.call_timeout >= self.job_timeout:
+            raise ValueError("call_timeout must be below job_timeout")
+        return self
+
+    @property
+    def chunk_deadline(self) -> float:
+        return max(self.job_timeout * 0.9, self.job_timeout - 30)
+
+
+class Settings(_Strict):
+    redis: RedisConfig = RedisConfig()
+    worker: WorkerConfig = WorkerConfig()
+    providers: tuple[ProviderConfig, ...] = ()
+    source: str | None = None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        names = [p.name for p in self.providers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"provider names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    @property
+    def redis_url(self) -> str | None:
+        return os.environ.get("REDIS_URL") or self.redis.url
+
+    def ordered_providers(self) -> list[ProviderConfig]:
+        return sorted(self.providers, key=lambda p: p.priority)
+
+    def with_providers(self, providers: list[ProviderConfig]) -> Settings:
+        return self.model_copy(update={"providers": tuple(providers)})
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def parse_settings(data: dict[str, Any], source: str = "<config>") -> Settings:
+    try:
+        return Settings.model_validate({**data, "source": source})
+    except ValidationError as e:
+        problems = "; ".join(f"{_where(err['loc'])}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def _decode(raw: bytes, p: Path) -> dict[str, Any]:
+    text = raw.decode("utf-8")
+    if p.suffix == ".json":  # what `run` hands its worker processes
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("top level must be an object")
+        return data
+    return tomllib.loads(text)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    chosen = path or os.environ.get("BATCHRELAY_CONFIG")
+    if chosen is None:
+        default = Path("batchrelay.toml")
+        if not default.exists():
+            return Settings()
+        chosen = default
+    p = Path(chosen)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
+    try:
+        data = _decode(raw, p)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'TOML'}: {e}") from None
+    return parse_settings(data, str(p))

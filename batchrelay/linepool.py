@@ -1,0 +1,67 @@
+"""A fixed set of consumer coroutines fed through one asyncio.Queue.
+
+Chunk jobs put their lines here and wait for them; a fixed pool used ~40 % less CPU than one task
+per line under gather + Semaphore (design.md §3a), and bounds in-flight provider calls exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+Handler = Callable[[int, T], Awaitable[None]]
+
+
+class LinePool(Generic[T]):
+    def __init__(self, size: int, handler: Handler[T]) -> None:
+        self.size = size
+        self._handler = handler
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[None]]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.busy = 0
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._consume(i), name=f"line-consumer-{i}") for i in range(self.size)]
+
+    async def run(self, items: Iterable[T]) -> None:
+        """Process every item; raises the first handler error after all items settled."""
+        loop = asyncio.get_running_loop()
+        futures = []
+        for item in items:
+            fut: asyncio.Future[None] = loop.create_future()
+            self._queue.put_nowait((item, fut))
+            futures.append(fut)
+        try:
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        except asyncio.CancelledError:
+            for f in futures:
+                f.cancel()  # queued items of a cancelled chunk are skipped by the consumers
+            raise
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
+    async def _consume(self, index: int) -> None:
+        while True:
+            item, fut = await self._queue.get()
+            if fut.done():
+                continue
+            self.busy += 1
+            try:
+                await self._handler(index, item)
+            except Exception as e:
+                if not fut.done():
+                    fut.set_exception(e)
+            else:
+                if not fut.done():
+                    fut.set_result(None)
+            finally:
+                self.busy -= 1
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []

@@ -1,0 +1,118 @@
+"""`run` and `demo`: submit, work in-process (or in N worker processes), watch, export."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Dialect, ProviderConfig, Settings
+from .connection import connect
+from .embedded import EmbeddedRedis
+from .errors import BatchrelayError
+from .export import Exported, export
+from .keys import Keys
+from .progress import watch
+from .simproc import SimulatorProcess
+from .store import BatchInfo, Store
+from .submit import submit_file
+from .sweeper import requeue_pending
+from .worker import build_worker, run_worker
+
+MAX_REQUEUE_ROUNDS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    batch: BatchInfo
+    exported: Exported
+    seconds: float
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.batch.failed == 0 and self.batch.invalid == 0 else 3
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.batch.as_dict(), "seconds": round(self.seconds, 3),
+                "results_file": str(self.exported.results_path), "errors_file": str(self.exported.errors_path)}
+
+
+@contextlib.contextmanager
+def environment(settings: Settings, sim_providers: dict[str, dict[str, Any]] | None = None) -> Iterator[tuple[Settings, str]]:
+    """Redis (REDIS_URL or an embedded one) and providers (configured, or built-in simulators)."""
+    with contextlib.ExitStack() as stack:
+        url = settings.redis_url or stack.enter_context(EmbeddedRedis())
+        if not settings.providers:
+            sims = sim_providers or {"simulator": {}}
+            providers = []
+            for priority, (name, faults) in enumerate(sims.items(), start=1):
+                base = stack.enter_context(SimulatorProcess(faults))
+                providers.append(ProviderConfig(name=name, base_url=base, priority=priority))
+            settings = settings.with_providers(providers)
+        yield settings, url
+
+
+@contextlib.contextmanager
+def _worker_processes(settings: Settings, url: str, n: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    with tempfile.TemporaryDirectory(prefix="batchrelay-") as tmp:
+        cfg = Path(tmp) / "config.json"  # env var names only: no secret is written here
+        cfg.write_text(json.dumps(settings.model_dump(mode="json", exclude={"source"})))
+        env = {**os.environ, "BATCHRELAY_CONFIG": str(cfg), "REDIS_URL": url}
+        procs = [subprocess.Popen([sys.executable, "-m", "batchrelay", "worker", "--burst", "--quiet"], env=env)
+                 for _ in range(n)]
+        try:
+            yield procs
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+            for p in procs:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+async def _work(settings: Settings, url: str, store: Store, batch_id: str, workers: int, show: bool) -> BatchInfo:
+    for _round in range(MAX_REQUEUE_ROUNDS + 1):
+        if workers <= 1:
+            task = asyncio.create_task(run_worker(build_worker(settings, url, burst=True, handle_signals=False)))
+            info = await watch(store, batch_id, show=show, until_done=lambda: task.done())
+            if task.done() and task.exception():
+                raise task.exception()  # type: ignore[misc]
+            await task
+        else:
+            with _worker_processes(settings, url, workers) as procs:
+                info = await watch(store, batch_id, show=show, until_done=lambda: all(p.poll() is not None for p in procs))
+                while any(p.poll() is None for p in procs):
+                    await asyncio.sleep(0.05)
+        if info.finished:
+            return info
+        # workers left with lines pending: arq dropped a chunk; put it back and go again
+        await requeue_pending(store, batch_id)
+    raise BatchrelayError(f"batch {batch_id} still has {info.pending} pending lines after {MAX_REQUEUE_ROUNDS} requeues")
+
+
+async def run_file(
+    settings: Settings, url: str, path: Path, out: Path, errors: Path | None, *,
+    workers: int = 1, default_dialect: Dialect = "chat", show: bool = True,
+) -> RunReport:
+    started = time.perf_counter()
+    redis = await connect(url)
+    try:
+        store = Store(redis, Keys(settings.redis.prefix))
+        sub = await submit_file(store, path, default_dialect=default_dialect, chunk_size=settings.worker.chunk_size)
+        info = await _work(settings, url, store, sub.batch_id, workers, show)
+        exported = await export(store, sub.batch_id, out, errors)
+    finally:
+        await redis.aclose()
+    return RunReport(info, exported, time.perf_counter() - started)

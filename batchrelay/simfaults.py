@@ -1,0 +1,296 @@
+"""Pure logic of the provider simulator: which fault a call gets, what the answer says, what it costs.
+
+No IO here, so every rule is table-testable; `simulator.py` is the HTTP edge around it. The hot path
+(one call = `decide` + `answer_body` or `error_body`) touches no pydantic validation: the config is
+validated once when it is set, and per call only its attributes are read.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+Dialect = Literal["chat", "messages"]
+Kind = Literal["answer", "error", "malformed", "hang"]
+
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+# 0 and 200 mean "answer normally" (so a script can mix normal calls with faults).
+Status = Annotated[int, Field(ge=0, le=599)]
+
+SIM_MODEL = "sim-1"
+# Statuses a provider sends Retry-After with; 529 is Anthropic's "overloaded".
+RETRY_AFTER_STATUSES = frozenset({429, 503, 529})
+NORMAL = frozenset({0, 200})
+
+
+class SimConfig(BaseModel):
+    """How the simulated provider misbehaves. Every field has a harmless default.
+
+    Per call, the first rule that applies wins: `script` (the first len(script) calls answer these
+    statuses in order), `fail_status` (every call), `fail_after` (402 once that many calls were
+    answered), then one seeded draw split into `fail_rate` / `malformed_rate` / `hang_rate`.
+    `latency_ms` delays every provider answer; `retry_after` goes on 429/503/529 answers.
+    """
+
+    # Typos in a fault name must fail loudly, or a test would silently run with no fault at all.
+    model_config = ConfigDict(extra="forbid")
+
+    latency_ms: Annotated[float, Field(ge=0.0)] = 0.0
+    seed: int = 0
+    fail_status: Status | None = None
+    fail_rate: Rate = 0.0
+    fail_rate_status: Status = 500
+    retry_after: Annotated[float, Field(ge=0.0)] | None = None
+    script: list[Status] = Field(default_factory=list)
+    fail_after: Annotated[int, Field(ge=0)] | None = None
+    malformed_rate: Rate = 0.0
+    hang_rate: Rate = 0.0
+    hang_seconds: Annotated[float, Field(ge=0.0)] = 30.0
+    api_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    kind: Kind
+    status: int
+
+
+ANSWER = Outcome("answer", 200)
+MALFORMED = Outcome("malformed", 200)
+HANG = Outcome("hang", 200)
+
+
+@dataclass(slots=True)
+class FaultState:
+    """What `decide` remembers between calls: script position, successes so far, the seeded RNG."""
+
+    seed: int = 0
+    script_pos: int = 0
+    successes: int = 0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self.rng.seed(self.seed)
+
+    def reset(self, seed: int) -> None:
+        self.seed, self.script_pos, self.successes = seed, 0, 0
+        self.rng.seed(seed)
+
+
+def decide(config: SimConfig, state: FaultState) -> Outcome:
+    """The fate of the next call. Precedence: script, fail_status, fail_after, then the random rates."""
+    # Exactly one draw per call, whatever decides it, so call i's random fate depends only on the
+    # seed and i: editing the script or a rate mid-run does not reshuffle the calls after it.
+    roll = state.rng.random()
+    if state.script_pos < len(config.script):
+        status = config.script[state.script_pos]
+        state.script_pos += 1
+        return _answer(state) if status in NORMAL else Outcome("error", status)
+    if config.fail_status is not None:
+        return _answer(state) if config.fail_status in NORMAL else Outcome("error", config.fail_status)
+    if config.fail_after is not None and state.successes >= config.fail_after:
+        return Outcome("error", 402)
+    # The rates partition [0, 1), so each is exactly "that fraction of calls" while their sum <= 1.
+    if roll < config.fail_rate:
+        status = config.fail_rate_status
+        return _answer(state) if status in NORMAL else Outcome("error", status)
+    roll -= config.fail_rate
+    if roll < config.malformed_rate:
+        return MALFORMED
+    roll -= config.malformed_rate
+    if roll < config.hang_rate:
+        _answer(state)
+        return HANG
+    return _answer(state)
+
+
+def _answer(state: FaultState) -> Outcome:
+    # Only real answers spend the simulated credit that fail_after counts down.
+    state.successes += 1
+    return ANSWER
+
+
+def key_matches(
+    api_key: str, authorization: str | None, x_api_key: str | None, tt_api_key: str | None
+) -> bool:
+    """True when any of the three header styles the seed providers use carries the key."""
+    return authorization == f"Bearer {api_key}" or api_key in (x_api_key, tt_api_key)
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int  # bool is an int subclass, and `true` is not a token count
+
+
+def invalid_reason(dialect: Dialect, body: Any) -> str | None:
+    """Why the body is not a request this dialect accepts, or None when it is."""
+    if not isinstance(body, dict):
+        return "request body must be a JSON object"
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return "'model' is required and must be a string"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "'messages' is required and must be a non-empty list"
+    limit = max_tokens_of(dialect, body)
+    if dialect == "messages" and "max_tokens" not in body:
+        return "'max_tokens' is required"
+    if limit is not None and (not _is_int(limit) or limit < 1):
+        return "'max_tokens' must be a positive integer"
+    return None
+
+
+def max_tokens_of(dialect: Dialect, body: dict[str, Any]) -> Any:
+    if dialect == "chat" and "max_completion_tokens" in body:
+        return body["max_completion_tokens"]
+    return body.get("max_tokens")
+
+
+def last_user_text(messages: list[Any]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(
+                    p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+                )
+            return ""
+    return ""
+
+
+def reply_text(messages: list[Any]) -> str:
+    """The answer depends only on the request, so reruns and failovers can be compared exactly."""
+    return f"Simulated answer to: {last_user_text(messages)[:80]}"
+
+
+def estimate_input_tokens(messages: list[Any], system: Any = None) -> int:
+    """About 4 bytes per token of the compact JSON (as orjson writes it) of messages and system."""
+    size = len(orjson.dumps(messages))
+    if system is not None:
+        size += len(orjson.dumps(system))
+    return max(1, math.ceil(size / 4))
+
+
+def estimate_output_tokens(text: str) -> int:
+    return max(1, math.ceil(len(text.encode()) / 4))
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    text: str
+    input_tokens: int
+    output_tokens: int
+    truncated: bool
+
+
+def plan_answer(dialect: Dialect, body: dict[str, Any]) -> Answer:
+    """Reply text and usage for a valid request, cut to max_tokens like a real model would stop."""
+    messages = body["messages"]
+    text = reply_text(messages)
+    input_tokens = estimate_input_tokens(messages, body.get("system") if dialect == "messages" else None)
+    output_tokens = estimate_output_tokens(text)
+    limit = max_tokens_of(dialect, body)
+    if limit is not None and output_tokens > limit:
+        # "ignore" drops a character split by the cut; the usage still says the model spent `limit`.
+        return Answer(text.encode()[: limit * 4].decode("utf-8", "ignore"), input_tokens, limit, True)
+    return Answer(text, input_tokens, output_tokens, False)
+
+
+def chat_body(body: dict[str, Any], answer: Answer, number: int, created: int) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{number:016x}",
+        "object": "chat.completion",
+        "created": created,
+        "model": body["model"],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text},
+                "finish_reason": "length" if answer.truncated else "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": answer.input_tokens,
+            "completion_tokens": answer.output_tokens,
+            "total_tokens": answer.input_tokens + answer.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
+    }
+
+
+def messages_body(body: dict[str, Any], answer: Answer, number: int) -> dict[str, Any]:
+    return {
+        "id": f"msg_{number:016x}",
+        "type": "message",
+        "role": "assistant",
+        "model": body["model"],
+        "content": [{"type": "text", "text": answer.text}],
+        "stop_reason": "max_tokens" if answer.truncated else "end_turn",
+        "stop_sequence": None,
+        # The cache fields are sent by the real API as zeros too; parsers must cope with them.
+        "usage": {
+            "input_tokens": answer.input_tokens,
+            "output_tokens": answer.output_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        },
+    }
+
+
+def answer_body(dialect: Dialect, body: dict[str, Any], number: int, created: int) -> dict[str, Any]:
+    answer = plan_answer(dialect, body)
+    if dialect == "chat":
+        return chat_body(body, answer, number, created)
+    return messages_body(body, answer, number)
+
+
+def malformed(raw: bytes) -> bytes:
+    """A 200 cut off mid-body: any proper prefix of a JSON object is not valid JSON."""
+    return raw[: max(1, len(raw) // 2)]
+
+
+_CHAT_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
+               403: "permission_error", 404: "not_found", 429: "rate_limit_error"}
+_MESSAGES_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
+                   403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+                   429: "rate_limit_error", 500: "api_error", 503: "overloaded_error",
+                   529: "overloaded_error"}
+# Keep billing words out of every message but the 402 one: classify.py reads them as "out of credit".
+_MESSAGES = {400: "invalid request", 401: "invalid or missing API key",
+             402: "insufficient quota: the credit balance is exhausted", 403: "permission denied",
+             404: "model not found", 429: "rate limit reached for requests, slow down",
+             503: "the service is overloaded, try again later", 529: "the service is overloaded"}
+
+
+def error_type(dialect: Dialect, status: int) -> str:
+    if dialect == "chat":
+        return _CHAT_TYPES.get(status) or ("server_error" if status >= 500 else "invalid_request_error")
+    return _MESSAGES_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
+
+
+def error_message(status: int) -> str:
+    fallback = "internal server error" if status >= 500 else "error"
+    return f"simulated {status}: {_MESSAGES.get(status) or fallback}"
+
+
+def error_body(dialect: Dialect, status: int, message: str | None = None) -> dict[str, Any]:
+    """The provider's error envelope: OpenAI's for the chat dialect, Anthropic's for messages."""
+    kind, text = error_type(dialect, status), message or error_message(status)
+    if dialect == "chat":
+        return {"error": {"message": text, "type": kind, "code": kind}}
+    return {"type": "error", "error": {"type": kind, "message": text}}
+
+
+def retry_headers(status: int, retry_after: float | None) -> dict[str, str]:
+    if retry_after is None or status not in RETRY_AFTER_STATUSES:
+        return {}
+    # Retry-After may only carry whole seconds, so round up and give the exact value in ms beside it.
+    headers = {"retry-after": str(math.ceil(retry_after))}
+    if retry_after != int(retry_after):
+        headers["retry-after-ms"] = str(round(retry_after * 1000))
+    return headers

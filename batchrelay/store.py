@@ -1,0 +1,196 @@
+"""The batch record in Redis: meta, request lines, pending set, results.
+
+Redis is the record and arq only the transport: a line is finished exactly when its result is in
+the results hash, and writing a result is one Lua step (result + pending + counts + status), so a
+rerun of a finished line changes nothing. Stored results start with one byte, b"1" for a success
+and b"0" for an error record, so exports need not parse them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from .errors import BatchNotFound
+from .jobs import JobLine
+from .keys import Keys
+
+OK, ERR = b"1", b"0"
+EXPORT_BLOCK = 2000
+
+# KEYS: results, pending, meta. ARGV: line, record, count field, now
+_WRITE_RESULT = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+if redis.call('SCARD', KEYS[2]) == 0 and redis.call('HGET', KEYS[3], 'status') == 'in_progress' then
+  redis.call('HSET', KEYS[3], 'status', 'completed', 'finished_at', ARGV[4])
+end
+return 1
+"""
+
+# KEYS: pending, meta. ARGV: now, then field/value pairs of final counts
+_FINISH_SUBMIT = """
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+if redis.call('SCARD', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[2], 'status', 'completed', 'finished_at', ARGV[1])
+else
+  redis.call('HSET', KEYS[2], 'status', 'in_progress')
+end
+return 1
+"""
+
+COUNT_FIELDS = ("total", "invalid", "succeeded", "failed", "max_line", "chunks")
+FINISHED = ("completed", "failed", "cancelled", "expired")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchInfo:
+    id: str
+    name: str
+    status: str
+    created_at: float
+    finished_at: float | None
+    source: str
+    total: int
+    invalid: int
+    succeeded: int
+    failed: int
+    pending: int
+    max_line: int
+
+    @property
+    def done(self) -> int:
+        return self.invalid + self.succeeded + self.failed
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "status": self.status, "created_at": self.created_at,
+            "finished_at": self.finished_at, "source": self.source,
+            "counts": {"total": self.total, "done": self.done, "succeeded": self.succeeded,
+                       "failed": self.failed, "invalid": self.invalid, "pending": self.pending},
+        }
+
+
+def _info(batch_id: str, raw: dict[bytes, bytes], pending: int) -> BatchInfo:
+    m = {k.decode(): v.decode() for k, v in raw.items()}
+    return BatchInfo(
+        id=batch_id, name=m.get("name", ""), status=m.get("status", "unknown"),
+        created_at=float(m.get("created_at", 0)),
+        finished_at=float(m["finished_at"]) if m.get("finished_at") else None,
+        source=m.get("source", ""), pending=pending,
+        **{f: int(m.get(f, 0)) for f in ("total", "invalid", "succeeded", "failed", "max_line")},
+    )
+
+
+class Store:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._write_result = redis.register_script(_WRITE_RESULT)
+        self._finish_submit = redis.register_script(_FINISH_SUBMIT)
+
+    async def create_batch(self, batch_id: str, *, name: str, source: str) -> None:
+        now = time.time()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.meta(batch_id), mapping={
+                "id": batch_id, "name": name, "source": source, "status": "validating", "created_at": now,
+                **{f: 0 for f in COUNT_FIELDS},
+            })
+            pipe.zadd(self.keys.batches, {batch_id: now})
+            await pipe.execute()
+
+    async def add_lines(
+        self, batch_id: str, jobs: Sequence[JobLine], bad: Sequence[tuple[int, bytes]],
+        chunks: Sequence[tuple[str, list[int]]],
+    ) -> None:
+        """One round trip for a block of parsed lines: requests, pending set, input errors, chunk map."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if jobs:
+                pipe.hset(k.lines(batch_id), mapping={j.line: j.to_json() for j in jobs})
+                pipe.sadd(k.pending(batch_id), *[j.line for j in jobs])
+            if bad:
+                pipe.hset(k.results(batch_id), mapping={line: ERR + rec for line, rec in bad})
+            if chunks:
+                pipe.hset(k.chunks(batch_id), mapping={cid: ",".join(map(str, ls)) for cid, ls in chunks})
+            await pipe.execute()
+
+    async def finish_submit(self, batch_id: str, counts: dict[str, int]) -> None:
+        args: list[Any] = [time.time()]
+        for f, v in counts.items():
+            args += [f, v]
+        await self._finish_submit(keys=[self.keys.pending(batch_id), self.keys.meta(batch_id)], args=args)
+
+    async def mark_failed(self, batch_id: str, reason: str) -> None:
+        await self.redis.hset(self.keys.meta(batch_id), mapping={
+            "status": "failed", "finished_at": time.time(), "error": reason[:500]})
+
+    async def claim(self, batch_id: str, lines: Sequence[int]) -> list[JobLine]:
+        """The lines of `lines` that still need work, with their requests: one round trip."""
+        if not lines:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smismember(self.keys.pending(batch_id), list(lines))
+            pipe.hmget(self.keys.lines(batch_id), list(lines))
+            flags, raws = await pipe.execute()
+        return [JobLine.from_json(raw) for flag, raw in zip(flags, raws, strict=True) if flag and raw]
+
+    async def write_result(self, batch_id: str, line: int, record: bytes, ok: bool) -> bool:
+        """Record a line's final result once; False when it already had one (a harmless rerun)."""
+        k = self.keys
+        written = await self._write_result(
+            keys=[k.results(batch_id), k.pending(batch_id), k.meta(batch_id)],
+            args=[line, (OK if ok else ERR) + record, "succeeded" if ok else "failed", time.time()],
+        )
+        return bool(written)
+
+    async def info(self, batch_id: str) -> BatchInfo:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.meta(batch_id))
+            pipe.scard(self.keys.pending(batch_id))
+            raw, pending = await pipe.execute()
+        if not raw:
+            raise BatchNotFound(batch_id)
+        return _info(batch_id, raw, pending)
+
+    async def list_batches(self, limit: int = 50) -> list[BatchInfo]:
+        ids = [b.decode() for b in await self.redis.zrevrange(self.keys.batches, 0, limit - 1)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for b in ids:
+                pipe.hgetall(self.keys.meta(b))
+                pipe.scard(self.keys.pending(b))
+            raw = await pipe.execute()
+        return [_info(b, raw[2 * i], raw[2 * i + 1]) for i, b in enumerate(ids) if raw[2 * i]]
+
+    async def chunk_map(self, batch_id: str) -> dict[str, list[int]]:
+        raw = await self.redis.hgetall(self.keys.chunks(batch_id))
+        return {k.decode(): [int(x) for x in v.split(b",")] for k, v in raw.items()}
+
+    async def iter_results(self, batch_id: str) -> AsyncIterator[tuple[bool, bytes]]:
+        """Every stored result in input order, as (ok, JSON record)."""
+        info = await self.info(batch_id)
+        key = self.keys.results(batch_id)
+        for start in range(1, info.max_line + 1, EXPORT_BLOCK):
+            block = list(range(start, min(start + EXPORT_BLOCK, info.max_line + 1)))
+            for raw in await self.redis.hmget(key, block):
+                if raw:
+                    yield raw[:1] == OK, raw[1:]
+
+    async def delete_batch(self, batch_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*self.keys.batch_keys(batch_id))
+            pipe.zrem(self.keys.batches, batch_id)
+            await pipe.execute()
+
+
+def lines_of(chunks: Iterable[tuple[str, list[int]]]) -> list[int]:
+    return [line for _, ls in chunks for line in ls]

@@ -1,0 +1,174 @@
+"""The arq worker: chunk jobs whose lines go to a fixed pool of consumers.
+
+A chunk job claims its lines that still have no result (a rerun skips finished ones), feeds them
+to the pool, and each consumer relays its line to the providers and writes the result in one
+atomic step. A line whose attempts all fail gets a terminal error record written here, never
+only arq's 'max retries exceeded'.
+
+`python -m arq batchrelay.worker.WorkerSettings` works too; it reads the config from the
+environment (`BATCHRELAY_CONFIG`, `REDIS_URL`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from arq.connections import RedisSettings
+from arq.worker import Retry, Worker, func
+from redis.exceptions import RedisError
+
+from .config import ProviderConfig, Settings, load_settings
+from .jobs import JobLine
+from .keys import Keys
+from .linepool import LinePool
+from .output import outcome_record
+from .queue import CHUNK_FUNCTION
+from .relay import relay
+from .store import Store
+
+log = logging.getLogger("batchrelay.worker")
+REDIS_RETRY_DEFER = 2.0
+
+
+@dataclass(slots=True)
+class Runtime:
+    """What a worker process shares across jobs: store, HTTP clients, the consumer pool."""
+
+    settings: Settings
+    store: Store
+    providers: list[ProviderConfig]
+    clients: list[httpx.AsyncClient] = field(default_factory=list)
+    pool: LinePool[tuple[str, JobLine]] | None = None
+
+    def open(self) -> None:
+        w = self.settings.worker
+        # httpcore's pool scans its connections per request: several small clients beat one big one
+        n_clients = max(1, math.ceil(w.concurrency / w.connections_per_client))
+        per_client = min(w.concurrency, w.connections_per_client)
+        limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
+        timeout = httpx.Timeout(w.call_timeout, connect=min(10.0, w.call_timeout))
+        self.clients = [httpx.AsyncClient(limits=limits, timeout=timeout) for _ in range(n_clients)]
+        self.pool = LinePool(w.concurrency, self.handle_line)
+        self.pool.start()
+
+    async def close(self) -> None:
+        if self.pool:
+            await self.pool.close()
+        for c in self.clients:
+            await c.aclose()
+
+    async def handle_line(self, consumer: int, item: tuple[str, JobLine]) -> None:
+        batch_id, job = item
+        client = self.clients[consumer * len(self.clients) // self.settings.worker.concurrency]
+        out = await relay(job, self.providers, client, self.settings.worker)
+        await self.store.write_result(batch_id, job.line, outcome_record(batch_id, job, out), out.ok)
+
+    async def run_chunk(self, batch_id: str, lines: list[int]) -> int:
+        todo = await self.store.claim(batch_id, lines)
+        if todo:
+            assert self.pool is not None
+            await self.pool.run((batch_id, job) for job in todo)
+        return len(todo)
+
+    @property
+    def chunk_deadline(self) -> float:
+        return self.settings.worker.chunk_deadline
+
+
+async def run_chunk(ctx: dict[str, Any], batch_id: str, lines: list[int]) -> int:
+    rt: Runtime = ctx["runtime"]
+    try:
+        async with asyncio.timeout(rt.chunk_deadline):
+            return await rt.run_chunk(batch_id, lines)
+    except TimeoutError:
+        # arq fails a job at job_timeout for good; stopping first lets a retry finish the rest
+        log.warning("chunk of %s passed its deadline; requeueing its unfinished lines", batch_id)
+        raise Retry(defer=0) from None
+    except (RedisError, OSError) as e:
+        # finished lines are recorded; a retry of this chunk redoes only the rest
+        log.warning("chunk of %s: Redis error (%s), retrying in %ss", batch_id, type(e).__name__, REDIS_RETRY_DEFER)
+        raise Retry(defer=REDIS_RETRY_DEFER) from None
+
+
+def redis_settings(url: str) -> RedisSettings:
+    return RedisSettings.from_dsn(url)
+
+
+def build_worker(
+    settings: Settings, redis_url: str, *, burst: bool = False, handle_signals: bool = True,
+) -> Worker:
+    w = settings.worker
+    keys = Keys(settings.redis.prefix)
+    chunks_in_flight = max(2, math.ceil(2 * w.concurrency / w.chunk_size) + 1)
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        rt = Runtime(settings, Store(ctx["redis"], keys), settings.ordered_providers())
+        rt.open()
+        ctx["runtime"] = rt
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        rt: Runtime | None = ctx.get("runtime")
+        if rt:
+            await rt.close()
+
+    return Worker(
+        functions=[func(run_chunk, name=CHUNK_FUNCTION, timeout=w.job_timeout, max_tries=w.max_tries)],
+        redis_settings=redis_settings(redis_url),
+        queue_name=keys.queue,
+        max_jobs=chunks_in_flight,
+        # running jobs stay at the queue head: a small read limit would cap the whole fleet
+        queue_read_limit=max(1000, 5 * chunks_in_flight),
+        poll_delay=0.1,
+        keep_result=0,
+        burst=burst,
+        on_startup=startup,
+        on_shutdown=shutdown,
+        handle_signals=handle_signals,
+    )
+
+
+def settings_class(settings: Settings) -> type:
+    """An arq `WorkerSettings` class for `arq batchrelay.worker.WorkerSettings`."""
+    url = settings.redis_url or "redis://127.0.0.1:6379"
+    worker = build_worker(settings, url)
+
+    class WorkerSettings:
+        functions = worker.functions.values()
+        redis_settings = worker.redis_settings
+        queue_name = worker.queue_name
+        max_jobs = worker.max_jobs
+        queue_read_limit = worker.queue_read_limit
+        poll_delay = worker.poll_delay
+        keep_result = worker.keep_result_s
+        on_startup = worker.on_startup
+        on_shutdown = worker.on_shutdown
+
+    return WorkerSettings
+
+
+def __getattr__(name: str) -> Any:
+    # built on first access so importing this module never reads config as a side effect
+    if name == "WorkerSettings":
+        return settings_class(load_settings())
+    raise AttributeError(name)
+
+
+async def run_worker(worker: Worker) -> None:
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+    if worker.jobs_failed:
+        log.warning("%d chunk jobs failed", worker.jobs_failed)
+
+
+def in_flight(ctx: dict[str, Any]) -> int:
+    rt: Runtime | None = ctx.get("runtime")
+    return rt.pool.busy if rt and rt.pool else 0
+
+
