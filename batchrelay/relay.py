@@ -88,7 +88,7 @@ async def _call_with_retries(
 ) -> ProviderReply:
     retrying = AsyncRetrying(
         stop=stop_after_attempt(cfg.attempts_per_provider),
-        wait=wait_exponential_jitter(initial=cfg.backoff, max=10, jitter=cfg.backoff),
+        wait=wait_exponential_jitter(multiplier=cfg.backoff, max=10, jitter=cfg.backoff),
         retry=retry_if_exception(_is_transient),
         reraise=True,
     )

@@ -50,7 +50,11 @@ class SimulatorProcess:
         httpx.post(self.base_url + "/_sim/config", json=fields, timeout=5).raise_for_status()
 
     def stats(self) -> dict[str, Any]:
-        return dict(httpx.get(self.base_url + "/_sim/stats", timeout=5).json())
+        return self.stats_of(self.base_url)
+
+    @staticmethod
+    def stats_of(base_url: str) -> dict[str, Any]:
+        return dict(httpx.get(base_url + "/_sim/stats", timeout=5).json())
 
     def stop(self) -> None:
         if self.proc is None:

@@ -1,0 +1,79 @@
+"""The store keeps one result per line, whatever reruns happen."""
+
+from __future__ import annotations
+
+import io
+
+import orjson
+
+from batchrelay.config import ProviderConfig, Settings, WorkerConfig
+from batchrelay.simproc import SimulatorProcess
+from batchrelay.store import Store
+from batchrelay.submit import submit_stream
+from batchrelay.worker import Runtime
+
+from .conftest import openai_line
+
+
+def _file(n: int, extra: bytes = b"") -> io.BytesIO:
+    return io.BytesIO(b"".join(orjson.dumps(openai_line(i)) + b"\n" for i in range(1, n + 1)) + extra)
+
+
+async def test_submit_writes_lines_pending_set_and_input_errors(store: Store) -> None:
+    res = await submit_stream(store, _file(25, b"{oops\n\n[1]\n"), name="t", source="t.jsonl", chunk_size=10)
+    info = await store.info(res.batch_id)
+    assert (res.valid, res.invalid, info.total, info.pending, info.status) == (25, 2, 27, 25, "in_progress")
+    assert info.max_line == 28  # the blank line 27 still counts as a physical line
+    chunks = await store.chunk_map(res.batch_id)
+    assert sorted(line for lines in chunks.values() for line in lines) == list(range(1, 26))
+    errors = [orjson.loads(rec) for ok, rec in [r async for r in store.iter_results(res.batch_id)] if not ok]
+    assert [e["error"]["line"] for e in errors] == [26, 28]
+
+
+async def test_writing_a_result_twice_changes_nothing(store: Store) -> None:
+    res = await submit_stream(store, _file(3), name="t", source="t", chunk_size=10)
+    assert await store.write_result(res.batch_id, 2, b'{"first":1}', True) is True
+    assert await store.write_result(res.batch_id, 2, b'{"second":1}', False) is False
+    info = await store.info(res.batch_id)
+    assert (info.succeeded, info.failed, info.pending) == (1, 0, 2)
+    records = [rec async for _, rec in store.iter_results(res.batch_id)]
+    assert records == [b'{"first":1}']
+
+
+async def test_batch_completes_when_its_last_line_is_written(store: Store) -> None:
+    res = await submit_stream(store, _file(2), name="t", source="t", chunk_size=10)
+    await store.write_result(res.batch_id, 1, b"{}", True)
+    assert (await store.info(res.batch_id)).status == "in_progress"
+    await store.write_result(res.batch_id, 2, b"{}", False)
+    info = await store.info(res.batch_id)
+    assert (info.status, info.succeeded, info.failed) == ("completed", 1, 1)
+    assert info.finished_at is not None
+
+
+async def test_a_file_of_only_bad_lines_is_completed_at_once(store: Store) -> None:
+    res = await submit_stream(store, io.BytesIO(b"nope\n{}\n"), name="t", source="t")
+    info = await store.info(res.batch_id)
+    assert (info.status, info.invalid, info.pending) == ("completed", 2, 0)
+
+
+async def test_rerunning_a_finished_chunk_calls_no_provider_and_changes_nothing(store: Store) -> None:
+    with SimulatorProcess({}) as base:
+        settings = Settings(worker=WorkerConfig(concurrency=4, chunk_size=10, call_timeout=5),
+                            providers=(ProviderConfig(name="sim", base_url=base),))
+        rt = Runtime(settings, store, list(settings.providers))
+        rt.open()
+        try:
+            res = await submit_stream(store, _file(10), name="t", source="t", chunk_size=10)
+            (lines,) = (await store.chunk_map(res.batch_id)).values()
+            assert await rt.run_chunk(res.batch_id, lines) == 10
+            before = [r async for r in store.iter_results(res.batch_id)]
+            info_before = await store.info(res.batch_id)
+            calls_before = SimulatorProcess.stats_of(base)["calls"]
+
+            assert await rt.run_chunk(res.batch_id, lines) == 0  # an arq rerun of the same chunk
+
+            assert [r async for r in store.iter_results(res.batch_id)] == before
+            assert await store.info(res.batch_id) == info_before
+            assert SimulatorProcess.stats_of(base)["calls"] == calls_before == 10
+        finally:
+            await rt.close()
