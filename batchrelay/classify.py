@@ -19,6 +19,9 @@ class Action(enum.StrEnum):
 
 
 BILLING_WORDS = ("insufficient_quota", "credit balance", "quota", "billing", "insufficient balance")
+# On a 429 a bare "quota" is usually a per-minute limit ("Quota exceeded for requests per minute"):
+# benching the provider for it would idle it long after the limit resets.
+RATE_LIMIT_BILLING_WORDS = tuple(w for w in BILLING_WORDS if w != "quota")
 CONTEXT_WORDS = ("context length", "context_length", "maximum context", "too many tokens", "prompt is too long")
 
 
@@ -36,7 +39,9 @@ def classify(err: ProviderError) -> Action:
     if not isinstance(err, ProviderHTTPError) or err.status is None:
         return Action.FAILOVER  # e.g. missing API key variable: this provider cannot be used
     status, text = err.status, _error_text(err.body)
-    if status == 402 or (status in (400, 403, 429) and any(w in text for w in BILLING_WORDS)):
+    if status == 402 or (status in (400, 403) and any(w in text for w in BILLING_WORDS)):
+        return Action.BENCH
+    if status == 429 and any(w in text for w in RATE_LIMIT_BILLING_WORDS):
         return Action.BENCH
     if status in (401, 403):
         return Action.DISABLE

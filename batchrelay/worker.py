@@ -159,8 +159,12 @@ def __getattr__(name: str) -> Any:
 
 
 async def run_worker(worker: Worker) -> None:
+    """Run until burst end or a signal (arq's handler cancels `main_task`, set by async_run)."""
     try:
-        await worker.main()
+        await worker.async_run()
+    except asyncio.CancelledError:
+        if not worker.main_task or not worker.main_task.cancelled():
+            raise  # we were cancelled from outside, not stopped by a signal
     finally:
         await worker.close()
     if worker.jobs_failed:

@@ -26,6 +26,11 @@ from .dialects import Usage, build_request, parse_reply, usage_of
 MAX_ERROR_BODY = 4096
 
 
+def _redact(text: str, key: str | None) -> str:
+    """Some resellers echo the key back in error text; our messages end up in logs and results."""
+    return text.replace(key, "***") if key else text
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderReply:
     body: dict[str, Any]
@@ -55,7 +60,7 @@ async def send(
     except httpx.TimeoutException as e:
         raise ProviderTimeout(provider.name, f"timeout ({type(e).__name__})") from None
     except httpx.TransportError as e:
-        raise ProviderTransportError(provider.name, f"{type(e).__name__}: {e}") from None
+        raise ProviderTransportError(provider.name, _redact(f"{type(e).__name__}: {e}", key)) from None
     latency_ms = (time.perf_counter() - started) * 1000
     headers = dict(resp.headers)
     if resp.status_code != 200:
@@ -67,7 +72,7 @@ async def send(
         answer = parse_reply(dialect, resp.content)
     except ValueError as e:
         raise ProviderBadResponse(
-            provider.name, str(e), status=200, body=resp.content[:MAX_ERROR_BODY], headers=headers
+            provider.name, _redact(str(e), key), status=200, body=resp.content[:MAX_ERROR_BODY], headers=headers
         ) from None
     request_id = headers.get("x-request-id") or headers.get("request-id") or answer.get("id")
     return ProviderReply(answer, usage_of(dialect, answer), latency_ms, request_id)
