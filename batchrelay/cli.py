@@ -8,7 +8,7 @@ import functools
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,7 +49,7 @@ def handles_errors(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @contextlib.asynccontextmanager
-async def _store(settings: Settings) -> Any:
+async def _store(settings: Settings) -> AsyncIterator[Store]:
     redis: Redis = await connect(settings.redis_url or DEFAULT_URL)
     try:
         yield Store(redis, Keys(settings.redis.prefix))
@@ -218,7 +218,8 @@ def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool
 
     settings = _settings(ctx)
     if concurrency:
-        settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"concurrency": concurrency})})
+        tuned = settings.worker.model_copy(update={"concurrency": concurrency})
+        settings = settings.model_copy(update={"worker": tuned})
     if not settings.providers:
         raise click.UsageError("no [[providers]] configured: a worker needs at least one (see README)")
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -295,7 +296,8 @@ def results(ctx: click.Context, batch: str, out: Path, errors: Path | None, wait
     else:
         if not info.finished:
             click.echo(f"note: {info.id} is {info.status}; {info.pending} lines have no result yet", err=True)
-        click.echo(f"{exported.results} results -> {exported.results_path}; {exported.errors} errors -> {exported.errors_path}")
+        click.echo(f"{exported.results} results -> {exported.results_path}; "
+                   f"{exported.errors} errors -> {exported.errors_path}")
     sys.exit(EXIT_FAILED_LINES if info.failed or info.invalid else 0)
 
 

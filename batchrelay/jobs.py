@@ -102,6 +102,10 @@ def parse_line(raw: bytes, line: int, *, default_dialect: Dialect = "chat") -> J
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as u:
+            return BadLine(line, f"invalid UTF-8 at byte {u.start}")
         return BadLine(line, _short(f"invalid JSON: {e}"))
     if not isinstance(data, dict):
         return BadLine(line, f"expected a JSON object, got {type(data).__name__ if data is not None else 'null'}")

@@ -17,7 +17,8 @@ from .relay import Outcome
 
 
 def _anthropic_shaped(fmt: str | None, dialect: Dialect) -> bool:
-    return fmt == "anthropic" or (fmt == "bare" and dialect == "messages")
+    # a line too broken to show its format follows the file's default dialect
+    return fmt == "anthropic" or (fmt in ("bare", None) and dialect == "messages")
 
 
 def _openai_id(batch_id: str, line: int) -> str:
@@ -59,7 +60,8 @@ def outcome_record(batch_id: str, job: JobLine, out: Outcome) -> bytes:
     anthropic = _anthropic_shaped(job.fmt, job.dialect)
     if out.reply is not None:
         if anthropic:
-            rec: dict[str, Any] = {"custom_id": job.custom_id, "result": {"type": "succeeded", "message": out.reply.body}}
+            result = {"type": "succeeded", "message": out.reply.body}
+            rec: dict[str, Any] = {"custom_id": job.custom_id, "result": result}
         else:
             rec = {
                 "id": _openai_id(batch_id, job.line), "custom_id": job.custom_id,

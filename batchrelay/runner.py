@@ -47,7 +47,9 @@ class RunReport:
 
 
 @contextlib.contextmanager
-def environment(settings: Settings, sim_providers: dict[str, dict[str, Any]] | None = None) -> Iterator[tuple[Settings, str]]:
+def environment(
+    settings: Settings, sim_providers: dict[str, dict[str, Any]] | None = None
+) -> Iterator[tuple[Settings, str]]:
     """Redis (REDIS_URL or an embedded one) and providers (configured, or built-in simulators)."""
     with contextlib.ExitStack() as stack:
         url = settings.redis_url or stack.enter_context(EmbeddedRedis())
@@ -86,20 +88,21 @@ async def _work(settings: Settings, url: str, store: Store, batch_id: str, worke
     for _round in range(MAX_REQUEUE_ROUNDS + 1):
         if workers <= 1:
             task = asyncio.create_task(run_worker(build_worker(settings, url, burst=True, handle_signals=False)))
-            info = await watch(store, batch_id, show=show, until_done=lambda: task.done())
-            if task.done() and task.exception():
-                raise task.exception()  # type: ignore[misc]
-            await task
+            info = await watch(store, batch_id, show=show, until_done=task.done)
+            await task  # burst: returns once the queue is empty; raises what the worker raised
         else:
             with _worker_processes(settings, url, workers) as procs:
-                info = await watch(store, batch_id, show=show, until_done=lambda: all(p.poll() is not None for p in procs))
-                while any(p.poll() is None for p in procs):
+                def exited(procs: list[subprocess.Popen[bytes]] = procs) -> bool:
+                    return all(p.poll() is not None for p in procs)
+                info = await watch(store, batch_id, show=show, until_done=exited)
+                while not exited():
                     await asyncio.sleep(0.05)
         if info.finished:
             return info
         # workers left with lines pending: arq dropped a chunk; put it back and go again
         await requeue_pending(store, batch_id)
-    raise BatchrelayError(f"batch {batch_id} still has {info.pending} pending lines after {MAX_REQUEUE_ROUNDS} requeues")
+    raise BatchrelayError(
+        f"batch {batch_id} still has {info.pending} pending lines after {MAX_REQUEUE_ROUNDS} requeues")
 
 
 async def run_file(

@@ -131,7 +131,7 @@ class Store:
         await self._finish_submit(keys=[self.keys.pending(batch_id), self.keys.meta(batch_id)], args=args)
 
     async def mark_failed(self, batch_id: str, reason: str) -> None:
-        await self.redis.hset(self.keys.meta(batch_id), mapping={
+        await self.redis.hset(self.keys.meta(batch_id), mapping={  # type: ignore[misc]
             "status": "failed", "finished_at": time.time(), "error": reason[:500]})
 
     async def claim(self, batch_id: str, lines: Sequence[int]) -> list[JobLine]:
@@ -172,7 +172,7 @@ class Store:
         return [_info(b, raw[2 * i], raw[2 * i + 1]) for i, b in enumerate(ids) if raw[2 * i]]
 
     async def chunk_map(self, batch_id: str) -> dict[str, list[int]]:
-        raw = await self.redis.hgetall(self.keys.chunks(batch_id))
+        raw: dict[bytes, bytes] = await self.redis.hgetall(self.keys.chunks(batch_id))  # type: ignore[misc]
         return {k.decode(): [int(x) for x in v.split(b",")] for k, v in raw.items()}
 
     async def iter_results(self, batch_id: str) -> AsyncIterator[tuple[bool, bytes]]:
@@ -181,7 +181,7 @@ class Store:
         key = self.keys.results(batch_id)
         for start in range(1, info.max_line + 1, EXPORT_BLOCK):
             block = list(range(start, min(start + EXPORT_BLOCK, info.max_line + 1)))
-            for raw in await self.redis.hmget(key, block):
+            for raw in await self.redis.hmget(key, block):  # type: ignore[misc]
                 if raw:
                     yield raw[:1] == OK, raw[1:]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable
@@ -81,10 +82,9 @@ async def submit_stream(
         counts = {"total": valid + invalid, "invalid": invalid, "max_line": max_line, "chunks": n_chunks}
         await store.finish_submit(batch_id, counts)
     except BaseException as e:
-        try:
+        # Redis itself may be what failed; the original error matters more
+        with contextlib.suppress(Exception):
             await store.mark_failed(batch_id, f"submit interrupted: {type(e).__name__}")
-        except Exception:  # Redis itself may be what failed; the original error matters more
-            pass
         raise
     return SubmitResult(batch_id, valid + invalid, valid, invalid)
 

@@ -13,7 +13,8 @@ from .store import Store
 
 async def requeue_pending(store: Store, batch_id: str) -> int:
     """Enqueue every chunk of `batch_id` that still has a pending line; returns how many."""
-    pending = {int(x) for x in await store.redis.smembers(store.keys.pending(batch_id))}
+    members = await store.redis.smembers(store.keys.pending(batch_id))  # type: ignore[misc]
+    pending = {int(x) for x in members}
     if not pending:
         return 0
     chunks = [(cid, lines) for cid, lines in (await store.chunk_map(batch_id)).items() if pending.intersection(lines)]

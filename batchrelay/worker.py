@@ -143,7 +143,7 @@ def settings_class(settings: Settings) -> type:
         queue_name = worker.queue_name
         max_jobs = worker.max_jobs
         queue_read_limit = worker.queue_read_limit
-        poll_delay = worker.poll_delay
+        poll_delay = worker.poll_delay_s
         keep_result = worker.keep_result_s
         on_startup = worker.on_startup
         on_shutdown = worker.on_shutdown

@@ -67,7 +67,8 @@ def batchrelay_once(url: str, prefix: str, base: str, path: Path, concurrency: i
                    f'[[providers]]\nname = "sim"\nbase_url = "{base}"\n')
     env = {**os.environ, "REDIS_URL": url, "BATCHRELAY_CONFIG": str(cfg)}
     # the worker process is started (and has imported everything) before the clock starts
-    worker = subprocess.Popen([sys.executable, "-m", "batchrelay", "worker", "--quiet"], env=env, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen([sys.executable, "-m", "batchrelay", "worker", "--quiet"], env=env,
+                              stderr=subprocess.DEVNULL)
     time.sleep(2.0)
 
     async def go() -> float:

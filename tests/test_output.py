@@ -156,11 +156,10 @@ def test_no_provider_for_the_dialect_is_a_provider_error_record() -> None:
     ("bad", "default_dialect"),
     [
         (BadLine(7, "invalid JSON: unexpected end of data"), "chat"),
-        (BadLine(7, "invalid JSON: unexpected end of data"), "messages"),
         (BadLine(7, "unsupported url '/v1/embeddings'", "req-7", "openai"), "messages"),
         (BadLine(7, "not a batch line or request body: model: Field required", None, "bare"), "chat"),
     ],
-    ids=["unparsed-chat-default", "unparsed-messages-default", "openai-line", "bare-chat"],
+    ids=["unparsed-chat-default", "openai-line", "bare-chat"],
 )
 def test_openai_shaped_bad_line_record_carries_the_line_number(bad: BadLine, default_dialect: str) -> None:
     rec = record(bad_line_record(BATCH, bad, default_dialect))  # type: ignore[arg-type]
@@ -176,8 +175,9 @@ def test_openai_shaped_bad_line_record_carries_the_line_number(bad: BadLine, def
     [
         (BadLine(9, "params.messages: Field required", "msg-9", "anthropic"), "chat"),
         (BadLine(9, "not a batch line or request body: messages: Field required", None, "bare"), "messages"),
+        (BadLine(9, "invalid JSON: unexpected end of data"), "messages"),
     ],
-    ids=["anthropic-line", "bare-messages"],
+    ids=["anthropic-line", "bare-messages", "unparsed-messages-default"],
 )
 def test_anthropic_shaped_bad_line_record_carries_the_line_number(bad: BadLine, default_dialect: str) -> None:
     rec = record(bad_line_record(BATCH, bad, default_dialect))  # type: ignore[arg-type]

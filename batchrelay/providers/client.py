@@ -31,6 +31,10 @@ def _redact(text: str, key: str | None) -> str:
     return text.replace(key, "***") if key else text
 
 
+def _error_body(content: bytes, key: str | None) -> bytes:
+    return (content.replace(key.encode(), b"***") if key else content)[:MAX_ERROR_BODY]
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderReply:
     body: dict[str, Any]
@@ -66,13 +70,13 @@ async def send(
     if resp.status_code != 200:
         raise ProviderHTTPError(
             provider.name, f"HTTP {resp.status_code}", status=resp.status_code,
-            body=resp.content[:MAX_ERROR_BODY], headers=headers,
+            body=_error_body(resp.content, key), headers=headers,
         )
     try:
         answer = parse_reply(dialect, resp.content)
     except ValueError as e:
         raise ProviderBadResponse(
-            provider.name, _redact(str(e), key), status=200, body=resp.content[:MAX_ERROR_BODY], headers=headers
+            provider.name, _redact(str(e), key), status=200, body=_error_body(resp.content, key), headers=headers
         ) from None
     request_id = headers.get("x-request-id") or headers.get("request-id") or answer.get("id")
     return ProviderReply(answer, usage_of(dialect, answer), latency_ms, request_id)
