@@ -258,9 +258,11 @@ def status(ctx: click.Context, batch: str, as_json: bool, watch: bool) -> None:
     if as_json:
         _emit_json(info.as_dict())
         return
-    c = info.as_dict()["counts"]
-    click.echo(f"{info.id}  {info.status}  {info.name}")
-    click.echo("  " + "  ".join(f"{k}={v}" for k, v in c.items()))
+    d = info.as_dict()
+    click.echo(f"{info.id}  {info.status}  {info.name}  ({info.input_format})")
+    click.echo("  " + "  ".join(f"{k}={v}" for k, v in d["counts"].items()))
+    eta = f", ETA {d['eta_s']:.0f}s" if d["eta_s"] is not None else ""
+    click.echo(f"  {d['rate_lines_per_s']:.1f} lines/s{eta}")
 
 
 @cli.command()

@@ -56,6 +56,7 @@ class BatchInfo:
     created_at: float
     finished_at: float | None
     source: str
+    input_format: str
     total: int
     invalid: int
     succeeded: int
@@ -71,10 +72,22 @@ class BatchInfo:
     def finished(self) -> bool:
         return self.status in FINISHED
 
-    def as_dict(self) -> dict[str, Any]:
+    def rate(self, now: float) -> float:
+        """Lines finished per second since the batch was created."""
+        end = self.finished_at or now
+        return self.done / max(1e-9, end - self.created_at)
+
+    def eta_seconds(self, now: float) -> float | None:
+        rate = self.rate(now)
+        return None if self.finished or rate <= 0 else self.pending / rate
+
+    def as_dict(self, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        eta = self.eta_seconds(now)
         return {
             "id": self.id, "name": self.name, "status": self.status, "created_at": self.created_at,
-            "finished_at": self.finished_at, "source": self.source,
+            "finished_at": self.finished_at, "source": self.source, "input_format": self.input_format,
+            "rate_lines_per_s": round(self.rate(now), 2), "eta_s": None if eta is None else round(eta, 1),
             "counts": {"total": self.total, "done": self.done, "succeeded": self.succeeded,
                        "failed": self.failed, "invalid": self.invalid, "pending": self.pending},
         }
@@ -86,7 +99,7 @@ def _info(batch_id: str, raw: dict[bytes, bytes], pending: int) -> BatchInfo:
         id=batch_id, name=m.get("name", ""), status=m.get("status", "unknown"),
         created_at=float(m.get("created_at", 0)),
         finished_at=float(m["finished_at"]) if m.get("finished_at") else None,
-        source=m.get("source", ""), pending=pending,
+        source=m.get("source", ""), input_format=m.get("input_format", ""), pending=pending,
         **{f: int(m.get(f, 0)) for f in ("total", "invalid", "succeeded", "failed", "max_line")},
     )
 
@@ -124,7 +137,7 @@ class Store:
                 pipe.hset(k.chunks(batch_id), mapping={cid: ",".join(map(str, ls)) for cid, ls in chunks})
             await pipe.execute()
 
-    async def finish_submit(self, batch_id: str, counts: dict[str, int]) -> None:
+    async def finish_submit(self, batch_id: str, counts: dict[str, int | str]) -> None:
         args: list[Any] = [time.time()]
         for f, v in counts.items():
             args += [f, v]

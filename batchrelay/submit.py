@@ -49,6 +49,7 @@ async def submit_stream(
     open_chunk: list[int] = []
     chunks: list[tuple[str, list[int]]] = []
     n_chunks = valid = invalid = max_line = 0
+    formats: set[str] = set()
 
     async def flush() -> None:
         await store.add_lines(batch_id, jobs, bad, chunks)
@@ -62,6 +63,8 @@ async def submit_stream(
     try:
         for item in iter_jobs(stream, default_dialect=default_dialect):
             max_line = item.line
+            if item.fmt:
+                formats.add(item.fmt)
             if isinstance(item, BadLine):
                 invalid += 1
                 bad.append((item.line, bad_line_record(batch_id, item, default_dialect)))
@@ -79,7 +82,10 @@ async def submit_stream(
             chunks.append((chunk_job_id(batch_id, n_chunks), open_chunk))
             n_chunks += 1
         await flush()
-        counts = {"total": valid + invalid, "invalid": invalid, "max_line": max_line, "chunks": n_chunks}
+        counts: dict[str, int | str] = {
+            "total": valid + invalid, "invalid": invalid, "max_line": max_line, "chunks": n_chunks,
+            "input_format": "+".join(sorted(formats)) or "none",
+        }
         await store.finish_submit(batch_id, counts)
     except BaseException as e:
         # Redis itself may be what failed; the original error matters more
