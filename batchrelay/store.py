@@ -9,7 +9,7 @@ and b"0" for an error record, so exports need not parse them.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,6 +204,3 @@ class Store:
             pipe.zrem(self.keys.batches, batch_id)
             await pipe.execute()
 
-
-def lines_of(chunks: Iterable[tuple[str, list[int]]]) -> list[int]:
-    return [line for _, ls in chunks for line in ls]

@@ -2,21 +2,57 @@
 
 arq drops a job without running our code once its tries are exhausted, and fails it for good at
 job_timeout; the lines stay pending in our store. Re-enqueueing their chunk ids is safe: an id
-still queued or running is left alone (NX), and a rerun skips finished lines.
+still queued or running is left alone (NX), and a rerun skips finished lines. Several workers may
+sweep at once; the worst case is a harmless no-op enqueue.
 """
 
 from __future__ import annotations
 
+from arq.constants import job_key_prefix
+
 from .queue import enqueue_chunks
 from .store import Store
 
+SCAN_BLOCK = 1000
+
 
 async def requeue_pending(store: Store, batch_id: str) -> int:
-    """Enqueue every chunk of `batch_id` that still has a pending line; returns how many."""
-    members = await store.redis.smembers(store.keys.pending(batch_id))  # type: ignore[misc]
-    pending = {int(x) for x in members}
-    if not pending:
-        return 0
-    chunks = [(cid, lines) for cid, lines in (await store.chunk_map(batch_id)).items() if pending.intersection(lines)]
-    await enqueue_chunks(store.redis, store.keys, batch_id, chunks)
-    return len(chunks)
+    """Enqueue every chunk of `batch_id` that has no arq job but a pending line; returns how many."""
+    requeued = 0
+    pending_key = store.keys.pending(batch_id)
+    async for block in _chunk_blocks(store, batch_id):
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for cid, _ in block:
+                pipe.exists(job_key_prefix + cid)
+            alive = await pipe.execute()
+        orphans = [(cid, lines) for (cid, lines), live in zip(block, alive, strict=True) if not live]
+        if not orphans:
+            continue
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for _, lines in orphans:
+                pipe.smismember(pending_key, lines)
+            flags = await pipe.execute()
+        stuck = [chunk for chunk, f in zip(orphans, flags, strict=True) if any(f)]
+        await enqueue_chunks(store.redis, store.keys, batch_id, stuck)
+        requeued += len(stuck)
+    return requeued
+
+
+async def _chunk_blocks(store: Store, batch_id: str):  # type: ignore[no-untyped-def]
+    block: list[tuple[str, list[int]]] = []
+    async for cid, raw in store.redis.hscan_iter(store.keys.chunks(batch_id), count=SCAN_BLOCK):
+        block.append((cid.decode(), [int(x) for x in raw.split(b",")]))
+        if len(block) >= SCAN_BLOCK:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+async def sweep(store: Store) -> int:
+    """Requeue orphaned chunks of every batch still in progress."""
+    total = 0
+    for info in await store.list_batches(limit=10_000):
+        if info.status == "in_progress" and info.pending:
+            total += await requeue_pending(store, info.id)
+    return total

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from arq.connections import RedisSettings
+from arq.cron import cron
 from arq.worker import Retry, Worker, func
 from redis.exceptions import RedisError
 
@@ -30,6 +32,7 @@ from .output import outcome_record
 from .queue import CHUNK_FUNCTION
 from .relay import relay
 from .store import Store
+from .sweeper import sweep
 
 log = logging.getLogger("batchrelay.worker")
 REDIS_RETRY_DEFER = 2.0
@@ -95,6 +98,15 @@ async def run_chunk(ctx: dict[str, Any], batch_id: str, lines: list[int]) -> int
         raise Retry(defer=REDIS_RETRY_DEFER) from None
 
 
+async def sweep_orphans(ctx: dict[str, Any]) -> int:
+    """Cron: put back chunks arq dropped (tries exhausted, job_timeout) while lines are pending."""
+    rt: Runtime = ctx["runtime"]
+    n = await sweep(rt.store)
+    if n:
+        log.warning("requeued %d chunk jobs that arq had dropped", n)
+    return n
+
+
 def redis_settings(url: str) -> RedisSettings:
     return RedisSettings.from_dsn(url)
 
@@ -118,6 +130,7 @@ def build_worker(
 
     return Worker(
         functions=[func(run_chunk, name=CHUNK_FUNCTION, timeout=w.job_timeout, max_tries=w.max_tries)],
+        cron_jobs=[cron(sweep_orphans, name="batchrelay-sweep", second=30, unique=True, timeout=120)],
         redis_settings=redis_settings(redis_url),
         queue_name=keys.queue,
         max_jobs=chunks_in_flight,
@@ -147,6 +160,7 @@ def settings_class(settings: Settings) -> type:
         keep_result = worker.keep_result_s
         on_startup = worker.on_startup
         on_shutdown = worker.on_shutdown
+        cron_jobs = list(worker.cron_jobs)
 
     return WorkerSettings
 
@@ -166,13 +180,12 @@ async def run_worker(worker: Worker) -> None:
         if not worker.main_task or not worker.main_task.cancelled():
             raise  # we were cancelled from outside, not stopped by a signal
     finally:
-        await worker.close()
+        with warnings.catch_warnings():
+            # arq 0.28 closes its pool with redis-py's deprecated close(); harmless, and not ours to fix
+            warnings.filterwarnings("ignore", "Call to deprecated close", DeprecationWarning)
+            await worker.close()
     if worker.jobs_failed:
         log.warning("%d chunk jobs failed", worker.jobs_failed)
 
-
-def in_flight(ctx: dict[str, Any]) -> int:
-    rt: Runtime | None = ctx.get("runtime")
-    return rt.pool.busy if rt and rt.pool else 0
 
 

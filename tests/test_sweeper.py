@@ -1,0 +1,59 @@
+"""Chunks arq dropped (tries exhausted, job_timeout) are put back; live ones are left alone."""
+
+from __future__ import annotations
+
+import io
+
+import orjson
+from arq.constants import job_key_prefix
+
+from batchrelay.config import ProviderConfig, Settings, WorkerConfig
+from batchrelay.simproc import SimulatorProcess
+from batchrelay.store import Store
+from batchrelay.submit import submit_stream
+from batchrelay.sweeper import requeue_pending, sweep
+from batchrelay.worker import build_worker, run_worker
+
+from .conftest import openai_line
+
+
+async def _submit(store: Store, n: int) -> str:
+    data = b"".join(orjson.dumps(openai_line(i)) + b"\n" for i in range(1, n + 1))
+    return (await submit_stream(store, io.BytesIO(data), name="t", source="t", chunk_size=10)).batch_id
+
+
+async def _drop(store: Store, job_id: str) -> None:
+    """What arq does to a job whose tries are exhausted: job and queue entry gone, our lines untouched."""
+    await store.redis.delete(job_key_prefix + job_id)
+    await store.redis.zrem(store.keys.queue, job_id)
+
+
+async def test_queued_chunks_are_not_requeued(store: Store) -> None:
+    batch = await _submit(store, 30)
+    assert await requeue_pending(store, batch) == 0
+    assert await store.redis.zcard(store.keys.queue) == 3
+
+
+async def test_a_dropped_chunk_is_requeued_and_its_lines_get_answered(store: Store, redis_url: str) -> None:
+    batch = await _submit(store, 30)
+    await _drop(store, f"{batch}:c1")
+    assert await store.redis.zcard(store.keys.queue) == 2
+
+    assert await sweep(store) == 1
+    assert await store.redis.zscore(store.keys.queue, f"{batch}:c1") is not None
+
+    with SimulatorProcess({}) as base:
+        settings = Settings(redis={"prefix": store.keys.prefix}, worker=WorkerConfig(concurrency=4, chunk_size=10),
+                            providers=(ProviderConfig(name="sim", base_url=base),))
+        await run_worker(build_worker(settings, redis_url, burst=True, handle_signals=False))
+    info = await store.info(batch)
+    assert (info.status, info.succeeded, info.pending) == ("completed", 30, 0)
+
+
+async def test_a_dropped_chunk_whose_lines_all_finished_is_left_alone(store: Store) -> None:
+    batch = await _submit(store, 10)
+    for line in range(1, 11):
+        await store.write_result(batch, line, b"{}", True)
+    await _drop(store, f"{batch}:c0")
+    assert await requeue_pending(store, batch) == 0
+    assert await store.redis.zcard(store.keys.queue) == 0
