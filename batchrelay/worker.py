@@ -119,6 +119,8 @@ def build_worker(
     chunks_in_flight = max(2, math.ceil(2 * w.concurrency / w.chunk_size) + 1)
 
     async def startup(ctx: dict[str, Any]) -> None:
+        if "runtime" in ctx:  # a burst worker's second round after a sweep
+            return
         rt = Runtime(settings, Store(ctx["redis"], keys), settings.ordered_providers())
         rt.open()
         ctx["runtime"] = rt
@@ -130,7 +132,9 @@ def build_worker(
 
     return Worker(
         functions=[func(run_chunk, name=CHUNK_FUNCTION, timeout=w.job_timeout, max_tries=w.max_tries)],
-        cron_jobs=[cron(sweep_orphans, name="batchrelay-sweep", second=30, unique=True, timeout=120)],
+        # a burst worker sweeps once the queue is empty instead (see run_worker): a cron job held by a
+        # killed worker would keep the queue non-empty, and burst workers waiting, until it expires
+        cron_jobs=[] if burst else [cron(sweep_orphans, name="batchrelay-sweep", second=30, unique=True, timeout=30)],
         redis_settings=redis_settings(redis_url),
         queue_name=keys.queue,
         max_jobs=chunks_in_flight,
@@ -173,9 +177,15 @@ def __getattr__(name: str) -> Any:
 
 
 async def run_worker(worker: Worker) -> None:
-    """Run until burst end or a signal (arq's handler cancels `main_task`, set by async_run)."""
+    """Run until burst end or a signal (arq's handler cancels `main_task`, set by async_run).
+
+    In burst mode the queue being empty is not the end if arq dropped a chunk with lines still
+    pending: sweep, and go round again while that finds work.
+    """
     try:
         await worker.async_run()
+        while worker.burst and await sweep(worker.ctx["runtime"].store):
+            await worker.async_run()
     except asyncio.CancelledError:
         if not worker.main_task or not worker.main_task.cancelled():
             raise  # we were cancelled from outside, not stopped by a signal

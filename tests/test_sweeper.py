@@ -57,3 +57,14 @@ async def test_a_dropped_chunk_whose_lines_all_finished_is_left_alone(store: Sto
     await _drop(store, f"{batch}:c0")
     assert await requeue_pending(store, batch) == 0
     assert await store.redis.zcard(store.keys.queue) == 0
+
+
+async def test_a_burst_worker_sweeps_before_it_exits(store: Store, redis_url: str) -> None:
+    batch = await _submit(store, 30)
+    await _drop(store, f"{batch}:c2")
+    with SimulatorProcess({}) as base:
+        settings = Settings(redis={"prefix": store.keys.prefix}, worker=WorkerConfig(concurrency=4, chunk_size=10),
+                            providers=(ProviderConfig(name="sim", base_url=base),))
+        await run_worker(build_worker(settings, redis_url, burst=True, handle_signals=False))
+    info = await store.info(batch)
+    assert (info.status, info.succeeded, info.pending) == ("completed", 30, 0)
