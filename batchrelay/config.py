@@ -148,7 +148,7 @@ def _decode(raw: bytes, p: Path) -> dict[str, Any]:
 
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
-    chosen = path or os.environ.get("BATCHRELAY_CONFIG")
+    chosen = path or os.environ.get("BATCHRELAY_CONFIG") or None  # empty means unset
     if chosen is None:
         default = Path("batchrelay.toml")
         if not default.exists():

@@ -54,7 +54,8 @@ class Runtime:
         n_clients = max(1, math.ceil(w.concurrency / w.connections_per_client))
         per_client = min(w.concurrency, w.connections_per_client)
         limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
-        timeout = httpx.Timeout(w.call_timeout, connect=min(10.0, w.call_timeout))
+        # our own asyncio deadline (relay) is the authority; httpx's is only a backstop
+        timeout = httpx.Timeout(w.call_timeout + 5, connect=min(10.0, w.call_timeout))
         self.clients = [httpx.AsyncClient(limits=limits, timeout=timeout) for _ in range(n_clients)]
         self.pool = LinePool(w.concurrency, self.handle_line)
         self.pool.start()

@@ -9,7 +9,7 @@ import orjson
 
 from batchrelay.simproc import SimulatorProcess
 
-from .conftest import batchrelay, openai_line, write_config
+from .conftest import ROOT, batchrelay, openai_line, write_config
 
 
 def _write(path: Path, lines: list[bytes]) -> Path:
@@ -125,3 +125,55 @@ def test_anthropic_batch_lines_get_anthropic_results(tmp_path: Path, redis_url: 
     assert all(r["result"]["type"] == "succeeded" for r in rows)
     assert rows[0]["result"]["message"]["content"][0]["type"] == "text"
     assert rows[0]["batchrelay"]["usage"]["input_tokens"] > 0
+
+
+def test_run_with_two_worker_processes_answers_every_line_once(tmp_path: Path, redis_url: str, prefix: str,
+                                                               simulator: SimulatorProcess) -> None:
+    cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": simulator.base_url}])
+    src = _write(tmp_path / "in.jsonl", [orjson.dumps(openai_line(i)) for i in range(1, 301)])
+    out = tmp_path / "out.jsonl"
+    proc = batchrelay("-c", str(cfg), "run", str(src), "-o", str(out), "--workers", "2",
+                      env={"REDIS_URL": redis_url})
+    assert proc.returncode == 0, proc.stderr
+    assert [r["custom_id"] for r in _read(out)] == [f"req-{i}" for i in range(1, 301)]
+
+
+def test_run_with_no_setup_uses_embedded_redis_and_the_simulator(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    env = {"BATCHRELAY_STATE_DIR": str(tmp_path / "state"), "REDIS_URL": "", "BATCHRELAY_CONFIG": ""}
+    proc = batchrelay("run", str(ROOT / "examples" / "requests.jsonl"), "-o", str(out), "--json", env=env,
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["counts"]["succeeded"] == len(_read(out)) == 50
+    assert (tmp_path / "state" / "appendonlydir").is_dir()  # the embedded Redis keeps an AOF
+    assert not (tmp_path / "state" / "redis.sock").exists()  # and was stopped on exit
+
+
+def test_demo_shows_failover_and_planted_bad_lines(tmp_path: Path) -> None:
+    env = {"BATCHRELAY_STATE_DIR": str(tmp_path / "state"), "REDIS_URL": "", "BATCHRELAY_CONFIG": ""}
+    proc = batchrelay("demo", "--lines", "80", "--json", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["counts"] == {"total": 81, "done": 81, "succeeded": 80, "failed": 0, "invalid": 1, "pending": 0}
+    rows = _read(tmp_path / "demo-results.jsonl")
+    attempts = [a for r in rows for a in r["batchrelay"]["attempts"]]
+    assert {a["status"] for a in attempts if a["provider"] == "flaky-reseller"} >= {429, 402, 503}
+    assert (tmp_path / "demo-input.jsonl").exists()
+
+
+def test_hung_and_malformed_answers_are_retried_then_failed_over(tmp_path: Path, redis_url: str,
+                                                                 prefix: str) -> None:
+    with SimulatorProcess({"hang_rate": 1.0, "hang_seconds": 10}) as hung, \
+            SimulatorProcess({"malformed_rate": 1.0}) as junk, SimulatorProcess({}) as good:
+        cfg = write_config(tmp_path / "c.toml", prefix, [
+            {"name": "hung", "base_url": hung, "priority": 1}, {"name": "junk", "base_url": junk, "priority": 2},
+            {"name": "good", "base_url": good, "priority": 3}], call_timeout=0.5, attempts_per_provider=2)
+        src = _write(tmp_path / "in.jsonl", [orjson.dumps(openai_line(1))])
+        out = tmp_path / "out.jsonl"
+        proc = batchrelay("-c", str(cfg), "run", str(src), "-o", str(out), env={"REDIS_URL": redis_url})
+    assert proc.returncode == 0, proc.stderr
+    (row,) = _read(out)
+    steps = [(a["provider"], a["status"], a.get("action")) for a in row["batchrelay"]["attempts"]]
+    assert steps == [("hung", None, "retry"), ("hung", None, "retry"), ("junk", 200, "retry"),
+                     ("junk", 200, "retry"), ("good", 200, None)]
+    assert "0.5s" in row["batchrelay"]["attempts"][0]["error"]
