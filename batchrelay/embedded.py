@@ -16,6 +16,7 @@ from pathlib import Path
 import redis
 
 from .errors import EmbeddedRedisError
+from .procs import stop_all
 
 START_TIMEOUT = 10.0
 
@@ -88,18 +89,9 @@ class EmbeddedRedis:
             f"redis-server did not answer within {START_TIMEOUT:g}s (log: {self.dir / 'redis.log'})")
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: redis flushes the AOF and exits
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stderr:
-            self.proc.stderr.close()
-        self.proc = None
+        if self.proc is not None:
+            stop_all([self.proc], grace=10)  # SIGTERM: redis flushes the AOF and exits
+            self.proc = None
 
     def __enter__(self) -> str:
         return self.start()

@@ -21,6 +21,7 @@ from .embedded import EmbeddedRedis
 from .errors import BatchrelayError
 from .export import Exported, export
 from .keys import Keys
+from .procs import stop_all
 from .progress import watch
 from .simproc import SimulatorProcess
 from .store import BatchInfo, Store
@@ -74,14 +75,7 @@ def _worker_processes(settings: Settings, url: str, n: int) -> Iterator[list[sub
         try:
             yield procs
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-            for p in procs:
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_all(procs, grace=30)
 
 
 async def _work(settings: Settings, url: str, store: Store, batch_id: str, workers: int, show: bool) -> BatchInfo:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from .errors import BatchrelayError
+from .procs import stop_all
 
 
 def free_port() -> int:
@@ -57,18 +58,9 @@ class SimulatorProcess:
         return dict(httpx.get(base_url + "/_sim/stats", timeout=5).json())
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stderr:
-            self.proc.stderr.close()
-        self.proc = None
+        if self.proc is not None:
+            stop_all([self.proc], grace=5)
+            self.proc = None
 
     def __enter__(self) -> str:
         return self.start()

@@ -28,6 +28,13 @@ async def _drop(store: Store, job_id: str) -> None:
     await store.redis.zrem(store.keys.queue, job_id)
 
 
+async def _burst_worker(store: Store, redis_url: str) -> None:
+    with SimulatorProcess({}) as base:
+        settings = Settings(redis={"prefix": store.keys.prefix}, worker=WorkerConfig(concurrency=4, chunk_size=10),
+                            providers=(ProviderConfig(name="sim", base_url=base),))
+        await run_worker(build_worker(settings, redis_url, burst=True, handle_signals=False))
+
+
 async def test_queued_chunks_are_not_requeued(store: Store) -> None:
     batch = await _submit(store, 30)
     assert await requeue_pending(store, batch) == 0
@@ -42,10 +49,7 @@ async def test_a_dropped_chunk_is_requeued_and_its_lines_get_answered(store: Sto
     assert await sweep(store) == 1
     assert await store.redis.zscore(store.keys.queue, f"{batch}:c1") is not None
 
-    with SimulatorProcess({}) as base:
-        settings = Settings(redis={"prefix": store.keys.prefix}, worker=WorkerConfig(concurrency=4, chunk_size=10),
-                            providers=(ProviderConfig(name="sim", base_url=base),))
-        await run_worker(build_worker(settings, redis_url, burst=True, handle_signals=False))
+    await _burst_worker(store, redis_url)
     info = await store.info(batch)
     assert (info.status, info.succeeded, info.pending) == ("completed", 30, 0)
 
@@ -62,9 +66,6 @@ async def test_a_dropped_chunk_whose_lines_all_finished_is_left_alone(store: Sto
 async def test_a_burst_worker_sweeps_before_it_exits(store: Store, redis_url: str) -> None:
     batch = await _submit(store, 30)
     await _drop(store, f"{batch}:c2")
-    with SimulatorProcess({}) as base:
-        settings = Settings(redis={"prefix": store.keys.prefix}, worker=WorkerConfig(concurrency=4, chunk_size=10),
-                            providers=(ProviderConfig(name="sim", base_url=base),))
-        await run_worker(build_worker(settings, redis_url, burst=True, handle_signals=False))
+    await _burst_worker(store, redis_url)
     info = await store.info(batch)
     assert (info.status, info.succeeded, info.pending) == ("completed", 30, 0)
