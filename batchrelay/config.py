@@ -7,9 +7,11 @@ provider names the environment variable that holds its key.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 from .keys import DEFAULT_PREFIX
+from .presets import apply_preset
 
 Dialect = Literal["chat", "messages"]
 AuthStyle = Literal["bearer", "tt-api-key", "x-api-key"]
@@ -28,17 +31,80 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ModelPrice(_Strict):
+    """USD per 1M tokens, plus per-call amounts in USD."""
+
+    input: Decimal | None = None
+    output: Decimal | None = None
+    cached_input: Decimal | None = None
+    cache_write: Decimal | None = None
+    per_request: Decimal = Decimal(0)
+    min_charge: Decimal = Decimal(0)
+
+
+class RateLimits(_Strict):
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+
+
 class ProviderConfig(_Strict):
     name: str = Field(min_length=1)
+    preset: str | None = None
     base_url: str
     api_key_env: str | None = None
-    auth: AuthStyle = "bearer"
+    auth: AuthStyle | dict[Dialect, AuthStyle] = "bearer"
     dialects: tuple[Dialect, ...] = DIALECTS
+    translate: bool = True  # may serve jobs of the other dialect by translating them
     endpoints: dict[Dialect, str] = Field(default_factory=dict)
     priority: int = 100
     models: dict[str, str] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
-    anthropic_version: str = "2023-06-01"
+    anthropic_version: str | None = "2023-06-01"
+    variant: Literal["standard", "ainow"] = "standard"
+    error_envelope: Literal["openai", "anthropic"] = "openai"
+    models_path: str | None = None
+    credits_path: str | None = None
+    catalog: tuple[str, ...] = ()
+    no_system_models: tuple[str, ...] = ()
+    price_multiplier: Decimal = Decimal(1)
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    cost_source: Literal["computed", "reported"] = "computed"
+    plans: dict[str, RateLimits] = Field(default_factory=dict)
+    plan: str | None = None
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    max_concurrency: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        return apply_preset(data) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _plan_known(self) -> ProviderConfig:
+        if self.plan is not None and self.plan not in self.plans:
+            known = ", ".join(self.plans) or "none"
+            raise ValueError(f"unknown plan {self.plan!r} (known: {known})")
+        return self
+
+    def auth_for(self, dialect: Dialect) -> AuthStyle:
+        if isinstance(self.auth, str):
+            return self.auth
+        return self.auth.get(dialect, "bearer")
+
+    @property
+    def limits(self) -> RateLimits:
+        """rpm/tpm set on the provider win over its plan's."""
+        base = self.plans[self.plan] if self.plan else RateLimits()
+        return RateLimits(rpm=self.rpm or base.rpm, tpm=self.tpm or base.tpm)
+
+    def price_of(self, provider_model: str) -> ModelPrice | None:
+        if provider_model in self.prices:
+            return self.prices[provider_model]
+        for pattern, price in self.prices.items():
+            if fnmatch.fnmatchcase(provider_model, pattern):
+                return price
+        return None
 
     @field_validator("base_url")
     @classmethod
@@ -82,6 +148,7 @@ class WorkerConfig(_Strict):
     backoff: float = Field(default=0.5, ge=0)
     max_tries: int = Field(default=25, ge=1)
     connections_per_client: int = Field(default=16, ge=1, le=256)
+    default_max_tokens: int = Field(default=4096, ge=1)  # the messages dialect requires max_tokens
     # arq's limit for one chunk job; a SIGKILLed worker's chunk reruns this long (+10 s) later.
     # The chunk stops itself before it and requeues its unfinished lines (arq would drop them).
     job_timeout: float = Field(default=600.0, gt=0)

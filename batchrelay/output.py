@@ -46,13 +46,22 @@ def bad_line_record(batch_id: str, bad: BadLine, default_dialect: Dialect) -> by
 
 
 def _meta(job: JobLine, out: Outcome) -> dict[str, Any]:
-    return {
+    meta: dict[str, Any] = {
         "line": job.line,
         "provider": out.provider.name if out.provider else None,
         "provider_model": out.provider.provider_model(str(job.body["model"])) if out.provider else None,
         "attempts": [a.as_dict() for a in out.attempts],
         "usage": out.reply.usage.as_dict() if out.reply else None,
     }
+    if out.wire_dialect:
+        meta["translated"] = {"from": job.dialect, "to": out.wire_dialect}
+    if out.notes:
+        meta["notes"] = out.notes
+    if out.reply is not None and out.reply.reported_cost is not None:
+        meta["reported_cost_usd"] = str(out.reply.reported_cost)
+    if job.body.get("stream"):
+        meta["stream"] = True
+    return meta
 
 
 def outcome_record(batch_id: str, job: JobLine, out: Outcome) -> bytes:

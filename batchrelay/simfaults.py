@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -17,12 +18,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Dialect = Literal["chat", "messages"]
 Kind = Literal["answer", "error", "malformed", "hang"]
+# The seed providers (/work/shared/seeds); their wire formats are tabled in simproviders.py.
+Preset = Literal["ttapi", "ttonkapi", "ttttt", "piapi", "ainow"]
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 # 0 and 200 mean "answer normally" (so a script can mix normal calls with faults).
 Status = Annotated[int, Field(ge=0, le=599)]
 
 SIM_MODEL = "sim-1"
+RATE_WINDOW = 60.0  # seconds: rpm and tpm are counted over a sliding minute
+# What a call costs the simulated balance at every preset that quotes no prices of its own (all but
+# ai-now): USD per input token and per output token, i.e. $1 / $2 per million tokens.
+FLAT_INPUT_USD = 1e-6
+FLAT_OUTPUT_USD = 2e-6
 # Statuses a provider sends Retry-After with; 529 is Anthropic's "overloaded".
 RETRY_AFTER_STATUSES = frozenset({429, 503, 529})
 NORMAL = frozenset({0, 200})
@@ -35,6 +43,13 @@ class SimConfig(BaseModel):
     statuses in order), `fail_status` (every call), `fail_after` (402 once that many calls were
     answered), then one seeded draw split into `fail_rate` / `malformed_rate` / `hang_rate`.
     `latency_ms` delays every provider answer; `retry_after` goes on 429/503/529 answers.
+
+    Before those faults, as at a real provider, come the gates: the API key, the request's validity,
+    `credits` (a USD balance: every answered call spends its cost, and once it is <= 0 every call is a
+    402) and `rpm` / `tpm` (a sliding 60 s window; over it, a 429 with Retry-After). `preset` makes
+    the simulator speak one seed provider's wire format (simproviders.py); None is the generic
+    provider that takes every key header and both dialects. `truncate_rate` is the fraction of
+    streamed answers that stop half-way.
     """
 
     # Typos in a fault name must fail loudly, or a test would silently run with no fault at all.
@@ -52,6 +67,11 @@ class SimConfig(BaseModel):
     hang_rate: Rate = 0.0
     hang_seconds: Annotated[float, Field(ge=0.0)] = 30.0
     api_key: str | None = None
+    preset: Preset | None = None
+    credits: float | None = None
+    rpm: Annotated[int, Field(ge=1)] | None = None
+    tpm: Annotated[int, Field(ge=1)] | None = None
+    truncate_rate: Rate = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,19 +87,30 @@ HANG = Outcome("hang", 200)
 
 @dataclass(slots=True)
 class FaultState:
-    """What `decide` remembers between calls: script position, successes so far, the seeded RNG."""
+    """What `decide` remembers between calls: script position, successes so far, the seeded RNGs."""
 
     seed: int = 0
     script_pos: int = 0
     successes: int = 0
     rng: random.Random = field(default_factory=random.Random)
+    # Its own sequence, so streaming calls do not shift the fates `decide` draws for later calls.
+    stream_rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
-        self.rng.seed(self.seed)
+        self.reseed(self.seed)
+
+    def reseed(self, seed: int) -> None:
+        self.seed = seed
+        self.rng.seed(seed)
+        self.stream_rng.seed(f"stream-{seed}")
 
     def reset(self, seed: int) -> None:
-        self.seed, self.script_pos, self.successes = seed, 0, 0
-        self.rng.seed(seed)
+        self.script_pos, self.successes = 0, 0
+        self.reseed(seed)
+
+    def truncates(self, rate: float) -> bool:
+        """Whether this streamed answer stops half-way; one draw per streamed answer when rate > 0."""
+        return rate > 0 and self.stream_rng.random() < rate
 
 
 def decide(config: SimConfig, state: FaultState) -> Outcome:
@@ -113,6 +144,57 @@ def _answer(state: FaultState) -> Outcome:
     # Only real answers spend the simulated credit that fail_after counts down.
     state.successes += 1
     return ANSWER
+
+
+@dataclass(slots=True)
+class RateWindow:
+    """Calls admitted in the last RATE_WINDOW seconds, for rpm / tpm limits; times are monotonic."""
+
+    calls: deque[tuple[float, int]] = field(default_factory=deque)
+    tokens: int = 0
+
+    def clear(self) -> None:
+        self.calls.clear()
+        self.tokens = 0
+
+    def admit(self, now: float, tokens: int, rpm: int | None, tpm: int | None) -> float:
+        """0.0 when the call fits (it is then counted), else the seconds until the window admits it.
+
+        Only admitted calls count, so a client hammering through 429s does not extend its own wait.
+        A call larger than tpm on its own never fits; it is told to wait the whole window.
+        """
+        calls, horizon = self.calls, now - RATE_WINDOW
+        while calls and calls[0][0] <= horizon:
+            self.tokens -= calls.popleft()[1]
+        wait = 0.0
+        if rpm is not None and len(calls) >= rpm:
+            wait = calls[len(calls) - rpm][0] + RATE_WINDOW - now
+        if tpm is not None and self.tokens + tokens > tpm:
+            if tokens > tpm:
+                wait = RATE_WINDOW
+            else:
+                excess, freed = self.tokens + tokens - tpm, 0
+                for t, n in calls:
+                    freed += n
+                    if freed >= excess:
+                        wait = max(wait, t + RATE_WINDOW - now)
+                        break
+        if wait > 0:
+            return wait
+        calls.append((now, tokens))
+        self.tokens += tokens
+        return 0.0
+
+
+def rate_tokens(dialect: Dialect, body: dict[str, Any], answer: Answer) -> int:
+    """What a call counts against tpm: its input estimate plus max_tokens, or the output if unset."""
+    limit = max_tokens_of(dialect, body)
+    return answer.input_tokens + (limit if _is_int(limit) else answer.output_tokens)
+
+
+def flat_cost(answer: Answer) -> float:
+    """USD a call spends from the balance at a provider that quotes no prices (all but ai-now)."""
+    return answer.input_tokens * FLAT_INPUT_USD + answer.output_tokens * FLAT_OUTPUT_USD
 
 
 def key_matches(

@@ -1,57 +1,88 @@
 """A fake cheap LLM provider over real HTTP, with fault injection, for the demo, tests and benchmarks.
 
 It speaks the OpenAI chat dialect (`POST /v1/chat/completions`) and the Anthropic messages dialect
-(`POST /v1/messages`), answers deterministically from the request, and reports realistic usage.
-Faults (statuses, quota running out, broken bodies, hangs) come from a `SimConfig`, which can be
-changed while it runs through the `/_sim/*` control endpoints:
+(`POST /v1/messages`), answers deterministically from the request, and reports realistic usage; with
+`"stream": true` it answers in server-sent events (simstream.py). `SimConfig.preset` makes it one of
+the seed providers instead, with that provider's paths, key header, error envelope and answer shape
+as its document describes them (simproviders.py); other paths then answer 404. Faults (statuses,
+quota running out, broken bodies, hangs, cut streams), a credit balance and rate limits come from a
+`SimConfig`, which can be changed while it runs through the `/_sim/*` control endpoints:
 
-    GET  /_sim/config   current config
-    POST /_sim/config   merge the given fields into it; {"reset": true} also restarts script and counters
-    GET  /_sim/log      every provider call: {"t", "path", "model", "status"}; ?since=N skips N entries
+    GET  /_sim/config   current config; `credits` is the balance left now
+    POST /_sim/config   merge the given fields into it; `credits` sets the balance; {"reset": true}
+                        also restarts script, counters, balance and rate window
+    GET  /_sim/log      every completion call (and, with a preset, every call to a path it does not
+                        serve): {"t", "path", "model", "status"}; ?since=N skips N entries; ?full=1
+                        adds "method", "headers" (the key headers, content-type and x-*) and "body"
     GET  /_sim/stats    {"calls": n, "by_status": {"200": n, ...}}
-    POST /_sim/reset    clear log, counters and script position
+    POST /_sim/reset    clear log and counters; restart script, balance and rate window
 
 Run it with `python -m batchrelay.simulator --port 8787 --fail-rate 0.1`. The decisions and
-wire shapes are pure functions in `simfaults.py`; this module is only the HTTP edge.
+wire shapes are pure functions in `simfaults.py`, `simproviders.py` and `simstream.py`; this module
+is only the HTTP edge.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, get_args
 
 import orjson
 import uvicorn
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from batchrelay.simfaults import (
-    SIM_MODEL,
+    MALFORMED,
     Dialect,
     FaultState,
     Outcome,
+    Preset,
+    RateWindow,
     SimConfig,
-    answer_body,
     decide,
-    error_body,
+    estimate_output_tokens,
     invalid_reason,
-    key_matches,
     malformed,
+    plan_answer,
+    rate_tokens,
     retry_headers,
 )
+from batchrelay.simproviders import (
+    AINOW_UNSET_CREDITS,
+    PROVIDERS,
+    Endpoint,
+    Provider,
+    auth_failure,
+    call_cost,
+    moderation,
+    provider_error,
+    refusal,
+    render,
+)
+from batchrelay.simstream import chat_events, corrupt, messages_events, truncated
 
 __all__ = ["SimConfig", "create_app", "main", "serve"]
 
 JSON = "application/json"
-MODEL_ENTRY = {"id": SIM_MODEL, "object": "model", "created": 0, "owned_by": "batchrelay-sim"}
-MODELS_BODY = orjson.dumps({"object": "list", "data": [MODEL_ENTRY]})
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+# Request headers the full log keeps (plus every x-*): what a fidelity test checks a client sent.
+CAPTURED = frozenset({b"authorization", b"tt-api-key", b"x-api-key", b"anthropic-version", b"content-type"})
+Headers = tuple[tuple[bytes, bytes], ...]
+# t, method, path, model, status, captured headers, raw body
+Entry = tuple[float, str, str, str | None, int, Headers, bytes]
+
+
+def _captured(raw_headers: list[tuple[bytes, bytes]]) -> Headers:
+    return tuple(h for h in raw_headers if h[0] in CAPTURED or h[0][:2] == b"x-")
 
 
 class _Sim:
@@ -59,102 +90,191 @@ class _Sim:
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
+        self.provider = PROVIDERS[config.preset]
         self.faults = FaultState(seed=config.seed)
         # Tuples, not dicts: a benchmark logs every one of its calls and the log is rarely read.
-        self.log: list[tuple[float, str, str | None, int]] = []
+        self.log: list[Entry] = []
         self.by_status: dict[int, int] = {}
         # Never reset, so ids stay unique for the life of the process even across /_sim/reset.
         self.numbers = 0
+        self.balance = config.credits  # USD left; None = unlimited
+        self.window = RateWindow()
 
-    def record(self, t: float, path: str, model: str | None, status: int) -> None:
-        self.log.append((t, path, model, status))
-        self.by_status[status] = self.by_status.get(status, 0) + 1
+    def record(self, entry: Entry) -> None:
+        self.log.append(entry)
+        self.by_status[entry[4]] = self.by_status.get(entry[4], 0) + 1
+
+    def configure(self, new: SimConfig, update: dict[str, Any], reset: bool) -> None:
+        self.config, self.provider = new, PROVIDERS[new.preset]
+        if reset:
+            self.faults.reset(new.seed)
+            self.balance = new.credits
+            self.window.clear()
+            return
+        if "seed" in update:
+            # A new seed means a new random sequence now, not at some later reset.
+            self.faults.reseed(new.seed)
+        if "credits" in update:
+            self.balance = new.credits
 
     def reset(self) -> None:
         self.faults.reset(self.config.seed)
         self.log.clear()
         self.by_status.clear()
+        self.balance = self.config.credits
+        self.window.clear()
+
+    def config_view(self) -> dict[str, Any]:
+        return {**self.config.model_dump(mode="json"), "credits": self.balance}
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(data), status, headers, media_type=JSON)
 
 
-def _auth_failure(config: SimConfig, request: Request) -> str | None:
-    if config.api_key is None:
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
         return None
-    h = request.headers
-    authorization, x_key, tt_key = h.get("authorization"), h.get("x-api-key"), h.get("tt-api-key")
-    if key_matches(config.api_key, authorization, x_key, tt_key):
-        return None
-    if authorization is None and x_key is None and tt_key is None:
-        return "simulated 401: no API key provided"
-    return "simulated 401: incorrect API key provided"
+
+
+async def _events(events: list[bytes]) -> AsyncIterator[bytes]:
+    for event in events:
+        yield event
 
 
 def create_app(config: SimConfig) -> Starlette:
-    """An ASGI app serving both dialects with the faults `config` describes."""
+    """An ASGI app serving the configured provider with the faults `config` describes."""
     sim = _Sim(config)
 
-    def provider(dialect: Dialect) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            t = time.time()
-            path = request.url.path
-            cfg = sim.config  # one snapshot per call, so a config change mid-call cannot mix rules
-            raw = await request.body()
-            try:
-                body: Any = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                body = None
-            model = body.get("model") if isinstance(body, dict) else None
-            model = model if isinstance(model, str) else None
+    async def complete(request: Request, p: Provider, dialect: Dialect) -> Response:
+        t = time.time()
+        scope = request.scope
+        cfg = sim.config  # one snapshot per call, so a config change mid-call cannot mix rules
+        raw = await request.body()
+        body = _loads(raw)
+        model = body.get("model") if isinstance(body, dict) else None
+        model = model if isinstance(model, str) else None
 
-            # Auth and validation come before faults, as at a real provider: a bad request does not
-            # consume a script entry or a random draw.
-            outcome: Outcome | None = None
-            message = _auth_failure(cfg, request)
+        # Auth, validation, balance and rate limits come before faults, as at a real provider: a call
+        # they turn away does not consume a script entry or a random draw.
+        outcome: Outcome | None = None
+        headers: dict[str, str] | None = None
+        message = auth_failure(p.auth_for(dialect), cfg.api_key, request.headers)
+        if message is not None:
+            status = 401
+        else:
+            message = invalid_reason(dialect, body) if body is not None else "body is not valid JSON"
+            refused = refusal(p, body) if message is None else None
             if message is not None:
-                status = 401
+                status = 400
+            elif refused is not None:
+                status, message = refused
+            elif sim.balance is not None and sim.balance <= 0:
+                status = 402
             else:
-                message = invalid_reason(dialect, body) if body is not None else "body is not valid JSON"
-                if message is not None:
-                    status = 400
+                answer = plan_answer(dialect, body)
+                wait = 0.0
+                if cfg.rpm is not None or cfg.tpm is not None:
+                    tokens = rate_tokens(dialect, body, answer)
+                    wait = sim.window.admit(time.monotonic(), tokens, cfg.rpm, cfg.tpm)
+                if wait:
+                    status, headers = 429, {"retry-after": str(max(1, math.ceil(wait)))}
+                    message = f"simulated 429: rate limit reached (rpm {cfg.rpm}, tpm {cfg.tpm}), retry later"
                 else:
                     outcome = decide(cfg, sim.faults)
                     status = outcome.status
-            sim.record(t, path, model, status)
+        sim.record((t, scope["method"], scope["path"], model, status, _captured(scope["headers"]), raw))
 
-            delay = cfg.latency_ms / 1000
-            if outcome is not None and outcome.kind == "hang":
-                delay += cfg.hang_seconds
-            if delay:
-                await asyncio.sleep(delay)
+        delay = cfg.latency_ms / 1000
+        if outcome is not None and outcome.kind == "hang":
+            delay += cfg.hang_seconds
+        if delay:
+            await asyncio.sleep(delay)
 
-            if outcome is None or outcome.kind == "error":
-                envelope = error_body(dialect, status, message)
-                return _json(envelope, status, retry_headers(status, cfg.retry_after))
-            sim.numbers += 1
-            content = orjson.dumps(answer_body(dialect, body, sim.numbers, int(t)))
-            if outcome.kind == "malformed":
-                content = malformed(content)
-            return Response(content, 200, media_type=JSON)
+        if outcome is None or outcome.kind == "error":
+            envelope = provider_error(p, dialect, status, message)
+            return _json(envelope, status, headers or retry_headers(status, cfg.retry_after))
+        sim.numbers += 1
+        elapsed = time.time() - t
+        payload = render(p, dialect, body, answer, sim.numbers, int(t), elapsed)
+        if sim.balance is not None and outcome is not MALFORMED:
+            # Spent when the answer is made, so a stream cut short later is still paid for.
+            sim.balance -= call_cost(p, body["model"], answer)
+        if body.get("stream") is True:
+            return _stream(cfg, p, dialect, body, payload, outcome, elapsed)
+        content = orjson.dumps(payload)
+        if outcome is MALFORMED:
+            content = malformed(content)
+        return Response(content, 200, media_type=JSON)
 
-        return endpoint
+    def _stream(cfg: SimConfig, p: Provider, dialect: Dialect, body: dict[str, Any], payload: dict[str, Any],
+                outcome: Outcome, elapsed: float) -> Response:
+        if dialect == "messages":
+            events = messages_events(payload)
+        else:
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            events = chat_events(p, payload, include_usage, elapsed)
+        if outcome is MALFORMED:
+            events = corrupt(events)
+        elif sim.faults.truncates(cfg.truncate_rate):
+            events = truncated(events)
+        return StreamingResponse(_events(events), 200, {"cache-control": "no-cache"}, media_type="text/event-stream")
 
-    async def models(request: Request) -> Response:
-        message = _auth_failure(sim.config, request)
+    async def utility(request: Request, p: Provider, endpoint: Endpoint) -> Response:
+        message = auth_failure(p.auth_for(endpoint), sim.config.api_key, request.headers)
         if message is not None:
-            return _json(error_body("chat", 401, message), 401)
-        return Response(MODELS_BODY, 200, media_type=JSON)
+            return _json(provider_error(p, "chat", 401, message), 401)
+        if endpoint == "models":
+            return Response(p.models_body, 200, media_type=JSON)
+        if endpoint == "credits":
+            return _json({"credits": AINOW_UNSET_CREDITS if sim.balance is None else sim.balance})
+        body = _loads(await request.body())
+        if endpoint == "tokens":
+            text = body.get("text") if isinstance(body, dict) else None
+            if not isinstance(text, str):
+                return _json(provider_error(p, "chat", 400, "simulated 400: 'text' must be a string"), 400)
+            return _json({"tokens": estimate_output_tokens(text)})
+        inputs = body.get("input") if isinstance(body, dict) else None
+        inputs = [inputs] if isinstance(inputs, str) else inputs
+        if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+            return _json(provider_error(p, "chat", 400, "simulated 400: 'input' must be a string or strings"), 400)
+        return _json(moderation(inputs))
+
+    async def elsewhere(request: Request, p: Provider) -> Response:
+        scope = request.scope
+        method, path = scope["method"], scope["path"]
+        allowed = path in p.paths()
+        if p.name == "generic":  # what Starlette's router answered before presets existed
+            if allowed:
+                return PlainTextResponse("Method Not Allowed", 405)
+            return PlainTextResponse("Not Found", 404)
+        # A client calling a path its provider does not have is a bug worth seeing in the log.
+        status = 405 if allowed else 404
+        raw = await request.body()
+        body = _loads(raw)
+        model = body.get("model") if isinstance(body, dict) else None
+        sim.record((time.time(), method, path, model if isinstance(model, str) else None, status,
+                    _captured(scope["headers"]), raw))
+        text = f"simulated {status}: {p.name} has no {method} {path}"
+        return _json(provider_error(p, "chat", status, text), status)
+
+    async def dispatch(request: Request) -> Response:
+        p = sim.provider
+        endpoint = p.routes.get((request.scope["method"], request.scope["path"]))
+        if endpoint == "chat" or endpoint == "messages":
+            return await complete(request, p, endpoint)
+        if endpoint is None:
+            return await elsewhere(request, p)
+        return await utility(request, p, endpoint)
 
     async def get_config(request: Request) -> Response:
-        return _json(sim.config.model_dump(mode="json"))
+        return _json(sim.config_view())
 
     async def set_config(request: Request) -> Response:
-        try:
-            update = orjson.loads(await request.body())
-        except orjson.JSONDecodeError:
-            update = None
+        update = _loads(await request.body())
         if not isinstance(update, dict):
             return _json({"error": {"message": "body must be a JSON object"}}, 400)
         reset = update.pop("reset", False) is True
@@ -162,22 +282,21 @@ def create_app(config: SimConfig) -> Starlette:
             new = SimConfig.model_validate({**sim.config.model_dump(), **update})
         except ValidationError as e:
             return _json({"error": {"message": str(e)}}, 400)
-        sim.config = new
-        if reset:
-            sim.faults.reset(new.seed)
-        elif "seed" in update:
-            # A new seed means a new random sequence now, not at some later reset.
-            sim.faults.rng.seed(new.seed)
-            sim.faults.seed = new.seed
-        return _json(new.model_dump(mode="json"))
+        sim.configure(new, update, reset)
+        return _json(sim.config_view())
 
     async def get_log(request: Request) -> Response:
         try:
             since = max(0, int(request.query_params.get("since", "0")))
         except ValueError:
             return _json({"error": {"message": "since must be an integer"}}, 400)
-        entries = [{"t": t, "path": p, "model": m, "status": s} for t, p, m, s in sim.log[since:]]
-        return _json(entries)
+        if request.query_params.get("full") in ("1", "true"):
+            return _json([
+                {"t": t, "path": p, "model": m, "status": s, "method": method,
+                 "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in h}, "body": _loads(raw)}
+                for t, method, p, m, s, h, raw in sim.log[since:]
+            ])
+        return _json([{"t": e[0], "path": e[2], "model": e[3], "status": e[4]} for e in sim.log[since:]])
 
     async def get_stats(request: Request) -> Response:
         by_status = {str(k): v for k, v in sorted(sim.by_status.items())}
@@ -188,14 +307,13 @@ def create_app(config: SimConfig) -> Starlette:
         return _json({"ok": True})
 
     routes = [
-        Route("/v1/chat/completions", provider("chat"), methods=["POST"]),
-        Route("/v1/messages", provider("messages"), methods=["POST"]),
-        Route("/v1/models", models, methods=["GET"]),
         Route("/_sim/config", get_config, methods=["GET"]),
         Route("/_sim/config", set_config, methods=["POST"]),
         Route("/_sim/log", get_log, methods=["GET"]),
         Route("/_sim/stats", get_stats, methods=["GET"]),
         Route("/_sim/reset", reset, methods=["POST"]),
+        # The provider's own paths depend on the preset, which /_sim/config can change at any time.
+        Route("/{path:path}", dispatch, methods=ALL_METHODS),
     ]
     return Starlette(routes=routes)
 
@@ -216,7 +334,8 @@ def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 8787, log_leve
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m batchrelay.simulator",
-        description="Fake LLM provider (OpenAI chat + Anthropic messages) with fault injection.",
+        description="Fake LLM provider (OpenAI chat + Anthropic messages, or one seed provider's wire format)"
+        " with fault injection.",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8787)
@@ -233,7 +352,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--malformed-rate", type=float, help="this fraction answers 200 with a non-JSON body")
     p.add_argument("--hang-rate", type=float, help="this fraction sleeps --hang-seconds first")
     p.add_argument("--hang-seconds", type=float)
-    p.add_argument("--api-key", help="require this key (Bearer, x-api-key or TT-API-KEY)")
+    p.add_argument("--api-key", help="require this key (Bearer, x-api-key or TT-API-KEY; a preset's own header)")
+    p.add_argument("--preset", choices=get_args(Preset), help="speak this seed provider's wire format")
+    p.add_argument("--credits", type=float, help="USD balance; once spent every call is a 402")
+    p.add_argument("--rpm", type=int, help="requests per sliding minute, then 429 with Retry-After")
+    p.add_argument("--tpm", type=int, help="tokens (input estimate + max_tokens) per sliding minute")
+    p.add_argument("--truncate-rate", type=float, help="this fraction of streamed answers stops half-way")
     return p
 
 

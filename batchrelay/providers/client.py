@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import httpx
 
 from ..config import Dialect, ProviderConfig
-from ..errors import (
-    ProviderBadResponse,
-    ProviderError,
-    ProviderHTTPError,
-    ProviderTimeout,
-    ProviderTransportError,
+from ..errors import ProviderBadResponse, ProviderError, ProviderHTTPError, ProviderTimeout, ProviderTransportError
+from .dialects import (
+    Usage,
+    WireRequest,
+    build_request,
+    check_reply,
+    parse_reply,
+    reported_cost,
+    usage_of,
+    with_standard_usage,
 )
-from .dialects import Usage, build_request, parse_reply, usage_of
+from .sse import assembler, iter_events
 
 MAX_ERROR_BODY = 4096
 
@@ -41,6 +46,8 @@ class ProviderReply:
     usage: Usage
     latency_ms: float
     request_id: str | None
+    reported_cost: Decimal | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 async def send(
@@ -58,7 +65,8 @@ async def send(
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout):
-            resp = await client.post(req.url, content=req.content, headers=req.headers)
+            answer, headers = await (_stream(client, provider, dialect, req, key) if req.stream
+                                     else _plain(client, provider, dialect, req, key))
     except TimeoutError:
         raise ProviderTimeout(provider.name, f"no answer within {timeout:g}s") from None
     except httpx.TimeoutException as e:
@@ -66,17 +74,56 @@ async def send(
     except httpx.TransportError as e:
         raise ProviderTransportError(provider.name, _redact(f"{type(e).__name__}: {e}", key)) from None
     latency_ms = (time.perf_counter() - started) * 1000
+    answer = with_standard_usage(dialect, answer, provider.variant)
+    request_id = headers.get("x-request-id") or headers.get("request-id") or answer.get("id")
+    return ProviderReply(answer, usage_of(dialect, answer, provider.variant), latency_ms, request_id,
+                         reported_cost(answer, provider.variant), req.notes)
+
+
+def _http_error(provider: ProviderConfig, resp: httpx.Response, content: bytes, key: str | None) -> ProviderHTTPError:
+    return ProviderHTTPError(provider.name, f"HTTP {resp.status_code}", status=resp.status_code,
+                             body=_error_body(content, key), headers=dict(resp.headers))
+
+
+async def _plain(
+    client: httpx.AsyncClient, provider: ProviderConfig, dialect: Dialect, req: WireRequest, key: str | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    resp = await client.post(req.url, content=req.content, headers=req.headers)
     headers = dict(resp.headers)
     if resp.status_code != 200:
-        raise ProviderHTTPError(
-            provider.name, f"HTTP {resp.status_code}", status=resp.status_code,
-            body=_error_body(resp.content, key), headers=headers,
-        )
+        raise _http_error(provider, resp, resp.content, key)
     try:
-        answer = parse_reply(dialect, resp.content)
+        return parse_reply(dialect, resp.content), headers
     except ValueError as e:
-        raise ProviderBadResponse(
-            provider.name, _redact(str(e), key), status=200, body=_error_body(resp.content, key), headers=headers
-        ) from None
-    request_id = headers.get("x-request-id") or headers.get("request-id") or answer.get("id")
-    return ProviderReply(answer, usage_of(dialect, answer), latency_ms, request_id)
+        raise ProviderBadResponse(provider.name, _redact(str(e), key), status=200,
+                                  body=_error_body(resp.content, key), headers=headers) from None
+
+
+async def _stream(
+    client: httpx.AsyncClient, provider: ProviderConfig, dialect: Dialect, req: WireRequest, key: str | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    async with client.stream("POST", req.url, content=req.content, headers=req.headers) as resp:
+        headers = dict(resp.headers)
+        if resp.status_code != 200:
+            raise _http_error(provider, resp, await resp.aread(), key)
+        if "text/event-stream" not in headers.get("content-type", ""):
+            # some providers answer a stream request with a plain JSON body: accept that as it is
+            content = await resp.aread()
+            try:
+                return parse_reply(dialect, content), headers
+            except ValueError as e:
+                raise ProviderBadResponse(provider.name, _redact(str(e), key), status=200,
+                                          body=_error_body(content, key), headers=headers) from None
+        parts = assembler(dialect, provider.variant)
+        try:
+            async for event, data in iter_events(resp.aiter_lines()):
+                parts.feed(event, data)
+            body = parts.body()
+            check_reply(dialect, body)
+        except ValueError as e:
+            raise ProviderBadResponse(provider.name, _redact(f"stream: {e}", key), status=200,
+                                      headers=headers) from None
+        except httpx.RemoteProtocolError:
+            raise ProviderBadResponse(provider.name, "stream cut off by the provider", status=200,
+                                      headers=headers) from None
+    return body, headers
