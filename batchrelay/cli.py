@@ -408,13 +408,23 @@ def providers_check(ctx: click.Context, live: bool, model: str | None, as_json: 
 @click.option("--malformed-rate", type=click.FloatRange(0, 1), default=0.0)
 @click.option("--hang-rate", type=click.FloatRange(0, 1), default=0.0)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--preset", type=click.Choice(["ttapi", "ttonkapi", "ttttt", "piapi", "ainow"]),
+              help="Serve this seed provider's documented wire format (paths, auth header, shapes).")
+@click.option("--api-key", help="Require this key (in the preset's header style).")
+@click.option("--credits", type=float, help="USD balance; 402 once it is spent.")
+@click.option("--rpm", type=click.IntRange(1), help="Requests per minute before 429 with Retry-After.")
+@click.option("--tpm", type=click.IntRange(1), help="Tokens per minute before 429 with Retry-After.")
+@click.option("--truncate-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction of streams cut short.")
 def simulate(host: str, port: int, **faults: Any) -> None:
     """Serve a fake OpenAI/Anthropic-compatible provider on 127.0.0.1 (for demos and tests).
+
+    Control endpoints: GET/POST /_sim/config, GET /_sim/log[?full=1], GET /_sim/stats, POST /_sim/reset.
 
     \b
     Examples:
       batchrelay simulate --port 8787
       batchrelay simulate --port 8788 --fail-rate 0.2 --fail-rate-status 503 --retry-after 1
+      batchrelay simulate --port 8789 --preset ainow --api-key test --credits 0.05
     """
     from .simulator import SimConfig, serve
 

@@ -191,7 +191,7 @@ def refusal(p: Provider, body: dict[str, Any]) -> tuple[int, str] | None:
     model = body["model"]
     if p.prices is not None and model not in p.prices:
         return 404, f"simulated 404: model '{model}' not found"
-    if any(model == m or model.startswith(m + "-") for m in p.no_system_models) and any(
+    if p.no_system_models and any(model == m or model.startswith(m + "-") for m in p.no_system_models) and any(
         isinstance(m, dict) and m.get("role") == "system" for m in body["messages"]
     ):
         return 400, f"simulated 400: the 'system' role is not supported by model '{model}'"
@@ -201,7 +201,7 @@ def refusal(p: Provider, body: dict[str, Any]) -> tuple[int, str] | None:
 def costs(p: Provider, model: str, answer: Answer) -> dict[str, Any]:
     """ai-now's top-level token counts and USD costs for one answer (prices per 1,000 tokens).
 
-    Each cost is rounded to 10 decimals, so the figures are the same however they are re-added.
+    Each cost is rounded to 10 decimals, which keeps float dust (0.00030000000000000003) out of them.
     """
     assert p.prices is not None
     in_price, out_price = p.prices[model]

@@ -29,7 +29,7 @@ import asyncio
 import math
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, get_args
 
 import orjson
@@ -38,7 +38,8 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Match, NoMatchFound, Route, request_response
+from starlette.types import Receive, Scope, Send
 
 from batchrelay.simfaults import (
     MALFORMED,
@@ -73,7 +74,6 @@ from batchrelay.simstream import chat_events, corrupt, messages_events, truncate
 __all__ = ["SimConfig", "create_app", "main", "serve"]
 
 JSON = "application/json"
-ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 # Request headers the full log keeps (plus every x-*): what a fidelity test checks a client sent.
 CAPTURED = frozenset({b"authorization", b"tt-api-key", b"x-api-key", b"anthropic-version", b"content-type"})
 Headers = tuple[tuple[bytes, bytes], ...]
@@ -139,6 +139,25 @@ def _loads(raw: bytes) -> Any:
         return None
 
 
+class _ProviderPaths(BaseRoute):
+    """Every path outside /_sim/. Which ones exist depends on the preset, and /_sim/config can change
+    that at any time; one prefix test is also cheaper than trying each route's regex in turn."""
+
+    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        self.app = request_response(endpoint)
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] == "http" and not scope["path"].startswith("/_sim/"):
+            return Match.FULL, {}
+        return Match.NONE, {}
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> Any:
+        raise NoMatchFound(name, path_params)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
 async def _events(events: list[bytes]) -> AsyncIterator[bytes]:
     for event in events:
         yield event
@@ -201,7 +220,8 @@ def create_app(config: SimConfig) -> Starlette:
         payload = render(p, dialect, body, answer, sim.numbers, int(t), elapsed)
         if sim.balance is not None and outcome is not MALFORMED:
             # Spent when the answer is made, so a stream cut short later is still paid for.
-            sim.balance -= call_cost(p, body["model"], answer)
+            # Rounded so the balance reads as the sum of the costs, without float dust.
+            sim.balance = round(sim.balance - call_cost(p, body["model"], answer), 10)
         if body.get("stream") is True:
             return _stream(cfg, p, dialect, body, payload, outcome, elapsed)
         content = orjson.dumps(payload)
@@ -246,6 +266,8 @@ def create_app(config: SimConfig) -> Starlette:
     async def elsewhere(request: Request, p: Provider) -> Response:
         scope = request.scope
         method, path = scope["method"], scope["path"]
+        if method == "HEAD" and ("GET", path) in p.routes:
+            return await dispatch_as(request, p, p.routes["GET", path])
         allowed = path in p.paths()
         if p.name == "generic":  # what Starlette's router answered before presets existed
             if allowed:
@@ -264,10 +286,13 @@ def create_app(config: SimConfig) -> Starlette:
     async def dispatch(request: Request) -> Response:
         p = sim.provider
         endpoint = p.routes.get((request.scope["method"], request.scope["path"]))
-        if endpoint == "chat" or endpoint == "messages":
-            return await complete(request, p, endpoint)
         if endpoint is None:
             return await elsewhere(request, p)
+        return await dispatch_as(request, p, endpoint)
+
+    async def dispatch_as(request: Request, p: Provider, endpoint: Endpoint) -> Response:
+        if endpoint == "chat" or endpoint == "messages":
+            return await complete(request, p, endpoint)
         return await utility(request, p, endpoint)
 
     async def get_config(request: Request) -> Response:
@@ -307,13 +332,12 @@ def create_app(config: SimConfig) -> Starlette:
         return _json({"ok": True})
 
     routes = [
+        _ProviderPaths(dispatch),
         Route("/_sim/config", get_config, methods=["GET"]),
         Route("/_sim/config", set_config, methods=["POST"]),
         Route("/_sim/log", get_log, methods=["GET"]),
         Route("/_sim/stats", get_stats, methods=["GET"]),
         Route("/_sim/reset", reset, methods=["POST"]),
-        # The provider's own paths depend on the preset, which /_sim/config can change at any time.
-        Route("/{path:path}", dispatch, methods=ALL_METHODS),
     ]
     return Starlette(routes=routes)
 
