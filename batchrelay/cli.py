@@ -88,6 +88,18 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
         sys.exit(e.exit_code)
 
 
+def _allow_list(ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    try:
+        return _settings(ctx).check_allow_list([v.strip() for v in value.split(",") if v.strip()])
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+providers_option = click.option("--providers", "allow", callback=_allow_list,
+                                help="Only these providers (comma-separated names) may serve this batch.")
+
 endpoint_option = click.option(
     "--endpoint", type=click.Choice(["chat", "messages"]), default="chat", show_default=True,
     help="Dialect of bare request bodies (batch-format lines say their own).")
@@ -102,11 +114,12 @@ endpoint_option = click.option(
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Worker processes (1 = in this process).")
 @endpoint_option
+@providers_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 @handles_errors
 def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers: int, endpoint: str,
-        as_json: bool) -> None:
+        allow: list[str] | None, as_json: bool) -> None:
     """Submit FILE, work it here, and write the results: all in one process.
 
     Uses REDIS_URL when set, else an embedded redis-server; uses the configured providers, else
@@ -120,7 +133,7 @@ def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers:
     from .runner import environment, run_file
 
     with environment(_settings(ctx)) as (settings, url):
-        report = _run(run_file(settings, url, file, out, errors, workers=workers,
+        report = _run(run_file(settings, url, file, out, errors, workers=workers, allow=allow,
                                default_dialect=endpoint, show=not as_json))  # type: ignore[arg-type]
     _report(report, as_json)
     sys.exit(report.exit_code)
@@ -149,8 +162,8 @@ def demo(ctx: click.Context, lines: int, out: Path, as_json: bool) -> None:
     """A no-setup tour: embedded Redis, two simulated providers (one flaky), a sample batch.
 
     Writes demo-input.jsonl (with a few deliberately bad lines), runs it, and writes the
-    results and errors files. The flaky provider fails 20 % of calls with 503 and answers
-    its first calls with 429 and 402, so the attempts in the results show the failover.
+    results and errors files. The flaky provider answers its first call with 429 and a
+    quarter of the rest with 503, so the attempts in the results show retries and failover.
     """
     from .demo import DEMO_PROVIDERS, write_sample
     from .runner import environment, run_file
@@ -168,10 +181,12 @@ def demo(ctx: click.Context, lines: int, out: Path, as_json: bool) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", help="A name for the batch (default: the file name).")
 @endpoint_option
+@providers_option
 @click.option("--json", "as_json", is_flag=True, help="Print the submission as JSON.")
 @click.pass_context
 @handles_errors
-def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, as_json: bool) -> None:
+def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allow: list[str] | None,
+           as_json: bool) -> None:
     """Queue FILE as a new batch in Redis and print its id.
 
     Each line is an OpenAI Batch line, an Anthropic Message Batches line, or a bare request
@@ -188,7 +203,7 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, as_j
 
     async def go() -> Any:
         async with _store(settings) as store:
-            return await submit_file(store, file, name=name, default_dialect=endpoint,
+            return await submit_file(store, file, name=name, default_dialect=endpoint, providers=allow,
                                      chunk_size=settings.worker.chunk_size)
 
     res = _run(go())

@@ -57,6 +57,7 @@ class ProviderConfig(_Strict):
     translate: bool = True  # may serve jobs of the other dialect by translating them
     endpoints: dict[Dialect, str] = Field(default_factory=dict)
     priority: int = 100
+    weight: float = Field(default=1.0, ge=0)  # for the `weighted` routing strategy
     models: dict[str, str] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
     anthropic_version: str | None = "2023-06-01"
@@ -149,6 +150,7 @@ class WorkerConfig(_Strict):
     max_tries: int = Field(default=25, ge=1)
     connections_per_client: int = Field(default=16, ge=1, le=256)
     default_max_tokens: int = Field(default=4096, ge=1)  # the messages dialect requires max_tokens
+    provider_deadline: float = Field(default=300.0, gt=0)  # retries on one provider stop after this
     # arq's limit for one chunk job; a SIGKILLed worker's chunk reruns this long (+10 s) later.
     # The chunk stops itself before it and requeues its unfinished lines (arq would drop them).
     job_timeout: float = Field(default=600.0, gt=0)
@@ -164,9 +166,35 @@ class WorkerConfig(_Strict):
         return max(self.job_timeout * 0.9, self.job_timeout - 30)
 
 
+class HealthConfig(_Strict):
+    """Shared provider health (design.md §4); seconds unless named otherwise."""
+
+    bench_s: float = Field(default=900, ge=0)  # out of credit: leave it alone this long
+    disable_s: float = Field(default=3600, ge=0)  # 401/403; `providers check` lifts it sooner
+    model_cooldown_s: float = Field(default=600, ge=0)  # 404 for a model at a provider
+    cooldown_s: float = Field(default=5, ge=0)  # a 429 without Retry-After
+    breaker_window_s: float = Field(default=30, gt=0)
+    breaker_min_calls: int = Field(default=10, ge=1)
+    breaker_error_rate: float = Field(default=0.5, gt=0, le=1)
+    breaker_open_s: float = Field(default=10, ge=0)
+    rate_recovery_s: float = Field(default=60, gt=0)  # from half pace back to full after a 429
+    rate_headroom: float = Field(default=0.99, gt=0, le=1)  # pace at this share of rpm/tpm
+    max_wait_s: float = Field(default=5, ge=0)  # longer waits defer the line instead of holding a slot
+    line_deadline_s: float = Field(default=3600, gt=0)  # a line nobody could serve fails after this
+    probe_s: float = Field(default=30, gt=0)
+    lease_s: float = Field(default=300, gt=0)
+
+
+class RoutingConfig(_Strict):
+    strategy: Literal["priority", "cheapest", "weighted"] = "priority"
+    routes: dict[str, list[str]] = Field(default_factory=dict)  # model (or glob) -> providers allowed
+
+
 class Settings(_Strict):
     redis: RedisConfig = RedisConfig()
     worker: WorkerConfig = WorkerConfig()
+    health: HealthConfig = HealthConfig()
+    routing: RoutingConfig = RoutingConfig()
     providers: tuple[ProviderConfig, ...] = ()
     source: str | None = None
 
@@ -176,7 +204,18 @@ class Settings(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"provider names must be unique, repeated: {', '.join(dupes)}")
+        for model, allowed in self.routing.routes.items():
+            unknown = sorted(set(allowed) - set(names))
+            if unknown and self.providers:
+                raise ValueError(f"routing.routes[{model!r}] names unknown providers: {', '.join(unknown)}")
         return self
+
+    def check_allow_list(self, names: list[str]) -> list[str]:
+        known = {p.name for p in self.providers}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"unknown providers {', '.join(unknown)} (configured: {', '.join(sorted(known))})")
+        return names
 
     @property
     def redis_url(self) -> str | None:

@@ -7,11 +7,11 @@ from typing import Any
 
 import orjson
 
-# the flaky one is tried first: its 429, 402 and 503s show failover in the attempts
+# the flaky one is tried first: its 429 and 503s show retries and failover in the attempts
 DEMO_PROVIDERS: dict[str, dict[str, Any]] = {
-    "flaky-reseller": {"script": [429, 402], "fail_rate": 0.2, "fail_rate_status": 503, "retry_after": 1,
+    "flaky-reseller": {"script": [429], "fail_rate": 0.25, "fail_rate_status": 503, "retry_after": 0.2,
                        "latency_ms": 20, "seed": 7},
-    "steady-reseller": {"latency_ms": 40},
+    "steady-reseller": {"latency_ms": 200},
 }
 TOPICS = ["black holes", "sourdough", "TCP slow start", "the Krebs cycle", "haiku", "Redis AOF", "tides"]
 BAD_LINES = [b'{"custom_id": "broken", "method": "POST", "url": "/v1/chat/completions", "body": {', b"[1, 2, 3]",

@@ -25,6 +25,24 @@ class Keys:
         """The arq queue (a sorted set owned by arq)."""
         return f"{self.prefix}queue"
 
+    @property
+    def health(self) -> str:
+        """Hash: per provider `name:field` (disabled/bench/cool/open until, probe, last outcome)."""
+        return f"{self.prefix}health"
+
+    @property
+    def breaker(self) -> str:
+        """Hash: per provider error-rate window (`name:ws`, `name:calls`, `name:fails`)."""
+        return f"{self.prefix}breaker"
+
+    def rate(self, provider: str) -> str:
+        """Hash: the provider's pacing state (theoretical arrival times, 429 back-off factor)."""
+        return f"{self.prefix}rate:{provider}"
+
+    def concurrency(self, provider: str) -> str:
+        """Sorted set: leases of calls in flight, scored by when they lapse."""
+        return f"{self.prefix}conc:{provider}"
+
     def meta(self, batch_id: str) -> str:
         """Hash: id, name, status, times, counts."""
         return f"{self.prefix}batch:{batch_id}"
@@ -41,6 +59,14 @@ class Keys:
         """Hash: line number -> final result record JSON (success or error)."""
         return f"{self.prefix}batch:{batch_id}:results"
 
+    def first_try(self, batch_id: str) -> str:
+        """Hash: line number -> when it was first tried (for the per-line deadline)."""
+        return f"{self.prefix}batch:{batch_id}:first"
+
+    def attempts(self, batch_id: str) -> str:
+        """Hash: line number -> JSON list of the attempts of a deferred line, until its result is written."""
+        return f"{self.prefix}batch:{batch_id}:attempts"
+
     def chunks(self, batch_id: str) -> str:
         """Hash: chunk job id -> JSON list of its line numbers (for re-enqueueing)."""
         return f"{self.prefix}batch:{batch_id}:chunks"
@@ -52,4 +78,6 @@ class Keys:
             self.pending(batch_id),
             self.results(batch_id),
             self.chunks(batch_id),
+            self.first_try(batch_id),
+            self.attempts(batch_id),
         ]

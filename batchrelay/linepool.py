@@ -11,26 +11,27 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
-Handler = Callable[[int, T], Awaitable[None]]
+R = TypeVar("R")
+Handler = Callable[[int, T], Awaitable[R]]
 
 
-class LinePool(Generic[T]):
-    def __init__(self, size: int, handler: Handler[T]) -> None:
+class LinePool(Generic[T, R]):
+    def __init__(self, size: int, handler: Handler[T, R]) -> None:
         self.size = size
         self._handler = handler
-        self._queue: asyncio.Queue[tuple[T, asyncio.Future[None]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.busy = 0
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._consume(i), name=f"line-consumer-{i}") for i in range(self.size)]
 
-    async def run(self, items: Iterable[T]) -> None:
-        """Process every item; raises the first handler error after all items settled."""
+    async def run(self, items: Iterable[T]) -> list[R]:
+        """Every item's result, in order; raises the first handler error after all items settled."""
         loop = asyncio.get_running_loop()
         futures = []
         for item in items:
-            fut: asyncio.Future[None] = loop.create_future()
+            fut: asyncio.Future[R] = loop.create_future()
             self._queue.put_nowait((item, fut))
             futures.append(fut)
         try:
@@ -42,6 +43,7 @@ class LinePool(Generic[T]):
         for r in results:
             if isinstance(r, BaseException):
                 raise r
+        return results  # type: ignore[return-value]
 
     async def _consume(self, index: int) -> None:
         while True:
@@ -50,13 +52,13 @@ class LinePool(Generic[T]):
                 continue
             self.busy += 1
             try:
-                await self._handler(index, item)
+                result = await self._handler(index, item)
             except Exception as e:
                 if not fut.done():
                     fut.set_exception(e)
             else:
                 if not fut.done():
-                    fut.set_result(None)
+                    fut.set_result(result)
             finally:
                 self.busy -= 1
 

@@ -1,40 +1,43 @@
 """One line, several providers: the failover loop outside, tenacity retries inside one provider.
 
-Routes: providers that speak the job's dialect in priority order, then those that can serve it
-only by translation (chat ↔ messages), whose answers are translated back so a result body is
-always in the job's own dialect.
-
-This is the simple policy of the core pipeline: providers in priority order; transient failures
-(timeouts, 5xx, junk 200s) retried on the same provider with jittered backoff, then fail over;
-402/429/401/403/404 fail over at once; a bad request (400/413/422) fails the line without
-spending money elsewhere.
+Candidates come from `routing` (strategy, per-model routes, the batch's allow-list; providers of
+the job's own dialect before those that need a translation, whose answers are translated back).
+Before every attempt the shared `health` gate is asked; a provider it refuses is skipped. Transient
+failures are retried on the same provider with jittered backoff (Retry-After honoured), then the
+next provider is tried; billing/auth/404/429 fail over at once; a bad request fails the line.
+When no provider can take the line now, it is deferred, not failed, until its deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    stop_any,
+    wait_exponential_jitter,
+)
 
-from .classify import Action, classify
-from .config import Dialect, ProviderConfig, WorkerConfig
+from .classify import Action, classify, retry_after_seconds
+from .config import Dialect, HealthConfig, ProviderConfig, WorkerConfig
 from .errors import ProviderError
+from .health import Health, Kind, Permit, Unavailable, estimate_tokens
 from .jobs import JobLine
 from .providers import ProviderReply, send
 from .translate import translate_request, translate_response
 
-OTHER: dict[Dialect, Dialect] = {"chat": "messages", "messages": "chat"}
-
-
-def routes(dialect: Dialect, providers: Sequence[ProviderConfig]) -> list[tuple[ProviderConfig, Dialect]]:
-    """Native providers first (priority order), then the ones that need a translation."""
-    native = [(p, dialect) for p in providers if p.speaks(dialect)]
-    other = OTHER[dialect]
-    return native + [(p, other) for p in providers if not p.speaks(dialect) and p.translate and p.speaks(other)]
+KIND_OF: dict[Action, Kind] = {Action.RETRY: "transient", Action.BENCH: "billing", Action.DISABLE: "auth",
+                               Action.COOL_MODEL: "model", Action.FAIL_LINE: "other", Action.FAILOVER: "other"}
+PASS_BACKOFF_S = 1.0  # every provider failed transiently: look again this soon
 
 
 def wire_body(job: JobLine, wire: Dialect, cfg: WorkerConfig) -> tuple[dict[str, Any], list[str]]:
@@ -63,6 +66,13 @@ class Attempt:
     latency_ms: float
     action: str | None = None
     error: str | None = None
+    wait_s: float = 0.0  # slept before this attempt: pacing, backoff or Retry-After
+    started_at: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Attempt:
+        return cls(d["provider"], d.get("status"), d.get("latency_ms", 0.0), d.get("action"), d.get("error"),
+                   d.get("wait_s", 0.0), d.get("started_at", 0.0))
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"provider": self.provider, "status": self.status, "latency_ms": round(self.latency_ms, 1)}
@@ -70,6 +80,10 @@ class Attempt:
             d["action"] = self.action
         if self.error:
             d["error"] = self.error
+        if self.wait_s:
+            d["wait_s"] = round(self.wait_s, 3)
+        if self.started_at:
+            d["started_at"] = round(self.started_at, 3)
         return d
 
 
@@ -83,65 +97,166 @@ class Outcome:
     rejected: bool = False  # the provider called the request itself bad: no failover
     wire_dialect: Dialect | None = None  # what the serving provider spoke, when it differs from the job's
     notes: list[str] = field(default_factory=list)  # what could not be mapped exactly
+    defer_s: float | None = None  # nobody could take it now: look again in this many seconds
+    last_answer: dict[str, str] = field(default_factory=dict)  # provider -> its last failed call
 
     @property
     def ok(self) -> bool:
         return self.reply is not None
 
 
+class _Refused(Exception):
+    def __init__(self, why: Unavailable) -> None:
+        self.why = why
+
+
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, ProviderError) and classify(exc) is Action.RETRY
 
 
+def _wait(cfg: WorkerConfig, health: HealthConfig) -> Any:
+    backoff = wait_exponential_jitter(multiplier=cfg.backoff, max=10, jitter=cfg.backoff)
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        ra = retry_after_seconds(exc) if isinstance(exc, ProviderError) else None
+        return max(backoff(state), ra or 0.0)
+
+    return wait
+
+
 async def relay(
-    job: JobLine, providers: Sequence[ProviderConfig], client: httpx.AsyncClient, cfg: WorkerConfig
+    job: JobLine,
+    candidates: Sequence[tuple[ProviderConfig, Dialect]],
+    client: httpx.AsyncClient,
+    cfg: WorkerConfig,
+    health: Health,
+    *,
+    first_tried: float,
+    earlier: Sequence[Attempt] = (),
 ) -> Outcome:
-    out = Outcome()
-    candidates = routes(job.dialect, providers)
+    """Serve the line; short waits for a provider happen here, longer ones come back as `defer_s`."""
+    out = Outcome(attempts=list(earlier))
     if not candidates:
-        out.message = f"no configured provider serves the {job.dialect} dialect"
+        out.message = f"no configured provider serves the {job.dialect} dialect for this batch and model"
         return out
+    waited = 0.0
+    while True:
+        done, last, waits = await _one_pass(job, candidates, client, cfg, health, out)
+        if done:
+            return out
+        soonest = min((w for w in waits if w >= 0), default=None)
+        if soonest is None or waited + soonest > health.cfg.max_wait_s:
+            return _no_provider_now(out, last, waits, first_tried, health.cfg)
+        await asyncio.sleep(max(soonest, 0.01))
+        waited += max(soonest, 0.01)
+
+
+async def _one_pass(
+    job: JobLine, candidates: Sequence[tuple[ProviderConfig, Dialect]], client: httpx.AsyncClient,
+    cfg: WorkerConfig, health: Health, out: Outcome,
+) -> tuple[bool, dict[str, str], list[float]]:
+    """Try each candidate once (with its retries); True when the line got its answer or failed for good."""
+    last: dict[str, str] = {}
+    waits: list[float] = []
     for provider, wire in candidates:
         body, notes = wire_body(job, wire, cfg)
         try:
-            reply = await _call_with_retries(provider, wire, body, client, cfg, out.attempts)
-            answer, back = answer_body(job, provider, wire, reply)
-            out.reply = replace(reply, body=answer)
-            out.provider = provider
-            out.wire_dialect = wire if wire != job.dialect else None
-            out.notes = [*notes, *reply.notes, *back]
-            return out
+            reply = await _call_with_retries(provider, wire, body, client, cfg, health, out.attempts)
+        except _Refused as r:
+            last[provider.name] = f"{r.why.reason} (for {r.why.wait_s:.1f}s)" if r.why.wait_s >= 0 else r.why.reason
+            waits.append(r.why.wait_s)
+            continue
         except ProviderError as e:
-            out.error, out.provider = e, provider
+            out.error = e
+            last[provider.name] = out.last_answer[provider.name] = f"{e.reason} ({classify(e).value})"
             if classify(e) is Action.FAIL_LINE:
-                out.rejected = True
+                out.provider, out.rejected = provider, True
                 out.message = f"{provider.name} rejected the request: {e.reason}"
-                return out
-    tried = "; ".join(f"{a.provider}: {a.error or a.status}" for a in out.attempts)
-    out.provider = None
-    out.message = f"every provider failed ({tried})"
+                return True, last, waits
+            waits.append(_back_in(e, health.cfg))
+            continue
+        answer, back = answer_body(job, provider, wire, reply)
+        out.reply, out.provider = replace(reply, body=answer), provider
+        out.wire_dialect = wire if wire != job.dialect else None
+        out.notes = [*notes, *reply.notes, *back]
+        return True, last, waits
+    return False, last, waits
+
+
+def _back_in(e: ProviderError, cfg: HealthConfig) -> float:
+    """After this failure, when the provider may be worth trying again for this line."""
+    action, ra = classify(e), retry_after_seconds(e)
+    if action is Action.BENCH:
+        return cfg.bench_s
+    if action is Action.DISABLE:
+        return cfg.disable_s
+    if action is Action.COOL_MODEL:
+        return cfg.model_cooldown_s
+    if e.status == 429:
+        return ra if ra is not None else cfg.cooldown_s
+    return ra if ra is not None else PASS_BACKOFF_S
+
+
+def _no_provider_now(out: Outcome, last: dict[str, str], waits: list[float], first_tried: float,
+                     cfg: HealthConfig) -> Outcome:
+    """Defer until the earliest provider may take it again, unless that is past the line's deadline."""
+    deadline = first_tried + cfg.line_deadline_s
+    soonest = min((w for w in waits if w >= 0), default=None)
+    now = time.time()
+    if soonest is not None and now + soonest < deadline:
+        out.defer_s = max(soonest, 0.05)
+        return out
+    def said(name: str, what: str) -> str:
+        answer = out.last_answer.get(name)
+        return what if answer is None or answer == what else f"{what}, last answer {answer}"
+
+    summary = "; ".join(f"{name}: {said(name, what)}" for name, what in last.items())
+    out.message = (f"no provider could serve this line before its deadline "
+                   f"({cfg.line_deadline_s:g}s after its first try): {summary}")
     return out
 
 
 async def _call_with_retries(
     provider: ProviderConfig, wire: Dialect, body: dict[str, Any], client: httpx.AsyncClient, cfg: WorkerConfig,
-    log: list[Attempt],
+    health: Health, log: list[Attempt],
 ) -> ProviderReply:
+    model = str(body["model"])
+    tokens = estimate_tokens(body)
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(cfg.attempts_per_provider),
-        wait=wait_exponential_jitter(multiplier=cfg.backoff, max=10, jitter=cfg.backoff),
+        stop=stop_any(stop_after_attempt(cfg.attempts_per_provider), stop_after_delay(cfg.provider_deadline)),
+        wait=_wait(cfg, health.cfg),
         retry=retry_if_exception(_is_transient),
         reraise=True,
     )
     async for attempt in retrying:
         with attempt:
-            started = time.perf_counter()
-            try:
-                reply = await send(client, provider, wire, body, timeout=cfg.call_timeout)
-            except ProviderError as e:
-                ms = (time.perf_counter() - started) * 1000
-                log.append(Attempt(provider.name, e.status, ms, classify(e).value, e.reason))
-                raise
-            log.append(Attempt(provider.name, 200, reply.latency_ms))
-            return reply
+            slept = attempt.retry_state.upcoming_sleep if attempt.retry_state.attempt_number > 1 else 0.0
+            got = await health.acquire(provider, model, tokens)
+            if isinstance(got, Unavailable):
+                raise _Refused(got)
+            if got.wait_s > 0:
+                await asyncio.sleep(got.wait_s)  # our paced slot in the provider's rate limit
+            return await _attempt(provider, wire, body, client, cfg, health, got, log, slept + got.wait_s)
     raise AssertionError("unreachable: tenacity either returns or reraises")
+
+
+async def _attempt(provider: ProviderConfig, wire: Dialect, body: dict[str, Any], client: httpx.AsyncClient,
+                   cfg: WorkerConfig, health: Health, permit: Permit, log: list[Attempt],
+                   waited: float) -> ProviderReply:
+    started_at = time.time()
+    started = time.perf_counter()
+    model = str(body["model"])
+    try:
+        reply = await send(client, provider, wire, body, timeout=cfg.call_timeout)
+    except ProviderError as e:
+        action = classify(e)
+        log.append(Attempt(provider.name, e.status, (time.perf_counter() - started) * 1000, action.value, e.reason,
+                           waited, started_at))
+        kind: Kind = "rate_limited" if e.status == 429 and action is Action.FAILOVER else KIND_OF[action]
+        await health.report(provider, permit, model, kind, retry_after=retry_after_seconds(e),
+                            text=f"{e.status or ''} {e.reason}".strip())
+        raise
+    await health.report(provider, permit, model, "success")
+    log.append(Attempt(provider.name, 200, reply.latency_ms, wait_s=waited, started_at=started_at))
+    return reply

@@ -101,13 +101,14 @@ async def _work(settings: Settings, url: str, store: Store, batch_id: str, worke
 
 async def run_file(
     settings: Settings, url: str, path: Path, out: Path, errors: Path | None, *,
-    workers: int = 1, default_dialect: Dialect = "chat", show: bool = True,
+    workers: int = 1, default_dialect: Dialect = "chat", show: bool = True, allow: list[str] | None = None,
 ) -> RunReport:
     started = time.perf_counter()
     redis = await connect(url)
     try:
         store = Store(redis, Keys(settings.redis.prefix))
-        sub = await submit_file(store, path, default_dialect=default_dialect, chunk_size=settings.worker.chunk_size)
+        sub = await submit_file(store, path, default_dialect=default_dialect, chunk_size=settings.worker.chunk_size,
+                                providers=allow)
         info = await _work(settings, url, store, sub.batch_id, workers, show)
         exported = await export(store, sub.batch_id, out, errors)
     finally:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from .errors import BatchNotFound
@@ -22,10 +23,11 @@ from .keys import Keys
 OK, ERR = b"1", b"0"
 EXPORT_BLOCK = 2000
 
-# KEYS: results, pending, meta. ARGV: line, record, count field, now
+# KEYS: results, pending, meta, attempts. ARGV: line, record, count field, now
 _WRITE_RESULT = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
 if redis.call('SCARD', KEYS[2]) == 0 and redis.call('HGET', KEYS[3], 'status') == 'in_progress' then
   redis.call('HSET', KEYS[3], 'status', 'completed', 'finished_at', ARGV[4])
@@ -46,6 +48,14 @@ return 1
 
 COUNT_FIELDS = ("total", "invalid", "succeeded", "failed", "max_line", "chunks")
 FINISHED = ("completed", "failed", "cancelled", "expired")
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    jobs: list[JobLine]
+    first_tried: dict[int, float]
+    allow: list[str] | None  # the batch's provider allow-list, if it has one
+    earlier: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # attempts before a deferral
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +121,14 @@ class Store:
         self._write_result = redis.register_script(_WRITE_RESULT)
         self._finish_submit = redis.register_script(_FINISH_SUBMIT)
 
-    async def create_batch(self, batch_id: str, *, name: str, source: str) -> None:
+    async def create_batch(self, batch_id: str, *, name: str, source: str,
+                           providers: Sequence[str] | None = None) -> None:
         now = time.time()
+        extra = {"providers": ",".join(providers)} if providers else {}
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.meta(batch_id), mapping={
                 "id": batch_id, "name": name, "source": source, "status": "validating", "created_at": now,
-                **{f: 0 for f in COUNT_FIELDS},
+                **{f: 0 for f in COUNT_FIELDS}, **extra,
             })
             pipe.zadd(self.keys.batches, {batch_id: now})
             await pipe.execute()
@@ -147,21 +159,40 @@ class Store:
         await self.redis.hset(self.keys.meta(batch_id), mapping={  # type: ignore[misc]
             "status": "failed", "finished_at": time.time(), "error": reason[:500]})
 
-    async def claim(self, batch_id: str, lines: Sequence[int]) -> list[JobLine]:
-        """The lines of `lines` that still need work, with their requests: one round trip."""
+    async def claim(self, batch_id: str, lines: Sequence[int]) -> Claim:
+        """The lines of `lines` that still need work, with their requests and first-try times."""
         if not lines:
-            return []
+            return Claim([], {}, None)
+        k, now = self.keys, time.time()
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.smismember(self.keys.pending(batch_id), list(lines))
-            pipe.hmget(self.keys.lines(batch_id), list(lines))
-            flags, raws = await pipe.execute()
-        return [JobLine.from_json(raw) for flag, raw in zip(flags, raws, strict=True) if flag and raw]
+            pipe.smismember(k.pending(batch_id), list(lines))
+            pipe.hmget(k.lines(batch_id), list(lines))
+            pipe.hmget(k.first_try(batch_id), list(lines))
+            pipe.hget(k.meta(batch_id), "providers")
+            pipe.hmget(k.attempts(batch_id), list(lines))
+            flags, raws, firsts, allow, tried = await pipe.execute()
+        jobs, first_tried, fresh, earlier = [], {}, {}, {}
+        for line, flag, raw, first, before in zip(lines, flags, raws, firsts, tried, strict=True):
+            if flag and raw:
+                jobs.append(JobLine.from_json(raw))
+                first_tried[line] = float(first) if first else now
+                if before:
+                    earlier[line] = orjson.loads(before)
+                if not first:
+                    fresh[line] = now
+        if fresh:
+            await self.redis.hset(k.first_try(batch_id), mapping=fresh)  # type: ignore[misc]
+        return Claim(jobs, first_tried, allow.decode().split(",") if allow else None, earlier)
+
+    async def save_attempts(self, batch_id: str, line: int, attempts: list[dict[str, Any]]) -> None:
+        """A deferred line keeps its attempts, so its result can list every one of them."""
+        await self.redis.hset(self.keys.attempts(batch_id), str(line), orjson.dumps(attempts).decode())  # type: ignore[misc]
 
     async def write_result(self, batch_id: str, line: int, record: bytes, ok: bool) -> bool:
         """Record a line's final result once; False when it already had one (a harmless rerun)."""
         k = self.keys
         written = await self._write_result(
-            keys=[k.results(batch_id), k.pending(batch_id), k.meta(batch_id)],
+            keys=[k.results(batch_id), k.pending(batch_id), k.meta(batch_id), k.attempts(batch_id)],
             args=[line, (OK if ok else ERR) + record, "succeeded" if ok else "failed", time.time()],
         )
         return bool(written)

@@ -40,10 +40,11 @@ async def submit_stream(
     source: str,
     default_dialect: Dialect = "chat",
     chunk_size: int = 50,
+    providers: list[str] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> SubmitResult:
     batch_id = new_batch_id()
-    await store.create_batch(batch_id, name=name, source=source)
+    await store.create_batch(batch_id, name=name, source=source, providers=providers)
     jobs: list[JobLine] = []
     bad: list[tuple[int, bytes]] = []
     open_chunk: list[int] = []

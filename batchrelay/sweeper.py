@@ -8,6 +8,8 @@ sweep at once; the worst case is a harmless no-op enqueue.
 
 from __future__ import annotations
 
+import time
+
 from arq.constants import job_key_prefix
 
 from .queue import enqueue_chunks
@@ -47,6 +49,18 @@ async def _chunk_blocks(store: Store, batch_id: str):  # type: ignore[no-untyped
             block = []
     if block:
         yield block
+
+
+async def requeue_deferred(store: Store, batch_id: str, job_id: str, lines: list[int], defer_s: float) -> str:
+    """Deferred lines of chunk `job_id` become a new chunk job due in `defer_s`; the old id stops
+    owning them (the sweeper must not put them back twice)."""
+    new_id = f"{job_id.split('.d')[0]}.d{time.time_ns() // 1_000_000}"
+    await enqueue_chunks(store.redis, store.keys, batch_id, [(new_id, lines)], defer_s=defer_s)
+    async with store.redis.pipeline(transaction=True) as pipe:
+        pipe.hset(store.keys.chunks(batch_id), new_id, ",".join(map(str, lines)))
+        pipe.hdel(store.keys.chunks(batch_id), job_id)
+        await pipe.execute()
+    return new_id
 
 
 async def sweep(store: Store) -> int:

@@ -3,7 +3,9 @@
 A chunk job claims its lines that still have no result (a rerun skips finished ones), feeds them
 to the pool, and each consumer relays its line to the providers and writes the result in one
 atomic step. A line whose attempts all fail gets a terminal error record written here, never
-only arq's 'max retries exceeded'.
+only arq's 'max retries exceeded'. A line no provider can take now is deferred: the chunk ends
+and its deferred lines go back to the queue as a new chunk job due when the earliest provider
+may take them again, so waiting costs neither a consumer slot nor an arq try.
 
 `python -m arq batchrelay.worker.WorkerSettings` works too; it reads the config from the
 environment (`BATCHRELAY_CONFIG`, `REDIS_URL`).
@@ -25,17 +27,28 @@ from arq.worker import Retry, Worker, func
 from redis.exceptions import RedisError
 
 from .config import ProviderConfig, Settings, load_settings
+from .health import Health
 from .jobs import JobLine
 from .keys import Keys
 from .linepool import LinePool
 from .output import outcome_record
 from .queue import CHUNK_FUNCTION
-from .relay import relay
+from .relay import Attempt, relay
+from .routing import candidates
 from .store import Store
-from .sweeper import sweep
+from .sweeper import requeue_deferred, sweep
 
 log = logging.getLogger("batchrelay.worker")
 REDIS_RETRY_DEFER = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class LineWork:
+    batch_id: str
+    job: JobLine
+    first_tried: float
+    allow: list[str] | None
+    earlier: list[Attempt]
 
 
 @dataclass(slots=True)
@@ -45,8 +58,9 @@ class Runtime:
     settings: Settings
     store: Store
     providers: list[ProviderConfig]
+    health: Health
     clients: list[httpx.AsyncClient] = field(default_factory=list)
-    pool: LinePool[tuple[str, JobLine]] | None = None
+    pool: LinePool[LineWork, float | None] | None = None
 
     def open(self) -> None:
         w = self.settings.worker
@@ -66,18 +80,32 @@ class Runtime:
         for c in self.clients:
             await c.aclose()
 
-    async def handle_line(self, consumer: int, item: tuple[str, JobLine]) -> None:
-        batch_id, job = item
+    async def handle_line(self, consumer: int, work: LineWork) -> float | None:
+        """Relay one line and record its result; or return how long to defer it."""
         client = self.clients[consumer * len(self.clients) // self.settings.worker.concurrency]
-        out = await relay(job, self.providers, client, self.settings.worker)
-        await self.store.write_result(batch_id, job.line, outcome_record(batch_id, job, out), out.ok)
+        job, r = work.job, self.settings.routing
+        cands = candidates(job.dialect, str(job.body["model"]), self.providers, strategy=r.strategy,
+                           routes=r.routes, allow=work.allow)
+        out = await relay(job, cands, client, self.settings.worker, self.health, first_tried=work.first_tried,
+                          earlier=work.earlier)
+        if out.defer_s is not None:
+            await self.store.save_attempts(work.batch_id, job.line, [a.as_dict() for a in out.attempts])
+            return out.defer_s
+        await self.store.write_result(work.batch_id, job.line, outcome_record(work.batch_id, job, out), out.ok)
+        return None
 
-    async def run_chunk(self, batch_id: str, lines: list[int]) -> int:
-        todo = await self.store.claim(batch_id, lines)
-        if todo:
-            assert self.pool is not None
-            await self.pool.run((batch_id, job) for job in todo)
-        return len(todo)
+    async def run_chunk(self, batch_id: str, lines: list[int], job_id: str) -> int:
+        claim = await self.store.claim(batch_id, lines)
+        if not claim.jobs:
+            return 0
+        assert self.pool is not None
+        work = [LineWork(batch_id, job, claim.first_tried[job.line], claim.allow,
+                         [Attempt.from_dict(a) for a in claim.earlier.get(job.line, [])]) for job in claim.jobs]
+        defers = await self.pool.run(work)
+        later = [(w.job.line, d) for w, d in zip(work, defers, strict=True) if d is not None]
+        if later:
+            await requeue_deferred(self.store, batch_id, job_id, [n for n, _ in later], min(d for _, d in later))
+        return len(claim.jobs) - len(later)
 
     @property
     def chunk_deadline(self) -> float:
@@ -88,7 +116,7 @@ async def run_chunk(ctx: dict[str, Any], batch_id: str, lines: list[int]) -> int
     rt: Runtime = ctx["runtime"]
     try:
         async with asyncio.timeout(rt.chunk_deadline):
-            return await rt.run_chunk(batch_id, lines)
+            return await rt.run_chunk(batch_id, lines, ctx["job_id"])
     except TimeoutError:
         # arq fails a job at job_timeout for good; stopping first lets a retry finish the rest
         log.warning("chunk of %s passed its deadline; requeueing its unfinished lines", batch_id)
@@ -122,7 +150,8 @@ def build_worker(
     async def startup(ctx: dict[str, Any]) -> None:
         if "runtime" in ctx:  # a burst worker's second round after a sweep
             return
-        rt = Runtime(settings, Store(ctx["redis"], keys), settings.ordered_providers())
+        rt = Runtime(settings, Store(ctx["redis"], keys), settings.ordered_providers(),
+                     Health(ctx["redis"], keys, settings.health))
         rt.open()
         ctx["runtime"] = rt
 

@@ -84,12 +84,17 @@ def simulator() -> Iterator[SimulatorProcess]:
     sim.stop()
 
 
-def write_config(path: Path, prefix: str, providers: list[dict[str, Any]], **worker: Any) -> Path:
+def write_config(path: Path, prefix: str, providers: list[dict[str, Any]], *,
+                 health: dict[str, Any] | None = None, routing: str = "", **worker: Any) -> Path:
     """A batchrelay.toml for a test: its own prefix, the given providers, fast worker settings."""
     lines = ["[redis]", f'prefix = "{prefix}"', "", "[worker]"]
     for k, v in {"concurrency": 8, "chunk_size": 10, "call_timeout": 5, "job_timeout": 20, "backoff": 0.01,
                  **worker}.items():
         lines.append(f"{k} = {v!r}")
+    lines.append("[health]")
+    for k, v in (health or {}).items():
+        lines.append(f"{k} = {v!r}")
+    lines.append(routing)
     for p in providers:
         lines.append("\n[[providers]]")
         for k, v in p.items():

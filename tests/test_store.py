@@ -7,6 +7,7 @@ import io
 import orjson
 
 from batchrelay.config import ProviderConfig, Settings, WorkerConfig
+from batchrelay.health import Health
 from batchrelay.simproc import SimulatorProcess
 from batchrelay.store import Store
 from batchrelay.submit import submit_stream
@@ -60,17 +61,17 @@ async def test_rerunning_a_finished_chunk_calls_no_provider_and_changes_nothing(
     with SimulatorProcess({}) as base:
         settings = Settings(worker=WorkerConfig(concurrency=4, chunk_size=10, call_timeout=5),
                             providers=(ProviderConfig(name="sim", base_url=base),))
-        rt = Runtime(settings, store, list(settings.providers))
+        rt = Runtime(settings, store, list(settings.providers), Health(store.redis, store.keys, settings.health))
         rt.open()
         try:
             res = await submit_stream(store, _file(10), name="t", source="t", chunk_size=10)
             (lines,) = (await store.chunk_map(res.batch_id)).values()
-            assert await rt.run_chunk(res.batch_id, lines) == 10
+            assert await rt.run_chunk(res.batch_id, lines, "c0") == 10
             before = [r async for r in store.iter_results(res.batch_id)]
             info_before = await store.info(res.batch_id)
             calls_before = SimulatorProcess.stats_of(base)["calls"]
 
-            assert await rt.run_chunk(res.batch_id, lines) == 0  # an arq rerun of the same chunk
+            assert await rt.run_chunk(res.batch_id, lines, "c0") == 0  # an arq rerun of the same chunk
 
             assert [r async for r in store.iter_results(res.batch_id)] == before
             assert await store.info(res.batch_id) == info_before

@@ -1,0 +1,206 @@
+"""Provider health and rate limits shared by every worker, in Redis (design.md §4).
+
+Before each call a worker asks `acquire` (one Lua step, one round trip): is the provider disabled
+(401/403), benched (billing), cooling (429 / Retry-After), its breaker open, this model cooling
+(404), the call over its rpm/tpm pace or concurrency? If it may go, the rate-limit slot is taken
+in the same step. After a failure (or a probe's success) `report` updates the shared state.
+A provider that has never answered well, or whose breaker is half-open, gets one probe at a time.
+
+Rates are paced (GCRA, no burst): calls are spaced 60/rpm s apart at `headroom` of the limit, and
+tokens likewise; a 429 halves the pace, which recovers linearly over `rate_recovery_s`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+
+from .config import HealthConfig, ProviderConfig
+from .keys import Keys
+
+Kind = Literal["success", "transient", "rate_limited", "billing", "auth", "model", "other"]
+
+_ACQUIRE = """
+local H, R, C, B = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local name, model = ARGV[1], ARGV[2]
+local now, tokens = tonumber(ARGV[3]), tonumber(ARGV[4])
+local rpm, tpm, maxc = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local lease, lease_until, max_wait = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+local recovery, headroom = tonumber(ARGV[11]), tonumber(ARGV[12])
+local probe_s, window = tonumber(ARGV[13]), tonumber(ARGV[14])
+local function num(key, f) return tonumber(redis.call('HGET', key, name .. ':' .. f) or '0') or 0 end
+if num(H, 'disabled_until') > now then return {0, tostring(num(H, 'disabled_until') - now), 'disabled'} end
+for _, f in ipairs({'bench_until', 'cool_until', 'open_until'}) do
+  local u = num(H, f)
+  if u > now then return {0, tostring(u - now), f} end
+end
+local mu = tonumber(redis.call('HGET', H, name .. '|' .. model .. ':model_until') or '0') or 0
+if mu > now then return {0, tostring(mu - now), 'model_until'} end
+local probing = num(H, 'ok') == 0 or num(H, 'half_open') == 1
+if probing and num(H, 'probe_until') > now then return {0, '0.05', 'probing'} end
+if maxc > 0 then
+  redis.call('ZREMRANGEBYSCORE', C, '-inf', now)
+  if redis.call('ZCARD', C) >= maxc then return {0, '0.05', 'concurrency'} end
+end
+local at = now
+if rpm > 0 or tpm > 0 then
+  local f0 = tonumber(redis.call('HGET', R, 'f0') or '1')
+  local ft = tonumber(redis.call('HGET', R, 'ft') or '0')
+  local factor = math.min(1, f0 + (now - ft) / recovery) * headroom
+  if rpm > 0 then at = math.max(at, tonumber(redis.call('HGET', R, 'tat_r') or '0')) end
+  if tpm > 0 then at = math.max(at, tonumber(redis.call('HGET', R, 'tat_t') or '0')) end
+  if at - now > max_wait then return {0, tostring(at - now), 'rate'} end
+  if rpm > 0 then redis.call('HSET', R, 'tat_r', tostring(at + 60 / (rpm * factor))) end
+  if tpm > 0 then redis.call('HSET', R, 'tat_t', tostring(at + tokens * 60 / (tpm * factor))) end
+end
+if maxc > 0 then redis.call('ZADD', C, lease_until, lease) end
+if probing then redis.call('HSET', H, name .. ':probe_until', tostring(now + probe_s)) end
+if now - num(B, 'ws') > window then
+  redis.call('HSET', B, name .. ':ws', tostring(now), name .. ':calls', 0, name .. ':fails', 0)
+end
+redis.call('HINCRBY', B, name .. ':calls', 1)
+return {1, tostring(at - now), probing and 'probe' or 'ok'}
+"""
+
+_REPORT = """
+local H, R, C, B = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local name, model, now, kind = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local ra, lease, text = tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local bench_s, disable_s = tonumber(ARGV[8]), tonumber(ARGV[9])
+local model_s, cool_s = tonumber(ARGV[10]), tonumber(ARGV[11])
+local min_calls, err_rate = tonumber(ARGV[12]), tonumber(ARGV[13])
+local open_s, recovery = tonumber(ARGV[14]), tonumber(ARGV[15])
+local function num(key, f) return tonumber(redis.call('HGET', key, name .. ':' .. f) or '0') or 0 end
+local function set(f, v) redis.call('HSET', H, name .. ':' .. f, tostring(v)) end
+local function later(f, u) if u > num(H, f) then set(f, u) end end
+if lease ~= '' then redis.call('ZREM', C, lease) end
+set('probe_until', 0)
+if kind == 'success' then
+  set('ok', 1)
+  set('half_open', 0)
+  return 1
+end
+set('last', text)
+set('last_at', now)
+if ra > 0 then later('cool_until', now + ra) end
+if kind == 'transient' then
+  local fails = redis.call('HINCRBY', B, name .. ':fails', 1)
+  local calls = num(B, 'calls')
+  if num(H, 'half_open') == 1 or (calls >= min_calls and fails / calls >= err_rate) then
+    later('open_until', now + open_s)
+    set('half_open', 1)
+    redis.call('HSET', B, name .. ':ws', tostring(now), name .. ':calls', 0, name .. ':fails', 0)
+  end
+elseif kind == 'rate_limited' then
+  if ra <= 0 then later('cool_until', now + cool_s) end
+  local f0 = tonumber(redis.call('HGET', R, 'f0') or '1')
+  local ft = tonumber(redis.call('HGET', R, 'ft') or '0')
+  local factor = math.min(1, f0 + (now - ft) / recovery)
+  redis.call('HSET', R, 'f0', tostring(math.max(0.05, factor / 2)), 'ft', tostring(now))
+elseif kind == 'billing' then
+  later('bench_until', now + bench_s)
+elseif kind == 'auth' then
+  later('disabled_until', now + disable_s)
+elseif kind == 'model' then
+  redis.call('HSET', H, name .. '|' .. model .. ':model_until', tostring(now + model_s))
+end
+return 1
+"""
+
+STATE_FIELDS = ("disabled_until", "bench_until", "open_until", "cool_until")
+STATE_NAMES = {"disabled_until": "disabled", "bench_until": "benched", "open_until": "breaker open",
+               "cool_until": "cooling"}
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    provider: str
+    model: str
+    lease: str
+    wait_s: float
+    probe: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    provider: str
+    wait_s: float  # until it may be tried again; -1 never (disabled)
+    reason: str
+
+
+def estimate_tokens(body: dict[str, Any]) -> int:
+    """An estimate, not a count: request bytes / 4 plus per-message overhead, plus max_tokens."""
+    import orjson
+
+    messages = body.get("messages") or []
+    size = len(orjson.dumps(messages)) + len(str(body.get("system", "")))
+    out = body.get("max_tokens") or body.get("max_completion_tokens") or 1024
+    return size // 4 + 4 * len(messages) + (out if isinstance(out, int) else 1024)
+
+
+class Health:
+    """The shared health and rate state of every provider, for one key prefix."""
+
+    def __init__(self, redis: Redis, keys: Keys, cfg: HealthConfig) -> None:
+        self.redis, self.keys, self.cfg = redis, keys, cfg
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._report = redis.register_script(_REPORT)
+
+    def _keys(self, provider: str) -> list[str]:
+        k = self.keys
+        return [k.health, k.rate(provider), k.concurrency(provider), k.breaker]
+
+    async def acquire(self, p: ProviderConfig, model: str, tokens: int) -> Permit | Unavailable:
+        now = time.time()
+        lease = uuid.uuid4().hex if p.max_concurrency else ""
+        limits = p.limits
+        ok, wait, why = await self._acquire(keys=self._keys(p.name), args=[
+            p.name, model, now, tokens, limits.rpm or 0, limits.tpm or 0, p.max_concurrency or 0, lease,
+            now + self.cfg.lease_s, self.cfg.max_wait_s, self.cfg.rate_recovery_s, self.cfg.rate_headroom,
+            self.cfg.probe_s, self.cfg.breaker_window_s])
+        why = why.decode() if isinstance(why, bytes) else str(why)
+        if not ok:
+            return Unavailable(p.name, float(wait), STATE_NAMES.get(why, why))
+        return Permit(p.name, model, lease, float(wait), why == "probe")
+
+    async def report(self, p: ProviderConfig, permit: Permit | None, model: str, kind: Kind, *,
+                     retry_after: float | None = None, text: str = "") -> None:
+        """Failures always; successes only when they matter (a probe, or a lease to give back)."""
+        if kind == "success" and permit is not None and not permit.probe and not permit.lease:
+            return
+        c = self.cfg
+        await self._report(keys=self._keys(p.name), args=[
+            p.name, model, time.time(), kind, retry_after or 0, permit.lease if permit else "", text[:300],
+            c.bench_s, c.disable_s, c.model_cooldown_s, c.cooldown_s, c.breaker_min_calls, c.breaker_error_rate,
+            c.breaker_open_s, c.rate_recovery_s])
+
+    async def clear(self, provider: str) -> None:
+        """`providers check` found it working again: lift bench and disable."""
+        await self.redis.hdel(self.keys.health, f"{provider}:bench_until", f"{provider}:disabled_until")  # type: ignore[misc]
+
+    async def snapshot(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        raw = {k.decode(): v.decode() for k, v in (await self.redis.hgetall(self.keys.health)).items()}  # type: ignore[misc]
+        return {n: describe(n, raw, time.time()) for n in names}
+
+
+def describe(name: str, raw: dict[str, str], now: float) -> dict[str, Any]:
+    """One provider's state for people: the strongest reason it is unavailable, or ok."""
+    for f in STATE_FIELDS:
+        until = float(raw.get(f"{name}:{f}", 0) or 0)
+        if until > now:
+            return {"state": STATE_NAMES[f], "for_s": round(until - now, 1), "last": raw.get(f"{name}:last")}
+    cooling_models = sorted(k.split("|", 1)[1].rsplit(":", 1)[0] for k, v in raw.items()
+                            if k.startswith(f"{name}|") and float(v or 0) > now)
+    state = "ok"
+    if raw.get(f"{name}:ok") != "1":
+        state = "untried"
+    elif raw.get(f"{name}:half_open") == "1":
+        state = "half-open"
+    out: dict[str, Any] = {"state": state, "last": raw.get(f"{name}:last")}
+    if cooling_models:
+        out["cooling_models"] = cooling_models
+    return out
