@@ -2,64 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
-import json
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from redis.asyncio import Redis
 
-from .config import Settings, load_settings
+from .cli_providers import providers
+from .clikit import CONTEXT, emit_json, handles_errors, open_store, run_async, settings_of
+from .config import load_settings
 from .connection import DEFAULT_URL, connect
 from .errors import BatchrelayError
-from .keys import Keys
-from .store import BatchInfo, Store
+from .store import BatchInfo
 
-T = TypeVar("T")
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_FAILED_LINES = 3
-
-
-def _run(coro: Awaitable[T]) -> T:
-    return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-def _settings(ctx: click.Context) -> Settings:
-    return ctx.find_object(dict)["settings"]  # type: ignore[index,no-any-return]
-
-
-def handles_errors(f: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return f(*args, **kwargs)
-        except BatchrelayError as e:
-            click.echo(f"Error: {e}", err=True)
-            sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            sys.exit(130)
-    return wrapper
-
-
-@contextlib.asynccontextmanager
-async def _store(settings: Settings) -> AsyncIterator[Store]:
-    redis: Redis = await connect(settings.redis_url or DEFAULT_URL)
-    try:
-        yield Store(redis, Keys(settings.redis.prefix))
-    finally:
-        await redis.aclose()
-
-
-def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
-
 
 @click.group(context_settings=CONTEXT)
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), envvar="BATCHRELAY_CONFIG",
@@ -92,7 +49,7 @@ def _allow_list(ctx: click.Context, _param: click.Parameter, value: str | None) 
     if not value:
         return None
     try:
-        return _settings(ctx).check_allow_list([v.strip() for v in value.split(",") if v.strip()])
+        return settings_of(ctx).check_allow_list([v.strip() for v in value.split(",") if v.strip()])
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
 
@@ -132,8 +89,8 @@ def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers:
     """
     from .runner import environment, run_file
 
-    with environment(_settings(ctx)) as (settings, url):
-        report = _run(run_file(settings, url, file, out, errors, workers=workers, allow=allow,
+    with environment(settings_of(ctx)) as (settings, url):
+        report = run_async(run_file(settings, url, file, out, errors, workers=workers, allow=allow,
                                default_dialect=endpoint, show=not as_json))  # type: ignore[arg-type]
     _report(report, as_json)
     sys.exit(report.exit_code)
@@ -141,7 +98,7 @@ def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers:
 
 def _report(report: Any, as_json: bool) -> None:
     if as_json:
-        _emit_json(report.as_dict())
+        emit_json(report.as_dict())
         return
     b: BatchInfo = report.batch
     click.echo(f"{b.id}: {b.status} in {report.seconds:.1f}s: {b.succeeded} succeeded, {b.failed} failed, "
@@ -169,9 +126,9 @@ def demo(ctx: click.Context, lines: int, out: Path, as_json: bool) -> None:
     from .runner import environment, run_file
 
     sample = write_sample(out.with_name("demo-input.jsonl"), lines)
-    settings = _settings(ctx).with_providers([])
+    settings = settings_of(ctx).with_providers([])
     with environment(settings, DEMO_PROVIDERS) as (settings, url):
-        report = _run(run_file(settings, url, sample, out, None, show=not as_json))
+        report = run_async(run_file(settings, url, sample, out, None, show=not as_json))
     _report(report, as_json)
     if not as_json:
         click.echo(f"input:   {sample} (the demo plants bad lines on purpose)")
@@ -199,16 +156,16 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
     """
     from .submit import submit_file
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def go() -> Any:
-        async with _store(settings) as store:
+        async with open_store(settings) as store:
             return await submit_file(store, file, name=name, default_dialect=endpoint, providers=allow,
                                      chunk_size=settings.worker.chunk_size)
 
-    res = _run(go())
+    res = run_async(go())
     if as_json:
-        _emit_json({"id": res.batch_id, "lines": res.total, "valid": res.valid, "invalid": res.invalid})
+        emit_json({"id": res.batch_id, "lines": res.total, "valid": res.valid, "invalid": res.invalid})
     else:
         click.echo(res.batch_id)
         if res.invalid:
@@ -231,7 +188,7 @@ def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool
     """
     from .worker import build_worker, run_worker
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     if concurrency:
         tuned = settings.worker.model_copy(update={"concurrency": concurrency})
         settings = settings.model_copy(update={"worker": tuned})
@@ -244,7 +201,7 @@ def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool
         await (await connect(url)).aclose()  # a clear error now beats arq's retry loop
         await run_worker(build_worker(settings, url, burst=burst))
 
-    _run(go())
+    run_async(go())
 
 
 @cli.command()
@@ -264,14 +221,14 @@ def status(ctx: click.Context, batch: str, as_json: bool, watch: bool) -> None:
     from .progress import watch as watch_batch
 
     async def go() -> BatchInfo:
-        async with _store(_settings(ctx)) as store:
+        async with open_store(settings_of(ctx)) as store:
             if watch:
                 return await watch_batch(store, batch, show=True)
             return await store.info(batch)
 
-    info = _run(go())
+    info = run_async(go())
     if as_json:
-        _emit_json(info.as_dict())
+        emit_json(info.as_dict())
         return
     d = info.as_dict()
     click.echo(f"{info.id}  {info.status}  {info.name}  ({info.input_format})")
@@ -302,13 +259,13 @@ def results(ctx: click.Context, batch: str, out: Path, errors: Path | None, wait
     from .progress import watch as watch_batch
 
     async def go() -> tuple[BatchInfo, Any]:
-        async with _store(_settings(ctx)) as store:
+        async with open_store(settings_of(ctx)) as store:
             info = await (watch_batch(store, batch, show=not as_json) if wait else store.info(batch))
             return info, await export(store, batch, out, errors)
 
-    info, exported = _run(go())
+    info, exported = run_async(go())
     if as_json:
-        _emit_json({**info.as_dict(), "results_file": str(exported.results_path), "results": exported.results,
+        emit_json({**info.as_dict(), "results_file": str(exported.results_path), "results": exported.results,
                     "errors_file": str(exported.errors_path), "errors": exported.errors})
     else:
         if not info.finished:
@@ -329,86 +286,17 @@ def batches(ctx: click.Context, limit: int, as_json: bool) -> None:
     from rich.table import Table
 
     async def go() -> list[BatchInfo]:
-        async with _store(_settings(ctx)) as store:
+        async with open_store(settings_of(ctx)) as store:
             return await store.list_batches(limit)
 
-    items = _run(go())
+    items = run_async(go())
     if as_json:
-        _emit_json([b.as_dict() for b in items])
+        emit_json([b.as_dict() for b in items])
         return
     table = Table("id", "name", "status", "total", "succeeded", "failed", "invalid", "pending")
     for b in items:
         table.add_row(b.id, b.name, b.status, *(str(x) for x in (b.total, b.succeeded, b.failed, b.invalid, b.pending)))
     Console().print(table)
-
-
-@cli.group(invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the providers as JSON.")
-@click.pass_context
-@handles_errors
-def providers(ctx: click.Context, as_json: bool) -> None:
-    """List the configured providers: preset, dialects, models, limits, prices.
-
-    
-    Examples:
-      batchrelay providers
-      batchrelay providers check --live
-    """
-    if ctx.invoked_subcommand:
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    items = _settings(ctx).ordered_providers()
-    if as_json:
-        _emit_json([_provider_row(p) for p in items])
-        return
-    table = Table("name", "preset", "priority", "base url", "dialects", "auth", "models", "rpm/tpm")
-    for p in items:
-        row = _provider_row(p)
-        table.add_row(p.name, p.preset or "-", str(p.priority), p.base_url, ", ".join(p.dialects),
-                      ", ".join(f"{d}:{a}" for d, a in row["auth"].items()), row["models_summary"],
-                      f"{row['limits']['rpm'] or '-'}/{row['limits']['tpm'] or '-'}")
-    Console().print(table)
-
-
-def _provider_row(p: Any) -> dict[str, Any]:
-    models = sorted(set(p.catalog) | set(p.models.values()))
-    return {
-        "name": p.name, "preset": p.preset, "priority": p.priority, "base_url": p.base_url,
-        "dialects": list(p.dialects), "auth": {d: p.auth_for(d) for d in p.dialects},
-        "paths": {d: p.path(d) for d in p.dialects}, "api_key_env": p.api_key_env,
-        "key_set": bool(p.api_key()) if p.api_key_env else None, "models": models,
-        "models_summary": ", ".join(models[:4]) + (f" (+{len(models) - 4})" if len(models) > 4 else "") or "any",
-        "model_map": p.models, "limits": p.limits.model_dump(), "plan": p.plan,
-        "price_multiplier": str(p.price_multiplier), "cost_source": p.cost_source,
-        "prices": {m: pr.model_dump(mode="json", exclude_defaults=True) for m, pr in p.prices.items()},
-    }
-
-
-@providers.command("check")
-@click.option("--live", is_flag=True, help="Also send a 1-token request to each provider (costs a little).")
-@click.option("--model", help="Model for the --live request (default: the provider's first listed model).")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.pass_context
-@handles_errors
-def providers_check(ctx: click.Context, live: bool, model: str | None, as_json: bool) -> None:
-    """Check each provider's key and reachability (models/credits endpoints; --live: a real call).
-
-    Exit status 1 when any provider fails a check.
-    """
-    from .checks import check_all
-
-    results = _run(check_all(_settings(ctx).ordered_providers(), live=live, model=model))
-    if as_json:
-        _emit_json([r.as_dict() for r in results])
-    else:
-        for r in results:
-            credit = f"  credits: {r.credits}" if r.credits is not None else ""
-            click.echo(f"{'ok  ' if r.ok else 'FAIL'} {r.provider}{credit}")
-            for c in r.checks:
-                click.echo(f"     {c['check']}: {c['detail']}")
-    sys.exit(0 if all(r.ok for r in results) else 1)
 
 
 @cli.command()
@@ -444,6 +332,9 @@ def simulate(host: str, port: int, **faults: Any) -> None:
     from .simulator import SimConfig, serve
 
     serve(SimConfig(**{k: v for k, v in faults.items() if v is not None}), host=host, port=port)
+
+
+cli.add_command(providers)
 
 
 def main() -> None:
