@@ -29,6 +29,13 @@ class CheckResult:
             row["latency_ms"] = round(latency_ms, 1)
         self.checks.append(row)
 
+    @property
+    def recovered(self) -> bool:
+        """Answered a real check, with credit left where credit is shown: fit to serve again."""
+        real = any(c["check"] in ("models", "credits", "live") for c in self.checks)
+        has_credit = self.credits is None or (isinstance(self.credits, int | float) and self.credits > 0)
+        return self.ok and real and has_credit
+
     def as_dict(self) -> dict[str, Any]:
         return {"provider": self.provider, "ok": self.ok, "credits": self.credits, "checks": self.checks}
 

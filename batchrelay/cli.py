@@ -9,11 +9,12 @@ from typing import Any
 
 import click
 
-from .cli_providers import providers
+from .cli_providers import health_text, providers
 from .clikit import CONTEXT, emit_json, handles_errors, open_store, run_async, settings_of
 from .config import load_settings
 from .connection import DEFAULT_URL, connect
 from .errors import BatchrelayError
+from .health import Health
 from .store import BatchInfo
 
 EXIT_FAILED_LINES = 3
@@ -220,21 +221,26 @@ def status(ctx: click.Context, batch: str, as_json: bool, watch: bool) -> None:
     """
     from .progress import watch as watch_batch
 
-    async def go() -> BatchInfo:
-        async with open_store(settings_of(ctx)) as store:
-            if watch:
-                return await watch_batch(store, batch, show=True)
-            return await store.info(batch)
+    settings = settings_of(ctx)
 
-    info = run_async(go())
+    async def go() -> tuple[BatchInfo, dict[str, dict[str, Any]]]:
+        async with open_store(settings) as store:
+            info = await (watch_batch(store, batch, show=True) if watch else store.info(batch))
+            names = [p.name for p in settings.ordered_providers()]
+            return info, await Health(store.redis, store.keys, settings.health).snapshot(names)
+
+    info, health = run_async(go())
     if as_json:
-        emit_json(info.as_dict())
+        emit_json({**info.as_dict(), "providers": health})
         return
     d = info.as_dict()
     click.echo(f"{info.id}  {info.status}  {info.name}  ({info.input_format})")
     click.echo("  " + "  ".join(f"{k}={v}" for k, v in d["counts"].items()))
     eta = f", ETA {d['eta_s']:.0f}s" if d["eta_s"] is not None else ""
     click.echo(f"  {d['rate_lines_per_s']:.1f} lines/s{eta}")
+    for name, h in health.items():
+        last = f"  last: {h['last']}" if h.get("last") else ""
+        click.echo(f"  provider {name}: {health_text(h)}{last}")
 
 
 @cli.command()

@@ -7,7 +7,9 @@ from typing import Any
 
 import click
 
-from .clikit import emit_json, handles_errors, run_async, settings_of
+from .clikit import emit_json, handles_errors, open_store, run_async, settings_of
+from .errors import StoreError
+from .health import Health
 
 
 @click.group(invoke_without_command=True)
@@ -27,17 +29,52 @@ def providers(ctx: click.Context, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    items = settings_of(ctx).ordered_providers()
+    settings = settings_of(ctx)
+    items = settings.ordered_providers()
+    health = run_async(_health_or_none(settings, [p.name for p in items]))
+    rows = [{**_provider_row(p), "health": health.get(p.name) if health else None} for p in items]
     if as_json:
-        emit_json([_provider_row(p) for p in items])
+        emit_json(rows)
         return
-    table = Table("name", "preset", "priority", "base url", "dialects", "auth", "models", "rpm/tpm")
-    for p in items:
-        row = _provider_row(p)
+    table = Table("name", "preset", "priority", "base url", "dialects", "auth", "models", "rpm/tpm", "health")
+    for p, row in zip(items, rows, strict=True):
         table.add_row(p.name, p.preset or "-", str(p.priority), p.base_url, ", ".join(p.dialects),
                       ", ".join(f"{d}:{a}" for d, a in row["auth"].items()), row["models_summary"],
-                      f"{row['limits']['rpm'] or '-'}/{row['limits']['tpm'] or '-'}")
+                      f"{row['limits']['rpm'] or '-'}/{row['limits']['tpm'] or '-'}", health_text(row["health"]))
     Console().print(table)
+    if health is None:
+        click.echo("(health unknown: Redis not reachable)", err=True)
+
+
+def health_text(h: dict[str, Any] | None) -> str:
+    if not h:
+        return "?"
+    text = str(h["state"]) + (f" {h['for_s']:.0f}s" if "for_s" in h else "")
+    if h.get("cooling_models"):
+        text += f" (404: {', '.join(h['cooling_models'])})"
+    return text
+
+
+async def _clear_recovered(settings: Any, names: list[str]) -> set[str]:
+    if not names:
+        return set()
+    try:
+        async with open_store(settings) as store:
+            health = Health(store.redis, store.keys, settings.health)
+            for name in names:
+                await health.clear(name)
+    except StoreError:
+        return set()
+    return set(names)
+
+
+async def _health_or_none(settings: Any, names: list[str]) -> dict[str, dict[str, Any]] | None:
+    """The shared health of these providers, or None when Redis cannot be reached."""
+    try:
+        async with open_store(settings) as store:
+            return await Health(store.redis, store.keys, settings.health).snapshot(names)
+    except StoreError:
+        return None
 
 
 def _provider_row(p: Any) -> dict[str, Any]:
@@ -63,17 +100,21 @@ def _provider_row(p: Any) -> dict[str, Any]:
 def providers_check(ctx: click.Context, live: bool, model: str | None, as_json: bool) -> None:
     """Check each provider's key and reachability (models/credits endpoints; --live: a real call).
 
-    Exit status 1 when any provider fails a check.
+    A provider that passes (with credit left, where it shows credit) is taken off the bench and
+    re-enabled for every worker. Exit status 1 when any provider fails a check.
     """
     from .checks import check_all
 
-    results = run_async(check_all(settings_of(ctx).ordered_providers(), live=live, model=model))
+    settings = settings_of(ctx)
+    results = run_async(check_all(settings.ordered_providers(), live=live, model=model))
+    cleared = run_async(_clear_recovered(settings, [r.provider for r in results if r.recovered]))
     if as_json:
-        emit_json([r.as_dict() for r in results])
+        emit_json([{**r.as_dict(), "cleared": r.provider in cleared} for r in results])
     else:
         for r in results:
             credit = f"  credits: {r.credits}" if r.credits is not None else ""
-            click.echo(f"{'ok  ' if r.ok else 'FAIL'} {r.provider}{credit}")
+            note = "  (bench/disable lifted)" if r.provider in cleared else ""
+            click.echo(f"{'ok  ' if r.ok else 'FAIL'} {r.provider}{credit}{note}")
             for c in r.checks:
                 click.echo(f"     {c['check']}: {c['detail']}")
     sys.exit(0 if all(r.ok for r in results) else 1)

@@ -181,7 +181,8 @@ class HealthConfig(_Strict):
     rate_headroom: float = Field(default=0.99, gt=0, le=1)  # pace at this share of rpm/tpm
     max_wait_s: float = Field(default=5, ge=0)  # longer waits defer the line instead of holding a slot
     line_deadline_s: float = Field(default=3600, gt=0)  # a line nobody could serve fails after this
-    probe_s: float = Field(default=30, gt=0)
+    probe_s: float = Field(default=30, gt=0)  # a probe's claim lapses after this (its worker may have died)
+    probe_wait_s: float = Field(default=2, ge=0)  # wait this long for a probe's verdict before moving on
     lease_s: float = Field(default=300, gt=0)
 
 

@@ -50,7 +50,7 @@ local at = now
 if rpm > 0 or tpm > 0 then
   local f0 = tonumber(redis.call('HGET', R, 'f0') or '1')
   local ft = tonumber(redis.call('HGET', R, 'ft') or '0')
-  local factor = math.min(1, f0 + (now - ft) / recovery) * headroom
+  local factor = math.min(1, f0 + (now - ft) / (2 * recovery)) * headroom
   if rpm > 0 then at = math.max(at, tonumber(redis.call('HGET', R, 'tat_r') or '0')) end
   if tpm > 0 then at = math.max(at, tonumber(redis.call('HGET', R, 'tat_t') or '0')) end
   if at - now > max_wait then return {0, tostring(at - now), 'rate'} end
@@ -99,7 +99,7 @@ elseif kind == 'rate_limited' then
   if ra <= 0 then later('cool_until', now + cool_s) end
   local f0 = tonumber(redis.call('HGET', R, 'f0') or '1')
   local ft = tonumber(redis.call('HGET', R, 'ft') or '0')
-  local factor = math.min(1, f0 + (now - ft) / recovery)
+  local factor = math.min(1, f0 + (now - ft) / (2 * recovery))
   redis.call('HSET', R, 'f0', tostring(math.max(0.05, factor / 2)), 'ft', tostring(now))
 elseif kind == 'billing' then
   later('bench_until', now + bench_s)

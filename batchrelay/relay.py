@@ -232,13 +232,24 @@ async def _call_with_retries(
     async for attempt in retrying:
         with attempt:
             slept = attempt.retry_state.upcoming_sleep if attempt.retry_state.attempt_number > 1 else 0.0
-            got = await health.acquire(provider, model, tokens)
+            got = await _acquire(health, provider, model, tokens)
             if isinstance(got, Unavailable):
                 raise _Refused(got)
             if got.wait_s > 0:
                 await asyncio.sleep(got.wait_s)  # our paced slot in the provider's rate limit
             return await _attempt(provider, wire, body, client, cfg, health, got, log, slept + got.wait_s)
     raise AssertionError("unreachable: tenacity either returns or reraises")
+
+
+async def _acquire(health: Health, provider: ProviderConfig, model: str, tokens: int) -> Permit | Unavailable:
+    """A slot at the provider; while its single probe is out, wait a little for the verdict rather than
+    spill lines onto lower-priority providers."""
+    deadline = time.monotonic() + health.cfg.probe_wait_s
+    while True:
+        got = await health.acquire(provider, model, tokens)
+        if not isinstance(got, Unavailable) or got.reason != "probing" or time.monotonic() >= deadline:
+            return got
+        await asyncio.sleep(got.wait_s)
 
 
 async def _attempt(provider: ProviderConfig, wire: Dialect, body: dict[str, Any], client: httpx.AsyncClient,

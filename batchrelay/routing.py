@@ -32,11 +32,15 @@ def allowed_by_routes(model: str, routes: Mapping[str, Sequence[str]]) -> set[st
 
 
 def unit_price(provider: ProviderConfig, model: str) -> Decimal:
-    """Input + output USD per 1M tokens at this provider, times its multiplier; unknown = infinity."""
+    """Input + output USD per 1M tokens at this provider; unknown = infinity.
+
+    Listed prices are what the provider charges (piapi's are already 75% of official): the
+    `price_multiplier` scales official prices only, so it must not discount them again.
+    """
     price = provider.price_of(provider.provider_model(model))
     if price is None or price.input is None or price.output is None:
         return UNKNOWN
-    return (price.input + price.output) * provider.price_multiplier
+    return price.input + price.output
 
 
 def order(
