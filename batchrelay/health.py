@@ -149,6 +149,28 @@ class Health:
         self.redis, self.keys, self.cfg = redis, keys, cfg
         self._acquire = redis.register_script(_ACQUIRE)
         self._report = redis.register_script(_REPORT)
+        # what this process learnt and has not yet written to Redis: provider -> blocked until
+        self._local: dict[str, tuple[float, str]] = {}
+
+    def block_locally(self, provider: str, seconds: float, reason: str) -> None:
+        """Seen by this process's next call at once, before the report's round trip lands in Redis."""
+        until = time.time() + seconds
+        if until > self._local.get(provider, (0.0, ""))[0]:
+            self._local[provider] = (until, reason)
+
+    def blocked_locally(self, provider: str) -> Unavailable | None:
+        until, reason = self._local.get(provider, (0.0, ""))
+        left = until - time.time()
+        return Unavailable(provider, left, reason) if left > 0 else None
+
+    async def release(self, permit: Permit) -> None:
+        """Give back a permit that was not used: its concurrency lease and its probe claim."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if permit.lease:
+                pipe.zrem(self.keys.concurrency(permit.provider), permit.lease)
+            if permit.probe:
+                pipe.hset(self.keys.health, f"{permit.provider}:probe_until", "0")
+            await pipe.execute()
 
     def _keys(self, provider: str) -> list[str]:
         k = self.keys

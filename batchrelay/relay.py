@@ -38,6 +38,19 @@ from .translate import translate_request, translate_response
 KIND_OF: dict[Action, Kind] = {Action.RETRY: "transient", Action.BENCH: "billing", Action.DISABLE: "auth",
                                Action.COOL_MODEL: "model", Action.FAIL_LINE: "other", Action.FAILOVER: "other"}
 PASS_BACKOFF_S = 1.0  # every provider failed transiently: look again this soon
+LOCAL_BLOCKS = ("rate_limited", "billing", "auth")
+# A process blocks a provider itself only to bridge the moment until its report is in Redis, which
+# then rules for everyone (and `providers check` can lift it there).
+LOCAL_BRIDGE_S = 5.0
+
+
+def _block_for(kind: Kind, e: ProviderError, cfg: HealthConfig) -> float:
+    if kind == "billing":
+        return min(cfg.bench_s, LOCAL_BRIDGE_S)
+    if kind == "auth":
+        return min(cfg.disable_s, LOCAL_BRIDGE_S)
+    ra = retry_after_seconds(e)
+    return min(ra if ra is not None else cfg.cooldown_s, LOCAL_BRIDGE_S)
 
 
 def wire_body(job: JobLine, wire: Dialect, cfg: WorkerConfig) -> tuple[dict[str, Any], list[str]]:
@@ -255,6 +268,10 @@ async def _acquire(health: Health, provider: ProviderConfig, model: str, tokens:
 async def _attempt(provider: ProviderConfig, wire: Dialect, body: dict[str, Any], client: httpx.AsyncClient,
                    cfg: WorkerConfig, health: Health, permit: Permit, log: list[Attempt],
                    waited: float) -> ProviderReply:
+    blocked = health.blocked_locally(provider.name)
+    if blocked is not None:  # another call of this process just learnt the provider must be left alone
+        await health.release(permit)
+        raise _Refused(blocked)
     started_at = time.time()
     started = time.perf_counter()
     model = str(body["model"])
@@ -265,6 +282,8 @@ async def _attempt(provider: ProviderConfig, wire: Dialect, body: dict[str, Any]
         log.append(Attempt(provider.name, e.status, (time.perf_counter() - started) * 1000, action.value, e.reason,
                            waited, started_at))
         kind: Kind = "rate_limited" if e.status == 429 and action is Action.FAILOVER else KIND_OF[action]
+        if kind in LOCAL_BLOCKS:
+            health.block_locally(provider.name, _block_for(kind, e, health.cfg), kind)
         await health.report(provider, permit, model, kind, retry_after=retry_after_seconds(e),
                             text=f"{e.status or ''} {e.reason}".strip())
         raise

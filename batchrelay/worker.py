@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,7 +82,7 @@ class Runtime:
             await c.aclose()
 
     async def handle_line(self, consumer: int, work: LineWork) -> float | None:
-        """Relay one line and record its result; or return how long to defer it."""
+        """Relay one line and record its result; or return when (unix time) it may be tried again."""
         client = self.clients[consumer * len(self.clients) // self.settings.worker.concurrency]
         job, r = work.job, self.settings.routing
         cands = candidates(job.dialect, str(job.body["model"]), self.providers, strategy=r.strategy,
@@ -90,7 +91,7 @@ class Runtime:
                           earlier=work.earlier)
         if out.defer_s is not None:
             await self.store.save_attempts(work.batch_id, job.line, [a.as_dict() for a in out.attempts])
-            return out.defer_s
+            return time.time() + out.defer_s  # due then, however long the rest of its chunk takes
         await self.store.write_result(work.batch_id, job.line, outcome_record(work.batch_id, job, out), out.ok)
         return None
 
@@ -102,9 +103,11 @@ class Runtime:
         work = [LineWork(batch_id, job, claim.first_tried[job.line], claim.allow,
                          [Attempt.from_dict(a) for a in claim.earlier.get(job.line, [])]) for job in claim.jobs]
         defers = await self.pool.run(work)
-        later = [(w.job.line, d) for w, d in zip(work, defers, strict=True) if d is not None]
+        later = [(w.job.line, due) for w, due in zip(work, defers, strict=True) if due is not None]
         if later:
-            await requeue_deferred(self.store, batch_id, job_id, [n for n, _ in later], min(d for _, d in later))
+            # the chunk ends when its last line does: its deferred lines' wait has been running since
+            soonest = max(0.0, min(due for _, due in later) - time.time())
+            await requeue_deferred(self.store, batch_id, job_id, [n for n, _ in later], soonest)
         return len(claim.jobs) - len(later)
 
     @property

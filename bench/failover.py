@@ -1,0 +1,467 @@
+"""Failover acceptance scenarios (design.md §4), each with 2 `batchrelay worker --burst` processes.
+
+    python bench/failover.py [--lines 2000] [--pace-seconds 120] [--outage-seconds 20]
+                             [--concurrency 32] [--only failover|pacing|bad|outage ...]
+
+1. failover: A (402 after 50 answers), B (30 % 429, Retry-After 2), C (20 % 500): completion,
+   A's calls after its first 402 against the worker slots, calls to B inside an announced
+   Retry-After window (by arrival at the simulator, and by when batchrelay sent them), calls/line.
+2. pacing: one provider limited to 600 rpm at the simulator and in the config: the rate measured
+   over the steady part of the run, and the 429s the simulator had to send.
+3. bad: a 400 line fails after exactly one call (no failover); a provider answering 401 gets
+   exactly one call over a 200-line batch.
+4. outage: every provider answers 503 for --outage-seconds, then recovers: completion, failed lines,
+   time to finish.
+
+Uses REDIS_URL under a fresh key prefix (its keys are removed afterwards, nothing else), else an
+embedded redis-server. Every wait is bounded; the simulators and workers are stopped at the end.
+Prints a summary table with pass/fail against the targets; exit status 1 when a target fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import httpx  # noqa: E402
+import orjson  # noqa: E402
+from _common import bench_redis, write_lines  # noqa: E402
+from redis.asyncio import Redis  # noqa: E402
+
+from batchrelay.keys import Keys  # noqa: E402
+from batchrelay.procs import stop_all  # noqa: E402
+from batchrelay.simproc import SimulatorProcess  # noqa: E402
+from batchrelay.store import BatchInfo, Store  # noqa: E402
+from batchrelay.submit import submit_file  # noqa: E402
+
+WORKERS = 2
+CHUNK = 50
+LATENCY_MS = 20
+SCENARIOS = ("failover", "pacing", "bad", "outage")
+
+
+# ---------------------------------------------------------------------------------------------- plumbing
+
+@dataclass
+class Figure:
+    scenario: str
+    name: str
+    value: str
+    target: str = ""
+    ok: bool | None = None  # None: reported, no target
+
+
+FIGURES: list[Figure] = []
+
+
+def figure(scenario: str, name: str, value: Any, target: str = "", ok: bool | None = None) -> None:
+    FIGURES.append(Figure(scenario, name, str(value), target, ok))
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return orjson.dumps(v).decode()
+    return repr(v)
+
+
+def write_config(path: Path, prefix: str, providers: list[dict[str, Any]], *,
+                 health: dict[str, Any] | None = None, **worker: Any) -> Path:
+    """A batchrelay.toml: own prefix, defaults except what the scenario needs."""
+    lines = ["[redis]", f"prefix = {toml_value(prefix)}", "", "[worker]"]
+    lines += [f"{k} = {toml_value(v)}" for k, v in {"chunk_size": CHUNK, **worker}.items()]
+    lines += ["", "[health]"] + [f"{k} = {toml_value(v)}" for k, v in (health or {}).items()]
+    for p in providers:
+        lines += ["", "[[providers]]"] + [f"{k} = {toml_value(v)}" for k, v in p.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def sim_log(base: str) -> list[dict[str, Any]]:
+    return list(httpx.get(base + "/_sim/log", timeout=30).json())
+
+
+@dataclass
+class Run:
+    info: BatchInfo
+    submitted_at: float  # unix time just before submit
+    elapsed: float  # submit -> batch finished (s)
+    records: list[tuple[bool, dict[str, Any]]]
+    worker_rcs: list[int | None]
+    timed_out: bool
+
+    @property
+    def attempts(self) -> list[dict[str, Any]]:
+        return [a for _, r in self.records for a in r.get("batchrelay", {}).get("attempts", [])]
+
+
+def start_workers(cfg: Path, url: str, tmp: Path, tag: str, env: dict[str, str] | None = None,
+                  concurrency: int | None = None) -> list[subprocess.Popen[bytes]]:
+    full = {**os.environ, "REDIS_URL": url, "BATCHRELAY_CONFIG": str(cfg), **(env or {})}
+    cmd = [sys.executable, "-m", "batchrelay", "worker", "--burst", "--quiet"]
+    procs = []
+    for i in range(WORKERS):
+        err = (tmp / f"{tag}.worker{i}.err").open("wb")
+        procs.append(subprocess.Popen(cmd, env=full, stdout=subprocess.DEVNULL, stderr=err))
+        err.close()
+    return procs
+
+
+def run_batch(url: str, prefix: str, cfg: Path, src: Path, tmp: Path, tag: str, *, timeout: float,
+              env: dict[str, str] | None = None,
+              tick: Callable[[float], Awaitable[None]] | None = None) -> Run:
+    """Submit `src`, start the burst workers, wait (bounded) for the batch and the workers to end."""
+
+    async def go() -> Run:
+        client = Redis.from_url(url)
+        store = Store(client, Keys(prefix))
+        t_submit = time.time()
+        sub = await submit_file(store, src, chunk_size=CHUNK)
+        workers = start_workers(cfg, url, tmp, tag, env)
+        deadline = time.monotonic() + timeout
+        timed_out = False
+        try:
+            while True:
+                info = await store.info(sub.batch_id)
+                if tick is not None:
+                    await tick(time.time() - t_submit)
+                if info.finished:
+                    break
+                if time.monotonic() > deadline:
+                    timed_out = True
+                    break
+                if all(w.poll() is not None for w in workers) and not info.finished:
+                    # burst workers gone with lines pending: give the store a moment, then stop
+                    await asyncio.sleep(1.0)
+                    info = await store.info(sub.batch_id)
+                    if not info.finished:
+                        timed_out = True
+                    break
+                await asyncio.sleep(0.1)
+            elapsed = (info.finished_at or time.time()) - t_submit
+            # burst workers leave once the queue is empty; bounded all the same
+            wait_until = time.monotonic() + 30
+            while any(w.poll() is None for w in workers) and time.monotonic() < wait_until:
+                await asyncio.sleep(0.1)
+        finally:
+            rcs = [w.poll() for w in workers]
+            stop_all(workers, grace=10)
+        records = [(ok, orjson.loads(rec)) async for ok, rec in store.iter_results(sub.batch_id)]
+        await client.aclose()
+        for i, rc in enumerate(rcs):
+            if rc not in (0, None):
+                tail = (tmp / f"{tag}.worker{i}.err").read_text(errors="replace")[-1500:]
+                print(f"  !! worker {i} exited {rc}: {tail}")
+        return Run(info, t_submit, elapsed, records, rcs, timed_out)
+
+    return asyncio.run(go())
+
+
+def in_windows(times: list[float], starts: list[float], length: float) -> list[float]:
+    """For each time inside some window (s, s + length] of sorted `starts`: its delay after that s."""
+    out = []
+    for t in times:
+        i = bisect.bisect_left(starts, t) - 1  # latest start strictly before t
+        if i >= 0 and t - starts[i] <= length:
+            out.append(t - starts[i])
+    return out
+
+
+def pct(a: float, b: float) -> str:
+    return f"{100 * a / b:.1f} %" if b else "n/a"
+
+
+# ---------------------------------------------------------------------------------------------- scenarios
+
+def scenario_failover(url: str, prefix: str, tmp: Path, args: argparse.Namespace) -> None:
+    s, n, slots = "failover", args.lines, WORKERS * args.concurrency
+    retry_after = 2.0
+    print(f"\n== 1. failover mix: {n} lines, {WORKERS} workers x concurrency {args.concurrency} = {slots} slots")
+    sims = {
+        "A": SimulatorProcess({"latency_ms": LATENCY_MS, "fail_after": 50, "seed": 1}),
+        "B": SimulatorProcess({"latency_ms": LATENCY_MS, "fail_rate": 0.3, "fail_rate_status": 429,
+                               "retry_after": retry_after, "seed": 2}),
+        "C": SimulatorProcess({"latency_ms": LATENCY_MS, "fail_rate": 0.2, "fail_rate_status": 500, "seed": 3}),
+    }
+    try:
+        for sim in sims.values():
+            sim.start()
+        cfg = write_config(tmp / "failover.toml", prefix, [
+            {"name": name, "base_url": sim.base_url, "priority": i + 1} for i, (name, sim) in enumerate(sims.items())
+        ], concurrency=args.concurrency)
+        src = write_lines(tmp / "failover.jsonl", n)
+        run = run_batch(url, prefix, cfg, src, tmp, "failover", timeout=max(300.0, n / 5))
+        logs = {name: sim_log(sim.base_url) for name, sim in sims.items()}
+    finally:
+        for sim in sims.values():
+            sim.stop()
+
+    info = run.info
+    print(f"  batch {info.status} in {run.elapsed:.1f}s: succeeded {info.succeeded}, failed {info.failed}"
+          f"{' (TIMED OUT)' if run.timed_out else ''}")
+    figure(s, "completion", f"{pct(info.succeeded, n)} ({info.succeeded}/{n})", "100 %", info.succeeded == n)
+
+    for name, log in logs.items():
+        by = Counter(e["status"] for e in log)
+        print(f"  {name}: {len(log)} calls, by status {dict(sorted(by.items()))}")
+    served = Counter(r["batchrelay"]["provider"] for ok, r in run.records if ok)
+    print(f"  lines served by: {dict(sorted(served.items()))}")
+    recorded = Counter(a["provider"] for a in run.attempts)
+    print(f"  attempts recorded in results: {dict(sorted(recorded.items()))} "
+          f"(simulators saw {sum(len(v) for v in logs.values())})")
+
+    # A: calls after its first 402, by arrival time at the simulator
+    a_log = sorted(logs["A"], key=lambda e: e["t"])
+    first_402 = next((e["t"] for e in a_log if e["status"] == 402), None)
+    if first_402 is None:
+        print("  A never answered 402")
+        figure(s, "A calls after first 402", "no 402 seen", f"<= {slots} (slots)", False)
+    else:
+        after = [e for e in a_log if e["t"] > first_402]
+        spread = (after[-1]["t"] - first_402) * 1000 if after else 0.0
+        print(f"  A: {len(a_log)} calls in total, {len(after)} after its first 402 "
+              f"(over {spread:.0f} ms; worker slots {slots})")
+        figure(s, "A calls total", len(a_log))
+        figure(s, "A calls after first 402", f"{len(after)} (slots {slots})", f"<= {slots}", len(after) <= slots)
+
+    # B: calls inside an announced Retry-After window
+    b_log = logs["B"]
+    t429 = sorted(e["t"] for e in b_log if e["status"] == 429)
+    arrivals = sorted(e["t"] for e in b_log)
+    inside_a = in_windows(arrivals, t429, retry_after)
+    b_att = [a for a in run.attempts if a["provider"] == "B" and a.get("started_at")]
+    got429 = sorted(a["started_at"] + a["latency_ms"] / 1000 for a in b_att if a["status"] == 429)
+    sent = sorted(a["started_at"] for a in b_att)
+    inside_b = in_windows(sent, got429, retry_after)
+    late = [d for d in inside_b if d > 0.1]
+    # When was that 429 certainly in the shared state? A worker writes its report to Redis before the
+    # line moves on, so the line's next attempt starts after it: a call to B sent later than that and
+    # inside the window is not the race between a 429's receipt and its report reaching Redis.
+    landed: list[tuple[float, float]] = []  # (received, report certainly in Redis)
+    for _, r in run.records:
+        atts = r["batchrelay"]["attempts"]
+        for i, a in enumerate(atts):
+            if a["provider"] == "B" and a["status"] == 429 and a.get("started_at") and i + 1 < len(atts):
+                landed.append((a["started_at"] + a["latency_ms"] / 1000, atts[i + 1].get("started_at", 0.0)))
+    lags = sorted(b - a for a, b in landed)
+    certain = [t for t in sent if any(b < t <= a + retry_after for a, b in landed)]
+    print(f"  B: {len(b_log)} calls, {len(t429)} answered 429 (Retry-After {retry_after:g}s)")
+    print(f"  B calls inside a Retry-After window (a) by arrival at the simulator, (t_429, t_429+{retry_after:g}s]: "
+          f"{len(inside_a)}")
+    if inside_a:
+        print(f"      delay after the 429's arrival: median {sorted(inside_a)[len(inside_a) // 2] * 1000:.0f} ms, "
+              f"max {max(inside_a) * 1000:.0f} ms; within {LATENCY_MS} ms (in flight when it was sent): "
+              f"{sum(d <= LATENCY_MS / 1000 for d in inside_a)}")
+    print(f"  B calls inside a Retry-After window (b) sent by batchrelay after a worker had received a 429: "
+          f"{len(inside_b)}")
+    if inside_b:
+        print(f"      delay after that 429 was received: median {sorted(inside_b)[len(inside_b) // 2] * 1000:.0f} ms, "
+              f"max {max(inside_b) * 1000:.0f} ms; more than 100 ms after it: {len(late)}")
+    if lags:
+        print(f"      a 429's line made its next call (so its report was in Redis) "
+              f"{lags[len(lags) // 2] * 1000:.0f} ms (median; max {lags[-1] * 1000:.0f} ms) after receiving it; "
+              f"B calls sent inside a window after that point: {len(certain)}")
+    figure(s, "B calls in Retry-After window (a) arrival", len(inside_a))
+    figure(s, "B calls in Retry-After window (b) sent", len(inside_b), "0", len(inside_b) == 0)
+    figure(s, "  of which sent after the 429 was in Redis", len(certain))
+
+    total = sum(len(v) for v in logs.values())
+    ratio = total / n
+    # the calls no client can avoid without knowing the fates in advance: every answer costs 1/(1-rate)
+    floor = served.get("A", 0) + served.get("B", 0) / 0.7 + served.get("C", 0) / 0.8
+    print(f"  provider calls: {total} for {n} lines = {ratio:.3f} per line (target <= 1.3); "
+          f"expected minimum for this split of lines over A/B/C: {floor / n:.3f}")
+    figure(s, "provider calls / line", f"{ratio:.3f}", "<= 1.3", ratio <= 1.3)
+
+
+def scenario_pacing(url: str, prefix: str, tmp: Path, args: argparse.Namespace) -> None:
+    s, rpm, edge = "pacing", 600, 5.0
+    n = round(rpm * args.pace_seconds / 60 * 1.05)
+    print(f"\n== 2. pacing: rpm {rpm} at the simulator and in the config, {n} lines "
+          f"(~{n / rpm * 60:.0f}s at the limit)")
+    sim = SimulatorProcess({"latency_ms": LATENCY_MS, "rpm": rpm})
+    try:
+        sim.start()
+        cfg = write_config(tmp / "pacing.toml", prefix, [{"name": "paced", "base_url": sim.base_url, "rpm": rpm}],
+                           concurrency=args.concurrency)
+        src = write_lines(tmp / "pacing.jsonl", n)
+        run = run_batch(url, prefix, cfg, src, tmp, "pacing", timeout=args.pace_seconds * 2 + 120)
+        log = sim_log(sim.base_url)
+    finally:
+        sim.stop()
+    info = run.info
+    times = sorted(e["t"] for e in log)
+    n429 = sum(e["status"] == 429 for e in log)
+    print(f"  batch {info.status} in {run.elapsed:.1f}s: succeeded {info.succeeded}/{n}, failed {info.failed}"
+          f"{' (TIMED OUT)' if run.timed_out else ''}; {len(log)} calls, {n429} answered 429")
+    figure(s, "completion", f"{pct(info.succeeded, n)} ({info.succeeded}/{n})", "100 %", info.succeeded == n)
+    if len(times) < 2 or times[-1] - times[0] <= 2 * edge + 1:
+        figure(s, "rate (steady part)", "too few calls", f"{rpm} +-2 %", False)
+    else:
+        lo, hi = times[0] + edge, times[-1] - edge
+        k = sum(lo <= t <= hi for t in times)
+        rate = k / (hi - lo) * 60
+        ratio = rate / rpm
+        # the worst 60 s sliding window, as the simulator counts it
+        worst = max(bisect.bisect_right(times, t + 60) - i for i, t in enumerate(times))
+        gap, at = max((b - a, a - times[0]) for a, b in zip(times, times[1:], strict=False))
+        print(f"  steady part [{edge:g}s .. end-{edge:g}s] = {hi - lo:.1f}s: {k} calls = {rate:.1f} per minute, "
+              f"{ratio:.3f} of {rpm}; busiest 60 s window {worst} calls; longest pause between calls "
+              f"{gap:.2f}s (at {at:.1f}s; pace {60 / rpm:.2f}s)")
+        figure(s, "rate (calls/min, steady part)", f"{rate:.1f} ({ratio:.3f} of {rpm})",
+               "0.98..1.02 and >= 0.95", 0.98 <= ratio <= 1.02 and ratio >= 0.95)
+    figure(s, "429s sent by the simulator", n429, "0", n429 == 0)
+
+
+def scenario_bad(url: str, prefix: str, tmp: Path, args: argparse.Namespace) -> None:
+    s = "bad"
+    print("\n== 3a. bad request: provider X answers its first call 400, healthy provider Y behind it")
+    n = 20
+    x = SimulatorProcess({"latency_ms": LATENCY_MS, "script": [400]})
+    y = SimulatorProcess({"latency_ms": LATENCY_MS})
+    try:
+        x.start()
+        y.start()
+        cfg = write_config(tmp / "bad400.toml", f"{prefix}a:", [
+            {"name": "X", "base_url": x.base_url, "priority": 1},
+            {"name": "Y", "base_url": y.base_url, "priority": 2}], concurrency=args.concurrency)
+        src = write_lines(tmp / "bad400.jsonl", n)
+        run = run_batch(url, f"{prefix}a:", cfg, src, tmp, "bad400", timeout=120)
+        xl, yl = sim_log(x.base_url), sim_log(y.base_url)
+    finally:
+        x.stop()
+        y.stop()
+    failed = [r for ok, r in run.records if not ok]
+    x400 = sum(e["status"] == 400 for e in xl)
+    print(f"  batch {run.info.status}: succeeded {run.info.succeeded}, failed {run.info.failed}; "
+          f"X {len(xl)} calls ({x400} x 400), Y {len(yl)} calls; {len(xl) + len(yl)} calls for {n} lines")
+    if len(failed) == 1:
+        atts = failed[0]["batchrelay"]["attempts"]
+        desc = ", ".join(f"{a['provider']} {a['status']} {a.get('action', '')}".strip() for a in atts)
+        print(f"  the failed line ({failed[0]['custom_id']}): {len(atts)} call(s): {desc}; "
+              f"error: {failed[0]['error']['message']}")
+        ok = len(atts) == 1 and atts[0]["status"] == 400 and len(xl) + len(yl) == n
+        figure(s, "calls for the 400 line", f"{len(atts)} (all calls {len(xl) + len(yl)} for {n} lines)",
+               f"1 (and {n} in all)", ok)
+    else:
+        figure(s, "calls for the 400 line", f"{len(failed)} failed lines", "1 failed line, 1 call", False)
+
+    print("\n== 3b. bad key: provider K answers 401 (wrong key in config), healthy provider H behind it; 200 lines")
+    n = 200
+    k = SimulatorProcess({"latency_ms": LATENCY_MS, "api_key": "the-right-key"})
+    h = SimulatorProcess({"latency_ms": LATENCY_MS})
+    try:
+        k.start()
+        h.start()
+        cfg = write_config(tmp / "bad401.toml", f"{prefix}k:", [
+            {"name": "K", "base_url": k.base_url, "priority": 1, "api_key_env": "BENCH_FAILOVER_K_KEY"},
+            {"name": "H", "base_url": h.base_url, "priority": 2}], concurrency=args.concurrency)
+        src = write_lines(tmp / "bad401.jsonl", n)
+        run = run_batch(url, f"{prefix}k:", cfg, src, tmp, "bad401", timeout=120,
+                        env={"BENCH_FAILOVER_K_KEY": "a-wrong-key"})
+        kl, hl = sim_log(k.base_url), sim_log(h.base_url)
+    finally:
+        k.stop()
+        h.stop()
+    k401 = sum(e["status"] == 401 for e in kl)
+    print(f"  batch {run.info.status}: succeeded {run.info.succeeded}/{n}, failed {run.info.failed}; "
+          f"K {len(kl)} calls ({k401} x 401), H {len(hl)} calls")
+    figure(s, "calls to the 401 provider (200 lines)", len(kl), "1", len(kl) == 1)
+    figure(s, "completion with a 401 provider", f"{pct(run.info.succeeded, n)} ({run.info.succeeded}/{n})", "100 %",
+           run.info.succeeded == n)
+
+
+def scenario_outage(url: str, prefix: str, tmp: Path, args: argparse.Namespace) -> None:
+    s, n, down = "outage", args.lines, args.outage_seconds
+    print(f"\n== 4. outage: 2 providers answer 503 for {down:g}s from submit, then recover; {n} lines")
+    sims = {name: SimulatorProcess({"latency_ms": LATENCY_MS, "fail_status": 503}) for name in ("P", "Q")}
+    switched: list[float] = []
+
+    async def tick(since_submit: float) -> None:
+        if not switched and since_submit >= down:
+            async with httpx.AsyncClient() as c:
+                for sim in sims.values():
+                    (await c.post(sim.base_url + "/_sim/config", json={"fail_status": None}, timeout=5)
+                     ).raise_for_status()
+            switched.append(time.time())
+
+    try:
+        for sim in sims.values():
+            sim.start()
+        cfg = write_config(tmp / "outage.toml", prefix, [
+            {"name": name, "base_url": sim.base_url, "priority": i + 1} for i, (name, sim) in enumerate(sims.items())
+        ], concurrency=args.concurrency)
+        src = write_lines(tmp / "outage.jsonl", n)
+        run = run_batch(url, prefix, cfg, src, tmp, "outage", timeout=down + max(180.0, n / 5), tick=tick)
+        logs = {name: sim_log(sim.base_url) for name, sim in sims.items()}
+    finally:
+        for sim in sims.values():
+            sim.stop()
+    info = run.info
+    t_switch = switched[0] if switched else None
+    for name, log in logs.items():
+        during = sum(t_switch is None or e["t"] < t_switch for e in log)
+        print(f"  {name}: {len(log)} calls, {during} during the outage, by status "
+              f"{dict(sorted(Counter(e['status'] for e in log).items()))}")
+    after = f", {run.submitted_at + run.elapsed - t_switch:.1f}s after recovery" if t_switch else ""
+    print(f"  batch {info.status}: succeeded {info.succeeded}/{n}, failed {info.failed}, finished "
+          f"{run.elapsed:.1f}s after submit{after}{' (TIMED OUT)' if run.timed_out else ''}")
+    figure(s, "completion", f"{pct(info.succeeded, n)} ({info.succeeded}/{n})", "100 %", info.succeeded == n)
+    figure(s, "failed lines", info.failed, "0", info.failed == 0)
+    figure(s, "time to finish (from submit)", f"{run.elapsed:.1f}s ({down:g}s outage{after})")
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def summary() -> bool:
+    print("\n== summary")
+    rows = [("scenario", "figure", "value", "target", "result")]
+    for f in FIGURES:
+        rows.append((f.scenario, f.name, f.value, f.target or "-",
+                     "-" if f.ok is None else ("PASS" if f.ok else "FAIL")))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for i, r in enumerate(rows):
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        if i == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+    failed = [f for f in FIGURES if f.ok is False]
+    print(f"  {len(failed)} of {sum(f.ok is not None for f in FIGURES)} targets failed")
+    return not failed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lines", type=int, default=2000, help="lines of the failover and outage batches")
+    ap.add_argument("--pace-seconds", type=float, default=120, help="how long the pacing run lasts")
+    ap.add_argument("--outage-seconds", type=float, default=20, help="how long every provider answers 503")
+    ap.add_argument("--concurrency", type=int, default=32, help="per worker process")
+    ap.add_argument("--only", action="append", choices=SCENARIOS, metavar="SCENARIO",
+                    help=f"run only this scenario ({', '.join(SCENARIOS)}); may be repeated")
+    args = ap.parse_args()
+    chosen = args.only or list(SCENARIOS)
+    runs = {"failover": scenario_failover, "pacing": scenario_pacing, "bad": scenario_bad, "outage": scenario_outage}
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="brfailover-") as d, bench_redis() as (url, prefix):
+        for name in SCENARIOS:
+            if name in chosen:
+                runs[name](url, f"{prefix}{name}:", Path(d), args)
+    print(f"\n(all scenarios: {time.monotonic() - t0:.0f}s)")
+    sys.exit(0 if summary() else 1)
+
+
+if __name__ == "__main__":
+    main()
