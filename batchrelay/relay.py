@@ -127,7 +127,8 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, ProviderError) and classify(exc) is Action.RETRY
 
 
-def _wait(cfg: WorkerConfig, health: HealthConfig) -> Any:
+def _wait(cfg: WorkerConfig) -> Any:
+    """Jittered exponential backoff, or the provider's Retry-After when that is longer."""
     backoff = wait_exponential_jitter(multiplier=cfg.backoff, max=10, jitter=cfg.backoff)
 
     def wait(state: RetryCallState) -> float:
@@ -238,7 +239,7 @@ async def _call_with_retries(
     tokens = estimate_tokens(body)
     retrying = AsyncRetrying(
         stop=stop_any(stop_after_attempt(cfg.attempts_per_provider), stop_after_delay(cfg.provider_deadline)),
-        wait=_wait(cfg, health.cfg),
+        wait=_wait(cfg),
         retry=retry_if_exception(_is_transient),
         reraise=True,
     )
