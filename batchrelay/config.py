@@ -132,8 +132,11 @@ class ProviderConfig(_Strict):
         return self.models.get(model, model)
 
     def api_key(self) -> str | None:
-        """The key from the environment, read at call time so it never sits in config dumps."""
-        return os.environ.get(self.api_key_env) if self.api_key_env else None
+        """The key from the environment, read at call time so it never sits in config dumps.
+
+        Surrounding whitespace is dropped: a `.env` saved with CRLF endings leaves a stray `\r`."""
+        value = os.environ.get(self.api_key_env) if self.api_key_env else None
+        return value.strip() if value else None
 
 
 class RedisConfig(_Strict):

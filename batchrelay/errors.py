@@ -37,6 +37,10 @@ class StoreError(BatchrelayError):
     pass
 
 
+class BadRedisURL(StoreError):
+    exit_code = 2
+
+
 class BatchNotFound(StoreError):
     exit_code = 2
 

@@ -23,6 +23,16 @@ def default_errors_path(out: Path) -> Path:
     return out.with_name(name + ".errors.jsonl")
 
 
+def check_writable(out: Path, errors: Path | None) -> None:
+    for path in (out, errors or default_errors_path(out)):
+        probe = path.with_name(path.name + ".part")
+        try:
+            probe.open("wb").close()
+            probe.unlink()
+        except OSError as e:
+            raise InputError(f"cannot write {path}: {e.strerror}") from None
+
+
 async def export(store: Store, batch_id: str, out: Path, errors: Path | None = None) -> Exported:
     """Successes to `out`, failed and invalid lines to `errors`; each file appears whole or not at all."""
     errors = errors or default_errors_path(out)

@@ -50,7 +50,7 @@ def _meta(job: JobLine, out: Outcome) -> dict[str, Any]:
         "line": job.line,
         "provider": out.provider.name if out.provider else None,
         "provider_model": out.provider.provider_model(str(job.body["model"])) if out.provider else None,
-        "attempts": [a.as_dict() for a in out.attempts],
+        "attempts": [a.as_dict() for a in out.trimmed_attempts()],
         "usage": out.reply.usage.as_dict() if out.reply else None,
     }
     if out.wire_dialect:

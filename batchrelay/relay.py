@@ -26,6 +26,7 @@ from tenacity import (
     stop_any,
     wait_exponential_jitter,
 )
+from tenacity.stop import stop_base
 
 from .classify import Action, classify, retry_after_seconds
 from .config import Dialect, HealthConfig, ProviderConfig, WorkerConfig
@@ -117,6 +118,14 @@ class Outcome:
     def ok(self) -> bool:
         return self.reply is not None
 
+    def trimmed_attempts(self, head: int = 5, tail: int = 20) -> list[Attempt]:
+        """A line retried for an hour keeps its first and last attempts and a count of the rest."""
+        if len(self.attempts) <= head + tail + 1:
+            return self.attempts
+        skipped = len(self.attempts) - head - tail
+        gap = Attempt("…", None, 0.0, error=f"{skipped} more attempts not kept")
+        return [*self.attempts[:head], gap, *self.attempts[-tail:]]
+
 
 class _Refused(Exception):
     def __init__(self, why: Unavailable) -> None:
@@ -125,6 +134,18 @@ class _Refused(Exception):
 
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, ProviderError) and classify(exc) is Action.RETRY
+
+
+class _RetryAfterTooLong(stop_base):
+    """A Retry-After longer than we wait in place: leave the provider to its cooldown and fail over."""
+
+    def __init__(self, max_wait_s: float) -> None:
+        self.max_wait_s = max_wait_s
+
+    def __call__(self, state: RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        ra = retry_after_seconds(exc) if isinstance(exc, ProviderError) else None
+        return ra is not None and ra > self.max_wait_s
 
 
 def _wait(cfg: WorkerConfig) -> Any:
@@ -150,7 +171,7 @@ async def relay(
     earlier: Sequence[Attempt] = (),
 ) -> Outcome:
     """Serve the line; short waits for a provider happen here, longer ones come back as `defer_s`."""
-    out = Outcome(attempts=list(earlier))
+    out = Outcome(attempts=[a for a in earlier if a.provider != "…"])
     if not candidates:
         out.message = f"no configured provider serves the {job.dialect} dialect for this batch and model"
         return out
@@ -159,7 +180,7 @@ async def relay(
         done, last, waits = await _one_pass(job, candidates, client, cfg, health, out)
         if done:
             return out
-        soonest = min((w for w in waits if w >= 0), default=None)
+        soonest = min((w for w in waits if 0 <= w < float("inf")), default=None)
         if soonest is None or waited + soonest > health.cfg.max_wait_s:
             return _no_provider_now(out, last, waits, first_tried, health.cfg)
         await asyncio.sleep(max(soonest, 0.01))
@@ -174,7 +195,11 @@ async def _one_pass(
     last: dict[str, str] = {}
     waits: list[float] = []
     for provider, wire in candidates:
-        body, notes = wire_body(job, wire, cfg)
+        try:
+            body, notes = wire_body(job, wire, cfg)
+        except ValueError as e:  # this request has no form in the provider's dialect
+            last[provider.name] = f"cannot translate the request to {wire}: {e}"
+            continue
         try:
             reply = await _call_with_retries(provider, wire, body, client, cfg, health, out.attempts)
         except _Refused as r:
@@ -209,6 +234,8 @@ def _back_in(e: ProviderError, cfg: HealthConfig) -> float:
         return cfg.model_cooldown_s
     if e.status == 429:
         return ra if ra is not None else cfg.cooldown_s
+    if e.status is None and action is Action.FAILOVER:
+        return float("inf")  # no usable key in this worker's environment: waiting will not help
     return ra if ra is not None else PASS_BACKOFF_S
 
 
@@ -216,7 +243,7 @@ def _no_provider_now(out: Outcome, last: dict[str, str], waits: list[float], fir
                      cfg: HealthConfig) -> Outcome:
     """Defer until the earliest provider may take it again, unless that is past the line's deadline."""
     deadline = first_tried + cfg.line_deadline_s
-    soonest = min((w for w in waits if w >= 0), default=None)
+    soonest = min((w for w in waits if 0 <= w < float("inf")), default=None)
     now = time.time()
     if soonest is not None and now + soonest < deadline:
         out.defer_s = max(soonest, 0.05)
@@ -238,7 +265,8 @@ async def _call_with_retries(
     model = str(body["model"])
     tokens = estimate_tokens(body)
     retrying = AsyncRetrying(
-        stop=stop_any(stop_after_attempt(cfg.attempts_per_provider), stop_after_delay(cfg.provider_deadline)),
+        stop=stop_any(stop_after_attempt(cfg.attempts_per_provider), stop_after_delay(cfg.provider_deadline),
+                      _RetryAfterTooLong(health.cfg.max_wait_s)),
         wait=_wait(cfg),
         retry=retry_if_exception(_is_transient),
         reraise=True,
@@ -250,7 +278,11 @@ async def _call_with_retries(
             if isinstance(got, Unavailable):
                 raise _Refused(got)
             if got.wait_s > 0:
-                await asyncio.sleep(got.wait_s)  # our paced slot in the provider's rate limit
+                try:
+                    await asyncio.sleep(got.wait_s)  # our paced slot in the provider's rate limit
+                except BaseException:
+                    await asyncio.shield(health.release(got))
+                    raise
             return await _attempt(provider, wire, body, client, cfg, health, got, log, slept + got.wait_s)
     raise AssertionError("unreachable: tenacity either returns or reraises")
 
@@ -279,15 +311,23 @@ async def _attempt(provider: ProviderConfig, wire: Dialect, body: dict[str, Any]
     try:
         reply = await send(client, provider, wire, body, timeout=cfg.call_timeout)
     except ProviderError as e:
-        action = classify(e)
-        log.append(Attempt(provider.name, e.status, (time.perf_counter() - started) * 1000, action.value, e.reason,
-                           waited, started_at))
-        kind: Kind = "rate_limited" if e.status == 429 and action is Action.FAILOVER else KIND_OF[action]
-        if kind in LOCAL_BLOCKS:
-            health.block_locally(provider.name, _block_for(kind, e, health.cfg), kind)
-        await health.report(provider, permit, model, kind, retry_after=retry_after_seconds(e),
-                            text=f"{e.status or ''} {e.reason}".strip())
+        await _reported_failure(provider, permit, model, e, health, log, started, started_at, waited)
+        raise
+    except BaseException:
+        await asyncio.shield(health.release(permit))  # cancelled, or a bug: give the slot back
         raise
     await health.report(provider, permit, model, "success")
     log.append(Attempt(provider.name, 200, reply.latency_ms, wait_s=waited, started_at=started_at))
     return reply
+
+
+async def _reported_failure(provider: ProviderConfig, permit: Permit, model: str, e: ProviderError, health: Health,
+                            log: list[Attempt], started: float, started_at: float, waited: float) -> None:
+    action = classify(e)
+    log.append(Attempt(provider.name, e.status, (time.perf_counter() - started) * 1000, action.value, e.reason,
+                       waited, started_at))
+    kind: Kind = "rate_limited" if e.status == 429 and action is Action.FAILOVER else KIND_OF[action]
+    if kind in LOCAL_BLOCKS:
+        health.block_locally(provider.name, _block_for(kind, e, health.cfg), kind)
+    await health.report(provider, permit, model, kind, retry_after=retry_after_seconds(e),
+                        text=f"{e.status or ''} {e.reason}".strip())

@@ -19,7 +19,7 @@ from .config import Dialect, ProviderConfig, Settings
 from .connection import connect
 from .embedded import EmbeddedRedis
 from .errors import BatchrelayError
-from .export import Exported, export
+from .export import Exported, check_writable, export
 from .keys import Keys
 from .procs import stop_all
 from .progress import watch
@@ -104,6 +104,7 @@ async def run_file(
     workers: int = 1, default_dialect: Dialect = "chat", show: bool = True, allow: list[str] | None = None,
 ) -> RunReport:
     started = time.perf_counter()
+    check_writable(out, errors)  # before any money is spent, not after
     redis = await connect(url)
     try:
         store = Store(redis, Keys(settings.redis.prefix))

@@ -170,7 +170,10 @@ class Store:
             pipe.hmget(k.first_try(batch_id), list(lines))
             pipe.hget(k.meta(batch_id), "providers")
             pipe.hmget(k.attempts(batch_id), list(lines))
-            flags, raws, firsts, allow, tried = await pipe.execute()
+            pipe.hget(k.meta(batch_id), "status")
+            flags, raws, firsts, allow, tried, status = await pipe.execute()
+        if status in (b"failed", b"cancelled", b"cancelling", b"expired"):
+            return Claim([], {}, None)  # nothing more is spent on a batch that was stopped
         jobs, first_tried, fresh, earlier = [], {}, {}, {}
         for line, flag, raw, first, before in zip(lines, flags, raws, firsts, tried, strict=True):
             if flag and raw:

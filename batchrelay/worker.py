@@ -34,7 +34,7 @@ from .keys import Keys
 from .linepool import LinePool
 from .output import outcome_record
 from .queue import CHUNK_FUNCTION
-from .relay import Attempt, relay
+from .relay import Attempt, Outcome, relay
 from .routing import candidates
 from .store import Store
 from .sweeper import requeue_deferred, sweep
@@ -43,13 +43,14 @@ log = logging.getLogger("batchrelay.worker")
 REDIS_RETRY_DEFER = 2.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LineWork:
     batch_id: str
     job: JobLine
     first_tried: float
     allow: list[str] | None
     earlier: list[Attempt]
+    done: bool = True  # False while a consumer is on it (it outlives a cancelled chunk)
 
 
 @dataclass(slots=True)
@@ -62,6 +63,7 @@ class Runtime:
     health: Health
     clients: list[httpx.AsyncClient] = field(default_factory=list)
     pool: LinePool[LineWork, float | None] | None = None
+    in_flight: set[tuple[str, int]] = field(default_factory=set)
 
     def open(self) -> None:
         w = self.settings.worker
@@ -83,26 +85,45 @@ class Runtime:
 
     async def handle_line(self, consumer: int, work: LineWork) -> float | None:
         """Relay one line and record its result; or return when (unix time) it may be tried again."""
+        work.done = False
+        try:
+            return await self._handle(consumer, work)
+        finally:
+            work.done = True
+            self.in_flight.discard((work.batch_id, work.job.line))
+
+    async def _handle(self, consumer: int, work: LineWork) -> float | None:
         client = self.clients[consumer * len(self.clients) // self.settings.worker.concurrency]
         job, r = work.job, self.settings.routing
         cands = candidates(job.dialect, str(job.body["model"]), self.providers, strategy=r.strategy,
                            routes=r.routes, allow=work.allow)
-        out = await relay(job, cands, client, self.settings.worker, self.health, first_tried=work.first_tried,
-                          earlier=work.earlier)
+        try:
+            out = await relay(job, cands, client, self.settings.worker, self.health, first_tried=work.first_tried,
+                              earlier=work.earlier)
+        except (RedisError, OSError):
+            raise  # the store is unreachable: the chunk retries, finished lines stay finished
+        except Exception as e:  # a bug or an input nothing caught earlier: never retry it forever
+            log.exception("line %s of %s failed inside batchrelay", job.line, work.batch_id)
+            out = Outcome(attempts=list(work.earlier), message=f"internal error: {type(e).__name__}: {e}"[:500])
         if out.defer_s is not None:
-            await self.store.save_attempts(work.batch_id, job.line, [a.as_dict() for a in out.attempts])
+            await self.store.save_attempts(work.batch_id, job.line, [a.as_dict() for a in out.trimmed_attempts()])
             return time.time() + out.defer_s  # due then, however long the rest of its chunk takes
         await self.store.write_result(work.batch_id, job.line, outcome_record(work.batch_id, job, out), out.ok)
         return None
 
     async def run_chunk(self, batch_id: str, lines: list[int], job_id: str) -> int:
-        claim = await self.store.claim(batch_id, lines)
+        # lines still running here (a chunk that passed its deadline and came back) are not taken twice
+        claim = await self.store.claim(batch_id, [n for n in lines if (batch_id, n) not in self.in_flight])
         if not claim.jobs:
             return 0
         assert self.pool is not None
         work = [LineWork(batch_id, job, claim.first_tried[job.line], claim.allow,
                          [Attempt.from_dict(a) for a in claim.earlier.get(job.line, [])]) for job in claim.jobs]
-        defers = await self.pool.run(work)
+        self.in_flight.update((batch_id, w.job.line) for w in work)
+        try:
+            defers = await self.pool.run(work)
+        finally:
+            self.in_flight.difference_update((batch_id, w.job.line) for w in work if w.done)
         later = [(w.job.line, due) for w, due in zip(work, defers, strict=True) if due is not None]
         if later:
             # the chunk ends when its last line does: its deferred lines' wait has been running since

@@ -88,3 +88,21 @@ def test_simulate_serves_a_provider_on_loopback() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_malformed_redis_url_is_a_usage_error(tmp_path: Path) -> None:
+    proc = batchrelay("batches", env={"REDIS_URL": "redis://me:pw@127.0.0.1:99999/0"})
+    assert proc.returncode == 2
+    assert "bad Redis URL" in proc.stderr and "Traceback" not in proc.stderr and "pw" not in proc.stderr
+
+
+def test_run_refuses_an_unwritable_output_before_spending_anything(tmp_path: Path, redis_url: str,
+                                                                   prefix: str) -> None:
+    cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": "http://127.0.0.1:9"}])
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(orjson.dumps(openai_line(1)) + b"\n")
+    proc = batchrelay("-c", str(cfg), "run", str(src), "-o", str(tmp_path / "no" / "such" / "dir.jsonl"),
+                      env={"REDIS_URL": redis_url})
+    assert proc.returncode == 2 and "cannot write" in proc.stderr
+    listed = batchrelay("-c", str(cfg), "batches", "--json", env={"REDIS_URL": redis_url})
+    assert json.loads(listed.stdout) == []  # nothing was submitted

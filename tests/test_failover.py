@@ -128,3 +128,37 @@ def test_a_benched_provider_shows_in_status_and_check_puts_it_back(tmp_path: Pat
     assert "402" in status["providers"]["broke"]["last"]
     assert check.returncode == 0 and "bench/disable lifted" in check.stdout
     assert after["broke"]["health"]["state"] != "benched"
+
+
+def test_a_line_no_provider_can_take_fails_at_once_instead_of_looping(tmp_path: Path, redis_url: str,
+                                                                      prefix: str) -> None:
+    """A chat line whose tools cannot be translated, and a key variable nobody set: both are final."""
+    with SimulatorProcess({}) as sim:
+        cfg = write_config(tmp_path / "c.toml", prefix, [
+            {"name": "claude-only", "base_url": sim, "dialects": ["messages"], "priority": 1},
+            {"name": "keyless", "base_url": sim, "api_key_env": "NOBODY_SET_THIS", "priority": 2}])
+        src = tmp_path / "in.jsonl"
+        src.write_bytes(orjson.dumps({"model": "m", "tools": "x", "messages": [{"role": "user", "content": "hi"}]})
+                        + b"\n")
+        started = time.monotonic()
+        proc = batchrelay("-c", str(cfg), "run", str(src), "-o", str(tmp_path / "o.jsonl"), env={"REDIS_URL": redis_url})
+        took = time.monotonic() - started
+    assert proc.returncode == 3, proc.stderr
+    assert took < 30
+    (err,) = _rows(tmp_path / "o.errors.jsonl")
+    assert "cannot translate" in err["error"]["message"] and "NOBODY_SET_THIS is not set" in err["error"]["message"]
+
+
+def test_a_key_with_a_stray_carriage_return_still_works_and_a_broken_one_never_leaks(
+        tmp_path: Path, redis_url: str, prefix: str) -> None:
+    with SimulatorProcess({"api_key": "sk-good"}) as sim:
+        cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "p", "base_url": sim, "api_key_env": "P_KEY"}])
+        ok = batchrelay("-c", str(cfg), "run", str(_src(tmp_path, 3)), "-o", str(tmp_path / "ok.jsonl"),
+                        env={"REDIS_URL": redis_url, "P_KEY": "sk-good\r"})
+        cfg2 = write_config(tmp_path / "c2.toml", prefix + "2:", [{"name": "q", "base_url": sim, "api_key_env": "Q_KEY"}])
+        bad = batchrelay("-c", str(cfg2), "run", str(_src(tmp_path, 1)), "-o", str(tmp_path / "bad.jsonl"),
+                         env={"REDIS_URL": redis_url, "Q_KEY": "sk-se\x01cret-9"})
+    assert ok.returncode == 0, ok.stderr
+    assert bad.returncode == 3
+    written = (tmp_path / "bad.errors.jsonl").read_text() + bad.stdout + bad.stderr
+    assert "cret-9" not in written and "Q_KEY holds characters" in written

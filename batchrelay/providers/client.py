@@ -61,6 +61,10 @@ async def send(
     key = provider.api_key()
     if provider.api_key_env and not key:
         raise ProviderError(provider.name, f"API key variable {provider.api_key_env} is not set", status=None)
+    if key and not (key.isascii() and key.isprintable()):
+        # an HTTP library would echo the bad header value, key and all, in its error message
+        raise ProviderError(provider.name, f"API key variable {provider.api_key_env} holds characters "
+                            "an HTTP header cannot carry", status=None)
     req = build_request(provider, dialect, body, key)
     started = time.perf_counter()
     try:
