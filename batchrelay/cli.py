@@ -177,9 +177,10 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
 @click.option("--concurrency", type=click.IntRange(1, 4096), help="Lines in flight in this process.")
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
 @click.option("--quiet", is_flag=True, help="Log warnings only.")
+@click.option("--queue", hidden=True, help="Work this arq queue instead of the shared one (used by `run`).")
 @click.pass_context
 @handles_errors
-def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool) -> None:
+def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool, queue: str | None) -> None:
     """Work queued batches: start as many as you like, on any machine sharing the Redis.
 
     \b
@@ -200,7 +201,7 @@ def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool
     async def go() -> None:
         url = settings.redis_url or DEFAULT_URL
         await (await connect(url)).aclose()  # a clear error now beats arq's retry loop
-        await run_worker(build_worker(settings, url, burst=burst))
+        await run_worker(build_worker(settings, url, burst=burst, queue=queue))
 
     run_async(go())
 

@@ -13,8 +13,6 @@ from arq.constants import job_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
-from .keys import Keys
-
 CHUNK_FUNCTION = "run_chunk"
 JOB_EXPIRES_MS = 7 * 86_400_000  # a queued chunk waits for workers up to a week
 
@@ -24,7 +22,7 @@ def chunk_job_id(batch_id: str, index: int) -> str:
 
 
 async def enqueue_chunks(
-    redis: Redis, keys: Keys, batch_id: str, chunks: Sequence[tuple[str, list[int]]], *, defer_s: float = 0
+    redis: Redis, queue: str, batch_id: str, chunks: Sequence[tuple[str, list[int]]], *, defer_s: float = 0
 ) -> None:
     """Enqueue chunk jobs in one round trip; an id already queued or running is left alone."""
     if not chunks:
@@ -35,5 +33,5 @@ async def enqueue_chunks(
         for job_id, lines in chunks:
             payload = serialize_job(CHUNK_FUNCTION, (batch_id, lines), {}, None, now_ms)
             pipe.set(job_key_prefix + job_id, payload, px=JOB_EXPIRES_MS + score - now_ms, nx=True)
-            pipe.zadd(keys.queue, {job_id: score}, nx=True)
+            pipe.zadd(queue, {job_id: score}, nx=True)
         await pipe.execute()

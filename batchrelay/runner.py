@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,12 +66,13 @@ def environment(
 
 
 @contextlib.contextmanager
-def _worker_processes(settings: Settings, url: str, n: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+def _worker_processes(settings: Settings, url: str, n: int, queue: str) -> Iterator[list[subprocess.Popen[bytes]]]:
     with tempfile.TemporaryDirectory(prefix="batchrelay-") as tmp:
         cfg = Path(tmp) / "config.json"  # env var names only: no secret is written here
         cfg.write_text(json.dumps(settings.model_dump(mode="json", exclude={"source"})))
         env = {**os.environ, "BATCHRELAY_CONFIG": str(cfg), "REDIS_URL": url}
-        procs = [subprocess.Popen([sys.executable, "-m", "batchrelay", "worker", "--burst", "--quiet"], env=env)
+        procs = [subprocess.Popen([sys.executable, "-m", "batchrelay", "worker", "--burst", "--quiet",
+                                   "--queue", queue], env=env)
                  for _ in range(n)]
         try:
             yield procs
@@ -78,14 +80,16 @@ def _worker_processes(settings: Settings, url: str, n: int) -> Iterator[list[sub
             stop_all(procs, grace=30)
 
 
-async def _work(settings: Settings, url: str, store: Store, batch_id: str, workers: int, show: bool) -> BatchInfo:
+async def _work(settings: Settings, url: str, store: Store, batch_id: str, workers: int, show: bool,
+                queue: str) -> BatchInfo:
     for _round in range(MAX_REQUEUE_ROUNDS + 1):
         if workers <= 1:
-            task = asyncio.create_task(run_worker(build_worker(settings, url, burst=True, handle_signals=False)))
+            task = asyncio.create_task(run_worker(build_worker(settings, url, burst=True, handle_signals=False,
+                                                               queue=queue)))
             info = await watch(store, batch_id, show=show, until_done=task.done)
             await task  # burst: returns once the queue is empty; raises what the worker raised
         else:
-            with _worker_processes(settings, url, workers) as procs:
+            with _worker_processes(settings, url, workers, queue) as procs:
                 def exited(procs: list[subprocess.Popen[bytes]] = procs) -> bool:
                     return all(p.poll() is not None for p in procs)
                 info = await watch(store, batch_id, show=show, until_done=exited)
@@ -108,9 +112,11 @@ async def run_file(
     redis = await connect(url)
     try:
         store = Store(redis, Keys(settings.redis.prefix))
+        # a queue of its own: this run's workers touch no other batch left in the same Redis
+        queue = f"{store.keys.queue}:run:{uuid.uuid4().hex[:12]}"
         sub = await submit_file(store, path, default_dialect=default_dialect, chunk_size=settings.worker.chunk_size,
-                                providers=allow)
-        info = await _work(settings, url, store, sub.batch_id, workers, show)
+                                providers=allow, queue=queue)
+        info = await _work(settings, url, store, sub.batch_id, workers, show, queue)
         exported = await export(store, sub.batch_id, out, errors)
     finally:
         await redis.aclose()

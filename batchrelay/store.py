@@ -66,6 +66,7 @@ class BatchInfo:
     created_at: float
     finished_at: float | None
     source: str
+    queue: str
     input_format: str
     total: int
     invalid: int
@@ -109,7 +110,8 @@ def _info(batch_id: str, raw: dict[bytes, bytes], pending: int) -> BatchInfo:
         id=batch_id, name=m.get("name", ""), status=m.get("status", "unknown"),
         created_at=float(m.get("created_at", 0)),
         finished_at=float(m["finished_at"]) if m.get("finished_at") else None,
-        source=m.get("source", ""), input_format=m.get("input_format", ""), pending=pending,
+        source=m.get("source", ""), queue=m.get("queue", ""), input_format=m.get("input_format", ""),
+        pending=pending,
         **{f: int(m.get(f, 0)) for f in ("total", "invalid", "succeeded", "failed", "max_line")},
     )
 
@@ -122,9 +124,10 @@ class Store:
         self._finish_submit = redis.register_script(_FINISH_SUBMIT)
 
     async def create_batch(self, batch_id: str, *, name: str, source: str,
-                           providers: Sequence[str] | None = None) -> None:
+                           providers: Sequence[str] | None = None, queue: str | None = None) -> None:
         now = time.time()
         extra = {"providers": ",".join(providers)} if providers else {}
+        extra["queue"] = queue or self.keys.queue
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.meta(batch_id), mapping={
                 "id": batch_id, "name": name, "source": source, "status": "validating", "created_at": now,

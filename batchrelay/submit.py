@@ -41,10 +41,13 @@ async def submit_stream(
     default_dialect: Dialect = "chat",
     chunk_size: int = 50,
     providers: list[str] | None = None,
+    queue: str | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> SubmitResult:
+    """`queue`: an arq queue of this batch's own (`run` uses one so its workers touch nothing else)."""
     batch_id = new_batch_id()
-    await store.create_batch(batch_id, name=name, source=source, providers=providers)
+    queue = queue or store.keys.queue
+    await store.create_batch(batch_id, name=name, source=source, providers=providers, queue=queue)
     jobs: list[JobLine] = []
     bad: list[tuple[int, bytes]] = []
     open_chunk: list[int] = []
@@ -54,7 +57,7 @@ async def submit_stream(
 
     async def flush() -> None:
         await store.add_lines(batch_id, jobs, bad, chunks)
-        await enqueue_chunks(store.redis, store.keys, batch_id, chunks)
+        await enqueue_chunks(store.redis, queue, batch_id, chunks)
         if on_progress:
             on_progress(valid + invalid)
         jobs.clear()

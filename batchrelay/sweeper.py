@@ -21,6 +21,7 @@ SCAN_BLOCK = 1000
 async def requeue_pending(store: Store, batch_id: str) -> int:
     """Enqueue every chunk of `batch_id` that has no arq job but a pending line; returns how many."""
     requeued = 0
+    queue = await batch_queue(store, batch_id)
     pending_key = store.keys.pending(batch_id)
     async for block in _chunk_blocks(store, batch_id):
         async with store.redis.pipeline(transaction=False) as pipe:
@@ -35,9 +36,14 @@ async def requeue_pending(store: Store, batch_id: str) -> int:
                 pipe.smismember(pending_key, lines)
             flags = await pipe.execute()
         stuck = [chunk for chunk, f in zip(orphans, flags, strict=True) if any(f)]
-        await enqueue_chunks(store.redis, store.keys, batch_id, stuck)
+        await enqueue_chunks(store.redis, queue, batch_id, stuck)
         requeued += len(stuck)
     return requeued
+
+
+async def batch_queue(store: Store, batch_id: str) -> str:
+    raw = await store.redis.hget(store.keys.meta(batch_id), "queue")  # type: ignore[misc]
+    return raw.decode() if raw else store.keys.queue
 
 
 async def _chunk_blocks(store: Store, batch_id: str):  # type: ignore[no-untyped-def]
@@ -55,7 +61,8 @@ async def requeue_deferred(store: Store, batch_id: str, job_id: str, lines: list
     """Deferred lines of chunk `job_id` become a new chunk job due in `defer_s`; the old id stops
     owning them (the sweeper must not put them back twice)."""
     new_id = f"{job_id.split('.d')[0]}.d{time.time_ns() // 1_000_000}"
-    await enqueue_chunks(store.redis, store.keys, batch_id, [(new_id, lines)], defer_s=defer_s)
+    await enqueue_chunks(store.redis, await batch_queue(store, batch_id), batch_id, [(new_id, lines)],
+                         defer_s=defer_s)
     async with store.redis.pipeline(transaction=True) as pipe:
         pipe.hset(store.keys.chunks(batch_id), new_id, ",".join(map(str, lines)))
         pipe.hdel(store.keys.chunks(batch_id), job_id)
@@ -63,10 +70,10 @@ async def requeue_deferred(store: Store, batch_id: str, job_id: str, lines: list
     return new_id
 
 
-async def sweep(store: Store) -> int:
-    """Requeue orphaned chunks of every batch still in progress."""
+async def sweep(store: Store, queue: str) -> int:
+    """Requeue orphaned chunks of every batch still in progress on `queue`."""
     total = 0
     for info in await store.list_batches(limit=10_000):
-        if info.status == "in_progress" and info.pending:
+        if info.status == "in_progress" and info.pending and (info.queue or store.keys.queue) == queue:
             total += await requeue_pending(store, info.id)
     return total

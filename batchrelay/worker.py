@@ -154,7 +154,7 @@ async def run_chunk(ctx: dict[str, Any], batch_id: str, lines: list[int]) -> int
 async def sweep_orphans(ctx: dict[str, Any]) -> int:
     """Cron: put back chunks arq dropped (tries exhausted, job_timeout) while lines are pending."""
     rt: Runtime = ctx["runtime"]
-    n = await sweep(rt.store)
+    n = await sweep(rt.store, ctx["queue_name"])
     if n:
         log.warning("requeued %d chunk jobs that arq had dropped", n)
     return n
@@ -165,13 +165,14 @@ def redis_settings(url: str) -> RedisSettings:
 
 
 def build_worker(
-    settings: Settings, redis_url: str, *, burst: bool = False, handle_signals: bool = True,
+    settings: Settings, redis_url: str, *, burst: bool = False, handle_signals: bool = True, queue: str | None = None,
 ) -> Worker:
     w = settings.worker
     keys = Keys(settings.redis.prefix)
     chunks_in_flight = max(2, math.ceil(2 * w.concurrency / w.chunk_size) + 1)
 
     async def startup(ctx: dict[str, Any]) -> None:
+        ctx["queue_name"] = queue or keys.queue
         if "runtime" in ctx:  # a burst worker's second round after a sweep
             return
         rt = Runtime(settings, Store(ctx["redis"], keys), settings.ordered_providers(),
@@ -190,7 +191,7 @@ def build_worker(
         # killed worker would keep the queue non-empty, and burst workers waiting, until it expires
         cron_jobs=[] if burst else [cron(sweep_orphans, name="batchrelay-sweep", second=30, unique=True, timeout=30)],
         redis_settings=redis_settings(redis_url),
-        queue_name=keys.queue,
+        queue_name=queue or keys.queue,
         max_jobs=chunks_in_flight,
         # running jobs stay at the queue head: a small read limit would cap the whole fleet
         queue_read_limit=max(1000, 5 * chunks_in_flight),
@@ -238,7 +239,7 @@ async def run_worker(worker: Worker) -> None:
     """
     try:
         await worker.async_run()
-        while worker.burst and await sweep(worker.ctx["runtime"].store):
+        while worker.burst and await sweep(worker.ctx["runtime"].store, worker.queue_name):
             await worker.async_run()
     except asyncio.CancelledError:
         if not worker.main_task or not worker.main_task.cancelled():

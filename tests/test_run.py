@@ -183,3 +183,17 @@ def test_hung_and_malformed_answers_are_retried_then_failed_over(tmp_path: Path,
     assert steps == [("hung", None, "retry"), ("hung", None, "retry"), ("junk", 200, "retry"),
                      ("junk", 200, "retry"), ("good", 200, None)]
     assert "0.5s" in row["batchrelay"]["attempts"][0]["error"]
+
+
+def test_run_works_only_its_own_batch_in_a_shared_redis(tmp_path: Path, redis_url: str, prefix: str,
+                                                        simulator: SimulatorProcess) -> None:
+    cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": simulator.base_url}])
+    env = {"REDIS_URL": redis_url}
+    left = batchrelay("-c", str(cfg), "submit", str(_write(tmp_path / "a.jsonl", [orjson.dumps(openai_line(i))
+                                                                                   for i in range(1, 31)])), env=env)
+    mine = _write(tmp_path / "b.jsonl", [orjson.dumps(openai_line(i)) for i in range(1, 6)])
+    proc = batchrelay("-c", str(cfg), "run", str(mine), "-o", str(tmp_path / "o.jsonl"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    other = json.loads(batchrelay("-c", str(cfg), "status", left.stdout.strip(), "--json", env=env).stdout)
+    assert other["status"] == "in_progress" and other["counts"]["pending"] == 30  # left for the shared workers
+    assert simulator.stats()["calls"] == 5

@@ -46,7 +46,7 @@ async def test_a_dropped_chunk_is_requeued_and_its_lines_get_answered(store: Sto
     await _drop(store, f"{batch}:c1")
     assert await store.redis.zcard(store.keys.queue) == 2
 
-    assert await sweep(store) == 1
+    assert await sweep(store, store.keys.queue) == 1
     assert await store.redis.zscore(store.keys.queue, f"{batch}:c1") is not None
 
     await _burst_worker(store, redis_url)
