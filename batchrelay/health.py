@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
 from redis.asyncio import Redis
 
 from .config import HealthConfig, ProviderConfig
@@ -134,8 +135,6 @@ class Unavailable:
 
 def estimate_tokens(body: dict[str, Any]) -> int:
     """An estimate, not a count: request bytes / 4 plus per-message overhead, plus max_tokens."""
-    import orjson
-
     messages = body.get("messages") or []
     size = len(orjson.dumps(messages)) + len(str(body.get("system", "")))
     out = body.get("max_tokens") or body.get("max_completion_tokens") or 1024

@@ -21,7 +21,6 @@ class LinePool(Generic[T, R]):
         self._handler = handler
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
-        self.busy = 0
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._consume(i), name=f"line-consumer-{i}") for i in range(self.size)]
@@ -50,7 +49,6 @@ class LinePool(Generic[T, R]):
             item, fut = await self._queue.get()
             if fut.done():
                 continue
-            self.busy += 1
             try:
                 result = await self._handler(index, item)
             except Exception as e:
@@ -59,8 +57,6 @@ class LinePool(Generic[T, R]):
             else:
                 if not fut.done():
                     fut.set_result(result)
-            finally:
-                self.busy -= 1
 
     async def close(self) -> None:
         for t in self._tasks:

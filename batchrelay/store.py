@@ -171,10 +171,9 @@ class Store:
             pipe.smismember(k.pending(batch_id), list(lines))
             pipe.hmget(k.lines(batch_id), list(lines))
             pipe.hmget(k.first_try(batch_id), list(lines))
-            pipe.hget(k.meta(batch_id), "providers")
+            pipe.hmget(k.meta(batch_id), ["providers", "status"])
             pipe.hmget(k.attempts(batch_id), list(lines))
-            pipe.hget(k.meta(batch_id), "status")
-            flags, raws, firsts, allow, tried, status = await pipe.execute()
+            flags, raws, firsts, (allow, status), tried = await pipe.execute()
         if status in (b"failed", b"cancelled", b"cancelling", b"expired"):
             return Claim([], {}, None)  # nothing more is spent on a batch that was stopped
         jobs, first_tried, fresh, earlier = [], {}, {}, {}
