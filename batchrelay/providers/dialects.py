@@ -123,7 +123,8 @@ def usage_of(dialect: Dialect, body: dict[str, Any], variant: str = "standard") 
 
 
 def reported_cost(body: dict[str, Any], variant: str) -> Decimal | None:
-    """ai-now's own `total_tokens_cost` (USD), exact as sent: parsed from the JSON text, never a float."""
+    """ai-now's own `total_tokens_cost` (USD) as a Decimal of the number's shortest repr (orjson has
+    parsed it as a float; for the ≤ 15 significant digits these costs carry, that is the number sent)."""
     if variant != "ainow":
         return None
     value = body.get("total_tokens_cost")
