@@ -122,6 +122,11 @@ def demo(ctx: click.Context, lines: int, out: Path, as_json: bool) -> None:
     Writes demo-input.jsonl (with a few deliberately bad lines), runs it, and writes the
     results and errors files. The flaky provider answers its first call with 429 and a
     quarter of the rest with 503, so the attempts in the results show retries and failover.
+
+    \b
+    Examples:
+      batchrelay demo
+      batchrelay demo --lines 1000 -o /tmp/demo.jsonl
     """
     from .demo import DEMO_PROVIDERS, write_sample
     from .runner import environment, run_file
@@ -288,7 +293,13 @@ def results(ctx: click.Context, batch: str, out: Path, errors: Path | None, wait
 @click.pass_context
 @handles_errors
 def batches(ctx: click.Context, limit: int, as_json: bool) -> None:
-    """List batches, newest first."""
+    """List batches, newest first.
+
+    \b
+    Examples:
+      batchrelay batches
+      batchrelay batches --limit 5 --json
+    """
     from rich.console import Console
     from rich.table import Table
 

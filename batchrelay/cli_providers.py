@@ -102,6 +102,11 @@ def providers_check(ctx: click.Context, live: bool, model: str | None, as_json: 
 
     A provider that passes (with credit left, where it shows credit) is taken off the bench and
     re-enabled for every worker. Exit status 1 when any provider fails a check.
+
+    \b
+    Examples:
+      batchrelay providers check
+      batchrelay providers check --live --model gpt-4o-mini --json
     """
     from .checks import check_all
 
