@@ -91,6 +91,12 @@ def write_config(path: Path, prefix: str, providers: list[dict[str, Any]], *,
     return path
 
 
+def priority_config(path: Path, prefix: str, sims: dict[str, SimulatorProcess], concurrency: int) -> Path:
+    """One provider per simulator, tried in the order given."""
+    return write_config(path, prefix, [{"name": name, "base_url": sim.base_url, "priority": i + 1}
+                                       for i, (name, sim) in enumerate(sims.items())], concurrency=concurrency)
+
+
 def sim_log(base: str) -> list[dict[str, Any]]:
     return list(httpx.get(base + "/_sim/log", timeout=30).json())
 
@@ -200,9 +206,7 @@ def scenario_failover(url: str, prefix: str, tmp: Path, args: argparse.Namespace
     try:
         for sim in sims.values():
             sim.start()
-        cfg = write_config(tmp / "failover.toml", prefix, [
-            {"name": name, "base_url": sim.base_url, "priority": i + 1} for i, (name, sim) in enumerate(sims.items())
-        ], concurrency=args.concurrency)
+        cfg = priority_config(tmp / "failover.toml", prefix, sims, args.concurrency)
         src = write_lines(tmp / "failover.jsonl", n)
         run = run_batch(url, prefix, cfg, src, tmp, "failover", timeout=max(300.0, n / 5))
         logs = {name: sim_log(sim.base_url) for name, sim in sims.items()}
@@ -402,9 +406,7 @@ def scenario_outage(url: str, prefix: str, tmp: Path, args: argparse.Namespace) 
     try:
         for sim in sims.values():
             sim.start()
-        cfg = write_config(tmp / "outage.toml", prefix, [
-            {"name": name, "base_url": sim.base_url, "priority": i + 1} for i, (name, sim) in enumerate(sims.items())
-        ], concurrency=args.concurrency)
+        cfg = priority_config(tmp / "outage.toml", prefix, sims, args.concurrency)
         src = write_lines(tmp / "outage.jsonl", n)
         run = run_batch(url, prefix, cfg, src, tmp, "outage", timeout=down + max(180.0, n / 5), tick=tick)
         logs = {name: sim_log(sim.base_url) for name, sim in sims.items()}

@@ -37,6 +37,10 @@ ROWS: list[tuple[str, str, str, str, str, str]] = [
 AUTH_HEADERS = {"authorization", "tt-api-key", "x-api-key"}
 
 
+def _batch_line(body: dict[str, Any]) -> dict[str, Any]:
+    return {"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
 def _run_one(tmp_path: Path, redis_url: str, prefix: str, preset: str, line: dict[str, Any],
              sim: str, extra: str = "") -> tuple[subprocess.CompletedProcess[str], list[dict], list[dict]]:
     cfg = tmp_path / "c.toml"
@@ -58,7 +62,7 @@ def test_a_job_reaches_the_provider_exactly_as_its_document_says(
         tmp_path: Path, redis_url: str, prefix: str, preset: str, dialect: str, path: str, header: str,
         value: str, wire_model: str) -> None:
     body = CHAT if dialect == "chat" else MESSAGES
-    line = ({"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": body} if dialect == "chat"
+    line = (_batch_line(body) if dialect == "chat"
             else {"custom_id": "x", "params": body})
     with SimulatorProcess({"preset": preset, "api_key": KEY}) as sim:
         proc, log, rows = _run_one(tmp_path, redis_url, prefix, preset, line, sim)
@@ -90,7 +94,7 @@ def test_a_job_reaches_the_provider_exactly_as_its_document_says(
 def test_a_wrong_key_gets_no_answer_and_no_retry(tmp_path: Path, redis_url: str, prefix: str) -> None:
     with SimulatorProcess({"preset": "ttapi", "api_key": "another-key"}) as sim:
         proc, log, _ = _run_one(tmp_path, redis_url, prefix, "ttapi",
-                                {"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": CHAT}, sim)
+                                _batch_line(CHAT), sim)
     assert proc.returncode == 3
     assert [c["status"] for c in log] == [401]
     err = orjson.loads((tmp_path / "out.errors.jsonl").read_bytes())
@@ -103,8 +107,7 @@ def test_piapi_o1_models_get_the_system_prompt_folded_into_the_user_turn(
     body = {**CHAT, "model": "o1-mini"}
     with SimulatorProcess({"preset": "piapi", "api_key": KEY}) as sim:
         proc, log, rows = _run_one(tmp_path, redis_url, prefix, "piapi",
-                                   {"custom_id": "x", "method": "POST", "url": "/v1/chat/completions",
-                                    "body": body}, sim)
+                                   _batch_line(body), sim)
     assert proc.returncode == 0, proc.stderr
     sent = log[0]["body"]["messages"]
     assert [m["role"] for m in sent] == ["user"]
@@ -112,13 +115,12 @@ def test_piapi_o1_models_get_the_system_prompt_folded_into_the_user_turn(
     assert any("system" in n for n in rows[0]["batchrelay"]["notes"])
 
 
-def test_ainow_maps_canonical_model_ids_and_rejects_none_it_lists(tmp_path: Path, redis_url: str,
+def test_ainow_maps_canonical_model_ids_there_and_back(tmp_path: Path, redis_url: str,
                                                                   prefix: str) -> None:
     body = {**CHAT, "model": "claude-3-5-sonnet-20240620"}
     with SimulatorProcess({"preset": "ainow", "api_key": KEY}) as sim:
         proc, log, rows = _run_one(tmp_path, redis_url, prefix, "ainow",
-                                   {"custom_id": "x", "method": "POST", "url": "/v1/chat/completions",
-                                    "body": body}, sim)
+                                   _batch_line(body), sim)
     assert proc.returncode == 0, proc.stderr
     assert log[0]["body"]["model"] == "Claude 3.5 Sonnet"
     assert rows[0]["response"]["body"]["model"] == "claude-3-5-sonnet-20240620"
