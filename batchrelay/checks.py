@@ -12,6 +12,7 @@ import orjson
 from .config import ProviderConfig
 from .errors import ProviderError
 from .providers import send
+from .providers.client import usable_key
 from .providers.dialects import auth_headers
 
 
@@ -56,8 +57,10 @@ def _json(resp: httpx.Response) -> Any:
 
 async def check_provider(client: httpx.AsyncClient, p: ProviderConfig, *, live: bool, model: str | None) -> CheckResult:
     res = CheckResult(p.name)
-    if p.api_key_env and not p.api_key():
-        res.add("key", False, f"environment variable {p.api_key_env} is not set")
+    try:
+        usable_key(p)
+    except ProviderError as e:
+        res.add("key", False, e.reason)
         return res
     try:
         if p.models_path:

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import click
 
+from .budget import EXHAUSTED
+from .cli_cost import budget, cost, estimate, money_options
+from .cli_lifecycle import cancel, completion_window_option, defer_options, retry_command, start_at_of
 from .cli_providers import health_text, providers
 from .clikit import CONTEXT, emit_json, handles_errors, open_store, run_async, settings_of
 from .config import load_settings
 from .connection import DEFAULT_URL, connect
 from .errors import BatchrelayError
+from .estimate import require_prices as check_prices
 from .health import Health
+from .spending import cost_line, cost_summary, ledger_of
 from .store import BatchInfo
 
 EXIT_FAILED_LINES = 3
@@ -73,26 +80,31 @@ endpoint_option = click.option(
               help="Worker processes (1 = in this process).")
 @endpoint_option
 @providers_option
+@money_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 @handles_errors
 def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers: int, endpoint: str,
-        allow: list[str] | None, as_json: bool) -> None:
+        allow: list[str] | None, max_cost: Decimal | None, require_prices: bool, as_json: bool) -> None:
     """Submit FILE, work it here, and write the results: all in one process.
 
     Uses REDIS_URL when set, else an embedded redis-server; uses the configured providers, else
-    the built-in simulator. Exit status: 0 all lines succeeded, 3 some lines failed, 2 bad usage.
+    the built-in simulator. Exit status: 0 all lines succeeded, 3 some lines failed, 4 the
+    budget (--max-cost) ran out first, 2 bad usage.
 
     \b
     Examples:
       batchrelay run examples/requests.jsonl -o results.jsonl
-      batchrelay -c batchrelay.toml run big.jsonl -o out.jsonl --workers 2
+      batchrelay -c batchrelay.toml run big.jsonl -o out.jsonl --workers 2 --max-cost 5
     """
     from .runner import environment, run_file
 
     with environment(settings_of(ctx)) as (settings, url):
+        if require_prices or max_cost is not None:
+            check_prices(file, settings, endpoint, allow)  # type: ignore[arg-type]
         report = run_async(run_file(settings, url, file, out, errors, workers=workers, allow=allow,
-                               default_dialect=endpoint, show=not as_json))  # type: ignore[arg-type]
+                                    default_dialect=endpoint, show=not as_json,  # type: ignore[arg-type]
+                                    max_cost=max_cost))
     _report(report, as_json)
     sys.exit(report.exit_code)
 
@@ -107,6 +119,14 @@ def _report(report: Any, as_json: bool) -> None:
     click.echo(f"results: {report.exported.results_path} ({report.exported.results} lines)")
     if report.exported.errors:
         click.echo(f"errors:  {report.exported.errors_path} ({report.exported.errors} lines)")
+    c = report.cost
+    notes = [f"{c['unpriced_calls']} calls of unknown price"] if c["unpriced_calls"] else []
+    if c["discrepancies"]:
+        notes.append(f"{c['discrepancies']} calls whose reported cost is over 1 % off the computed one")
+    click.echo(f"cost:    ${c['usd']}" + (f" ({'; '.join(notes)})" if notes else ""))
+    if b.status == EXHAUSTED:
+        click.echo(f"budget exhausted: {b.pending} lines were not sent. Raise it with `batchrelay budget {b.id} "
+                   "--max-cost USD` and finish them with `batchrelay worker --burst` (same REDIS_URL)", err=True)
 
 
 @cli.command()
@@ -145,35 +165,50 @@ def demo(ctx: click.Context, lines: int, out: Path, as_json: bool) -> None:
 @click.option("--name", help="A name for the batch (default: the file name).")
 @endpoint_option
 @providers_option
+@money_options
+@completion_window_option
+@defer_options
 @click.option("--json", "as_json", is_flag=True, help="Print the submission as JSON.")
 @click.pass_context
 @handles_errors
 def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allow: list[str] | None,
-           as_json: bool) -> None:
+           max_cost: Decimal | None, require_prices: bool, completion_window: float | None, at: float | None,
+           delay: float | None, as_json: bool) -> None:
     """Queue FILE as a new batch in Redis and print its id.
 
     Each line is an OpenAI Batch line, an Anthropic Message Batches line, or a bare request
     body; bad lines become error records with their line number and the rest runs.
 
     \b
-    Example:
+    Examples:
       BATCH=$(batchrelay submit requests.jsonl)
       batchrelay status $BATCH --watch
+      batchrelay submit requests.jsonl --max-cost 0.50 --completion-window 24h
+      batchrelay submit requests.jsonl --at 2026-11-22T05:00:00Z   # or --in 2h
     """
     from .submit import submit_file
 
     settings = settings_of(ctx)
+    start_at = start_at_of(at, delay)
+    if require_prices or max_cost is not None:
+        check_prices(file, settings, endpoint, allow)  # type: ignore[arg-type]
 
     async def go() -> Any:
         async with open_store(settings) as store:
             return await submit_file(store, file, name=name, default_dialect=endpoint, providers=allow,
-                                     chunk_size=settings.worker.chunk_size)
+                                     chunk_size=settings.worker.chunk_size, max_cost=max_cost,
+                                     completion_window_s=completion_window, start_at=start_at,
+                                     max_line_bytes=settings.worker.max_line_bytes)
 
     res = run_async(go())
     if as_json:
-        emit_json({"id": res.batch_id, "lines": res.total, "valid": res.valid, "invalid": res.invalid})
+        emit_json({"id": res.batch_id, "lines": res.total, "valid": res.valid, "invalid": res.invalid,
+                   "start_at": start_at})
     else:
         click.echo(res.batch_id)
+        if start_at is not None:
+            when = datetime.fromtimestamp(start_at, UTC).isoformat(timespec="seconds")
+            click.echo(f"scheduled: starts at {when} (at the workers' first sweep after it)", err=True)
         if res.invalid:
             click.echo(f"{res.invalid} of {res.total} lines are invalid (see the errors file of `results`)", err=True)
 
@@ -205,7 +240,9 @@ def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool
 
     async def go() -> None:
         url = settings.redis_url or DEFAULT_URL
-        await (await connect(url)).aclose()  # a clear error now beats arq's retry loop
+        # a clear error now beats arq's retry loop; an unreachable Redis (a restart, or a worker started
+        # first) is waited for: for good by a worker, for a minute by a burst worker
+        await (await connect(url, wait_s=60 if burst else float("inf"))).aclose()
         await run_worker(build_worker(settings, url, burst=burst, queue=queue))
 
     run_async(go())
@@ -229,21 +266,25 @@ def status(ctx: click.Context, batch: str, as_json: bool, watch: bool) -> None:
 
     settings = settings_of(ctx)
 
-    async def go() -> tuple[BatchInfo, dict[str, dict[str, Any]]]:
+    async def go() -> tuple[BatchInfo, dict[str, dict[str, Any]], Any]:
         async with open_store(settings) as store:
             info = await (watch_batch(store, batch, show=True) if watch else store.info(batch))
             names = [p.name for p in settings.ordered_providers()]
-            return info, await Health(store.redis, store.keys, settings.health).snapshot(names)
+            _rows, spent, budget = await ledger_of(store, batch)
+            return info, await Health(store.redis, store.keys, settings.health).snapshot(names), (spent, budget)
 
-    info, health = run_async(go())
+    info, health, (spent, budget) = run_async(go())
     if as_json:
-        emit_json({**info.as_dict(), "providers": health})
+        emit_json({**info.as_dict(), "cost": cost_summary(spent, budget), "providers": health})
         return
     d = info.as_dict()
     click.echo(f"{info.id}  {info.status}  {info.name}  ({info.input_format})")
+    if info.status == "scheduled" and info.start_at is not None:
+        click.echo(f"  starts at {datetime.fromtimestamp(info.start_at, UTC).isoformat(timespec='seconds')}")
     click.echo("  " + "  ".join(f"{k}={v}" for k, v in d["counts"].items()))
     eta = f", ETA {d['eta_s']:.0f}s" if d["eta_s"] is not None else ""
     click.echo(f"  {d['rate_lines_per_s']:.1f} lines/s{eta}")
+    click.echo(f"  {cost_line(spent, budget)}")
     for name, h in health.items():
         last = f"  last: {h['last']}" if h.get("last") else ""
         click.echo(f"  provider {name}: {health_text(h)}{last}")
@@ -284,7 +325,7 @@ def results(ctx: click.Context, batch: str, out: Path, errors: Path | None, wait
             click.echo(f"note: {info.id} is {info.status}; {info.pending} lines have no result yet", err=True)
         click.echo(f"{exported.results} results -> {exported.results_path}; "
                    f"{exported.errors} errors -> {exported.errors_path}")
-    sys.exit(EXIT_FAILED_LINES if info.failed or info.invalid else 0)
+    sys.exit(EXIT_FAILED_LINES if info.unsuccessful else 0)
 
 
 @cli.command()
@@ -311,10 +352,47 @@ def batches(ctx: click.Context, limit: int, as_json: bool) -> None:
     if as_json:
         emit_json([b.as_dict() for b in items])
         return
-    table = Table("id", "name", "status", "total", "succeeded", "failed", "invalid", "pending")
+    table = Table("id", "name", "status", "total", "succeeded", "failed", "invalid", "pending", "starts")
     for b in items:
-        table.add_row(b.id, b.name, b.status, *(str(x) for x in (b.total, b.succeeded, b.failed, b.invalid, b.pending)))
+        starts = (datetime.fromtimestamp(b.start_at, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+                  if b.status == "scheduled" and b.start_at is not None else "")
+        table.add_row(b.id, b.name, b.status, *(str(x) for x in (b.total, b.succeeded, b.failed, b.invalid, b.pending)),
+                      starts)
     Console().print(table)
+
+
+@cli.command()
+@click.option("--host", help="Address to bind (default: [serve] host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (default: [serve] port, 8080).")
+@click.pass_context
+@handles_errors
+def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Serve the OpenAI Files + Batches and Anthropic Message Batches APIs on this Redis.
+
+    Point the official SDKs at it (base_url) to submit, poll, download and cancel batches;
+    `batchrelay worker` processes run them. Clients need one of the keys held by the environment
+    variables that `[serve] api_keys_env` names (Authorization: Bearer, or x-api-key).
+
+    \b
+    Examples:
+      # batchrelay.toml:  [serve]  api_keys_env = ["BATCHRELAY_CLIENT_KEY"]
+      BATCHRELAY_CLIENT_KEY=secret batchrelay serve --port 8080
+      OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="secret")
+      Anthropic(base_url="http://127.0.0.1:8080", api_key="secret")
+    """
+    from .serve import create_app
+
+    settings = settings_of(ctx)
+    cfg = settings.serve
+    create_app(settings)  # a missing key is a clean error before anything binds
+    run_async(_check_redis(settings.redis_url or DEFAULT_URL))
+    from .serve import serve as run_server
+
+    run_server(settings, host or cfg.host, port or cfg.port, announce=lambda text: click.echo(text, err=True))
+
+
+async def _check_redis(url: str) -> None:
+    await (await connect(url)).aclose()  # a clear error now beats one per request
 
 
 @cli.command()
@@ -353,6 +431,8 @@ def simulate(host: str, port: int, **faults: Any) -> None:
 
 
 cli.add_command(providers)
+for command in (estimate, cost, budget, cancel, retry_command):
+    cli.add_command(command)
 
 
 def main() -> None:

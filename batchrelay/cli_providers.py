@@ -10,6 +10,7 @@ import click
 from .clikit import emit_json, handles_errors, open_store, run_async, settings_of
 from .errors import StoreError
 from .health import Health
+from .pricing import price_of, usd_str
 
 
 @click.group(invoke_without_command=True)
@@ -36,14 +37,36 @@ def providers(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
-    table = Table("name", "preset", "priority", "base url", "dialects", "auth", "models", "rpm/tpm", "health")
+    table = Table("name", "preset", "priority", "base url", "dialects", "auth", "models", "rpm/tpm", "pricing",
+                  "health")
     for p, row in zip(items, rows, strict=True):
         table.add_row(p.name, p.preset or "-", str(p.priority), p.base_url, ", ".join(p.dialects),
                       ", ".join(f"{d}:{a}" for d, a in row["auth"].items()), row["models_summary"],
-                      f"{row['limits']['rpm'] or '-'}/{row['limits']['tpm'] or '-'}", health_text(row["health"]))
+                      f"{row['limits']['rpm'] or '-'}/{row['limits']['tpm'] or '-'}", _pricing_text(p),
+                      health_text(row["health"]))
     Console().print(table)
     if health is None:
         click.echo("(health unknown: Redis not reachable)", err=True)
+
+
+def _pricing_text(p: Any) -> str:
+    """Where the provider's prices come from: its listed ones, official ones (times a multiplier)."""
+    parts = [f"{len(p.prices)} listed"] if p.prices else []
+    parts.append("official" + (f" x{p.price_multiplier}" if p.price_multiplier != 1 else ""))
+    if p.cost_source == "reported":
+        parts.append("bills its reported cost")
+    return ", ".join(parts)
+
+
+def _resolved_prices(p: Any, models: list[str]) -> dict[str, Any]:
+    """Per model the provider knows: USD per 1M tokens and per call, and where the price comes from."""
+    out = {}
+    for m in models:
+        price = price_of(p, m)
+        rates = {k: usd_str(v) for k, v in price.rates().items()}
+        out[m] = {**rates, "per_request": usd_str(price.per_request), "min_charge": usd_str(price.min_charge),
+                  "source": price.source}
+    return out
 
 
 def health_text(h: dict[str, Any] | None) -> str:
@@ -88,6 +111,7 @@ def _provider_row(p: Any) -> dict[str, Any]:
         "model_map": p.models, "limits": p.limits.model_dump(), "plan": p.plan,
         "price_multiplier": str(p.price_multiplier), "cost_source": p.cost_source,
         "prices": {m: pr.model_dump(mode="json", exclude_defaults=True) for m, pr in p.prices.items()},
+        "model_prices": _resolved_prices(p, [m for m in models if "*" not in m]),
     }
 
 

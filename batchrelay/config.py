@@ -32,14 +32,24 @@ class _Strict(BaseModel):
 
 
 class ModelPrice(_Strict):
-    """USD per 1M tokens, plus per-call amounts in USD."""
+    """USD per 1M tokens, plus per-call amounts in USD. Without `input`/`output` the token rates are
+    the official ones (genai-prices) times the provider's `price_multiplier`; cached reads and cache
+    writes cost the input rate unless priced apart."""
 
-    input: Decimal | None = None
-    output: Decimal | None = None
-    cached_input: Decimal | None = None
-    cache_write: Decimal | None = None
-    per_request: Decimal = Decimal(0)
-    min_charge: Decimal = Decimal(0)
+    input: Decimal | None = Field(default=None, ge=0)
+    output: Decimal | None = Field(default=None, ge=0)
+    cached_input: Decimal | None = Field(default=None, ge=0)
+    cache_write: Decimal | None = Field(default=None, ge=0)
+    per_request: Decimal = Field(default=Decimal(0), ge=0)
+    min_charge: Decimal = Field(default=Decimal(0), ge=0)
+
+    @model_validator(mode="after")
+    def _rates_together(self) -> ModelPrice:
+        if (self.input is None) != (self.output is None):
+            raise ValueError("set both `input` and `output` (USD per 1M tokens), or neither to use official prices")
+        if self.input is None and (self.cached_input is not None or self.cache_write is not None):
+            raise ValueError("`cached_input` / `cache_write` need `input` and `output` beside them")
+        return self
 
 
 class RateLimits(_Strict):
@@ -67,7 +77,7 @@ class ProviderConfig(_Strict):
     credits_path: str | None = None
     catalog: tuple[str, ...] = ()
     no_system_models: tuple[str, ...] = ()
-    price_multiplier: Decimal = Decimal(1)
+    price_multiplier: Decimal = Field(default=Decimal(1), gt=0)
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
     cost_source: Literal["computed", "reported"] = "computed"
     plans: dict[str, RateLimits] = Field(default_factory=dict)
@@ -157,6 +167,12 @@ class WorkerConfig(_Strict):
     # arq's limit for one chunk job; a SIGKILLed worker's chunk reruns this long (+10 s) later.
     # The chunk stops itself before it and requeues its unfinished lines (arq would drop them).
     job_timeout: float = Field(default=600.0, gt=0)
+    max_line_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)  # a longer input line is an error, never read whole
+    retention_days: float = Field(default=30, ge=0)  # finished batches are deleted after this; 0 keeps them
+
+    @property
+    def retention_s(self) -> float | None:
+        return self.retention_days * 86400 if self.retention_days else None
 
     @model_validator(mode="after")
     def _deadlines(self) -> WorkerConfig:
@@ -194,12 +210,49 @@ class RoutingConfig(_Strict):
     routes: dict[str, list[str]] = Field(default_factory=dict)  # model (or glob) -> providers allowed
 
 
+class ServeConfig(_Strict):
+    """`batchrelay serve`: the OpenAI/Anthropic-compatible batch HTTP API. Client keys are never in
+    this file: `api_keys_env` names the environment variables that hold the accepted keys."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    api_keys_env: tuple[str, ...] = ()
+    files_dir: Path | None = None  # uploaded files; default: `files` in the state directory
+
+    def api_keys(self) -> list[str]:
+        """The accepted keys, read from the environment now (blank values and whitespace dropped)."""
+        return [v.strip() for name in self.api_keys_env if (v := os.environ.get(name)) and v.strip()]
+
+
+class ScheduleConfig(_Strict):
+    """A `[[schedules]]` entry: at each `cron` tick (UTC), every file matching `input` that was never
+    processed becomes a batch; its results land in `output_dir` (see schedules.py)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    cron: str
+    input: str = Field(min_length=1)  # a path or a glob
+    output_dir: Path
+    endpoint: Dialect = "chat"
+    providers: tuple[str, ...] | None = None
+    max_cost: Decimal | None = Field(default=None, gt=0)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from .cron import parse_cron
+
+        parse_cron(v)  # ValueError: reported as a config error
+        return v
+
+
 class Settings(_Strict):
     redis: RedisConfig = RedisConfig()
     worker: WorkerConfig = WorkerConfig()
     health: HealthConfig = HealthConfig()
     routing: RoutingConfig = RoutingConfig()
+    serve: ServeConfig = ServeConfig()
     providers: tuple[ProviderConfig, ...] = ()
+    schedules: tuple[ScheduleConfig, ...] = ()
     source: str | None = None
 
     @model_validator(mode="after")
@@ -212,6 +265,13 @@ class Settings(_Strict):
             unknown = sorted(set(allowed) - set(names))
             if unknown and self.providers:
                 raise ValueError(f"routing.routes[{model!r}] names unknown providers: {', '.join(unknown)}")
+        schedules = [s.name for s in self.schedules]
+        if len(set(schedules)) != len(schedules):
+            raise ValueError("schedule names must be unique")
+        for sch in self.schedules:
+            unknown = sorted(set(sch.providers or ()) - set(names))
+            if unknown and self.providers:
+                raise ValueError(f"schedules {sch.name!r} names unknown providers: {', '.join(unknown)}")
         return self
 
     def check_allow_list(self, names: list[str]) -> list[str]:

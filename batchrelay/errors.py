@@ -19,6 +19,7 @@ and keeps its traceback.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 
 class BatchrelayError(Exception):
@@ -31,6 +32,10 @@ class ConfigError(BatchrelayError):
 
 class InputError(BatchrelayError):
     exit_code = 2
+
+
+class UnpricedModels(InputError):
+    """`--require-prices` (or `--max-cost`) and a model without a known price at some provider."""
 
 
 class StoreError(BatchrelayError):
@@ -78,7 +83,10 @@ class ProviderHTTPError(ProviderError):
 
 
 class ProviderBadResponse(ProviderError):
-    pass
+    """A 200 that is not a usable answer. Some still carry the usage the provider bills for:
+    `billed` is then a `(Usage, reported cost or None)` pair, so the call can be paid for."""
+
+    billed: tuple[Any, Any] | None = None
 
 
 class ProviderTransportError(ProviderError):

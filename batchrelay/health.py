@@ -17,7 +17,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import orjson
 from redis.asyncio import Redis
 
 from .config import HealthConfig, ProviderConfig
@@ -131,14 +130,6 @@ class Unavailable:
     provider: str
     wait_s: float  # until it may be tried again; -1 never (disabled)
     reason: str
-
-
-def estimate_tokens(body: dict[str, Any]) -> int:
-    """An estimate, not a count: request bytes / 4 plus per-message overhead, plus max_tokens."""
-    messages = body.get("messages") or []
-    size = len(orjson.dumps(messages)) + len(str(body.get("system", "")))
-    out = body.get("max_tokens") or body.get("max_completion_tokens") or 1024
-    return size // 4 + 4 * len(messages) + (out if isinstance(out, int) else 1024)
 
 
 class Health:

@@ -71,6 +71,42 @@ class Keys:
         """Hash: chunk job id -> JSON list of its line numbers (for re-enqueueing)."""
         return f"{self.prefix}batch:{batch_id}:chunks"
 
+    def file(self, file_id: str) -> str:
+        """Hash: an uploaded file's id, bytes, created_at, filename, purpose (`serve`; bytes on disk)."""
+        return f"{self.prefix}files:{file_id}"
+
+    def custom_ids(self, batch_id: str) -> str:
+        """Hash: custom_id -> the line that first used it (duplicates are found here while submitting)."""
+        return f"{self.prefix}batch:{batch_id}:ids"
+
+    def ledger(self, batch_id: str) -> str:
+        """Hash: `provider SEP model SEP metric` -> integer (tokens, calls, pico-dollars); see ledger.py."""
+        return f"{self.prefix}batch:{batch_id}:ledger"
+
+    def budget(self, batch_id: str) -> str:
+        """Hash: max, spent, reserved (pico-dollars) and `r:{token}` reservations; see budget.py."""
+        return f"{self.prefix}batch:{batch_id}:budget"
+
+    def budget_leases(self, batch_id: str) -> str:
+        """Sorted set: reservation tokens scored by when they lapse (ms)."""
+        return f"{self.prefix}batch:{batch_id}:budget:leases"
+
+    def schedule_tick(self, name: str, tick: int) -> str:
+        """String, set NX by the one worker that runs schedule `name` at this minute (expires in a day)."""
+        return f"{self.prefix}schedule:{name}:{tick}"
+
+    def schedule_done(self, name: str) -> str:
+        """Set of input file identities (absolute path|size|mtime_ns) the schedule has submitted."""
+        return f"{self.prefix}schedule:{name}:done"
+
+    def schedule_batches(self, name: str) -> str:
+        """Hash: batch id -> input path, of the schedule's batches whose results are not exported yet."""
+        return f"{self.prefix}schedule:{name}:batches"
+
+    def schedule_export(self, name: str, batch_id: str) -> str:
+        """String, set NX (a lease) by the worker exporting that batch's results."""
+        return f"{self.prefix}schedule:{name}:export:{batch_id}"
+
     def batch_keys(self, batch_id: str) -> list[str]:
         return [
             self.meta(batch_id),
@@ -80,4 +116,8 @@ class Keys:
             self.chunks(batch_id),
             self.first_try(batch_id),
             self.attempts(batch_id),
+            self.custom_ids(batch_id),
+            self.ledger(batch_id),
+            self.budget(batch_id),
+            self.budget_leases(batch_id),
         ]

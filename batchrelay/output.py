@@ -2,7 +2,7 @@
 
 OpenAI-format input gets OpenAI batch output lines (`id`, `custom_id`, `response`, `error`);
 Anthropic-format input gets Message Batches result lines (`custom_id`, `result`). Every record
-carries a `batchrelay` object: line number, provider, provider model, attempts and usage.
+carries a `batchrelay` object: line number, provider, provider model, attempts, usage and cost.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import orjson
 
 from .config import Dialect
 from .jobs import BadLine, JobLine
+from .ledger import line_cost
 from .relay import Outcome
 
 
@@ -57,11 +58,28 @@ def _meta(job: JobLine, out: Outcome) -> dict[str, Any]:
         meta["translated"] = {"from": job.dialect, "to": out.wire_dialect}
     if out.notes:
         meta["notes"] = out.notes
-    if out.reply is not None and out.reply.reported_cost is not None:
-        meta["reported_cost_usd"] = str(out.reply.reported_cost)
+    meta["cost"] = line_cost(out.billed)
     if job.body.get("stream"):
         meta["stream"] = True
     return meta
+
+
+STOPPED_CODES = {"cancelled": ("batch_cancelled", "canceled"), "expired": ("batch_expired", "expired")}
+
+
+def stopped_record(batch_id: str, job: JobLine, out: Outcome, final: str) -> bytes:
+    """A line its batch stopped before it ran: `cancelled` or `expired` (Anthropic's `canceled` /
+    `expired` result types; OpenAI's `batch_cancelled` / `batch_expired` error codes)."""
+    code, anthropic_type = STOPPED_CODES[final]
+    meta = _meta(job, out)
+    meta["error"] = final
+    if _anthropic_shaped(job.fmt, job.dialect):
+        rec: dict[str, Any] = {"custom_id": job.custom_id, "result": {"type": anthropic_type}}
+    else:
+        rec = {"id": _openai_id(batch_id, job.line), "custom_id": job.custom_id, "response": None,
+               "error": {"code": code, "message": f"the batch was {final} before this line was answered"}}
+    rec["batchrelay"] = meta
+    return orjson.dumps(rec)
 
 
 def outcome_record(batch_id: str, job: JobLine, out: Outcome) -> bytes:

@@ -48,7 +48,7 @@ async def watch(
             if progress is not None and task is not None:
                 elapsed = max(1e-6, loop.time() - t0)
                 progress.update(task, total=max(1, info.total), completed=info.done,
-                                rate=(info.done - first_done) / elapsed, failed=info.failed + info.invalid)
+                                rate=(info.done - first_done) / elapsed, failed=info.unsuccessful)
             if info.finished or until_done():
                 return await store.info(batch_id)
             await asyncio.sleep(POLL_S)

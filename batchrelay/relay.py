@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -28,12 +29,17 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
+from .budget import OverBudget, Reservation, Spend, Unpriced
 from .classify import Action, classify, retry_after_seconds
 from .config import Dialect, HealthConfig, ProviderConfig, WorkerConfig
-from .errors import ProviderError
-from .health import Health, Kind, Permit, Unavailable, estimate_tokens
+from .errors import ProviderBadResponse, ProviderError
+from .health import Health, Kind, Permit, Unavailable
 from .jobs import JobLine
+from .ledger import Billed
+from .pricing import CallCost, call_cost, price_of
 from .providers import ProviderReply, send
+from .providers.dialects import Usage
+from .tokens import estimate_tokens
 from .translate import translate_request, translate_response
 
 KIND_OF: dict[Action, Kind] = {Action.RETRY: "transient", Action.BENCH: "billing", Action.DISABLE: "auth",
@@ -82,11 +88,23 @@ class Attempt:
     error: str | None = None
     wait_s: float = 0.0  # slept before this attempt: pacing, backoff or Retry-After
     started_at: float = 0.0
+    model: str | None = None  # the provider's model name, for billed calls
+    usage: Usage | None = None  # billed calls only: the answer, or a failure the provider billed
+    cost: CallCost | None = None
+
+    @property
+    def billed(self) -> Billed | None:
+        if self.usage is None or self.cost is None:
+            return None
+        return Billed(self.provider, self.model or "?", self.usage, self.cost, failed=self.status != 200 or
+                      self.action is not None)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Attempt:
+        usage = Usage.from_dict(d["usage"]) if d.get("usage") else None
+        cost = CallCost.from_dict(d["cost"]) if d.get("cost") else None
         return cls(d["provider"], d.get("status"), d.get("latency_ms", 0.0), d.get("action"), d.get("error"),
-                   d.get("wait_s", 0.0), d.get("started_at", 0.0))
+                   d.get("wait_s", 0.0), d.get("started_at", 0.0), d.get("model"), usage, cost)
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"provider": self.provider, "status": self.status, "latency_ms": round(self.latency_ms, 1)}
@@ -98,6 +116,10 @@ class Attempt:
             d["wait_s"] = round(self.wait_s, 3)
         if self.started_at:
             d["started_at"] = round(self.started_at, 3)
+        if self.usage is not None and self.cost is not None:
+            d["model"] = self.model
+            d["usage"] = self.usage.as_dict()
+            d["cost"] = self.cost.as_dict()
         return d
 
 
@@ -113,18 +135,25 @@ class Outcome:
     notes: list[str] = field(default_factory=list)  # what could not be mapped exactly
     defer_s: float | None = None  # nobody could take it now: look again in this many seconds
     last_answer: dict[str, str] = field(default_factory=dict)  # provider -> its last failed call
+    over_budget: bool = False  # the batch's spending limit cannot cover the next call: the line waits
 
     @property
     def ok(self) -> bool:
         return self.reply is not None
 
+    @property
+    def billed(self) -> list[Billed]:
+        return [b for a in self.attempts if (b := a.billed) is not None]
+
     def trimmed_attempts(self, head: int = 5, tail: int = 20) -> list[Attempt]:
-        """A line retried for an hour keeps its first and last attempts and a count of the rest."""
+        """A line retried for an hour keeps its first and last attempts, every billed one, and a
+        count of the rest."""
         if len(self.attempts) <= head + tail + 1:
             return self.attempts
-        skipped = len(self.attempts) - head - tail
-        gap = Attempt("…", None, 0.0, error=f"{skipped} more attempts not kept")
-        return [*self.attempts[:head], gap, *self.attempts[-tail:]]
+        middle = self.attempts[head:-tail]
+        kept = [a for a in middle if a.billed is not None]
+        gap = Attempt("…", None, 0.0, error=f"{len(middle) - len(kept)} more attempts not kept")
+        return [*self.attempts[:head], gap, *kept, *self.attempts[-tail:]]
 
 
 class _Refused(Exception):
@@ -169,15 +198,21 @@ async def relay(
     *,
     first_tried: float,
     earlier: Sequence[Attempt] = (),
+    spend: Spend | None = None,
 ) -> Outcome:
-    """Serve the line; short waits for a provider happen here, longer ones come back as `defer_s`."""
+    """Serve the line; short waits for a provider happen here, longer ones come back as `defer_s`.
+    With `spend` (the batch has a budget) every call takes a reservation first."""
     out = Outcome(attempts=[a for a in earlier if a.provider != "…"])
     if not candidates:
         out.message = f"no configured provider serves the {job.dialect} dialect for this batch and model"
         return out
     waited = 0.0
     while True:
-        done, last, waits = await _one_pass(job, candidates, client, cfg, health, out)
+        try:
+            done, last, waits = await _one_pass(job, candidates, client, cfg, health, out, spend)
+        except OverBudget:
+            out.over_budget = True
+            return out
         if done:
             return out
         soonest = min((w for w in waits if 0 <= w < float("inf")), default=None)
@@ -189,7 +224,7 @@ async def relay(
 
 async def _one_pass(
     job: JobLine, candidates: Sequence[tuple[ProviderConfig, Dialect]], client: httpx.AsyncClient,
-    cfg: WorkerConfig, health: Health, out: Outcome,
+    cfg: WorkerConfig, health: Health, out: Outcome, spend: Spend | None,
 ) -> tuple[bool, dict[str, str], list[float]]:
     """Try each candidate once (with its retries); True when the line got its answer or failed for good."""
     last: dict[str, str] = {}
@@ -201,7 +236,10 @@ async def _one_pass(
             last[provider.name] = f"cannot translate the request to {wire}: {e}"
             continue
         try:
-            reply = await _call_with_retries(provider, wire, body, client, cfg, health, out.attempts)
+            reply = await _call_with_retries(provider, wire, body, client, cfg, health, out.attempts, spend)
+        except Unpriced as e:
+            last[provider.name] = str(e)
+            continue
         except _Refused as r:
             last[provider.name] = f"{r.why.reason} (for {r.why.wait_s:.1f}s)" if r.why.wait_s >= 0 else r.why.reason
             waits.append(r.why.wait_s)
@@ -260,7 +298,7 @@ def _no_provider_now(out: Outcome, last: dict[str, str], waits: list[float], fir
 
 async def _call_with_retries(
     provider: ProviderConfig, wire: Dialect, body: dict[str, Any], client: httpx.AsyncClient, cfg: WorkerConfig,
-    health: Health, log: list[Attempt],
+    health: Health, log: list[Attempt], spend: Spend | None,
 ) -> ProviderReply:
     model = str(body["model"])
     tokens = estimate_tokens(body)
@@ -277,13 +315,17 @@ async def _call_with_retries(
             got = await _acquire(health, provider, model, tokens)
             if isinstance(got, Unavailable):
                 raise _Refused(got)
-            if got.wait_s > 0:
-                try:
+            held = None
+            try:
+                if got.wait_s > 0:
                     await asyncio.sleep(got.wait_s)  # our paced slot in the provider's rate limit
-                except BaseException:
-                    await asyncio.shield(health.release(got))
-                    raise
-            return await _attempt(provider, wire, body, client, cfg, health, got, log, slept + got.wait_s)
+                if spend is not None:
+                    held = await spend.reserve(provider, body)
+            except BaseException:
+                await asyncio.shield(health.release(got))
+                raise
+            call = _Call(provider, wire, body, got, spend, held)
+            return await _attempt(call, client, cfg, health, log, slept + got.wait_s)
     raise AssertionError("unreachable: tenacity either returns or reraises")
 
 
@@ -298,34 +340,68 @@ async def _acquire(health: Health, provider: ProviderConfig, model: str, tokens:
         await asyncio.sleep(got.wait_s)
 
 
-async def _attempt(provider: ProviderConfig, wire: Dialect, body: dict[str, Any], client: httpx.AsyncClient,
-                   cfg: WorkerConfig, health: Health, permit: Permit, log: list[Attempt],
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One call about to be sent: where, what, its health permit and its budget reservation."""
+
+    provider: ProviderConfig
+    wire: Dialect
+    body: dict[str, Any]
+    permit: Permit
+    spend: Spend | None = None
+    held: Reservation | None = None
+
+    @property
+    def model(self) -> str:
+        return str(self.body["model"])
+
+    def cost(self, usage: Usage, reported: Any) -> CallCost:
+        p = self.provider
+        return call_cost(price_of(p, p.provider_model(self.model)), usage, reported, p.cost_source)
+
+    async def settle(self, billed: CallCost | None) -> None:
+        """Give the reservation back less what the call was billed (None: nothing was)."""
+        if self.spend is not None and self.held is not None:
+            await self.spend.settle(self.held, billed.billed if billed else Decimal(0))
+
+
+async def _attempt(call: _Call, client: httpx.AsyncClient, cfg: WorkerConfig, health: Health, log: list[Attempt],
                    waited: float) -> ProviderReply:
+    provider, permit = call.provider, call.permit
     blocked = health.blocked_locally(provider.name)
     if blocked is not None:  # another call of this process just learnt the provider must be left alone
+        await asyncio.shield(call.settle(None))
         await health.release(permit)
         raise _Refused(blocked)
     started_at = time.time()
     started = time.perf_counter()
-    model = str(body["model"])
     try:
-        reply = await send(client, provider, wire, body, timeout=cfg.call_timeout)
+        reply = await send(client, provider, call.wire, call.body, timeout=cfg.call_timeout)
     except ProviderError as e:
-        await _reported_failure(provider, permit, model, e, health, log, started, started_at, waited)
+        await _reported_failure(call, e, health, log, started, started_at, waited)
         raise
     except BaseException:
-        await asyncio.shield(health.release(permit))  # cancelled, or a bug: give the slot back
+        # cancelled, or a bug: give the slot and the reservation back
+        await asyncio.shield(asyncio.gather(health.release(permit), call.settle(None)))
         raise
-    await health.report(provider, permit, model, "success")
-    log.append(Attempt(provider.name, 200, reply.latency_ms, wait_s=waited, started_at=started_at))
+    cost = call.cost(reply.usage, reply.reported_cost)
+    await call.settle(cost)
+    await health.report(provider, permit, call.model, "success")
+    log.append(Attempt(provider.name, 200, reply.latency_ms, wait_s=waited, started_at=started_at,
+                       model=provider.provider_model(call.model), usage=reply.usage, cost=cost))
     return reply
 
 
-async def _reported_failure(provider: ProviderConfig, permit: Permit, model: str, e: ProviderError, health: Health,
-                            log: list[Attempt], started: float, started_at: float, waited: float) -> None:
+async def _reported_failure(call: _Call, e: ProviderError, health: Health, log: list[Attempt], started: float,
+                            started_at: float, waited: float) -> None:
+    provider, permit, model = call.provider, call.permit, call.model
     action = classify(e)
+    billed = e.billed if isinstance(e, ProviderBadResponse) else None  # a 200 without an answer, still billed
+    cost = call.cost(*billed) if billed else None
+    await call.settle(cost)
     log.append(Attempt(provider.name, e.status, (time.perf_counter() - started) * 1000, action.value, e.reason,
-                       waited, started_at))
+                       waited, started_at, provider.provider_model(model) if billed else None,
+                       billed[0] if billed else None, cost))
     kind: Kind = "rate_limited" if e.status == 429 and action is Action.FAILOVER else KIND_OF[action]
     if kind in LOCAL_BLOCKS:
         health.block_locally(provider.name, _block_for(kind, e, health.cfg), kind)

@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Literal
 
 from .config import Dialect, ProviderConfig
+from .pricing import price_of
 
 Strategy = Literal["priority", "cheapest", "weighted"]
 OTHER: dict[Dialect, Dialect] = {"chat": "messages", "messages": "chat"}
@@ -37,10 +38,10 @@ def unit_price(provider: ProviderConfig, model: str) -> Decimal:
     Listed prices are what the provider charges (piapi's are already 75% of official): the
     `price_multiplier` scales official prices only, so it must not discount them again.
     """
-    price = provider.price_of(provider.provider_model(model))
-    if price is None or price.input is None or price.output is None:
+    rates = price_of(provider, provider.provider_model(model)).rates()
+    if rates["input"] is None or rates["output"] is None:
         return UNKNOWN
-    return price.input + price.output
+    return rates["input"] + rates["output"]
 
 
 def order(

@@ -13,9 +13,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from .budget import EXHAUSTED
 from .config import Dialect, ProviderConfig, Settings
 from .connection import connect
 from .embedded import EmbeddedRedis
@@ -25,12 +27,14 @@ from .keys import Keys
 from .procs import stop_all
 from .progress import watch
 from .simproc import SimulatorProcess
+from .spending import cost_summary, ledger_of
 from .store import BatchInfo, Store
 from .submit import submit_file
 from .sweeper import requeue_pending
 from .worker import build_worker, run_worker
 
 MAX_REQUEUE_ROUNDS = 3
+EXIT_BUDGET = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,13 +42,16 @@ class RunReport:
     batch: BatchInfo
     exported: Exported
     seconds: float
+    cost: dict[str, Any]
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.batch.failed == 0 and self.batch.invalid == 0 else 3
+        if self.batch.status == EXHAUSTED:
+            return EXIT_BUDGET
+        return 3 if self.batch.unsuccessful else 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.batch.as_dict(), "seconds": round(self.seconds, 3),
+        return {**self.batch.as_dict(), "seconds": round(self.seconds, 3), "cost": self.cost,
                 "results_file": str(self.exported.results_path), "errors_file": str(self.exported.errors_path)}
 
 
@@ -95,8 +102,8 @@ async def _work(settings: Settings, url: str, store: Store, batch_id: str, worke
                 info = await watch(store, batch_id, show=show, until_done=exited)
                 while not exited():
                     await asyncio.sleep(0.05)
-        if info.finished:
-            return info
+        if info.finished or info.status == EXHAUSTED:
+            return info  # over budget: its lines wait for `batchrelay budget` to raise the limit
         # workers left with lines pending: arq dropped a chunk; put it back and go again
         await requeue_pending(store, batch_id)
     raise BatchrelayError(
@@ -106,6 +113,7 @@ async def _work(settings: Settings, url: str, store: Store, batch_id: str, worke
 async def run_file(
     settings: Settings, url: str, path: Path, out: Path, errors: Path | None, *,
     workers: int = 1, default_dialect: Dialect = "chat", show: bool = True, allow: list[str] | None = None,
+    max_cost: Decimal | None = None,
 ) -> RunReport:
     started = time.perf_counter()
     check_writable(out, errors)  # before any money is spent, not after
@@ -115,9 +123,11 @@ async def run_file(
         # a queue of its own: this run's workers touch no other batch left in the same Redis
         queue = f"{store.keys.queue}:run:{uuid.uuid4().hex[:12]}"
         sub = await submit_file(store, path, default_dialect=default_dialect, chunk_size=settings.worker.chunk_size,
-                                providers=allow, queue=queue)
+                                providers=allow, queue=queue, max_cost=max_cost,
+                                max_line_bytes=settings.worker.max_line_bytes)
         info = await _work(settings, url, store, sub.batch_id, workers, show, queue)
         exported = await export(store, sub.batch_id, out, errors)
+        _rows, spent, budget = await ledger_of(store, sub.batch_id)
     finally:
         await redis.aclose()
-    return RunReport(info, exported, time.perf_counter() - started)
+    return RunReport(info, exported, time.perf_counter() - started, cost_summary(spent, budget))

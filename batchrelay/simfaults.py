@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Dialect = Literal["chat", "messages"]
-Kind = Literal["answer", "error", "malformed", "hang"]
+Kind = Literal["answer", "error", "malformed", "hang", "junk"]
 # The seed providers (/work/shared/seeds); their wire formats are tabled in simproviders.py.
 Preset = Literal["ttapi", "ttonkapi", "ttttt", "piapi", "ainow"]
 
@@ -34,6 +34,8 @@ FLAT_OUTPUT_USD = 2e-6
 # Statuses a provider sends Retry-After with; 529 is Anthropic's "overloaded".
 RETRY_AFTER_STATUSES = frozenset({429, 503, 529})
 NORMAL = frozenset({0, 200})
+# Float sums like 0.7 + 0.30000000000000004 must not fail the "<= 1" checks.
+_SUM_SLACK = 1e-9
 
 
 class SimConfig(BaseModel):
@@ -41,8 +43,20 @@ class SimConfig(BaseModel):
 
     Per call, the first rule that applies wins: `script` (the first len(script) calls answer these
     statuses in order), `fail_status` (every call), `fail_after` (402 once that many calls were
-    answered), then one seeded draw split into `fail_rate` / `malformed_rate` / `hang_rate`.
+    answered), then one seeded draw split into `fail_rate` / `malformed_rate` / `hang_rate` /
+    `junk_rate` (so these four must sum to <= 1). A junk call is a 200 whose JSON body is no usable
+    answer but still bills its usage: the answer with `choices: []` (chat; ai-now keeps its top-level
+    tokens and costs) or `content: null` (messages); it spends credit and counts toward `fail_after`
+    like an answer, and a streaming request gets it as that plain JSON body, not as events.
     `latency_ms` delays every provider answer; `retry_after` goes on 429/503/529 answers.
+
+    `cached_fraction` of each call's input tokens, floor(input_tokens * cached_fraction), is reported
+    as read from the prompt cache: in chat as usage.prompt_tokens_details.cached_tokens (still counted
+    in prompt_tokens, as OpenAI does), in messages as cache_read_input_tokens. `cache_write_fraction`
+    (messages only) is reported likewise as cache_creation_input_tokens; messages' input_tokens is
+    then what is left, as Anthropic counts it, so the two fractions must sum to <= 1. A preset whose
+    usage has no such fields (prompt_tokens_details, the messages cache fields) reports no caching:
+    its counts stay the full input. Caching changes only what is reported, not the cost.
 
     Before those faults, as at a real provider, come the gates: the API key, the request's validity,
     `credits` (a USD balance: every answered call spends its cost, and once it is <= 0 every call is a
@@ -72,6 +86,25 @@ class SimConfig(BaseModel):
     rpm: Annotated[int, Field(ge=1)] | None = None
     tpm: Annotated[int, Field(ge=1)] | None = None
     truncate_rate: Rate = 0.0
+    cached_fraction: Rate = 0.0
+    cache_write_fraction: Rate = 0.0
+    junk_rate: Rate = 0.0
+
+    @model_validator(mode="after")
+    def _fractions_fit(self) -> SimConfig:
+        cache = self.cached_fraction + self.cache_write_fraction
+        if cache > 1 + _SUM_SLACK:
+            raise ValueError(
+                f"cached_fraction + cache_write_fraction must be <= 1, got {self.cached_fraction} + "
+                f"{self.cache_write_fraction} = {cache:g}: they are shares of the same input tokens"
+            )
+        rates = self.fail_rate + self.malformed_rate + self.hang_rate + self.junk_rate
+        if rates > 1 + _SUM_SLACK:
+            raise ValueError(
+                f"fail_rate + malformed_rate + hang_rate + junk_rate must be <= 1, got {rates:g}: "
+                "they split one random draw per call"
+            )
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +116,7 @@ class Outcome:
 ANSWER = Outcome("answer", 200)
 MALFORMED = Outcome("malformed", 200)
 HANG = Outcome("hang", 200)
+JUNK = Outcome("junk", 200)
 
 
 @dataclass(slots=True)
@@ -137,11 +171,15 @@ def decide(config: SimConfig, state: FaultState) -> Outcome:
     if roll < config.hang_rate:
         _answer(state)
         return HANG
+    roll -= config.hang_rate
+    if roll < config.junk_rate:
+        _answer(state)  # billed like an answer
+        return JUNK
     return _answer(state)
 
 
 def _answer(state: FaultState) -> Outcome:
-    # Only real answers spend the simulated credit that fail_after counts down.
+    # Only billed answers (hang and junk included) spend the simulated credit fail_after counts down.
     state.successes += 1
     return ANSWER
 
@@ -265,22 +303,35 @@ def estimate_output_tokens(text: str) -> int:
 @dataclass(frozen=True, slots=True)
 class Answer:
     text: str
-    input_tokens: int
+    input_tokens: int  # all of them, cached or not: what rate limits and costs count
     output_tokens: int
     truncated: bool
+    cached_tokens: int = 0  # of input_tokens, read from the prompt cache
+    cache_write_tokens: int = 0  # of input_tokens, written to the prompt cache (messages only)
+
+    @property
+    def uncached_tokens(self) -> int:
+        """Anthropic's input_tokens: those neither read from nor written to the cache."""
+        return max(0, self.input_tokens - self.cached_tokens - self.cache_write_tokens)
 
 
-def plan_answer(dialect: Dialect, body: dict[str, Any]) -> Answer:
+def plan_answer(
+    dialect: Dialect, body: dict[str, Any], cached_fraction: float = 0.0, cache_write_fraction: float = 0.0
+) -> Answer:
     """Reply text and usage for a valid request, cut to max_tokens like a real model would stop."""
     messages = body["messages"]
     text = reply_text(messages)
     input_tokens = estimate_input_tokens(messages, body.get("system") if dialect == "messages" else None)
+    cached = math.floor(input_tokens * cached_fraction)
+    written = math.floor(input_tokens * cache_write_fraction) if dialect == "messages" else 0
     output_tokens = estimate_output_tokens(text)
     limit = max_tokens_of(dialect, body)
     if limit is not None and output_tokens > limit:
         # "ignore" drops a character split by the cut; the usage still says the model spent `limit`.
-        return Answer(text.encode()[: limit * 4].decode("utf-8", "ignore"), input_tokens, limit, True)
-    return Answer(text, input_tokens, output_tokens, False)
+        text, output_tokens, truncated = text.encode()[: limit * 4].decode("utf-8", "ignore"), limit, True
+    else:
+        truncated = False
+    return Answer(text, input_tokens, output_tokens, truncated, cached, written)
 
 
 def chat_body(body: dict[str, Any], answer: Answer, number: int, created: int) -> dict[str, Any]:
@@ -300,7 +351,7 @@ def chat_body(body: dict[str, Any], answer: Answer, number: int, created: int) -
             "prompt_tokens": answer.input_tokens,
             "completion_tokens": answer.output_tokens,
             "total_tokens": answer.input_tokens + answer.output_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": answer.cached_tokens},
         },
     }
 
@@ -315,11 +366,12 @@ def messages_body(body: dict[str, Any], answer: Answer, number: int) -> dict[str
         "stop_reason": "max_tokens" if answer.truncated else "end_turn",
         "stop_sequence": None,
         # The cache fields are sent by the real API as zeros too; parsers must cope with them.
+        # input_tokens excludes both of them, as Anthropic counts it.
         "usage": {
-            "input_tokens": answer.input_tokens,
+            "input_tokens": answer.uncached_tokens,
             "output_tokens": answer.output_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": answer.cache_write_tokens,
+            "cache_read_input_tokens": answer.cached_tokens,
         },
     }
 
@@ -329,6 +381,13 @@ def answer_body(dialect: Dialect, body: dict[str, Any], number: int, created: in
     if dialect == "chat":
         return chat_body(body, answer, number, created)
     return messages_body(body, answer, number)
+
+
+def junk(dialect: Dialect, payload: dict[str, Any]) -> dict[str, Any]:
+    """The rendered answer made useless but still billed: no choices (chat), null content (messages)."""
+    if dialect == "chat":
+        return {**payload, "choices": []}
+    return {**payload, "content": None}
 
 
 def malformed(raw: bytes) -> bytes:

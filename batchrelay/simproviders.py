@@ -235,7 +235,10 @@ def render(
     if dialect == "messages":
         out = messages_body(body, answer, number)
         if not p.cache_fields:
-            del out["usage"]["cache_creation_input_tokens"], out["usage"]["cache_read_input_tokens"]
+            # No cache fields, so no caching to report: input_tokens is then all of the input.
+            usage = out["usage"]
+            del usage["cache_creation_input_tokens"], usage["cache_read_input_tokens"]
+            usage["input_tokens"] = answer.input_tokens
         return out
     out = chat_body(body, answer, number, created)
     if p.prices is not None:

@@ -12,8 +12,12 @@ quota running out, broken bodies, hangs, cut streams), a credit balance and rate
     POST /_sim/config   merge the given fields into it; `credits` sets the balance; {"reset": true}
                         also restarts script, counters, balance and rate window
     GET  /_sim/log      every completion call (and, with a preset, every call to a path it does not
-                        serve): {"t", "path", "model", "status"}; ?since=N skips N entries; ?full=1
-                        adds "method", "headers" (the key headers, content-type and x-*) and "body"
+                        serve): {"t", "path", "model", "status", "kind"}, kind being the call's fate:
+                        "answer", "error" (any non-200), "malformed", "hang" or "junk"; ?since=N skips
+                        N entries; ?full=1 adds "method", "headers" (the key headers, content-type and
+                        x-*), "body" (the request) and "response" (the JSON body answered, null while
+                        a call is still waiting or when it was malformed; for a stream, the answer
+                        its events were made from)
     GET  /_sim/stats    {"calls": n, "by_status": {"200": n, ...}}
     POST /_sim/reset    clear log and counters; restart script, balance and rate window
 
@@ -30,6 +34,7 @@ import math
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, get_args
 
 import orjson
@@ -42,6 +47,7 @@ from starlette.routing import BaseRoute, Match, NoMatchFound, Route, request_res
 from starlette.types import Receive, Scope, Send
 
 from batchrelay.simfaults import (
+    JUNK,
     MALFORMED,
     Dialect,
     FaultState,
@@ -52,6 +58,7 @@ from batchrelay.simfaults import (
     decide,
     estimate_output_tokens,
     invalid_reason,
+    junk,
     malformed,
     plan_answer,
     rate_tokens,
@@ -77,8 +84,22 @@ JSON = "application/json"
 # Request headers the full log keeps (plus every x-*): what a fidelity test checks a client sent.
 CAPTURED = frozenset({b"authorization", b"tt-api-key", b"x-api-key", b"anthropic-version", b"content-type"})
 Headers = tuple[tuple[bytes, bytes], ...]
-# t, method, path, model, status, captured headers, raw body
-Entry = tuple[float, str, str, str | None, int, Headers, bytes]
+
+
+@dataclass(slots=True)
+class Entry:
+    """One logged call. Logged when it arrives; `response` is filled in once it is answered."""
+
+    t: float
+    method: str
+    path: str
+    model: str | None
+    status: int
+    headers: Headers
+    raw: bytes  # the request body
+    kind: str  # an Outcome kind; "error" also for calls turned away before `decide`
+    # The answered body: bytes as sent, or for a stream the payload its events were made from.
+    response: bytes | dict[str, Any] | None = None
 
 
 def _captured(raw_headers: list[tuple[bytes, bytes]]) -> Headers:
@@ -92,7 +113,7 @@ class _Sim:
         self.config = config
         self.provider = PROVIDERS[config.preset]
         self.faults = FaultState(seed=config.seed)
-        # Tuples, not dicts: a benchmark logs every one of its calls and the log is rarely read.
+        # Slotted entries, not dicts: a benchmark logs every one of its calls and the log is rarely read.
         self.log: list[Entry] = []
         self.by_status: dict[int, int] = {}
         # Never reset, so ids stay unique for the life of the process even across /_sim/reset.
@@ -102,7 +123,7 @@ class _Sim:
 
     def record(self, entry: Entry) -> None:
         self.log.append(entry)
-        self.by_status[entry[4]] = self.by_status.get(entry[4], 0) + 1
+        self.by_status[entry.status] = self.by_status.get(entry.status, 0) + 1
 
     def configure(self, new: SimConfig, update: dict[str, Any], reset: bool) -> None:
         self.config, self.provider = new, PROVIDERS[new.preset]
@@ -193,7 +214,7 @@ def create_app(config: SimConfig) -> Starlette:
             elif sim.balance is not None and sim.balance <= 0:
                 status = 402
             else:
-                answer = plan_answer(dialect, body)
+                answer = plan_answer(dialect, body, cfg.cached_fraction, cfg.cache_write_fraction)
                 wait = 0.0
                 if cfg.rpm is not None or cfg.tpm is not None:
                     tokens = rate_tokens(dialect, body, answer)
@@ -204,7 +225,9 @@ def create_app(config: SimConfig) -> Starlette:
                 else:
                     outcome = decide(cfg, sim.faults)
                     status = outcome.status
-        sim.record((t, scope["method"], scope["path"], model, status, _captured(scope["headers"]), raw))
+        entry = Entry(t, scope["method"], scope["path"], model, status, _captured(scope["headers"]), raw,
+                      "error" if outcome is None else outcome.kind)
+        sim.record(entry)
 
         delay = cfg.latency_ms / 1000
         if outcome is not None and outcome.kind == "hang":
@@ -213,20 +236,25 @@ def create_app(config: SimConfig) -> Starlette:
             await asyncio.sleep(delay)
 
         if outcome is None or outcome.kind == "error":
-            envelope = provider_error(p, dialect, status, message)
-            return _json(envelope, status, headers or retry_headers(status, cfg.retry_after))
+            content = orjson.dumps(provider_error(p, dialect, status, message))
+            entry.response = content
+            return Response(content, status, headers or retry_headers(status, cfg.retry_after), media_type=JSON)
         sim.numbers += 1
         elapsed = time.time() - t
         payload = render(p, dialect, body, answer, sim.numbers, int(t), elapsed)
+        if outcome is JUNK:
+            payload = junk(dialect, payload)
         if sim.balance is not None and outcome is not MALFORMED:
-            # Spent when the answer is made, so a stream cut short later is still paid for.
-            # Rounded so the balance reads as the sum of the costs, without float dust.
+            # Spent when the answer is made, so a stream cut short later is still paid for (and junk
+            # is paid for as an answer). Rounded so the balance reads as the sum of the costs.
             sim.balance = round(sim.balance - call_cost(p, body["model"], answer), 10)
-        if body.get("stream") is True:
+        if body.get("stream") is True and outcome is not JUNK:  # junk is a plain JSON body even then
+            entry.response = payload
             return _stream(cfg, p, dialect, body, payload, outcome, elapsed)
         content = orjson.dumps(payload)
         if outcome is MALFORMED:
             content = malformed(content)
+        entry.response = content
         return Response(content, 200, media_type=JSON)
 
     def _stream(cfg: SimConfig, p: Provider, dialect: Dialect, body: dict[str, Any], payload: dict[str, Any],
@@ -278,10 +306,11 @@ def create_app(config: SimConfig) -> Starlette:
         raw = await request.body()
         body = _loads(raw)
         model = body.get("model") if isinstance(body, dict) else None
-        sim.record((time.time(), method, path, model if isinstance(model, str) else None, status,
-                    _captured(scope["headers"]), raw))
         text = f"simulated {status}: {p.name} has no {method} {path}"
-        return _json(provider_error(p, "chat", status, text), status)
+        content = orjson.dumps(provider_error(p, "chat", status, text))
+        sim.record(Entry(time.time(), method, path, model if isinstance(model, str) else None, status,
+                         _captured(scope["headers"]), raw, "error", content))
+        return Response(content, status, media_type=JSON)
 
     async def dispatch(request: Request) -> Response:
         p = sim.provider
@@ -317,11 +346,14 @@ def create_app(config: SimConfig) -> Starlette:
             return _json({"error": {"message": "since must be an integer"}}, 400)
         if request.query_params.get("full") in ("1", "true"):
             return _json([
-                {"t": t, "path": p, "model": m, "status": s, "method": method,
-                 "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in h}, "body": _loads(raw)}
-                for t, method, p, m, s, h, raw in sim.log[since:]
+                {"t": e.t, "path": e.path, "model": e.model, "status": e.status, "kind": e.kind, "method": e.method,
+                 "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in e.headers},
+                 "body": _loads(e.raw),
+                 "response": _loads(e.response) if isinstance(e.response, bytes) else e.response}
+                for e in sim.log[since:]
             ])
-        return _json([{"t": e[0], "path": e[2], "model": e[3], "status": e[4]} for e in sim.log[since:]])
+        return _json([{"t": e.t, "path": e.path, "model": e.model, "status": e.status, "kind": e.kind}
+                      for e in sim.log[since:]])
 
     async def get_stats(request: Request) -> Response:
         by_status = {str(k): v for k, v in sorted(sim.by_status.items())}
@@ -382,6 +414,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rpm", type=int, help="requests per sliding minute, then 429 with Retry-After")
     p.add_argument("--tpm", type=int, help="tokens (input estimate + max_tokens) per sliding minute")
     p.add_argument("--truncate-rate", type=float, help="this fraction of streamed answers stops half-way")
+    p.add_argument("--cached-fraction", type=float,
+                   help="this fraction of input tokens is reported as read from the prompt cache")
+    p.add_argument("--cache-write-fraction", type=float,
+                   help="messages: this fraction of input tokens is reported as written to the prompt cache")
+    p.add_argument("--junk-rate", type=float,
+                   help="this fraction answers 200 with usage but no choices (chat) / null content (messages)")
     return p
 
 

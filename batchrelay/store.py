@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -19,35 +20,60 @@ from redis.asyncio import Redis
 from .errors import BatchNotFound
 from .jobs import JobLine
 from .keys import Keys
+from .pricing import pico
 
 OK, ERR = b"1", b"0"
 EXPORT_BLOCK = 2000
 
-# KEYS: results, pending, meta, attempts. ARGV: line, record, count field, now
+# KEYS: results, pending, meta, attempts, ledger. ARGV: line, record, count field, now, then ledger
+# field/increment pairs (integers as strings: Redis adds them as 64-bit integers, never as floats).
+# The last line of a batch ends it: completed, or cancelled / expired when it was being stopped.
 _WRITE_RESULT = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
-if redis.call('SCARD', KEYS[2]) == 0 and redis.call('HGET', KEYS[3], 'status') == 'in_progress' then
-  redis.call('HSET', KEYS[3], 'status', 'completed', 'finished_at', ARGV[4])
+for i = 5, #ARGV, 2 do redis.call('HINCRBY', KEYS[5], ARGV[i], ARGV[i + 1]) end
+if redis.call('SCARD', KEYS[2]) == 0 then
+  local status = redis.call('HGET', KEYS[3], 'status')
+  local final = nil
+  if status == 'in_progress' or status == 'budget_exhausted' then final = 'completed'
+  elseif status == 'cancelling' then final = 'cancelled'
+  elseif status == 'expiring' then final = 'expired' end
+  if final then redis.call('HSET', KEYS[3], 'status', final, 'finished_at', ARGV[4]) end
 end
 return 1
 """
 
-# KEYS: pending, meta. ARGV: now, then field/value pairs of final counts
+# KEYS: pending, meta. ARGV: now, start_at ('' = at once), then field/value pairs of final counts.
+# A deferred batch becomes `scheduled` (no chunk is enqueued for it until lifecycle.tick starts it).
 _FINISH_SUBMIT = """
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+if redis.call('HGET', KEYS[2], 'status') ~= 'validating' then return 0 end  -- cancelled while submitting
 if redis.call('SCARD', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[2], 'status', 'completed', 'finished_at', ARGV[1])
+elseif ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[2], 'status', 'scheduled', 'start_at', ARGV[2])
 else
   redis.call('HSET', KEYS[2], 'status', 'in_progress')
 end
 return 1
 """
 
-COUNT_FIELDS = ("total", "invalid", "succeeded", "failed", "max_line", "chunks")
+# KEYS: meta. ARGV: now. A scheduled batch that is due becomes in_progress; 1 for the one caller that
+# moved it (it enqueues the chunks), 0 for everyone else.
+_START_DUE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'scheduled' then return 0 end
+local start_at = tonumber(redis.call('HGET', KEYS[1], 'start_at') or '0')
+if start_at > tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'in_progress', 'started_at', ARGV[1])
+return 1
+"""
+
+COUNT_FIELDS = ("total", "invalid", "succeeded", "failed", "cancelled", "expired", "max_line", "chunks")
 FINISHED = ("completed", "failed", "cancelled", "expired")
+# claims take nothing from these: not started yet, stopped, being stopped, or over budget
+STOPPED = (b"scheduled", b"failed", b"cancelled", b"cancelling", b"expired", b"expiring", b"budget_exhausted")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +82,7 @@ class Claim:
     first_tried: dict[int, float]
     allow: list[str] | None  # the batch's provider allow-list, if it has one
     earlier: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # attempts before a deferral
+    budgeted: bool = False  # the batch has a spending limit: every call takes a reservation first
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +101,18 @@ class BatchInfo:
     failed: int
     pending: int
     max_line: int
+    cancelled: int = 0
+    expired: int = 0
+    expires_at: float | None = None
+    start_at: float | None = None  # a deferred batch starts then (`scheduled` until it does)
 
     @property
     def done(self) -> int:
-        return self.invalid + self.succeeded + self.failed
+        return self.invalid + self.succeeded + self.failed + self.cancelled + self.expired
+
+    @property
+    def unsuccessful(self) -> int:
+        return self.invalid + self.failed + self.cancelled + self.expired
 
     @property
     def finished(self) -> bool:
@@ -100,7 +135,9 @@ class BatchInfo:
             "finished_at": self.finished_at, "source": self.source, "input_format": self.input_format,
             "rate_lines_per_s": round(self.rate(now), 2), "eta_s": None if eta is None else round(eta, 1),
             "counts": {"total": self.total, "done": self.done, "succeeded": self.succeeded,
-                       "failed": self.failed, "invalid": self.invalid, "pending": self.pending},
+                       "failed": self.failed, "invalid": self.invalid, "cancelled": self.cancelled,
+                       "expired": self.expired, "pending": self.pending},
+            "expires_at": self.expires_at, "start_at": self.start_at,
         }
 
 
@@ -111,8 +148,10 @@ def _info(batch_id: str, raw: dict[bytes, bytes], pending: int) -> BatchInfo:
         created_at=float(m.get("created_at", 0)),
         finished_at=float(m["finished_at"]) if m.get("finished_at") else None,
         source=m.get("source", ""), queue=m.get("queue", ""), input_format=m.get("input_format", ""),
-        pending=pending,
-        **{f: int(m.get(f, 0)) for f in ("total", "invalid", "succeeded", "failed", "max_line")},
+        pending=pending, expires_at=float(m["expires_at"]) if m.get("expires_at") else None,
+        start_at=float(m["start_at"]) if m.get("start_at") else None,
+        **{f: int(m.get(f, 0)) for f in ("total", "invalid", "succeeded", "failed", "cancelled", "expired",
+                                         "max_line")},
     )
 
 
@@ -122,13 +161,22 @@ class Store:
         self.keys = keys
         self._write_result = redis.register_script(_WRITE_RESULT)
         self._finish_submit = redis.register_script(_FINISH_SUBMIT)
+        self._start_due = redis.register_script(_START_DUE)
 
-    async def create_batch(self, batch_id: str, *, name: str, source: str,
-                           providers: Sequence[str] | None = None, queue: str | None = None) -> None:
+    async def create_batch(self, batch_id: str, *, name: str, source: str, providers: Sequence[str] | None = None,
+                           queue: str | None = None, max_cost: Decimal | None = None,
+                           completion_window_s: float | None = None, start_at: float | None = None) -> None:
+        """`start_at`: a deferred batch's start; its completion window runs from then."""
         now = time.time()
-        extra = {"providers": ",".join(providers)} if providers else {}
+        extra: dict[str, Any] = {"providers": ",".join(providers)} if providers else {}
         extra["queue"] = queue or self.keys.queue
+        if completion_window_s is not None:
+            extra["expires_at"] = max(now, start_at or now) + completion_window_s
+            extra["completion_window_s"] = completion_window_s
         async with self.redis.pipeline(transaction=True) as pipe:
+            if max_cost is not None:
+                extra["max_cost"] = pico(max_cost)
+                pipe.hset(self.keys.budget(batch_id), "max", str(pico(max_cost)))
             pipe.hset(self.keys.meta(batch_id), mapping={
                 "id": batch_id, "name": name, "source": source, "status": "validating", "created_at": now,
                 **{f: 0 for f in COUNT_FIELDS}, **extra,
@@ -152,11 +200,19 @@ class Store:
                 pipe.hset(k.chunks(batch_id), mapping={cid: ",".join(map(str, ls)) for cid, ls in chunks})
             await pipe.execute()
 
-    async def finish_submit(self, batch_id: str, counts: dict[str, int | str]) -> None:
-        args: list[Any] = [time.time()]
+    async def finish_submit(self, batch_id: str, counts: dict[str, int | str], start_at: float | None = None) -> str:
+        """End the submit: `in_progress` (or `scheduled` until `start_at`); returns the status it set
+        ('' when the batch was stopped meanwhile)."""
+        args: list[Any] = [time.time(), "" if start_at is None else repr(start_at)]
         for f, v in counts.items():
             args += [f, v]
         await self._finish_submit(keys=[self.keys.pending(batch_id), self.keys.meta(batch_id)], args=args)
+        status = await self.redis.hget(self.keys.meta(batch_id), "status")  # type: ignore[misc]
+        return status.decode() if status else ""
+
+    async def start_due(self, batch_id: str, now: float) -> bool:
+        """Move a due `scheduled` batch to `in_progress`; True for the one caller that did."""
+        return bool(await self._start_due(keys=[self.keys.meta(batch_id)], args=[repr(now)]))
 
     async def mark_failed(self, batch_id: str, reason: str) -> None:
         await self.redis.hset(self.keys.meta(batch_id), mapping={  # type: ignore[misc]
@@ -171,11 +227,11 @@ class Store:
             pipe.smismember(k.pending(batch_id), list(lines))
             pipe.hmget(k.lines(batch_id), list(lines))
             pipe.hmget(k.first_try(batch_id), list(lines))
-            pipe.hmget(k.meta(batch_id), ["providers", "status"])
+            pipe.hmget(k.meta(batch_id), ["providers", "status", "max_cost"])
             pipe.hmget(k.attempts(batch_id), list(lines))
-            flags, raws, firsts, (allow, status), tried = await pipe.execute()
-        if status in (b"failed", b"cancelled", b"cancelling", b"expired"):
-            return Claim([], {}, None)  # nothing more is spent on a batch that was stopped
+            flags, raws, firsts, (allow, status, max_cost), tried = await pipe.execute()
+        if status in STOPPED:
+            return Claim([], {}, None)  # nothing more is spent on a batch that was stopped or is over budget
         jobs, first_tried, fresh, earlier = [], {}, {}, {}
         for line, flag, raw, first, before in zip(lines, flags, raws, firsts, tried, strict=True):
             if flag and raw:
@@ -187,20 +243,47 @@ class Store:
                     fresh[line] = now
         if fresh:
             await self.redis.hset(k.first_try(batch_id), mapping=fresh)  # type: ignore[misc]
-        return Claim(jobs, first_tried, allow.decode().split(",") if allow else None, earlier)
+        return Claim(jobs, first_tried, allow.decode().split(",") if allow else None, earlier, max_cost is not None)
 
     async def save_attempts(self, batch_id: str, line: int, attempts: list[dict[str, Any]]) -> None:
         """A deferred line keeps its attempts, so its result can list every one of them."""
         await self.redis.hset(self.keys.attempts(batch_id), str(line), orjson.dumps(attempts).decode())  # type: ignore[misc]
 
-    async def write_result(self, batch_id: str, line: int, record: bytes, ok: bool) -> bool:
-        """Record a line's final result once; False when it already had one (a harmless rerun)."""
+    async def write_result(self, batch_id: str, line: int, record: bytes, ok: bool,
+                           ledger: dict[str, int] | None = None, count: str | None = None) -> bool:
+        """Record a line's final result and add its calls to the ledger, once; False when it already
+        had one (a harmless rerun, which counts nothing). `count`: the count it adds to (default
+        succeeded or failed; `cancelled` and `expired` for lines a stopped batch never ran)."""
         k = self.keys
+        args: list[Any] = [line, (OK if ok else ERR) + record, count or ("succeeded" if ok else "failed"), time.time()]
+        for f, n in (ledger or {}).items():
+            args += [f, str(n)]
         written = await self._write_result(
-            keys=[k.results(batch_id), k.pending(batch_id), k.meta(batch_id), k.attempts(batch_id)],
-            args=[line, (OK if ok else ERR) + record, "succeeded" if ok else "failed", time.time()],
+            keys=[k.results(batch_id), k.pending(batch_id), k.meta(batch_id), k.attempts(batch_id), k.ledger(batch_id)],
+            args=args,
         )
         return bool(written)
+
+    async def write_results(self, batch_id: str, items: Sequence[tuple[int, bytes, bool, dict[str, int], str | None]]
+                            ) -> int:
+        """Many `write_result`s in one round trip: (line, record, ok, ledger, count); how many were new."""
+        if not items:
+            return 0
+        k = self.keys
+        keys = [k.results(batch_id), k.pending(batch_id), k.meta(batch_id), k.attempts(batch_id), k.ledger(batch_id)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for line, record, ok, ledger, count in items:
+                args: list[Any] = [line, (OK if ok else ERR) + record, count or ("succeeded" if ok else "failed"),
+                                   time.time()]
+                for f, n in ledger.items():
+                    args += [f, str(n)]
+                await self._write_result(keys=keys, args=args, client=pipe)
+            written = await pipe.execute()
+        return sum(1 for w in written if w)
+
+    async def ledger(self, batch_id: str) -> dict[bytes, bytes]:
+        raw: dict[bytes, bytes] = await self.redis.hgetall(self.keys.ledger(batch_id))  # type: ignore[misc]
+        return raw
 
     async def info(self, batch_id: str) -> BatchInfo:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -57,6 +57,15 @@ async def _chunk_blocks(store: Store, batch_id: str):  # type: ignore[no-untyped
         yield block
 
 
+async def enqueue_all(store: Store, batch_id: str, queue: str) -> int:
+    """Enqueue every chunk of a batch just submitted (an id already queued is left alone)."""
+    n = 0
+    async for block in _chunk_blocks(store, batch_id):
+        await enqueue_chunks(store.redis, queue, batch_id, block)
+        n += len(block)
+    return n
+
+
 async def requeue_deferred(store: Store, batch_id: str, job_id: str, lines: list[int], defer_s: float) -> str:
     """Deferred lines of chunk `job_id` become a new chunk job due in `defer_s`; the old id stops
     owning them (the sweeper must not put them back twice)."""

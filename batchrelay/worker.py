@@ -14,8 +14,11 @@ environment (`BATCHRELAY_CONFIG`, `REDIS_URL`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
+import signal
+import ssl
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -25,22 +28,33 @@ import httpx
 from arq.connections import RedisSettings
 from arq.cron import cron
 from arq.worker import Retry, Worker, func
-from redis.exceptions import RedisError
+from redis.asyncio.connection import SSLConnection, parse_url
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
+from .budget import Budget, Spend
 from .config import ProviderConfig, Settings, load_settings
+from .connection import RETRY_ON, retry_policy
 from .health import Health
 from .jobs import JobLine
 from .keys import Keys
+from .ledger import increments
+from .lifecycle import request_stop, tick
 from .linepool import LinePool
 from .output import outcome_record
 from .queue import CHUNK_FUNCTION
 from .relay import Attempt, Outcome, relay
 from .routing import candidates
-from .store import Store
+from .schedules import run_due_schedules
+from .store import STOPPED, Store
 from .sweeper import requeue_deferred, sweep
 
 log = logging.getLogger("batchrelay.worker")
 REDIS_RETRY_DEFER = 2.0
+MAX_REDIS_WAIT_S = 30.0
+BURST_REDIS_PATIENCE_S = 300.0  # a burst worker gives up on a Redis gone this long; others never do
+SHUTDOWN_MARGIN_S = 5
+STOP_CHECK_S = 1.0
+PARKED = math.inf  # a line's "due" when it waits for its batch's budget to be raised
 
 
 @dataclass(slots=True)
@@ -50,6 +64,7 @@ class LineWork:
     first_tried: float
     allow: list[str] | None
     earlier: list[Attempt]
+    budgeted: bool = False
     done: bool = True  # False while a consumer is on it (it outlives a cancelled chunk)
 
 
@@ -64,6 +79,22 @@ class Runtime:
     clients: list[httpx.AsyncClient] = field(default_factory=list)
     pool: LinePool[LineWork, float | None] | None = None
     in_flight: set[tuple[str, int]] = field(default_factory=set)
+    budget: Budget | None = None
+    draining: bool = False  # SIGTERM: start no new line; the ones running finish
+    _stopped: dict[str, tuple[float, bool]] = field(default_factory=dict)  # batch -> (checked at, stopped)
+
+    async def batch_stopped(self, batch_id: str) -> bool:
+        """Whether the batch was stopped (cancel, expiry, budget) since its chunk was claimed; asked
+        of Redis at most once a second per batch."""
+        now = time.monotonic()
+        checked = self._stopped.get(batch_id)
+        if checked is None or now - checked[0] > STOP_CHECK_S:
+            status, expires_at = await self.store.redis.hmget(  # type: ignore[misc]
+                self.store.keys.meta(batch_id), ["status", "expires_at"])
+            if status not in STOPPED and expires_at and float(expires_at) <= time.time():
+                status = (await request_stop(self.store, batch_id, "expired")).encode()
+            checked = self._stopped[batch_id] = (now, status in STOPPED)
+        return checked[1]
 
     def open(self) -> None:
         w = self.settings.worker
@@ -85,6 +116,10 @@ class Runtime:
 
     async def handle_line(self, consumer: int, work: LineWork) -> float | None:
         """Relay one line and record its result; or return when (unix time) it may be tried again."""
+        if self.draining:
+            return time.time()  # not started: back to the queue at once, for another worker
+        if await self.batch_stopped(work.batch_id):
+            return PARKED  # stays pending: a cancel or expiry marks it, a raised budget requeues it
         work.done = False
         try:
             return await self._handle(consumer, work)
@@ -97,18 +132,24 @@ class Runtime:
         job, r = work.job, self.settings.routing
         cands = candidates(job.dialect, str(job.body["model"]), self.providers, strategy=r.strategy,
                            routes=r.routes, allow=work.allow)
+        spend = None
+        if work.budgeted and self.budget is not None:
+            spend = Spend(self.budget, work.batch_id, self.settings.worker.default_max_tokens)
         try:
             out = await relay(job, cands, client, self.settings.worker, self.health, first_tried=work.first_tried,
-                              earlier=work.earlier)
+                              earlier=work.earlier, spend=spend)
         except (RedisError, OSError):
             raise  # the store is unreachable: the chunk retries, finished lines stay finished
         except Exception as e:  # a bug or an input nothing caught earlier: never retry it forever
             log.exception("line %s of %s failed inside batchrelay", job.line, work.batch_id)
             out = Outcome(attempts=list(work.earlier), message=f"internal error: {type(e).__name__}: {e}"[:500])
-        if out.defer_s is not None:
+        if out.defer_s is not None or out.over_budget:
             await self.store.save_attempts(work.batch_id, job.line, [a.as_dict() for a in out.trimmed_attempts()])
+            if out.defer_s is None:
+                return PARKED  # over budget: it waits until the limit is raised
             return time.time() + out.defer_s  # due then, however long the rest of its chunk takes
-        await self.store.write_result(work.batch_id, job.line, outcome_record(work.batch_id, job, out), out.ok)
+        await self.store.write_result(work.batch_id, job.line, outcome_record(work.batch_id, job, out), out.ok,
+                                      increments(out.billed))
         return None
 
     async def run_chunk(self, batch_id: str, lines: list[int], job_id: str) -> int:
@@ -118,18 +159,35 @@ class Runtime:
             return 0
         assert self.pool is not None
         work = [LineWork(batch_id, job, claim.first_tried[job.line], claim.allow,
-                         [Attempt.from_dict(a) for a in claim.earlier.get(job.line, [])]) for job in claim.jobs]
+                         [Attempt.from_dict(a) for a in claim.earlier.get(job.line, [])], claim.budgeted)
+                for job in claim.jobs]
         self.in_flight.update((batch_id, w.job.line) for w in work)
         try:
             defers = await self.pool.run(work)
         finally:
             self.in_flight.difference_update((batch_id, w.job.line) for w in work if w.done)
-        later = [(w.job.line, due) for w, due in zip(work, defers, strict=True) if due is not None]
+        # lines over budget stay pending with no job: `budget --max-cost` puts them back
+        later = [(w.job.line, due) for w, due in zip(work, defers, strict=True) if due is not None and due != PARKED]
         if later:
             # the chunk ends when its last line does: its deferred lines' wait has been running since
             soonest = max(0.0, min(due for _, due in later) - time.time())
             await requeue_deferred(self.store, batch_id, job_id, [n for n, _ in later], soonest)
         return len(claim.jobs) - len(later)
+
+    async def sweep(self, queue: str) -> int:
+        """Housekeeping (lifecycle.tick), due `[[schedules]]`, then requeue orphaned chunks; returns how
+        many chunks were requeued plus how many batches were started or submitted."""
+        w = self.settings.worker
+        done = await tick(self.store, grace_s=w.call_timeout + SHUTDOWN_MARGIN_S, retention_s=w.retention_s)
+        if any(done.values()):
+            log.info("housekeeping: %s", ", ".join(f"{k} {v}" for k, v in done.items() if v))
+        ran = {"submitted": 0}
+        if self.settings.schedules:
+            ran = await run_due_schedules(self.store, self.settings)
+        n = await sweep(self.store, queue)
+        if n:
+            log.warning("requeued %d chunk jobs that arq had dropped", n)
+        return n + done["started"] + ran["submitted"]  # new work: a burst worker goes round again
 
     @property
     def chunk_deadline(self) -> float:
@@ -152,16 +210,24 @@ async def run_chunk(ctx: dict[str, Any], batch_id: str, lines: list[int]) -> int
 
 
 async def sweep_orphans(ctx: dict[str, Any]) -> int:
-    """Cron: put back chunks arq dropped (tries exhausted, job_timeout) while lines are pending."""
+    """Cron: put back chunks arq dropped (tries exhausted, job_timeout) while lines are pending; move
+    cancels and expiries on; forget old finished batches."""
     rt: Runtime = ctx["runtime"]
-    n = await sweep(rt.store, ctx["queue_name"])
-    if n:
-        log.warning("requeued %d chunk jobs that arq had dropped", n)
-    return n
+    return await rt.sweep(ctx["queue_name"])
 
 
 def redis_settings(url: str) -> RedisSettings:
-    return RedisSettings.from_dsn(url)
+    """arq's connection, read from the URL by redis-py's own parser (arq's would keep a password
+    percent-encoded and drop `rediss://` options such as `ssl_ca_certs`), retrying through a Redis
+    restart like every other client of ours."""
+    kw: dict[str, Any] = dict(parse_url(url))
+    ssl = kw.pop("connection_class", None) is SSLConnection
+    tls = {k: kw[k] for k in ("ssl_keyfile", "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_data",
+                              "ssl_check_hostname") if k in kw}
+    return RedisSettings(host=kw.get("host", "localhost"), port=int(kw.get("port", 6379)),
+                         unix_socket_path=kw.get("path"), database=int(kw.get("db", 0)),
+                         username=kw.get("username"), password=kw.get("password"), ssl=ssl, **tls,
+                         retry=retry_policy(), retry_on_error=RETRY_ON)
 
 
 def build_worker(
@@ -176,7 +242,8 @@ def build_worker(
         if "runtime" in ctx:  # a burst worker's second round after a sweep
             return
         rt = Runtime(settings, Store(ctx["redis"], keys), settings.ordered_providers(),
-                     Health(ctx["redis"], keys, settings.health))
+                     Health(ctx["redis"], keys, settings.health),
+                     budget=Budget(ctx["redis"], keys, lease_s=2 * w.call_timeout + 60))
         rt.open()
         ctx["runtime"] = rt
 
@@ -189,7 +256,11 @@ def build_worker(
         functions=[func(run_chunk, name=CHUNK_FUNCTION, timeout=w.job_timeout, max_tries=w.max_tries)],
         # a burst worker sweeps once the queue is empty instead (see run_worker): a cron job held by a
         # killed worker would keep the queue non-empty, and burst workers waiting, until it expires
-        cron_jobs=[] if burst else [cron(sweep_orphans, name="batchrelay-sweep", second=30, unique=True, timeout=30)],
+        # (arq keeps a job's in-progress key for the longest timeout of all its functions + 10 s, so
+        # the sweep's own timeout must not outgrow job_timeout: it would delay the rerun of a dead
+        # worker's chunk)
+        cron_jobs=[] if burst else [cron(sweep_orphans, name="batchrelay-sweep", second={0, 15, 30, 45},
+                                         unique=True, timeout=min(30, w.job_timeout))],
         redis_settings=redis_settings(redis_url),
         queue_name=queue or keys.queue,
         max_jobs=chunks_in_flight,
@@ -201,6 +272,8 @@ def build_worker(
         on_startup=startup,
         on_shutdown=shutdown,
         handle_signals=handle_signals,
+        # SIGTERM: stop taking jobs and give the calls in flight time to finish (see run_worker)
+        job_completion_wait=int(w.call_timeout) + SHUTDOWN_MARGIN_S,
     )
 
 
@@ -231,16 +304,79 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
+async def _until_redis_answers(worker: Worker, signals: list[int]) -> None:
+    """Ping with backoff until Redis is back (a burst worker gives up after BURST_REDIS_PATIENCE_S)."""
+    delay, since = REDIS_RETRY_DEFER, time.monotonic()
+    while not signals[0]:
+        await asyncio.sleep(delay)
+        if worker._pool is None:
+            return  # arq never got its pool: its own start-up retries are the wait
+        try:
+            await worker.pool.ping()
+            log.warning("Redis is back after %.0fs", time.monotonic() - since)
+            return
+        except (AuthenticationError, AuthorizationError):
+            raise
+        except (RedisError, OSError) as e:
+            if worker.burst and time.monotonic() - since > BURST_REDIS_PATIENCE_S:
+                raise
+            delay = min(delay * 2, MAX_REDIS_WAIT_S)
+            log.warning("Redis still unreachable (%s); next try in %.0fs", type(e).__name__, delay)
+
+
+def _forget_dead_jobs(worker: Worker) -> None:
+    """Job tasks that died with the connection would make arq's next poll raise their old error:
+    their chunks are rerun by arq (or the sweeper) and their finished lines stay finished."""
+    for job_id, task in list(worker.tasks.items()):
+        if task.done():
+            del worker.tasks[job_id]
+            if not task.cancelled() and task.exception() is not None:
+                log.info("chunk job %s ended with the connection: %s", job_id, task.exception())
+
+
+def _graceful(worker: Worker) -> list[int]:
+    """SIGTERM/SIGINT: no new jobs and no new lines; lines in flight finish (within call_timeout + a
+    margin), lines not started go back to the queue as a chunk job of their own (no arq try used),
+    then the worker exits. A second signal stops it at once; arq reruns what was cut off."""
+    signals = [0]
+
+    def on_signal(signum: signal.Signals) -> None:
+        signals[0] += 1
+        rt: Runtime | None = worker.ctx.get("runtime")
+        if rt is not None:
+            rt.draining = True
+        if signals[0] == 1:
+            log.warning("%s: finishing the calls in flight, then stopping (again to stop now)", signum.name)
+            worker.handle_sig_wait_for_completion(signum)
+        else:
+            worker.handle_sig(signum)
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, functools.partial(on_signal, signum))
+    return signals  # how many signals came: none means keep going
+
+
 async def run_worker(worker: Worker) -> None:
     """Run until burst end or a signal (arq's handler cancels `main_task`, set by async_run).
 
     In burst mode the queue being empty is not the end if arq dropped a chunk with lines still
-    pending: sweep, and go round again while that finds work.
+    pending: sweep, and go round again while that finds work. Redis going away for longer than
+    the client's own retries does not end the worker either: it waits and goes on.
     """
+    signals = _graceful(worker) if worker._handle_signals else [0]
     try:
-        await worker.async_run()
-        while worker.burst and await sweep(worker.ctx["runtime"].store, worker.queue_name):
-            await worker.async_run()
+        while not signals[0]:
+            try:
+                await worker.async_run()
+                if not (worker.burst and await worker.ctx["runtime"].sweep(worker.queue_name)):
+                    break
+            except (AuthenticationError, AuthorizationError, ssl.SSLError):
+                raise  # a wrong password or certificate will not get better by waiting
+            except (RedisError, OSError) as e:
+                log.warning("Redis unreachable (%s: %s); waiting for it", type(e).__name__, e)
+                await _until_redis_answers(worker, signals)
+                _forget_dead_jobs(worker)
     except asyncio.CancelledError:
         if not worker.main_task or not worker.main_task.cancelled():
             raise  # we were cancelled from outside, not stopped by a signal

@@ -6,7 +6,8 @@ import contextlib
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -39,3 +40,36 @@ def write_lines(path: Path, n: int) -> Path:
                                   "body": {"model": "gpt-4o-mini",
                                            "messages": [{"role": "user", "content": f"Say hi {i}"}]}}) + b"\n")
     return path
+
+
+@dataclass
+class Figure:
+    """One printed figure of a benchmark, with its target when it has one."""
+
+    scenario: str
+    name: str
+    value: str
+    target: str = ""
+    ok: bool | None = None  # None: reported, no target
+
+
+def print_table(rows: Sequence[Sequence[str]]) -> None:
+    """Columns padded to their widest cell, a rule under the header row."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, r in enumerate(rows):
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        if i == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+
+
+def print_summary(figures: Sequence[Figure]) -> bool:
+    """The summary table of every figure; True when no target failed."""
+    print("\n== summary")
+    rows = [("scenario", "figure", "value", "target", "result")]
+    for f in figures:
+        rows.append((f.scenario, f.name, f.value, f.target or "-",
+                     "-" if f.ok is None else ("PASS" if f.ok else "FAIL")))
+    print_table(rows)
+    failed = [f for f in figures if f.ok is False]
+    print(f"  {len(failed)} of {sum(f.ok is not None for f in figures)} targets failed")
+    return not failed

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
 import orjson  # noqa: E402
-from _common import bench_redis, write_lines  # noqa: E402
+from _common import Figure, bench_redis, print_summary, write_lines  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
 from batchrelay.keys import Keys  # noqa: E402
@@ -54,15 +54,6 @@ SCENARIOS = ("failover", "pacing", "bad", "outage")
 
 
 # ---------------------------------------------------------------------------------------------- plumbing
-
-@dataclass
-class Figure:
-    scenario: str
-    name: str
-    value: str
-    target: str = ""
-    ok: bool | None = None  # None: reported, no target
-
 
 FIGURES: list[Figure] = []
 
@@ -430,19 +421,7 @@ def scenario_outage(url: str, prefix: str, tmp: Path, args: argparse.Namespace) 
 # ---------------------------------------------------------------------------------------------- main
 
 def summary() -> bool:
-    print("\n== summary")
-    rows = [("scenario", "figure", "value", "target", "result")]
-    for f in FIGURES:
-        rows.append((f.scenario, f.name, f.value, f.target or "-",
-                     "-" if f.ok is None else ("PASS" if f.ok else "FAIL")))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    for i, r in enumerate(rows):
-        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-        if i == 0:
-            print("  " + "  ".join("-" * w for w in widths))
-    failed = [f for f in FIGURES if f.ok is False]
-    print(f"  {len(failed)} of {sum(f.ok is not None for f in FIGURES)} targets failed")
-    return not failed
+    return print_summary(FIGURES)
 
 
 def main() -> None:

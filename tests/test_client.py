@@ -81,7 +81,7 @@ async def test_messages_dialect_reply_and_request_id_header() -> None:
 
     p = provider(auth="x-api-key", endpoints={"messages": "/anthropic/v1/messages"})
     reply = await call(handler, p, "messages", {"model": "claude-3-5-haiku", "max_tokens": 10, **BODY})
-    assert (reply.request_id, reply.usage) == ("req_anthropic", Usage(12, 3, 4))
+    assert (reply.request_id, reply.usage) == ("req_anthropic", Usage(16, 3, 4))  # 12 + 4 read from cache
     assert seen[0].url.path == "/anthropic/v1/messages"
     assert seen[0].headers["x-api-key"] == KEY
     assert seen[0].headers["anthropic-version"] == "2023-06-01"

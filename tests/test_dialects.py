@@ -107,14 +107,16 @@ def test_extra_provider_headers_are_sent_but_cannot_replace_the_api_key() -> Non
         ("chat", {"usage": {"prompt_tokens": 5, "completion_tokens": 1, "prompt_tokens_details": None}}, Usage(5, 1)),
         ("messages", {"usage": {"input_tokens": 12, "output_tokens": 7}}, Usage(12, 7)),
         ("messages", {"usage": {"input_tokens": 12, "output_tokens": 7, "cache_read_input_tokens": 100,
-                                "cache_creation_input_tokens": 50}}, Usage(12, 7, 100, 50)),
+                                "cache_creation_input_tokens": 50}}, Usage(162, 7, 100, 50)),
+        ("chat", {"usage": {"prompt_tokens": 30, "completion_tokens": 200,
+                            "completion_tokens_details": {"reasoning_tokens": 150}}}, Usage(30, 200, 0, 0, 150)),
         ("chat", {}, Usage()),
         ("messages", {"usage": None}, Usage()),
         ("chat", {"usage": {"prompt_tokens": "19", "completion_tokens": -3, "prompt_tokens_details":
                             {"cached_tokens": True}}}, Usage()),
         ("messages", {"usage": {"input_tokens": 1.5, "output_tokens": None}}, Usage()),
     ],
-    ids=["chat", "chat-cached", "chat-null-details", "messages", "messages-cache-read-and-write", "chat-no-usage",
+    ids=["chat", "chat-cached", "chat-null-details", "messages", "messages-cache-read-and-write", "chat-reasoning", "chat-no-usage",
          "messages-null-usage", "chat-junk-numbers", "messages-junk-numbers"],
 )
 def test_usage_is_read_from_either_dialects_reply(dialect: str, body: dict[str, Any], usage: Usage) -> None:
@@ -122,9 +124,12 @@ def test_usage_is_read_from_either_dialects_reply(dialect: str, body: dict[str, 
 
 
 def test_usage_as_dict_names_every_counter() -> None:
-    assert Usage(1, 2, 3, 4).as_dict() == {
-        "input_tokens": 1, "output_tokens": 2, "cached_input_tokens": 3, "cache_write_tokens": 4,
+    assert Usage(10, 2, 3, 4, 1).as_dict() == {
+        "input_tokens": 10, "output_tokens": 2, "cached_input_tokens": 3, "cache_write_tokens": 4,
+        "reasoning_tokens": 1,
     }
+    assert Usage.from_dict(Usage(10, 2, 3, 4, 1).as_dict()) == Usage(10, 2, 3, 4, 1)
+    assert Usage(10, 2, 3, 4).uncached_input_tokens == 3
 
 
 # -- parse_reply -------------------------------------------------------------------------------

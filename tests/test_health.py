@@ -12,8 +12,9 @@ import pytest
 from redis.asyncio import Redis
 
 from batchrelay.config import HealthConfig, ProviderConfig
-from batchrelay.health import Health, Permit, Unavailable, estimate_tokens
+from batchrelay.health import Health, Permit, Unavailable
 from batchrelay.keys import Keys
+from batchrelay.tokens import estimate_tokens
 
 MODEL = "gpt-4o-mini"
 RPM600 = 60 / (600 * 0.99)  # seconds between calls at rpm=600 and the default 0.99 headroom

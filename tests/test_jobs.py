@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -131,7 +130,13 @@ def test_duplicate_custom_id_marks_the_second_occurrence_bad_and_keeps_the_first
     assert second.line == 3
     assert "duplicate custom_id" in second.reason
     assert "'same'" in second.reason
+    assert "(first on line 1)" in second.reason
     assert second.custom_id == "same"
+
+
+def test_duplicate_check_can_be_left_to_the_caller() -> None:
+    items = jobs_of(openai_line("same"), openai_line("same"), dedupe=False)
+    assert all(isinstance(i, JobLine) for i in items)
 
 
 def test_bad_line_does_not_claim_its_custom_id() -> None:
@@ -169,17 +174,18 @@ class BrokenAfter:
     def __init__(self, lines: list[bytes], n: int) -> None:
         self.lines, self.n, self.read = lines, n, 0
 
-    def __iter__(self) -> Iterator[bytes]:
-        for line in self.lines:
-            if self.read >= self.n:
-                raise OSError("disk went away")
-            self.read += 1
-            yield line
+    def readline(self, size: int = -1, /) -> bytes:
+        if self.read >= len(self.lines):
+            return b""
+        if self.read >= self.n:
+            raise OSError("disk went away")
+        self.read += 1
+        return self.lines[self.read - 1]
 
 
 def test_iter_jobs_streams_and_does_not_read_ahead_of_the_caller() -> None:
     stream = BrokenAfter([openai_line(f"r{i}") + b"\n" for i in range(10)], n=3)
-    it = iter_jobs(stream)  # type: ignore[arg-type]
+    it = iter_jobs(stream)
     first = next(it)
     assert isinstance(first, JobLine)
     assert first.custom_id == "r0"
@@ -192,7 +198,7 @@ def test_iter_jobs_streams_and_does_not_read_ahead_of_the_caller() -> None:
 def test_iter_jobs_yields_the_first_job_of_a_large_file_after_reading_one_line() -> None:
     lines = [dumps(CHAT_BODY) + b"\n"] * 100_000
     stream = BrokenAfter(lines, n=len(lines))
-    first = next(iter_jobs(stream))  # type: ignore[arg-type]
+    first = next(iter_jobs(stream))
     assert first.line == 1
     assert stream.read == 1
 

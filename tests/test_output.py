@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -11,6 +12,7 @@ from batchrelay.config import ProviderConfig
 from batchrelay.errors import ProviderHTTPError, ProviderTimeout
 from batchrelay.jobs import BadLine, JobLine
 from batchrelay.output import bad_line_record, outcome_record
+from batchrelay.pricing import CallCost
 from batchrelay.providers import ProviderReply, Usage
 from batchrelay.relay import Attempt, Outcome
 
@@ -39,9 +41,13 @@ def record(raw: bytes) -> dict[str, Any]:
     return orjson.loads(raw)  # type: ignore[no-any-return]
 
 
+COST = CallCost(Decimal("0.00092"), None, "computed")
+
+
 def success(body: dict[str, Any], usage: Usage, provider: ProviderConfig = AINOW) -> Outcome:
+    served = Attempt(provider.name, 200, 420.06, model="GPT-4 Turbo", usage=usage, cost=COST)
     return Outcome(
-        attempts=[Attempt("piapi", 503, 812.34, "retry", "HTTP 503"), Attempt(provider.name, 200, 420.06)],
+        attempts=[Attempt("piapi", 503, 812.34, "retry", "HTTP 503"), served],
         reply=ProviderReply(body, usage, 420.06, "req_xyz"),
         provider=provider,
     )
@@ -73,9 +79,17 @@ def test_openai_success_record_has_the_openai_batch_output_shape() -> None:
         "provider_model": "GPT-4 Turbo",
         "attempts": [
             {"provider": "piapi", "status": 503, "latency_ms": 812.3, "action": "retry", "error": "HTTP 503"},
-            {"provider": "ai-now", "status": 200, "latency_ms": 420.1},
+            {"provider": "ai-now", "status": 200, "latency_ms": 420.1, "model": "GPT-4 Turbo",
+             "usage": {"input_tokens": 24, "output_tokens": 17, "cached_input_tokens": 8, "cache_write_tokens": 0,
+                       "reasoning_tokens": 0},
+             "cost": {"usd": "0.00092", "source": "computed", "computed_usd": "0.00092", "reported_usd": None}},
         ],
-        "usage": {"input_tokens": 24, "output_tokens": 17, "cached_input_tokens": 8, "cache_write_tokens": 0},
+        "usage": {"input_tokens": 24, "output_tokens": 17, "cached_input_tokens": 8, "cache_write_tokens": 0,
+                  "reasoning_tokens": 0},
+        "cost": {"usd": "0.00092", "calls": 1, "source": "computed", "computed_usd": "0.00092", "reported_usd": None,
+                 "min_charge_applied": False,
+                 "tokens": {"input_tokens": 24, "output_tokens": 17, "cached_input_tokens": 8, "cache_write_tokens": 0,
+                            "reasoning_tokens": 0}},
     }
 
 

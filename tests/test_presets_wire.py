@@ -85,10 +85,11 @@ def test_a_job_reaches_the_provider_exactly_as_its_document_says(
         assert answer["content"][0]["text"]
         assert answer["usage"]["input_tokens"] == meta["usage"]["input_tokens"]
     if preset == "ainow":
-        assert Decimal(meta["reported_cost_usd"]) == Decimal(str(answer["total_tokens_cost"])) > 0
+        assert Decimal(meta["cost"]["reported_usd"]) == Decimal(str(answer["total_tokens_cost"])) > 0
+        assert meta["cost"]["source"] == "reported" and meta["cost"]["computed_usd"] is not None
         assert answer["input_tokens"] == meta["usage"]["input_tokens"]
     else:
-        assert "reported_cost_usd" not in meta
+        assert meta["cost"]["reported_usd"] is None
 
 
 def test_a_wrong_key_gets_no_answer_and_no_retry(tmp_path: Path, redis_url: str, prefix: str) -> None:

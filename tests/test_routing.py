@@ -34,13 +34,17 @@ OFFICIAL = prov("official", priority=10, prices={"gpt-4o": price("2.5", "10")})
 # Its price is listed under its own model id only, so the `models` map must be followed.
 RESALE = prov("resale", priority=40, models={"gpt-4o": "openai/gpt-4o"},
               prices={"openai/gpt-4o": price("1.5", "6")})
-UNPRICED = prov("unpriced", priority=1)
+# No listed price, and a model name genai-prices does not know: its price is unknown.
+UNPRICED = prov("unpriced", priority=1, models={"gpt-4o": "mystery-4o"})
+# No listed price: the official one (genai-prices' gpt-4o: 2.5 + 10) times its multiplier.
+DISCOUNTED = prov("discounted", priority=2, price_multiplier="0.7")
 
 
 def test_cheapest_ranks_by_the_price_of_the_jobs_model_at_each_provider_unknown_last() -> None:
-    # resale 7.5, piapi 9.375 (its listed 1.875 + 7.5), official 12.5, unpriced unknown
-    ranked = candidates("chat", "gpt-4o", [UNPRICED, OFFICIAL, PIAPI, RESALE], strategy="cheapest")
-    assert names(ranked) == ["resale", "piapi", "official", "unpriced"]
+    # resale 7.5, discounted 8.75 (official 12.5 * 0.7), piapi 9.375 (its listed 1.875 + 7.5), official 12.5,
+    # unpriced unknown
+    ranked = candidates("chat", "gpt-4o", [UNPRICED, OFFICIAL, PIAPI, DISCOUNTED, RESALE], strategy="cheapest")
+    assert names(ranked) == ["resale", "discounted", "piapi", "official", "unpriced"]
 
 
 @pytest.mark.parametrize(("provider", "model", "usd_per_million"), [
@@ -49,6 +53,7 @@ def test_cheapest_ranks_by_the_price_of_the_jobs_model_at_each_provider_unknown_
     (PIAPI, "gpt-4-gizmo-g-abc", "12.5"),  # "equal to OpenAI gpt-4o price", found by pattern
     (RESALE, "gpt-4o", "7.5"),  # looked up under the provider's own model id
     (OFFICIAL, "gpt-4o", "12.5"),
+    (DISCOUNTED, "gpt-4o", "8.75"),  # official prices from genai-prices, times the multiplier
 ])
 def test_unit_price_is_what_the_provider_charges_for_the_model(
     provider: ProviderConfig, model: str, usd_per_million: str
@@ -75,10 +80,9 @@ def test_cheapest_breaks_price_ties_and_unknown_prices_by_priority() -> None:
         prov("dear-early", priority=10, prices={"m": price("1", "1")}),
         prov("unknown-late", priority=5),
         prov("unknown-early", priority=3),
-        prov("output-price-missing", priority=1, prices={"m": {"input": "0.1"}}),
     ]
     ranked = candidates("chat", "m", providers, strategy="cheapest")
-    assert names(ranked) == ["dear-early", "dear-late", "output-price-missing", "unknown-early", "unknown-late"]
+    assert names(ranked) == ["dear-early", "dear-late", "unknown-early", "unknown-late"]
 
 
 WEIGHTED = [prov("heavy", weight=3), prov("light", weight=1), prov("rare", weight=0.5)]

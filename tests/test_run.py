@@ -160,7 +160,8 @@ def test_demo_shows_failover_and_planted_bad_lines(tmp_path: Path) -> None:
     proc = batchrelay("demo", "--lines", "80", "--json", env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    assert summary["counts"] == {"total": 81, "done": 81, "succeeded": 80, "failed": 0, "invalid": 1, "pending": 0}
+    assert summary["counts"] == {"total": 81, "done": 81, "succeeded": 80, "failed": 0, "invalid": 1, "cancelled": 0,
+                                 "expired": 0, "pending": 0}
     rows = _read(tmp_path / "demo-results.jsonl")
     attempts = [a for r in rows for a in r["batchrelay"]["attempts"]]
     assert {a["status"] for a in attempts if a["provider"] == "flaky-reseller"} >= {429, 503, 200}

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from batchrelay.simfaults import (
     FaultState,
@@ -23,7 +24,7 @@ from batchrelay.simfaults import (
     estimate_output_tokens,
     retry_headers,
 )
-from batchrelay.simulator import SimConfig, create_app
+from batchrelay.simulator import SimConfig, _parser, config_from_args, create_app
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
@@ -361,6 +362,192 @@ async def test_log_lists_every_provider_call_and_since_skips_earlier_ones() -> N
     assert after_reset == []
     assert reset_stats == {"calls": 0, "by_status": {}}
     assert scripted_again == 429
+
+
+# The known request's counts: 25 input tokens for CHAT_REQ, 18 for MSG_REQ (system included), and
+# 13 output tokens for ANSWER.
+CHAT_IN, MSG_IN, OUT = 25, 18, 13
+
+
+def test_the_known_requests_token_counts() -> None:
+    assert math.ceil(len(orjson.dumps(MESSAGES_LIST)) / 4) == CHAT_IN
+    assert math.ceil((len(orjson.dumps(MSG_REQ["messages"])) + len(orjson.dumps("Be brief."))) / 4) == MSG_IN
+    assert estimate_output_tokens(ANSWER) == OUT
+
+
+async def test_cached_fraction_is_part_of_prompt_tokens_in_chat() -> None:
+    async with client_for(cached_fraction=0.5) as client:
+        usage = (await client.post(CHAT, json=CHAT_REQ)).json()["usage"]
+    assert usage == {"prompt_tokens": CHAT_IN, "completion_tokens": OUT, "total_tokens": CHAT_IN + OUT,
+                     "prompt_tokens_details": {"cached_tokens": 12}}  # floor(25 * 0.5)
+
+
+async def test_a_preset_without_prompt_tokens_details_still_has_none_when_caching() -> None:
+    async with client_for(preset="piapi", cached_fraction=0.5) as client:
+        usage = (await client.post(CHAT, json=CHAT_REQ)).json()["usage"]
+    assert usage == {"prompt_tokens": CHAT_IN, "completion_tokens": OUT, "total_tokens": CHAT_IN + OUT}
+
+
+@pytest.mark.parametrize(
+    ("cached_fraction", "cache_write_fraction", "expected"),
+    [
+        (0.0, 0.0, {"input_tokens": 18, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}),
+        (0.5, 0.0, {"input_tokens": 9, "cache_read_input_tokens": 9, "cache_creation_input_tokens": 0}),
+        # floor(18 * 0.5) = 9 read, floor(18 * 0.25) = 4 written, 18 - 9 - 4 = 5 left
+        (0.5, 0.25, {"input_tokens": 5, "cache_read_input_tokens": 9, "cache_creation_input_tokens": 4}),
+        (0.0, 1.0, {"input_tokens": 0, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 18}),
+        (0.3, 0.7, {"input_tokens": 1, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 12}),
+    ],
+)
+async def test_messages_input_tokens_exclude_cache_reads_and_writes(
+    cached_fraction: float, cache_write_fraction: float, expected: dict[str, int]
+) -> None:
+    async with client_for(cached_fraction=cached_fraction, cache_write_fraction=cache_write_fraction) as client:
+        usage = (await client.post(MESSAGES, json=MSG_REQ)).json()["usage"]
+    assert usage == {**expected, "output_tokens": OUT}
+
+
+async def test_cache_write_fraction_does_not_touch_chat_and_caching_does_not_change_the_cost() -> None:
+    async with client_for(cached_fraction=0.5, cache_write_fraction=0.5, credits=1.0) as client:
+        usage = (await client.post(CHAT, json=CHAT_REQ)).json()["usage"]
+        left = (await client.get("/_sim/config")).json()["credits"]
+    assert usage["prompt_tokens"] == CHAT_IN
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 12}
+    assert left == round(1.0 - (CHAT_IN * 1e-6 + OUT * 2e-6), 10)
+
+
+async def test_a_preset_without_cache_fields_reports_all_input_tokens_as_input() -> None:
+    async with client_for(preset="ttapi", cached_fraction=0.5, cache_write_fraction=0.25) as client:
+        usage = (await client.post(MESSAGES, json=MSG_REQ)).json()["usage"]
+    assert usage == {"input_tokens": MSG_IN, "output_tokens": OUT}
+
+
+async def test_a_streamed_messages_answer_reports_the_cache_split() -> None:
+    async with client_for(cached_fraction=0.5, cache_write_fraction=0.25) as client:
+        r = await client.post(MESSAGES, json={**MSG_REQ, "stream": True})
+    start = next(orjson.loads(line[6:]) for line in r.text.splitlines() if '"message_start"' in line
+                 and line.startswith("data: "))
+    assert start["message"]["usage"] == {"input_tokens": 5, "output_tokens": 1, "cache_read_input_tokens": 9,
+                                         "cache_creation_input_tokens": 4}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"cached_fraction": 0.7, "cache_write_fraction": 0.4}, "cached_fraction + cache_write_fraction must be <= 1"),
+        ({"fail_rate": 0.5, "junk_rate": 0.6}, "fail_rate + malformed_rate + hang_rate + junk_rate must be <= 1"),
+        ({"malformed_rate": 0.5, "hang_rate": 0.3, "junk_rate": 0.3}, "junk_rate must be <= 1"),
+        ({"cached_fraction": 1.5}, "cached_fraction"),
+        ({"junk_rate": -0.1}, "junk_rate"),
+    ],
+)
+async def test_fractions_over_one_are_refused(fields: dict[str, float], message: str) -> None:
+    with pytest.raises(ValidationError, match=message.replace("+", r"\+")):
+        SimConfig(**fields)
+    async with client_for() as client:
+        r = await client.post("/_sim/config", json=fields)
+    assert r.status_code == 400
+    assert message in r.json()["error"]["message"]
+
+
+def test_fractions_summing_to_exactly_one_are_accepted() -> None:
+    SimConfig(cached_fraction=0.7, cache_write_fraction=0.3)
+    SimConfig(fail_rate=0.1, malformed_rate=0.2, hang_rate=0.3, junk_rate=0.4)
+
+
+async def test_a_junk_chat_answer_is_a_200_with_usage_and_no_choices() -> None:
+    async with client_for(junk_rate=1.0, cached_fraction=0.5) as client:
+        r = await client.post(CHAT, json=CHAT_REQ)
+        short = (await client.get("/_sim/log")).json()
+        full = (await client.get("/_sim/log", params={"full": "1"})).json()
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion"
+    assert body["model"] == "gpt-4o-mini"
+    assert body["choices"] == []
+    assert body["usage"] == {"prompt_tokens": CHAT_IN, "completion_tokens": OUT, "total_tokens": CHAT_IN + OUT,
+                             "prompt_tokens_details": {"cached_tokens": 12}}
+    assert [(e["status"], e["kind"]) for e in short] == [(200, "junk")]
+    [entry] = full
+    assert entry["kind"] == "junk" and entry["status"] == 200
+    assert entry["body"] == CHAT_REQ
+    assert entry["response"] == body
+
+
+async def test_a_junk_messages_answer_is_a_200_with_usage_and_null_content() -> None:
+    async with client_for(junk_rate=1.0) as client:
+        r = await client.post(MESSAGES, json=MSG_REQ)
+        [entry] = (await client.get("/_sim/log", params={"full": "1"})).json()
+    assert r.status_code == 200
+    body = r.json()
+    assert body["id"].startswith("msg_") and body["type"] == "message" and body["model"] == "claude-3-5-haiku"
+    assert body["content"] is None
+    assert body["usage"] == {"input_tokens": MSG_IN, "output_tokens": OUT, "cache_creation_input_tokens": 0,
+                             "cache_read_input_tokens": 0}
+    assert (entry["kind"], entry["response"]) == ("junk", body)
+
+
+async def test_ainow_junk_keeps_its_top_level_tokens_and_costs() -> None:
+    req = {"model": "GPT-4 Turbo", "messages": MESSAGES_LIST}
+    async with client_for(preset="ainow", junk_rate=1.0) as client:
+        body = (await client.post("/chat/completions", json=req)).json()
+    assert body["choices"] == [] and "usage" not in body
+    assert (body["input_tokens"], body["output_tokens"]) == (CHAT_IN, OUT)
+    assert body["total_tokens_cost"] == round(CHAT_IN * 0.03 / 1000 + OUT * 0.06 / 1000, 10)
+
+
+async def test_junk_is_billed_like_an_answer_and_counts_toward_fail_after() -> None:
+    async with client_for(junk_rate=1.0, credits=1.0, fail_after=2) as client:
+        statuses = [(await client.post(CHAT, json=CHAT_REQ)).status_code for _ in range(3)]
+        left = (await client.get("/_sim/config")).json()["credits"]
+    assert statuses == [200, 200, 402]
+    assert left == round(1.0 - 2 * (CHAT_IN * 1e-6 + OUT * 2e-6), 10)
+
+
+async def test_a_streaming_request_gets_junk_as_a_plain_json_body() -> None:
+    async with client_for(junk_rate=1.0) as client:
+        r = await client.post(CHAT, json={**CHAT_REQ, "stream": True})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json()["choices"] == [] and r.json()["usage"]["prompt_tokens"] == CHAT_IN
+
+
+async def test_the_log_tells_answers_errors_malformed_and_junk_apart() -> None:
+    async with client_for(script=[500]) as client:
+        await client.post(CHAT, json=CHAT_REQ)
+        await client.post(CHAT, json=CHAT_REQ)
+        await client.post("/_sim/config", json={"malformed_rate": 1.0})
+        await client.post(CHAT, json=CHAT_REQ)
+        await client.post("/_sim/config", json={"malformed_rate": 0.0, "junk_rate": 1.0})
+        await client.post(CHAT, json=CHAT_REQ)
+        full = (await client.get("/_sim/log", params={"full": "1"})).json()
+    assert [(e["status"], e["kind"]) for e in full] == [(500, "error"), (200, "answer"), (200, "malformed"),
+                                                        (200, "junk")]
+    assert full[0]["response"]["error"]["type"] == "server_error"
+    assert full[1]["response"]["choices"][0]["message"]["content"] == ANSWER
+    assert full[2]["response"] is None  # not JSON
+    assert full[3]["response"]["choices"] == []
+
+
+def test_junk_takes_its_share_of_the_seeded_draw_after_the_other_rates() -> None:
+    config = SimConfig(seed=7, fail_rate=0.2, malformed_rate=0.1, hang_rate=0.1, junk_rate=0.3)
+    state = FaultState(seed=7)
+    outcomes = [decide(config, state) for _ in range(2000)]
+    kinds = [o.kind for o in outcomes]
+    assert 500 < kinds.count("junk") < 700
+    assert all(o == Outcome("junk", 200) for o in outcomes if o.kind == "junk")
+    assert state.successes == kinds.count("answer") + kinds.count("hang") + kinds.count("junk")
+    # Junk comes last in the split, so adding it leaves every other call's fate as it was.
+    before = [decide(SimConfig(seed=7, fail_rate=0.2, malformed_rate=0.1, hang_rate=0.1), s)
+              for s in [FaultState(seed=7)] for _ in range(2000)]
+    assert [o if o.kind != "junk" else Outcome("answer", 200) for o in outcomes] == before
+
+
+def test_the_command_line_takes_the_cache_and_junk_fields() -> None:
+    args = _parser().parse_args(["--cached-fraction", "0.5", "--cache-write-fraction", "0.25", "--junk-rate", "0.1"])
+    config = config_from_args(args)
+    assert (config.cached_fraction, config.cache_write_fraction, config.junk_rate) == (0.5, 0.25, 0.1)
+    with pytest.raises(ValidationError):
+        config_from_args(_parser().parse_args(["--cached-fraction", "0.6", "--cache-write-fraction", "0.6"]))
 
 
 def _free_port() -> int:

@@ -416,9 +416,11 @@ async def test_the_full_log_shows_method_key_headers_and_body() -> None:
     assert first["headers"] == {"x-api-key": KEY, "anthropic-version": "2023-06-01", "x-trace": "t1",
                                 "content-type": "application/json"}
     assert first["body"] == req
+    assert first["kind"] == "answer" and first["response"]["content"][0]["text"] == "Simulated answer to: What is the capital"
     assert second["status"] == 401 and second["body"] is None
+    assert second["kind"] == "error" and second["response"]["error"]["type"] == "authentication_error"
     assert second["headers"]["authorization"] == "Bearer nope"
-    assert [set(e) for e in short] == [{"t", "path", "model", "status"}] * 2
+    assert [set(e) for e in short] == [{"t", "path", "model", "status", "kind"}] * 2
 
 
 async def test_the_preset_can_change_while_running() -> None:

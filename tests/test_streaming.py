@@ -64,7 +64,7 @@ def test_an_ainow_stream_yields_its_tokens_and_reported_cost_from_the_last_line(
     body = row["response"]["body"]
     assert body["choices"][0]["message"]["content"]
     assert body["usage"]["prompt_tokens"] == body["input_tokens"] == row["batchrelay"]["usage"]["input_tokens"]
-    assert float(row["batchrelay"]["reported_cost_usd"]) == body["total_tokens_cost"] > 0
+    assert float(row["batchrelay"]["cost"]["reported_usd"]) == body["total_tokens_cost"] > 0
 
 
 @pytest.mark.parametrize("dialect", ["chat", "messages"])

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import orjson
 
 from ..config import Dialect, ProviderConfig
 from ..errors import ProviderBadResponse, ProviderError, ProviderHTTPError, ProviderTimeout, ProviderTransportError
@@ -31,13 +32,57 @@ from .sse import assembler, iter_events
 MAX_ERROR_BODY = 4096
 
 
+def _key_forms(key: str) -> list[str]:
+    """The key as a provider may echo it: raw, and JSON-escaped the way some encoders write `/`."""
+    forms = {key, key.replace("/", "\\/"), orjson.dumps(key).decode()[1:-1]}
+    return sorted(forms, key=len, reverse=True)
+
+
 def _redact(text: str, key: str | None) -> str:
     """Some resellers echo the key back in error text; our messages end up in logs and results."""
-    return text.replace(key, "***") if key else text
+    if not key:
+        return text
+    for form in _key_forms(key):
+        text = text.replace(form, "***")
+    return text
+
+
+def _scrub(value: Any, key: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(key, "***")
+    if isinstance(value, list):
+        return [_scrub(v, key) for v in value]
+    if isinstance(value, dict):
+        return {_scrub(k, key): _scrub(v, key) for k, v in value.items()}
+    return value
 
 
 def _error_body(content: bytes, key: str | None) -> bytes:
-    return (content.replace(key.encode(), b"***") if key else content)[:MAX_ERROR_BODY]
+    """An error body to keep, without the key however it was encoded: JSON is decoded, scrubbed and
+    written again (an escape such as `\\/` or `\\u0073` hides the key from a byte search)."""
+    if key:
+        try:
+            decoded = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            decoded = None
+        scrubbed = _scrub(decoded, key)
+        if scrubbed != decoded:  # the key hid behind an escape: keep the body as decoded and scrubbed
+            content = orjson.dumps(scrubbed)
+        content = _redact(content.decode("utf-8", "replace"), key).encode()
+    return content[:MAX_ERROR_BODY]
+
+
+def usable_key(provider: ProviderConfig) -> str | None:
+    """The provider's key from the environment, or ProviderError (status None) naming the variable
+    when it is unset or holds what an HTTP header cannot carry; the value is never shown."""
+    key = provider.api_key()
+    if provider.api_key_env and not key:
+        raise ProviderError(provider.name, f"API key variable {provider.api_key_env} is not set", status=None)
+    if key and not (key.isascii() and key.isprintable()):
+        # an HTTP library would echo the bad header value, key and all, in its error message
+        raise ProviderError(provider.name, f"API key variable {provider.api_key_env} holds characters "
+                            "an HTTP header cannot carry", status=None)
+    return key
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +103,7 @@ async def send(
     *,
     timeout: float,
 ) -> ProviderReply:
-    key = provider.api_key()
-    if provider.api_key_env and not key:
-        raise ProviderError(provider.name, f"API key variable {provider.api_key_env} is not set", status=None)
-    if key and not (key.isascii() and key.isprintable()):
-        # an HTTP library would echo the bad header value, key and all, in its error message
-        raise ProviderError(provider.name, f"API key variable {provider.api_key_env} holds characters "
-                            "an HTTP header cannot carry", status=None)
+    key = usable_key(provider)
     req = build_request(provider, dialect, body, key)
     started = time.perf_counter()
     try:
@@ -96,11 +135,30 @@ async def _plain(
     headers = dict(resp.headers)
     if resp.status_code != 200:
         raise _http_error(provider, resp, resp.content, key)
+    return _parsed(provider, dialect, resp.content, headers, key), headers
+
+
+def _parsed(provider: ProviderConfig, dialect: Dialect, content: bytes, headers: dict[str, str],
+            key: str | None) -> dict[str, Any]:
     try:
-        return parse_reply(dialect, resp.content), headers
+        return parse_reply(dialect, content)
     except ValueError as e:
-        raise ProviderBadResponse(provider.name, _redact(str(e), key), status=200,
-                                  body=_error_body(resp.content, key), headers=headers) from None
+        err = ProviderBadResponse(provider.name, _redact(str(e), key), status=200,
+                                  body=_error_body(content, key), headers=headers)
+        err.billed = billed_junk(provider, dialect, content)
+        raise err from None
+
+
+def billed_junk(provider: ProviderConfig, dialect: Dialect, content: bytes) -> tuple[Usage, Any] | None:
+    """The usage (and reported cost) a 200 without a usable answer still bills, if it says so."""
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    usage = usage_of(dialect, body, provider.variant)
+    return (usage, reported_cost(body, provider.variant)) if usage.billable else None
 
 
 async def _stream(
@@ -112,12 +170,7 @@ async def _stream(
             raise _http_error(provider, resp, await resp.aread(), key)
         if "text/event-stream" not in headers.get("content-type", ""):
             # some providers answer a stream request with a plain JSON body: accept that as it is
-            content = await resp.aread()
-            try:
-                return parse_reply(dialect, content), headers
-            except ValueError as e:
-                raise ProviderBadResponse(provider.name, _redact(str(e), key), status=200,
-                                          body=_error_body(content, key), headers=headers) from None
+            return _parsed(provider, dialect, await resp.aread(), headers, key), headers
         parts = assembler(dialect, provider.variant)
         try:
             async for event, data in iter_events(resp.aiter_lines()):
@@ -125,6 +178,7 @@ async def _stream(
             body = parts.body()
             check_reply(dialect, body)
         except ValueError as e:
+            # a stream cut short says nothing reliable about what it billed: its usage comes last
             raise ProviderBadResponse(provider.name, _redact(f"stream: {e}", key), status=200,
                                       headers=headers) from None
         except httpx.RemoteProtocolError:

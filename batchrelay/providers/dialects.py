@@ -20,10 +20,23 @@ AINOW_COST_FIELDS = ("input_tokens_cost", "output_tokens_cost", "total_tokens_co
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Tokens one call used, the same way for both dialects: `input_tokens` counts every input token,
+    those read from the prompt cache (`cached_input_tokens`) and written to it (`cache_write_tokens`)
+    included; `reasoning_tokens` are part of `output_tokens`."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def uncached_input_tokens(self) -> int:
+        return max(0, self.input_tokens - self.cached_input_tokens - self.cache_write_tokens)
+
+    @property
+    def billable(self) -> bool:
+        return self.input_tokens > 0 or self.output_tokens > 0
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -31,7 +44,12 @@ class Usage:
             "output_tokens": self.output_tokens,
             "cached_input_tokens": self.cached_input_tokens,
             "cache_write_tokens": self.cache_write_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Usage:
+        return cls(**{f: int(d.get(f, 0)) for f in cls.__slots__})
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,22 +122,25 @@ def _int(v: Any) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
 
 
+def _detail(u: dict[str, Any], group: str, name: str) -> int:
+    details = u.get(group)
+    return _int(details.get(name)) if isinstance(details, dict) else 0
+
+
 def usage_of(dialect: Dialect, body: dict[str, Any], variant: str = "standard") -> Usage:
+    """Chat's prompt_tokens already include its cached tokens; Anthropic's input_tokens leave out the
+    tokens read from and written to the cache, so they are added back here."""
     if variant == "ainow":
         return Usage(_int(body.get("input_tokens")), _int(body.get("output_tokens")))
     u = body.get("usage")
     if not isinstance(u, dict):
         return Usage()
     if dialect == "chat":
-        details = u.get("prompt_tokens_details")
-        cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
-        return Usage(_int(u.get("prompt_tokens")), _int(u.get("completion_tokens")), cached)
-    return Usage(
-        _int(u.get("input_tokens")),
-        _int(u.get("output_tokens")),
-        _int(u.get("cache_read_input_tokens")),
-        _int(u.get("cache_creation_input_tokens")),
-    )
+        prompt, cached = _int(u.get("prompt_tokens")), _detail(u, "prompt_tokens_details", "cached_tokens")
+        return Usage(prompt, _int(u.get("completion_tokens")), min(cached, prompt), 0,
+                     _detail(u, "completion_tokens_details", "reasoning_tokens"))
+    read, written = _int(u.get("cache_read_input_tokens")), _int(u.get("cache_creation_input_tokens"))
+    return Usage(_int(u.get("input_tokens")) + read + written, _int(u.get("output_tokens")), read, written)
 
 
 def reported_cost(body: dict[str, Any], variant: str) -> Decimal | None:

@@ -1,0 +1,372 @@
+"""The Python API: submit batches, watch them, read their results and cancel them from Python.
+
+    from batchrelay import Client
+
+    with Client("redis://127.0.0.1:6379/0") as client:
+        batch = client.submit([{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}])
+        client.wait(batch)
+        for record in client.results(batch):
+            print(record["batchrelay"]["line"], record.get("error"))
+
+`AsyncClient` is the same API with `await` (and `async for` over `results`); `Client` runs an
+`AsyncClient` on a private event loop of its own, so it is for plain (synchronous) code: inside a
+running event loop use `AsyncClient`. Neither is safe to share between threads.
+
+A source is a JSONL file's path, a binary file object, or any iterable of dicts (each a batch line in
+one of the three input formats, see the README). An iterable is streamed: items are serialised one
+at a time as they are read, never collected into a list, so a generator of millions of lines is fine.
+Workers (`batchrelay worker`) sharing the Redis do the work; this API only talks to Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import time
+from collections.abc import AsyncGenerator, Awaitable, Iterable, Iterator, Mapping
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeAlias, TypeVar
+
+import orjson
+from redis.asyncio import Redis
+
+from .budget import EXHAUSTED
+from .config import DIALECTS, Dialect, Settings, load_settings
+from .connection import DEFAULT_URL, connect
+from .errors import InputError
+from .keys import Keys
+from .lifecycle import cancel as cancel_batch
+from .store import BatchInfo, Store
+from .submit import submit_stream
+
+__all__ = ["AsyncClient", "Client", "Source"]
+
+T = TypeVar("T")
+Source: TypeAlias = "str | os.PathLike[str] | io.BufferedIOBase | io.RawIOBase | Iterable[Mapping[str, Any]]"
+
+RESULTS_BLOCK = 1000  # records handed from the private loop to a `Client.results` loop at a time
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class _JSONLReader:
+    """A `readline` over an iterable of dicts: each item is serialised (orjson) when it is reached,
+    one line at a time, and handed out in pieces of at most `size` bytes when asked to."""
+
+    __slots__ = ("_buf", "_items", "_number", "_pos")
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        self._items: Iterator[Any] | None = iter(items)
+        self._buf, self._pos, self._number = b"", 0, 0
+
+    def readline(self, size: int = -1, /) -> bytes:
+        if self._pos >= len(self._buf):
+            if self._items is None:
+                return b""
+            try:
+                item = next(self._items)
+            except StopIteration:
+                self._items, self._buf, self._pos = None, b"", 0
+                return b""
+            self._number += 1
+            try:
+                self._buf = orjson.dumps(item) + b"\n"  # orjson escapes every newline inside
+            except TypeError as e:
+                raise InputError(f"item {self._number} of the source cannot be written as JSON: {e}") from None
+            self._pos = 0
+        end = len(self._buf) if size is None or size < 0 else self._pos + size
+        piece = self._buf[self._pos:end]
+        self._pos += len(piece)
+        return piece
+
+
+def _seconds(window: float | str | timedelta | None) -> float | None:
+    if window is None:
+        return None
+    if isinstance(window, timedelta):
+        seconds = window.total_seconds()
+    elif isinstance(window, int | float):
+        seconds = float(window)
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(window))
+        if not m:
+            raise InputError(f"completion_window {window!r} is not a duration like 90s, 30m, 24h or 7d")
+        seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    if not seconds > 0:
+        raise InputError(f"completion_window must be more than 0 seconds, not {window!r}")
+    return seconds
+
+
+def _usd(amount: Decimal | float | str | None) -> Decimal | None:
+    if amount is None:
+        return None
+    try:
+        value = Decimal(str(amount).strip().lstrip("$"))
+    except InvalidOperation:
+        raise InputError(f"max_cost {amount!r} is not an amount in USD (e.g. 0.50)") from None
+    if not value.is_finite() or value <= 0:
+        raise InputError(f"max_cost must be more than 0 USD, not {amount!r}")
+    return value
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__
+
+
+class AsyncClient:
+    """batchrelay from async code. Connects on `async with` (or on first use) and closes on exit
+    or `aclose()`.
+
+    Settings come from `settings`, else the config file `config`, else the usual lookup
+    (`BATCHRELAY_CONFIG`, `./batchrelay.toml`, defaults). The Redis URL is `redis_url`, else the
+    settings' (`REDIS_URL` wins over `[redis] url`), else redis://127.0.0.1:6379/0."""
+
+    def __init__(self, redis_url: str | None = None, *, settings: Settings | None = None,
+                 config: str | os.PathLike[str] | None = None) -> None:
+        self.settings = settings if settings is not None else load_settings(config)
+        self.redis_url = redis_url or self.settings.redis_url or DEFAULT_URL
+        self._redis: Redis | None = None
+        self._store: Store | None = None
+        self._lock: asyncio.Lock | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        await self._connected()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def _connected(self) -> Store:
+        if self._store is not None:
+            return self._store
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._store is None:
+                self._redis = await connect(self.redis_url)  # StoreError with the masked URL
+                self._store = Store(self._redis, Keys(self.settings.redis.prefix))
+        return self._store
+
+    async def aclose(self) -> None:
+        redis, self._redis, self._store = self._redis, None, None
+        if redis is not None:
+            await redis.aclose()
+
+    async def submit(self, source: Source, *, name: str | None = None, endpoint: Dialect = "chat",
+                     providers: Iterable[str] | str | None = None, max_cost: Decimal | float | str | None = None,
+                     completion_window: float | str | timedelta | None = None,
+                     start_at: datetime | float | None = None) -> str:
+        """Queue a new batch; returns its id. Bad lines become error records (with their line
+        number) and the rest of the batch runs.
+
+        `endpoint`: the dialect of bare request bodies ("chat" or "messages"). `providers`: only
+        these configured providers may serve the batch. `max_cost`: a spending limit in USD; for a
+        path it implies checking that every model has a known price first (UnpricedModels
+        otherwise), for an iterable (which can be read only once) a call of a model without a
+        known price is refused when it comes up. `completion_window`: seconds, a timedelta or "24h".
+        `start_at`: a datetime or unix time; the batch is `scheduled` until then (workers start it)."""
+        if endpoint not in DIALECTS:
+            raise InputError(f"endpoint must be one of {', '.join(DIALECTS)}, not {endpoint!r}")
+        allow = self._allow_list(providers)
+        limit = _usd(max_cost)
+        window = _seconds(completion_window)
+        w = self.settings.worker
+        options: dict[str, Any] = {"default_dialect": endpoint, "chunk_size": w.chunk_size, "providers": allow,
+                                   "max_cost": limit, "completion_window_s": window,
+                                   "max_line_bytes": w.max_line_bytes,
+                                   "start_at": start_at.timestamp() if isinstance(start_at, datetime) else start_at}
+        if isinstance(source, str | os.PathLike):
+            path = Path(source)
+            if limit is not None:
+                self._check_prices(path, endpoint, allow)
+            try:
+                stream = path.open("rb")
+            except OSError as e:
+                raise InputError(f"{path}: cannot read input file: {e.strerror}") from None
+            with stream:
+                store = await self._connected()
+                res = await submit_stream(store, stream, name=name or path.name, source=str(path), **options)
+            return res.batch_id
+        if isinstance(source, io.TextIOBase):
+            raise TypeError("a text file object: open the file in binary mode ('rb'), or pass its path")
+        if isinstance(source, bytes | bytearray | memoryview | Mapping):
+            raise TypeError(f"source must be a path, a binary file or an iterable of dicts, not {_kind(source)}")
+        if isinstance(source, io.BufferedIOBase | io.RawIOBase):
+            reader: Any = source
+            label = str(getattr(source, "name", "<stream>"))
+        elif isinstance(source, Iterable):
+            reader, label = _JSONLReader(source), "<python>"
+        else:
+            raise TypeError(f"source must be a path, a binary file or an iterable of dicts, not {_kind(source)}")
+        store = await self._connected()
+        res = await submit_stream(store, reader, name=name or label, source=label, **options)
+        return res.batch_id
+
+    def _allow_list(self, providers: Iterable[str] | str | None) -> list[str] | None:
+        if providers is None:
+            return None
+        names = providers.split(",") if isinstance(providers, str) else list(providers)
+        names = [n.strip() for n in names if n.strip()]
+        if not names:
+            return None
+        try:
+            return self.settings.check_allow_list(names)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+
+    def _check_prices(self, path: Path, endpoint: Dialect, allow: list[str] | None) -> None:
+        from .estimate import require_prices  # pricing data is loaded only when a budget asks for it
+
+        require_prices(path, self.settings, endpoint, allow, hint="providers=")
+
+    async def _status(self, store: Store, info: BatchInfo) -> dict[str, Any]:
+        from .spending import cost_summary, ledger_of
+
+        _rows, spent, budget = await ledger_of(store, info.id)
+        return {**info.as_dict(), "cost": cost_summary(spent, budget)}
+
+    async def _info(self, batch_id: str) -> BatchInfo:
+        return await (await self._connected()).info(batch_id)
+
+    async def status(self, batch_id: str) -> dict[str, Any]:
+        """The batch as `batchrelay status --json` shows it: id, status, counts, rate, ETA and the
+        running cost (`cost`: usd, requests, and the budget if it has one). BatchNotFound if unknown."""
+        store = await self._connected()
+        return await self._status(store, await store.info(batch_id))
+
+    async def wait(self, batch_id: str, *, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
+        """Wait until the batch is finished (completed, failed, cancelled, expired) or its budget is
+        exhausted; returns its status. TimeoutError after `timeout` seconds."""
+        store = await self._connected()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            info = await store.info(batch_id)
+            if info.finished or info.status == EXHAUSTED:
+                return await self._status(store, info)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"batch {batch_id} is still {info.status} after {timeout:g}s "
+                                   f"({info.pending} of {info.total} lines pending)")
+            pause = poll if deadline is None else min(poll, max(0.0, deadline - time.monotonic()))
+            await asyncio.sleep(pause)
+
+    async def results(self, batch_id: str, *, errors: bool = True) -> AsyncGenerator[dict[str, Any], None]:
+        """The batch's result records so far, in input order (one per finished line: the output
+        format of the README, with a `batchrelay` object carrying `line`). `errors=False` skips
+        failed, invalid, cancelled and expired lines. BatchNotFound if unknown."""
+        store = await self._connected()
+        async for ok, raw in store.iter_results(batch_id):
+            if ok or errors:
+                yield orjson.loads(raw)
+
+    async def cancel(self, batch_id: str, *, wait: bool = True) -> dict[str, Any]:
+        """Cancel the batch: lines not started get `cancelled` records at once; calls in flight get
+        up to call_timeout + 5 s to come back with their answer (with `wait`, this waits for them),
+        then the rest are cancelled too. Returns its status. A finished batch is left as it is."""
+        store = await self._connected()
+        info = await cancel_batch(store, batch_id, self.settings.worker.call_timeout + 5, wait=wait)
+        return await self._status(store, info)
+
+
+class Client:
+    """The blocking form of `AsyncClient`, for plain scripts: the same methods, without `await`;
+    `results` is an ordinary iterator. It owns a private event loop, so do not call it from async
+    code (use `AsyncClient` there). Use it as a context manager, or call `close()`."""
+
+    def __init__(self, redis_url: str | None = None, *, settings: Settings | None = None,
+                 config: str | os.PathLike[str] | None = None) -> None:
+        self._client = AsyncClient(redis_url, settings=settings, config=config)
+        self._runner: asyncio.Runner | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return self._client.settings
+
+    @property
+    def redis_url(self) -> str:
+        return self._client.redis_url
+
+    def _run(self, coro: Awaitable[T]) -> T:
+        async def step() -> T:
+            return await coro
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            if asyncio.iscoroutine(coro):
+                coro.close()  # never awaited: no "was never awaited" warning
+            raise RuntimeError("batchrelay.Client blocks and cannot run inside an event loop: "
+                               "use batchrelay.AsyncClient in async code")
+        if self._runner is None:
+            self._runner = asyncio.Runner()
+        return self._runner.run(step())
+
+    def __enter__(self) -> Client:
+        self._run(self._client._connected())
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        try:
+            runner.run(self._client.aclose())
+        finally:
+            runner.close()
+
+    def submit(self, source: Source, *, name: str | None = None, endpoint: Dialect = "chat",
+               providers: Iterable[str] | str | None = None, max_cost: Decimal | float | str | None = None,
+               completion_window: float | str | timedelta | None = None,
+               start_at: datetime | float | None = None) -> str:
+        """See `AsyncClient.submit`."""
+        return self._run(self._client.submit(source, name=name, endpoint=endpoint, providers=providers,
+                                             max_cost=max_cost, completion_window=completion_window,
+                                             start_at=start_at))
+
+    def status(self, batch_id: str) -> dict[str, Any]:
+        """See `AsyncClient.status`."""
+        return self._run(self._client.status(batch_id))
+
+    def wait(self, batch_id: str, *, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
+        """See `AsyncClient.wait`."""
+        return self._run(self._client.wait(batch_id, timeout=timeout, poll=poll))
+
+    def cancel(self, batch_id: str, *, wait: bool = True) -> dict[str, Any]:
+        """See `AsyncClient.cancel`."""
+        return self._run(self._client.cancel(batch_id, wait=wait))
+
+    def results(self, batch_id: str, *, errors: bool = True) -> Iterator[dict[str, Any]]:
+        """See `AsyncClient.results`. Checks the batch exists now (BatchNotFound), then reads the
+        records a block at a time as the loop goes on."""
+        self._run(self._client._info(batch_id))
+        return self._iter_results(batch_id, errors)
+
+    def _iter_results(self, batch_id: str, errors: bool) -> Iterator[dict[str, Any]]:
+        agen = self._client.results(batch_id, errors=errors)
+
+        async def take() -> list[dict[str, Any]]:
+            block: list[dict[str, Any]] = []
+            async for record in agen:
+                block.append(record)
+                if len(block) >= RESULTS_BLOCK:
+                    break
+            return block
+
+        try:
+            while block := self._run(take()):
+                yield from block
+                if len(block) < RESULTS_BLOCK:
+                    return
+        finally:
+            if self._runner is not None:
+                self._runner.run(agen.aclose())

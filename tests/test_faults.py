@@ -1,0 +1,194 @@
+"""Faults around a running batch (issue 6): a graceful SIGTERM, a Redis restart mid-batch."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+
+from batchrelay.simproc import SimulatorProcess, free_port
+
+from .conftest import OwnRedis, batchrelay, openai_line, results_of, status_of, submit_lines, wait_for, write_config
+
+
+def _worker(cfg: Path, redis_url: str, *extra: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "batchrelay", "-c", str(cfg), "worker", *extra]
+    env = {**os.environ, "REDIS_URL": redis_url}
+    if log is None:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=out)
+
+
+def test_sigterm_lets_calls_in_flight_finish_and_leaves_the_rest_queued(tmp_path: Path, redis_url: str,
+                                                                        prefix: str) -> None:
+    n = 60
+    with SimulatorProcess({"latency_ms": 1500}) as sim:
+        cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": sim}],
+                           concurrency=4, chunk_size=10, call_timeout=10, job_timeout=30)
+        batch = submit_lines(tmp_path, cfg, redis_url, n)
+        w = _worker(cfg, redis_url, log=tmp_path / "worker.log")
+        try:
+            wait_for(lambda: SimulatorProcess.stats_of(sim)["calls"] >= 4, 30, "four calls in flight")
+            time.sleep(0.3)
+            started = time.monotonic()
+            w.send_signal(signal.SIGTERM)
+            assert w.wait(timeout=30) == 0, (tmp_path / "worker.log").read_text()
+        finally:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+        stopped_in = time.monotonic() - started
+        calls = SimulatorProcess.stats_of(sim)["calls"]
+        status = status_of(cfg, redis_url, batch)
+        # every call that was sent got its answer recorded: nothing was cut off and paid for in vain
+        assert status["counts"]["succeeded"] == calls >= 4
+        assert status["counts"]["pending"] == n - calls > 0
+        assert stopped_in < 10  # it waited for ~1.5 s calls, not for the whole grace period
+        # the lines it never started are queued for the next worker, without costing an arq try
+        finisher = _worker(cfg, redis_url, "--burst", "--quiet")
+        assert finisher.wait(timeout=120) == 0
+        total_calls = SimulatorProcess.stats_of(sim)["calls"]
+    assert status_of(cfg, redis_url, batch)["status"] == "completed"
+    rows = results_of(tmp_path, cfg, redis_url, batch)
+    assert Counter(r["custom_id"] for r in rows) == Counter(f"req-{i}" for i in range(1, n + 1))
+    assert total_calls == n  # no line was called twice
+
+
+def test_a_redis_restart_mid_batch_loses_nothing_and_workers_carry_on(tmp_path: Path, own_redis: OwnRedis,
+                                                                       prefix: str) -> None:
+    url, restart = own_redis.url, own_redis.restart
+    n = 600
+    with SimulatorProcess({"latency_ms": 150}) as sim:
+        # 2 workers x 4 lines at a time at 150 ms a call: about 12 s of work, so the restart lands mid-batch
+        cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": sim}],
+                           concurrency=4, chunk_size=10, call_timeout=5, job_timeout=20)
+        batch = submit_lines(tmp_path, cfg, url, n)
+        with _workers(cfg, url, 2, tmp_path) as workers:
+            wait_for(lambda: status_of(cfg, url, batch)["counts"]["done"] >= n // 5, 60, "a fifth of the batch")
+            restart(3.0)
+            assert status_of(cfg, url, batch)["counts"]["done"] < n, "finished before the restart: proves nothing"
+            assert all(w.poll() is None for w in workers), "a worker died with Redis away"
+            for i, w in enumerate(workers):
+                assert w.wait(timeout=180) == 0, (tmp_path / f"w{i}.log").read_text()[-3000:]
+    status = status_of(cfg, url, batch)
+    assert status["status"] == "completed" and status["counts"]["succeeded"] == n
+    rows = results_of(tmp_path, cfg, url, batch)
+    assert Counter(r["custom_id"] for r in rows) == Counter(f"req-{i}" for i in range(1, n + 1))
+
+
+@contextlib.contextmanager
+def _workers(cfg: Path, url: str, n: int, logs: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Burst workers, killed on the way out if a test failed while they ran."""
+    procs = [_worker(cfg, url, "--burst", log=logs / f"w{i}.log") for i in range(n)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+def test_submit_against_an_unreachable_redis_fails_cleanly(tmp_path: Path, prefix: str) -> None:
+    cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": "http://127.0.0.1:9"}])
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(orjson.dumps(openai_line(1)) + b"\n")
+    proc = batchrelay("-c", str(cfg), "submit", str(src), env={"REDIS_URL": f"redis://u:s3cret@127.0.0.1:{free_port()}/0"})
+    assert proc.returncode != 0
+    assert "cannot reach Redis" in proc.stderr and "Traceback" not in proc.stderr
+    assert "s3cret" not in proc.stderr  # the password is masked
+
+
+def test_cancel_lets_calls_in_flight_finish_marks_the_rest_and_retry_brings_them_back(
+        tmp_path: Path, redis_url: str, prefix: str) -> None:
+    n = 60
+    with SimulatorProcess({"latency_ms": 1200}) as sim:
+        cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": sim}],
+                           concurrency=4, chunk_size=10, call_timeout=10, job_timeout=30)
+        batch = submit_lines(tmp_path, cfg, redis_url, n)
+        w = _worker(cfg, redis_url, "--quiet")
+        try:
+            wait_for(lambda: SimulatorProcess.stats_of(sim)["calls"] >= 4, 30, "four calls in flight")
+            proc = batchrelay("-c", str(cfg), "cancel", batch, "--json", env={"REDIS_URL": redis_url})
+            assert proc.returncode == 0, proc.stderr
+            info = json.loads(proc.stdout)
+            calls = SimulatorProcess.stats_of(sim)["calls"]
+        finally:
+            w.send_signal(signal.SIGTERM)
+            w.wait(timeout=30)
+        assert info["status"] == "cancelled"
+        counts = info["counts"]
+        # the calls in flight came back with their answers; nothing else was sent
+        assert counts["succeeded"] == calls >= 4
+        assert counts["cancelled"] == n - calls and counts["pending"] == 0
+        out = tmp_path / "partial.jsonl"
+        exported = batchrelay("-c", str(cfg), "results", batch, "-o", str(out), env={"REDIS_URL": redis_url})
+        assert exported.returncode == 3  # not every line succeeded
+        assert len(out.read_bytes().splitlines()) == calls
+        errors = [orjson.loads(x) for x in out.with_suffix(".errors.jsonl").read_bytes().splitlines()]
+        assert len(errors) == n - calls
+        assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
+
+        again = batchrelay("-c", str(cfg), "retry", batch, "--json", env={"REDIS_URL": redis_url})
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["lines"] == n - calls
+        assert status_of(cfg, redis_url, batch)["status"] == "in_progress"
+        finisher = _worker(cfg, redis_url, "--burst", "--quiet")
+        assert finisher.wait(timeout=120) == 0
+        total_calls = SimulatorProcess.stats_of(sim)["calls"]
+    status = status_of(cfg, redis_url, batch)
+    assert status["status"] == "completed"
+    assert status["counts"]["succeeded"] == n and status["counts"]["cancelled"] == 0
+    rows = results_of(tmp_path, cfg, redis_url, batch)
+    assert Counter(r["custom_id"] for r in rows) == Counter(f"req-{i}" for i in range(1, n + 1))
+    assert total_calls == n
+
+
+def test_a_batch_past_its_completion_window_expires_and_retry_brings_its_lines_back(
+        tmp_path: Path, redis_url: str, prefix: str) -> None:
+    n = 40
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(orjson.dumps(openai_line(i)) + b"\n" for i in range(1, n + 1)))
+    with SimulatorProcess({"latency_ms": 1000}) as sim:
+        cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": sim}],
+                           concurrency=2, chunk_size=4, call_timeout=3, job_timeout=10)
+        proc = batchrelay("-c", str(cfg), "submit", str(src), "--completion-window", "4s", "--json",
+                          env={"REDIS_URL": redis_url})
+        assert proc.returncode == 0, proc.stderr
+        batch = json.loads(proc.stdout)["id"]
+        w = _worker(cfg, redis_url, "--quiet")
+        try:
+            wait_for(lambda: status_of(cfg, redis_url, batch)["status"] == "expired", 60, "the batch to expire")
+            calls = SimulatorProcess.stats_of(sim)["calls"]
+        finally:
+            w.send_signal(signal.SIGTERM)
+            w.wait(timeout=30)
+        counts = status_of(cfg, redis_url, batch)["counts"]
+        assert 0 < counts["succeeded"] <= calls < n  # answered until the window closed, not after
+        assert counts["expired"] == n - counts["succeeded"] and counts["pending"] == 0
+        out = tmp_path / "out.jsonl"
+        batchrelay("-c", str(cfg), "results", batch, "-o", str(out), env={"REDIS_URL": redis_url})
+        errors = [orjson.loads(x) for x in out.with_suffix(".errors.jsonl").read_bytes().splitlines()]
+        assert {e["error"]["code"] for e in errors} == {"batch_expired"} and len(errors) == counts["expired"]
+
+        again = batchrelay("-c", str(cfg), "retry", batch, "--json", env={"REDIS_URL": redis_url})
+        assert json.loads(again.stdout)["lines"] == counts["expired"]
+        # the retried lines get a fresh 4 s window: quick answers now, so they make it
+        httpx.post(sim + "/_sim/config", json={"latency_ms": 5}, timeout=5).raise_for_status()
+        finisher = _worker(cfg, redis_url, "--burst", "--quiet")
+        assert finisher.wait(timeout=120) == 0
+    status = status_of(cfg, redis_url, batch)
+    assert status["status"] == "completed" and status["counts"]["succeeded"] == n
+    rows = results_of(tmp_path, cfg, redis_url, batch)
+    assert Counter(r["custom_id"] for r in rows) == Counter(f"req-{i}" for i in range(1, n + 1))

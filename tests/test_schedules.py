@@ -1,0 +1,219 @@
+"""Deferred batches (`submit --at/--in`) and `[[schedules]]`: a scheduled batch never starts early,
+and a schedule's tick runs once however many workers sweep it."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+
+from batchrelay.config import ScheduleConfig, Settings
+from batchrelay.cron import parse_cron
+from batchrelay.lifecycle import advance, request_stop, tick
+from batchrelay.schedules import run_due_schedules
+from batchrelay.simproc import SimulatorProcess
+from batchrelay.store import Store
+from batchrelay.submit import submit_stream
+
+from .conftest import batchrelay, openai_line, status_of, wait_for, write_config
+
+
+def _lines(n: int, tag: str = "") -> bytes:
+    return b"".join(orjson.dumps({**openai_line(i), "custom_id": f"{tag}req-{i}"}) + b"\n" for i in range(1, n + 1))
+
+
+def _at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("expr", "when", "hit"), [
+    ("* * * * *", "2026-11-22T05:07", True),
+    ("7 * * * *", "2026-11-22T05:07", True),
+    ("8 * * * *", "2026-11-22T05:07", False),
+    ("*/15 * * * *", "2026-11-22T05:45", True),
+    ("*/15 * * * *", "2026-11-22T05:44", False),
+    ("0-30/10 * * * *", "2026-11-22T05:20", True),
+    ("0-30/10 * * * *", "2026-11-22T05:40", False),
+    ("5/20 * * * *", "2026-11-22T05:45", True),
+    ("1,2,3 4-6 * * *", "2026-11-22T06:02", True),
+    ("1,2,3 4-6 * * *", "2026-11-22T07:02", False),
+    ("0 0 1 * *", "2026-12-01T00:00", True),
+    ("0 0 * 11 *", "2026-12-01T00:00", False),
+    ("0 9 * * 1-5", "2026-11-23T09:00", True),   # a Monday
+    ("0 9 * * 1-5", "2026-11-22T09:00", False),  # a Sunday
+    ("0 9 * * 0", "2026-11-22T09:00", True),
+    ("0 9 * * 7", "2026-11-22T09:00", True),     # 7 is Sunday too
+    ("0 9 13 * 5", "2026-11-13T09:00", True),    # day and weekday both given: either matches
+    ("0 9 13 * 5", "2026-11-20T09:00", True),    # a Friday
+    ("0 9 13 * 5", "2026-11-19T09:00", False),
+])
+def test_cron_matches(expr: str, when: str, hit: bool) -> None:
+    assert parse_cron(expr).matches(_at(when)) is hit
+
+
+@pytest.mark.parametrize("expr", ["* * * *", "60 * * * *", "* 24 * * *", "* * 0 * *", "*/0 * * * *", "a * * * *",
+                                  "5-1 * * * *", "* * * 13 *", "* * * * 8"])
+def test_cron_rejects(expr: str) -> None:
+    with pytest.raises(ValueError, match="cron"):
+        parse_cron(expr)
+
+
+def test_a_bad_cron_is_a_config_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[[schedules]]\nname = "n"\ncron = "* * *"\ninput = "x"\noutput_dir = "{tmp_path}"\n')
+    proc = batchrelay("-c", str(cfg), "batches")
+    assert proc.returncode != 0
+    assert "needs 5 fields" in proc.stderr and "Traceback" not in proc.stderr
+
+
+async def test_a_deferred_batch_waits_scheduled_then_one_tick_starts_it(store: Store) -> None:
+    start_at = time.time() + 3600
+    batch = (await submit_stream(store, io.BytesIO(_lines(25)), name="d", source="d", chunk_size=10,
+                                 start_at=start_at)).batch_id
+    info = await store.info(batch)
+    assert (info.status, info.start_at) == ("scheduled", start_at)
+    assert await store.redis.zcard(store.keys.queue) == 0  # nothing enqueued
+    claim = await store.claim(batch, [1, 2])
+    assert claim.jobs == []  # claims refuse a scheduled batch
+    assert (await tick(store, grace_s=1, retention_s=None))["started"] == 0
+    ticks = await asyncio.gather(*[tick(store, grace_s=1, retention_s=None, now=start_at + 1) for _ in range(5)])
+    assert sum(t["started"] for t in ticks) == 1
+    assert (await store.info(batch)).status == "in_progress"
+    assert await store.redis.zcard(store.keys.queue) == 3
+
+
+async def test_a_scheduled_batch_can_be_cancelled(store: Store) -> None:
+    batch = (await submit_stream(store, io.BytesIO(_lines(5)), name="d", source="d",
+                                 start_at=time.time() + 3600)).batch_id
+    assert await request_stop(store, batch, "cancelled") == "cancelling"
+    assert await advance(store, batch, grace_s=1) == 5
+    info = await store.info(batch)
+    assert (info.status, info.cancelled) == ("cancelled", 5)
+    assert (await tick(store, grace_s=1, retention_s=None, now=time.time() + 7200))["started"] == 0
+
+
+def test_bad_submit_times_are_usage_errors(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(_lines(1))
+    for args in (["--at", "tomorrow"], ["--at", "2026-11-22T05:00:00Z", "--in", "2h"], ["--in", "soon"]):
+        proc = batchrelay("submit", str(src), *args, env={"REDIS_URL": "redis://127.0.0.1:1/0"})
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+def _schedule(tmp_path: Path, name: str = "nightly") -> ScheduleConfig:
+    return ScheduleConfig(name=name, cron="* * * * *", input=str(tmp_path / "in" / "*.jsonl"),
+                          output_dir=tmp_path / "out")
+
+
+def _inputs(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_bytes(_lines(3, "a"))
+    (tmp_path / "in" / "b.jsonl").write_bytes(_lines(4, "b"))
+    (tmp_path / "in" / "notes.txt").write_text("not matched")
+
+
+async def test_concurrent_sweeps_run_a_tick_once_and_a_file_once(store: Store, tmp_path: Path) -> None:
+    _inputs(tmp_path)
+    settings = Settings(redis={"prefix": store.keys.prefix}, schedules=[_schedule(tmp_path)])  # type: ignore[arg-type]
+    now = time.time()
+    runs = await asyncio.gather(*[run_due_schedules(store, settings, now) for _ in range(8)])
+    assert sum(r["ticks"] for r in runs) == 1
+    assert sum(r["submitted"] for r in runs) == 2
+    # the next minute runs again, but the files were processed already
+    again = await run_due_schedules(store, settings, now + 60)
+    assert (again["ticks"], again["submitted"]) == (1, 0)
+    names = sorted(b.name for b in await store.list_batches())
+    assert names == ["nightly:a.jsonl", "nightly:b.jsonl"]
+    # a file changed in place is a new input
+    (tmp_path / "in" / "a.jsonl").write_bytes(_lines(5, "a"))
+    assert (await run_due_schedules(store, settings, now + 120))["submitted"] == 1
+
+
+def _worker(cfg: Path, redis_url: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(cfg), "worker", "--quiet"],
+                            env={**os.environ, "REDIS_URL": redis_url},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stop(workers: list[subprocess.Popen[bytes]]) -> None:
+    for w in workers:
+        if w.poll() is None:
+            w.send_signal(signal.SIGTERM)
+    for w in workers:
+        try:
+            w.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            w.kill()
+            w.wait()
+
+
+@pytest.mark.timeout(120)
+def test_a_deferred_batch_does_not_start_before_its_time(tmp_path: Path, redis_url: str, prefix: str) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(_lines(20))
+    with SimulatorProcess({"latency_ms": 5}) as base:
+        cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": base}])
+        workers = [_worker(cfg, redis_url)]
+        try:
+            proc = batchrelay("-c", str(cfg), "submit", str(src), "--in", "6s", "--json",
+                              env={"REDIS_URL": redis_url})
+            assert proc.returncode == 0, proc.stderr
+            sub = orjson.loads(proc.stdout)
+            batch, start_at = sub["id"], sub["start_at"]
+            assert status_of(cfg, redis_url, batch)["status"] == "scheduled"
+            while time.time() < start_at - 0.3:
+                assert SimulatorProcess.stats_of(base)["calls"] == 0
+                time.sleep(0.5)
+            wait_for(lambda: status_of(cfg, redis_url, batch)["status"] == "completed", 60, "the batch to complete")
+            assert SimulatorProcess.stats_of(base)["calls"] == 20
+        finally:
+            _stop(workers)
+    listed = batchrelay("-c", str(cfg), "batches", "--json", env={"REDIS_URL": redis_url})
+    assert [b["start_at"] for b in orjson.loads(listed.stdout)] == [start_at]
+
+
+@pytest.mark.timeout(300)
+def test_three_workers_run_a_minutely_schedule_once_per_file(tmp_path: Path, redis_url: str, prefix: str) -> None:
+    _inputs(tmp_path)
+    with SimulatorProcess({"latency_ms": 5}) as base:
+        cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": base}])
+        with cfg.open("a") as f:
+            f.write(f'\n[[schedules]]\nname = "every-minute"\ncron = "* * * * *"\n'
+                    f'input = "{tmp_path / "in" / "*.jsonl"}"\noutput_dir = "{tmp_path / "out"}"\n')
+        workers = [_worker(cfg, redis_url) for _ in range(3)]
+        try:
+            # at least one whole minute boundary, so two ticks are run (the second finds nothing new)
+            deadline = time.time() + 75
+            out = tmp_path / "out"
+            while time.time() < deadline or not (out / "b.results.jsonl").exists():
+                assert time.time() < deadline + 60, "the schedule's results never appeared"
+                time.sleep(1)
+        finally:
+            _stop(workers)
+    listed = batchrelay("-c", str(cfg), "batches", "--json", env={"REDIS_URL": redis_url})
+    ours = [b for b in orjson.loads(listed.stdout) if b["name"].startswith("every-minute:")]
+    assert sorted(b["name"] for b in ours) == ["every-minute:a.jsonl", "every-minute:b.jsonl"]
+    assert all(b["status"] == "completed" for b in ours)
+    assert len((out / "a.results.jsonl").read_bytes().splitlines()) == 3
+    assert len((out / "b.results.jsonl").read_bytes().splitlines()) == 4
+    assert (out / "a.errors.jsonl").read_bytes() == b""
+
+
+async def test_the_python_api_defers_a_batch(redis_url: str, prefix: str) -> None:
+    from batchrelay.api import AsyncClient
+
+    when = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
+    async with AsyncClient(redis_url, settings=Settings(redis={"prefix": prefix})) as client:  # type: ignore[arg-type]
+        batch = await client.submit([openai_line(1)], start_at=when)
+        status = await client.status(batch)
+    assert (status["status"], status["start_at"]) == ("scheduled", when.timestamp())

@@ -1,0 +1,255 @@
+"""`batchrelay serve` driven by the official openai and anthropic SDKs: upload, create, poll,
+download results, cancel; and 401 / 404 in each API's error shape. The server and a worker are
+real `batchrelay` processes; the provider is the built-in simulator."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anthropic
+import httpx
+import openai
+import orjson
+import pytest
+
+from batchrelay.procs import stop_all
+from batchrelay.simproc import SimulatorProcess, free_port
+
+from .conftest import batchrelay, openai_line, wait_for, write_config
+
+KEY = "test-client-key-0123"
+KEY_ENV = "BATCHRELAY_TEST_SERVE_KEY"
+T = TypeVar("T")
+
+
+@dataclass
+class Api:
+    base: str
+    sim: SimulatorProcess
+    files_dir: Path
+
+    def openai(self, key: str = KEY) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base + "/v1", api_key=key, max_retries=0)
+
+    def anthropic(self, key: str = KEY) -> anthropic.Anthropic:
+        return anthropic.Anthropic(base_url=self.base, api_key=key, max_retries=0)
+
+
+def _serve_config(tmp_path: Path, prefix: str, sim_url: str) -> Path:
+    cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": sim_url}],
+                       concurrency=2, chunk_size=5, call_timeout=2)
+    with cfg.open("a") as f:
+        f.write(f'\n[serve]\napi_keys_env = ["{KEY_ENV}"]\nfiles_dir = "{tmp_path / "files"}"\n')
+    return cfg
+
+
+@pytest.fixture
+def api(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Api]:
+    procs: list[subprocess.Popen[bytes]] = []
+    sim = SimulatorProcess({})
+    with sim as sim_url:
+        cfg = _serve_config(tmp_path, prefix, sim_url)
+        env = {**os.environ, "REDIS_URL": redis_url, KEY_ENV: KEY}
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        try:
+            procs.append(subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(cfg), "serve", "--port",
+                                           str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            procs.append(subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(cfg), "worker", "--quiet"],
+                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+            def up() -> bool:
+                assert procs[0].poll() is None, (procs[0].stderr.read() if procs[0].stderr else b"").decode()
+                try:
+                    return httpx.get(base + "/v1/batches", timeout=1).status_code == 401
+                except httpx.HTTPError:
+                    return False
+
+            wait_for(up, 20, "batchrelay serve to answer")
+            yield Api(base, sim, tmp_path / "files")
+        finally:
+            stop_all(procs, grace=10)
+
+
+def _poll(get: Callable[[], T], done: Callable[[T], bool], timeout: float = 60) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        item = get()
+        if done(item):
+            return item
+        assert time.monotonic() < deadline, f"timed out; last: {item}"
+        time.sleep(0.2)
+
+
+def _jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(x) + b"\n" for x in lines)
+
+
+def _anthropic_request(i: int) -> dict[str, Any]:
+    return {"custom_id": f"m-{i}", "params": {"model": "claude-3-5-haiku-latest", "max_tokens": 64,
+                                               "messages": [{"role": "user", "content": f"question {i}"}]}}
+
+
+def test_openai_sdk_upload_create_poll_download(api: Api) -> None:
+    client = api.openai()
+    bad = {"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o-mini"}}
+    data = _jsonl([openai_line(i) for i in range(1, 7)] + [bad])
+    uploaded = client.files.create(file=("requests.jsonl", data), purpose="batch")
+    assert uploaded.id.startswith("file-") and uploaded.bytes == len(data)
+    assert uploaded.filename == "requests.jsonl" and uploaded.purpose == "batch"
+    assert client.files.retrieve(uploaded.id).bytes == len(data)
+    assert client.files.content(uploaded.id).content == data
+
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h", metadata={"team": "search"})
+    assert batch.id.startswith("batch_") and batch.status in ("validating", "in_progress", "completed")
+    assert batch.input_file_id == uploaded.id and batch.metadata == {"team": "search"}
+    assert batch.expires_at and batch.expires_at - batch.created_at == 86400
+
+    done = _poll(lambda: client.batches.retrieve(batch.id), lambda b: b.status == "completed")
+    assert done.request_counts is not None
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (7, 6, 1)
+    assert done.completed_at and done.in_progress_at and done.cancelled_at is None
+    assert done.usage is not None and done.usage.input_tokens > 0 and done.usage.output_tokens > 0
+    assert done.usage.total_tokens == done.usage.input_tokens + done.usage.output_tokens
+    assert done.output_file_id and done.error_file_id
+
+    out = [orjson.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+    assert [r["custom_id"] for r in out] == [f"req-{i}" for i in range(1, 7)]
+    assert all(r["response"]["status_code"] == 200 and r["error"] is None for r in out)
+    assert out[0]["response"]["body"]["choices"][0]["message"]["content"]
+    errors = [orjson.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
+    assert [(r["custom_id"], r["error"]["code"]) for r in errors] == [("bad", "invalid_input")]
+    assert client.files.retrieve(done.output_file_id).purpose == "batch_output"
+
+    listed = client.batches.list(limit=10)
+    assert batch.id in [b.id for b in listed.data]
+
+    assert client.files.delete(uploaded.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(uploaded.id)
+    assert not list(api.files_dir.iterdir())
+    assert client.batches.retrieve(batch.id).status == "completed"  # the batch keeps its lines
+
+
+def test_openai_sdk_cancel_a_slow_batch(api: Api) -> None:
+    api.sim.configure(latency_ms=400)
+    client = api.openai()
+    uploaded = client.files.create(file=("slow.jsonl", _jsonl([openai_line(i) for i in range(1, 41)])),
+                                   purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    _poll(lambda: client.batches.retrieve(batch.id), lambda b: bool(b.request_counts and b.request_counts.completed))
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at
+    done = _poll(lambda: client.batches.retrieve(batch.id), lambda b: b.status == "cancelled")
+    assert done.cancelled_at and done.request_counts is not None
+    assert 0 < done.request_counts.completed < 40 and done.request_counts.total == 40
+    assert done.error_file_id
+    errors = [orjson.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
+    assert errors and {r["error"]["code"] for r in errors} == {"batch_cancelled"}
+
+
+def test_anthropic_sdk_create_poll_results(api: Api) -> None:
+    client = api.anthropic()
+    created = client.messages.batches.create(requests=[_anthropic_request(i) for i in range(1, 5)])  # type: ignore[misc]
+    assert created.id.startswith("msgbatch_") and created.type == "message_batch"
+    assert created.processing_status in ("in_progress", "ended") and created.expires_at > created.created_at
+    ended = _poll(lambda: client.messages.batches.retrieve(created.id), lambda b: b.processing_status == "ended")
+    assert ended.request_counts.succeeded == 4 and ended.request_counts.processing == 0
+    assert ended.ended_at is not None and ended.results_url
+    results = list(client.messages.batches.results(created.id))
+    assert [r.custom_id for r in results] == [f"m-{i}" for i in range(1, 5)]
+    for r in results:
+        assert r.result.type == "succeeded"
+        assert r.result.message.content[0].type == "text"
+
+
+def test_anthropic_sdk_cancel(api: Api) -> None:
+    api.sim.configure(latency_ms=400)
+    client = api.anthropic()
+    created = client.messages.batches.create(requests=[_anthropic_request(i) for i in range(1, 41)])  # type: ignore[misc]
+    canceling = client.messages.batches.cancel(created.id)
+    assert canceling.processing_status in ("canceling", "ended") and canceling.cancel_initiated_at
+    ended = _poll(lambda: client.messages.batches.retrieve(created.id), lambda b: b.processing_status == "ended")
+    counts = ended.request_counts
+    assert counts.canceled > 0 and counts.succeeded + counts.canceled == 40
+    kinds = [r.result.type for r in client.messages.batches.results(created.id)]
+    assert len(kinds) == 40 and "canceled" in kinds
+
+
+def test_keys_and_error_shapes(api: Api) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"x-api-key": "wrong"}):
+        r = httpx.get(api.base + "/v1/batches", headers=headers)
+        assert r.status_code == 401
+        assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["code"] == "invalid_api_key"
+        r = httpx.get(api.base + "/v1/messages/batches/msgbatch_0", headers=headers)
+        assert r.status_code == 401
+        assert r.json() == {"type": "error", "error": {"type": "authentication_error", "message": r.json()["error"]
+                                                       ["message"]}}
+    # either header style works on either API
+    assert httpx.get(api.base + "/v1/batches", headers={"x-api-key": KEY}).status_code == 200
+    r = httpx.get(api.base + "/v1/messages/batches/msgbatch_00", headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+
+    with pytest.raises(openai.AuthenticationError):
+        api.openai("wrong").batches.list()
+    with pytest.raises(anthropic.AuthenticationError):
+        api.anthropic("wrong").messages.batches.retrieve("msgbatch_00")
+    with pytest.raises(openai.NotFoundError):
+        api.openai().batches.retrieve("batch_nope")
+    with pytest.raises(openai.NotFoundError):
+        api.openai().files.retrieve("file-0123456789abcdef01234567")
+    with pytest.raises(anthropic.NotFoundError):
+        api.anthropic().messages.batches.retrieve("msgbatch_nope")
+    with pytest.raises(openai.BadRequestError):
+        api.openai().files.create(file=("x.jsonl", b"{}\n"), purpose="fine-tune")
+
+
+def test_serve_without_client_keys_is_a_clean_error(tmp_path: Path, prefix: str) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[redis]\nprefix = "{prefix}"\n[serve]\napi_keys_env = ["BATCHRELAY_TEST_UNSET_KEY"]\n')
+    proc = batchrelay("-c", str(cfg), "serve", env={"BATCHRELAY_TEST_UNSET_KEY": ""}, timeout=30)
+    assert proc.returncode == 2
+    assert "needs client keys" in proc.stderr and "BATCHRELAY_TEST_UNSET_KEY" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_large_upload_round_trips_byte_for_byte(api: Api) -> None:
+    data = b"".join(orjson.dumps(openai_line(i)) + b"\r\n--not-the-boundary\r\n" for i in range(30_000))
+    r = httpx.post(api.base + "/v1/files", headers={"Authorization": f"Bearer {KEY}"},
+                   data={"purpose": "batch"}, files={"file": ("big.jsonl", data, "application/jsonl")})
+    assert r.status_code == 200, r.text
+    assert r.json()["bytes"] == len(data)
+    assert api.openai().files.content(r.json()["id"]).content == data
+    assert not list(api.files_dir.glob("*.part"))
+
+
+@pytest.mark.parametrize("piece", [1, 7, 4096])
+async def test_the_form_parser_takes_any_chunking(tmp_path: Path, piece: int) -> None:
+    from starlette.requests import Request
+
+    from batchrelay.serve_openai import read_form
+
+    payload = b"line one\r\n--\r\nline two\r\n"
+    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n"
+            b"Content-Type: application/jsonl\r\n\r\n" + payload + b"\r\n--XyZ--\r\n")
+    pieces = [body[i:i + piece] for i in range(0, len(body), piece)]
+
+    async def receive() -> dict[str, Any]:
+        chunk = pieces.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(pieces)}
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/files", "query_string": b"",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=XyZ")]}
+    fields, filename, size = await read_form(Request(scope, receive), tmp_path / "f")
+    assert fields == {"purpose": "batch"} and filename == "a.jsonl" and size == len(payload)
+    assert (tmp_path / "f").read_bytes() == payload
