@@ -350,8 +350,9 @@ def test_run_with_a_budget_too_small_stops_with_exit_4_and_says_how_to_go_on(tmp
     with SimulatorProcess({}) as sim:
         cfg = _config(tmp_path / "c.toml", prefix, {"cheap": sim}, concurrency=2)
         out = tmp_path / "out.jsonl"
-        # a chat line without max_tokens reserves 4,096 output tokens ($0.0025 here), a messages line $0.0003
-        proc = batchrelay("-c", str(cfg), "run", str(src), "-o", str(out), "--max-cost", "0.004",
+        # a chat line without max_tokens reserves 4,096 output tokens ($0.0025 here), a messages line $0.0003; a line
+        # costs about $0.00003, so after a few lines no chat line fits, whatever the timing of the two slots
+        proc = batchrelay("-c", str(cfg), "run", str(src), "-o", str(out), "--max-cost", "0.0026",
                           env={"REDIS_URL": redis_url})
         calls = SimulatorProcess.stats_of(sim)["calls"]
     assert proc.returncode == 4, proc.stderr
@@ -359,4 +360,4 @@ def test_run_with_a_budget_too_small_stops_with_exit_4_and_says_how_to_go_on(tmp
     assert "Traceback" not in proc.stderr
     rows = _results(out)
     assert 0 < len(rows) == calls < 30  # what was answered is exported; the rest was never sent
-    assert sum(D(r["batchrelay"]["cost"]["usd"]) for r in rows) <= D("0.004")
+    assert sum(D(r["batchrelay"]["cost"]["usd"]) for r in rows) <= D("0.0026")
