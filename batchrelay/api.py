@@ -25,7 +25,7 @@ import io
 import os
 import re
 import time
-from collections.abc import AsyncGenerator, Awaitable, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -113,6 +113,15 @@ def _usd(amount: Decimal | float | str | None) -> Decimal | None:
     return value
 
 
+def _webhook(url: str | None) -> str | None:
+    from .webhooks import check_url
+
+    try:
+        return None if url is None else check_url(url)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
 def _kind(value: object) -> str:
     return type(value).__name__
 
@@ -160,7 +169,8 @@ class AsyncClient:
     async def submit(self, source: Source, *, name: str | None = None, endpoint: Dialect = "chat",
                      providers: Iterable[str] | str | None = None, max_cost: Decimal | float | str | None = None,
                      completion_window: float | str | timedelta | None = None,
-                     start_at: datetime | float | None = None) -> str:
+                     start_at: datetime | float | None = None, webhook: str | None = None,
+                     require_prices: bool = False) -> str:
         """Queue a new batch; returns its id. Bad lines become error records (with their line
         number) and the rest of the batch runs.
 
@@ -169,20 +179,24 @@ class AsyncClient:
         path it implies checking that every model has a known price first (UnpricedModels
         otherwise), for an iterable (which can be read only once) a call of a model without a
         known price is refused when it comes up. `completion_window`: seconds, a timedelta or "24h".
-        `start_at`: a datetime or unix time; the batch is `scheduled` until then (workers start it)."""
+        `start_at`: a datetime or unix time; the batch is `scheduled` until then (workers start it).
+        `webhook`: an http(s) URL the batch object is POSTed to when the batch ends (see the README).
+        `require_prices` (a path only): refuse the batch (UnpricedModels) unless every model has a
+        known price, as `max_cost` implies."""
         if endpoint not in DIALECTS:
             raise InputError(f"endpoint must be one of {', '.join(DIALECTS)}, not {endpoint!r}")
         allow = self._allow_list(providers)
         limit = _usd(max_cost)
         window = _seconds(completion_window)
+        hook = _webhook(webhook)
         w = self.settings.worker
         options: dict[str, Any] = {"default_dialect": endpoint, "chunk_size": w.chunk_size, "providers": allow,
                                    "max_cost": limit, "completion_window_s": window,
-                                   "max_line_bytes": w.max_line_bytes,
+                                   "max_line_bytes": w.max_line_bytes, "webhook": hook,
                                    "start_at": start_at.timestamp() if isinstance(start_at, datetime) else start_at}
         if isinstance(source, str | os.PathLike):
             path = Path(source)
-            if limit is not None:
+            if limit is not None or require_prices:
                 self._check_prices(path, endpoint, allow)
             try:
                 stream = path.open("rb")
@@ -222,7 +236,7 @@ class AsyncClient:
     def _check_prices(self, path: Path, endpoint: Dialect, allow: list[str] | None) -> None:
         from .estimate import require_prices  # pricing data is loaded only when a budget asks for it
 
-        require_prices(path, self.settings, endpoint, allow, hint="providers=")
+        require_prices(path, self.settings, endpoint, allow)
 
     async def _status(self, store: Store, info: BatchInfo) -> dict[str, Any]:
         from .spending import cost_summary, ledger_of
@@ -239,13 +253,17 @@ class AsyncClient:
         store = await self._connected()
         return await self._status(store, await store.info(batch_id))
 
-    async def wait(self, batch_id: str, *, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
+    async def wait(self, batch_id: str, *, timeout: float | None = None, poll: float = 0.5,
+                   on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Wait until the batch is finished (completed, failed, cancelled, expired) or its budget is
-        exhausted; returns its status. TimeoutError after `timeout` seconds."""
+        exhausted; returns its status. TimeoutError after `timeout` seconds. `on_update` is called
+        with the batch's status (without its cost) at every poll."""
         store = await self._connected()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             info = await store.info(batch_id)
+            if on_update is not None:
+                on_update(info.as_dict())
             if info.finished or info.status == EXHAUSTED:
                 return await self._status(store, info)
             if deadline is not None and time.monotonic() >= deadline:
@@ -253,6 +271,67 @@ class AsyncClient:
                                    f"({info.pending} of {info.total} lines pending)")
             pause = poll if deadline is None else min(poll, max(0.0, deadline - time.monotonic()))
             await asyncio.sleep(pause)
+
+    async def batches(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest `limit` batches, newest first, each as `status` shows it without its cost."""
+        store = await self._connected()
+        return [b.as_dict() for b in await store.list_batches(limit)]
+
+    async def providers(self) -> dict[str, dict[str, Any]]:
+        """Each configured provider's health as every worker sees it (cooldowns, bench, breaker, last
+        outcome), in priority order."""
+        from .health import Health
+
+        store = await self._connected()
+        names = [p.name for p in self.settings.ordered_providers()]
+        return await Health(store.redis, store.keys, self.settings.health).snapshot(names)
+
+    async def export(self, batch_id: str, results_path: str | os.PathLike[str],
+                     errors_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """Write the batch's records so far in input order: successes to `results_path`, the rest to
+        `errors_path` (default: the results file's name with .errors.jsonl). Each file appears whole
+        or not at all. Returns the file names and how many records each got."""
+        from .export import export
+
+        store = await self._connected()
+        done = await export(store, batch_id, Path(results_path), None if errors_path is None else Path(errors_path))
+        return {"results_file": str(done.results_path), "results": done.results,
+                "errors_file": str(done.errors_path), "errors": done.errors}
+
+    async def retry(self, batch_id: str) -> dict[str, Any]:
+        """Queue the batch's failed, cancelled and expired lines again (their earlier attempts and
+        cost stay on record); returns how many lines and chunks went back, and on which queue.
+        RetryRefused unless the batch has ended (completed, cancelled or expired)."""
+        from .lifecycle import retry
+
+        done = await retry(await self._connected(), batch_id, self.settings.worker.chunk_size)
+        return {"batch": batch_id, "lines": done.lines, "chunks": done.chunks, "queue": done.queue}
+
+    async def cost(self, batch_id: str) -> dict[str, Any]:
+        """What the batch has cost so far: `rows` by provider and model (requests, failed, tokens,
+        cost_usd, reported_usd, flags) and `total` (usd, requests, and the budget if it has one)."""
+        from .spending import cost_summary, ledger_of
+
+        rows, total, budget = await ledger_of(await self._connected(), batch_id)
+        return {"batch": batch_id, "rows": [r.as_dict() for r in rows], "total": cost_summary(total, budget)}
+
+    async def budget(self, batch_id: str, max_cost: Decimal | float | str | None = None) -> dict[str, Any]:
+        """The batch's budget (max, spent, reserved, remaining in USD); with `max_cost`, set it first:
+        lines waiting on a spent budget go back on the queue (`requeued_chunks`) for the workers."""
+        from .budget import Budget
+        from .sweeper import requeue_pending
+
+        limit = _usd(max_cost)
+        store = await self._connected()
+        info = await store.info(batch_id)
+        b = Budget(store.redis, store.keys)
+        requeued = 0
+        if limit is not None and await b.raise_limit(batch_id, limit):
+            if ":run:" in info.queue:  # the `run` that owned its private queue has ended
+                await store.redis.hset(store.keys.meta(batch_id), "queue", store.keys.queue)  # type: ignore[misc]
+            requeued = await requeue_pending(store, batch_id)
+        status = (await store.info(batch_id)).status
+        return {"batch": batch_id, "status": status, **(await b.info(batch_id)).as_dict(), "requeued_chunks": requeued}
 
     async def results(self, batch_id: str, *, errors: bool = True) -> AsyncGenerator[dict[str, Any], None]:
         """The batch's result records so far, in input order (one per finished line: the output
@@ -327,23 +406,50 @@ class Client:
     def submit(self, source: Source, *, name: str | None = None, endpoint: Dialect = "chat",
                providers: Iterable[str] | str | None = None, max_cost: Decimal | float | str | None = None,
                completion_window: float | str | timedelta | None = None,
-               start_at: datetime | float | None = None) -> str:
+               start_at: datetime | float | None = None, webhook: str | None = None,
+               require_prices: bool = False) -> str:
         """See `AsyncClient.submit`."""
         return self._run(self._client.submit(source, name=name, endpoint=endpoint, providers=providers,
                                              max_cost=max_cost, completion_window=completion_window,
-                                             start_at=start_at))
+                                             start_at=start_at, webhook=webhook, require_prices=require_prices))
 
     def status(self, batch_id: str) -> dict[str, Any]:
         """See `AsyncClient.status`."""
         return self._run(self._client.status(batch_id))
 
-    def wait(self, batch_id: str, *, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
+    def wait(self, batch_id: str, *, timeout: float | None = None, poll: float = 0.5,
+             on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """See `AsyncClient.wait`."""
-        return self._run(self._client.wait(batch_id, timeout=timeout, poll=poll))
+        return self._run(self._client.wait(batch_id, timeout=timeout, poll=poll, on_update=on_update))
 
     def cancel(self, batch_id: str, *, wait: bool = True) -> dict[str, Any]:
         """See `AsyncClient.cancel`."""
         return self._run(self._client.cancel(batch_id, wait=wait))
+
+    def cost(self, batch_id: str) -> dict[str, Any]:
+        """See `AsyncClient.cost`."""
+        return self._run(self._client.cost(batch_id))
+
+    def budget(self, batch_id: str, max_cost: Decimal | float | str | None = None) -> dict[str, Any]:
+        """See `AsyncClient.budget`."""
+        return self._run(self._client.budget(batch_id, max_cost))
+
+    def retry(self, batch_id: str) -> dict[str, Any]:
+        """See `AsyncClient.retry`."""
+        return self._run(self._client.retry(batch_id))
+
+    def batches(self, limit: int = 50) -> list[dict[str, Any]]:
+        """See `AsyncClient.batches`."""
+        return self._run(self._client.batches(limit))
+
+    def providers(self) -> dict[str, dict[str, Any]]:
+        """See `AsyncClient.providers`."""
+        return self._run(self._client.providers())
+
+    def export(self, batch_id: str, results_path: str | os.PathLike[str],
+               errors_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """See `AsyncClient.export`."""
+        return self._run(self._client.export(batch_id, results_path, errors_path))
 
     def results(self, batch_id: str, *, errors: bool = True) -> Iterator[dict[str, Any]]:
         """See `AsyncClient.results`. Checks the batch exists now (BatchNotFound), then reads the

@@ -7,7 +7,7 @@ import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,14 +15,16 @@ from .budget import EXHAUSTED
 from .cli_cost import budget, cost, estimate, money_options
 from .cli_lifecycle import cancel, completion_window_option, defer_options, retry_command, start_at_of
 from .cli_providers import health_text, providers
-from .clikit import CONTEXT, emit_json, handles_errors, open_store, run_async, settings_of
+from .clikit import CONTEXT, emit_json, handles_errors, open_client, run_async, settings_of
 from .config import load_settings
 from .connection import DEFAULT_URL, connect
 from .errors import BatchrelayError
 from .estimate import require_prices as check_prices
-from .health import Health
-from .spending import cost_line, cost_summary, ledger_of
-from .store import BatchInfo
+from .spending import cost_line
+from .store import FINISHED, BatchInfo
+
+if TYPE_CHECKING:
+    from .api import AsyncClient
 
 EXIT_FAILED_LINES = 3
 
@@ -160,6 +162,15 @@ def demo(ctx: click.Context, lines: int, out: Path, as_json: bool) -> None:
         click.echo(f"input:   {sample} (the demo plants bad lines on purpose)")
 
 
+def _webhook(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    from .webhooks import check_url
+
+    try:
+        return None if value is None else check_url(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @cli.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", help="A name for the batch (default: the file name).")
@@ -168,12 +179,14 @@ def demo(ctx: click.Context, lines: int, out: Path, as_json: bool) -> None:
 @money_options
 @completion_window_option
 @defer_options
+@click.option("--webhook", metavar="URL", callback=_webhook,
+              help="POST the batch object to this http(s) URL when the batch ends (retried until accepted).")
 @click.option("--json", "as_json", is_flag=True, help="Print the submission as JSON.")
 @click.pass_context
 @handles_errors
 def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allow: list[str] | None,
            max_cost: Decimal | None, require_prices: bool, completion_window: float | None, at: float | None,
-           delay: float | None, as_json: bool) -> None:
+           delay: float | None, webhook: str | None, as_json: bool) -> None:
     """Queue FILE as a new batch in Redis and print its id.
 
     Each line is an OpenAI Batch line, an Anthropic Message Batches line, or a bare request
@@ -185,32 +198,30 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
       batchrelay status $BATCH --watch
       batchrelay submit requests.jsonl --max-cost 0.50 --completion-window 24h
       batchrelay submit requests.jsonl --at 2026-11-22T05:00:00Z   # or --in 2h
+      batchrelay submit requests.jsonl --webhook https://example.com/hooks/batch
     """
-    from .submit import submit_file
-
-    settings = settings_of(ctx)
     start_at = start_at_of(at, delay)
-    if require_prices or max_cost is not None:
-        check_prices(file, settings, endpoint, allow)  # type: ignore[arg-type]
 
-    async def go() -> Any:
-        async with open_store(settings) as store:
-            return await submit_file(store, file, name=name, default_dialect=endpoint, providers=allow,
-                                     chunk_size=settings.worker.chunk_size, max_cost=max_cost,
-                                     completion_window_s=completion_window, start_at=start_at,
-                                     max_line_bytes=settings.worker.max_line_bytes)
+    async def go() -> dict[str, Any]:
+        async with open_client(settings_of(ctx)) as client:
+            batch = await client.submit(file, name=name, endpoint=endpoint, providers=allow,  # type: ignore[arg-type]
+                                        max_cost=max_cost, require_prices=require_prices,
+                                        completion_window=completion_window, start_at=start_at, webhook=webhook)
+            return await client.status(batch)
 
-    res = run_async(go())
+    st = run_async(go())
+    counts = st["counts"]
     if as_json:
-        emit_json({"id": res.batch_id, "lines": res.total, "valid": res.valid, "invalid": res.invalid,
-                   "start_at": start_at})
+        emit_json({"id": st["id"], "lines": counts["total"], "valid": counts["total"] - counts["invalid"],
+                   "invalid": counts["invalid"], "start_at": start_at, "webhook": webhook})
     else:
-        click.echo(res.batch_id)
+        click.echo(st["id"])
         if start_at is not None:
             when = datetime.fromtimestamp(start_at, UTC).isoformat(timespec="seconds")
             click.echo(f"scheduled: starts at {when} (at the workers' first sweep after it)", err=True)
-        if res.invalid:
-            click.echo(f"{res.invalid} of {res.total} lines are invalid (see the errors file of `results`)", err=True)
+        if counts["invalid"]:
+            click.echo(f"{counts['invalid']} of {counts['total']} lines are invalid (see the errors file of `results`)",
+                       err=True)
 
 
 @cli.command()
@@ -228,6 +239,7 @@ def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool
       batchrelay worker --concurrency 64
       batchrelay worker --burst          # for cron or CI: stop when nothing is queued
     """
+    from .webhooks import delivery_of
     from .worker import build_worker, run_worker
 
     settings = settings_of(ctx)
@@ -236,6 +248,7 @@ def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool
         settings = settings.model_copy(update={"worker": tuned})
     if not settings.providers:
         raise click.UsageError("no [[providers]] configured: a worker needs at least one (see README)")
+    delivery_of(settings)  # a webhook secret variable that is not set: say so now, not at the first webhook
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     async def go() -> None:
@@ -262,32 +275,40 @@ def status(ctx: click.Context, batch: str, as_json: bool, watch: bool) -> None:
       batchrelay status batch_0123abcd
       batchrelay status batch_0123abcd --watch
     """
-    from .progress import watch as watch_batch
+    async def go() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        async with open_client(settings_of(ctx)) as client:
+            if watch:
+                await _watch(client, batch, show=True)
+            return await client.status(batch), await client.providers()
 
-    settings = settings_of(ctx)
-
-    async def go() -> tuple[BatchInfo, dict[str, dict[str, Any]], Any]:
-        async with open_store(settings) as store:
-            info = await (watch_batch(store, batch, show=True) if watch else store.info(batch))
-            names = [p.name for p in settings.ordered_providers()]
-            _rows, spent, budget = await ledger_of(store, batch)
-            return info, await Health(store.redis, store.keys, settings.health).snapshot(names), (spent, budget)
-
-    info, health, (spent, budget) = run_async(go())
+    st, health = run_async(go())
     if as_json:
-        emit_json({**info.as_dict(), "cost": cost_summary(spent, budget), "providers": health})
+        emit_json({**st, "providers": health})
         return
-    d = info.as_dict()
-    click.echo(f"{info.id}  {info.status}  {info.name}  ({info.input_format})")
-    if info.status == "scheduled" and info.start_at is not None:
-        click.echo(f"  starts at {datetime.fromtimestamp(info.start_at, UTC).isoformat(timespec='seconds')}")
-    click.echo("  " + "  ".join(f"{k}={v}" for k, v in d["counts"].items()))
-    eta = f", ETA {d['eta_s']:.0f}s" if d["eta_s"] is not None else ""
-    click.echo(f"  {d['rate_lines_per_s']:.1f} lines/s{eta}")
-    click.echo(f"  {cost_line(spent, budget)}")
+    click.echo(f"{st['id']}  {st['status']}  {st['name']}  ({st['input_format']})")
+    if st["status"] == "scheduled" and st["start_at"] is not None:
+        click.echo(f"  starts at {datetime.fromtimestamp(st['start_at'], UTC).isoformat(timespec='seconds')}")
+    click.echo("  " + "  ".join(f"{k}={v}" for k, v in st["counts"].items()))
+    eta = f", ETA {st['eta_s']:.0f}s" if st["eta_s"] is not None else ""
+    click.echo(f"  {st['rate_lines_per_s']:.1f} lines/s{eta}")
+    click.echo(f"  {cost_line(st['cost'])}")
+    if hook := st["webhook"]:
+        last = f" (last: {hook['last']})" if hook["last"] else ""
+        click.echo(f"  webhook {hook['status']} after {hook['attempts']} attempts{last}: {hook['url']}")
     for name, h in health.items():
         last = f"  last: {h['last']}" if h.get("last") else ""
         click.echo(f"  provider {name}: {health_text(h)}{last}")
+
+
+async def _watch(client: AsyncClient, batch: str, *, show: bool) -> dict[str, Any]:
+    """Wait for the batch to end (or its budget to run out), with a progress bar on a terminal."""
+    from .progress import POLL_S, Bar
+
+    bar = Bar(batch, show=show)
+    try:
+        return await client.wait(batch, poll=POLL_S, on_update=lambda st: bar.update(st["counts"]))
+    finally:
+        bar.close()
 
 
 @cli.command()
@@ -308,24 +329,23 @@ def results(ctx: click.Context, batch: str, out: Path, errors: Path | None, wait
     Example:
       batchrelay results batch_0123abcd -o results.jsonl --wait
     """
-    from .export import export
-    from .progress import watch as watch_batch
+    async def go() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with open_client(settings_of(ctx)) as client:
+            st = await (_watch(client, batch, show=not as_json) if wait else client.status(batch))
+            return st, await client.export(batch, out, errors)
 
-    async def go() -> tuple[BatchInfo, Any]:
-        async with open_store(settings_of(ctx)) as store:
-            info = await (watch_batch(store, batch, show=not as_json) if wait else store.info(batch))
-            return info, await export(store, batch, out, errors)
-
-    info, exported = run_async(go())
+    st, exported = run_async(go())
+    counts = st["counts"]
     if as_json:
-        emit_json({**info.as_dict(), "results_file": str(exported.results_path), "results": exported.results,
-                    "errors_file": str(exported.errors_path), "errors": exported.errors})
+        st.pop("cost", None)
+        emit_json({**st, **exported})
     else:
-        if not info.finished:
-            click.echo(f"note: {info.id} is {info.status}; {info.pending} lines have no result yet", err=True)
-        click.echo(f"{exported.results} results -> {exported.results_path}; "
-                   f"{exported.errors} errors -> {exported.errors_path}")
-    sys.exit(EXIT_FAILED_LINES if info.unsuccessful else 0)
+        if st["status"] not in FINISHED:
+            click.echo(f"note: {st['id']} is {st['status']}; {counts['pending']} lines have no result yet", err=True)
+        click.echo(f"{exported['results']} results -> {exported['results_file']}; "
+                   f"{exported['errors']} errors -> {exported['errors_file']}")
+    unsuccessful = sum(counts[k] for k in ("failed", "invalid", "cancelled", "expired"))
+    sys.exit(EXIT_FAILED_LINES if unsuccessful else 0)
 
 
 @cli.command()
@@ -344,20 +364,21 @@ def batches(ctx: click.Context, limit: int, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    async def go() -> list[BatchInfo]:
-        async with open_store(settings_of(ctx)) as store:
-            return await store.list_batches(limit)
+    async def go() -> list[dict[str, Any]]:
+        async with open_client(settings_of(ctx)) as client:
+            return await client.batches(limit)
 
     items = run_async(go())
     if as_json:
-        emit_json([b.as_dict() for b in items])
+        emit_json(items)
         return
     table = Table("id", "name", "status", "total", "succeeded", "failed", "invalid", "pending", "starts")
     for b in items:
-        starts = (datetime.fromtimestamp(b.start_at, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-                  if b.status == "scheduled" and b.start_at is not None else "")
-        table.add_row(b.id, b.name, b.status, *(str(x) for x in (b.total, b.succeeded, b.failed, b.invalid, b.pending)),
-                      starts)
+        starts = (datetime.fromtimestamp(b["start_at"], UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+                  if b["status"] == "scheduled" and b["start_at"] is not None else "")
+        c = b["counts"]
+        table.add_row(b["id"], b["name"], b["status"],
+                      *(str(c[k]) for k in ("total", "succeeded", "failed", "invalid", "pending")), starts)
     Console().print(table)
 
 

@@ -3,7 +3,7 @@ options of `submit` and `run`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -11,15 +11,13 @@ from typing import Any
 import click
 from redis.exceptions import RedisError
 
-from .budget import EXHAUSTED, Budget, BudgetInfo
-from .clikit import emit_json, handles_errors, open_store, run_async, settings_of
+from .budget import EXHAUSTED
+from .clikit import emit_json, handles_errors, open_client, open_store, run_async, settings_of
 from .config import ProviderConfig, Settings
 from .errors import StoreError
 from .estimate import Estimate, OutputGuess, estimate_file, output_history
-from .ledger import Row
-from .pricing import pico, usd, usd_str
-from .spending import cost_line, cost_summary, ledger_of
-from .sweeper import requeue_pending
+from .pricing import pico, usd_str
+from .spending import cost_line, plain_usd
 
 EXIT_BUDGET = 4
 
@@ -143,28 +141,38 @@ def cost(ctx: click.Context, batch: str, as_json: bool) -> None:
       batchrelay cost batch_0123abcd
       batchrelay cost batch_0123abcd --json
     """
-    async def go() -> tuple[list[Row], Row, BudgetInfo]:
-        async with open_store(settings_of(ctx)) as store:
-            return await ledger_of(store, batch)
+    async def go() -> dict[str, Any]:
+        async with open_client(settings_of(ctx)) as client:
+            return await client.cost(batch)
 
-    rs, t, budget = run_async(go())
+    report = run_async(go())
     if as_json:
-        emit_json({"batch": batch, "rows": [r.as_dict() for r in rs], "total": cost_summary(t, budget)})
+        emit_json(report)
         return
     from rich.console import Console
     from rich.table import Table
 
+    rs = report["rows"]
     table = Table("provider", "model", "requests", "failed", "input", "cached", "output", "cost", "reported",
                   "flags")
-    for r in [*rs, t] if rs else []:
-        flags = [f"{r[k]} {label}" for k, label in (("unpriced", "unpriced"), ("min_charge", "min charge"),
-                                                   ("discrepancies", "discrepant")) if r[k]]
-        table.add_row(r.provider if r is not t else "total", r.model if r is not t else "",
-                      *(str(r[k]) for k in ("requests", "failed", "input", "cached", "output")),
-                      f"${usd_str(r.cost)}", f"${usd_str(usd(r['reported']))}" if r["reported"] else "",
-                      ", ".join(flags))
+    if rs:
+        metrics = [k for k in rs[0] if isinstance(rs[0][k], int)]
+        t = {"provider": "total", "model": "", **{k: sum(r[k] for r in rs) for k in metrics},
+             "cost_usd": report["total"]["usd"],
+             "reported_usd": _sum_usd(r["reported_usd"] for r in rs)}
+        for r in [*rs, t]:
+            flags = [f"{r[k]} {label}" for k, label in (("unpriced", "unpriced"), ("min_charge", "min charge"),
+                                                       ("discrepancies", "discrepant")) if r[k]]
+            table.add_row(r["provider"], r["model"],
+                          *(str(r[k]) for k in ("requests", "failed", "input", "cached", "output")),
+                          f"${r['cost_usd']}", f"${r['reported_usd']}" if r["reported_usd"] else "", ", ".join(flags))
     Console().print(table)
-    click.echo(cost_line(t, budget))
+    click.echo(cost_line(report["total"]))
+
+
+def _sum_usd(amounts: Iterable[str | None]) -> str | None:
+    given = [Decimal(a) for a in amounts if a is not None]
+    return usd_str(sum(given, Decimal(0))) if given else None
 
 
 @click.command()
@@ -184,28 +192,22 @@ def budget(ctx: click.Context, batch: str, max_cost: Decimal | None, as_json: bo
       batchrelay budget batch_0123abcd
       batchrelay budget batch_0123abcd --max-cost 2.50
     """
-    async def go() -> tuple[BudgetInfo, int, str]:
-        async with open_store(settings_of(ctx)) as store:
-            info = await store.info(batch)
-            b = Budget(store.redis, store.keys)
-            requeued = 0
-            if max_cost is not None and await b.raise_limit(batch, max_cost):
-                if ":run:" in info.queue:  # the `run` that owned its private queue has ended
-                    await store.redis.hset(store.keys.meta(batch), "queue", store.keys.queue)  # type: ignore[misc]
-                requeued = await requeue_pending(store, batch)
-            status = (await store.info(batch)).status
-            return await b.info(batch), requeued, status
+    async def go() -> dict[str, Any]:
+        async with open_client(settings_of(ctx)) as client:
+            return await client.budget(batch, max_cost)
 
-    info, requeued, status = run_async(go())
+    b = run_async(go())
     if as_json:
-        emit_json({"batch": batch, "status": status, **info.as_dict(), "requeued_chunks": requeued})
+        emit_json(b)
         return
-    if info.max_usd is None:
+    if b["max_usd"] is None:
         click.echo(f"{batch}: no budget (spent is not tracked without one)")
         return
-    click.echo(f"{batch}: {status}; budget ${usd_str(info.max_usd)}: ${usd_str(info.spent_usd)} spent, "
-               f"${usd_str(info.reserved_usd)} reserved, ${usd_str(info.remaining_usd)} left")
-    if requeued:
-        click.echo(f"{requeued} chunks of waiting lines are queued again; a running `batchrelay worker` takes them")
-    elif status == EXHAUSTED:
+    click.echo(f"{batch}: {b['status']}; budget ${plain_usd(b['max_usd'])}: ${plain_usd(b['spent_usd'])} spent, "
+               f"${plain_usd(b['reserved_usd'])} reserved, ${plain_usd(b['remaining_usd'])} left")
+    if b["requeued_chunks"]:
+        click.echo(f"{b['requeued_chunks']} chunks of waiting lines are queued again; a running `batchrelay worker` "
+                   "takes them")
+    elif b["status"] == EXHAUSTED:
         click.echo("lines wait for more budget: raise it with --max-cost", err=True)
+

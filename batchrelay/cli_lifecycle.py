@@ -9,10 +9,7 @@ from typing import Any
 
 import click
 
-from .clikit import emit_json, handles_errors, open_store, run_async, settings_of
-from .lifecycle import cancel as cancel_batch
-from .lifecycle import retry
-from .store import BatchInfo
+from .clikit import emit_json, handles_errors, open_client, run_async, settings_of
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -88,19 +85,17 @@ def cancel(ctx: click.Context, batch: str, no_wait: bool, as_json: bool) -> None
       batchrelay cancel batch_0123abcd
       batchrelay cancel batch_0123abcd --no-wait --json
     """
-    settings = settings_of(ctx)
-    grace = settings.worker.call_timeout + 5
+    async def go() -> dict[str, Any]:
+        async with open_client(settings_of(ctx)) as client:
+            return await client.cancel(batch, wait=not no_wait)
 
-    async def go() -> BatchInfo:
-        async with open_store(settings) as store:
-            return await cancel_batch(store, batch, grace, wait=not no_wait)
-
-    info = run_async(go())
+    st = run_async(go())
     if as_json:
-        emit_json(info.as_dict())
+        emit_json(st)
         return
-    click.echo(f"{info.id}: {info.status}: {info.succeeded} succeeded, {info.failed} failed, "
-               f"{info.cancelled} cancelled, {info.pending} still running")
+    c = st["counts"]
+    click.echo(f"{st['id']}: {st['status']}: {c['succeeded']} succeeded, {c['failed']} failed, "
+               f"{c['cancelled']} cancelled, {c['pending']} still running")
 
 
 @click.command("retry")
@@ -119,17 +114,15 @@ def retry_command(ctx: click.Context, batch: str, as_json: bool) -> None:
       batchrelay retry batch_0123abcd
       batchrelay retry batch_0123abcd --json
     """
-    settings = settings_of(ctx)
-
-    async def go() -> Any:
-        async with open_store(settings) as store:
-            return await retry(store, batch, settings.worker.chunk_size)
+    async def go() -> dict[str, Any]:
+        async with open_client(settings_of(ctx)) as client:
+            return await client.retry(batch)
 
     done = run_async(go())
     if as_json:
-        emit_json({"batch": batch, "lines": done.lines, "chunks": done.chunks, "queue": done.queue})
+        emit_json(done)
         return
-    if done.lines:
-        click.echo(f"{batch}: {done.lines} lines queued again; a running `batchrelay worker` takes them")
+    if done["lines"]:
+        click.echo(f"{batch}: {done['lines']} lines queued again; a running `batchrelay worker` takes them")
     else:
         click.echo(f"{batch}: no failed, cancelled or expired lines to retry")

@@ -8,7 +8,7 @@ import functools
 import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from redis.asyncio import Redis
@@ -18,6 +18,9 @@ from .connection import DEFAULT_URL, connect
 from .errors import BatchrelayError
 from .keys import Keys
 from .store import Store
+
+if TYPE_CHECKING:
+    from .api import AsyncClient
 
 T = TypeVar("T")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -52,6 +55,15 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
         yield Store(redis, Keys(settings.redis.prefix))
     finally:
         await redis.aclose()
+
+
+@contextlib.asynccontextmanager
+async def open_client(settings: Settings) -> AsyncIterator[AsyncClient]:
+    """The Python API (api.py) the commands are built on, connected."""
+    from .api import AsyncClient
+
+    async with AsyncClient(settings=settings) as client:
+        yield client
 
 
 def emit_json(data: Any) -> None:

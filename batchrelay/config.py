@@ -224,6 +224,17 @@ class ServeConfig(_Strict):
         return [v.strip() for name in self.api_keys_env if (v := os.environ.get(name)) and v.strip()]
 
 
+class WebhooksConfig(_Strict):
+    """Completion webhooks (see webhooks.py). The signing secret is never in this file: `secret_env`
+    names the environment variable that holds it (a Standard Webhooks `whsec_...` secret or any string)."""
+
+    secret_env: str | None = None
+    timeout_s: float = Field(default=10.0, gt=0, le=60)
+    max_attempts: int = Field(default=10, ge=1, le=100)
+    backoff_s: float = Field(default=5.0, gt=0)
+    max_backoff_s: float = Field(default=900.0, gt=0)
+
+
 class ScheduleConfig(_Strict):
     """A `[[schedules]]` entry: at each `cron` tick (UTC), every file matching `input` that was never
     processed becomes a batch; its results land in `output_dir` (see schedules.py)."""
@@ -235,6 +246,14 @@ class ScheduleConfig(_Strict):
     endpoint: Dialect = "chat"
     providers: tuple[str, ...] | None = None
     max_cost: Decimal | None = Field(default=None, gt=0)
+    webhook: str | None = None  # each run's batch POSTs its batch object there when it ends
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook(cls, v: str | None) -> str | None:
+        from .webhooks import check_url
+
+        return None if v is None else check_url(v)
 
     @field_validator("cron")
     @classmethod
@@ -251,6 +270,7 @@ class Settings(_Strict):
     health: HealthConfig = HealthConfig()
     routing: RoutingConfig = RoutingConfig()
     serve: ServeConfig = ServeConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
     providers: tuple[ProviderConfig, ...] = ()
     schedules: tuple[ScheduleConfig, ...] = ()
     source: str | None = None

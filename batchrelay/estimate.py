@@ -195,12 +195,11 @@ def estimate_file(path: Path, settings: Settings, *, default_dialect: Dialect = 
         return estimate_jobs(jobs, settings, allow=allow, output=output)
 
 
-def require_prices(path: Path, settings: Settings, default_dialect: Dialect, allow: Sequence[str] | None,
-                   *, hint: str = "--providers") -> None:
+def require_prices(path: Path, settings: Settings, default_dialect: Dialect, allow: Sequence[str] | None) -> None:
     """UnpricedModels naming every model and provider without a known price (`--require-prices`)."""
     missing = estimate_file(path, settings, default_dialect=default_dialect, allow=allow).unpriced()
     if missing:
         pairs = ", ".join(f"{m} at {p}" for m, p in missing[:20])
         more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
         raise UnpricedModels(f"no known price for {pairs}{more}: add `prices` to those providers in the config, "
-                             f"or leave them out with {hint}")
+                             "or leave them out with --providers (providers= in the Python API)")

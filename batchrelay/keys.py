@@ -35,6 +35,11 @@ class Keys:
         """Hash: per provider error-rate window (`name:ws`, `name:calls`, `name:fails`)."""
         return f"{self.prefix}breaker"
 
+    @property
+    def webhooks(self) -> str:
+        """Sorted set: batch ids whose completion webhook is not delivered yet, scored by when it is next due."""
+        return f"{self.prefix}webhooks"
+
     def rate(self, provider: str) -> str:
         """Hash: the provider's pacing state (theoretical arrival times, 429 back-off factor)."""
         return f"{self.prefix}rate:{provider}"

@@ -188,10 +188,14 @@ async def retry(store: Store, batch_id: str, chunk_size: int) -> Retried:
     window = await store.redis.hget(k.meta(batch_id), "completion_window_s")  # type: ignore[misc]
     if window:
         mapping["expires_at"] = time.time() + float(window)
+    if info.webhook:  # the retried batch's end is news again (a new webhook-id: see webhooks.py)
+        mapping.update(webhook_status="pending", webhook_attempts=0)
     async with store.redis.pipeline(transaction=True) as pipe:
         pipe.hset(k.chunks(batch_id), mapping={cid: ",".join(map(str, ls)) for cid, ls in chunks})
         pipe.hset(k.meta(batch_id), mapping=mapping)
-        pipe.hdel(k.meta(batch_id), "finished_at", "stop_at")
+        pipe.hdel(k.meta(batch_id), "finished_at", "stop_at", "webhook_last")
+        if info.webhook:
+            pipe.zadd(k.webhooks, {batch_id: 0})
         await pipe.execute()
     await enqueue_chunks(store.redis, queue, batch_id, chunks)
     return Retried(len(reopened), len(chunks), queue)

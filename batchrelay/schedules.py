@@ -70,7 +70,7 @@ async def submit_new_files(store: Store, settings: Settings, sch: ScheduleConfig
         try:
             res = await submit_file(store, path, name=f"{sch.name}:{path.name}", default_dialect=sch.endpoint,
                                     providers=list(sch.providers) if sch.providers else None,
-                                    max_cost=sch.max_cost, chunk_size=settings.worker.chunk_size,
+                                    max_cost=sch.max_cost, webhook=sch.webhook, chunk_size=settings.worker.chunk_size,
                                     max_line_bytes=settings.worker.max_line_bytes)
         except BaseException as e:
             with contextlib.suppress(Exception):  # a later tick tries the file again

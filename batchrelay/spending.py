@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from .budget import Budget, BudgetInfo
@@ -25,11 +26,17 @@ def cost_summary(t: Row, budget: BudgetInfo) -> dict[str, Any]:
     return d
 
 
-def cost_line(t: Row, budget: BudgetInfo) -> str:
-    text = f"cost ${usd_str(t.cost)} for {t['requests']} billed calls"
-    if t["unpriced"]:
-        text += f", {t['unpriced']} more of unknown price"
-    if budget.max_usd is not None:
-        text += (f"; budget ${usd_str(budget.max_usd)}: ${usd_str(budget.spent_usd)} spent, "
-                 f"${usd_str(budget.reserved_usd)} reserved")
+def cost_line(summary: dict[str, Any]) -> str:
+    """One line of text for a `cost_summary`."""
+    text = f"cost ${summary['usd']} for {summary['requests']} billed calls"
+    if summary["unpriced_calls"]:
+        text += f", {summary['unpriced_calls']} more of unknown price"
+    if b := summary.get("budget"):
+        text += (f"; budget ${plain_usd(b['max_usd'])}: ${plain_usd(b['spent_usd'])} spent, "
+                 f"${plain_usd(b['reserved_usd'])} reserved")
     return text
+
+
+def plain_usd(amount: str | None) -> str | None:
+    """A USD decimal string as `usd_str` writes it (no trailing zeros)."""
+    return None if amount is None else usd_str(Decimal(amount))

@@ -105,6 +105,7 @@ class BatchInfo:
     expired: int = 0
     expires_at: float | None = None
     start_at: float | None = None  # a deferred batch starts then (`scheduled` until it does)
+    webhook: dict[str, Any] | None = None  # url, status (pending, retrying, delivered, failed), attempts, last
 
     @property
     def done(self) -> int:
@@ -137,7 +138,7 @@ class BatchInfo:
             "counts": {"total": self.total, "done": self.done, "succeeded": self.succeeded,
                        "failed": self.failed, "invalid": self.invalid, "cancelled": self.cancelled,
                        "expired": self.expired, "pending": self.pending},
-            "expires_at": self.expires_at, "start_at": self.start_at,
+            "expires_at": self.expires_at, "start_at": self.start_at, "webhook": self.webhook,
         }
 
 
@@ -150,6 +151,9 @@ def _info(batch_id: str, raw: dict[bytes, bytes], pending: int) -> BatchInfo:
         source=m.get("source", ""), queue=m.get("queue", ""), input_format=m.get("input_format", ""),
         pending=pending, expires_at=float(m["expires_at"]) if m.get("expires_at") else None,
         start_at=float(m["start_at"]) if m.get("start_at") else None,
+        webhook={"url": m["webhook"], "status": m.get("webhook_status", "pending"),
+                 "attempts": int(m.get("webhook_attempts", 0)), "last": m.get("webhook_last")}
+        if m.get("webhook") else None,
         **{f: int(m.get(f, 0)) for f in ("total", "invalid", "succeeded", "failed", "cancelled", "expired",
                                          "max_line")},
     )
@@ -165,8 +169,10 @@ class Store:
 
     async def create_batch(self, batch_id: str, *, name: str, source: str, providers: Sequence[str] | None = None,
                            queue: str | None = None, max_cost: Decimal | None = None,
-                           completion_window_s: float | None = None, start_at: float | None = None) -> None:
-        """`start_at`: a deferred batch's start; its completion window runs from then."""
+                           completion_window_s: float | None = None, start_at: float | None = None,
+                           webhook: str | None = None) -> None:
+        """`start_at`: a deferred batch's start; its completion window runs from then. `webhook`: a URL
+        the batch object is POSTed to when the batch ends (webhooks.py)."""
         now = time.time()
         extra: dict[str, Any] = {"providers": ",".join(providers)} if providers else {}
         extra["queue"] = queue or self.keys.queue
@@ -182,6 +188,9 @@ class Store:
                 **{f: 0 for f in COUNT_FIELDS}, **extra,
             })
             pipe.zadd(self.keys.batches, {batch_id: now})
+            if webhook:
+                pipe.hset(self.keys.meta(batch_id), mapping={"webhook": webhook, "webhook_status": "pending"})
+                pipe.zadd(self.keys.webhooks, {batch_id: 0})
             await pipe.execute()
 
     async def add_lines(
@@ -321,5 +330,6 @@ class Store:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(*self.keys.batch_keys(batch_id))
             pipe.zrem(self.keys.batches, batch_id)
+            pipe.zrem(self.keys.webhooks, batch_id)
             await pipe.execute()
 

@@ -101,6 +101,7 @@ async def submit_stream(
     max_cost: Decimal | None = None,
     completion_window_s: float | None = None,
     start_at: float | None = None,
+    webhook: str | None = None,
     max_line_bytes: int = MAX_LINE_BYTES,
     on_progress: Callable[[int], None] | None = None,
 ) -> SubmitResult:
@@ -108,7 +109,8 @@ async def submit_stream(
     `max_cost`: the batch's spending limit in USD (see budget.py). `completion_window_s`: lines not
     answered this long after submit expire (lifecycle.py). `max_line_bytes`: a longer line is an
     error (`worker.max_line_bytes`). `start_at` (unix time): a deferred batch, `scheduled` until then;
-    the workers' sweep starts it (lifecycle.tick).
+    the workers' sweep starts it (lifecycle.tick). `webhook`: a URL the batch object is POSTed to
+    when the batch ends (webhooks.py).
 
     Chunk jobs are enqueued only once every line is written and the batch is `in_progress`: a
     submit cut short (Redis gone, Ctrl-C) leaves a batch nothing works on, marked failed when Redis
@@ -118,7 +120,8 @@ async def submit_stream(
     claim_ids = store.redis.register_script(_CLAIM_IDS)
     ids = store.keys.custom_ids(batch_id)
     await store.create_batch(batch_id, name=name, source=source, providers=providers, queue=queue,
-                             max_cost=max_cost, completion_window_s=completion_window_s, start_at=start_at)
+                             max_cost=max_cost, completion_window_s=completion_window_s, start_at=start_at,
+                             webhook=webhook)
     block: list[JobLine] = []  # parsed, not yet checked for duplicates
     bad: list[tuple[int, bytes]] = []
     open_chunk: list[int] = []

@@ -47,6 +47,7 @@ from .routing import candidates
 from .schedules import run_due_schedules
 from .store import STOPPED, Store
 from .sweeper import requeue_deferred, sweep
+from .webhooks import Outbox, delivery_of
 
 log = logging.getLogger("batchrelay.worker")
 REDIS_RETRY_DEFER = 2.0
@@ -81,6 +82,7 @@ class Runtime:
     in_flight: set[tuple[str, int]] = field(default_factory=set)
     budget: Budget | None = None
     draining: bool = False  # SIGTERM: start no new line; the ones running finish
+    outbox: Outbox | None = None  # completion webhooks (webhooks.py)
     _stopped: dict[str, tuple[float, bool]] = field(default_factory=dict)  # batch -> (checked at, stopped)
 
     async def batch_stopped(self, batch_id: str) -> bool:
@@ -107,12 +109,16 @@ class Runtime:
         self.clients = [httpx.AsyncClient(limits=limits, timeout=timeout) for _ in range(n_clients)]
         self.pool = LinePool(w.concurrency, self.handle_line)
         self.pool.start()
+        # its own client: a slow receiver must never hold a connection the providers' calls need
+        self.outbox = Outbox(self.store, delivery_of(self.settings), httpx.AsyncClient(follow_redirects=False))
 
     async def close(self) -> None:
         if self.pool:
             await self.pool.close()
         for c in self.clients:
             await c.aclose()
+        if self.outbox:
+            await self.outbox.http.aclose()
 
     async def handle_line(self, consumer: int, work: LineWork) -> float | None:
         """Relay one line and record its result; or return when (unix time) it may be tried again."""
@@ -189,6 +195,14 @@ class Runtime:
             log.warning("requeued %d chunk jobs that arq had dropped", n)
         return n + done["started"] + ran["submitted"]  # new work: a burst worker goes round again
 
+    async def deliver_webhooks(self) -> int:
+        """Completion webhooks that are due; how many were accepted."""
+        assert self.outbox is not None
+        n = await self.outbox.deliver_due()
+        if n:
+            log.info("delivered %d completion webhooks", n)
+        return n
+
     @property
     def chunk_deadline(self) -> float:
         return self.settings.worker.chunk_deadline
@@ -214,6 +228,12 @@ async def sweep_orphans(ctx: dict[str, Any]) -> int:
     cancels and expiries on; forget old finished batches."""
     rt: Runtime = ctx["runtime"]
     return await rt.sweep(ctx["queue_name"])
+
+
+async def send_webhooks(ctx: dict[str, Any]) -> int:
+    """Cron: POST the batch object of batches that ended to their webhook (retried with backoff)."""
+    rt: Runtime = ctx["runtime"]
+    return await rt.deliver_webhooks()
 
 
 def redis_settings(url: str) -> RedisSettings:
@@ -259,8 +279,13 @@ def build_worker(
         # (arq keeps a job's in-progress key for the longest timeout of all its functions + 10 s, so
         # the sweep's own timeout must not outgrow job_timeout: it would delay the rerun of a dead
         # worker's chunk)
-        cron_jobs=[] if burst else [cron(sweep_orphans, name="batchrelay-sweep", second={0, 15, 30, 45},
-                                         unique=True, timeout=min(30, w.job_timeout))],
+        cron_jobs=[] if burst else [
+            cron(sweep_orphans, name="batchrelay-sweep", second={0, 15, 30, 45}, unique=True,
+                 timeout=min(30, w.job_timeout)),
+            # every 2 s; each POST is bounded by [webhooks] timeout_s (at most 60 s) and they run together
+            cron(send_webhooks, name="batchrelay-webhooks", second=set(range(0, 60, 2)), unique=True,
+                 timeout=settings.webhooks.timeout_s + 10),
+        ],
         redis_settings=redis_settings(redis_url),
         queue_name=queue or keys.queue,
         max_jobs=chunks_in_flight,
@@ -369,7 +394,11 @@ async def run_worker(worker: Worker) -> None:
         while not signals[0]:
             try:
                 await worker.async_run()
-                if not (worker.burst and await worker.ctx["runtime"].sweep(worker.queue_name)):
+                if not worker.burst:
+                    break
+                rt: Runtime = worker.ctx["runtime"]
+                if not await rt.sweep(worker.queue_name):
+                    await rt.deliver_webhooks()  # once: a retry waits for a worker that stays
                     break
             except (AuthenticationError, AuthorizationError, ssl.SSLError):
                 raise  # a wrong password or certificate will not get better by waiting
