@@ -3,8 +3,10 @@
 Pure and small on purpose: arq's own cron decides on each worker's clock, and schedules must fire
 once per tick however many workers run, so schedules.py only asks "does this minute match?" and
 guards the tick with a Redis key. Supported: `*`, numbers, lists (`1,15`), ranges (`1-5`) and steps
-(`*/15`, `0-30/10`, `5/20` = from 5 to the end). Weekday 0 and 7 are Sunday. As in classic cron, when
-both day and weekday are restricted, a day matching either one matches.
+(`*/15`, `0-30/10`, `5/20` = from 5 to the end), month and weekday names (`JAN`-`DEC`, `SUN`-`SAT`, any
+case, in ranges too: `MON-FRI`) and the macros `@yearly` (`@annually`), `@monthly`, `@weekly`,
+`@daily` (`@midnight`) and `@hourly`. Weekday 0 and 7 are Sunday. As in classic cron, when both day
+and weekday are restricted, a day matching either one matches.
 """
 
 from __future__ import annotations
@@ -14,6 +16,13 @@ from datetime import UTC, datetime
 
 BOUNDS = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
 FIELDS = ("minute", "hour", "day", "month", "weekday")
+MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
+          "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
+NAMES = {
+    3: {m: i for i, m in enumerate(("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV",
+                                    "DEC"), start=1)},
+    4: {d: i for i, d in enumerate(("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"))},
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +70,31 @@ def _field(text: str, name: str, lo: int, hi: int) -> frozenset[int]:
     return frozenset(out)
 
 
+def _numbers(text: str, names: dict[str, int]) -> str:
+    """`MON-FRI` as `1-5`: every run of letters that is a name becomes its number."""
+    out, word = [], ""
+    for c in text.upper() + ",":
+        if c.isalpha():
+            word += c
+            continue
+        if word:
+            if word not in names:
+                raise ValueError(f"cron: {word!r} is not one of {', '.join(names)}")
+            out.append(str(names[word]))
+            word = ""
+        out.append(c)
+    return "".join(out[:-1])
+
+
 def parse_cron(expr: str) -> Cron:
+    expr = expr.strip()
+    if expr.startswith("@"):
+        if expr.lower() not in MACROS:
+            raise ValueError(f"cron {expr!r}: the macros are {', '.join(MACROS)}")
+        expr = MACROS[expr.lower()]
     parts = expr.split()
+    if len(parts) == 5:
+        parts = [_numbers(p, NAMES[i]) if i in NAMES else p for i, p in enumerate(parts)]
     if len(parts) != 5:
         raise ValueError(f"cron {expr!r} needs 5 fields (minute hour day month weekday), has {len(parts)}")
     sets = [_field(p, n, lo, hi) for p, n, (lo, hi) in zip(parts, FIELDS, BOUNDS, strict=True)]

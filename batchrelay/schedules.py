@@ -2,7 +2,9 @@
 
 arq's cron uniqueness rests on every worker's clock agreeing, so a tick is claimed in Redis
 instead: `SET schedule:{name}:{minute} NX`, and only the winner runs it, however many workers
-sweep that minute. The sweep runs every 15 s, so each matching minute is seen at least once.
+sweep that minute. A worker's sweep starts the tick's submits as tasks of their own, so a large
+input is not cut off by the sweep's timeout; a worker stopped mid-submit fails that batch and the
+file is tried again at the next tick. The sweep runs every 15 s, so each matching minute is seen at least once.
 An input file is submitted once: its identity (absolute path, size, mtime) is added to a Redis set
 before its batch is written, and taken out again if the submit fails, so a file changed in place
 counts as new. Each run is an ordinary batch (named `{schedule}:{file name}`); once it finishes,
@@ -17,7 +19,9 @@ import glob
 import logging
 import os
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from .config import ScheduleConfig, Settings
 from .cron import parse_cron
@@ -113,15 +117,22 @@ async def export_finished(store: Store, sch: ScheduleConfig) -> int:
     return n
 
 
-async def run_due_schedules(store: Store, settings: Settings, now: float | None = None) -> dict[str, int]:
+async def run_due_schedules(store: Store, settings: Settings, now: float | None = None, *,
+                            background: Callable[[Coroutine[Any, Any, list[str]]], None] | None = None,
+                            ) -> dict[str, int]:
     """Run every schedule whose cron matches this minute (once per tick across all workers), and
-    export its finished batches. Called by every worker's sweep."""
+    export its finished batches. Called by every worker's sweep. With `background`, a tick's submits
+    are handed to it instead of awaited (a big input file must not be cut off by the sweep's timeout;
+    `submitted` then counts only what was awaited)."""
     now = time.time() if now is None else now
     tick = tick_of(now)
     done = {"ticks": 0, "submitted": 0, "exported": 0}
     for sch in settings.schedules:
         if parse_cron(sch.cron).matches_minute(tick) and await claim_tick(store, sch, tick, now):
             done["ticks"] += 1
-            done["submitted"] += len(await submit_new_files(store, settings, sch))
+            if background is not None:
+                background(submit_new_files(store, settings, sch))
+            else:
+                done["submitted"] += len(await submit_new_files(store, settings, sch))
         done["exported"] += await export_finished(store, sch)
     return done

@@ -21,6 +21,7 @@ import signal
 import ssl
 import time
 import warnings
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,7 @@ class Runtime:
     budget: Budget | None = None
     draining: bool = False  # SIGTERM: start no new line; the ones running finish
     outbox: Outbox | None = None  # completion webhooks (webhooks.py)
+    background: set[asyncio.Task[Any]] = field(default_factory=set)  # schedule submits started by a sweep
     _stopped: dict[str, tuple[float, bool]] = field(default_factory=dict)  # batch -> (checked at, stopped)
 
     async def batch_stopped(self, batch_id: str) -> bool:
@@ -112,7 +114,21 @@ class Runtime:
         # its own client: a slow receiver must never hold a connection the providers' calls need
         self.outbox = Outbox(self.store, delivery_of(self.settings), httpx.AsyncClient(follow_redirects=False))
 
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run `coro` beside the jobs (cancelled by `close`); its failure is logged."""
+        task = asyncio.create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background work failed: %r", task.exception())
+
     async def close(self) -> None:
+        for task in list(self.background):
+            task.cancel()  # a schedule's submit cut off: its batch is failed, its file tried again next tick
+        await asyncio.gather(*self.background, return_exceptions=True)
         if self.pool:
             await self.pool.close()
         for c in self.clients:
@@ -180,16 +196,17 @@ class Runtime:
             await requeue_deferred(self.store, batch_id, job_id, [n for n, _ in later], soonest)
         return len(claim.jobs) - len(later)
 
-    async def sweep(self, queue: str) -> int:
+    async def sweep(self, queue: str, *, background: bool = False) -> int:
         """Housekeeping (lifecycle.tick), due `[[schedules]]`, then requeue orphaned chunks; returns how
-        many chunks were requeued plus how many batches were started or submitted."""
+        many chunks were requeued plus how many batches were started or submitted. `background`: a
+        schedule's submits run as tasks of this process rather than inside the sweep (the cron's)."""
         w = self.settings.worker
         done = await tick(self.store, grace_s=w.call_timeout + SHUTDOWN_MARGIN_S, retention_s=w.retention_s)
         if any(done.values()):
             log.info("housekeeping: %s", ", ".join(f"{k} {v}" for k, v in done.items() if v))
         ran = {"submitted": 0}
         if self.settings.schedules:
-            ran = await run_due_schedules(self.store, self.settings)
+            ran = await run_due_schedules(self.store, self.settings, background=self.spawn if background else None)
         n = await sweep(self.store, queue)
         if n:
             log.warning("requeued %d chunk jobs that arq had dropped", n)
@@ -227,7 +244,7 @@ async def sweep_orphans(ctx: dict[str, Any]) -> int:
     """Cron: put back chunks arq dropped (tries exhausted, job_timeout) while lines are pending; move
     cancels and expiries on; forget old finished batches."""
     rt: Runtime = ctx["runtime"]
-    return await rt.sweep(ctx["queue_name"])
+    return await rt.sweep(ctx["queue_name"], background=True)
 
 
 async def send_webhooks(ctx: dict[str, Any]) -> int:
@@ -282,9 +299,10 @@ def build_worker(
         cron_jobs=[] if burst else [
             cron(sweep_orphans, name="batchrelay-sweep", second={0, 15, 30, 45}, unique=True,
                  timeout=min(30, w.job_timeout)),
-            # every 2 s; each POST is bounded by [webhooks] timeout_s (at most 60 s) and they run together
+            # every 2 s; each POST is bounded by [webhooks] timeout_s and they run together (a POST cut
+            # off by this timeout is sent again once its lease lapses)
             cron(send_webhooks, name="batchrelay-webhooks", second=set(range(0, 60, 2)), unique=True,
-                 timeout=settings.webhooks.timeout_s + 10),
+                 timeout=min(settings.webhooks.timeout_s + 10, w.job_timeout)),
         ],
         redis_settings=redis_settings(redis_url),
         queue_name=queue or keys.queue,

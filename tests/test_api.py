@@ -219,13 +219,16 @@ def test_unknown_providers_and_bad_arguments_are_clean_errors(redis_url: str, pr
             client.submit(Path("/nonexistent/requests.jsonl"))
         with pytest.raises(TypeError, match="iterable of dicts"):
             client.submit(b'{"model": "m"}')  # type: ignore[arg-type]
+        with pytest.raises(InputError, match="webhook URL must be http"):
+            client.submit([openai_line(1)], webhook="file:///etc/passwd")
         # nothing was queued by any of them
         assert client.submit([openai_line(1)], providers="sim", completion_window="1h")
 
 
 def test_an_unknown_batch_id_is_batch_not_found(redis_url: str, prefix: str) -> None:
     with Client(redis_url, settings=_settings(prefix)) as client:
-        for call in (client.status, client.wait, client.results, client.cancel):
+        for call in (client.status, client.wait, client.results, client.cancel, client.retry, client.cost,
+                     client.budget):
             with pytest.raises(BatchNotFound):
                 call("batch_doesnotexist")
 
@@ -260,3 +263,43 @@ def test_results_are_read_a_block_at_a_time_and_a_loop_may_stop_early(
         partly = client.results(batch)
         assert [next(partly)["batchrelay"]["line"] for _ in range(4)] == [1, 2, 3, 4]
     del partly  # left open past close(): the loop's shutdown already closed its reader
+
+
+def test_the_rest_of_the_api_lists_exports_prices_budgets_and_retries(
+        redis_url: str, prefix: str, tmp_path: Path) -> None:
+    """batches, export, cost, budget, providers and retry: what the CLI's commands are built on."""
+    with SimulatorProcess({"fail_rate": 1.0, "fail_status": 400}) as bad, SimulatorProcess({}) as good:
+        failing = _settings(prefix, bad)
+        with Client(redis_url, settings=failing) as client:
+            batch = client.submit([openai_line(i) for i in range(1, 7)], name="api-rest", max_cost="1.5",
+                                  webhook="https://example.com/hook")
+            assert client.batches(5)[0]["id"] == batch
+            seen: list[int] = []
+            worker = _WorkerThread(failing, redis_url)
+            worker.start()
+            st = client.wait(batch, timeout=90, poll=0.05, on_update=lambda s: seen.append(s["counts"]["done"]))
+            worker.join(timeout=60)
+            assert st["status"] == "completed" and st["counts"]["failed"] == 6
+            assert seen and seen[-1] == 6 and seen == sorted(seen)
+            assert st["webhook"] == {"url": "https://example.com/hook", "status": "pending", "attempts": 0,
+                                     "last": None}
+            written = client.export(batch, tmp_path / "out.jsonl")
+            assert (written["results"], written["errors"]) == (0, 6)
+            assert Path(written["errors_file"]).name == "out.errors.jsonl"
+            assert len(Path(written["errors_file"]).read_bytes().splitlines()) == 6
+            assert client.cost(batch)["total"]["requests"] == 0  # a 400 is not billed
+            b = client.budget(batch)
+            assert (b["max_usd"], b["spent_usd"], b["requeued_chunks"]) == ("1.5", "0", 0)
+            assert client.budget(batch, "2")["max_usd"] == "2"
+            assert set(client.providers()) == {"sim"}
+        # the provider is fixed: the failed lines go again and succeed
+        fixed = _settings(prefix, good)
+        with Client(redis_url, settings=fixed) as client:
+            again = client.retry(batch)
+            assert (again["lines"], again["batch"]) == (6, batch)
+            worker = _WorkerThread(fixed, redis_url)
+            worker.start()
+            st = client.wait(batch, timeout=90, poll=0.05)
+            worker.join(timeout=60)
+            assert (st["status"], st["counts"]["succeeded"]) == ("completed", 6)
+            assert client.cost(batch)["rows"][0]["requests"] == 6

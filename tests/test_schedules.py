@@ -12,6 +12,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -55,13 +56,28 @@ def _at(text: str) -> datetime:
     ("0 9 13 * 5", "2026-11-13T09:00", True),    # day and weekday both given: either matches
     ("0 9 13 * 5", "2026-11-20T09:00", True),    # a Friday
     ("0 9 13 * 5", "2026-11-19T09:00", False),
+    ("0 9 * * MON-FRI", "2026-11-23T09:00", True),
+    ("0 9 * * mon-fri", "2026-11-22T09:00", False),
+    ("0 9 * * sun", "2026-11-22T09:00", True),
+    ("0 9 * NOV,Dec *", "2026-11-22T09:00", True),
+    ("0 9 * jan-oct *", "2026-11-22T09:00", False),
+    ("@daily", "2026-11-22T00:00", True),
+    ("@midnight", "2026-11-22T00:01", False),
+    ("@hourly", "2026-11-22T05:00", True),
+    ("@hourly", "2026-11-22T05:30", False),
+    ("@weekly", "2026-11-22T00:00", True),    # a Sunday
+    ("@weekly", "2026-11-23T00:00", False),
+    ("@monthly", "2026-12-01T00:00", True),
+    ("@yearly", "2027-01-01T00:00", True),
+    ("@annually", "2026-12-01T00:00", False),
 ])
 def test_cron_matches(expr: str, when: str, hit: bool) -> None:
     assert parse_cron(expr).matches(_at(when)) is hit
 
 
 @pytest.mark.parametrize("expr", ["* * * *", "60 * * * *", "* 24 * * *", "* * 0 * *", "*/0 * * * *", "a * * * *",
-                                  "5-1 * * * *", "* * * 13 *", "* * * * 8"])
+                                  "5-1 * * * *", "* * * 13 *", "* * * * 8", "0 9 * * MOO",
+                                  "0 9 * JANUARY *", "@often", "@daily 5"])
 def test_cron_rejects(expr: str) -> None:
     with pytest.raises(ValueError, match="cron"):
         parse_cron(expr)
@@ -137,6 +153,28 @@ async def test_concurrent_sweeps_run_a_tick_once_and_a_file_once(store: Store, t
     # a file changed in place is a new input
     (tmp_path / "in" / "a.jsonl").write_bytes(_lines(5, "a"))
     assert (await run_due_schedules(store, settings, now + 120))["submitted"] == 1
+
+
+async def test_a_sweep_hands_its_submits_off_and_a_cut_off_submit_is_tried_again(store: Store,
+                                                                                  tmp_path: Path) -> None:
+    """The workers' sweep has a timeout: a tick's submits run as tasks of their own instead of inside
+    it, and one cancelled mid-way (its worker stopped) leaves its file for the next tick."""
+    _inputs(tmp_path)
+    settings = Settings(redis={"prefix": store.keys.prefix}, schedules=[_schedule(tmp_path)])  # type: ignore[arg-type]
+    handed: list[Any] = []
+    now = time.time()
+    ran = await run_due_schedules(store, settings, now, background=handed.append)
+    assert (ran["ticks"], ran["submitted"], len(handed)) == (1, 0, 1)
+    assert await store.list_batches() == []  # the sweep returned before any submit ran
+    task = asyncio.ensure_future(handed[0])
+    await asyncio.sleep(0)
+    task.cancel()  # the worker stops while the submit runs
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    ran = await run_due_schedules(store, settings, now + 60)
+    assert ran["submitted"] == 2  # both files again: nothing was crossed off by the cut-off run
+    ok = [b for b in await store.list_batches() if b.status != "failed"]
+    assert sorted(b.name for b in ok) == ["nightly:a.jsonl", "nightly:b.jsonl"]
 
 
 def _worker(cfg: Path, redis_url: str) -> subprocess.Popen[bytes]:
