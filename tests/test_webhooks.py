@@ -19,12 +19,14 @@ from typing import Any
 
 import orjson
 import pytest
+import redis as sync_redis
 
 from batchrelay.errors import ConfigError
 from batchrelay.simproc import SimulatorProcess
 from batchrelay.webhooks import backoff_s, check_url, message, message_id, secret_bytes, signature
 
 from .conftest import batchrelay, openai_line, status_of, wait_for, write_config
+from .test_secrets import dump_redis
 
 SECRET = "whsec_" + base64.b64encode(b"a test secret of 24 bytes").decode()
 
@@ -180,6 +182,13 @@ def test_a_finished_batch_posts_its_batch_object_once_signed(tmp_path: Path, red
     assert data["counts"]["succeeded"] == 12 and data["counts"]["pending"] == 0
     assert data["cost"]["requests"] == 12
     assert st["webhook"]["attempts"] == 1 and st["webhook"]["last"] == "HTTP 200"
+    client = sync_redis.Redis.from_url(redis_url)
+    try:
+        stored = dump_redis(client, [prefix + "*"])
+    finally:
+        client.close()
+    assert batch.encode() in stored and SECRET.encode() not in stored  # the secret is never written to Redis
+    assert base64.b64decode(SECRET.removeprefix("whsec_")) not in stored
 
 
 @pytest.mark.timeout(120)
