@@ -28,8 +28,11 @@ PROCESSING = {"cancelling": "canceling", "completed": "ended", "failed": "ended"
               "expired": "ended"}
 
 
-def internal_id(msgbatch_id: str) -> str | None:
-    return "batch_" + msgbatch_id.removeprefix("msgbatch_") if msgbatch_id.startswith("msgbatch_") else None
+def _known_id(msgbatch_id: str) -> str:
+    """The store's id of a `msgbatch_` id; BatchNotFound for any other id."""
+    if not msgbatch_id.startswith("msgbatch_"):
+        raise BatchNotFound(msgbatch_id)
+    return "batch_" + msgbatch_id.removeprefix("msgbatch_")
 
 
 def _iso(t: float | None) -> str | None:
@@ -86,20 +89,15 @@ def routes(served: Served) -> list[Route]:
 
     async def retrieve(request: Request) -> Response:
         msg_id = request.path_params["batch_id"]
-        batch_id = internal_id(msg_id)
         try:
-            if batch_id is None:
-                raise BatchNotFound(msg_id)
-            return json_response(batch_object(await current(served, batch_id), _base(request)))
+            return json_response(batch_object(await current(served, _known_id(msg_id)), _base(request)))
         except BatchNotFound:
             return _not_found(msg_id)
 
     async def results(request: Request) -> Response:
         msg_id = request.path_params["batch_id"]
-        batch_id = internal_id(msg_id)
         try:
-            if batch_id is None:
-                raise BatchNotFound(msg_id)
+            batch_id = _known_id(msg_id)
             info = await served.db.info(batch_id)
         except BatchNotFound:
             return _not_found(msg_id)
@@ -110,11 +108,9 @@ def routes(served: Served) -> list[Route]:
 
     async def cancel(request: Request) -> Response:
         msg_id = request.path_params["batch_id"]
-        batch_id = internal_id(msg_id)
         store = served.db
         try:
-            if batch_id is None:
-                raise BatchNotFound(msg_id)
+            batch_id = _known_id(msg_id)
             await request_stop(store, batch_id, "cancelled")
             await advance(store, batch_id, served.grace_s)  # workers' sweeps finish it
             return json_response(batch_object(await load(store, batch_id), _base(request)))

@@ -154,22 +154,30 @@ def test_every_line_and_the_ledger_match_an_independent_recomputation(tmp_path: 
     assert sum(r["failed"] for r in ledger["rows"]) == kinds["junk"]
 
 
+def _run_one_line_on_a_preset(tmp_path: Path, redis_url: str, prefix: str, preset: str,
+                              line: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`run` of one line against a simulator of the preset's provider: its result and the simulator's call."""
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(orjson.dumps(line) + b"\n")
+    with SimulatorProcess({"preset": preset, "api_key": KEY}) as sim:
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'[redis]\nprefix = "{prefix}"\n[[providers]]\npreset = "{preset}"\napi_key_env = "COST_KEY"\n'
+                       f'base_url = "{sim}"\n')
+        out = tmp_path / "out.jsonl"
+        proc = batchrelay("-c", str(cfg), "run", str(src), "-o", str(out), env={"REDIS_URL": redis_url,
+                                                                                 "COST_KEY": KEY})
+        (call,) = httpx.get(sim + "/_sim/log?full=1").json()
+    assert proc.returncode == 0, proc.stderr
+    (row,) = _results(out)
+    return row, call
+
+
 def test_a_piapi_gizmo_line_of_ten_tokens_costs_the_minimum_charge(tmp_path: Path, redis_url: str,
                                                                     prefix: str) -> None:
     # [{"role":"user","content":"Hi"}] is 32 bytes: 8 input tokens at the simulator, plus 2 output
     line = {"custom_id": "g", "method": "POST", "url": "/v1/chat/completions",
             "body": {"model": "gpt-4-gizmo-g-abc123", "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]}}
-    src = tmp_path / "in.jsonl"
-    src.write_bytes(orjson.dumps(line) + b"\n")
-    with SimulatorProcess({"preset": "piapi", "api_key": KEY}) as sim:
-        cfg = tmp_path / "c.toml"
-        cfg.write_text(f'[redis]\nprefix = "{prefix}"\n[[providers]]\npreset = "piapi"\napi_key_env = "COST_KEY"\n'
-                       f'base_url = "{sim}"\n')
-        out = tmp_path / "out.jsonl"
-        proc = batchrelay("-c", str(cfg), "run", str(src), "-o", str(out), env={"REDIS_URL": redis_url,
-                                                                                 "COST_KEY": KEY})
-    assert proc.returncode == 0, proc.stderr
-    (row,) = _results(out)
+    row, _call = _run_one_line_on_a_preset(tmp_path, redis_url, prefix, "piapi", line)
     cost = row["batchrelay"]["cost"]
     assert cost["tokens"]["input_tokens"] + cost["tokens"]["output_tokens"] == 10
     assert cost["usd"] == "0.005" and cost["min_charge_applied"] is True
@@ -180,18 +188,7 @@ def test_an_ainow_line_shows_both_the_computed_and_the_reported_cost(tmp_path: P
                                                                       prefix: str) -> None:
     line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
             "body": {"model": "gpt-4-turbo", "messages": [{"role": "user", "content": "Tell me about tea."}]}}
-    src = tmp_path / "in.jsonl"
-    src.write_bytes(orjson.dumps(line) + b"\n")
-    with SimulatorProcess({"preset": "ainow", "api_key": KEY}) as sim:
-        cfg = tmp_path / "c.toml"
-        cfg.write_text(f'[redis]\nprefix = "{prefix}"\n[[providers]]\npreset = "ainow"\napi_key_env = "COST_KEY"\n'
-                       f'base_url = "{sim}"\n')
-        out = tmp_path / "out.jsonl"
-        proc = batchrelay("-c", str(cfg), "run", str(src), "-o", str(out), env={"REDIS_URL": redis_url,
-                                                                                 "COST_KEY": KEY})
-        (call,) = httpx.get(sim + "/_sim/log?full=1").json()
-    assert proc.returncode == 0, proc.stderr
-    (row,) = _results(out)
+    row, call = _run_one_line_on_a_preset(tmp_path, redis_url, prefix, "ainow", line)
     cost = row["batchrelay"]["cost"]
     answer = call["response"]
     # GPT-4 Turbo: $0.03 / $0.06 per 1K tokens, from its /models and the preset
