@@ -13,7 +13,7 @@ import orjson
 
 from .config import Dialect
 from .jobs import BadLine, JobLine
-from .ledger import line_cost
+from .ledger import Billed, line_cost
 from .relay import Outcome
 
 
@@ -46,7 +46,7 @@ def bad_line_record(batch_id: str, bad: BadLine, default_dialect: Dialect) -> by
     return orjson.dumps(rec)
 
 
-def _meta(job: JobLine, out: Outcome) -> dict[str, Any]:
+def _meta(job: JobLine, out: Outcome, billed: list[Billed] | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "line": job.line,
         "provider": out.provider.name if out.provider else None,
@@ -58,7 +58,7 @@ def _meta(job: JobLine, out: Outcome) -> dict[str, Any]:
         meta["translated"] = {"from": job.dialect, "to": out.wire_dialect}
     if out.notes:
         meta["notes"] = out.notes
-    meta["cost"] = line_cost(out.billed)
+    meta["cost"] = line_cost(out.billed if billed is None else billed)
     if job.body.get("stream"):
         meta["stream"] = True
     return meta
@@ -82,8 +82,9 @@ def stopped_record(batch_id: str, job: JobLine, out: Outcome, final: str) -> byt
     return orjson.dumps(rec)
 
 
-def outcome_record(batch_id: str, job: JobLine, out: Outcome) -> bytes:
-    meta = _meta(job, out)
+def outcome_record(batch_id: str, job: JobLine, out: Outcome, billed: list[Billed] | None = None) -> bytes:
+    """`billed`: `out.billed`, when the caller has it already."""
+    meta = _meta(job, out, billed)
     anthropic = _anthropic_shaped(job.fmt, job.dialect)
     if out.reply is not None:
         if anthropic:

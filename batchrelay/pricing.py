@@ -13,7 +13,7 @@ decimals is exact), and in Redis an integer count of pico-dollars.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Literal
 
@@ -162,12 +162,27 @@ class Price:
         return Decimal(self.official.calc_price(g)["total_price"]) * self.multiplier
 
 
+# (id(provider), provider_model) -> (provider, its Price): every billed call looks its price up, and
+# configs are frozen, so the Price of one ProviderConfig object never changes (the provider is kept
+# beside it, so an id reused by a later object is never mistaken for it)
+_PRICES: dict[tuple[int, str], tuple[ProviderConfig, Price]] = {}
+_PRICES_MAX = 4096
+
+
 def price_of(provider: ProviderConfig, provider_model: str) -> Price:
     """The price of `provider_model` (the name the provider knows the model by) at `provider`."""
+    key = (id(provider), provider_model)
+    hit = _PRICES.get(key)
+    if hit is not None and hit[0] is provider:
+        return hit[1]
     config = provider.price_of(provider_model)
     rates_in_config = config is not None and config.input is not None
     official = None if rates_in_config else _official(provider_model)
-    return Price(config, official, provider.price_multiplier)
+    price = Price(config, official, provider.price_multiplier)
+    if len(_PRICES) >= _PRICES_MAX:
+        _PRICES.clear()
+    _PRICES[key] = (provider, price)
+    return price
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,10 +194,22 @@ class CallCost:
     reported: Decimal | None
     source: CostSource
     min_charge_applied: bool = False
+    # usd_str of (billed, computed, reported), worked out once: the attempt and the line both show them
+    _usd: tuple[str | None, str | None, str | None] | None = field(default=None, init=False, repr=False,
+                                                                  compare=False)
 
     @property
     def billed(self) -> Decimal | None:
         return self.reported if self.source == "reported" else self.computed
+
+    def usd_strs(self) -> tuple[str | None, str | None, str | None]:
+        """(billed, computed, reported) as `usd_str` gives them."""
+        s = self._usd
+        if s is None:
+            computed, reported = usd_str(self.computed), usd_str(self.reported)
+            s = (reported if self.source == "reported" else computed, computed, reported)
+            object.__setattr__(self, "_usd", s)
+        return s
 
     @property
     def discrepancy(self) -> Decimal | None:
@@ -195,8 +222,8 @@ class CallCost:
         return gap if gap > DISCREPANCY else None
 
     def as_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"usd": usd_str(self.billed), "source": self.source,
-                             "computed_usd": usd_str(self.computed), "reported_usd": usd_str(self.reported)}
+        billed, computed, reported = self.usd_strs()
+        d: dict[str, Any] = {"usd": billed, "source": self.source, "computed_usd": computed, "reported_usd": reported}
         if self.min_charge_applied:
             d["min_charge_applied"] = True
         gap = self.discrepancy

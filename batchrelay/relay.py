@@ -385,7 +385,8 @@ async def _attempt(call: _Call, client: httpx.AsyncClient, cfg: WorkerConfig, he
         await asyncio.shield(asyncio.gather(health.release(permit), call.settle(None)))
         raise
     cost = call.cost(reply.usage, reply.reported_cost)
-    await call.settle(cost)
+    if call.held is not None:
+        await call.settle(cost)
     await health.report(provider, permit, call.model, "success")
     log.append(Attempt(provider.name, 200, reply.latency_ms, wait_s=waited, started_at=started_at,
                        model=provider.provider_model(call.model), usage=reply.usage, cost=cost))

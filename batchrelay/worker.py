@@ -80,6 +80,7 @@ class Runtime:
     health: Health
     clients: list[httpx.AsyncClient] = field(default_factory=list)
     pool: LinePool[LineWork, float | None] | None = None
+    _checking: dict[str, asyncio.Future[bool]] = field(default_factory=dict)  # batch -> its stop check under way
     in_flight: set[tuple[str, int]] = field(default_factory=set)
     budget: Budget | None = None
     draining: bool = False  # SIGTERM: start no new line; the ones running finish
@@ -92,13 +93,22 @@ class Runtime:
         of Redis at most once a second per batch."""
         now = time.monotonic()
         checked = self._stopped.get(batch_id)
-        if checked is None or now - checked[0] > STOP_CHECK_S:
-            status, expires_at = await self.store.redis.hmget(  # type: ignore[misc]
-                self.store.keys.meta(batch_id), ["status", "expires_at"])
-            if status not in STOPPED and expires_at and float(expires_at) <= time.time():
-                status = (await request_stop(self.store, batch_id, "expired")).encode()
-            checked = self._stopped[batch_id] = (now, status in STOPPED)
-        return checked[1]
+        if checked is not None and now - checked[0] <= STOP_CHECK_S:
+            return checked[1]
+        # every consumer finds the answer stale at once: one of them asks, the others wait for its answer
+        check = self._checking.get(batch_id)
+        if check is None:
+            check = self._checking[batch_id] = asyncio.ensure_future(self._check_stopped(batch_id, now))
+            check.add_done_callback(lambda _: self._checking.pop(batch_id, None))
+        return await asyncio.shield(check)
+
+    async def _check_stopped(self, batch_id: str, now: float) -> bool:
+        status, expires_at = await self.store.redis.hmget(  # type: ignore[misc]
+            self.store.keys.meta(batch_id), ["status", "expires_at"])
+        if status not in STOPPED and expires_at and float(expires_at) <= time.time():
+            status = (await request_stop(self.store, batch_id, "expired")).encode()
+        self._stopped[batch_id] = (now, status in STOPPED)
+        return status in STOPPED
 
     def open(self) -> None:
         w = self.settings.worker
@@ -170,8 +180,9 @@ class Runtime:
             if out.defer_s is None:
                 return PARKED  # over budget: it waits until the limit is raised
             return time.time() + out.defer_s  # due then, however long the rest of its chunk takes
-        await self.store.write_result(work.batch_id, job.line, outcome_record(work.batch_id, job, out), out.ok,
-                                      increments(out.billed))
+        billed = out.billed
+        await self.store.write_result(work.batch_id, job.line, outcome_record(work.batch_id, job, out, billed), out.ok,
+                                      increments(billed))
         return None
 
     async def run_chunk(self, batch_id: str, lines: list[int], job_id: str) -> int:
