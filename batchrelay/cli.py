@@ -435,6 +435,8 @@ async def _check_redis(url: str) -> None:
 @click.option("--rpm", type=click.IntRange(1), help="Requests per minute before 429 with Retry-After.")
 @click.option("--tpm", type=click.IntRange(1), help="Tokens per minute before 429 with Retry-After.")
 @click.option("--truncate-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction of streams cut short.")
+@click.option("--log-limit", type=click.IntRange(1), default=100_000, show_default=True,
+              help="Calls the request log (/_sim/log) keeps; older ones are dropped.")
 def simulate(host: str, port: int, **faults: Any) -> None:
     """Serve a fake OpenAI/Anthropic-compatible provider on 127.0.0.1 (for demos and tests).
 

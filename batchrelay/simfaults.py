@@ -49,6 +49,8 @@ class SimConfig(BaseModel):
     tokens and costs) or `content: null` (messages); it spends credit and counts toward `fail_after`
     like an answer, and a streaming request gets it as that plain JSON body, not as events.
     `latency_ms` delays every provider answer; `retry_after` goes on 429/503/529 answers.
+    `log_limit` bounds the request log (each entry holds the request and the answer): past it, the
+    oldest entries are dropped, so a simulator left running does not grow without end.
 
     `cached_fraction` of each call's input tokens, floor(input_tokens * cached_fraction), is reported
     as read from the prompt cache: in chat as usage.prompt_tokens_details.cached_tokens (still counted
@@ -89,6 +91,7 @@ class SimConfig(BaseModel):
     cached_fraction: Rate = 0.0
     cache_write_fraction: Rate = 0.0
     junk_rate: Rate = 0.0
+    log_limit: Annotated[int, Field(ge=1)] = 100_000  # calls the request log keeps (the newest)
 
     @model_validator(mode="after")
     def _fractions_fit(self) -> SimConfig:

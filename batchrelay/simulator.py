@@ -17,7 +17,8 @@ quota running out, broken bodies, hangs, cut streams), a credit balance and rate
                         N entries; ?full=1 adds "method", "headers" (the key headers, content-type and
                         x-*), "body" (the request) and "response" (the JSON body answered, null while
                         a call is still waiting or when it was malformed; for a stream, the answer
-                        its events were made from)
+                        its events were made from). It keeps the newest `log_limit` calls
+                        (100,000 by default); N counts the dropped ones too
     GET  /_sim/stats    {"calls": n, "by_status": {"200": n, ...}}
     POST /_sim/reset    clear log and counters; restart script, balance and rate window
 
@@ -115,6 +116,7 @@ class _Sim:
         self.faults = FaultState(seed=config.seed)
         # Slotted entries, not dicts: a benchmark logs every one of its calls and the log is rarely read.
         self.log: list[Entry] = []
+        self.dropped = 0  # entries dropped from the log's start (config.log_limit); `since` counts them
         self.by_status: dict[int, int] = {}
         # Never reset, so ids stay unique for the life of the process even across /_sim/reset.
         self.numbers = 0
@@ -124,6 +126,19 @@ class _Sim:
     def record(self, entry: Entry) -> None:
         self.log.append(entry)
         self.by_status[entry.status] = self.by_status.get(entry.status, 0) + 1
+        limit = self.config.log_limit
+        if len(self.log) > limit + limit // 10:  # trimmed in steps, not on every call
+            extra = len(self.log) - limit
+            del self.log[:extra]
+            self.dropped += extra
+
+    @property
+    def calls(self) -> int:
+        return self.dropped + len(self.log)
+
+    def entries(self, since: int) -> list[Entry]:
+        """The logged calls from call number `since` on (those dropped by `log_limit` are gone)."""
+        return self.log[max(0, since - self.dropped):]
 
     def configure(self, new: SimConfig, update: dict[str, Any], reset: bool) -> None:
         self.config, self.provider = new, PROVIDERS[new.preset]
@@ -141,6 +156,7 @@ class _Sim:
     def reset(self) -> None:
         self.faults.reset(self.config.seed)
         self.log.clear()
+        self.dropped = 0
         self.by_status.clear()
         self.balance = self.config.credits
         self.window.clear()
@@ -350,14 +366,14 @@ def create_app(config: SimConfig) -> Starlette:
                  "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in e.headers},
                  "body": _loads(e.raw),
                  "response": _loads(e.response) if isinstance(e.response, bytes) else e.response}
-                for e in sim.log[since:]
+                for e in sim.entries(since)
             ])
         return _json([{"t": e.t, "path": e.path, "model": e.model, "status": e.status, "kind": e.kind}
-                      for e in sim.log[since:]])
+                      for e in sim.entries(since)])
 
     async def get_stats(request: Request) -> Response:
         by_status = {str(k): v for k, v in sorted(sim.by_status.items())}
-        return _json({"calls": len(sim.log), "by_status": by_status})
+        return _json({"calls": sim.calls, "by_status": by_status})
 
     async def reset(request: Request) -> Response:
         sim.reset()

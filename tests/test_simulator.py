@@ -586,3 +586,24 @@ def test_the_real_server_answers_over_loopback() -> None:
     # uvicorn shuts down cleanly on SIGTERM and then re-raises it, so either code means a clean exit.
     assert proc.returncode in (0, -signal.SIGTERM), err.decode()
     assert b"Traceback" not in err, err.decode()
+
+
+async def test_the_request_log_keeps_the_newest_log_limit_calls() -> None:
+    async with client_for(log_limit=20) as client:
+        for i in range(1, 31):
+            body = {**CHAT_REQ, "messages": [{"role": "user", "content": f"call {i}"}]}
+            assert (await client.post(CHAT, json=body)).status_code == 200
+        stats = (await client.get("/_sim/stats")).json()
+        assert stats == {"calls": 30, "by_status": {"200": 30}}  # counts never drop
+        full = (await client.get("/_sim/log?full=1")).json()
+        assert 20 <= len(full) < 30  # trimmed in steps to the newest 20
+        assert full[-1]["body"]["messages"][0]["content"] == "call 30"
+        first = int(full[0]["body"]["messages"][0]["content"].split()[1])
+        assert first == 31 - len(full)
+        # `since` counts the dropped calls too: call 26 on
+        since = (await client.get("/_sim/log?since=25&full=1")).json()
+        assert [e["body"]["messages"][0]["content"] for e in since] == [f"call {i}" for i in range(26, 31)]
+        await client.post("/_sim/reset")
+        assert (await client.get("/_sim/stats")).json()["calls"] == 0
+    with pytest.raises(ValidationError):
+        SimConfig(log_limit=0)
