@@ -33,10 +33,14 @@ def bench_redis() -> Iterator[tuple[str, str]]:
             client.close()
 
 
-def write_lines(path: Path, n: int) -> Path:
-    with path.open("wb") as f:
+def write_lines(path: Path, n: int, dups: float = 0.0) -> Path:
+    """`n` OpenAI batch lines, streamed to `path`; with `dups`, every 1/dups-th line repeats the
+    custom_id of the line before it."""
+    every = max(2, round(1 / dups)) if dups > 0 else 0
+    with path.open("wb", buffering=1024 * 1024) as f:
         for i in range(1, n + 1):
-            f.write(orjson.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+            cid = f"r{i - 1}" if every and i % every == 0 else f"r{i}"
+            f.write(orjson.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
                                   "body": {"model": "gpt-4o-mini",
                                            "messages": [{"role": "user", "content": f"Say hi {i}"}]}}) + b"\n")
     return path

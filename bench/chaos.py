@@ -39,14 +39,12 @@ import json
 import os
 import random
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal as D
 from pathlib import Path
@@ -55,18 +53,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
-import orjson  # noqa: E402
 import redis  # noqa: E402
 from _common import print_table  # noqa: E402
+from chaos_checks import bad_lines_reported, exactly_once, read_jsonl, redis_dump_hits, scan_bytes  # noqa: E402
+from chaos_input import BAD_SHARE, GPT, HAIKU, make_input  # noqa: E402
+from chaos_rig import Cli, OwnRedis, Workers  # noqa: E402
 
-from batchrelay.embedded import find_redis_server
-from batchrelay.procs import stop_all
-from batchrelay.simproc import SimulatorProcess, free_port
+from batchrelay.simproc import SimulatorProcess
 
-GPT, HAIKU = "gpt-4o-mini", "claude-3-5-haiku-20241022"
-BAD_SHARE = 0.05
-BAD_KINDS = ("invalid_json", "invalid_utf8", "not_object", "missing_model", "duplicate_custom_id",
-             "unsupported_url")
 WORKER = {"chunk_size": 25, "call_timeout": 3, "job_timeout": 8, "backoff": 0.05, "attempts_per_provider": 2}
 HEALTH = {"cooldown_s": 1, "max_wait_s": 2, "breaker_open_s": 2}
 REDIS_DOWN_S = 2.0
@@ -135,281 +129,6 @@ def write_config(path: Path, prefix: str, sims: dict[str, str], concurrency: int
             lines.append(f"prices.{q(model)} = {{ {', '.join(f'{k} = {q(v)}' for k, v in price.items())} }}")
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-class OwnRedis:
-    """A redis-server of this run's own, with AOF in `data`, that may be restarted on the same port."""
-
-    def __init__(self, data: Path) -> None:
-        self.data = data
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.cmd = [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(data),
-                    "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-                    "--maxmemory-policy", "noeviction", "--logfile", str(data / "redis.log")]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 15.0) -> None:
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                try:
-                    if client.ping():
-                        return
-                except (redis.RedisError, OSError):
-                    pass
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not come up on port {self.port}")
-                time.sleep(0.05)
-        finally:
-            client.close()
-
-    def restart(self, down_s: float) -> float:
-        """SIGTERM (a clean shutdown writes the AOF out), `down_s` away, start again; seconds unreachable."""
-        assert self.proc is not None
-        t0 = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=30)
-        time.sleep(down_s)
-        self.start()
-        return time.monotonic() - t0
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_all([self.proc], grace=15)
-            self.proc = None
-
-
-class Workers:
-    """`batchrelay worker` processes (not --burst), each logging at INFO to its own file."""
-
-    def __init__(self, cfg: Path, env: dict[str, str], logs: Path) -> None:
-        self.cfg, self.env, self.logs = cfg, env, logs
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}  # live ones, by index
-        self.killed: list[int] = []
-        self.died: list[tuple[int, int]] = []  # (index, rc) of workers that left on their own
-        self.count = 0
-
-    def log(self, i: int) -> Path:
-        return self.logs / f"worker{i}.log"
-
-    def start(self) -> int:
-        i, self.count = self.count, self.count + 1
-        with self.log(i).open("wb") as out:  # the child keeps its own copy of the descriptor
-            self.procs[i] = subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(self.cfg), "worker"],
-                                             env=self.env, stdout=out, stderr=out)
-        return i
-
-    def kill_one(self, rng: random.Random) -> int:
-        i = rng.choice(sorted(self.procs))
-        p = self.procs.pop(i)
-        p.send_signal(signal.SIGKILL)
-        p.wait(timeout=10)
-        self.killed.append(i)
-        return i
-
-    def check(self) -> None:
-        """Replace any worker that left by itself (a failure, recorded)."""
-        for i, p in list(self.procs.items()):
-            if p.poll() is not None:
-                self.died.append((i, p.returncode))
-                del self.procs[i]
-                self.start()
-
-    def terminate(self, grace: float) -> dict[int, int | None]:
-        """SIGTERM every live worker; their exit codes (None: still there after `grace`, then killed)."""
-        for p in self.procs.values():
-            p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while any(p.poll() is None for p in self.procs.values()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        rcs = {i: p.poll() for i, p in self.procs.items()}
-        stop_all(list(self.procs.values()), grace=1)
-        self.procs.clear()
-        return rcs
-
-    def stop(self) -> None:
-        stop_all(list(self.procs.values()), grace=5)
-        self.procs.clear()
-
-
-class Cli:
-    """`batchrelay -c CFG ...` in a child process, bounded; every stdout/stderr is kept for the secret scan."""
-
-    def __init__(self, cfg: Path, env: dict[str, str]) -> None:
-        self.cfg, self.env = cfg, env
-        self.outputs: list[tuple[str, str]] = []  # (what, text)
-
-    def __call__(self, *args: str, timeout: float = 120, ok: Iterable[int] = (0,)) -> str:
-        what = " ".join(args[:2])
-        try:
-            proc = subprocess.run([sys.executable, "-m", "batchrelay", "-c", str(self.cfg), *args],
-                                  capture_output=True, text=True, env=self.env, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(f"batchrelay {what} did not finish within {timeout:g}s") from None
-        self.outputs += [(f"`{what}` stdout", proc.stdout), (f"`{what}` stderr", proc.stderr)]
-        if proc.returncode not in tuple(ok):
-            raise RuntimeError(f"batchrelay {what} exited {proc.returncode}: {proc.stderr.strip()[-1500:]}")
-        return proc.stdout
-
-    def json(self, *args: str, timeout: float = 120, ok: Iterable[int] = (0,)) -> Any:
-        return json.loads(self(*args, "--json", timeout=timeout, ok=ok))
-
-
-# ---------------------------------------------------------------------------------------------- input
-
-WORDS = ["tide", "bridge", "wind", "river", "winter", "harbour", "copper", "owl", "glacier", "bread", "jazz",
-         "compiler", "volcano", "chess", "moon", "rain"]
-
-
-def valid_line(i: int, rng: random.Random) -> dict[str, Any]:
-    text = f"question {i}: " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 30)))
-    if i % 3:
-        body: dict[str, Any] = {"model": GPT, "messages": [{"role": "user", "content": text}]}
-        if i % 4 == 0:
-            body["max_tokens"] = 48
-        if i % 5 == 0:
-            body["messages"].insert(0, {"role": "system", "content": "Be brief."})
-        return {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
-    params: dict[str, Any] = {"model": HAIKU, "max_tokens": 64, "messages": [{"role": "user", "content": text}]}
-    if i % 2:
-        params["system"] = "Answer in one line."
-    return {"custom_id": f"req-{i}", "params": params}
-
-
-def bad_line(i: int, kind: str, earlier_id: str) -> bytes:
-    if kind == "invalid_json":
-        return b'{"custom_id": "bad-%d", "method": "POST", "body": {"model": ' % i
-    if kind == "invalid_utf8":
-        return b'{"custom_id": "bad-%d", "params": {"model": "\xff\xfe\xfd"}}' % i
-    if kind == "not_object":
-        return [b"[1, 2, 3]", b'"just a string"', b"42", b"null"][i % 4]
-    if kind == "missing_model":
-        if i % 2:
-            return orjson.dumps({"custom_id": f"bad-{i}", "method": "POST", "url": "/v1/chat/completions",
-                                 "body": {"messages": [{"role": "user", "content": "no model"}]}})
-        return orjson.dumps({"custom_id": f"bad-{i}", "params": {"max_tokens": 10,
-                                                                 "messages": [{"role": "user", "content": "x"}]}})
-    if kind == "duplicate_custom_id":
-        return orjson.dumps({"custom_id": earlier_id, "method": "POST", "url": "/v1/chat/completions",
-                             "body": {"model": GPT, "messages": [{"role": "user", "content": "again"}]}})
-    if kind == "unsupported_url":
-        return orjson.dumps({"custom_id": f"bad-{i}", "method": "POST", "url": "/v1/embeddings",
-                             "body": {"model": "text-embedding-3-small", "input": "hello"}})
-    raise ValueError(kind)
-
-
-def make_input(path: Path, n: int, rng: random.Random) -> tuple[dict[int, str], dict[int, str]]:
-    """Write N lines; (valid line -> custom_id, bad line -> kind). Bad lines never come first, so a
-    repeated custom_id always repeats an earlier valid line's."""
-    n_bad = max(len(BAD_KINDS) if n >= 40 else 1, round(n * BAD_SHARE))
-    bad_at = sorted(rng.sample(range(2, n + 1), n_bad))
-    kinds = {line: BAD_KINDS[k % len(BAD_KINDS)] for k, line in enumerate(bad_at)}
-    valid: dict[int, str] = {}
-    with path.open("wb") as f:
-        for i in range(1, n + 1):
-            if i in kinds:
-                f.write(bad_line(i, kinds[i], valid[rng.choice(sorted(valid))]) + b"\n")
-            else:
-                row = valid_line(i, rng)
-                valid[i] = row["custom_id"]
-                f.write(orjson.dumps(row) + b"\n")
-    return valid, kinds
-
-
-# ---------------------------------------------------------------------------------------------- checks
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(x) for x in path.read_bytes().splitlines() if x.strip()] if path.exists() else []
-
-
-def line_of(rec: dict[str, Any]) -> int:
-    return int(rec["batchrelay"]["line"])
-
-
-def error_message(rec: dict[str, Any]) -> str:
-    if rec.get("error"):
-        return str(rec["error"].get("message", ""))
-    err = (rec.get("result") or {}).get("error") or {}
-    return str((err.get("error") or err).get("message", ""))
-
-
-def exactly_once(results: list[dict[str, Any]], errors: list[dict[str, Any]], valid: dict[int, str]
-                 ) -> tuple[int, int, int, int]:
-    """(valid lines answered once in the results, duplicates, lost, valid lines in the errors file)."""
-    by_line = Counter(line_of(r) for r in results)
-    by_id = Counter(r["custom_id"] for r in results if line_of(r) in valid)
-    dups = sum(c - 1 for c in by_line.values() if c > 1)  # extra records of one line
-    id_at = {line_of(r): r["custom_id"] for r in results}
-    once = sum(1 for line, cid in valid.items() if by_line[line] == 1 and id_at[line] == cid and by_id[cid] == 1)
-    lost = sum(1 for line in valid if by_line[line] == 0)
-    failed = sum(1 for e in errors if line_of(e) in valid)
-    return once, dups, lost, failed
-
-
-def bad_lines_reported(errors: list[dict[str, Any]], results: list[dict[str, Any]], bad: dict[int, str]
-                       ) -> tuple[int, list[str]]:
-    """How many bad lines have exactly one error record carrying their line number; what is wrong."""
-    recs: dict[int, list[dict[str, Any]]] = {}
-    for e in errors:
-        recs.setdefault(line_of(e), []).append(e)
-    good, wrong = 0, []
-    for line, kind in bad.items():
-        got = recs.get(line, [])
-        if len(got) != 1:
-            wrong.append(f"line {line} ({kind}): {len(got)} error records")
-            continue
-        msg = error_message(got[0])
-        numbered = msg.startswith(f"line {line}:") and got[0].get("error", {}).get("line", line) == line
-        if numbered and got[0]["batchrelay"].get("error") == "invalid_input":
-            good += 1
-        else:
-            wrong.append(f"line {line} ({kind}): {msg[:100]!r}")
-    wrong += [f"line {line_of(r)} ({bad[line_of(r)]}) is in the results" for r in results if line_of(r) in bad]
-    return good, wrong
-
-
-def redis_dump_hits(url: str, needles: dict[str, bytes], prefix: str) -> tuple[int, int, list[str]]:
-    """Every key of the server and every value of every type: (keys, keys under the prefix, hits)."""
-    client: Any = redis.Redis.from_url(url)  # sync client: its replies are values, never awaitables
-    n = under = 0
-    hits: list[str] = []
-    try:
-        for key in client.scan_iter(count=1000):
-            n += 1
-            under += key.startswith(prefix.encode())
-            kind = client.type(key)
-            parts: list[bytes] = [key]
-            if kind == b"string":
-                parts.append(client.get(key) or b"")
-            elif kind == b"hash":
-                for k, v in client.hgetall(key).items():
-                    parts += [k, v]
-            elif kind == b"list":
-                parts += client.lrange(key, 0, -1)
-            elif kind == b"set":
-                parts += list(client.smembers(key))
-            elif kind == b"zset":
-                parts += [m for m, _ in client.zrange(key, 0, -1, withscores=True)]
-            elif kind == b"stream":
-                for entry_id, fields in client.xrange(key):
-                    parts.append(entry_id)
-                    for k, v in fields.items():
-                        parts += [k, v]
-            else:
-                parts.append(client.dump(key) or b"")
-            for name, needle in needles.items():
-                if any(needle in p for p in parts):
-                    hits.append(f"redis key {key[:80]!r}: {name}")
-    finally:
-        client.close()
-    return n, under, hits
-
-
-def scan_bytes(where: str, data: bytes, needles: dict[str, bytes]) -> list[str]:
-    return [f"{where}: {name}" for name, needle in needles.items() if needle in data]
 
 
 # ---------------------------------------------------------------------------------------------- one round

@@ -27,17 +27,12 @@ Prints a summary table with pass/fail against the targets; exit status 1 when a 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
-import random
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable
 from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
@@ -47,19 +42,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx  # noqa: E402
 import orjson  # noqa: E402
 from _common import Figure, bench_redis, print_summary  # noqa: E402
-from redis.asyncio import Redis  # noqa: E402
+from cost_lines import GPT, HAIKU, line_of, medium_prompts, numbered_lines, short_questions  # noqa: E402
+from cost_recompute import MILLION, billed_calls, recompute  # noqa: E402
+from cost_rig import (  # noqa: E402
+    batch_info,
+    cli,
+    cli_json,
+    line_cost,
+    prices_toml,
+    q,
+    report_workers,
+    results,
+    sim_log,
+    start_worker,
+    usd,
+    wait_workers,
+    write_config,
+)
 
-from batchrelay.keys import Keys  # noqa: E402
 from batchrelay.procs import stop_all  # noqa: E402
 from batchrelay.simproc import SimulatorProcess  # noqa: E402
-from batchrelay.store import BatchInfo, Store  # noqa: E402
 from batchrelay.tokens import input_tokens  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "requests.jsonl"
 SCENARIOS = ("recompute", "presets", "estimate", "budget", "kill")
-MILLION = D(1_000_000)
-GPT, HAIKU = "gpt-4o-mini", "claude-3-5-haiku-20241022"
 
 # USD per 1M tokens (and per call) as the recompute and kill configs state them
 PRICES: dict[str, dict[str, dict[str, str]]] = {
@@ -82,213 +89,6 @@ FIGURES: list[Figure] = []
 
 def figure(scenario: str, name: str, value: Any, target: str = "", ok: bool | None = None) -> None:
     FIGURES.append(Figure(scenario, name, str(value), target, ok))
-
-
-def q(s: str) -> str:
-    return json.dumps(s)  # a TOML basic string
-
-
-def prices_toml(prices: dict[str, dict[str, str]]) -> str:
-    """A provider's `prices."model" = { input = "0.15", ... }` lines."""
-    return "\n".join(f"prices.{q(model)} = {{ {', '.join(f'{k} = {q(v)}' for k, v in p.items())} }}"
-                     for model, p in prices.items())
-
-
-def write_config(path: Path, prefix: str, providers: list[tuple[str, str, dict[str, dict[str, str]]]],
-                 **worker: Any) -> Path:
-    """A batchrelay.toml: own prefix, fast worker settings, providers (name, base_url, prices) by priority."""
-    settings = {"concurrency": 16, "chunk_size": 25, "call_timeout": 10, "job_timeout": 60, "backoff": 0.01,
-                **worker}
-    lines = ["[redis]", f"prefix = {q(prefix)}", "", "[worker]"]
-    lines += [f"{k} = {v!r}" for k, v in settings.items()]
-    for priority, (name, base, prices) in enumerate(providers, start=1):
-        lines += ["", "[[providers]]", f"name = {q(name)}", f"base_url = {q(base)}", f"priority = {priority}"]
-        lines.append(prices_toml(prices))
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def cli(cfg: Path, url: str, *args: str, timeout: float = 120, ok: Iterable[int] = (0,),
-        env: dict[str, str] | None = None) -> str:
-    """Run `batchrelay -c CFG ARGS` (bounded); its stdout, or RuntimeError with its stderr."""
-    try:
-        proc = subprocess.run([sys.executable, "-m", "batchrelay", "-c", str(cfg), *args], capture_output=True,
-                              text=True, env={**os.environ, "REDIS_URL": url, **(env or {})}, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"batchrelay {' '.join(args[:2])} did not finish within {timeout:g}s") from None
-    if proc.returncode not in tuple(ok):
-        raise RuntimeError(f"batchrelay {' '.join(args[:2])} exited {proc.returncode}: {proc.stderr.strip()[-1500:]}")
-    return proc.stdout
-
-
-def cli_json(cfg: Path, url: str, *args: str, timeout: float = 120, ok: Iterable[int] = (0,),
-             env: dict[str, str] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(cli(cfg, url, *args, "--json", timeout=timeout, ok=ok, env=env))
-    return out
-
-
-def start_worker(cfg: Path, url: str, err: Path) -> subprocess.Popen[bytes]:
-    with err.open("wb") as f:
-        return subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(cfg), "worker", "--burst", "--quiet"],
-                                env={**os.environ, "REDIS_URL": url}, stdout=subprocess.DEVNULL, stderr=f)
-
-
-def wait_workers(procs: list[subprocess.Popen[bytes]], timeout: float) -> list[int | None]:
-    """Wait (bounded) for burst workers to leave; the return codes, None for one still running."""
-    deadline = time.monotonic() + timeout
-    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return [p.poll() for p in procs]
-
-
-def batch_info(url: str, prefix: str, batch: str) -> BatchInfo:
-    async def go() -> BatchInfo:
-        client = Redis.from_url(url)
-        try:
-            return await Store(client, Keys(prefix)).info(batch)
-        finally:
-            await client.aclose()
-    return asyncio.run(go())
-
-
-def sim_log(base: str) -> list[dict[str, Any]]:
-    return list(httpx.get(base + "/_sim/log?full=1", timeout=60).json())
-
-
-def results(out: Path) -> list[dict[str, Any]]:
-    """Result rows of a `run -o OUT` / `results -o OUT`: OUT and its .errors.jsonl."""
-    rows = []
-    for p in (out, out.with_suffix(".errors.jsonl")):
-        if p.exists():
-            rows += [orjson.loads(x) for x in p.read_bytes().splitlines() if x.strip()]
-    return rows
-
-
-def line_cost(row: dict[str, Any]) -> D:
-    usd = row["batchrelay"]["cost"]["usd"]
-    return D(0) if usd is None else D(usd)
-
-
-def usd(x: D) -> str:
-    """An amount without trailing zeros, for display (comparisons use the Decimal itself)."""
-    return format(x.normalize(), "f")
-
-
-def tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-800:] if path.exists() else ""
-
-
-def report_workers(tag: str, procs: list[subprocess.Popen[bytes]], rcs: list[int | None], tmp: Path,
-                   killed: Iterable[int] = ()) -> None:
-    for i, rc in enumerate(rcs):
-        if i not in killed and rc not in (0,):
-            print(f"  !! {tag} worker {i} exited {rc}: {tail(tmp / f'{tag}.w{i}.err')}")
-
-
-# ---------------------------------------------------------------------------------------------- line files
-
-WORDS = ["why", "does", "the", "tide", "turn", "and", "what", "keeps", "a", "bridge", "standing", "when", "wind",
-         "blows", "over", "river", "during", "long", "cold", "winter", "night", "near", "old", "harbour", "town"]
-
-
-def numbered_lines(n: int, spread: int = 23) -> bytes:
-    """Chat (gpt-4o-mini) and messages (haiku, max_tokens 64) lines; the prompt says its line number
-    ("question i: ...") and varies in length, so some pay the minimum charge and some their tokens."""
-    rows = []
-    for i in range(1, n + 1):
-        text = f"question {i}: " + "why " * (i % spread)
-        if i % 3:
-            rows.append({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
-                         "body": {"model": GPT, "messages": [{"role": "user", "content": text}]}})
-        else:
-            rows.append({"custom_id": f"req-{i}", "params": {"model": HAIKU, "max_tokens": 64,
-                                                             "messages": [{"role": "user", "content": text}]}})
-    return b"".join(orjson.dumps(r) + b"\n" for r in rows)
-
-
-def line_of(request: dict[str, Any]) -> int:
-    content = request["messages"][-1]["content"]
-    return int(content.split(":")[0].split()[1])
-
-
-def short_questions(n: int, seed: int = 5) -> bytes:
-    topics = ["tea", "rain", "Redis", "TCP", "bread", "the moon", "jazz", "glaciers", "owls", "compilers",
-              "tides", "copper", "sourdough", "chess", "volcanoes"]
-    forms = ["What is {}?", "Why {}?", "Who invented {}?", "Explain {} briefly.", "Is {} useful?",
-             "Define {} (#{}).", "{} in a word?"]
-    rng = random.Random(seed)
-    rows = []
-    for i in range(1, n + 1):
-        text = rng.choice(forms).format(rng.choice(topics), i)
-        if i % 4:
-            rows.append({"custom_id": f"s-{i}", "method": "POST", "url": "/v1/chat/completions",
-                         "body": {"model": GPT, "messages": [{"role": "user", "content": text}]}})
-        else:
-            rows.append({"custom_id": f"s-{i}", "params": {"model": HAIKU, "max_tokens": 100,
-                                                           "messages": [{"role": "user", "content": text}]}})
-    return b"".join(orjson.dumps(r) + b"\n" for r in rows)
-
-
-def medium_prompts(n: int, seed: int = 9) -> bytes:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(1, n + 1):
-        words = rng.randint(30, 120)  # about 150 to 650 characters
-        text = f"Summarise item {i}: " + " ".join(rng.choice(WORDS) for _ in range(words))
-        cap = rng.choice([64, 128, 256, 512])
-        messages: list[dict[str, str]] = [{"role": "user", "content": text}]
-        if i % 2:
-            body: dict[str, Any] = {"model": GPT, "max_tokens": cap, "messages": messages}
-            if i % 5 == 1:
-                body["messages"] = [{"role": "system", "content": "You are terse."}, *messages]
-            rows.append({"custom_id": f"m-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
-        else:
-            rows.append({"custom_id": f"m-{i}", "params": {"model": HAIKU, "max_tokens": cap, "messages": messages}})
-    return b"".join(orjson.dumps(r) + b"\n" for r in rows)
-
-
-# ---------------------------------------------------------------------------------------------- recomputation
-
-def recompute(prices: dict[str, str], path: str, response: dict[str, Any]) -> tuple[D, bool]:
-    """Independently of batchrelay: one billed call's usage priced at the configured rates; and
-    whether the minimum charge decided it."""
-    p = {k: D(v) for k, v in prices.items()}
-    u = response["usage"]
-    if path.endswith("/chat/completions"):  # OpenAI: prompt_tokens includes the cached ones
-        total_in = u["prompt_tokens"]
-        cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-        written = 0
-        out = u["completion_tokens"]
-    else:  # Anthropic: input_tokens leaves out cache reads and writes
-        cached = u.get("cache_read_input_tokens") or 0
-        written = u.get("cache_creation_input_tokens") or 0
-        total_in = u["input_tokens"] + cached + written
-        out = u["output_tokens"]
-    plain = total_in - cached - written
-    tokens = (plain * p["input"] + cached * p.get("cached_input", p["input"])
-              + written * p.get("cache_write", p["input"]) + out * p["output"]) / MILLION
-    computed = tokens + p.get("per_request", D(0))
-    floor = p.get("min_charge", D(0))
-    return max(computed, floor), floor > computed
-
-
-def billed_calls(logs: dict[str, list[dict[str, Any]]],
-                 prices: dict[str, dict[str, dict[str, str]]]) -> tuple[dict[int, D], dict[int, int], list[tuple]]:
-    """Per line: the recomputed cost of every call a simulator billed (a 200 with usage); per line the
-    number of those calls; and (provider, model, kind, cost) for each."""
-    per_line: dict[int, D] = {}
-    count: dict[int, int] = {}
-    calls = []
-    for provider, log in logs.items():
-        for c in log:
-            if c["status"] != 200 or not isinstance(c.get("response"), dict):
-                continue
-            cost, _ = recompute(prices[provider][c["response"]["model"]], c["path"], c["response"])
-            line = line_of(c["body"])
-            per_line[line] = per_line.get(line, D(0)) + cost
-            count[line] = count.get(line, 0) + 1
-            calls.append((provider, c["response"]["model"], c["kind"], cost))
-    return per_line, count, calls
 
 
 # ---------------------------------------------------------------------------------------------- scenarios

@@ -3,8 +3,8 @@
     python bench/submit_memory.py [--lines 100000,1000000] [--dups 0.001]
 
 Each file is streamed to a temporary directory (never built in memory), then submitted by a child
-`python -m batchrelay submit FILE --json` against a throwaway redis-server started here on a free
-port (no persistence), flushed between runs. The child's peak RSS comes from os.wait4 (the
+`python -m batchrelay submit FILE --json` against a throwaway embedded redis-server started here in
+that directory, flushed between runs. The child's peak RSS comes from os.wait4 (the
 kernel's own ru_maxrss for that one process). `--dups` repeats that share of custom_ids, so the
 duplicate check in Redis is exercised too. Bounded means: peak RSS barely grows with the line count.
 """
@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import orjson
-import redis
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from batchrelay.embedded import find_redis_server
-from batchrelay.simproc import free_port
+import orjson  # noqa: E402
+import redis  # noqa: E402
+from _common import write_lines  # noqa: E402
+
+from batchrelay.embedded import EmbeddedRedis  # noqa: E402
 
 
 @dataclass
@@ -38,40 +40,6 @@ class Run:
     valid: int
     invalid: int
     redis_mb: float
-
-
-def write_file(path: Path, n: int, dups: float) -> Path:
-    """`n` OpenAI batch lines; every 1/dups-th line repeats the custom_id of the line before it."""
-    every = max(2, round(1 / dups)) if dups > 0 else 0
-    with path.open("wb", buffering=1024 * 1024) as f:
-        for i in range(1, n + 1):
-            cid = f"r{i - 1}" if every and i % every == 0 else f"r{i}"
-            f.write(orjson.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
-                                  "body": {"model": "gpt-4o-mini",
-                                           "messages": [{"role": "user", "content": f"Say hi {i}"}]}}) + b"\n")
-    return path
-
-
-def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-         "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(200):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        raise SystemExit("redis-server did not start")
-    client.close()
-    return proc, url
 
 
 def submit(path: Path, url: str, cwd: Path) -> tuple[float, float, float, dict[str, int]]:
@@ -103,23 +71,20 @@ def main() -> None:
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="brbench-mem-") as d:
         tmp = Path(d)
-        (tmp / "redis").mkdir()
-        proc, url = start_redis(tmp / "redis")
-        client = redis.Redis.from_url(url)
-        try:
-            for n in sizes:
-                path = write_file(tmp / f"in-{n}.jsonl", n, args.dups)
-                file_mb = path.stat().st_size / 2**20
-                seconds, cpu, rss, answer = submit(path, url, tmp)
-                redis_mb = int(cast(dict[str, Any], client.info("memory"))["used_memory"]) / 2**20
-                runs.append(Run(n, file_mb, seconds, cpu, rss, answer["valid"], answer["invalid"], redis_mb))
-                assert answer["lines"] == n, answer
-                path.unlink()
-                client.flushall()
-        finally:
-            client.close()
-            proc.terminate()
-            proc.wait(timeout=30)
+        with EmbeddedRedis(tmp / "redis") as url:
+            client = redis.Redis.from_url(url)
+            try:
+                for n in sizes:
+                    path = write_lines(tmp / f"in-{n}.jsonl", n, args.dups)
+                    file_mb = path.stat().st_size / 2**20
+                    seconds, cpu, rss, answer = submit(path, url, tmp)
+                    redis_mb = int(cast(dict[str, Any], client.info("memory"))["used_memory"]) / 2**20
+                    runs.append(Run(n, file_mb, seconds, cpu, rss, answer["valid"], answer["invalid"], redis_mb))
+                    assert answer["lines"] == n, answer
+                    path.unlink()
+                    client.flushall()  # our own server, started above
+            finally:
+                client.close()
 
     print(f"{'lines':>10} {'file MB':>8} {'valid':>10} {'invalid':>8} {'seconds':>8} {'CPU s':>6} {'lines/s':>9} "
           f"{'peak RSS MB':>12} {'Redis MB':>9}")

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -39,10 +40,10 @@ async def floor(base: str, path: Path, concurrency: int) -> float:
     n_clients = max(1, -(-concurrency // PER_CLIENT))
     limits = httpx.Limits(max_connections=PER_CLIENT, max_keepalive_connections=PER_CLIENT)
     clients = [httpx.AsyncClient(limits=limits, timeout=30) for _ in range(n_clients)]
-    queue: asyncio.Queue[dict] = asyncio.Queue()
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     for b in bodies:
         queue.put_nowait(b)
-    results: list[dict] = []
+    results: list[dict[str, Any]] = []
 
     async def consumer(i: int) -> None:
         client = clients[i * n_clients // concurrency]

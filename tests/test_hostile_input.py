@@ -18,8 +18,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from batchrelay import submit
-from batchrelay.config import ProviderConfig, Settings, WorkerConfig
-from batchrelay.health import Health
+from batchrelay.config import WorkerConfig
 from batchrelay.jobs import (
     DISCARD_PIECE,
     MAX_DEPTH,
@@ -36,7 +35,8 @@ from batchrelay.jobs import (
 from batchrelay.simproc import SimulatorProcess
 from batchrelay.store import ERR, Store
 from batchrelay.submit import submit_stream
-from batchrelay.worker import Runtime
+
+from .conftest import worker_runtime
 
 MESSAGES = [{"role": "user", "content": "Hello!"}]
 CHAT = {"model": "gpt-4o-mini", "messages": MESSAGES}
@@ -498,15 +498,9 @@ async def test_hostile_batch_runs_to_completion(store: Store, monkeypatch: pytes
     data, valid, bad = hostile_file()
     res = await submit_stream(store, io.BytesIO(data), name="hostile", source="h.jsonl", chunk_size=4)
     with SimulatorProcess({}) as base:
-        settings_ = Settings(worker=WorkerConfig(concurrency=8, chunk_size=4, call_timeout=5),
-                             providers=(ProviderConfig(name="sim", base_url=base),))
-        rt = Runtime(settings_, store, list(settings_.providers), Health(store.redis, store.keys, settings_.health))
-        rt.open()
-        try:
+        async with worker_runtime(store, base, concurrency=8, chunk_size=4) as rt:
             for cid, lines_ in (await store.chunk_map(res.batch_id)).items():
                 await rt.run_chunk(res.batch_id, lines_, cid)
-        finally:
-            await rt.close()
     info = await store.info(res.batch_id)
     assert (info.status, info.succeeded, info.failed, info.invalid) == ("completed", len(valid), 0, len(bad))
 

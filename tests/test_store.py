@@ -6,14 +6,11 @@ import io
 
 import orjson
 
-from batchrelay.config import ProviderConfig, Settings, WorkerConfig
-from batchrelay.health import Health
 from batchrelay.simproc import SimulatorProcess
 from batchrelay.store import Store
 from batchrelay.submit import submit_stream
-from batchrelay.worker import Runtime
 
-from .conftest import openai_line
+from .conftest import openai_line, worker_runtime
 
 
 def _file(n: int, extra: bytes = b"") -> io.BytesIO:
@@ -59,11 +56,7 @@ async def test_a_file_of_only_bad_lines_is_completed_at_once(store: Store) -> No
 
 async def test_rerunning_a_finished_chunk_calls_no_provider_and_changes_nothing(store: Store) -> None:
     with SimulatorProcess({}) as base:
-        settings = Settings(worker=WorkerConfig(concurrency=4, chunk_size=10, call_timeout=5),
-                            providers=(ProviderConfig(name="sim", base_url=base),))
-        rt = Runtime(settings, store, list(settings.providers), Health(store.redis, store.keys, settings.health))
-        rt.open()
-        try:
+        async with worker_runtime(store, base, concurrency=4, chunk_size=10) as rt:
             res = await submit_stream(store, _file(10), name="t", source="t", chunk_size=10)
             (lines,) = (await store.chunk_map(res.batch_id)).values()
             assert await rt.run_chunk(res.batch_id, lines, "c0") == 10
@@ -76,5 +69,3 @@ async def test_rerunning_a_finished_chunk_calls_no_provider_and_changes_nothing(
             assert [r async for r in store.iter_results(res.batch_id)] == before
             assert await store.info(res.batch_id) == info_before
             assert SimulatorProcess.stats_of(base)["calls"] == calls_before == 10
-        finally:
-            await rt.close()
