@@ -239,10 +239,9 @@ class AsyncClient:
         require_prices(path, self.settings, endpoint, allow)
 
     async def _status(self, store: Store, info: BatchInfo) -> dict[str, Any]:
-        from .spending import cost_summary, ledger_of
+        from .spending import status_object
 
-        _rows, spent, budget = await ledger_of(store, info.id)
-        return {**info.as_dict(), "cost": cost_summary(spent, budget)}
+        return await status_object(store, info)
 
     async def _info(self, batch_id: str) -> BatchInfo:
         return await (await self._connected()).info(batch_id)
@@ -312,7 +311,9 @@ class AsyncClient:
         cost_usd, reported_usd, flags) and `total` (usd, requests, and the budget if it has one)."""
         from .spending import cost_summary, ledger_of
 
-        rows, total, budget = await ledger_of(await self._connected(), batch_id)
+        store = await self._connected()
+        await store.info(batch_id)  # BatchNotFound for an unknown id
+        rows, total, budget = await ledger_of(store, batch_id)
         return {"batch": batch_id, "rows": [r.as_dict() for r in rows], "total": cost_summary(total, budget)}
 
     async def budget(self, batch_id: str, max_cost: Decimal | float | str | None = None) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from .connection import DEFAULT_URL, connect
 from .errors import BatchrelayError
 from .estimate import require_prices as check_prices
 from .spending import cost_line
-from .store import FINISHED, BatchInfo
+from .store import FINISHED, BatchInfo, unsuccessful
 
 if TYPE_CHECKING:
     from .api import AsyncClient
@@ -344,8 +344,7 @@ def results(ctx: click.Context, batch: str, out: Path, errors: Path | None, wait
             click.echo(f"note: {st['id']} is {st['status']}; {counts['pending']} lines have no result yet", err=True)
         click.echo(f"{exported['results']} results -> {exported['results_file']}; "
                    f"{exported['errors']} errors -> {exported['errors_file']}")
-    unsuccessful = sum(counts[k] for k in ("failed", "invalid", "cancelled", "expired"))
-    sys.exit(EXIT_FAILED_LINES if unsuccessful else 0)
+    sys.exit(EXIT_FAILED_LINES if unsuccessful(counts) else 0)
 
 
 @cli.command()

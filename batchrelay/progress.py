@@ -17,7 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .store import BatchInfo, Store
+from .store import BatchInfo, Store, unsuccessful
 
 POLL_S = 0.25
 
@@ -51,7 +51,7 @@ class Bar:
         elapsed = max(1e-6, time.monotonic() - self.t0)
         self.progress.update(self.task, total=max(1, counts["total"]), completed=counts["done"],
                              rate=(counts["done"] - self.first_done) / elapsed,
-                             failed=sum(counts[k] for k in ("failed", "invalid", "cancelled", "expired")))
+                             failed=unsuccessful(counts))
 
     def close(self) -> None:
         if self.progress:

@@ -8,13 +8,20 @@ from typing import Any
 from .budget import Budget, BudgetInfo
 from .ledger import Row, rows, total
 from .pricing import usd_str
-from .store import Store
+from .store import BatchInfo, Store
 
 
 async def ledger_of(store: Store, batch_id: str) -> tuple[list[Row], Row, BudgetInfo]:
-    await store.info(batch_id)  # BatchNotFound for an unknown id
+    """The batch's ledger rows, their total and its budget (an unknown id reads as empty: callers
+    that may get one check it with `store.info` first)."""
     rs = rows(await store.ledger(batch_id))
     return rs, total(rs), await Budget(store.redis, store.keys).info(batch_id)
+
+
+async def status_object(store: Store, info: BatchInfo) -> dict[str, Any]:
+    """The batch as `status --json`, the Python API and webhooks show it: its info and running cost."""
+    _rows, spent, budget = await ledger_of(store, info.id)
+    return {**info.as_dict(), "cost": cost_summary(spent, budget)}
 
 
 def cost_summary(t: Row, budget: BudgetInfo) -> dict[str, Any]:

@@ -142,6 +142,14 @@ class BatchInfo:
         }
 
 
+UNSUCCESSFUL = ("failed", "invalid", "cancelled", "expired")  # the counts of lines without an answer
+
+
+def unsuccessful(counts: dict[str, int]) -> int:
+    """`BatchInfo.unsuccessful` from the `counts` of its `as_dict`."""
+    return sum(counts[k] for k in UNSUCCESSFUL)
+
+
 def _info(batch_id: str, raw: dict[bytes, bytes], pending: int) -> BatchInfo:
     m = {k.decode(): v.decode() for k, v in raw.items()}
     return BatchInfo(
@@ -157,6 +165,14 @@ def _info(batch_id: str, raw: dict[bytes, bytes], pending: int) -> BatchInfo:
         **{f: int(m.get(f, 0)) for f in ("total", "invalid", "succeeded", "failed", "cancelled", "expired",
                                          "max_line")},
     )
+
+
+def _result_args(line: int, record: bytes, ok: bool, ledger: dict[str, int] | None, count: str | None) -> list[Any]:
+    """_WRITE_RESULT's ARGV: the line, its record, the count it adds to, now, then ledger field/amount pairs."""
+    args: list[Any] = [line, (OK if ok else ERR) + record, count or ("succeeded" if ok else "failed"), time.time()]
+    for f, n in (ledger or {}).items():
+        args += [f, str(n)]
+    return args
 
 
 class Store:
@@ -263,14 +279,8 @@ class Store:
         """Record a line's final result and add its calls to the ledger, once; False when it already
         had one (a harmless rerun, which counts nothing). `count`: the count it adds to (default
         succeeded or failed; `cancelled` and `expired` for lines a stopped batch never ran)."""
-        k = self.keys
-        args: list[Any] = [line, (OK if ok else ERR) + record, count or ("succeeded" if ok else "failed"), time.time()]
-        for f, n in (ledger or {}).items():
-            args += [f, str(n)]
-        written = await self._write_result(
-            keys=[k.results(batch_id), k.pending(batch_id), k.meta(batch_id), k.attempts(batch_id), k.ledger(batch_id)],
-            args=args,
-        )
+        written = await self._write_result(keys=self._result_keys(batch_id),
+                                           args=_result_args(line, record, ok, ledger, count))
         return bool(written)
 
     async def write_results(self, batch_id: str, items: Sequence[tuple[int, bytes, bool, dict[str, int], str | None]]
@@ -278,17 +288,16 @@ class Store:
         """Many `write_result`s in one round trip: (line, record, ok, ledger, count); how many were new."""
         if not items:
             return 0
-        k = self.keys
-        keys = [k.results(batch_id), k.pending(batch_id), k.meta(batch_id), k.attempts(batch_id), k.ledger(batch_id)]
+        keys = self._result_keys(batch_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             for line, record, ok, ledger, count in items:
-                args: list[Any] = [line, (OK if ok else ERR) + record, count or ("succeeded" if ok else "failed"),
-                                   time.time()]
-                for f, n in ledger.items():
-                    args += [f, str(n)]
-                await self._write_result(keys=keys, args=args, client=pipe)
+                await self._write_result(keys=keys, args=_result_args(line, record, ok, ledger, count), client=pipe)
             written = await pipe.execute()
         return sum(1 for w in written if w)
+
+    def _result_keys(self, batch_id: str) -> list[str]:
+        k = self.keys
+        return [k.results(batch_id), k.pending(batch_id), k.meta(batch_id), k.attempts(batch_id), k.ledger(batch_id)]
 
     async def ledger(self, batch_id: str) -> dict[bytes, bytes]:
         raw: dict[bytes, bytes] = await self.redis.hgetall(self.keys.ledger(batch_id))  # type: ignore[misc]

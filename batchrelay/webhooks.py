@@ -34,7 +34,7 @@ import orjson
 
 from .config import Settings
 from .errors import BatchNotFound, ConfigError
-from .spending import cost_summary, ledger_of
+from .spending import status_object
 from .store import Store
 
 log = logging.getLogger("batchrelay.webhooks")
@@ -137,9 +137,7 @@ class Delivery:
 
 async def batch_object(store: Store, batch_id: str) -> dict[str, Any]:
     """The batch as `status --json` shows it (without the webhook's own delivery state)."""
-    info = await store.info(batch_id)
-    _rows, spent, budget = await ledger_of(store, batch_id)
-    obj = {**info.as_dict(), "cost": cost_summary(spent, budget)}
+    obj = await status_object(store, await store.info(batch_id))
     obj.pop("webhook", None)
     return obj
 
