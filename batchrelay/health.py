@@ -8,6 +8,13 @@ A provider that has never answered well, or whose breaker is half-open, gets one
 
 Rates are paced (GCRA, no burst): calls are spaced 60/rpm s apart at `headroom` of the limit, and
 tokens likewise; a 429 halves the pace, which recovers linearly over `rate_recovery_s`.
+
+Calls in flight are limited while a provider shows it may rate-limit (AIMD, `concurrency_recovery_calls`
+= N): after its first answer ever it gets one call at a time until N answers (slow start), then no
+limit. A 429 cuts the limit to half of the calls in flight (at least one; one when they were not
+being counted, or in the slow start); every N answers add one back, and `rate_recovery_s` without a
+429 lifts it. At one call in flight no worker can send a call inside a Retry-After window the
+provider has announced: that call's slot is only freed by the report that sets the cooldown.
 """
 
 from __future__ import annotations
@@ -33,18 +40,24 @@ local lease, lease_until, max_wait = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[1
 local recovery, headroom = tonumber(ARGV[11]), tonumber(ARGV[12])
 local probe_s, window = tonumber(ARGV[13]), tonumber(ARGV[14])
 local function num(key, f) return tonumber(redis.call('HGET', key, name .. ':' .. f) or '0') or 0 end
-if num(H, 'disabled_until') > now then return {0, tostring(num(H, 'disabled_until') - now), 'disabled'} end
+if num(H, 'disabled_until') > now then return {0, tostring(num(H, 'disabled_until') - now), 'disabled', 0} end
 for _, f in ipairs({'bench_until', 'cool_until', 'open_until'}) do
   local u = num(H, f)
-  if u > now then return {0, tostring(u - now), f} end
+  if u > now then return {0, tostring(u - now), f, 0} end
 end
 local mu = tonumber(redis.call('HGET', H, name .. '|' .. model .. ':model_until') or '0') or 0
-if mu > now then return {0, tostring(mu - now), 'model_until'} end
+if mu > now then return {0, tostring(mu - now), 'model_until', 0} end
 local probing = num(H, 'ok') == 0 or num(H, 'half_open') == 1
-if probing and num(H, 'probe_until') > now then return {0, '0.05', 'probing'} end
-if maxc > 0 then
+if probing and num(H, 'probe_until') > now then return {0, '0.05', 'probing', 0} end
+local limit, cl = maxc, num(H, 'cl')
+if cl > 0 and now - num(H, 'cl_t') > recovery then
+  redis.call('HDEL', H, name .. ':cl', name .. ':cl_n', name .. ':cl_t', name .. ':cl_ss')
+  cl = 0
+end
+if cl > 0 and (limit == 0 or cl < limit) then limit = math.floor(cl) end
+if limit > 0 then
   redis.call('ZREMRANGEBYSCORE', C, '-inf', now)
-  if redis.call('ZCARD', C) >= maxc then return {0, '0.05', 'concurrency'} end
+  if redis.call('ZCARD', C) >= limit then return {0, '0.05', 'concurrency', 0} end
 end
 local at = now
 if rpm > 0 or tpm > 0 then
@@ -53,17 +66,17 @@ if rpm > 0 or tpm > 0 then
   local factor = math.min(1, f0 + (now - ft) / (2 * recovery)) * headroom
   if rpm > 0 then at = math.max(at, tonumber(redis.call('HGET', R, 'tat_r') or '0')) end
   if tpm > 0 then at = math.max(at, tonumber(redis.call('HGET', R, 'tat_t') or '0')) end
-  if at - now > max_wait then return {0, tostring(at - now), 'rate'} end
+  if at - now > max_wait then return {0, tostring(at - now), 'rate', 0} end
   if rpm > 0 then redis.call('HSET', R, 'tat_r', tostring(at + 60 / (rpm * factor))) end
   if tpm > 0 then redis.call('HSET', R, 'tat_t', tostring(at + tokens * 60 / (tpm * factor))) end
 end
-if maxc > 0 then redis.call('ZADD', C, lease_until, lease) end
+if limit > 0 then redis.call('ZADD', C, lease_until, lease) end
 if probing then redis.call('HSET', H, name .. ':probe_until', tostring(now + probe_s)) end
 if now - num(B, 'ws') > window then
   redis.call('HSET', B, name .. ':ws', tostring(now), name .. ':calls', 0, name .. ':fails', 0)
 end
 redis.call('HINCRBY', B, name .. ':calls', 1)
-return {1, tostring(at - now), probing and 'probe' or 'ok'}
+return {1, tostring(at - now), probing and 'probe' or 'ok', limit > 0 and 1 or 0}
 """
 
 _REPORT = """
@@ -74,14 +87,31 @@ local bench_s, disable_s = tonumber(ARGV[8]), tonumber(ARGV[9])
 local model_s, cool_s = tonumber(ARGV[10]), tonumber(ARGV[11])
 local min_calls, err_rate = tonumber(ARGV[12]), tonumber(ARGV[13])
 local open_s, recovery = tonumber(ARGV[14]), tonumber(ARGV[15])
+local step = tonumber(ARGV[16])
 local function num(key, f) return tonumber(redis.call('HGET', key, name .. ':' .. f) or '0') or 0 end
 local function set(f, v) redis.call('HSET', H, name .. ':' .. f, tostring(v)) end
 local function later(f, u) if u > num(H, f) then set(f, u) end end
 if lease ~= '' then redis.call('ZREM', C, lease) end
 set('probe_until', 0)
+local function unlimit() redis.call('HDEL', H, name .. ':cl', name .. ':cl_n', name .. ':cl_t', name .. ':cl_ss') end
 if kind == 'success' then
+  if num(H, 'ok') == 0 and step > 1 then  -- its first answer ever: slow start, one call at a time
+    set('cl', 1)
+    set('cl_n', 1)
+    set('cl_t', now)
+    set('cl_ss', 1)
+  end
   set('ok', 1)
   set('half_open', 0)
+  local cl = num(H, 'cl')
+  if cl > 0 and lease ~= '' and redis.call('HINCRBY', H, name .. ':cl_n', 1) >= step then
+    if num(H, 'cl_ss') == 1 then
+      unlimit()
+    else
+      set('cl', cl + 1)
+      set('cl_n', 0)
+    end
+  end
   return 1
 end
 set('last', text)
@@ -101,6 +131,15 @@ elseif kind == 'rate_limited' then
   local ft = tonumber(redis.call('HGET', R, 'ft') or '0')
   local factor = math.min(1, f0 + (now - ft) / (2 * recovery))
   redis.call('HSET', R, 'f0', tostring(math.max(0.05, factor / 2)), 'ft', tostring(now))
+  -- and the calls in flight: half of those counted (this one too), at least one; untracked: one
+  redis.call('ZREMRANGEBYSCORE', C, '-inf', now)
+  local cl, flying = num(H, 'cl'), redis.call('ZCARD', C) + 1
+  if cl > 0 and cl < flying then flying = cl end
+  if num(H, 'cl_ss') == 1 then flying = 2 end  -- caught in its slow start: one at a time
+  set('cl', math.max(1, math.floor(flying / 2)))
+  set('cl_n', 0)
+  set('cl_t', now)
+  set('cl_ss', 0)
 elseif kind == 'billing' then
   later('bench_until', now + bench_s)
 elseif kind == 'auth' then
@@ -168,16 +207,16 @@ class Health:
 
     async def acquire(self, p: ProviderConfig, model: str, tokens: int) -> Permit | Unavailable:
         now = time.time()
-        lease = uuid.uuid4().hex if p.max_concurrency else ""
+        lease = uuid.uuid4().hex  # kept only while the provider's concurrency is limited
         limits = p.limits
-        ok, wait, why = await self._acquire(keys=self._keys(p.name), args=[
+        ok, wait, why, tracked = await self._acquire(keys=self._keys(p.name), args=[
             p.name, model, now, tokens, limits.rpm or 0, limits.tpm or 0, p.max_concurrency or 0, lease,
             now + self.cfg.lease_s, self.cfg.max_wait_s, self.cfg.rate_recovery_s, self.cfg.rate_headroom,
             self.cfg.probe_s, self.cfg.breaker_window_s])
         why = why.decode() if isinstance(why, bytes) else str(why)
         if not ok:
             return Unavailable(p.name, float(wait), STATE_NAMES.get(why, why))
-        return Permit(p.name, model, lease, float(wait), why == "probe")
+        return Permit(p.name, model, lease if tracked else "", float(wait), why == "probe")
 
     async def report(self, p: ProviderConfig, permit: Permit | None, model: str, kind: Kind, *,
                      retry_after: float | None = None, text: str = "") -> None:
@@ -188,7 +227,7 @@ class Health:
         await self._report(keys=self._keys(p.name), args=[
             p.name, model, time.time(), kind, retry_after or 0, permit.lease if permit else "", text[:300],
             c.bench_s, c.disable_s, c.model_cooldown_s, c.cooldown_s, c.breaker_min_calls, c.breaker_error_rate,
-            c.breaker_open_s, c.rate_recovery_s])
+            c.breaker_open_s, c.rate_recovery_s, c.concurrency_recovery_calls])
 
     async def clear(self, provider: str) -> None:
         """`providers check` found it working again: lift bench and disable."""
@@ -196,15 +235,17 @@ class Health:
 
     async def snapshot(self, names: list[str]) -> dict[str, dict[str, Any]]:
         raw = {k.decode(): v.decode() for k, v in (await self.redis.hgetall(self.keys.health)).items()}  # type: ignore[misc]
-        return {n: describe(n, raw, time.time()) for n in names}
+        return {n: describe(n, raw, time.time(), self.cfg.rate_recovery_s) for n in names}
 
 
-def describe(name: str, raw: dict[str, str], now: float) -> dict[str, Any]:
-    """One provider's state for people: the strongest reason it is unavailable, or ok."""
+def describe(name: str, raw: dict[str, str], now: float, recovery_s: float = 60.0) -> dict[str, Any]:
+    """One provider's state for people: the strongest reason it is unavailable, or ok; and how many
+    calls it may have in flight while it recovers from a 429."""
     for f in STATE_FIELDS:
         until = float(raw.get(f"{name}:{f}", 0) or 0)
         if until > now:
-            return {"state": STATE_NAMES[f], "for_s": round(until - now, 1), "last": raw.get(f"{name}:last")}
+            return {"state": STATE_NAMES[f], "for_s": round(until - now, 1), "last": raw.get(f"{name}:last"),
+                    **_recovering(name, raw, now, recovery_s)}
     cooling_models = sorted(k.split("|", 1)[1].rsplit(":", 1)[0] for k, v in raw.items()
                             if k.startswith(f"{name}|") and float(v or 0) > now)
     state = "ok"
@@ -215,4 +256,12 @@ def describe(name: str, raw: dict[str, str], now: float) -> dict[str, Any]:
     out: dict[str, Any] = {"state": state, "last": raw.get(f"{name}:last")}
     if cooling_models:
         out["cooling_models"] = cooling_models
-    return out
+    return {**out, **_recovering(name, raw, now, recovery_s)}
+
+
+def _recovering(name: str, raw: dict[str, str], now: float, recovery_s: float) -> dict[str, int]:
+    """The limit on calls in flight a 429 set, while it holds (recovery_s after the last 429)."""
+    limit = int(float(raw.get(f"{name}:cl", 0) or 0))
+    if not limit or now - float(raw.get(f"{name}:cl_t", 0) or 0) > recovery_s:
+        return {}
+    return {"concurrency_limit": limit}

@@ -12,7 +12,8 @@ quota running out, broken bodies, hangs, cut streams), a credit balance and rate
     POST /_sim/config   merge the given fields into it; `credits` sets the balance; {"reset": true}
                         also restarts script, counters, balance and rate window
     GET  /_sim/log      every completion call (and, with a preset, every call to a path it does not
-                        serve): {"t", "path", "model", "status", "kind"}, kind being the call's fate:
+                        serve): {"t", "answered", "path", "model", "status", "kind"}: "t" when it
+                        arrived, "answered" when its answer left (null while waiting), kind the fate:
                         "answer", "error" (any non-200), "malformed", "hang" or "junk"; ?since=N skips
                         N entries; ?full=1 adds "method", "headers" (the key headers, content-type and
                         x-*), "body" (the request) and "response" (the JSON body answered, null while
@@ -101,6 +102,7 @@ class Entry:
     kind: str  # an Outcome kind; "error" also for calls turned away before `decide`
     # The answered body: bytes as sent, or for a stream the payload its events were made from.
     response: bytes | dict[str, Any] | None = None
+    answered: float | None = None  # when the answer (or the stream's head) was sent; None while waiting
 
 
 def _captured(raw_headers: list[tuple[bytes, bytes]]) -> Headers:
@@ -253,7 +255,7 @@ def create_app(config: SimConfig) -> Starlette:
 
         if outcome is None or outcome.kind == "error":
             content = orjson.dumps(provider_error(p, dialect, status, message))
-            entry.response = content
+            entry.response, entry.answered = content, time.time()
             return Response(content, status, headers or retry_headers(status, cfg.retry_after), media_type=JSON)
         sim.numbers += 1
         elapsed = time.time() - t
@@ -265,12 +267,12 @@ def create_app(config: SimConfig) -> Starlette:
             # is paid for as an answer). Rounded so the balance reads as the sum of the costs.
             sim.balance = round(sim.balance - call_cost(p, body["model"], answer), 10)
         if body.get("stream") is True and outcome is not JUNK:  # junk is a plain JSON body even then
-            entry.response = payload
+            entry.response, entry.answered = payload, time.time()
             return _stream(cfg, p, dialect, body, payload, outcome, elapsed)
         content = orjson.dumps(payload)
         if outcome is MALFORMED:
             content = malformed(content)
-        entry.response = content
+        entry.response, entry.answered = content, time.time()
         return Response(content, 200, media_type=JSON)
 
     def _stream(cfg: SimConfig, p: Provider, dialect: Dialect, body: dict[str, Any], payload: dict[str, Any],
@@ -362,14 +364,15 @@ def create_app(config: SimConfig) -> Starlette:
             return _json({"error": {"message": "since must be an integer"}}, 400)
         if request.query_params.get("full") in ("1", "true"):
             return _json([
-                {"t": e.t, "path": e.path, "model": e.model, "status": e.status, "kind": e.kind, "method": e.method,
+                {"t": e.t, "answered": e.answered, "path": e.path, "model": e.model, "status": e.status,
+                 "kind": e.kind, "method": e.method,
                  "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in e.headers},
                  "body": _loads(e.raw),
                  "response": _loads(e.response) if isinstance(e.response, bytes) else e.response}
                 for e in sim.entries(since)
             ])
-        return _json([{"t": e.t, "path": e.path, "model": e.model, "status": e.status, "kind": e.kind}
-                      for e in sim.entries(since)])
+        return _json([{"t": e.t, "answered": e.answered, "path": e.path, "model": e.model, "status": e.status,
+                       "kind": e.kind} for e in sim.entries(since)])
 
     async def get_stats(request: Request) -> Response:
         by_status = {str(k): v for k, v in sorted(sim.by_status.items())}

@@ -32,7 +32,8 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 
 
 def health(redis: Redis, prefix: str, **cfg: Any) -> Health:
-    return Health(redis, Keys(prefix), HealthConfig(**cfg))
+    """No slow start unless a test asks for one: calls flow freely after the first answer."""
+    return Health(redis, Keys(prefix), HealthConfig(**{"concurrency_recovery_calls": 1, **cfg}))
 
 
 async def permit(h: Health, p: ProviderConfig, model: str = MODEL, tokens: int = 100) -> Permit:
@@ -56,9 +57,13 @@ async def answered_well(h: Health, p: ProviderConfig, tokens: int = 100) -> Perm
 
 
 async def timed_acquire(h: Health, p: ProviderConfig, tokens: int = 100) -> float:
-    """When the slot this acquire reserved starts (now + wait_s)."""
+    """When the slot this acquire reserved starts (now + wait_s). A call in flight that is being
+    counted (after a 429) answers at once, so it does not hold the next acquire back."""
     now = time.time()
-    return now + (await permit(h, p, tokens=tokens)).wait_s
+    got = await permit(h, p, tokens=tokens)
+    if got.lease:
+        await h.report(p, got, MODEL, "success")
+    return now + got.wait_s
 
 
 async def dump(redis: Redis, prefix: str) -> dict[str, Any]:
@@ -335,6 +340,96 @@ async def test_a_lease_whose_call_never_reported_frees_itself_after_lease_s(redi
     await permit(h, p)  # both callers die without reporting
     assert (await refused(h, p)).reason == "concurrency"
     await asyncio.sleep(0.4)
+    await permit(h, p)
+
+
+# --- concurrency after a 429 (AIMD) --------------------------------------------------------------
+
+async def test_after_a_429_one_call_at_a_time_for_every_worker_until_its_report(redis: Redis, prefix: str) -> None:
+    h, p = health(redis, prefix, cooldown_s=0), prov()
+    other = health(redis, prefix, cooldown_s=0)  # another worker process, same Redis
+    await answered_well(h, p)
+    free = [await permit(h, p) for _ in range(5)]  # no limit yet: nothing is counted
+    assert not any(f.lease for f in free)
+    await h.report(p, free[0], MODEL, "rate_limited", text="429")
+    first = await permit(other, p)
+    assert first.lease  # counted now
+    assert (await refused(h, p)).reason == "concurrency"
+    assert (await refused(other, p)).reason == "concurrency"
+    await other.report(p, first, MODEL, "success")
+    await permit(h, p)
+
+
+async def test_a_new_provider_answers_its_first_n_calls_one_at_a_time_then_flows_freely(
+    redis: Redis, prefix: str
+) -> None:
+    h, p = health(redis, prefix, concurrency_recovery_calls=4), prov()
+    await answered_well(h, p)  # its first answer: 1 of 4
+    assert (await h.snapshot([p.name]))[p.name]["concurrency_limit"] == 1
+    for _ in range(3):
+        got = await permit(h, p)
+        assert got.lease
+        assert (await refused(h, p)).reason == "concurrency"
+        await h.report(p, got, MODEL, "success")
+    free = [await permit(h, p) for _ in range(10)]
+    assert not any(f.lease for f in free)
+    assert "concurrency_limit" not in (await h.snapshot([p.name]))[p.name]
+
+
+async def test_a_429_in_the_slow_start_keeps_it_at_one_call(redis: Redis, prefix: str) -> None:
+    h, p = health(redis, prefix, cooldown_s=0, concurrency_recovery_calls=2), prov()
+    await answered_well(h, p)
+    await h.report(p, await permit(h, p), MODEL, "rate_limited", text="429")
+    for _ in range(2):  # no longer a slow start: two answers give a second slot, not freedom
+        got = await permit(h, p)
+        assert (await refused(h, p)).reason == "concurrency"
+        await h.report(p, got, MODEL, "success")
+    assert [bool((await permit(h, p)).lease) for _ in range(2)] == [True, True]
+    assert (await refused(h, p)).reason == "concurrency"
+
+
+async def test_the_limit_grows_by_one_every_concurrency_recovery_calls_answers(redis: Redis, prefix: str) -> None:
+    h, p = health(redis, prefix, cooldown_s=0, concurrency_recovery_calls=3), prov()
+    await answered_well(h, p)
+    for _ in range(2):  # the rest of its slow start
+        await h.report(p, await permit(h, p), MODEL, "success")
+    await h.report(p, None, MODEL, "rate_limited", text="429")
+    for limit in (1, 2, 3):
+        held = [await permit(h, p) for _ in range(limit)]
+        assert (await refused(h, p)).reason == "concurrency", limit
+        for got in held:
+            await h.report(p, got, MODEL, "success")
+        for _ in range(3 - limit):  # make up three answers at this limit
+            await h.report(p, await permit(h, p), MODEL, "success")
+    assert (await h.snapshot([p.name]))[p.name]["concurrency_limit"] == 4
+
+
+async def test_a_429_halves_the_calls_in_flight_it_counted(redis: Redis, prefix: str) -> None:
+    h, p = health(redis, prefix, cooldown_s=0, breaker_min_calls=100), prov(max_concurrency=8)
+    await answered_well(h, p)
+    flying = [await permit(h, p) for _ in range(6)]
+    await h.report(p, flying[0], MODEL, "rate_limited", text="429")  # 6 in flight -> 3
+    assert (await h.snapshot([p.name]))[p.name]["concurrency_limit"] == 3
+    for got in flying[1:3]:  # 5 still in flight, then 3 (failures: no answers to grow the limit on)
+        assert (await refused(h, p)).reason == "concurrency"
+        await h.report(p, got, MODEL, "transient", text="500")
+    assert (await refused(h, p)).reason == "concurrency"
+    await h.report(p, flying[3], MODEL, "transient", text="500")
+    await permit(h, p)
+
+
+async def test_rate_recovery_s_without_a_429_lifts_the_limit(redis: Redis, prefix: str) -> None:
+    h, p = health(redis, prefix, cooldown_s=0, rate_recovery_s=0.3), prov()
+    await answered_well(h, p)
+    await h.report(p, None, MODEL, "rate_limited", text="429")
+    held = await permit(h, p)
+    assert (await refused(h, p)).reason == "concurrency"
+    assert (await h.snapshot([p.name]))[p.name]["concurrency_limit"] == 1
+    await asyncio.sleep(0.35)
+    assert "concurrency_limit" not in (await h.snapshot([p.name]))[p.name]
+    free = [await permit(h, p) for _ in range(3)]
+    assert not any(f.lease for f in free)
+    await h.report(p, held, MODEL, "success")  # a late report of a counted call is harmless
     await permit(h, p)
 
 
