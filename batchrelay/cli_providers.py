@@ -75,6 +75,8 @@ def health_text(h: dict[str, Any] | None) -> str:
     text = str(h["state"]) + (f" {h['for_s']:.0f}s" if "for_s" in h else "")
     if h.get("cooling_models"):
         text += f" (404: {', '.join(h['cooling_models'])})"
+    if h.get("concurrency_limit"):
+        text += f", {h['concurrency_limit']} in flight at most"
     return text
 
 

@@ -54,10 +54,11 @@ if cl > 0 and now - num(H, 'cl_t') > recovery then
   redis.call('HDEL', H, name .. ':cl', name .. ':cl_n', name .. ':cl_t', name .. ':cl_ss')
   cl = 0
 end
-if cl > 0 and (limit == 0 or cl < limit) then limit = math.floor(cl) end
+local starting = false
+if cl > 0 and (limit == 0 or cl < limit) then limit, starting = math.floor(cl), num(H, 'cl_ss') == 1 end
 if limit > 0 then
   redis.call('ZREMRANGEBYSCORE', C, '-inf', now)
-  if redis.call('ZCARD', C) >= limit then return {0, '0.05', 'concurrency', 0} end
+  if redis.call('ZCARD', C) >= limit then return {0, '0.05', starting and 'starting' or 'concurrency', 0} end
 end
 local at = now
 if rpm > 0 or tpm > 0 then

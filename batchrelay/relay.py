@@ -330,12 +330,13 @@ async def _call_with_retries(
 
 
 async def _acquire(health: Health, provider: ProviderConfig, model: str, tokens: int) -> Permit | Unavailable:
-    """A slot at the provider; while its single probe is out, wait a little for the verdict rather than
-    spill lines onto lower-priority providers."""
+    """A slot at the provider; while its single probe is out, or it is in its slow start, wait a little
+    rather than spill lines onto lower-priority providers (after a 429 they spill at once)."""
     deadline = time.monotonic() + health.cfg.probe_wait_s
     while True:
         got = await health.acquire(provider, model, tokens)
-        if not isinstance(got, Unavailable) or got.reason != "probing" or time.monotonic() >= deadline:
+        if not isinstance(got, Unavailable) or got.reason not in ("probing", "starting") \
+                or time.monotonic() >= deadline:
             return got
         await asyncio.sleep(got.wait_s)
 

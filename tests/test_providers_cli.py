@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from batchrelay.cli_providers import health_text
 from batchrelay.simproc import SimulatorProcess
 
 from .conftest import batchrelay
@@ -50,3 +54,17 @@ def test_providers_check_reports_credit_models_and_bad_keys(tmp_path: Path) -> N
     assert "FAIL ttonkapi" in bad.stdout and "HTTP 401" in bad.stdout
     assert "ok   ainow" in bad.stdout
     assert unset.returncode == 1 and "TTONK_K is not set" in unset.stdout
+
+
+@pytest.mark.parametrize(("health", "text"), [
+    (None, "?"),
+    ({"state": "ok", "last": None}, "ok"),
+    ({"state": "cooling", "for_s": 1.6, "last": "429 slow down"}, "cooling 2s"),
+    ({"state": "ok", "last": None, "cooling_models": ["m1", "m2"]}, "ok (404: m1, m2)"),
+    ({"state": "cooling", "for_s": 2.0, "last": "429", "concurrency_limit": 1}, "cooling 2s, 1 in flight at most"),
+    ({"state": "ok", "last": None, "concurrency_limit": 3}, "ok, 3 in flight at most"),
+])
+def test_health_text_says_state_time_left_cooling_models_and_the_limit_in_flight(
+    health: dict[str, Any] | None, text: str
+) -> None:
+    assert health_text(health) == text
