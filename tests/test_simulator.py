@@ -337,6 +337,15 @@ async def test_config_update_merges_fields_and_reset_restarts_the_script() -> No
         assert "fail_rat" in bad.json()["error"]["message"]
 
 
+async def test_the_log_says_when_each_answer_left_after_latency_ms() -> None:
+    async with client_for(latency_ms=50, script=[429, 200]) as client:
+        await client.post(CHAT, json=CHAT_REQ)
+        await client.post(CHAT, json=CHAT_REQ)
+        log = (await client.get("/_sim/log")).json()
+    assert [e["status"] for e in log] == [429, 200]
+    assert all(0.045 <= e["answered"] - e["t"] <= 0.5 for e in log), log  # a Retry-After is announced then
+
+
 async def test_log_lists_every_provider_call_and_since_skips_earlier_ones() -> None:
     async with client_for(script=[429]) as client:
         before = time.time()

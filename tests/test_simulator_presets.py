@@ -420,7 +420,8 @@ async def test_the_full_log_shows_method_key_headers_and_body() -> None:
     assert second["status"] == 401 and second["body"] is None
     assert second["kind"] == "error" and second["response"]["error"]["type"] == "authentication_error"
     assert second["headers"]["authorization"] == "Bearer nope"
-    assert [set(e) for e in short] == [{"t", "path", "model", "status", "kind"}] * 2
+    assert [set(e) for e in short] == [{"t", "answered", "path", "model", "status", "kind"}] * 2
+    assert all(e["t"] <= e["answered"] for e in short)  # arrived, then answered (and logged when)
 
 
 async def test_the_preset_can_change_while_running() -> None:
