@@ -57,6 +57,27 @@ def test_no_call_is_sent_to_a_provider_inside_its_retry_after_window(tmp_path: P
     assert all(started >= window_end - 0.01 for started, _, _ in later)
 
 
+def test_a_provider_429ing_at_random_gets_no_call_inside_any_window_it_announced(
+    tmp_path: Path, redis_url: str, prefix: str
+) -> None:
+    """Calls in flight adapt (health.py): from B's first answer on, one call at a time, so a 429's
+    report frees the next slot only once the cooldown is shared."""
+    b_cfg = {"fail_rate": 0.3, "fail_rate_status": 429, "retry_after": 1, "latency_ms": 10, "seed": 5}
+    with SimulatorProcess(b_cfg) as b, SimulatorProcess({"latency_ms": 10}) as c:
+        cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "B", "base_url": b, "priority": 1},
+                                                          {"name": "C", "base_url": c, "priority": 2}])
+        proc = batchrelay("-c", str(cfg), "run", str(_src(tmp_path, 600)), "-o", str(tmp_path / "o.jsonl"),
+                          "--workers", "2", env={"REDIS_URL": redis_url})
+        log = httpx.get(b + "/_sim/log").json()
+    assert proc.returncode == 0, proc.stderr
+    announced = [e["answered"] for e in log if e["status"] == 429]
+    assert len(announced) >= 2, log
+    inside = [e["t"] for e in log if any(a < e["t"] <= a + 1 for a in announced)]
+    assert inside == []
+    served = {r["batchrelay"]["provider"] for r in _rows(tmp_path / "o.jsonl")}
+    assert served == {"B", "C"}
+
+
 def test_an_outage_of_every_provider_delays_lines_but_fails_none(tmp_path: Path, redis_url: str,
                                                                  prefix: str) -> None:
     with SimulatorProcess({"fail_status": 503}) as a, SimulatorProcess({"fail_status": 502}) as b:
