@@ -96,7 +96,7 @@ if lease ~= '' then redis.call('ZREM', C, lease) end
 set('probe_until', 0)
 local function unlimit() redis.call('HDEL', H, name .. ':cl', name .. ':cl_n', name .. ':cl_t', name .. ':cl_ss') end
 if kind == 'success' then
-  if num(H, 'ok') == 0 and step > 1 then  -- its first answer ever: slow start, one call at a time
+  if num(H, 'ok') == 0 and num(H, 'cl') == 0 and step > 1 then  -- first answer ever: slow start
     set('cl', 1)
     set('cl_n', 1)
     set('cl_t', now)
@@ -241,7 +241,7 @@ class Health:
 
 def describe(name: str, raw: dict[str, str], now: float, recovery_s: float = 60.0) -> dict[str, Any]:
     """One provider's state for people: the strongest reason it is unavailable, or ok; and how many
-    calls it may have in flight while it recovers from a 429."""
+    calls it may have in flight while that is limited (its slow start, or after a 429)."""
     for f in STATE_FIELDS:
         until = float(raw.get(f"{name}:{f}", 0) or 0)
         if until > now:
@@ -261,7 +261,7 @@ def describe(name: str, raw: dict[str, str], now: float, recovery_s: float = 60.
 
 
 def _recovering(name: str, raw: dict[str, str], now: float, recovery_s: float) -> dict[str, int]:
-    """The limit on calls in flight a 429 set, while it holds (recovery_s after the last 429)."""
+    """The limit on calls in flight, while it holds (it lapses recovery_s after it was last set)."""
     limit = int(float(raw.get(f"{name}:cl", 0) or 0))
     if not limit or now - float(raw.get(f"{name}:cl_t", 0) or 0) > recovery_s:
         return {}

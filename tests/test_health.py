@@ -388,6 +388,20 @@ async def test_a_429_in_the_slow_start_keeps_it_at_one_call(redis: Redis, prefix
     assert (await refused(h, p)).reason == "concurrency"
 
 
+async def test_a_provider_whose_first_answer_is_a_429_gets_no_slow_start_that_would_end_in_freedom(
+    redis: Redis, prefix: str
+) -> None:
+    h, p = health(redis, prefix, cooldown_s=0, concurrency_recovery_calls=2), prov()
+    probe = await permit(h, p)
+    await h.report(p, probe, MODEL, "rate_limited", text="429")
+    for why in ("probing", "concurrency"):  # two answers: a second slot, not the end of a slow start
+        got = await permit(h, p)
+        assert (await refused(h, p)).reason == why
+        await h.report(p, got, MODEL, "success")
+    assert [bool((await permit(h, p)).lease) for _ in range(2)] == [True, True]
+    assert (await refused(h, p)).reason == "concurrency"
+
+
 async def test_the_limit_grows_by_one_every_concurrency_recovery_calls_answers(redis: Redis, prefix: str) -> None:
     h, p = health(redis, prefix, cooldown_s=0, concurrency_recovery_calls=3), prov()
     await answered_well(h, p)
