@@ -11,10 +11,12 @@ tokens likewise; a 429 halves the pace, which recovers linearly over `rate_recov
 
 Calls in flight are limited while a provider shows it may rate-limit (AIMD, `concurrency_recovery_calls`
 = N): after its first answer ever it gets one call at a time until N answers (slow start), then no
-limit. A 429 cuts the limit to half of the calls in flight (at least one; one when they were not
-being counted, or in the slow start); every N answers add one back, and `rate_recovery_s` without a
-429 lifts it. At one call in flight no worker can send a call inside a Retry-After window the
-provider has announced: that call's slot is only freed by the report that sets the cooldown.
+limit. A 429 cuts the limit to half of the calls in flight, at least one (one when they were not
+being counted), and never above the limit already set (one in the slow start), so a burst of 429s
+does not halve it again and again; every N answers add one back, and `rate_recovery_s` after the
+429's cooldown ends lifts it. At one call in flight no worker can send a call inside a Retry-After
+window the provider has announced: that call's slot is only freed by the report that sets the
+cooldown.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ if cl > 0 and now - num(H, 'cl_t') > recovery then
   cl = 0
 end
 local starting = false
-if cl > 0 and (limit == 0 or cl < limit) then limit, starting = math.floor(cl), num(H, 'cl_ss') == 1 end
+if cl > 0 and (limit == 0 or cl <= limit) then limit, starting = math.floor(cl), num(H, 'cl_ss') == 1 end
 if limit > 0 then
   redis.call('ZREMRANGEBYSCORE', C, '-inf', now)
   if redis.call('ZCARD', C) >= limit then return {0, '0.05', starting and 'starting' or 'concurrency', 0} end
@@ -95,16 +97,22 @@ local function later(f, u) if u > num(H, f) then set(f, u) end end
 if lease ~= '' then redis.call('ZREM', C, lease) end
 set('probe_until', 0)
 local function unlimit() redis.call('HDEL', H, name .. ':cl', name .. ':cl_n', name .. ':cl_t', name .. ':cl_ss') end
+local cl = num(H, 'cl')
+if cl > 0 and now - num(H, 'cl_t') > recovery then  -- lapsed (acquire may not have seen it yet)
+  unlimit()
+  cl = 0
+end
 if kind == 'success' then
-  if num(H, 'ok') == 0 and num(H, 'cl') == 0 and step > 1 then  -- first answer ever: slow start
+  local first = num(H, 'ok') == 0 and cl == 0 and step > 1
+  set('ok', 1)
+  set('half_open', 0)
+  if first then  -- its first answer ever: a slow start, one call at a time, this answer its first
     set('cl', 1)
     set('cl_n', 1)
     set('cl_t', now)
     set('cl_ss', 1)
+    return 1
   end
-  set('ok', 1)
-  set('half_open', 0)
-  local cl = num(H, 'cl')
   if cl > 0 and lease ~= '' and redis.call('HINCRBY', H, name .. ':cl_n', 1) >= step then
     if num(H, 'cl_ss') == 1 then
       unlimit()
@@ -132,14 +140,14 @@ elseif kind == 'rate_limited' then
   local ft = tonumber(redis.call('HGET', R, 'ft') or '0')
   local factor = math.min(1, f0 + (now - ft) / (2 * recovery))
   redis.call('HSET', R, 'f0', tostring(math.max(0.05, factor / 2)), 'ft', tostring(now))
-  -- and the calls in flight: half of those counted (this one too), at least one; untracked: one
+  -- and the calls in flight: half of those counted (this one too), at least one (one when they were
+  -- not counted); never above the limit already set, so a burst of 429s does not halve it again
   redis.call('ZREMRANGEBYSCORE', C, '-inf', now)
-  local cl, flying = num(H, 'cl'), redis.call('ZCARD', C) + 1
-  if cl > 0 and cl < flying then flying = cl end
-  if num(H, 'cl_ss') == 1 then flying = 2 end  -- caught in its slow start: one at a time
-  set('cl', math.max(1, math.floor(flying / 2)))
+  local cut = math.max(1, math.floor((redis.call('ZCARD', C) + 1) / 2))
+  if cl > 0 and cl < cut then cut = cl end
+  set('cl', cut)
   set('cl_n', 0)
-  set('cl_t', now)
+  set('cl_t', math.max(now, num(H, 'cool_until')))  -- it lapses rate_recovery_s after the cooldown
   set('cl_ss', 0)
 elseif kind == 'billing' then
   later('bench_until', now + bench_s)
@@ -219,10 +227,14 @@ class Health:
             return Unavailable(p.name, float(wait), STATE_NAMES.get(why, why))
         return Permit(p.name, model, lease if tracked else "", float(wait), why == "probe")
 
+    @staticmethod
+    def worth_reporting(permit: Permit | None, kind: Kind) -> bool:
+        return kind != "success" or permit is None or permit.probe or bool(permit.lease)
+
     async def report(self, p: ProviderConfig, permit: Permit | None, model: str, kind: Kind, *,
                      retry_after: float | None = None, text: str = "") -> None:
         """Failures always; successes only when they matter (a probe, or a lease to give back)."""
-        if kind == "success" and permit is not None and not permit.probe and not permit.lease:
+        if not self.worth_reporting(permit, kind):
             return
         c = self.cfg
         await self._report(keys=self._keys(p.name), args=[

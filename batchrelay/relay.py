@@ -207,9 +207,10 @@ async def relay(
         out.message = f"no configured provider serves the {job.dialect} dialect for this batch and model"
         return out
     waited = 0.0
+    patience = time.monotonic() + health.cfg.probe_wait_s  # for probes and slow starts, in all passes
     while True:
         try:
-            done, last, waits = await _one_pass(job, candidates, client, cfg, health, out, spend)
+            done, last, waits = await _one_pass(job, candidates, client, cfg, health, out, spend, patience)
         except OverBudget:
             out.over_budget = True
             return out
@@ -224,7 +225,7 @@ async def relay(
 
 async def _one_pass(
     job: JobLine, candidates: Sequence[tuple[ProviderConfig, Dialect]], client: httpx.AsyncClient,
-    cfg: WorkerConfig, health: Health, out: Outcome, spend: Spend | None,
+    cfg: WorkerConfig, health: Health, out: Outcome, spend: Spend | None, patience: float,
 ) -> tuple[bool, dict[str, str], list[float]]:
     """Try each candidate once (with its retries); True when the line got its answer or failed for good."""
     last: dict[str, str] = {}
@@ -236,7 +237,8 @@ async def _one_pass(
             last[provider.name] = f"cannot translate the request to {wire}: {e}"
             continue
         try:
-            reply = await _call_with_retries(provider, wire, body, client, cfg, health, out.attempts, spend)
+            reply = await _call_with_retries(provider, wire, body, client, cfg, health, out.attempts, spend,
+                                             patience)
         except Unpriced as e:
             last[provider.name] = str(e)
             continue
@@ -298,7 +300,7 @@ def _no_provider_now(out: Outcome, last: dict[str, str], waits: list[float], fir
 
 async def _call_with_retries(
     provider: ProviderConfig, wire: Dialect, body: dict[str, Any], client: httpx.AsyncClient, cfg: WorkerConfig,
-    health: Health, log: list[Attempt], spend: Spend | None,
+    health: Health, log: list[Attempt], spend: Spend | None, patience: float,
 ) -> ProviderReply:
     model = str(body["model"])
     tokens = estimate_tokens(body)
@@ -312,7 +314,7 @@ async def _call_with_retries(
     async for attempt in retrying:
         with attempt:
             slept = attempt.retry_state.upcoming_sleep if attempt.retry_state.attempt_number > 1 else 0.0
-            got = await _acquire(health, provider, model, tokens)
+            got = await _acquire(health, provider, model, tokens, patience)
             if isinstance(got, Unavailable):
                 raise _Refused(got)
             held = None
@@ -329,14 +331,15 @@ async def _call_with_retries(
     raise AssertionError("unreachable: tenacity either returns or reraises")
 
 
-async def _acquire(health: Health, provider: ProviderConfig, model: str, tokens: int) -> Permit | Unavailable:
-    """A slot at the provider; while its single probe is out, or it is in its slow start, wait a little
-    rather than spill lines onto lower-priority providers (after a 429 they spill at once)."""
-    deadline = time.monotonic() + health.cfg.probe_wait_s
+async def _acquire(health: Health, provider: ProviderConfig, model: str, tokens: int,
+                   patience: float) -> Permit | Unavailable:
+    """A slot at the provider; while its single probe is out, or it is in its slow start, wait (until
+    the monotonic `patience`, shared by the line's passes) rather than spill lines onto lower-priority
+    providers. After a 429 they spill at once."""
     while True:
         got = await health.acquire(provider, model, tokens)
         if not isinstance(got, Unavailable) or got.reason not in ("probing", "starting") \
-                or time.monotonic() >= deadline:
+                or time.monotonic() >= patience:
             return got
         await asyncio.sleep(got.wait_s)
 
@@ -371,8 +374,7 @@ async def _attempt(call: _Call, client: httpx.AsyncClient, cfg: WorkerConfig, he
     provider, permit = call.provider, call.permit
     blocked = health.blocked_locally(provider.name)
     if blocked is not None:  # another call of this process just learnt the provider must be left alone
-        await asyncio.shield(call.settle(None))
-        await health.release(permit)
+        await asyncio.shield(asyncio.gather(call.settle(None), health.release(permit)))
         raise _Refused(blocked)
     started_at = time.time()
     started = time.perf_counter()
@@ -386,9 +388,7 @@ async def _attempt(call: _Call, client: httpx.AsyncClient, cfg: WorkerConfig, he
         await asyncio.shield(asyncio.gather(health.release(permit), call.settle(None)))
         raise
     cost = call.cost(reply.usage, reply.reported_cost)
-    if call.held is not None:
-        await call.settle(cost)
-    await health.report(provider, permit, call.model, "success")
+    await _report_and_settle(call, health, cost, "success")
     log.append(Attempt(provider.name, 200, reply.latency_ms, wait_s=waited, started_at=started_at,
                        model=provider.provider_model(call.model), usage=reply.usage, cost=cost))
     return reply
@@ -396,16 +396,27 @@ async def _attempt(call: _Call, client: httpx.AsyncClient, cfg: WorkerConfig, he
 
 async def _reported_failure(call: _Call, e: ProviderError, health: Health, log: list[Attempt], started: float,
                             started_at: float, waited: float) -> None:
-    provider, permit, model = call.provider, call.permit, call.model
+    provider, model = call.provider, call.model
     action = classify(e)
     billed = e.billed if isinstance(e, ProviderBadResponse) else None  # a 200 without an answer, still billed
     cost = call.cost(*billed) if billed else None
-    await call.settle(cost)
     log.append(Attempt(provider.name, e.status, (time.perf_counter() - started) * 1000, action.value, e.reason,
                        waited, started_at, provider.provider_model(model) if billed else None,
                        billed[0] if billed else None, cost))
     kind: Kind = "rate_limited" if e.status == 429 and action is Action.FAILOVER else KIND_OF[action]
     if kind in LOCAL_BLOCKS:
         health.block_locally(provider.name, _block_for(kind, e, health.cfg), kind)
-    await health.report(provider, permit, model, kind, retry_after=retry_after_seconds(e),
-                        text=f"{e.status or ''} {e.reason}".strip())
+    await _report_and_settle(call, health, cost, kind, retry_after=retry_after_seconds(e),
+                             text=f"{e.status or ''} {e.reason}".strip())
+
+
+async def _report_and_settle(call: _Call, health: Health, cost: CallCost | None, kind: Kind, **report: Any) -> None:
+    """Tell the shared health first (a cooldown is worth most the sooner every worker sees it; the
+    report also frees the call's slot), then settle the budget; each happens even when the other
+    fails or the task is cancelled."""
+    try:
+        if health.worth_reporting(call.permit, kind):
+            await asyncio.shield(health.report(call.provider, call.permit, call.model, kind, **report))
+    finally:
+        if call.held is not None:
+            await asyncio.shield(call.settle(cost))

@@ -277,7 +277,7 @@ def scenario_failover(url: str, prefix: str, tmp: Path, args: argparse.Namespace
               f"{lags[len(lags) // 2] * 1000:.0f} ms (median; max {lags[-1] * 1000:.0f} ms) after receiving it; "
               f"B calls sent inside a window after that point: {len(certain)}")
     figure(s, "B calls in announced Retry-After window", len(inside_a), "0", len(inside_a) == 0)
-    figure(s, "  B calls sent after a worker got a 429", len(inside_b))
+    figure(s, "  B calls sent after a worker got a 429", len(inside_b), "0", len(inside_b) == 0)
     figure(s, "  of which sent after the 429 was in Redis", len(certain))
 
     total = sum(len(v) for v in logs.values())

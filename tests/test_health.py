@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from itertools import pairwise
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from batchrelay.budget import Budget, Reservation, Spend
 from batchrelay.config import HealthConfig, ProviderConfig
 from batchrelay.health import Health, Permit, Unavailable
 from batchrelay.keys import Keys
+from batchrelay.relay import _Call, _report_and_settle
 from batchrelay.tokens import estimate_tokens
 
 MODEL = "gpt-4o-mini"
@@ -346,8 +350,8 @@ async def test_a_lease_whose_call_never_reported_frees_itself_after_lease_s(redi
 # --- concurrency after a 429 (AIMD) --------------------------------------------------------------
 
 async def test_after_a_429_one_call_at_a_time_for_every_worker_until_its_report(redis: Redis, prefix: str) -> None:
-    h, p = health(redis, prefix, cooldown_s=0), prov()
-    other = health(redis, prefix, cooldown_s=0)  # another worker process, same Redis
+    h, p = health(redis, prefix, cooldown_s=0, breaker_min_calls=100), prov()
+    other = health(redis, prefix, cooldown_s=0, breaker_min_calls=100)  # another worker process, same Redis
     await answered_well(h, p)
     free = [await permit(h, p) for _ in range(5)]  # no limit yet: nothing is counted
     assert not any(f.lease for f in free)
@@ -356,8 +360,9 @@ async def test_after_a_429_one_call_at_a_time_for_every_worker_until_its_report(
     assert first.lease  # counted now
     assert (await refused(h, p)).reason == "concurrency"
     assert (await refused(other, p)).reason == "concurrency"
-    await other.report(p, first, MODEL, "success")
+    await other.report(p, first, MODEL, "transient", text="500")  # frees the slot, adds none
     await permit(h, p)
+    assert (await refused(h, p)).reason == "concurrency"
 
 
 async def test_a_new_provider_answers_its_first_n_calls_one_at_a_time_then_flows_freely(
@@ -374,6 +379,19 @@ async def test_a_new_provider_answers_its_first_n_calls_one_at_a_time_then_flows
     free = [await permit(h, p) for _ in range(10)]
     assert not any(f.lease for f in free)
     assert "concurrency_limit" not in (await h.snapshot([p.name]))[p.name]
+
+
+async def test_the_slow_start_counts_the_first_answer_once_with_max_concurrency_too(
+    redis: Redis, prefix: str
+) -> None:
+    h, p = health(redis, prefix, concurrency_recovery_calls=3), prov(max_concurrency=4)
+    await answered_well(h, p)  # 1 of 3
+    for _ in range(2):  # 2 and 3 of 3
+        got = await permit(h, p)
+        assert (await refused(h, p)).reason == "starting"
+        await h.report(p, got, MODEL, "success")
+    assert len([await permit(h, p) for _ in range(4)]) == 4  # then max_concurrency alone
+    assert (await refused(h, p)).reason == "concurrency"
 
 
 async def test_a_429_in_the_slow_start_keeps_it_at_one_call(redis: Redis, prefix: str) -> None:
@@ -432,6 +450,31 @@ async def test_a_429_halves_the_calls_in_flight_it_counted(redis: Redis, prefix:
     await permit(h, p)
 
 
+async def test_a_burst_of_429s_does_not_halve_the_limit_again_and_again(redis: Redis, prefix: str) -> None:
+    h, p = health(redis, prefix, cooldown_s=0), prov(max_concurrency=8)
+    await answered_well(h, p)
+    flying = [await permit(h, p) for _ in range(8)]
+    limits = []
+    for got in flying[:3]:  # 8, 7, 6 in flight when each 429 comes back
+        await h.report(p, got, MODEL, "rate_limited", text="429")
+        limits.append((await h.snapshot([p.name]))[p.name]["concurrency_limit"])
+    assert limits == [4, 3, 3]
+
+
+async def test_the_limit_holds_until_rate_recovery_s_after_a_long_retry_after_ends(
+    redis: Redis, prefix: str
+) -> None:
+    h, p = health(redis, prefix, rate_recovery_s=0.3), prov()
+    await answered_well(h, p)
+    await h.report(p, None, MODEL, "rate_limited", retry_after=0.5, text="429")
+    assert (await refused(h, p)).reason == "cooling"
+    await asyncio.sleep(0.6)  # the cooldown is over, and more than rate_recovery_s since the 429
+    held = await permit(h, p)
+    assert held.lease and (await refused(h, p)).reason == "concurrency"
+    await asyncio.sleep(0.3)  # rate_recovery_s after the cooldown ended
+    assert not (await permit(h, p)).lease
+
+
 async def test_rate_recovery_s_without_a_429_lifts_the_limit(redis: Redis, prefix: str) -> None:
     h, p = health(redis, prefix, cooldown_s=0, rate_recovery_s=0.3), prov()
     await answered_well(h, p)
@@ -488,3 +531,22 @@ def test_estimate_tokens_grows_with_the_messages() -> None:
 def test_estimate_tokens_includes_the_output_budget(extra: dict[str, Any], output_budget: int) -> None:
     one = estimate_tokens(chat("hello there", max_tokens=1))
     assert estimate_tokens(chat("hello there", **extra)) - one == output_budget - 1
+
+
+# --- the relay gives a counted slot back whatever happens to the budget ------------------------------
+
+async def test_a_429_is_reported_and_its_slot_freed_even_when_settling_the_budget_fails(
+    redis: Redis, prefix: str
+) -> None:
+    h, p = health(redis, prefix, cooldown_s=0), prov(max_concurrency=2)
+    await answered_well(h, p)
+    got = await permit(h, p)
+    assert got.lease
+    unreachable = Redis.from_url("redis://127.0.0.1:9", socket_connect_timeout=1)  # nothing listens there
+    spend = Spend(Budget(unreachable, Keys(prefix)), "b1")
+    call = _Call(p, "chat", {"model": MODEL}, got, spend, Reservation("t1", Decimal("0.01")))
+    with pytest.raises(RedisConnectionError):
+        await _report_and_settle(call, h, None, "rate_limited", retry_after=5.0, text="429")
+    await unreachable.aclose()
+    assert await redis.zcard(Keys(prefix).concurrency(p.name)) == 0
+    assert (await refused(h, p)).reason == "cooling"
