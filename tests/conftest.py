@@ -78,6 +78,13 @@ def prefix(redis_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
 async def store(redis_url: str, prefix: str) -> AsyncIterator[Store]:
     client = Redis.from_url(redis_url)
     yield Store(client, Keys(prefix))

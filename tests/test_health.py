@@ -4,60 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from decimal import Decimal
 from itertools import pairwise
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 
-from batchrelay.budget import Budget, Reservation, Spend
-from batchrelay.config import HealthConfig, ProviderConfig
-from batchrelay.health import Health, Permit, Unavailable
+from batchrelay.config import ProviderConfig
+from batchrelay.health import Health, Permit
 from batchrelay.keys import Keys
-from batchrelay.relay import _Call, _report_and_settle
 from batchrelay.tokens import estimate_tokens
 
-MODEL = "gpt-4o-mini"
+from .healthkit import MODEL, answered_well, health, permit, prov, refused
+
 RPM600 = 60 / (600 * 0.99)  # seconds between calls at rpm=600 and the default 0.99 headroom
-
-
-def prov(name: str = "p", **fields: Any) -> ProviderConfig:
-    return ProviderConfig.model_validate({"name": name, "base_url": f"http://{name}.invalid", **fields})
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-def health(redis: Redis, prefix: str, **cfg: Any) -> Health:
-    """No slow start unless a test asks for one: calls flow freely after the first answer."""
-    return Health(redis, Keys(prefix), HealthConfig(**{"concurrency_recovery_calls": 1, **cfg}))
-
-
-async def permit(h: Health, p: ProviderConfig, model: str = MODEL, tokens: int = 100) -> Permit:
-    got = await h.acquire(p, model, tokens)
-    assert isinstance(got, Permit), got
-    return got
-
-
-async def refused(h: Health, p: ProviderConfig, model: str = MODEL, tokens: int = 100) -> Unavailable:
-    got = await h.acquire(p, model, tokens)
-    assert isinstance(got, Unavailable), got
-    return got
-
-
-async def answered_well(h: Health, p: ProviderConfig, tokens: int = 100) -> Permit:
-    """The provider's first call (a probe) succeeds, so calls flow freely afterwards."""
-    probe = await permit(h, p, tokens=tokens)
-    assert probe.probe
-    await h.report(p, probe, MODEL, "success")
-    return probe
 
 
 async def timed_acquire(h: Health, p: ProviderConfig, tokens: int = 100) -> float:
@@ -321,175 +281,6 @@ async def test_a_429_halves_the_pace_which_recovers_linearly_over_rate_recovery_
     assert RPM600 * 0.9 <= i - g <= RPM600 * 1.1
 
 
-# --- concurrency ---------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("outcome", ["success", "transient"])
-async def test_max_concurrency_refuses_a_third_call_until_a_report_frees_a_lease(
-    redis: Redis, prefix: str, outcome: str
-) -> None:
-    h, p = health(redis, prefix, breaker_min_calls=100), prov(max_concurrency=2)
-    await answered_well(h, p)
-    first, _second = await permit(h, p), await permit(h, p)
-    assert first.lease
-    assert (await refused(h, p)).reason == "concurrency"
-    await h.report(p, first, MODEL, outcome)  # type: ignore[arg-type]
-    await permit(h, p)
-    assert (await refused(h, p)).reason == "concurrency"
-
-
-async def test_a_lease_whose_call_never_reported_frees_itself_after_lease_s(redis: Redis, prefix: str) -> None:
-    h, p = health(redis, prefix, lease_s=0.3), prov(max_concurrency=2)
-    await answered_well(h, p)
-    await permit(h, p)
-    await permit(h, p)  # both callers die without reporting
-    assert (await refused(h, p)).reason == "concurrency"
-    await asyncio.sleep(0.4)
-    await permit(h, p)
-
-
-# --- concurrency after a 429 (AIMD) --------------------------------------------------------------
-
-async def test_after_a_429_one_call_at_a_time_for_every_worker_until_its_report(redis: Redis, prefix: str) -> None:
-    h, p = health(redis, prefix, cooldown_s=0, breaker_min_calls=100), prov()
-    other = health(redis, prefix, cooldown_s=0, breaker_min_calls=100)  # another worker process, same Redis
-    await answered_well(h, p)
-    free = [await permit(h, p) for _ in range(5)]  # no limit yet: nothing is counted
-    assert not any(f.lease for f in free)
-    await h.report(p, free[0], MODEL, "rate_limited", text="429")
-    first = await permit(other, p)
-    assert first.lease  # counted now
-    assert (await refused(h, p)).reason == "concurrency"
-    assert (await refused(other, p)).reason == "concurrency"
-    await other.report(p, first, MODEL, "transient", text="500")  # frees the slot, adds none
-    await permit(h, p)
-    assert (await refused(h, p)).reason == "concurrency"
-
-
-async def test_a_new_provider_answers_its_first_n_calls_one_at_a_time_then_flows_freely(
-    redis: Redis, prefix: str
-) -> None:
-    h, p = health(redis, prefix, concurrency_recovery_calls=4), prov()
-    await answered_well(h, p)  # its first answer: 1 of 4
-    assert (await h.snapshot([p.name]))[p.name]["concurrency_limit"] == 1
-    for _ in range(3):
-        got = await permit(h, p)
-        assert got.lease
-        assert (await refused(h, p)).reason == "starting"  # lines wait for it a little (relay)
-        await h.report(p, got, MODEL, "success")
-    free = [await permit(h, p) for _ in range(10)]
-    assert not any(f.lease for f in free)
-    assert "concurrency_limit" not in (await h.snapshot([p.name]))[p.name]
-
-
-async def test_the_slow_start_counts_the_first_answer_once_with_max_concurrency_too(
-    redis: Redis, prefix: str
-) -> None:
-    h, p = health(redis, prefix, concurrency_recovery_calls=3), prov(max_concurrency=4)
-    await answered_well(h, p)  # 1 of 3
-    for _ in range(2):  # 2 and 3 of 3
-        got = await permit(h, p)
-        assert (await refused(h, p)).reason == "starting"
-        await h.report(p, got, MODEL, "success")
-    assert len([await permit(h, p) for _ in range(4)]) == 4  # then max_concurrency alone
-    assert (await refused(h, p)).reason == "concurrency"
-
-
-async def test_a_429_in_the_slow_start_keeps_it_at_one_call(redis: Redis, prefix: str) -> None:
-    h, p = health(redis, prefix, cooldown_s=0, concurrency_recovery_calls=2), prov()
-    await answered_well(h, p)
-    await h.report(p, await permit(h, p), MODEL, "rate_limited", text="429")
-    for _ in range(2):  # no longer a slow start: two answers give a second slot, not freedom
-        got = await permit(h, p)
-        assert (await refused(h, p)).reason == "concurrency"
-        await h.report(p, got, MODEL, "success")
-    assert [bool((await permit(h, p)).lease) for _ in range(2)] == [True, True]
-    assert (await refused(h, p)).reason == "concurrency"
-
-
-async def test_a_provider_whose_first_answer_is_a_429_gets_no_slow_start_that_would_end_in_freedom(
-    redis: Redis, prefix: str
-) -> None:
-    h, p = health(redis, prefix, cooldown_s=0, concurrency_recovery_calls=2), prov()
-    probe = await permit(h, p)
-    await h.report(p, probe, MODEL, "rate_limited", text="429")
-    for why in ("probing", "concurrency"):  # two answers: a second slot, not the end of a slow start
-        got = await permit(h, p)
-        assert (await refused(h, p)).reason == why
-        await h.report(p, got, MODEL, "success")
-    assert [bool((await permit(h, p)).lease) for _ in range(2)] == [True, True]
-    assert (await refused(h, p)).reason == "concurrency"
-
-
-async def test_the_limit_grows_by_one_every_concurrency_recovery_calls_answers(redis: Redis, prefix: str) -> None:
-    h, p = health(redis, prefix, cooldown_s=0, concurrency_recovery_calls=3), prov()
-    await answered_well(h, p)
-    for _ in range(2):  # the rest of its slow start
-        await h.report(p, await permit(h, p), MODEL, "success")
-    await h.report(p, None, MODEL, "rate_limited", text="429")
-    for limit in (1, 2, 3):
-        held = [await permit(h, p) for _ in range(limit)]
-        assert (await refused(h, p)).reason == "concurrency", limit
-        for got in held:
-            await h.report(p, got, MODEL, "success")
-        for _ in range(3 - limit):  # make up three answers at this limit
-            await h.report(p, await permit(h, p), MODEL, "success")
-    assert (await h.snapshot([p.name]))[p.name]["concurrency_limit"] == 4
-
-
-async def test_a_429_halves_the_calls_in_flight_it_counted(redis: Redis, prefix: str) -> None:
-    h, p = health(redis, prefix, cooldown_s=0, breaker_min_calls=100), prov(max_concurrency=8)
-    await answered_well(h, p)
-    flying = [await permit(h, p) for _ in range(6)]
-    await h.report(p, flying[0], MODEL, "rate_limited", text="429")  # 6 in flight -> 3
-    assert (await h.snapshot([p.name]))[p.name]["concurrency_limit"] == 3
-    for got in flying[1:3]:  # 5 still in flight, then 3 (failures: no answers to grow the limit on)
-        assert (await refused(h, p)).reason == "concurrency"
-        await h.report(p, got, MODEL, "transient", text="500")
-    assert (await refused(h, p)).reason == "concurrency"
-    await h.report(p, flying[3], MODEL, "transient", text="500")
-    await permit(h, p)
-
-
-async def test_a_burst_of_429s_does_not_halve_the_limit_again_and_again(redis: Redis, prefix: str) -> None:
-    h, p = health(redis, prefix, cooldown_s=0), prov(max_concurrency=8)
-    await answered_well(h, p)
-    flying = [await permit(h, p) for _ in range(8)]
-    limits = []
-    for got in flying[:3]:  # 8, 7, 6 in flight when each 429 comes back
-        await h.report(p, got, MODEL, "rate_limited", text="429")
-        limits.append((await h.snapshot([p.name]))[p.name]["concurrency_limit"])
-    assert limits == [4, 3, 3]
-
-
-async def test_the_limit_holds_until_rate_recovery_s_after_a_long_retry_after_ends(
-    redis: Redis, prefix: str
-) -> None:
-    h, p = health(redis, prefix, rate_recovery_s=0.3), prov()
-    await answered_well(h, p)
-    await h.report(p, None, MODEL, "rate_limited", retry_after=0.5, text="429")
-    assert (await refused(h, p)).reason == "cooling"
-    await asyncio.sleep(0.6)  # the cooldown is over, and more than rate_recovery_s since the 429
-    held = await permit(h, p)
-    assert held.lease and (await refused(h, p)).reason == "concurrency"
-    await asyncio.sleep(0.3)  # rate_recovery_s after the cooldown ended
-    assert not (await permit(h, p)).lease
-
-
-async def test_rate_recovery_s_without_a_429_lifts_the_limit(redis: Redis, prefix: str) -> None:
-    h, p = health(redis, prefix, cooldown_s=0, rate_recovery_s=0.3), prov()
-    await answered_well(h, p)
-    await h.report(p, None, MODEL, "rate_limited", text="429")
-    held = await permit(h, p)
-    assert (await refused(h, p)).reason == "concurrency"
-    assert (await h.snapshot([p.name]))[p.name]["concurrency_limit"] == 1
-    await asyncio.sleep(0.35)
-    assert "concurrency_limit" not in (await h.snapshot([p.name]))[p.name]
-    free = [await permit(h, p) for _ in range(3)]
-    assert not any(f.lease for f in free)
-    await h.report(p, held, MODEL, "success")  # a late report of a counted call is harmless
-    await permit(h, p)
-
-
 # --- what people see -----------------------------------------------------------------------------
 
 async def test_snapshot_describes_each_providers_state_for_people(redis: Redis, prefix: str) -> None:
@@ -531,22 +322,3 @@ def test_estimate_tokens_grows_with_the_messages() -> None:
 def test_estimate_tokens_includes_the_output_budget(extra: dict[str, Any], output_budget: int) -> None:
     one = estimate_tokens(chat("hello there", max_tokens=1))
     assert estimate_tokens(chat("hello there", **extra)) - one == output_budget - 1
-
-
-# --- the relay gives a counted slot back whatever happens to the budget ------------------------------
-
-async def test_a_429_is_reported_and_its_slot_freed_even_when_settling_the_budget_fails(
-    redis: Redis, prefix: str
-) -> None:
-    h, p = health(redis, prefix, cooldown_s=0), prov(max_concurrency=2)
-    await answered_well(h, p)
-    got = await permit(h, p)
-    assert got.lease
-    unreachable = Redis.from_url("redis://127.0.0.1:9", socket_connect_timeout=1)  # nothing listens there
-    spend = Spend(Budget(unreachable, Keys(prefix)), "b1")
-    call = _Call(p, "chat", {"model": MODEL}, got, spend, Reservation("t1", Decimal("0.01")))
-    with pytest.raises(RedisConnectionError):
-        await _report_and_settle(call, h, None, "rate_limited", retry_after=5.0, text="429")
-    await unreachable.aclose()
-    assert await redis.zcard(Keys(prefix).concurrency(p.name)) == 0
-    assert (await refused(h, p)).reason == "cooling"
