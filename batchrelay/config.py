@@ -198,8 +198,8 @@ class HealthConfig(_Strict):
     breaker_open_s: float = Field(default=10, ge=0)
     rate_recovery_s: float = Field(default=60, gt=0)  # from half pace back to full after a 429
     # A provider's first this many answers come one at a time; a 429 cuts the calls it may have in
-    # flight to half (at least one), every this many answers add one back, and rate_recovery_s
-    # without a 429 lifts the limit (see health.py). 1: no slow start.
+    # flight to half (at least one), every this many answers add one back, and the limit lapses
+    # rate_recovery_s after the 429's cooldown ends (see health.py). 1: no slow start.
     concurrency_recovery_calls: int = Field(default=20, ge=1)
     rate_headroom: float = Field(default=0.99, gt=0, le=1)  # pace at this share of rpm/tpm
     max_wait_s: float = Field(default=5, ge=0)  # longer waits defer the line instead of holding a slot

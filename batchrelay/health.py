@@ -33,6 +33,21 @@ from .keys import Keys
 
 Kind = Literal["success", "transient", "rate_limited", "billing", "auth", "model", "other"]
 
+# Shared by both scripts (after `H`, `name`, `now` and `recovery` are set): a field of provider `name`,
+# and the limit on its calls in flight, dropped once it has lapsed.
+_LIMIT = """
+local function num(key, f) return tonumber(redis.call('HGET', key, name .. ':' .. f) or '0') or 0 end
+local function unlimit() redis.call('HDEL', H, name .. ':cl', name .. ':cl_n', name .. ':cl_t', name .. ':cl_ss') end
+local function current_limit()
+  local cl = num(H, 'cl')
+  if cl > 0 and now - num(H, 'cl_t') > recovery then
+    unlimit()
+    return 0
+  end
+  return cl
+end
+"""
+
 _ACQUIRE = """
 local H, R, C, B = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local name, model = ARGV[1], ARGV[2]
@@ -41,7 +56,7 @@ local rpm, tpm, maxc = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local lease, lease_until, max_wait = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
 local recovery, headroom = tonumber(ARGV[11]), tonumber(ARGV[12])
 local probe_s, window = tonumber(ARGV[13]), tonumber(ARGV[14])
-local function num(key, f) return tonumber(redis.call('HGET', key, name .. ':' .. f) or '0') or 0 end
+""" + _LIMIT + """
 if num(H, 'disabled_until') > now then return {0, tostring(num(H, 'disabled_until') - now), 'disabled', 0} end
 for _, f in ipairs({'bench_until', 'cool_until', 'open_until'}) do
   local u = num(H, f)
@@ -51,11 +66,7 @@ local mu = tonumber(redis.call('HGET', H, name .. '|' .. model .. ':model_until'
 if mu > now then return {0, tostring(mu - now), 'model_until', 0} end
 local probing = num(H, 'ok') == 0 or num(H, 'half_open') == 1
 if probing and num(H, 'probe_until') > now then return {0, '0.05', 'probing', 0} end
-local limit, cl = maxc, num(H, 'cl')
-if cl > 0 and now - num(H, 'cl_t') > recovery then
-  redis.call('HDEL', H, name .. ':cl', name .. ':cl_n', name .. ':cl_t', name .. ':cl_ss')
-  cl = 0
-end
+local limit, cl = maxc, current_limit()
 local starting = false
 if cl > 0 and (limit == 0 or cl <= limit) then limit, starting = math.floor(cl), num(H, 'cl_ss') == 1 end
 if limit > 0 then
@@ -91,17 +102,12 @@ local model_s, cool_s = tonumber(ARGV[10]), tonumber(ARGV[11])
 local min_calls, err_rate = tonumber(ARGV[12]), tonumber(ARGV[13])
 local open_s, recovery = tonumber(ARGV[14]), tonumber(ARGV[15])
 local step = tonumber(ARGV[16])
-local function num(key, f) return tonumber(redis.call('HGET', key, name .. ':' .. f) or '0') or 0 end
+""" + _LIMIT + """
 local function set(f, v) redis.call('HSET', H, name .. ':' .. f, tostring(v)) end
 local function later(f, u) if u > num(H, f) then set(f, u) end end
 if lease ~= '' then redis.call('ZREM', C, lease) end
 set('probe_until', 0)
-local function unlimit() redis.call('HDEL', H, name .. ':cl', name .. ':cl_n', name .. ':cl_t', name .. ':cl_ss') end
-local cl = num(H, 'cl')
-if cl > 0 and now - num(H, 'cl_t') > recovery then  -- lapsed (acquire may not have seen it yet)
-  unlimit()
-  cl = 0
-end
+local cl = current_limit()  -- (acquire may not have seen it lapse yet)
 if kind == 'success' then
   local first = num(H, 'ok') == 0 and cl == 0 and step > 1
   set('ok', 1)

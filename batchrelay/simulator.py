@@ -104,6 +104,13 @@ class Entry:
     response: bytes | dict[str, Any] | None = None
     answered: float | None = None  # when the answer (or the stream's head) was sent; None while waiting
 
+    def answer(self, response: bytes | dict[str, Any]) -> None:
+        self.response, self.answered = response, time.time()
+
+    def brief(self) -> dict[str, Any]:
+        return {"t": self.t, "answered": self.answered, "path": self.path, "model": self.model,
+                "status": self.status, "kind": self.kind}
+
 
 def _captured(raw_headers: list[tuple[bytes, bytes]]) -> Headers:
     return tuple(h for h in raw_headers if h[0] in CAPTURED or h[0][:2] == b"x-")
@@ -255,7 +262,7 @@ def create_app(config: SimConfig) -> Starlette:
 
         if outcome is None or outcome.kind == "error":
             content = orjson.dumps(provider_error(p, dialect, status, message))
-            entry.response, entry.answered = content, time.time()
+            entry.answer(content)
             return Response(content, status, headers or retry_headers(status, cfg.retry_after), media_type=JSON)
         sim.numbers += 1
         elapsed = time.time() - t
@@ -267,12 +274,12 @@ def create_app(config: SimConfig) -> Starlette:
             # is paid for as an answer). Rounded so the balance reads as the sum of the costs.
             sim.balance = round(sim.balance - call_cost(p, body["model"], answer), 10)
         if body.get("stream") is True and outcome is not JUNK:  # junk is a plain JSON body even then
-            entry.response, entry.answered = payload, time.time()
+            entry.answer(payload)
             return _stream(cfg, p, dialect, body, payload, outcome, elapsed)
         content = orjson.dumps(payload)
         if outcome is MALFORMED:
             content = malformed(content)
-        entry.response, entry.answered = content, time.time()
+        entry.answer(content)
         return Response(content, 200, media_type=JSON)
 
     def _stream(cfg: SimConfig, p: Provider, dialect: Dialect, body: dict[str, Any], payload: dict[str, Any],
@@ -364,15 +371,13 @@ def create_app(config: SimConfig) -> Starlette:
             return _json({"error": {"message": "since must be an integer"}}, 400)
         if request.query_params.get("full") in ("1", "true"):
             return _json([
-                {"t": e.t, "answered": e.answered, "path": e.path, "model": e.model, "status": e.status,
-                 "kind": e.kind, "method": e.method,
+                {**e.brief(), "method": e.method,
                  "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in e.headers},
                  "body": _loads(e.raw),
                  "response": _loads(e.response) if isinstance(e.response, bytes) else e.response}
                 for e in sim.entries(since)
             ])
-        return _json([{"t": e.t, "answered": e.answered, "path": e.path, "model": e.model, "status": e.status,
-                       "kind": e.kind} for e in sim.entries(since)])
+        return _json([e.brief() for e in sim.entries(since)])
 
     async def get_stats(request: Request) -> Response:
         by_status = {str(k): v for k, v in sorted(sim.by_status.items())}
