@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from batchrelay._version import __version__
+
 __all__ = ["AsyncClient", "Client", "__version__"]
 
 if TYPE_CHECKING:
-    from .api import AsyncClient, Client
+    from batchrelay.api import AsyncClient, Client
 
 
 def __getattr__(name: str) -> Any:
     """`Client` and `AsyncClient` are imported on first use, so `import batchrelay` stays light."""
     if name in ("Client", "AsyncClient"):
-        from . import api
+        from batchrelay import api
 
         return getattr(api, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,3 +1,3 @@
-from .cli import main
+from batchrelay.cli.main import main
 
 main()

@@ -35,14 +35,15 @@ from typing import Any, TypeAlias, TypeVar
 import orjson
 from redis.asyncio import Redis
 
-from .budget import EXHAUSTED
-from .config import DIALECTS, Dialect, Settings, load_settings
-from .connection import DEFAULT_URL, connect
-from .errors import InputError
-from .keys import Keys
-from .lifecycle import cancel as cancel_batch
-from .store import BatchInfo, Store
-from .submit import submit_stream
+from batchrelay.config.settings import Settings, load_settings
+from batchrelay.errors import InputError
+from batchrelay.money.budget import EXHAUSTED
+from batchrelay.store.connection import DEFAULT_URL, connect
+from batchrelay.store.keys import Keys
+from batchrelay.store.lifecycle import cancel as cancel_batch
+from batchrelay.store.store import BatchInfo, Store
+from batchrelay.store.submit import submit_stream
+from batchrelay.wire.dialect import DIALECTS, Dialect
 
 __all__ = ["AsyncClient", "Client", "Source"]
 
@@ -114,7 +115,7 @@ def _usd(amount: Decimal | float | str | None) -> Decimal | None:
 
 
 def _webhook(url: str | None) -> str | None:
-    from .webhooks import check_url
+    from batchrelay.store.webhooks import check_url
 
     try:
         return None if url is None else check_url(url)
@@ -234,12 +235,12 @@ class AsyncClient:
             raise InputError(str(e)) from None
 
     def _check_prices(self, path: Path, endpoint: Dialect, allow: list[str] | None) -> None:
-        from .estimate import require_prices  # pricing data is loaded only when a budget asks for it
+        from batchrelay.money.estimate import require_prices  # pricing data is loaded only when a budget asks for it
 
         require_prices(path, self.settings, endpoint, allow)
 
     async def _status(self, store: Store, info: BatchInfo) -> dict[str, Any]:
-        from .spending import status_object
+        from batchrelay.store.spending import status_object
 
         return await status_object(store, info)
 
@@ -279,7 +280,7 @@ class AsyncClient:
     async def providers(self) -> dict[str, dict[str, Any]]:
         """Each configured provider's health as every worker sees it (cooldowns, bench, breaker, last
         outcome), in priority order."""
-        from .health import Health
+        from batchrelay.store.health import Health
 
         store = await self._connected()
         names = [p.name for p in self.settings.ordered_providers()]
@@ -290,7 +291,7 @@ class AsyncClient:
         """Write the batch's records so far in input order: successes to `results_path`, the rest to
         `errors_path` (default: the results file's name with .errors.jsonl). Each file appears whole
         or not at all. Returns the file names and how many records each got."""
-        from .export import export
+        from batchrelay.store.export import export
 
         store = await self._connected()
         done = await export(store, batch_id, Path(results_path), None if errors_path is None else Path(errors_path))
@@ -301,7 +302,7 @@ class AsyncClient:
         """Queue the batch's failed, cancelled and expired lines again (their earlier attempts and
         cost stay on record); returns how many lines and chunks went back, and on which queue.
         RetryRefused unless the batch has ended (completed, cancelled or expired)."""
-        from .lifecycle import retry
+        from batchrelay.store.lifecycle import retry
 
         done = await retry(await self._connected(), batch_id, self.settings.worker.chunk_size)
         return {"batch": batch_id, "lines": done.lines, "chunks": done.chunks, "queue": done.queue}
@@ -309,7 +310,7 @@ class AsyncClient:
     async def cost(self, batch_id: str) -> dict[str, Any]:
         """What the batch has cost so far: `rows` by provider and model (requests, failed, tokens,
         cost_usd, reported_usd, flags) and `total` (usd, requests, and the budget if it has one)."""
-        from .spending import cost_summary, ledger_of
+        from batchrelay.store.spending import cost_summary, ledger_of
 
         store = await self._connected()
         await store.info(batch_id)  # BatchNotFound for an unknown id
@@ -319,8 +320,8 @@ class AsyncClient:
     async def budget(self, batch_id: str, max_cost: Decimal | float | str | None = None) -> dict[str, Any]:
         """The batch's budget (max, spent, reserved, remaining in USD); with `max_cost`, set it first:
         lines waiting on a spent budget go back on the queue (`requeued_chunks`) for the workers."""
-        from .budget import Budget
-        from .sweeper import requeue_pending
+        from batchrelay.money.budget import Budget
+        from batchrelay.store.sweeper import requeue_pending
 
         limit = _usd(max_cost)
         store = await self._connected()

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import redis
 
-from batchrelay.embedded import EmbeddedRedis
+from batchrelay.store.embedded import EmbeddedRedis
 
 
 @contextlib.contextmanager

@@ -59,7 +59,7 @@ from chaos_checks import bad_lines_reported, exactly_once, read_jsonl, redis_dum
 from chaos_input import BAD_SHARE, GPT, HAIKU, make_input  # noqa: E402
 from chaos_rig import Cli, OwnRedis, Workers  # noqa: E402
 
-from batchrelay.simproc import SimulatorProcess
+from batchrelay.sim.process import SimulatorProcess
 
 WORKER = {"chunk_size": 25, "call_timeout": 3, "job_timeout": 8, "backoff": 0.05, "attempts_per_provider": 2}
 HEALTH = {"cooldown_s": 1, "max_wait_s": 2, "breaker_open_s": 2}

@@ -15,9 +15,9 @@ from typing import Any
 
 import redis
 
-from batchrelay.embedded import find_redis_server
 from batchrelay.procs import stop_all
-from batchrelay.simproc import free_port
+from batchrelay.sim.process import free_port
+from batchrelay.store.embedded import find_redis_server
 
 
 class OwnRedis:

@@ -60,9 +60,9 @@ from cost_rig import (  # noqa: E402
     write_config,
 )
 
+from batchrelay.money.tokens import input_tokens  # noqa: E402
 from batchrelay.procs import stop_all  # noqa: E402
-from batchrelay.simproc import SimulatorProcess  # noqa: E402
-from batchrelay.tokens import input_tokens  # noqa: E402
+from batchrelay.sim.process import SimulatorProcess  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "requests.jsonl"

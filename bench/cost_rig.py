@@ -18,8 +18,8 @@ import httpx
 import orjson
 from redis.asyncio import Redis
 
-from batchrelay.keys import Keys
-from batchrelay.store import BatchInfo, Store
+from batchrelay.store.keys import Keys
+from batchrelay.store.store import BatchInfo, Store
 
 
 def q(s: str) -> str:

@@ -42,11 +42,11 @@ import orjson  # noqa: E402
 from _common import Figure, bench_redis, print_summary, write_lines  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
-from batchrelay.keys import Keys  # noqa: E402
 from batchrelay.procs import stop_all  # noqa: E402
-from batchrelay.simproc import SimulatorProcess  # noqa: E402
-from batchrelay.store import BatchInfo, Store  # noqa: E402
-from batchrelay.submit import submit_file  # noqa: E402
+from batchrelay.sim.process import SimulatorProcess  # noqa: E402
+from batchrelay.store.keys import Keys  # noqa: E402
+from batchrelay.store.store import BatchInfo, Store  # noqa: E402
+from batchrelay.store.submit import submit_file  # noqa: E402
 
 WORKERS = 2
 CHUNK = 50

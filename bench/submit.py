@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import bench_redis, write_lines  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
-from batchrelay.keys import Keys  # noqa: E402
-from batchrelay.store import Store  # noqa: E402
-from batchrelay.submit import submit_file  # noqa: E402
+from batchrelay.store.keys import Keys  # noqa: E402
+from batchrelay.store.store import Store  # noqa: E402
+from batchrelay.store.submit import submit_file  # noqa: E402
 
 
 async def one(url: str, prefix: str, path: Path) -> float:

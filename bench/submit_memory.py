@@ -27,7 +27,7 @@ import orjson  # noqa: E402
 import redis  # noqa: E402
 from _common import write_lines  # noqa: E402
 
-from batchrelay.embedded import EmbeddedRedis  # noqa: E402
+from batchrelay.store.embedded import EmbeddedRedis  # noqa: E402
 
 
 @dataclass

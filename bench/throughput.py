@@ -27,10 +27,10 @@ import orjson  # noqa: E402
 from _common import bench_redis, write_lines  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
-from batchrelay.keys import Keys  # noqa: E402
-from batchrelay.simproc import SimulatorProcess  # noqa: E402
-from batchrelay.store import Store  # noqa: E402
-from batchrelay.submit import submit_file  # noqa: E402
+from batchrelay.sim.process import SimulatorProcess  # noqa: E402
+from batchrelay.store.keys import Keys  # noqa: E402
+from batchrelay.store.store import Store  # noqa: E402
+from batchrelay.store.submit import submit_file  # noqa: E402
 
 PER_CLIENT = 16
 

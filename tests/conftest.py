@@ -25,14 +25,14 @@ import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
-from batchrelay.config import ProviderConfig, Settings, WorkerConfig
-from batchrelay.embedded import find_redis_server
-from batchrelay.health import Health
-from batchrelay.keys import Keys
+from batchrelay.config.settings import ProviderConfig, Settings, WorkerConfig
 from batchrelay.procs import stop_all
-from batchrelay.simproc import SimulatorProcess, free_port
-from batchrelay.store import Store
-from batchrelay.worker import Runtime
+from batchrelay.sim.process import SimulatorProcess, free_port
+from batchrelay.store.embedded import find_redis_server
+from batchrelay.store.health import Health
+from batchrelay.store.keys import Keys
+from batchrelay.store.store import Store
+from batchrelay.worker.worker import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,9 +6,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from batchrelay.config import HealthConfig, ProviderConfig
-from batchrelay.health import Health, Permit, Unavailable
-from batchrelay.keys import Keys
+from batchrelay.config.settings import HealthConfig, ProviderConfig
+from batchrelay.store.health import Health, Permit, Unavailable
+from batchrelay.store.keys import Keys
 
 MODEL = "gpt-4o-mini"
 

@@ -14,11 +14,11 @@ import pytest
 import redis as sync_redis
 
 from batchrelay import AsyncClient, Client
-from batchrelay.config import ProviderConfig, RedisConfig, Settings, WorkerConfig
+from batchrelay.config.settings import ProviderConfig, RedisConfig, Settings, WorkerConfig
 from batchrelay.errors import BatchNotFound, InputError
-from batchrelay.keys import Keys
-from batchrelay.simproc import SimulatorProcess
-from batchrelay.worker import build_worker, run_worker
+from batchrelay.sim.process import SimulatorProcess
+from batchrelay.store.keys import Keys
+from batchrelay.worker.worker import build_worker, run_worker
 
 from .conftest import openai_line
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from batchrelay.budget import EXHAUSTED, Budget, OverBudget, Spend, Unpriced
-from batchrelay.config import ProviderConfig
-from batchrelay.jobs import JobLine
-from batchrelay.pricing import pico
-from batchrelay.store import Store
-from batchrelay.submit import new_batch_id
+from batchrelay.config.settings import ProviderConfig
+from batchrelay.money.budget import EXHAUSTED, Budget, OverBudget, Spend, Unpriced
+from batchrelay.money.pricing import pico
+from batchrelay.store.store import Store
+from batchrelay.store.submit import new_batch_id
+from batchrelay.wire.jobs import JobLine
 
 
 async def _batch(store: Store, max_cost: D | None, pending: int = 2) -> str:

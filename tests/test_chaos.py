@@ -28,7 +28,7 @@ import pytest
 import redis as sync_redis
 
 from batchrelay.procs import stop_all
-from batchrelay.simproc import SimulatorProcess
+from batchrelay.sim.process import SimulatorProcess
 
 from .conftest import OwnRedis, batchrelay, write_config
 

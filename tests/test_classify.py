@@ -5,7 +5,6 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from batchrelay.classify import Action, classify, retry_after_seconds
 from batchrelay.errors import (
     ProviderBadResponse,
     ProviderError,
@@ -13,6 +12,7 @@ from batchrelay.errors import (
     ProviderTimeout,
     ProviderTransportError,
 )
+from batchrelay.providers.classify import Action, classify, retry_after_seconds
 
 
 def http(status: int, body: object = b"", headers: dict[str, str] | None = None) -> ProviderHTTPError:

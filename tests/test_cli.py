@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from batchrelay.simproc import free_port
+from batchrelay.sim.process import free_port
 
 from .conftest import batchrelay, openai_line, write_config
 

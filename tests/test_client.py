@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pytest
 
-from batchrelay.config import ProviderConfig
+from batchrelay.config.settings import ProviderConfig
 from batchrelay.errors import (
     ProviderBadResponse,
     ProviderError,
@@ -19,7 +19,7 @@ from batchrelay.errors import (
     ProviderTransportError,
 )
 from batchrelay.providers.client import send
-from batchrelay.providers.dialects import Usage
+from batchrelay.wire.reply import Usage
 
 KEY = "sk-test-7f3a9c2e1b"
 KEY_ENV = "BATCHRELAY_TEST_CLIENT_KEY"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from batchrelay.config import load_settings
+from batchrelay.config.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

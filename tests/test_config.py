@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from batchrelay.config import ProviderConfig, Settings, load_settings, parse_settings
+from batchrelay.config.settings import ProviderConfig, Settings, load_settings, parse_settings
 from batchrelay.errors import ConfigError
 
 FULL_EXAMPLE = """

@@ -19,7 +19,7 @@ import httpx
 import orjson
 import pytest
 
-from batchrelay.simproc import SimulatorProcess
+from batchrelay.sim.process import SimulatorProcess
 
 from .conftest import batchrelay, write_config
 

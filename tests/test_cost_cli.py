@@ -11,7 +11,7 @@ import orjson
 import pytest
 import redis as sync_redis
 
-from batchrelay.simproc import SimulatorProcess, free_port
+from batchrelay.sim.process import SimulatorProcess, free_port
 
 from .conftest import batchrelay, openai_line, write_config
 

@@ -7,8 +7,9 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrelay.config import ProviderConfig
-from batchrelay.providers.dialects import Usage, build_request, parse_reply, usage_of
+from batchrelay.config.settings import ProviderConfig
+from batchrelay.providers.dialects import build_request, parse_reply, usage_of
+from batchrelay.wire.reply import Usage
 
 CHAT_BODY: dict[str, Any] = {
     "model": "gpt-4-turbo", "messages": [{"role": "user", "content": "What is the capital of France?"}],

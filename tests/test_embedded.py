@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from batchrelay.embedded import EmbeddedRedis, find_redis_server
+from batchrelay.store.embedded import EmbeddedRedis, find_redis_server
 
 
 def test_embedded_redis_keeps_data_across_restarts_with_aof(tmp_path: Path) -> None:

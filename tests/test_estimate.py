@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from batchrelay.config import ProviderConfig, RoutingConfig, Settings
+from batchrelay.config.settings import ProviderConfig, RoutingConfig, Settings
 from batchrelay.errors import InputError
-from batchrelay.estimate import Estimate, OutputGuess, estimate_file, estimate_jobs
-from batchrelay.jobs import BadLine, JobLine
-from batchrelay.tokens import input_tokens
+from batchrelay.money.estimate import Estimate, OutputGuess, estimate_file, estimate_jobs
+from batchrelay.money.tokens import input_tokens
+from batchrelay.wire.jobs import BadLine, JobLine
 
 MILLION = D(1_000_000)
 HI = [{"role": "user", "content": "hi"}]  # 32 bytes of JSON: 8 + 4 = 12 input tokens

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from batchrelay.simproc import SimulatorProcess
+from batchrelay.sim.process import SimulatorProcess
 
 from .conftest import batchrelay, openai_line, write_config
 

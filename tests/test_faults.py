@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from batchrelay.simproc import SimulatorProcess, free_port
+from batchrelay.sim.process import SimulatorProcess, free_port
 
 from .conftest import OwnRedis, batchrelay, openai_line, results_of, status_of, submit_lines, wait_for, write_config
 

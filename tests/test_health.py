@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from batchrelay.config import ProviderConfig
-from batchrelay.health import Health, Permit
-from batchrelay.keys import Keys
-from batchrelay.tokens import estimate_tokens
+from batchrelay.config.settings import ProviderConfig
+from batchrelay.money.tokens import estimate_tokens
+from batchrelay.store.health import Health, Permit
+from batchrelay.store.keys import Keys
 
 from .healthkit import MODEL, answered_well, health, permit, prov, refused
 

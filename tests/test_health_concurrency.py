@@ -10,9 +10,9 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from batchrelay.budget import Budget, Reservation, Spend
-from batchrelay.keys import Keys
-from batchrelay.relay import _Call, _report_and_settle
+from batchrelay.money.budget import Budget, Reservation, Spend
+from batchrelay.store.keys import Keys
+from batchrelay.worker.relay import _Call, _report_and_settle
 
 from .healthkit import MODEL, answered_well, health, permit, prov, refused
 

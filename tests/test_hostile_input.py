@@ -17,9 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from batchrelay import submit
-from batchrelay.config import WorkerConfig
-from batchrelay.jobs import (
+from batchrelay.config.settings import WorkerConfig
+from batchrelay.sim.process import SimulatorProcess
+from batchrelay.store.store import ERR, Store, submit
+from batchrelay.store.submit import submit_stream
+from batchrelay.wire.jobs import (
     DISCARD_PIECE,
     MAX_DEPTH,
     MAX_LINE_BYTES,
@@ -32,9 +34,6 @@ from batchrelay.jobs import (
     iter_jobs,
     parse_line,
 )
-from batchrelay.simproc import SimulatorProcess
-from batchrelay.store import ERR, Store
-from batchrelay.submit import submit_stream
 
 from .conftest import worker_runtime
 

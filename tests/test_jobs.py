@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchrelay.jobs import BadLine, JobLine, iter_jobs, parse_line
+from batchrelay.wire.jobs import BadLine, JobLine, iter_jobs, parse_line
 
 MESSAGES = [{"role": "user", "content": "Hello!"}]
 CHAT_BODY = {"model": "gpt-4o-mini", "messages": MESSAGES, "temperature": 0.2}

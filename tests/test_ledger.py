@@ -6,12 +6,12 @@ from decimal import Decimal as D
 
 import pytest
 
-from batchrelay.jobs import JobLine
-from batchrelay.ledger import SEP, Billed, Row, increments, line_cost, rows, total
-from batchrelay.pricing import CallCost
-from batchrelay.providers.dialects import Usage
-from batchrelay.store import Store
-from batchrelay.submit import new_batch_id
+from batchrelay.money.ledger import SEP, Billed, Row, increments, line_cost, rows, total
+from batchrelay.money.pricing import CallCost
+from batchrelay.store.store import Store
+from batchrelay.store.submit import new_batch_id
+from batchrelay.wire.jobs import JobLine
+from batchrelay.wire.reply import Usage
 
 
 def cc(computed: str | None, reported: str | None = None, source: str = "computed", min_charge: bool = False

@@ -8,13 +8,13 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrelay.config import ProviderConfig
+from batchrelay.config.settings import ProviderConfig
 from batchrelay.errors import ProviderHTTPError, ProviderTimeout
-from batchrelay.jobs import BadLine, JobLine
-from batchrelay.output import bad_line_record, outcome_record
-from batchrelay.pricing import CallCost
-from batchrelay.providers import ProviderReply, Usage
-from batchrelay.relay import Attempt, Outcome
+from batchrelay.money.pricing import CallCost
+from batchrelay.results.outcome import Attempt, Outcome
+from batchrelay.results.records import bad_line_record, outcome_record
+from batchrelay.wire.jobs import BadLine, JobLine
+from batchrelay.wire.reply import ProviderReply, Usage
 
 BATCH = "batch_abc123"
 MESSAGES = [{"role": "user", "content": "Capital of France?"}]

@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from batchrelay.config import ProviderConfig, parse_settings
+from batchrelay.config.presets import PRESETS
+from batchrelay.config.settings import ProviderConfig, parse_settings
 from batchrelay.errors import ConfigError
-from batchrelay.presets import PRESETS
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -7,9 +7,9 @@ from decimal import Decimal as D
 import pytest
 from pydantic import ValidationError
 
-from batchrelay.config import ModelPrice, ProviderConfig
-from batchrelay.pricing import CallCost, call_cost, pico, price_of, reservation, usd, usd_str
-from batchrelay.providers.dialects import Usage
+from batchrelay.config.settings import ModelPrice, ProviderConfig
+from batchrelay.money.pricing import CallCost, call_cost, pico, price_of, reservation, usd, usd_str
+from batchrelay.wire.reply import Usage
 
 
 def provider(**kw: object) -> ProviderConfig:

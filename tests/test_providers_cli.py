@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from batchrelay.cli_providers import health_text
-from batchrelay.simproc import SimulatorProcess
+from batchrelay.cli.providers import health_text
+from batchrelay.sim.process import SimulatorProcess
 
 from .conftest import batchrelay
 

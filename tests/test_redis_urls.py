@@ -25,8 +25,8 @@ import psutil
 import pytest
 import redis as sync_redis
 
-from batchrelay.embedded import EmbeddedRedis, find_redis_server
-from batchrelay.simproc import SimulatorProcess, free_port
+from batchrelay.sim.process import SimulatorProcess, free_port
+from batchrelay.store.embedded import EmbeddedRedis, find_redis_server
 
 from .conftest import batchrelay, openai_line, write_config
 
@@ -273,7 +273,7 @@ def _listening(pid: int) -> set[tuple[str, int]]:
 @pytest.mark.parametrize("how", ["module", "cli"])
 def test_the_simulator_listens_on_loopback_only(how: str) -> None:
     port = free_port()
-    cmd = ([sys.executable, "-m", "batchrelay.simulator", "--port", str(port)] if how == "module"
+    cmd = ([sys.executable, "-m", "batchrelay.sim", "--port", str(port)] if how == "module"
            else [sys.executable, "-m", "batchrelay", "simulate", "--port", str(port)])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from batchrelay.config import Dialect, ProviderConfig
-from batchrelay.routing import Strategy, allowed_by_routes, candidates, unit_price
+from batchrelay.config.settings import ProviderConfig
+from batchrelay.providers.routing import Strategy, allowed_by_routes, candidates, unit_price
+from batchrelay.wire.dialect import Dialect
 
 
 def prov(name: str, **fields: Any) -> ProviderConfig:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 
-from batchrelay.simproc import SimulatorProcess
+from batchrelay.sim.process import SimulatorProcess
 
 from .conftest import ROOT, batchrelay, openai_line, write_config
 

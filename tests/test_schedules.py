@@ -17,13 +17,13 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrelay.config import ScheduleConfig, Settings
-from batchrelay.cron import parse_cron
-from batchrelay.lifecycle import advance, request_stop, tick
-from batchrelay.schedules import run_due_schedules
-from batchrelay.simproc import SimulatorProcess
-from batchrelay.store import Store
-from batchrelay.submit import submit_stream
+from batchrelay.config.settings import ScheduleConfig, Settings
+from batchrelay.sim.process import SimulatorProcess
+from batchrelay.store.cron import parse_cron
+from batchrelay.store.lifecycle import advance, request_stop, tick
+from batchrelay.store.schedules import run_due_schedules
+from batchrelay.store.store import Store
+from batchrelay.store.submit import submit_stream
 
 from .conftest import batchrelay, openai_line, status_of, wait_for, write_config
 

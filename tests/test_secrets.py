@@ -33,8 +33,8 @@ import orjson
 import pytest
 import redis as sync_redis
 
-from batchrelay.config import ProviderConfig, RedisConfig, Settings
-from batchrelay.simproc import SimulatorProcess
+from batchrelay.config.settings import ProviderConfig, RedisConfig, Settings
+from batchrelay.sim.process import SimulatorProcess
 
 from .conftest import batchrelay, openai_line, write_config
 

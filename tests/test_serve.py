@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from batchrelay.procs import stop_all
-from batchrelay.simproc import SimulatorProcess, free_port
+from batchrelay.sim.process import SimulatorProcess, free_port
 
 from .conftest import batchrelay, openai_line, wait_for, write_config
 
@@ -236,7 +236,7 @@ def test_a_large_upload_round_trips_byte_for_byte(api: Api) -> None:
 async def test_the_form_parser_takes_any_chunking(tmp_path: Path, piece: int) -> None:
     from starlette.requests import Request
 
-    from batchrelay.serve_openai import read_form
+    from batchrelay.serve.openai_api import read_form
 
     payload = b"line one\r\n--\r\nline two\r\n"
     body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"

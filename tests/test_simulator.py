@@ -16,7 +16,8 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from batchrelay.simfaults import (
+from batchrelay.sim.app import SimConfig, _parser, config_from_args, create_app
+from batchrelay.sim.faults import (
     FaultState,
     Outcome,
     decide,
@@ -24,7 +25,6 @@ from batchrelay.simfaults import (
     estimate_output_tokens,
     retry_headers,
 )
-from batchrelay.simulator import SimConfig, _parser, config_from_args, create_app
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
@@ -571,7 +571,7 @@ def test_the_real_server_answers_over_loopback() -> None:
     path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "batchrelay.simulator", "--port", str(port), "--api-key", "k"],
+        [sys.executable, "-m", "batchrelay.sim", "--port", str(port), "--api-key", "k"],
         cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:

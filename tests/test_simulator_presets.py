@@ -10,9 +10,9 @@ import httpx
 import orjson
 import pytest
 
-from batchrelay.simfaults import RATE_WINDOW, RateWindow
-from batchrelay.simproviders import AINOW_PRICES, PROVIDERS
-from batchrelay.simulator import SimConfig, _parser, config_from_args, create_app
+from batchrelay.sim.app import SimConfig, _parser, config_from_args, create_app
+from batchrelay.sim.faults import RATE_WINDOW, RateWindow
+from batchrelay.sim.presets import AINOW_PRICES, PROVIDERS
 
 KEY = "sk-sim"
 USER = [{"role": "user", "content": "What is the capital of France?"}]

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from batchrelay.providers.sse import ChatStream, MessagesStream, iter_events
+from batchrelay.wire.sse import ChatStream, MessagesStream, iter_events
 
 
 async def _lines(text: str) -> AsyncIterator[str]:

@@ -6,9 +6,9 @@ import io
 
 import orjson
 
-from batchrelay.simproc import SimulatorProcess
-from batchrelay.store import Store
-from batchrelay.submit import submit_stream
+from batchrelay.sim.process import SimulatorProcess
+from batchrelay.store.store import Store
+from batchrelay.store.submit import submit_stream
 
 from .conftest import openai_line, worker_runtime
 

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrelay.simproc import SimulatorProcess
+from batchrelay.sim.process import SimulatorProcess
 
 from .conftest import batchrelay, write_config
 

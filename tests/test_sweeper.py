@@ -7,12 +7,12 @@ import io
 import orjson
 from arq.constants import job_key_prefix
 
-from batchrelay.config import ProviderConfig, Settings, WorkerConfig
-from batchrelay.simproc import SimulatorProcess
-from batchrelay.store import Store
-from batchrelay.submit import submit_stream
-from batchrelay.sweeper import requeue_pending, sweep
-from batchrelay.worker import build_worker, run_worker
+from batchrelay.config.settings import ProviderConfig, Settings, WorkerConfig
+from batchrelay.sim.process import SimulatorProcess
+from batchrelay.store.store import Store
+from batchrelay.store.submit import submit_stream
+from batchrelay.store.sweeper import requeue_pending, sweep
+from batchrelay.worker.worker import build_worker, run_worker
 
 from .conftest import openai_line
 

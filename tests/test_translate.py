@@ -1,4 +1,4 @@
-"""Translating requests and replies between the chat and messages dialects (batchrelay.translate)."""
+"""Translating requests and replies between the chat and messages dialects (batchrelay.wire.translate)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchrelay.translate import (
+from batchrelay.wire.translate import (
     chat_to_messages_request,
     chat_to_messages_response,
     messages_to_chat_request,

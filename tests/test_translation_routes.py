@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from batchrelay.simproc import SimulatorProcess
+from batchrelay.sim.process import SimulatorProcess
 
 from .conftest import batchrelay, write_config
 

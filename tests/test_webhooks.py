@@ -22,8 +22,8 @@ import pytest
 import redis as sync_redis
 
 from batchrelay.errors import ConfigError
-from batchrelay.simproc import SimulatorProcess
-from batchrelay.webhooks import backoff_s, check_url, message, message_id, secret_bytes, signature
+from batchrelay.sim.process import SimulatorProcess
+from batchrelay.store.webhooks import backoff_s, check_url, message, message_id, secret_bytes, signature
 
 from .conftest import batchrelay, openai_line, status_of, wait_for, write_config
 from .test_secrets import dump_redis

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from batchrelay.simproc import SimulatorProcess
+from batchrelay.sim.process import SimulatorProcess
 
 from .conftest import results_of, status_of, submit_lines, write_config
 

@@ -1,6 +1,2 @@
-"""The provider layer: `dialects` maps wire formats (pure), `client` sends them (IO)."""
-
-from .client import ProviderReply, send
-from .dialects import Usage, build_request, parse_reply
-
-__all__ = ["ProviderReply", "Usage", "build_request", "parse_reply", "send"]
+"""Providers: presets aside (config), how to talk to one (`dialects`, pure), send to it (`client`, IO),
+what its failure means (`classify`), which to try first (`routing`) and `checks` of keys and credit."""

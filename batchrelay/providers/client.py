@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import httpx
 import orjson
 
-from ..config import Dialect, ProviderConfig
-from ..errors import ProviderBadResponse, ProviderError, ProviderHTTPError, ProviderTimeout, ProviderTransportError
-from .dialects import (
-    Usage,
+from batchrelay.config.settings import ProviderConfig
+from batchrelay.errors import (
+    ProviderBadResponse,
+    ProviderError,
+    ProviderHTTPError,
+    ProviderTimeout,
+    ProviderTransportError,
+)
+from batchrelay.providers.dialects import (
     WireRequest,
     build_request,
     check_reply,
@@ -27,7 +30,9 @@ from .dialects import (
     usage_of,
     with_standard_usage,
 )
-from .sse import assembler, iter_events
+from batchrelay.wire.dialect import Dialect
+from batchrelay.wire.reply import ProviderReply, Usage
+from batchrelay.wire.sse import assembler, iter_events
 
 MAX_ERROR_BODY = 4096
 
@@ -83,16 +88,6 @@ def usable_key(provider: ProviderConfig) -> str | None:
         raise ProviderError(provider.name, f"API key variable {provider.api_key_env} holds characters "
                             "an HTTP header cannot carry", status=None)
     return key
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderReply:
-    body: dict[str, Any]
-    usage: Usage
-    latency_ms: float
-    request_id: str | None
-    reported_cost: Decimal | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 async def send(

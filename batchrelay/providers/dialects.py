@@ -12,44 +12,12 @@ from typing import Any
 
 import orjson
 
-from ..config import Dialect, ProviderConfig
+from batchrelay.config.settings import ProviderConfig
+from batchrelay.wire.dialect import Dialect
+from batchrelay.wire.reply import Usage
 
 AUTH_HEADERS = {"bearer": "Authorization", "tt-api-key": "TT-API-KEY", "x-api-key": "x-api-key"}
 AINOW_COST_FIELDS = ("input_tokens_cost", "output_tokens_cost", "total_tokens_cost")
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Tokens one call used, the same way for both dialects: `input_tokens` counts every input token,
-    those read from the prompt cache (`cached_input_tokens`) and written to it (`cache_write_tokens`)
-    included; `reasoning_tokens` are part of `output_tokens`."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_input_tokens: int = 0
-    cache_write_tokens: int = 0
-    reasoning_tokens: int = 0
-
-    @property
-    def uncached_input_tokens(self) -> int:
-        return max(0, self.input_tokens - self.cached_input_tokens - self.cache_write_tokens)
-
-    @property
-    def billable(self) -> bool:
-        return self.input_tokens > 0 or self.output_tokens > 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cached_input_tokens": self.cached_input_tokens,
-            "cache_write_tokens": self.cache_write_tokens,
-            "reasoning_tokens": self.reasoning_tokens,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Usage:
-        return cls(**{f: int(d.get(f, 0)) for f in cls.__slots__})
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,213 @@
+"""Money on the command line: `estimate`, `cost`, `budget`, and the `--max-cost` / `--require-prices`
+options of `submit` and `run`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import click
+from redis.exceptions import RedisError
+
+from batchrelay.cli.kit import emit_json, handles_errors, open_client, open_store, run_async, settings_of
+from batchrelay.config.settings import ProviderConfig, Settings
+from batchrelay.errors import StoreError
+from batchrelay.money.budget import EXHAUSTED
+from batchrelay.money.estimate import Estimate, OutputGuess, estimate_file, output_history
+from batchrelay.money.pricing import pico, usd_str
+from batchrelay.store.spending import cost_line, plain_usd
+
+EXIT_BUDGET = 4
+
+
+class _USD(click.ParamType):  # type: ignore[type-arg]
+    name = "USD"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Decimal:
+        try:
+            amount = Decimal(str(value).strip().lstrip("$"))
+        except InvalidOperation:
+            self.fail(f"{value!r} is not an amount in USD (e.g. 0.50)", param, ctx)
+        if not amount.is_finite() or pico(amount) <= 0:
+            self.fail(f"{value!r}: the amount must be more than 0 (amounts are kept to 10^-12 USD)", param, ctx)
+        return amount
+
+
+USD = _USD()
+
+
+def money_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """`--max-cost` and `--require-prices`, shared by `submit` and `run`."""
+    f = click.option("--require-prices", is_flag=True,
+                     help="Refuse the batch if a model has no known price at a provider that may serve it.")(f)
+    return click.option("--max-cost", type=USD, metavar="USD",
+                        help="Stop spending at this many USD (plus calls in flight); implies --require-prices. "
+                             "Raise it later with `batchrelay budget`.")(f)
+
+
+def _fmt(amount: Decimal | None) -> str:
+    return "unknown" if amount is None else f"${usd_str(amount)}"
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--endpoint", type=click.Choice(["chat", "messages"]), default="chat", show_default=True,
+              help="Dialect of bare request bodies.")
+@click.option("--providers", "allow", help="Only these providers (comma-separated names).")
+@click.option("--output-tokens", type=click.IntRange(1), help="Expect this many output tokens per line.")
+@click.option("--output-ratio", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+              help="Without history: expect this many output tokens per input token (capped by max_tokens).")
+@click.option("--history/--no-history", default=True, show_default=True,
+              help="Expect the output per call that each provider and model gave in the last finished batches "
+                   "in Redis (skipped when Redis is not reachable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
+@click.pass_context
+@handles_errors
+def estimate(ctx: click.Context, file: Path, endpoint: str, allow: str | None, output_tokens: int | None,
+             output_ratio: float, history: bool, as_json: bool) -> None:
+    """Estimate what FILE would cost, per provider and model, before submitting it.
+
+    Input tokens are estimated from each request; output is a range from 1 token per line (low)
+    to each line's max_tokens (high). `expected` takes --output-tokens if given, else the output
+    per call each provider and model gave in earlier batches (history), else --output-ratio.
+    `first choice` is the provider routing tries first; the others are where failover may go.
+
+    \b
+    Examples:
+      batchrelay estimate requests.jsonl
+      batchrelay estimate requests.jsonl --output-tokens 300 --json
+    """
+    settings = settings_of(ctx)
+    if not settings.providers:  # what `run` would use: the built-in simulator, priced at official prices
+        settings = settings.with_providers([ProviderConfig(name="simulator", base_url="http://127.0.0.1")])
+        if not as_json:
+            click.echo("no providers configured: priced as the built-in simulator `run` uses (official prices)",
+                       err=True)
+    try:
+        names = settings.check_allow_list([n.strip() for n in allow.split(",") if n.strip()]) if allow else None
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--providers") from None
+    seen = run_async(_history(settings)) if history and output_tokens is None else {}
+    est = estimate_file(file, settings, default_dialect=endpoint, allow=names,  # type: ignore[arg-type]
+                        output=OutputGuess(output_tokens, output_ratio, seen))
+    if as_json:
+        emit_json(est.as_dict())
+        return
+    _print_estimate(est)
+
+
+async def _history(settings: Settings) -> dict[tuple[str, str], float]:
+    try:
+        async with open_store(settings) as store:
+            return await output_history(store)
+    except (StoreError, RedisError, OSError):
+        return {}  # an estimate needs no Redis
+
+
+def _print_estimate(est: Estimate) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("model", "provider", "lines", "tokens in / out", "expected", "range", "price", "output")
+    for r in est.rows:
+        table.add_row(r.model, r.provider + (" *" if r.first_choice else ""), str(r.lines),
+                      f"{r.input_tokens} / {r.expected_output_tokens}", _fmt(r.expected),
+                      f"{_fmt(r.low)}-{_fmt(r.high)}", r.price_source, r.output_basis)
+    Console().print(table)
+    low, exp, high = est.first_choice_total()
+    click.echo(f"{est.lines} lines ({est.invalid} invalid). On first-choice providers (*): expected {_fmt(exp)}, "
+               f"range {_fmt(low)} to {_fmt(high)}")
+    for m, p in est.unpriced():
+        click.echo(f"warning: no known price for {m} at {p}: its cost would be unknown", err=True)
+    for m, n in est.unserved.items():
+        click.echo(f"warning: no provider may serve {m} ({n} lines)", err=True)
+
+
+@click.command()
+@click.argument("batch")
+@click.option("--json", "as_json", is_flag=True, help="Print the ledger as JSON.")
+@click.pass_context
+@handles_errors
+def cost(ctx: click.Context, batch: str, as_json: bool) -> None:
+    """What BATCH has cost so far, by provider and model (from its ledger).
+
+    Every billed call is counted once, with the line's result: answers, and failed calls the
+    provider still billed. `reported` is what providers that quote their own cost said.
+
+    \b
+    Examples:
+      batchrelay cost batch_0123abcd
+      batchrelay cost batch_0123abcd --json
+    """
+    async def go() -> dict[str, Any]:
+        async with open_client(settings_of(ctx)) as client:
+            return await client.cost(batch)
+
+    report = run_async(go())
+    if as_json:
+        emit_json(report)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    rs = report["rows"]
+    table = Table("provider", "model", "requests", "failed", "input", "cached", "output", "cost", "reported",
+                  "flags")
+    if rs:
+        metrics = [k for k in rs[0] if isinstance(rs[0][k], int)]
+        t = {"provider": "total", "model": "", **{k: sum(r[k] for r in rs) for k in metrics},
+             "cost_usd": report["total"]["usd"],
+             "reported_usd": _sum_usd(r["reported_usd"] for r in rs)}
+        for r in [*rs, t]:
+            flags = [f"{r[k]} {label}" for k, label in (("unpriced", "unpriced"), ("min_charge", "min charge"),
+                                                       ("discrepancies", "discrepant")) if r[k]]
+            table.add_row(r["provider"], r["model"],
+                          *(str(r[k]) for k in ("requests", "failed", "input", "cached", "output")),
+                          f"${r['cost_usd']}", f"${r['reported_usd']}" if r["reported_usd"] else "", ", ".join(flags))
+    Console().print(table)
+    click.echo(cost_line(report["total"]))
+
+
+def _sum_usd(amounts: Iterable[str | None]) -> str | None:
+    given = [Decimal(a) for a in amounts if a is not None]
+    return usd_str(sum(given, Decimal(0))) if given else None
+
+
+@click.command()
+@click.argument("batch")
+@click.option("--max-cost", type=USD, metavar="USD", help="Set the batch's spending limit to this many USD.")
+@click.option("--json", "as_json", is_flag=True, help="Print the budget as JSON.")
+@click.pass_context
+@handles_errors
+def budget(ctx: click.Context, batch: str, max_cost: Decimal | None, as_json: bool) -> None:
+    """Show BATCH's budget, or set it with --max-cost; a batch waiting on it goes on.
+
+    Lines that found the budget spent wait, pending, with the batch `budget_exhausted`; raising
+    the limit puts them back on the queue for any running worker (`batchrelay worker`).
+
+    \b
+    Examples:
+      batchrelay budget batch_0123abcd
+      batchrelay budget batch_0123abcd --max-cost 2.50
+    """
+    async def go() -> dict[str, Any]:
+        async with open_client(settings_of(ctx)) as client:
+            return await client.budget(batch, max_cost)
+
+    b = run_async(go())
+    if as_json:
+        emit_json(b)
+        return
+    if b["max_usd"] is None:
+        click.echo(f"{batch}: no budget (spent is not tracked without one)")
+        return
+    click.echo(f"{batch}: {b['status']}; budget ${plain_usd(b['max_usd'])}: ${plain_usd(b['spent_usd'])} spent, "
+               f"${plain_usd(b['reserved_usd'])} reserved, ${plain_usd(b['remaining_usd'])} left")
+    if b["requeued_chunks"]:
+        click.echo(f"{b['requeued_chunks']} chunks of waiting lines are queued again; a running `batchrelay worker` "
+                   "takes them")
+    elif b["status"] == EXHAUSTED:
+        click.echo("lines wait for more budget: raise it with --max-cost", err=True)
+

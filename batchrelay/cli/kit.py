@@ -1,0 +1,72 @@
+"""What every CLI command shares: settings from the context, clean errors, JSON output, a store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+from redis.asyncio import Redis
+
+from batchrelay.config.settings import Settings
+from batchrelay.errors import BatchrelayError
+from batchrelay.store.connection import DEFAULT_URL, connect
+from batchrelay.store.keys import Keys
+from batchrelay.store.store import Store
+
+if TYPE_CHECKING:
+    from batchrelay.api import AsyncClient
+
+T = TypeVar("T")
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def run_async(coro: Awaitable[T]) -> T:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    return ctx.find_object(dict)["settings"]  # type: ignore[index,no-any-return]
+
+
+def handles_errors(f: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except BatchrelayError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+@contextlib.asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[Store]:
+    redis: Redis = await connect(settings.redis_url or DEFAULT_URL)
+    try:
+        yield Store(redis, Keys(settings.redis.prefix))
+    finally:
+        await redis.aclose()
+
+
+@contextlib.asynccontextmanager
+async def open_client(settings: Settings) -> AsyncIterator[AsyncClient]:
+    """The Python API (api.py) the commands are built on, connected."""
+    from batchrelay.api import AsyncClient
+
+    async with AsyncClient(settings=settings) as client:
+        yield client
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+

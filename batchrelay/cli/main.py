@@ -1,0 +1,462 @@
+"""The `batchrelay` command line. Domain errors become one-line messages, never tracebacks."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from batchrelay.cli.cost import budget, cost, estimate, money_options
+from batchrelay.cli.kit import CONTEXT, emit_json, handles_errors, open_client, run_async, settings_of
+from batchrelay.cli.lifecycle import cancel, completion_window_option, defer_options, retry_command, start_at_of
+from batchrelay.cli.providers import health_text, providers
+from batchrelay.config.settings import load_settings
+from batchrelay.errors import BatchrelayError
+from batchrelay.money.budget import EXHAUSTED
+from batchrelay.money.estimate import require_prices as check_prices
+from batchrelay.store.connection import DEFAULT_URL, connect
+from batchrelay.store.spending import cost_line
+from batchrelay.store.store import FINISHED, BatchInfo, unsuccessful
+
+if TYPE_CHECKING:
+    from batchrelay.api import AsyncClient
+
+EXIT_FAILED_LINES = 3
+
+@click.group(context_settings=CONTEXT)
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), envvar="BATCHRELAY_CONFIG",
+              help="Config file (default: ./batchrelay.toml if present).")
+@click.version_option(package_name="batchrelay")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """Run JSONL batches of LLM requests on cheap, unreliable providers.
+
+    \b
+    Quick start (embedded Redis + built-in provider simulator, no setup):
+      batchrelay run examples/requests.jsonl -o results.jsonl
+      batchrelay demo
+    \b
+    With a Redis and worker processes:
+      export REDIS_URL=redis://127.0.0.1:6379/0
+      batchrelay submit requests.jsonl          # prints the batch id
+      batchrelay worker --burst &               # as many as you like, on any machine
+      batchrelay results BATCH -o results.jsonl --wait
+    """
+    ctx.ensure_object(dict)
+    try:
+        ctx.obj["settings"] = load_settings(config_path)
+    except BatchrelayError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(e.exit_code)
+
+
+def _allow_list(ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    try:
+        return settings_of(ctx).check_allow_list([v.strip() for v in value.split(",") if v.strip()])
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+providers_option = click.option("--providers", "allow", callback=_allow_list,
+                                help="Only these providers (comma-separated names) may serve this batch.")
+
+endpoint_option = click.option(
+    "--endpoint", type=click.Choice(["chat", "messages"]), default="chat", show_default=True,
+    help="Dialect of bare request bodies (batch-format lines say their own).")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Results JSONL (successes, in input order).")
+@click.option("--errors", type=click.Path(dir_okay=False, path_type=Path),
+              help="Errors JSONL (default: OUTPUT with .errors.jsonl).")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker processes (1 = in this process).")
+@endpoint_option
+@providers_option
+@money_options
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+@handles_errors
+def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers: int, endpoint: str,
+        allow: list[str] | None, max_cost: Decimal | None, require_prices: bool, as_json: bool) -> None:
+    """Submit FILE, work it here, and write the results: all in one process.
+
+    Uses REDIS_URL when set, else an embedded redis-server; uses the configured providers, else
+    the built-in simulator. Exit status: 0 all lines succeeded, 3 some lines failed, 4 the
+    budget (--max-cost) ran out first, 2 bad usage.
+
+    \b
+    Examples:
+      batchrelay run examples/requests.jsonl -o results.jsonl
+      batchrelay -c batchrelay.toml run big.jsonl -o out.jsonl --workers 2 --max-cost 5
+    """
+    from batchrelay.cli.runner import environment, run_file
+
+    with environment(settings_of(ctx)) as (settings, url):
+        if require_prices or max_cost is not None:
+            check_prices(file, settings, endpoint, allow)  # type: ignore[arg-type]
+        report = run_async(run_file(settings, url, file, out, errors, workers=workers, allow=allow,
+                                    default_dialect=endpoint, show=not as_json,  # type: ignore[arg-type]
+                                    max_cost=max_cost))
+    _report(report, as_json)
+    sys.exit(report.exit_code)
+
+
+def _report(report: Any, as_json: bool) -> None:
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    b: BatchInfo = report.batch
+    click.echo(f"{b.id}: {b.status} in {report.seconds:.1f}s: {b.succeeded} succeeded, {b.failed} failed, "
+               f"{b.invalid} invalid of {b.total} lines")
+    click.echo(f"results: {report.exported.results_path} ({report.exported.results} lines)")
+    if report.exported.errors:
+        click.echo(f"errors:  {report.exported.errors_path} ({report.exported.errors} lines)")
+    c = report.cost
+    notes = [f"{c['unpriced_calls']} calls of unknown price"] if c["unpriced_calls"] else []
+    if c["discrepancies"]:
+        notes.append(f"{c['discrepancies']} calls whose reported cost is over 1 % off the computed one")
+    click.echo(f"cost:    ${c['usd']}" + (f" ({'; '.join(notes)})" if notes else ""))
+    if b.status == EXHAUSTED:
+        click.echo(f"budget exhausted: {b.pending} lines were not sent. Raise it with `batchrelay budget {b.id} "
+                   "--max-cost USD` and finish them with `batchrelay worker --burst` (same REDIS_URL)", err=True)
+
+
+@cli.command()
+@click.option("--lines", type=click.IntRange(1, 100_000), default=200, show_default=True)
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("demo-results.jsonl"), show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+@handles_errors
+def demo(ctx: click.Context, lines: int, out: Path, as_json: bool) -> None:
+    """A no-setup tour: embedded Redis, two simulated providers (one flaky), a sample batch.
+
+    Writes demo-input.jsonl (with a few deliberately bad lines), runs it, and writes the
+    results and errors files. The flaky provider answers its first call with 429 and a
+    quarter of the rest with 503, so the attempts in the results show retries and failover.
+
+    \b
+    Examples:
+      batchrelay demo
+      batchrelay demo --lines 1000 -o /tmp/demo.jsonl
+    """
+    from batchrelay.cli.demo import DEMO_PROVIDERS, write_sample
+    from batchrelay.cli.runner import environment, run_file
+
+    sample = write_sample(out.with_name("demo-input.jsonl"), lines)
+    settings = settings_of(ctx).with_providers([])
+    with environment(settings, DEMO_PROVIDERS) as (settings, url):
+        report = run_async(run_file(settings, url, sample, out, None, show=not as_json))
+    _report(report, as_json)
+    if not as_json:
+        click.echo(f"input:   {sample} (the demo plants bad lines on purpose)")
+
+
+def _webhook(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    from batchrelay.store.webhooks import check_url
+
+    try:
+        return None if value is None else check_url(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", help="A name for the batch (default: the file name).")
+@endpoint_option
+@providers_option
+@money_options
+@completion_window_option
+@defer_options
+@click.option("--webhook", metavar="URL", callback=_webhook,
+              help="POST the batch object to this http(s) URL when the batch ends (retried until accepted).")
+@click.option("--json", "as_json", is_flag=True, help="Print the submission as JSON.")
+@click.pass_context
+@handles_errors
+def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allow: list[str] | None,
+           max_cost: Decimal | None, require_prices: bool, completion_window: float | None, at: float | None,
+           delay: float | None, webhook: str | None, as_json: bool) -> None:
+    """Queue FILE as a new batch in Redis and print its id.
+
+    Each line is an OpenAI Batch line, an Anthropic Message Batches line, or a bare request
+    body; bad lines become error records with their line number and the rest runs.
+
+    \b
+    Examples:
+      BATCH=$(batchrelay submit requests.jsonl)
+      batchrelay status $BATCH --watch
+      batchrelay submit requests.jsonl --max-cost 0.50 --completion-window 24h
+      batchrelay submit requests.jsonl --at 2026-11-22T05:00:00Z   # or --in 2h
+      batchrelay submit requests.jsonl --webhook https://example.com/hooks/batch
+    """
+    start_at = start_at_of(at, delay)
+
+    async def go() -> dict[str, Any]:
+        async with open_client(settings_of(ctx)) as client:
+            batch = await client.submit(file, name=name, endpoint=endpoint, providers=allow,  # type: ignore[arg-type]
+                                        max_cost=max_cost, require_prices=require_prices,
+                                        completion_window=completion_window, start_at=start_at, webhook=webhook)
+            return await client.status(batch)
+
+    st = run_async(go())
+    counts = st["counts"]
+    if as_json:
+        emit_json({"id": st["id"], "lines": counts["total"], "valid": counts["total"] - counts["invalid"],
+                   "invalid": counts["invalid"], "start_at": start_at, "webhook": webhook})
+    else:
+        click.echo(st["id"])
+        if start_at is not None:
+            when = datetime.fromtimestamp(start_at, UTC).isoformat(timespec="seconds")
+            click.echo(f"scheduled: starts at {when} (at the workers' first sweep after it)", err=True)
+        if counts["invalid"]:
+            click.echo(f"{counts['invalid']} of {counts['total']} lines are invalid (see the errors file of `results`)",
+                       err=True)
+
+
+@cli.command()
+@click.option("--concurrency", type=click.IntRange(1, 4096), help="Lines in flight in this process.")
+@click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
+@click.option("--quiet", is_flag=True, help="Log warnings only.")
+@click.option("--queue", hidden=True, help="Work this arq queue instead of the shared one (used by `run`).")
+@click.pass_context
+@handles_errors
+def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool, queue: str | None) -> None:
+    """Work queued batches: start as many as you like, on any machine sharing the Redis.
+
+    \b
+    Examples:
+      batchrelay worker --concurrency 64
+      batchrelay worker --burst          # for cron or CI: stop when nothing is queued
+    """
+    from batchrelay.store.webhooks import delivery_of
+    from batchrelay.worker.worker import build_worker, run_worker
+
+    settings = settings_of(ctx)
+    if concurrency:
+        tuned = settings.worker.model_copy(update={"concurrency": concurrency})
+        settings = settings.model_copy(update={"worker": tuned})
+    if not settings.providers:
+        raise click.UsageError("no [[providers]] configured: a worker needs at least one (see README)")
+    delivery_of(settings)  # a webhook secret variable that is not set: say so now, not at the first webhook
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    async def go() -> None:
+        url = settings.redis_url or DEFAULT_URL
+        # a clear error now beats arq's retry loop; an unreachable Redis (a restart, or a worker started
+        # first) is waited for: for good by a worker, for a minute by a burst worker
+        await (await connect(url, wait_s=60 if burst else float("inf"))).aclose()
+        await run_worker(build_worker(settings, url, burst=burst, queue=queue))
+
+    run_async(go())
+
+
+@cli.command()
+@click.argument("batch")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--watch", is_flag=True, help="Show a progress bar until the batch finishes.")
+@click.pass_context
+@handles_errors
+def status(ctx: click.Context, batch: str, as_json: bool, watch: bool) -> None:
+    """Show a batch's status and counts.
+
+    \b
+    Examples:
+      batchrelay status batch_0123abcd
+      batchrelay status batch_0123abcd --watch
+    """
+    async def go() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        async with open_client(settings_of(ctx)) as client:
+            if watch:
+                await _watch(client, batch, show=True)
+            return await client.status(batch), await client.providers()
+
+    st, health = run_async(go())
+    if as_json:
+        emit_json({**st, "providers": health})
+        return
+    click.echo(f"{st['id']}  {st['status']}  {st['name']}  ({st['input_format']})")
+    if st["status"] == "scheduled" and st["start_at"] is not None:
+        click.echo(f"  starts at {datetime.fromtimestamp(st['start_at'], UTC).isoformat(timespec='seconds')}")
+    click.echo("  " + "  ".join(f"{k}={v}" for k, v in st["counts"].items()))
+    eta = f", ETA {st['eta_s']:.0f}s" if st["eta_s"] is not None else ""
+    click.echo(f"  {st['rate_lines_per_s']:.1f} lines/s{eta}")
+    click.echo(f"  {cost_line(st['cost'])}")
+    if hook := st["webhook"]:
+        last = f" (last: {hook['last']})" if hook["last"] else ""
+        click.echo(f"  webhook {hook['status']} after {hook['attempts']} attempts{last}: {hook['url']}")
+    for name, h in health.items():
+        last = f"  last: {h['last']}" if h.get("last") else ""
+        click.echo(f"  provider {name}: {health_text(h)}{last}")
+
+
+async def _watch(client: AsyncClient, batch: str, *, show: bool) -> dict[str, Any]:
+    """Wait for the batch to end (or its budget to run out), with a progress bar on a terminal."""
+    from batchrelay.cli.progress import POLL_S, Bar
+
+    bar = Bar(batch, show=show)
+    try:
+        return await client.wait(batch, poll=POLL_S, on_update=lambda st: bar.update(st["counts"]))
+    finally:
+        bar.close()
+
+
+@cli.command()
+@click.argument("batch")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--errors", type=click.Path(dir_okay=False, path_type=Path),
+              help="Errors JSONL (default: OUTPUT with .errors.jsonl).")
+@click.option("--wait", is_flag=True, help="Wait for the batch to finish first.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@click.pass_context
+@handles_errors
+def results(ctx: click.Context, batch: str, out: Path, errors: Path | None, wait: bool, as_json: bool) -> None:
+    """Write a batch's results in input order (successes to OUTPUT, failures to the errors file).
+
+    Exit status 3 when the batch has failed or invalid lines.
+
+    \b
+    Example:
+      batchrelay results batch_0123abcd -o results.jsonl --wait
+    """
+    async def go() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with open_client(settings_of(ctx)) as client:
+            st = await (_watch(client, batch, show=not as_json) if wait else client.status(batch))
+            return st, await client.export(batch, out, errors)
+
+    st, exported = run_async(go())
+    counts = st["counts"]
+    if as_json:
+        st.pop("cost", None)
+        emit_json({**st, **exported})
+    else:
+        if st["status"] not in FINISHED:
+            click.echo(f"note: {st['id']} is {st['status']}; {counts['pending']} lines have no result yet", err=True)
+        click.echo(f"{exported['results']} results -> {exported['results_file']}; "
+                   f"{exported['errors']} errors -> {exported['errors_file']}")
+    sys.exit(EXIT_FAILED_LINES if unsuccessful(counts) else 0)
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@click.pass_context
+@handles_errors
+def batches(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """List batches, newest first.
+
+    \b
+    Examples:
+      batchrelay batches
+      batchrelay batches --limit 5 --json
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    async def go() -> list[dict[str, Any]]:
+        async with open_client(settings_of(ctx)) as client:
+            return await client.batches(limit)
+
+    items = run_async(go())
+    if as_json:
+        emit_json(items)
+        return
+    table = Table("id", "name", "status", "total", "succeeded", "failed", "invalid", "pending", "starts")
+    for b in items:
+        starts = (datetime.fromtimestamp(b["start_at"], UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+                  if b["status"] == "scheduled" and b["start_at"] is not None else "")
+        c = b["counts"]
+        table.add_row(b["id"], b["name"], b["status"],
+                      *(str(c[k]) for k in ("total", "succeeded", "failed", "invalid", "pending")), starts)
+    Console().print(table)
+
+
+@cli.command()
+@click.option("--host", help="Address to bind (default: [serve] host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (default: [serve] port, 8080).")
+@click.pass_context
+@handles_errors
+def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Serve the OpenAI Files + Batches and Anthropic Message Batches APIs on this Redis.
+
+    Point the official SDKs at it (base_url) to submit, poll, download and cancel batches;
+    `batchrelay worker` processes run them. Clients need one of the keys held by the environment
+    variables that `[serve] api_keys_env` names (Authorization: Bearer, or x-api-key).
+
+    \b
+    Examples:
+      # batchrelay.toml:  [serve]  api_keys_env = ["BATCHRELAY_CLIENT_KEY"]
+      BATCHRELAY_CLIENT_KEY=secret batchrelay serve --port 8080
+      OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="secret")
+      Anthropic(base_url="http://127.0.0.1:8080", api_key="secret")
+    """
+    from batchrelay.serve.app import create_app
+
+    settings = settings_of(ctx)
+    cfg = settings.serve
+    create_app(settings)  # a missing key is a clean error before anything binds
+    run_async(_check_redis(settings.redis_url or DEFAULT_URL))
+    from batchrelay.serve.app import serve as run_server
+
+    run_server(settings, host or cfg.host, port or cfg.port, announce=lambda text: click.echo(text, err=True))
+
+
+async def _check_redis(url: str) -> None:
+    await (await connect(url)).aclose()  # a clear error now beats one per request
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8787, show_default=True)
+@click.option("--latency-ms", type=float, default=0.0, show_default=True)
+@click.option("--fail-status", type=int, help="Answer every call with this status.")
+@click.option("--fail-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction of calls that fail.")
+@click.option("--fail-rate-status", type=int, default=500, show_default=True)
+@click.option("--retry-after", type=float, help="Retry-After seconds on 429/503.")
+@click.option("--fail-after", type=int, help="402 insufficient quota after this many calls.")
+@click.option("--malformed-rate", type=click.FloatRange(0, 1), default=0.0)
+@click.option("--hang-rate", type=click.FloatRange(0, 1), default=0.0)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--preset", type=click.Choice(["ttapi", "ttonkapi", "ttttt", "piapi", "ainow"]),
+              help="Serve this seed provider's documented wire format (paths, auth header, shapes).")
+@click.option("--api-key", help="Require this key (in the preset's header style).")
+@click.option("--credits", type=float, help="USD balance; 402 once it is spent.")
+@click.option("--rpm", type=click.IntRange(1), help="Requests per minute before 429 with Retry-After.")
+@click.option("--tpm", type=click.IntRange(1), help="Tokens per minute before 429 with Retry-After.")
+@click.option("--truncate-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction of streams cut short.")
+@click.option("--log-limit", type=click.IntRange(1), default=100_000, show_default=True,
+              help="Calls the request log (/_sim/log) keeps; older ones are dropped.")
+def simulate(host: str, port: int, **faults: Any) -> None:
+    """Serve a fake OpenAI/Anthropic-compatible provider on 127.0.0.1 (for demos and tests).
+
+    Control endpoints: GET/POST /_sim/config, GET /_sim/log[?full=1], GET /_sim/stats, POST /_sim/reset.
+
+    \b
+    Examples:
+      batchrelay simulate --port 8787
+      batchrelay simulate --port 8788 --fail-rate 0.2 --fail-rate-status 503 --retry-after 1
+      batchrelay simulate --port 8789 --preset ainow --api-key test --credits 0.05
+    """
+    from batchrelay.sim.app import SimConfig, serve
+
+    serve(SimConfig(**{k: v for k, v in faults.items() if v is not None}), host=host, port=port)
+
+
+cli.add_command(providers)
+for command in (estimate, cost, budget, cancel, retry_command):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli(prog_name="batchrelay")
+

@@ -1,0 +1,153 @@
+"""`batchrelay providers`: what is configured, its shared health, and `check`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from batchrelay.cli.kit import emit_json, handles_errors, open_store, run_async, settings_of
+from batchrelay.errors import StoreError
+from batchrelay.money.pricing import price_of, usd_str
+from batchrelay.store.health import Health
+
+
+@click.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the providers as JSON.")
+@click.pass_context
+@handles_errors
+def providers(ctx: click.Context, as_json: bool) -> None:
+    """List the configured providers: preset, dialects, models, limits, prices.
+
+    
+    Examples:
+      batchrelay providers
+      batchrelay providers check --live
+    """
+    if ctx.invoked_subcommand:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    settings = settings_of(ctx)
+    items = settings.ordered_providers()
+    health = run_async(_health_or_none(settings, [p.name for p in items]))
+    rows = [{**_provider_row(p), "health": health.get(p.name) if health else None} for p in items]
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("name", "preset", "priority", "base url", "dialects", "auth", "models", "rpm/tpm", "pricing",
+                  "health")
+    for p, row in zip(items, rows, strict=True):
+        table.add_row(p.name, p.preset or "-", str(p.priority), p.base_url, ", ".join(p.dialects),
+                      ", ".join(f"{d}:{a}" for d, a in row["auth"].items()), row["models_summary"],
+                      f"{row['limits']['rpm'] or '-'}/{row['limits']['tpm'] or '-'}", _pricing_text(p),
+                      health_text(row["health"]))
+    Console().print(table)
+    if health is None:
+        click.echo("(health unknown: Redis not reachable)", err=True)
+
+
+def _pricing_text(p: Any) -> str:
+    """Where the provider's prices come from: its listed ones, official ones (times a multiplier)."""
+    parts = [f"{len(p.prices)} listed"] if p.prices else []
+    parts.append("official" + (f" x{p.price_multiplier}" if p.price_multiplier != 1 else ""))
+    if p.cost_source == "reported":
+        parts.append("bills its reported cost")
+    return ", ".join(parts)
+
+
+def _resolved_prices(p: Any, models: list[str]) -> dict[str, Any]:
+    """Per model the provider knows: USD per 1M tokens and per call, and where the price comes from."""
+    out = {}
+    for m in models:
+        price = price_of(p, m)
+        rates = {k: usd_str(v) for k, v in price.rates().items()}
+        out[m] = {**rates, "per_request": usd_str(price.per_request), "min_charge": usd_str(price.min_charge),
+                  "source": price.source}
+    return out
+
+
+def health_text(h: dict[str, Any] | None) -> str:
+    if not h:
+        return "?"
+    text = str(h["state"]) + (f" {h['for_s']:.0f}s" if "for_s" in h else "")
+    if h.get("cooling_models"):
+        text += f" (404: {', '.join(h['cooling_models'])})"
+    if h.get("concurrency_limit"):
+        text += f", {h['concurrency_limit']} in flight at most"
+    return text
+
+
+async def _clear_recovered(settings: Any, names: list[str]) -> set[str]:
+    if not names:
+        return set()
+    try:
+        async with open_store(settings) as store:
+            health = Health(store.redis, store.keys, settings.health)
+            for name in names:
+                await health.clear(name)
+    except StoreError:
+        return set()
+    return set(names)
+
+
+async def _health_or_none(settings: Any, names: list[str]) -> dict[str, dict[str, Any]] | None:
+    """The shared health of these providers, or None when Redis cannot be reached."""
+    try:
+        async with open_store(settings) as store:
+            return await Health(store.redis, store.keys, settings.health).snapshot(names)
+    except StoreError:
+        return None
+
+
+def _provider_row(p: Any) -> dict[str, Any]:
+    models = sorted(set(p.catalog) | set(p.models.values()))
+    return {
+        "name": p.name, "preset": p.preset, "priority": p.priority, "base_url": p.base_url,
+        "dialects": list(p.dialects), "auth": {d: p.auth_for(d) for d in p.dialects},
+        "paths": {d: p.path(d) for d in p.dialects}, "api_key_env": p.api_key_env,
+        "key_set": bool(p.api_key()) if p.api_key_env else None, "models": models,
+        "models_summary": ", ".join(models[:4]) + (f" (+{len(models) - 4})" if len(models) > 4 else "") or "any",
+        "model_map": p.models, "limits": p.limits.model_dump(), "plan": p.plan,
+        "price_multiplier": str(p.price_multiplier), "cost_source": p.cost_source,
+        "prices": {m: pr.model_dump(mode="json", exclude_defaults=True) for m, pr in p.prices.items()},
+        "model_prices": _resolved_prices(p, [m for m in models if "*" not in m]),
+    }
+
+
+@providers.command("check")
+@click.option("--live", is_flag=True, help="Also send a 1-token request to each provider (costs a little).")
+@click.option("--model", help="Model for the --live request (default: the provider's first listed model).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.pass_context
+@handles_errors
+def providers_check(ctx: click.Context, live: bool, model: str | None, as_json: bool) -> None:
+    """Check each provider's key and reachability (models/credits endpoints; --live: a real call).
+
+    A provider that passes (with credit left, where it shows credit) is taken off the bench and
+    re-enabled for every worker. Exit status 1 when any provider fails a check.
+
+    \b
+    Examples:
+      batchrelay providers check
+      batchrelay providers check --live --model gpt-4o-mini --json
+    """
+    from batchrelay.providers.checks import check_all
+
+    settings = settings_of(ctx)
+    results = run_async(check_all(settings.ordered_providers(), live=live, model=model))
+    cleared = run_async(_clear_recovered(settings, [r.provider for r in results if r.recovered]))
+    if as_json:
+        emit_json([{**r.as_dict(), "cleared": r.provider in cleared} for r in results])
+    else:
+        for r in results:
+            credit = f"  credits: {r.credits}" if r.credits is not None else ""
+            note = "  (bench/disable lifted)" if r.provider in cleared else ""
+            click.echo(f"{'ok  ' if r.ok else 'FAIL'} {r.provider}{credit}{note}")
+            for c in r.checks:
+                click.echo(f"     {c['check']}: {c['detail']}")
+    sys.exit(0 if all(r.ok for r in results) else 1)
+
+

@@ -1,0 +1,1 @@
+"""Money, pure: prices, token estimates, cost estimates, budget reservations, the ledger's arithmetic."""

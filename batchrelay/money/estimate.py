@@ -1,0 +1,206 @@
+"""What a file will cost before it is submitted, per provider and model, from token estimates.
+
+Every valid line is priced at every provider that may serve it (routing: routes, allow-list,
+dialect). Input tokens are estimated from the request (tokens.py); output is a range: `low`
+assumes one output token per call, `high` the request's max_tokens (what a budget reserves), and
+`expected` the `output` assumption (by default as many tokens as the input, capped by max_tokens).
+Minimum charges and per-request fees apply per line. Pure, apart from reading the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from batchrelay.config.settings import ProviderConfig, Settings
+from batchrelay.errors import InputError, UnpricedModels
+from batchrelay.money.ledger import rows
+from batchrelay.money.pricing import Price, price_of, usd_str
+from batchrelay.money.tokens import input_tokens, max_output_tokens
+from batchrelay.providers.routing import candidates
+from batchrelay.store.store import Store
+from batchrelay.wire.dialect import Dialect
+from batchrelay.wire.jobs import BadLine, JobLine, iter_jobs
+
+MILLION = Decimal(1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputGuess:
+    """How many output tokens to expect per line: a fixed count; else what this provider and model
+    answered per call in earlier batches (`history`); else a ratio of the input estimate."""
+
+    tokens: int | None = None
+    ratio: float = 1.0
+    history: dict[tuple[str, str], float] = field(default_factory=dict)  # (provider, model) -> tokens/call
+
+    def basis(self, provider: str, model: str) -> str:
+        if self.tokens is not None:
+            return "given"
+        return "history" if (provider, model) in self.history else "ratio"
+
+    def expected(self, inp: int, cap: int, provider: str = "", model: str = "") -> int:
+        if self.tokens is not None:
+            guess = self.tokens
+        elif (provider, model) in self.history:
+            guess = round(self.history[(provider, model)])
+        else:
+            guess = round(inp * self.ratio)
+        return max(1, min(cap, guess))
+
+
+@dataclass(slots=True)
+class Row:
+    """One (model, provider) pair: the lines it may serve and what they would cost there."""
+
+    model: str
+    dialect: Dialect
+    provider: str
+    provider_model: str
+    first_choice: bool
+    price_source: str
+    output_basis: str = "ratio"
+    lines: int = 0
+    input_tokens: int = 0
+    expected_output_tokens: int = 0
+    max_output_tokens: int = 0
+    low: Decimal | None = Decimal(0)
+    expected: Decimal | None = Decimal(0)
+    high: Decimal | None = Decimal(0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "dialect": self.dialect, "provider": self.provider,
+                "provider_model": self.provider_model, "first_choice": self.first_choice,
+                "price_source": self.price_source, "output_basis": self.output_basis, "lines": self.lines,
+                "input_tokens": self.input_tokens,
+                "expected_output_tokens": self.expected_output_tokens, "max_output_tokens": self.max_output_tokens,
+                "low_usd": usd_str(self.low), "expected_usd": usd_str(self.expected), "high_usd": usd_str(self.high)}
+
+
+@dataclass(slots=True)
+class Estimate:
+    rows: list[Row] = field(default_factory=list)
+    lines: int = 0
+    invalid: int = 0
+    unserved: dict[str, int] = field(default_factory=dict)  # model -> lines no provider may serve
+
+    def first_choice_total(self) -> tuple[Decimal | None, Decimal | None, Decimal | None]:
+        """The cost range if every line goes to its first-choice provider (None: a price is unknown)."""
+        firsts = [r for r in self.rows if r.first_choice]
+
+        def total(values: Iterable[Decimal | None]) -> Decimal | None:
+            vs = list(values)
+            return None if any(v is None for v in vs) else sum((v for v in vs if v is not None), Decimal(0))
+        return (total(r.low for r in firsts), total(r.expected for r in firsts), total(r.high for r in firsts))
+
+    def unpriced(self) -> list[tuple[str, str]]:
+        """(model, provider) pairs that may serve lines but have no known price."""
+        return sorted({(r.model, r.provider) for r in self.rows if r.price_source == "unknown"})
+
+    def as_dict(self) -> dict[str, Any]:
+        low, expected, high = self.first_choice_total()
+        return {"lines": self.lines, "invalid": self.invalid, "unserved": self.unserved,
+                "first_choice": {"low_usd": usd_str(low), "expected_usd": usd_str(expected), "high_usd": usd_str(high)},
+                "unpriced": [{"model": m, "provider": p} for m, p in self.unpriced()],
+                "rows": [r.as_dict() for r in self.rows]}
+
+
+def _line_cost(price: Price, inp: int, out: int) -> Decimal | None:
+    rates = price.rates()
+    if rates["input"] is None or rates["output"] is None:
+        return None
+    tokens = (inp * rates["input"] + out * rates["output"]) / MILLION
+    return max(tokens + price.per_request, price.min_charge)
+
+
+def _add(cost: Decimal | None, to: Decimal | None) -> Decimal | None:
+    return None if cost is None or to is None else to + cost
+
+
+def estimate_jobs(jobs: Iterable[JobLine | BadLine], settings: Settings, *, allow: Sequence[str] | None = None,
+                  output: OutputGuess = OutputGuess()) -> Estimate:
+    est = Estimate()
+    rows: dict[tuple[str, str, str], Row] = {}
+    prices: dict[tuple[str, str], Price] = {}
+    routing = settings.routing
+    providers: list[ProviderConfig] = settings.ordered_providers()
+    default_cap = settings.worker.default_max_tokens
+    for job in jobs:
+        if isinstance(job, BadLine):
+            est.invalid += 1
+            continue
+        est.lines += 1
+        model = str(job.body["model"])
+        # deterministic order: `weighted` would draw at random, so it is shown in priority order
+        strategy = "priority" if routing.strategy == "weighted" else routing.strategy
+        cands = candidates(job.dialect, model, providers, strategy=strategy, routes=routing.routes, allow=allow)
+        if not cands:
+            est.unserved[model] = est.unserved.get(model, 0) + 1
+            continue
+        inp = input_tokens(job.body)
+        cap = max_output_tokens(job.body, default_cap)
+        for i, (provider, _wire) in enumerate(cands):
+            pmodel = provider.provider_model(model)
+            exp = output.expected(inp, cap, provider.name, pmodel)
+            price = prices.get((provider.name, pmodel))
+            if price is None:
+                price = prices[(provider.name, pmodel)] = price_of(provider, pmodel)
+            key = (model, job.dialect, provider.name)
+            row = rows.get(key)
+            if row is None:
+                row = rows[key] = Row(model, job.dialect, provider.name, pmodel, i == 0, price.source,
+                                      output.basis(provider.name, pmodel))
+            row.lines += 1
+            row.input_tokens += inp
+            row.expected_output_tokens += exp
+            row.max_output_tokens += cap
+            row.low = _add(_line_cost(price, inp, 1), row.low)
+            row.expected = _add(_line_cost(price, inp, exp), row.expected)
+            row.high = _add(_line_cost(price, inp, cap), row.high)
+    est.rows = [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1], not rows[k].first_choice, k[2]))]
+    return est
+
+
+HISTORY_BATCHES = 20
+
+
+async def output_history(store: Store, batches: int = HISTORY_BATCHES) -> dict[tuple[str, str], float]:
+    """Output tokens per billed call, per provider and model, over the last `batches` finished
+    batches' ledgers: what the estimate expects when it has seen the model answer before."""
+    totals: dict[tuple[str, str], list[int]] = {}
+    for info in await store.list_batches(limit=200):
+        if not info.finished:
+            continue
+        for row in rows(await store.ledger(info.id)):
+            t = totals.setdefault((row.provider, row.model), [0, 0])
+            t[0] += row["output"]
+            t[1] += row["requests"]
+        batches -= 1
+        if batches <= 0:
+            break
+    return {k: out / calls for k, (out, calls) in totals.items() if calls}
+
+
+def estimate_file(path: Path, settings: Settings, *, default_dialect: Dialect = "chat",
+                  allow: Sequence[str] | None = None, output: OutputGuess = OutputGuess()) -> Estimate:
+    try:
+        stream = path.open("rb")
+    except OSError as e:
+        raise InputError(f"{path}: cannot read input file: {e.strerror}") from None
+    with stream:
+        jobs = iter_jobs(stream, default_dialect=default_dialect, max_line_bytes=settings.worker.max_line_bytes,
+                         dedupe=False)  # duplicates only matter to submit; their cost is the same
+        return estimate_jobs(jobs, settings, allow=allow, output=output)
+
+
+def require_prices(path: Path, settings: Settings, default_dialect: Dialect, allow: Sequence[str] | None) -> None:
+    """UnpricedModels naming every model and provider without a known price (`--require-prices`)."""
+    missing = estimate_file(path, settings, default_dialect=default_dialect, allow=allow).unpriced()
+    if missing:
+        pairs = ", ".join(f"{m} at {p}" for m, p in missing[:20])
+        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+        raise UnpricedModels(f"no known price for {pairs}{more}: add `prices` to those providers in the config, "
+                             "or leave them out with --providers (providers= in the Python API)")

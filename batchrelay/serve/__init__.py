@@ -1,0 +1,1 @@
+"""`batchrelay serve`: the OpenAI- and Anthropic-compatible batch HTTP API."""

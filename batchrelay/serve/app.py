@@ -1,0 +1,193 @@
+"""`batchrelay serve`: the OpenAI- and Anthropic-compatible batch HTTP API on the batch store.
+
+Clients point their official SDK at it (`base_url`) and work batches as they would on those APIs:
+OpenAI Files + Batches (serve_openai.py) and Anthropic Message Batches (serve_anthropic.py). A
+batch submitted here is an ordinary batchrelay batch (workers run it, `batchrelay batches` lists
+it); what only the APIs need (input file, endpoint, metadata) is kept in the batch's meta hash under
+`serve_*` fields, so it goes when the batch is forgotten. Every request needs one of the keys named
+by `[serve] api_keys_env` (`Authorization: Bearer` or `x-api-key`), else 401 in that API's error shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from batchrelay.config.settings import Settings
+from batchrelay.errors import ConfigError
+from batchrelay.money.ledger import Row, rows, total
+from batchrelay.store.connection import DEFAULT_URL, connect
+from batchrelay.store.embedded import state_dir
+from batchrelay.store.keys import Keys
+from batchrelay.store.lifecycle import FINAL, advance
+from batchrelay.store.store import BatchInfo, Store
+from batchrelay.store.submit import submit_stream
+from batchrelay.wire.dialect import Dialect
+from batchrelay.wire.jobs import LineReader
+
+SERVE_FIELDS = ("serve_api", "serve_endpoint", "serve_input_file_id", "serve_completion_window", "serve_metadata",
+                "stop_at", "error")
+
+
+@dataclass
+class Served:
+    """What every handler shares; `store` is set when the app starts."""
+
+    settings: Settings
+    files_dir: Path
+    store: Store | None = None
+
+    @property
+    def db(self) -> Store:
+        assert self.store is not None, "the app has not started"
+        return self.store
+
+    @property
+    def grace_s(self) -> float:
+        """How long a cancel lets calls in flight finish (as `batchrelay cancel`)."""
+        return self.settings.worker.call_timeout + 5
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A batch as the APIs show it: its record, its `serve_*` fields and its token usage."""
+
+    info: BatchInfo
+    fields: dict[str, str]
+    usage: Row
+
+    @property
+    def stop_at(self) -> float | None:
+        return float(self.fields["stop_at"]) if self.fields.get("stop_at") else None
+
+
+async def load(store: Store, batch_id: str) -> Loaded:
+    """BatchNotFound for an unknown id."""
+    info = await store.info(batch_id)
+    values = await store.redis.hmget(store.keys.meta(batch_id), list(SERVE_FIELDS))  # type: ignore[misc]
+    fields = {f: v.decode() for f, v in zip(SERVE_FIELDS, values, strict=True) if v is not None}
+    return Loaded(info, fields, total(rows(await store.ledger(batch_id))))
+
+
+async def current(served: Served, batch_id: str) -> Loaded:
+    """`load`, after moving a stop on (as `batchrelay cancel` does while it waits): a client polling
+    a cancelled batch sees it end once the grace is over, not at the workers' next sweep."""
+    b = await load(served.db, batch_id)
+    if b.info.status in FINAL and await advance(served.db, batch_id, served.grace_s):
+        b = await load(served.db, batch_id)
+    return b
+
+
+async def submit(served: Served, stream: LineReader, *, name: str, source: str, dialect: Dialect,
+                 window_s: float | None, fields: dict[str, str]) -> str:
+    """Submit the lines as a new batch, note the API's fields on it, and return its id."""
+    store, w = served.db, served.settings.worker
+    res = await submit_stream(store, stream, name=name, source=source, default_dialect=dialect,
+                              chunk_size=w.chunk_size, completion_window_s=window_s, max_line_bytes=w.max_line_bytes)
+    await store.redis.hset(store.keys.meta(res.batch_id), mapping=fields)  # type: ignore[misc]
+    return res.batch_id
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def openai_error(status: int, message: str, *, kind: str = "invalid_request_error", code: str | None = None,
+                 param: str | None = None) -> Response:
+    return json_response({"error": {"message": message, "type": kind, "param": param, "code": code}}, status)
+
+
+def anthropic_error(status: int, kind: str, message: str) -> Response:
+    return json_response({"type": "error", "error": {"type": kind, "message": message}}, status)
+
+
+def is_anthropic(path: str) -> bool:
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
+def presented_keys(request: Request) -> list[str]:
+    found = [request.headers.get("x-api-key", "").strip()]
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        found.append(token.strip())
+    return [k for k in found if k]
+
+
+class RequireKey:
+    """Every request needs an accepted key; a missing or wrong one gets 401 in its API's shape."""
+
+    def __init__(self, app: ASGIApp, accepted: list[str]) -> None:
+        self.app = app
+        self.accepted = [k.encode() for k in accepted]
+
+    def _accepts(self, key: str) -> bool:
+        raw = key.encode()
+        return any([hmac.compare_digest(raw, k) for k in self.accepted])  # no early exit: constant time per key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        keys = presented_keys(request)
+        if any(self._accepts(k) for k in keys):
+            await self.app(scope, receive, send)
+            return
+        if is_anthropic(request.url.path):
+            message = "invalid x-api-key" if keys else "x-api-key header is required"
+            response = anthropic_error(401, "authentication_error", message)
+        else:
+            message = ("Incorrect API key provided." if keys else
+                       "You didn't provide an API key. Provide it in an Authorization header (Bearer auth).")
+            response = openai_error(401, message, code="invalid_api_key")
+        await response(scope, receive, send)
+
+
+def create_app(settings: Settings, redis_url: str | None = None) -> Starlette:
+    """ConfigError when no client key is set: an API anyone could use is never started by mistake."""
+    from batchrelay.serve.anthropic_api import routes as anthropic_routes
+    from batchrelay.serve.openai_api import routes as openai_routes
+
+    cfg = settings.serve
+    accepted = cfg.api_keys()
+    if not accepted:
+        named = ", ".join(cfg.api_keys_env) or "none named"
+        raise ConfigError(f"`serve` needs client keys: set [serve] api_keys_env to environment variables that hold "
+                          f"them, and set those variables ({named})")
+    served = Served(settings, cfg.files_dir or state_dir() / "files")
+    url = redis_url or settings.redis_url or DEFAULT_URL
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        served.files_dir.mkdir(parents=True, exist_ok=True)
+        redis = await connect(url)
+        served.store = Store(redis, Keys(settings.redis.prefix))
+        try:
+            yield
+        finally:
+            await redis.aclose()
+
+    app = Starlette(routes=[*openai_routes(served), *anthropic_routes(served)], lifespan=lifespan)
+    app.add_middleware(RequireKey, accepted=accepted)
+    return app
+
+
+def serve(settings: Settings, host: str, port: int, log_level: str = "warning",
+          announce: Callable[[str], None] | None = None) -> None:
+    """Run the API until interrupted."""
+    app = create_app(settings)
+    if announce:
+        announce(f"batchrelay serve on http://{host}:{port} (OpenAI /v1/files, /v1/batches; "
+                 "Anthropic /v1/messages/batches)")
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

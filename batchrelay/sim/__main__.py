@@ -1,0 +1,3 @@
+from batchrelay.sim.app import main
+
+main()

@@ -1,0 +1,243 @@
+"""A batch's life after submit: cancel, expiry, retry, and forgetting old batches.
+
+    validating -> [scheduled ->] in_progress -> completed | failed
+                     |  (budget_exhausted <-> in_progress, see budget.py)
+                     +-> cancelling -> cancelled        (`cancel`)
+                     +-> expiring   -> expired          (past its completion window)
+
+There is no separate `finalizing` step: a line's result is final the moment it is written, so the
+last one completes the batch. Stopping is two-phase and safe with any number of workers: the batch
+is first marked `cancelling`/`expiring` (claims then take none of its lines); lines never started
+get their `cancelled`/`expired` record at once; lines a worker may still be calling get
+`grace_s` (call_timeout + a margin) to finish with their real answer, then are stopped too. The
+last record ends the batch (store.py's result Lua). `advance` does one step and is run by the
+`cancel` command and by every worker's sweep, so a stop finishes even if its CLI is interrupted.
+`retry` puts failed, cancelled and expired lines back: each keeps its billed attempts, so the ledger
+(which gives their cost back while they are pending) still equals the sum of the result lines.
+A deferred batch (`submit --at/--in`) waits `scheduled`, with no chunk enqueued; the first sweep
+after its `start_at` moves it to `in_progress` (one Lua step: one worker wins) and enqueues it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from batchrelay.errors import BatchrelayError
+from batchrelay.money.ledger import increments
+from batchrelay.results.outcome import Attempt, Outcome
+from batchrelay.results.records import stopped_record
+from batchrelay.store.queue import enqueue_chunks
+from batchrelay.store.store import ERR, BatchInfo, Store
+from batchrelay.store.sweeper import enqueue_all
+from batchrelay.wire.jobs import JobLine
+
+BLOCK = 1000
+CANCEL_POLL_S = 0.5
+STALE_SUBMIT_S = 3600.0  # a batch still `validating` this long after it was created was abandoned
+INTERIM = {"cancelled": "cancelling", "expired": "expiring"}
+FINAL = {v: k for k, v in INTERIM.items()}
+RETRYABLE = {"invalid_request": "failed", "provider_error": "failed", "cancelled": "cancelled", "expired": "expired"}
+
+# KEYS: meta. ARGV: interim status, now. Returns the status the batch has afterwards.
+_REQUEST_STOP = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'validating' or status == 'scheduled' or status == 'in_progress' or status == 'budget_exhausted' then
+  redis.call('HSET', KEYS[1], 'status', ARGV[1], 'stop_at', ARGV[2])
+  return ARGV[1]
+end
+return status
+"""
+
+# KEYS: results, pending, meta, attempts, ledger, first_try. ARGV: line, the record as read, count field,
+# attempts JSON, then ledger field/decrement pairs. Does nothing if the record changed meanwhile.
+_REOPEN_LINE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[3], ARGV[3], -1)
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], ARGV[1], ARGV[4]) end
+redis.call('HDEL', KEYS[6], ARGV[1])
+for i = 5, #ARGV, 2 do redis.call('HINCRBY', KEYS[5], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+
+# KEYS: meta. ARGV: interim status, final status, now
+_FINISH_STOP = """
+if redis.call('HGET', KEYS[1], 'status') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3])
+end
+return 1
+"""
+
+
+async def request_stop(store: Store, batch_id: str, final: str) -> str:
+    """Mark the batch `cancelling` / `expiring`; returns its status (unchanged if already finished)."""
+    await store.info(batch_id)  # BatchNotFound
+    status = await store.redis.register_script(_REQUEST_STOP)(
+        keys=[store.keys.meta(batch_id)], args=[INTERIM[final], time.time()])
+    return status.decode() if isinstance(status, bytes) else str(status)
+
+
+async def _pending_blocks(store: Store, batch_id: str) -> AsyncIterator[list[int]]:
+    block: list[int] = []
+    async for raw in store.redis.sscan_iter(store.keys.pending(batch_id), count=BLOCK):
+        block.append(int(raw))
+        if len(block) >= BLOCK:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+async def advance(store: Store, batch_id: str, grace_s: float, now: float | None = None) -> int:
+    """One step of stopping a batch; returns how many lines it stopped now."""
+    now = time.time() if now is None else now
+    status, stop_at = await store.redis.hmget(store.keys.meta(batch_id), ["status", "stop_at"])  # type: ignore[misc]
+    final = FINAL.get(status.decode()) if status else None
+    if final is None:
+        return 0
+    everything = now - float(stop_at or now) >= grace_s
+    k, stopped = store.keys, 0
+    async for block in _pending_blocks(store, batch_id):
+        async with store.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(k.first_try(batch_id), block)
+            pipe.hmget(k.lines(batch_id), block)
+            pipe.hmget(k.attempts(batch_id), block)
+            started, raws, tried = await pipe.execute()
+        items = []
+        for line, first, raw, before in zip(block, started, raws, tried, strict=True):
+            if raw is None or (first is not None and not everything):
+                continue  # a worker may be calling it: it gets its grace
+            attempts = [Attempt.from_dict(a) for a in orjson.loads(before)] if before else []
+            out = Outcome(attempts=attempts)
+            items.append((line, stopped_record(batch_id, JobLine.from_json(raw), out, final), False,
+                          increments(out.billed), final))
+        stopped += await store.write_results(batch_id, items)
+    if not await store.redis.scard(k.pending(batch_id)):  # type: ignore[misc]
+        # no line was left to end it (all were answered while it was being stopped)
+        await store.redis.register_script(_FINISH_STOP)(keys=[k.meta(batch_id)], args=[INTERIM[final], final, now])
+    return stopped
+
+
+async def cancel(store: Store, batch_id: str, grace_s: float, *, wait: bool = True) -> BatchInfo:
+    """Request the cancel and move it on; with `wait`, until it is done (at most the grace period)."""
+    await request_stop(store, batch_id, "cancelled")  # BatchNotFound
+    deadline = time.monotonic() + grace_s + 1
+    while True:
+        started = time.monotonic()
+        await advance(store, batch_id, grace_s)
+        info = await store.info(batch_id)
+        if not wait or info.status not in FINAL or time.monotonic() > deadline:
+            return info
+        await asyncio.sleep(max(0.0, CANCEL_POLL_S - (time.monotonic() - started)))
+
+
+@dataclass(frozen=True, slots=True)
+class Retried:
+    lines: int
+    chunks: int
+    queue: str
+
+
+async def workable_queue(store: Store, info: BatchInfo) -> str:
+    """The queue a batch's lines should go back to: a `run`'s private queue has no worker once that
+    run has ended, so such a batch moves to the shared queue."""
+    if ":run:" not in info.queue:
+        return info.queue or store.keys.queue
+    await store.redis.hset(store.keys.meta(info.id), "queue", store.keys.queue)  # type: ignore[misc]
+    return store.keys.queue
+
+
+async def retry(store: Store, batch_id: str, chunk_size: int) -> Retried:
+    """Put the batch's failed, cancelled and expired lines back on the queue (invalid input stays)."""
+    info = await store.info(batch_id)
+    if not info.finished or info.status == "failed":  # `failed`: its submit never finished
+        raise RetryRefused(f"batch {batch_id} is {info.status}: only a completed, cancelled or expired batch "
+                           "can be retried")
+    k = store.keys
+    reopen = store.redis.register_script(_REOPEN_LINE)
+    reopened: list[int] = []
+    async for line, raw in _error_records(store, batch_id):
+        meta: dict[str, Any] = orjson.loads(raw[1:]).get("batchrelay") or {}
+        count = RETRYABLE.get(meta.get("error", ""))
+        if count is None:
+            continue
+        attempts = [Attempt.from_dict(a) for a in meta.get("attempts") or [] if a.get("provider") != "…"]
+        kept = [a.as_dict() for a in attempts if a.billed is not None]  # their cost stays with the line
+        args: list[Any] = [line, raw, count, orjson.dumps(kept).decode() if kept else ""]
+        for f, n in increments(a.billed for a in attempts if a.billed is not None).items():
+            args += [f, str(-n)]
+        done = await reopen(keys=[k.results(batch_id), k.pending(batch_id), k.meta(batch_id), k.attempts(batch_id),
+                                  k.ledger(batch_id), k.first_try(batch_id)], args=args)
+        if done:
+            reopened.append(line)
+    queue = await workable_queue(store, info)
+    if not reopened:
+        return Retried(0, 0, queue)
+    round_no = await store.redis.hincrby(k.meta(batch_id), "retries", 1)  # type: ignore[misc]
+    chunks = [(f"{batch_id}:r{round_no}-{i}", reopened[s:s + chunk_size])
+              for i, s in enumerate(range(0, len(reopened), chunk_size))]
+    mapping: dict[str, Any] = {"status": "in_progress"}
+    window = await store.redis.hget(k.meta(batch_id), "completion_window_s")  # type: ignore[misc]
+    if window:
+        mapping["expires_at"] = time.time() + float(window)
+    if info.webhook:  # the retried batch's end is news again (a new webhook-id: see webhooks.py)
+        mapping.update(webhook_status="pending", webhook_attempts=0)
+    async with store.redis.pipeline(transaction=True) as pipe:
+        pipe.hset(k.chunks(batch_id), mapping={cid: ",".join(map(str, ls)) for cid, ls in chunks})
+        pipe.hset(k.meta(batch_id), mapping=mapping)
+        pipe.hdel(k.meta(batch_id), "finished_at", "stop_at", "webhook_last")
+        if info.webhook:
+            pipe.zadd(k.webhooks, {batch_id: 0})
+        await pipe.execute()
+    await enqueue_chunks(store.redis, queue, batch_id, chunks)
+    return Retried(len(reopened), len(chunks), queue)
+
+
+async def _error_records(store: Store, batch_id: str) -> AsyncIterator[tuple[int, bytes]]:
+    async for line, raw in store.redis.hscan_iter(store.keys.results(batch_id), count=BLOCK):
+        if raw[:1] == ERR:
+            yield int(line), raw
+
+
+class RetryRefused(BatchrelayError):
+    exit_code = 2
+
+
+async def tick(store: Store, *, grace_s: float, retention_s: float | None, now: float | None = None,
+               batches: Sequence[BatchInfo] | None = None) -> dict[str, int]:
+    """The housekeeping every worker's sweep does: start deferred batches that are due, expire batches
+    past their window, move stops on,
+    forget finished batches older than the retention. Safe to run in several workers at once."""
+    now = time.time() if now is None else now
+    done = {"started": 0, "expired": 0, "stopped_lines": 0, "forgotten": 0, "abandoned_submits": 0}
+    for info in batches if batches is not None else await store.list_batches(limit=10_000):
+        if info.status == "scheduled" and info.start_at is not None and now >= info.start_at:
+            if await store.start_due(info.id, now):
+                await enqueue_all(store, info.id, await workable_queue(store, info))
+                done["started"] += 1
+            continue
+        if info.status == "validating" and now - info.created_at > STALE_SUBMIT_S:
+            # its submit died without a word (Redis was gone): no job was ever enqueued for it
+            await store.mark_failed(info.id, "submit never finished")
+            done["abandoned_submits"] += 1
+            continue
+        if info.expires_at is not None and now >= info.expires_at and info.status in (
+                "validating", "in_progress", "budget_exhausted"):
+            await request_stop(store, info.id, "expired")
+            done["expired"] += 1
+            info = await store.info(info.id)
+        if info.status in FINAL:
+            done["stopped_lines"] += await advance(store, info.id, grace_s, now)
+        elif (retention_s is not None and info.finished and info.finished_at is not None
+              and now - info.finished_at > retention_s):
+            await store.delete_batch(info.id)
+            done["forgotten"] += 1
+    return done

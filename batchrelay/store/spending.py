@@ -1,0 +1,49 @@
+"""A batch's spending as people see it: its ledger total beside its budget (`status`, `cost`, `run`)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from batchrelay.money.budget import Budget, BudgetInfo
+from batchrelay.money.ledger import Row, rows, total
+from batchrelay.money.pricing import usd_str
+from batchrelay.store.store import BatchInfo, Store
+
+
+async def ledger_of(store: Store, batch_id: str) -> tuple[list[Row], Row, BudgetInfo]:
+    """The batch's ledger rows, their total and its budget (an unknown id reads as empty: callers
+    that may get one check it with `store.info` first)."""
+    rs = rows(await store.ledger(batch_id))
+    return rs, total(rs), await Budget(store.redis, store.keys).info(batch_id)
+
+
+async def status_object(store: Store, info: BatchInfo) -> dict[str, Any]:
+    """The batch as `status --json`, the Python API and webhooks show it: its info and running cost."""
+    _rows, spent, budget = await ledger_of(store, info.id)
+    return {**info.as_dict(), "cost": cost_summary(spent, budget)}
+
+
+def cost_summary(t: Row, budget: BudgetInfo) -> dict[str, Any]:
+    """The batch's running cost, for `status` and `cost`."""
+    d: dict[str, Any] = {"usd": usd_str(t.cost), "requests": t["requests"], "unpriced_calls": t["unpriced"],
+                         "discrepancies": t["discrepancies"]}
+    if budget.max_usd is not None:
+        d["budget"] = budget.as_dict()
+    return d
+
+
+def cost_line(summary: dict[str, Any]) -> str:
+    """One line of text for a `cost_summary`."""
+    text = f"cost ${summary['usd']} for {summary['requests']} billed calls"
+    if summary["unpriced_calls"]:
+        text += f", {summary['unpriced_calls']} more of unknown price"
+    if b := summary.get("budget"):
+        text += (f"; budget ${plain_usd(b['max_usd'])}: ${plain_usd(b['spent_usd'])} spent, "
+                 f"${plain_usd(b['reserved_usd'])} reserved")
+    return text
+
+
+def plain_usd(amount: str | None) -> str | None:
+    """A USD decimal string as `usd_str` writes it (no trailing zeros)."""
+    return None if amount is None else usd_str(Decimal(amount))

@@ -1,0 +1,215 @@
+"""Producer side: stream a JSONL file into a new batch and enqueue its chunk jobs.
+
+Memory stays bounded whatever the file's size: lines are parsed one at a time and written to Redis
+a block at a time (`FLUSH_LINES` lines or about `FLUSH_BYTES` of input, whichever comes first), and
+duplicate custom_ids are found in Redis (a per-batch custom_id -> line hash), not in a set here.
+At most two blocks are held: one being parsed while the one before it is written, so that Redis
+works while this process parses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+
+from batchrelay.errors import InputError
+from batchrelay.results.records import bad_line_record
+from batchrelay.store.queue import chunk_job_id
+from batchrelay.store.store import Store
+from batchrelay.store.sweeper import enqueue_all
+from batchrelay.wire.dialect import Dialect
+from batchrelay.wire.jobs import MAX_LINE_BYTES, BadLine, JobLine, LineReader, duplicate, iter_jobs
+
+FLUSH_LINES = 5000
+FLUSH_BYTES = 16 * 1024 * 1024  # a block of long lines is written early, so it never holds 5000 of them
+YIELD_EVERY = 500  # lines parsed between turns of the block being written meanwhile
+
+# KEYS: the batch's custom_id -> line hash. ARGV: a JSON array of a block's custom_ids, and one of
+# their lines (two arguments, not two per line: redis-py packs each argument in Python). Records each
+# id not yet there; returns {index (1-based), first line, ...} for each id already taken, by an earlier
+# block or earlier in this one. HMGET and HSET take 1000 ids at a time (Lua's `unpack` has a limit):
+# a redis.call per line would cost Redis ~3 µs a line.
+_CLAIM_IDS = """
+local ids, lines = cjson.decode(ARGV[1]), cjson.decode(ARGV[2])
+local taken, seen, new = {}, {}, {}
+for s = 1, #ids, 1000 do
+  local e = math.min(s + 999, #ids)
+  local firsts = redis.call('HMGET', KEYS[1], unpack(ids, s, e))
+  for i = s, e do
+    local first = firsts[i - s + 1] or seen[ids[i]]
+    if first then
+      taken[#taken + 1] = i
+      taken[#taken + 1] = first
+    else
+      seen[ids[i]] = lines[i]
+      new[#new + 1] = ids[i]
+      new[#new + 1] = lines[i]
+    end
+  end
+end
+for s = 1, #new, 2000 do
+  redis.call('HSET', KEYS[1], unpack(new, s, math.min(s + 1999, #new)))
+end
+return taken
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    batch_id: str
+    total: int
+    valid: int
+    invalid: int
+
+
+def new_batch_id() -> str:
+    return "batch_" + uuid.uuid4().hex[:24]
+
+
+class _Counted:
+    """A line reader that counts the bytes read through it."""
+
+    __slots__ = ("count", "stream")
+
+    def __init__(self, stream: LineReader) -> None:
+        self.stream, self.count = stream, 0
+
+    def readline(self, size: int = -1, /) -> bytes:
+        raw = self.stream.readline(size)
+        self.count += len(raw)
+        return raw
+
+
+async def submit_stream(
+    store: Store,
+    stream: LineReader,
+    *,
+    name: str,
+    source: str,
+    default_dialect: Dialect = "chat",
+    chunk_size: int = 50,
+    providers: list[str] | None = None,
+    queue: str | None = None,
+    max_cost: Decimal | None = None,
+    completion_window_s: float | None = None,
+    start_at: float | None = None,
+    webhook: str | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    on_progress: Callable[[int], None] | None = None,
+) -> SubmitResult:
+    """`queue`: an arq queue of this batch's own (`run` uses one so its workers touch nothing else).
+    `max_cost`: the batch's spending limit in USD (see budget.py). `completion_window_s`: lines not
+    answered this long after submit expire (lifecycle.py). `max_line_bytes`: a longer line is an
+    error (`worker.max_line_bytes`). `start_at` (unix time): a deferred batch, `scheduled` until then;
+    the workers' sweep starts it (lifecycle.tick). `webhook`: a URL the batch object is POSTed to
+    when the batch ends (webhooks.py).
+
+    Chunk jobs are enqueued only once every line is written and the batch is `in_progress`: a
+    submit cut short (Redis gone, Ctrl-C) leaves a batch nothing works on, marked failed when Redis
+    can still be told, and found by the workers' sweep otherwise."""
+    batch_id = new_batch_id()
+    queue = queue or store.keys.queue
+    claim_ids = store.redis.register_script(_CLAIM_IDS)
+    ids = store.keys.custom_ids(batch_id)
+    await store.create_batch(batch_id, name=name, source=source, providers=providers, queue=queue,
+                             max_cost=max_cost, completion_window_s=completion_window_s, start_at=start_at,
+                             webhook=webhook)
+    block: list[JobLine] = []  # parsed, not yet checked for duplicates
+    bad: list[tuple[int, bytes]] = []
+    open_chunk: list[int] = []
+    n_chunks = valid = invalid = max_line = 0
+    formats: set[str] = set()
+    reader = _Counted(stream)
+    writing: asyncio.Task[None] | None = None  # the previous block, written while this one is parsed
+
+    async def write(block: list[JobLine], bad: list[tuple[int, bytes]], last: bool) -> None:
+        """Drop the block's duplicate custom_ids, then write its lines, errors and full chunks."""
+        nonlocal n_chunks, open_chunk, valid, invalid
+        taken: dict[int, int] = {}
+        if block:
+            found = await claim_ids(keys=[ids], args=[orjson.dumps([job.custom_id for job in block]),
+                                                      orjson.dumps([job.line for job in block])])
+            taken = {int(i) - 1: int(first) for i, first in zip(found[::2], found[1::2], strict=True)}
+            # a line that finds itself there is not a duplicate (only a rerun of this block could)
+            taken = {i: first for i, first in taken.items() if first != block[i].line}
+        jobs: list[JobLine] = []
+        chunks: list[tuple[str, list[int]]] = []
+        for i, job in enumerate(block):
+            if i in taken:
+                bad.append((job.line, bad_line_record(batch_id, duplicate(job, taken[i]), default_dialect)))
+                continue
+            jobs.append(job)
+            open_chunk.append(job.line)
+            if len(open_chunk) >= chunk_size:
+                chunks.append((chunk_job_id(batch_id, n_chunks), open_chunk))
+                n_chunks += 1
+                open_chunk = []
+        if last and open_chunk:
+            chunks.append((chunk_job_id(batch_id, n_chunks), open_chunk))
+            n_chunks += 1
+        await store.add_lines(batch_id, jobs, bad, chunks)
+        valid += len(jobs)
+        invalid += len(bad)
+        if on_progress:
+            on_progress(valid + invalid)
+
+    try:
+        for n, item in enumerate(iter_jobs(reader, default_dialect=default_dialect, max_line_bytes=max_line_bytes,
+                                           dedupe=False)):
+            max_line = item.line
+            if item.fmt:
+                formats.add(item.fmt)
+            if isinstance(item, BadLine):
+                bad.append((item.line, bad_line_record(batch_id, item, default_dialect)))
+            else:
+                block.append(item)
+            if len(block) + len(bad) >= FLUSH_LINES or reader.count >= FLUSH_BYTES:
+                if writing:
+                    await writing  # blocks claim their custom_ids in file order
+                writing = asyncio.create_task(write(block, bad, False))
+                block, bad, reader.count = [], [], 0
+                await asyncio.sleep(0)  # let it send its first command before parsing goes on
+            elif n % YIELD_EVERY == 0 and writing:
+                await asyncio.sleep(0)  # and let it go on from time to time, as Redis answers
+        if writing:
+            await writing
+        await write(block, bad, True)
+        counts: dict[str, int | str] = {
+            "total": valid + invalid, "invalid": invalid, "max_line": max_line, "chunks": n_chunks,
+            "input_format": "+".join(sorted(formats)) or "none",
+        }
+        if await store.finish_submit(batch_id, counts, start_at) == "in_progress":
+            await enqueue_all(store, batch_id, queue)
+    except BaseException as e:
+        if writing and not writing.done():
+            writing.cancel()
+        if writing:
+            with contextlib.suppress(BaseException):
+                await writing
+        # Redis itself may be what failed; the original error matters more
+        with contextlib.suppress(Exception):
+            await store.mark_failed(batch_id, f"submit interrupted: {type(e).__name__}")
+        raise
+    return SubmitResult(batch_id, valid + invalid, valid, invalid)
+
+
+async def submit_file(
+    store: Store, path: str | os.PathLike[str], *, name: str | None = None, max_line_bytes: int = MAX_LINE_BYTES,
+    **kw: object,
+) -> SubmitResult:
+    p = Path(path)
+    try:
+        stream = p.open("rb")
+    except OSError as e:
+        raise InputError(f"{p}: cannot read input file: {e.strerror}") from None
+    with stream:
+        return await submit_stream(store, stream, name=name or p.name, source=str(p), max_line_bytes=max_line_bytes,
+                                   **kw)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""The arq worker: chunk jobs, the consumer pool and the per-line relay across providers."""
