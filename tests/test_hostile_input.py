@@ -19,7 +19,8 @@ from pydantic import ValidationError
 
 from batchrelay.config.settings import WorkerConfig
 from batchrelay.sim.process import SimulatorProcess
-from batchrelay.store.store import ERR, Store, submit
+from batchrelay.store import submit
+from batchrelay.store.store import ERR, Store
 from batchrelay.store.submit import submit_stream
 from batchrelay.wire.jobs import (
     DISCARD_PIECE,
