@@ -33,6 +33,17 @@ def add_note(notes: list[str], text: str) -> None:
         notes.append(text)
 
 
+def meaningful(value: Any) -> bool:
+    # SDKs echo assistant messages back with `refusal: None`, `annotations: []`: nothing is lost there.
+    return value is not None and not (isinstance(value, list | dict | str) and not value)
+
+
+def messages_of(body: Any) -> list[dict[str, Any]]:
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        raise ValueError("not a request: no messages list")
+    return objects(body["messages"], "messages")
+
+
 def as_int(value: Any) -> int:
     # Providers send null for cache counters they do not track; bool is an int subclass but no count.
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
