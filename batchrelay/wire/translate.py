@@ -10,7 +10,6 @@ Requests: `request_to_messages.py` and `request_to_chat.py`; replies: `translate
 dispatches to them.
 """
 
-
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any

@@ -1,4 +1,4 @@
-"""Translate a finished reply between the chat and messages dialects (requests: `translate.py`).
+"""Translate a finished reply between the chat and messages dialects (requests: `request_to_*.py`).
 
 A job's result body is always in the job's own dialect, so a reply from a provider speaking the
 other dialect is rewritten here. Pure functions: each returns a new dict and a list of notes about
@@ -6,8 +6,8 @@ what could not be carried over exactly (empty when the mapping was exact); input
 mutated. Reply metadata with no counterpart (`system_fingerprint`, `service_tier`, `created` going
 to messages) is dropped without a note: it changes no content and no token count.
 
-The helpers for tool-call arguments and notes live here too, because `translate.py` needs them
-and imports this module (not the other way round).
+The helpers for tool-call arguments, notes and message lists live here too, because the requests need them
+and the request directions import this module (not the other way round).
 """
 
 from __future__ import annotations
