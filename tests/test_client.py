@@ -1,4 +1,4 @@
-"""Sending one request with httpx (MockTransport: unit tests of the client layer only, design.md §7)."""
+"""Sending one request with httpx (MockTransport: unit tests of the client layer only)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from batchrelay.sim.app import SimConfig, _parser, config_from_args, create_app
 from batchrelay.sim.faults import (
     FaultState,
-    Outcome,
+    SimOutcome,
     decide,
     estimate_input_tokens,
     estimate_output_tokens,
@@ -282,7 +282,7 @@ def test_random_faults_are_reproducible_and_about_the_configured_fraction() -> N
     assert 300 < kinds.count("error") < 500
     assert 120 < kinds.count("malformed") < 280
     assert 120 < kinds.count("hang") < 280
-    assert all(o == Outcome("error", 500) for o in runs[0] if o.kind == "error")
+    assert all(o == SimOutcome("error", 500) for o in runs[0] if o.kind == "error")
 
 
 def test_fail_after_counts_only_real_answers() -> None:
@@ -543,12 +543,12 @@ def test_junk_takes_its_share_of_the_seeded_draw_after_the_other_rates() -> None
     outcomes = [decide(config, state) for _ in range(2000)]
     kinds = [o.kind for o in outcomes]
     assert 500 < kinds.count("junk") < 700
-    assert all(o == Outcome("junk", 200) for o in outcomes if o.kind == "junk")
+    assert all(o == SimOutcome("junk", 200) for o in outcomes if o.kind == "junk")
     assert state.successes == kinds.count("answer") + kinds.count("hang") + kinds.count("junk")
     # Junk comes last in the split, so adding it leaves every other call's fate as it was.
     before = [decide(SimConfig(seed=7, fail_rate=0.2, malformed_rate=0.1, hang_rate=0.1), s)
               for s in [FaultState(seed=7)] for _ in range(2000)]
-    assert [o if o.kind != "junk" else Outcome("answer", 200) for o in outcomes] == before
+    assert [o if o.kind != "junk" else SimOutcome("answer", 200) for o in outcomes] == before
 
 
 def test_the_command_line_takes_the_cache_and_junk_fields() -> None:

@@ -2,9 +2,9 @@
 
 It speaks the OpenAI chat dialect (`POST /v1/chat/completions`) and the Anthropic messages dialect
 (`POST /v1/messages`), answers deterministically from the request, and reports realistic usage; with
-`"stream": true` it answers in server-sent events (simstream.py). `SimConfig.preset` makes it one of
+`"stream": true` it answers in server-sent events (`sim/streams.py`). `SimConfig.preset` makes it one of
 the seed providers instead, with that provider's paths, key header, error envelope and answer shape
-as its document describes them (simproviders.py); other paths then answer 404. Faults (statuses,
+as its document describes them (`sim/presets.py`); other paths then answer 404. Faults (statuses,
 quota running out, broken bodies, hangs, cut streams), a credit balance and rate limits come from a
 `SimConfig`, which can be changed while it runs through the `/_sim/*` control endpoints:
 
@@ -23,9 +23,9 @@ quota running out, broken bodies, hangs, cut streams), a credit balance and rate
     GET  /_sim/stats    {"calls": n, "by_status": {"200": n, ...}}
     POST /_sim/reset    clear log and counters; restart script, balance and rate window
 
-Run it with `python -m batchrelay.sim --port 8787 --fail-rate 0.1`. The decisions and
-wire shapes are pure functions in `simfaults.py`, `simproviders.py` and `simstream.py`; this module
-is only the HTTP edge.
+Run it with `python -m batchrelay.sim --port 8787 --fail-rate 0.1`. The decisions and wire shapes
+are pure functions in `faults.py`, `presets.py` and `streams.py` next to it; this module is only
+the HTTP edge.
 """
 
 from __future__ import annotations
@@ -51,12 +51,12 @@ from starlette.types import Receive, Scope, Send
 from batchrelay.sim.faults import (
     JUNK,
     MALFORMED,
-    Dialect,
     FaultState,
-    Outcome,
     Preset,
     RateWindow,
     SimConfig,
+    SimDialect,
+    SimOutcome,
     decide,
     estimate_output_tokens,
     invalid_reason,
@@ -99,7 +99,7 @@ class Entry:
     status: int
     headers: Headers
     raw: bytes  # the request body
-    kind: str  # an Outcome kind; "error" also for calls turned away before `decide`
+    kind: str  # a SimOutcome kind; "error" also for calls turned away before `decide`
     # The answered body: bytes as sent, or for a stream the payload its events were made from.
     response: bytes | dict[str, Any] | None = None
     answered: float | None = None  # when the answer (or the stream's head) was sent; None while waiting
@@ -213,7 +213,7 @@ def create_app(config: SimConfig) -> Starlette:
     """An ASGI app serving the configured provider with the faults `config` describes."""
     sim = _Sim(config)
 
-    async def complete(request: Request, p: Provider, dialect: Dialect) -> Response:
+    async def complete(request: Request, p: Provider, dialect: SimDialect) -> Response:
         t = time.time()
         scope = request.scope
         cfg = sim.config  # one snapshot per call, so a config change mid-call cannot mix rules
@@ -224,7 +224,7 @@ def create_app(config: SimConfig) -> Starlette:
 
         # Auth, validation, balance and rate limits come before faults, as at a real provider: a call
         # they turn away does not consume a script entry or a random draw.
-        outcome: Outcome | None = None
+        outcome: SimOutcome | None = None
         headers: dict[str, str] | None = None
         message = auth_failure(p.auth_for(dialect), cfg.api_key, request.headers)
         if message is not None:
@@ -282,8 +282,8 @@ def create_app(config: SimConfig) -> Starlette:
         entry.answer(content)
         return Response(content, 200, media_type=JSON)
 
-    def _stream(cfg: SimConfig, p: Provider, dialect: Dialect, body: dict[str, Any], payload: dict[str, Any],
-                outcome: Outcome, elapsed: float) -> Response:
+    def _stream(cfg: SimConfig, p: Provider, dialect: SimDialect, body: dict[str, Any], payload: dict[str, Any],
+                outcome: SimOutcome, elapsed: float) -> Response:
         if dialect == "messages":
             events = messages_events(payload)
         else:

@@ -1,6 +1,6 @@
 """Pure logic of the provider simulator: which fault a call gets, what the answer says, what it costs.
 
-No IO here, so every rule is table-testable; `simulator.py` is the HTTP edge around it. The hot path
+No IO here, so every rule is table-testable; `app.py` is the HTTP edge around it. The hot path
 (one call = `decide` + `answer_body` or `error_body`) touches no pydantic validation: the config is
 validated once when it is set, and per call only its attributes are read.
 """
@@ -16,14 +16,16 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Dialect = Literal["chat", "messages"]
-Kind = Literal["answer", "error", "malformed", "hang", "junk"]
-# The seed providers (/work/shared/seeds); their wire formats are tabled in simproviders.py.
+# The simulator's own names (Sim*, Fault*): it stands in for a provider, so it shares no types with the
+# core it tests (batchrelay.wire.Dialect, results.Outcome, store.health.Kind mean other things).
+SimDialect = Literal["chat", "messages"]
+FaultKind = Literal["answer", "error", "malformed", "hang", "junk"]
+# The five seed providers (the README's Presets table); their wire formats are tabled in sim/presets.py.
 Preset = Literal["ttapi", "ttonkapi", "ttttt", "piapi", "ainow"]
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 # 0 and 200 mean "answer normally" (so a script can mix normal calls with faults).
-Status = Annotated[int, Field(ge=0, le=599)]
+SimStatus = Annotated[int, Field(ge=0, le=599)]
 
 SIM_MODEL = "sim-1"
 RATE_WINDOW = 60.0  # seconds: rpm and tpm are counted over a sliding minute
@@ -63,7 +65,7 @@ class SimConfig(BaseModel):
     Before those faults, as at a real provider, come the gates: the API key, the request's validity,
     `credits` (a USD balance: every answered call spends its cost, and once it is <= 0 every call is a
     402) and `rpm` / `tpm` (a sliding 60 s window; over it, a 429 with Retry-After). `preset` makes
-    the simulator speak one seed provider's wire format (simproviders.py); None is the generic
+    the simulator speak one seed provider's wire format (sim/presets.py); None is the generic
     provider that takes every key header and both dialects. `truncate_rate` is the fraction of
     streamed answers that stop half-way.
     """
@@ -73,11 +75,11 @@ class SimConfig(BaseModel):
 
     latency_ms: Annotated[float, Field(ge=0.0)] = 0.0
     seed: int = 0
-    fail_status: Status | None = None
+    fail_status: SimStatus | None = None
     fail_rate: Rate = 0.0
-    fail_rate_status: Status = 500
+    fail_rate_status: SimStatus = 500
     retry_after: Annotated[float, Field(ge=0.0)] | None = None
-    script: list[Status] = Field(default_factory=list)
+    script: list[SimStatus] = Field(default_factory=list)
     fail_after: Annotated[int, Field(ge=0)] | None = None
     malformed_rate: Rate = 0.0
     hang_rate: Rate = 0.0
@@ -111,15 +113,15 @@ class SimConfig(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    kind: Kind
+class SimOutcome:
+    kind: FaultKind
     status: int
 
 
-ANSWER = Outcome("answer", 200)
-MALFORMED = Outcome("malformed", 200)
-HANG = Outcome("hang", 200)
-JUNK = Outcome("junk", 200)
+ANSWER = SimOutcome("answer", 200)
+MALFORMED = SimOutcome("malformed", 200)
+HANG = SimOutcome("hang", 200)
+JUNK = SimOutcome("junk", 200)
 
 
 @dataclass(slots=True)
@@ -150,7 +152,7 @@ class FaultState:
         return rate > 0 and self.stream_rng.random() < rate
 
 
-def decide(config: SimConfig, state: FaultState) -> Outcome:
+def decide(config: SimConfig, state: FaultState) -> SimOutcome:
     """The fate of the next call. Precedence: script, fail_status, fail_after, then the random rates."""
     # Exactly one draw per call, whatever decides it, so call i's random fate depends only on the
     # seed and i: editing the script or a rate mid-run does not reshuffle the calls after it.
@@ -158,15 +160,15 @@ def decide(config: SimConfig, state: FaultState) -> Outcome:
     if state.script_pos < len(config.script):
         status = config.script[state.script_pos]
         state.script_pos += 1
-        return _answer(state) if status in NORMAL else Outcome("error", status)
+        return _answer(state) if status in NORMAL else SimOutcome("error", status)
     if config.fail_status is not None:
-        return _answer(state) if config.fail_status in NORMAL else Outcome("error", config.fail_status)
+        return _answer(state) if config.fail_status in NORMAL else SimOutcome("error", config.fail_status)
     if config.fail_after is not None and state.successes >= config.fail_after:
-        return Outcome("error", 402)
+        return SimOutcome("error", 402)
     # The rates partition [0, 1), so each is exactly "that fraction of calls" while their sum <= 1.
     if roll < config.fail_rate:
         status = config.fail_rate_status
-        return _answer(state) if status in NORMAL else Outcome("error", status)
+        return _answer(state) if status in NORMAL else SimOutcome("error", status)
     roll -= config.fail_rate
     if roll < config.malformed_rate:
         return MALFORMED
@@ -181,7 +183,7 @@ def decide(config: SimConfig, state: FaultState) -> Outcome:
     return _answer(state)
 
 
-def _answer(state: FaultState) -> Outcome:
+def _answer(state: FaultState) -> SimOutcome:
     # Only billed answers (hang and junk included) spend the simulated credit fail_after counts down.
     state.successes += 1
     return ANSWER
@@ -227,7 +229,7 @@ class RateWindow:
         return 0.0
 
 
-def rate_tokens(dialect: Dialect, body: dict[str, Any], answer: Answer) -> int:
+def rate_tokens(dialect: SimDialect, body: dict[str, Any], answer: Answer) -> int:
     """What a call counts against tpm: its input estimate plus max_tokens, or the output if unset."""
     limit = max_tokens_of(dialect, body)
     return answer.input_tokens + (limit if _is_int(limit) else answer.output_tokens)
@@ -249,7 +251,7 @@ def _is_int(v: Any) -> bool:
     return type(v) is int  # bool is an int subclass, and `true` is not a token count
 
 
-def invalid_reason(dialect: Dialect, body: Any) -> str | None:
+def invalid_reason(dialect: SimDialect, body: Any) -> str | None:
     """Why the body is not a request this dialect accepts, or None when it is."""
     if not isinstance(body, dict):
         return "request body must be a JSON object"
@@ -266,7 +268,7 @@ def invalid_reason(dialect: Dialect, body: Any) -> str | None:
     return None
 
 
-def max_tokens_of(dialect: Dialect, body: dict[str, Any]) -> Any:
+def max_tokens_of(dialect: SimDialect, body: dict[str, Any]) -> Any:
     if dialect == "chat" and "max_completion_tokens" in body:
         return body["max_completion_tokens"]
     return body.get("max_tokens")
@@ -319,7 +321,7 @@ class Answer:
 
 
 def plan_answer(
-    dialect: Dialect, body: dict[str, Any], cached_fraction: float = 0.0, cache_write_fraction: float = 0.0
+    dialect: SimDialect, body: dict[str, Any], cached_fraction: float = 0.0, cache_write_fraction: float = 0.0
 ) -> Answer:
     """Reply text and usage for a valid request, cut to max_tokens like a real model would stop."""
     messages = body["messages"]
@@ -379,14 +381,14 @@ def messages_body(body: dict[str, Any], answer: Answer, number: int) -> dict[str
     }
 
 
-def answer_body(dialect: Dialect, body: dict[str, Any], number: int, created: int) -> dict[str, Any]:
+def answer_body(dialect: SimDialect, body: dict[str, Any], number: int, created: int) -> dict[str, Any]:
     answer = plan_answer(dialect, body)
     if dialect == "chat":
         return chat_body(body, answer, number, created)
     return messages_body(body, answer, number)
 
 
-def junk(dialect: Dialect, payload: dict[str, Any]) -> dict[str, Any]:
+def junk(dialect: SimDialect, payload: dict[str, Any]) -> dict[str, Any]:
     """The rendered answer made useless but still billed: no choices (chat), null content (messages)."""
     if dialect == "chat":
         return {**payload, "choices": []}
@@ -411,7 +413,7 @@ _MESSAGES = {400: "invalid request", 401: "invalid or missing API key",
              503: "the service is overloaded, try again later", 529: "the service is overloaded"}
 
 
-def error_type(dialect: Dialect, status: int) -> str:
+def error_type(dialect: SimDialect, status: int) -> str:
     if dialect == "chat":
         return _CHAT_TYPES.get(status) or ("server_error" if status >= 500 else "invalid_request_error")
     return _MESSAGES_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
@@ -422,7 +424,7 @@ def error_message(status: int) -> str:
     return f"simulated {status}: {_MESSAGES.get(status) or fallback}"
 
 
-def error_body(dialect: Dialect, status: int, message: str | None = None) -> dict[str, Any]:
+def error_body(dialect: SimDialect, status: int, message: str | None = None) -> dict[str, Any]:
     """The provider's error envelope: OpenAI's for the chat dialect, Anthropic's for messages."""
     kind, text = error_type(dialect, status), message or error_message(status)
     if dialect == "chat":
