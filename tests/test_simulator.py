@@ -459,9 +459,29 @@ async def test_fractions_over_one_are_refused(fields: dict[str, float], message:
     assert message in r.json()["error"]["message"]
 
 
-def test_fractions_summing_to_exactly_one_are_accepted() -> None:
-    SimConfig(cached_fraction=0.7, cache_write_fraction=0.3)
-    SimConfig(fail_rate=0.1, malformed_rate=0.2, hang_rate=0.3, junk_rate=0.4)
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"cached_fraction": 0.7, "cache_write_fraction": 0.3},
+        # 0.34 + 0.56 + 0.1 is 1.0000000000000002 in floats: still "exactly one"
+        {"fail_rate": 0.34, "malformed_rate": 0.56, "hang_rate": 0.1},
+        {"fail_rate": 0.1, "malformed_rate": 0.2, "hang_rate": 0.3, "junk_rate": 0.4},
+    ],
+)
+async def test_fractions_summing_to_exactly_one_are_accepted(fields: dict[str, float]) -> None:
+    assert SimConfig(**fields).model_dump(include=set(fields)) == fields
+    async with client_for() as client:
+        r = await client.post("/_sim/config", json=fields)
+        config = (await client.get("/_sim/config")).json()
+    assert r.status_code == 200
+    assert {k: config[k] for k in fields} == fields
+
+
+def test_rates_summing_to_one_leave_no_call_answered_normally() -> None:
+    config = SimConfig(fail_rate=0.1, malformed_rate=0.2, hang_rate=0.3, junk_rate=0.4)
+    state = FaultState()
+    kinds = {decide(config, state).kind for _ in range(2000)}
+    assert kinds == {"error", "malformed", "hang", "junk"}
 
 
 async def test_a_junk_chat_answer_is_a_200_with_usage_and_no_choices() -> None:
