@@ -16,15 +16,10 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from batchrelay.sim.app import SimConfig, _parser, config_from_args, create_app
-from batchrelay.sim.faults import (
-    FaultState,
-    SimOutcome,
-    decide,
-    estimate_input_tokens,
-    estimate_output_tokens,
-    retry_headers,
-)
+from batchrelay.sim.answers import estimate_input_tokens, estimate_output_tokens, retry_headers
+from batchrelay.sim.app import SimConfig, create_app
+from batchrelay.sim.command import build_parser, config_from_args
+from batchrelay.sim.faults import FaultState, SimOutcome, decide
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
@@ -572,11 +567,11 @@ def test_junk_takes_its_share_of_the_seeded_draw_after_the_other_rates() -> None
 
 
 def test_the_command_line_takes_the_cache_and_junk_fields() -> None:
-    args = _parser().parse_args(["--cached-fraction", "0.5", "--cache-write-fraction", "0.25", "--junk-rate", "0.1"])
+    args = build_parser().parse_args(["--cached-fraction", "0.5", "--cache-write-fraction", "0.25", "--junk-rate", "0.1"])
     config = config_from_args(args)
     assert (config.cached_fraction, config.cache_write_fraction, config.junk_rate) == (0.5, 0.25, 0.1)
     with pytest.raises(ValidationError):
-        config_from_args(_parser().parse_args(["--cached-fraction", "0.6", "--cache-write-fraction", "0.6"]))
+        config_from_args(build_parser().parse_args(["--cached-fraction", "0.6", "--cache-write-fraction", "0.6"]))
 
 
 def _free_port() -> int:

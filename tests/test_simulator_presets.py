@@ -10,7 +10,8 @@ import httpx
 import orjson
 import pytest
 
-from batchrelay.sim.app import SimConfig, _parser, config_from_args, create_app
+from batchrelay.sim.app import SimConfig, create_app
+from batchrelay.sim.command import build_parser, config_from_args
 from batchrelay.sim.faults import RATE_WINDOW, RateWindow
 from batchrelay.sim.presets import AINOW_PRICES, PROVIDERS
 
@@ -437,10 +438,10 @@ async def test_the_preset_can_change_while_running() -> None:
 
 
 def test_the_command_line_takes_the_new_fields() -> None:
-    args = _parser().parse_args(["--preset", "ainow", "--credits", "2.5", "--rpm", "60", "--tpm", "10000",
+    args = build_parser().parse_args(["--preset", "ainow", "--credits", "2.5", "--rpm", "60", "--tpm", "10000",
                                  "--truncate-rate", "0.2", "--config-json", '{"seed": 3, "rpm": 5}'])
     config = config_from_args(args)
     assert (config.preset, config.credits, config.rpm, config.tpm, config.truncate_rate, config.seed) == (
         "ainow", 2.5, 60, 10000, 0.2, 3)
-    from_json = config_from_args(_parser().parse_args(["--config-json", '{"preset": "piapi", "credits": 1}']))
+    from_json = config_from_args(build_parser().parse_args(["--config-json", '{"preset": "piapi", "credits": 1}']))
     assert from_json.preset == "piapi" and from_json.credits == 1.0

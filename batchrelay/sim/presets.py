@@ -16,19 +16,8 @@ from typing import Any, Literal
 
 import orjson
 
-from batchrelay.sim.faults import (
-    SIM_MODEL,
-    Answer,
-    Preset,
-    SimDialect,
-    chat_body,
-    error_body,
-    error_message,
-    error_type,
-    flat_cost,
-    key_matches,
-    messages_body,
-)
+from batchrelay.sim.answers import Answer, chat_body, error_body, error_message, error_type, flat_cost, messages_body
+from batchrelay.sim.faults import Preset, SimDialect
 
 # "any": Bearer, x-api-key or TT-API-KEY (the generic simulator); the others accept only that header.
 SimAuth = Literal["any", "bearer", "x-api-key", "tt-api-key"]
@@ -36,6 +25,8 @@ SimAuth = Literal["any", "bearer", "x-api-key", "tt-api-key"]
 # ttttt: {"error": {"message", "type", "code": <HTTP status as an int>}} (its document's example).
 ErrorStyle = Literal["openai", "anthropic", "ttttt"]
 Endpoint = Literal["chat", "messages", "models", "credits", "tokens", "moderate"]
+
+SIM_MODEL = "sim-1"  # the one model the generic simulator lists
 
 CHAT, MESSAGES = "/v1/chat/completions", "/v1/messages"
 
@@ -156,6 +147,13 @@ AINOW = Provider(
 PROVIDERS: dict[Preset | None, Provider] = {
     None: GENERIC, "ttapi": TTAPI, "ttonkapi": TTONKAPI, "ttttt": TTTTT, "piapi": PIAPI, "ainow": AINOW,
 }
+
+
+def key_matches(
+    api_key: str, authorization: str | None, x_api_key: str | None, tt_api_key: str | None
+) -> bool:
+    """True when any of the three header styles the seed providers use carries the key."""
+    return authorization == f"Bearer {api_key}" or api_key in (x_api_key, tt_api_key)
 
 
 def auth_failure(style: SimAuth, api_key: str | None, headers: Mapping[str, str]) -> str | None:
