@@ -1,4 +1,4 @@
-"""Failover acceptance scenarios (design.md §4), each with 2 `batchrelay worker --burst` processes.
+"""Failover acceptance scenarios (the README's failover table), each with 2 `batchrelay worker --burst` processes.
 
     python bench/failover.py [--lines 2000] [--pace-seconds 120] [--outage-seconds 20]
                              [--concurrency 32] [--only failover|pacing|bad|outage ...]

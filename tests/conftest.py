@@ -1,4 +1,4 @@
-"""Shared fixtures: a real redis-server and the provider simulator over real HTTP (design.md §7).
+"""Shared fixtures: a real redis-server and the provider simulator over real HTTP.
 
 Redis: `REDIS_URL` when set (each test then works under its own key prefix and only ever deletes
 its own keys), else one redis-server per session started here on a free port (redis-server on

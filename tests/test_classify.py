@@ -1,4 +1,4 @@
-"""What batchrelay does after a failed call (design.md §4), with the providers' own error bodies."""
+"""What batchrelay does after a failed call (the README's failover table), with the providers' own error bodies."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def anthropic_error(type_: str, message: str) -> dict[str, object]:
         (http(429, openai_error("You exceeded your current quota", "insufficient_quota", "insufficient_quota")),
          Action.BENCH),
         (http(402, b"Payment Required"), Action.BENCH),
-        # design.md §4: on a 429 only insufficient_quota is billing; a per-minute quota is a rate limit
+        # on a 429 only insufficient_quota is billing; a per-minute quota is a rate limit
         (http(429, openai_error("Quota exceeded for requests per minute, retry in 20s", "rate_limit_error")),
          Action.FAILOVER),
         # ttttt.ai (002) envelope

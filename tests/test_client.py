@@ -1,8 +1,9 @@
-"""Sending one request with httpx (MockTransport: unit tests of the client layer only, design.md §7)."""
+"""Sending one request with httpx (MockTransport: unit tests of the client layer only)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -62,12 +63,23 @@ async def test_success_returns_the_body_usage_and_request_id() -> None:
     assert reply.body == CHAT_REPLY
     assert reply.usage == Usage(24, 17, 8)
     assert reply.request_id == "req_abc"
-    assert reply.latency_ms >= 0
     (request,) = seen
     assert request.method == "POST"
     assert str(request.url) == "https://ttonkapi.test/v1/chat/completions"
     assert request.headers["authorization"] == f"Bearer {KEY}"
     assert orjson.loads(request.content)["model"] == "GPT-4 Turbo"
+
+
+async def test_latency_is_the_time_the_provider_took_to_answer() -> None:
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.05)
+        return httpx.Response(200, json=CHAT_REPLY)
+
+    started = time.perf_counter()
+    reply = await call(slow)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    # at least the provider's 50 ms, and no more than the whole call measured from outside
+    assert 50 <= reply.latency_ms <= elapsed_ms
 
 
 async def test_messages_dialect_reply_and_request_id_header() -> None:

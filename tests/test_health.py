@@ -1,4 +1,4 @@
-"""Provider health and rate limits shared by every worker, against a real redis-server (design.md §4)."""
+"""Provider health and rate limits shared by every worker, against a real redis-server (README: "Shared health")."""
 
 from __future__ import annotations
 

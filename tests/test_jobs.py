@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchrelay.wire.jobs import BadLine, JobLine, iter_jobs, parse_line
+from batchrelay.wire.jobs import MAX_REASON, BadLine, JobLine, iter_jobs, parse_line
 
 MESSAGES = [{"role": "user", "content": "Hello!"}]
 CHAT_BODY = {"model": "gpt-4o-mini", "messages": MESSAGES, "temperature": 0.2}
@@ -136,7 +136,7 @@ def test_duplicate_custom_id_marks_the_second_occurrence_bad_and_keeps_the_first
 
 def test_duplicate_check_can_be_left_to_the_caller() -> None:
     items = jobs_of(openai_line("same"), openai_line("same"), dedupe=False)
-    assert all(isinstance(i, JobLine) for i in items)
+    assert items == [JobLine(1, "same", "openai", "chat", CHAT_BODY), JobLine(2, "same", "openai", "chat", CHAT_BODY)]
 
 
 def test_bad_line_does_not_claim_its_custom_id() -> None:
@@ -234,10 +234,36 @@ bare_body = st.fixed_dictionaries(
 )
 
 
+def assert_usable(item: JobLine | BadLine, line: int) -> None:
+    """What the rest of batchrelay relies on from any parsed line: it keeps its number; a bad line
+    says why in at most MAX_REASON characters; a job has an id, a known format and dialect, and a
+    body a provider call can be made from, and survives its trip through Redis."""
+    assert item.line == line
+    if isinstance(item, BadLine):
+        assert 0 < len(item.reason) <= MAX_REASON
+        return
+    assert item.custom_id
+    assert item.fmt in ("openai", "anthropic", "bare")
+    assert item.dialect in ("chat", "messages")
+    assert isinstance(item.body["model"], str) and item.body["model"]
+    assert item.body["messages"] and all(isinstance(m, dict) for m in item.body["messages"])
+    assert JobLine.from_json(item.to_json()) == item
+
+
+def is_json_object(raw: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(raw), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
 @settings(deadline=None)
 @given(st.binary(max_size=300))
-def test_parse_line_never_raises_on_any_bytes(raw: bytes) -> None:
-    assert isinstance(parse_line(raw, 1), JobLine | BadLine)
+def test_any_bytes_give_a_usable_job_or_a_bad_line_never_an_exception(raw: bytes) -> None:
+    item = parse_line(raw, 7)
+    assert_usable(item, 7)
+    if not is_json_object(raw):
+        assert isinstance(item, BadLine)
 
 
 # keys the parser looks at, so generated objects reach every branch
@@ -247,11 +273,31 @@ json_values = st.recursive(
     lambda children: st.lists(children) | st.dictionaries(key, children),
 )
 
+# batch lines near the valid ones, so that jobs (not only bad lines) come out of the property below
+near_lines = st.one_of(
+    bare_body,
+    st.fixed_dictionaries(
+        {"custom_id": text | json_values, "url": st.sampled_from(["/v1/chat/completions", "/v1/messages"]) | text,
+         "body": bare_body | json_values},
+        optional={"method": st.sampled_from(["POST", "GET"]), "extra": json_values},
+    ),
+    st.fixed_dictionaries({"custom_id": text | json_values, "params": bare_body | json_values},
+                          optional={"extra": json_values}),
+)
+
 
 @settings(deadline=None)
-@given(json_values)
-def test_parse_line_never_raises_on_any_json(value: Any) -> None:
-    assert isinstance(parse_line(dumps(value), 1), JobLine | BadLine)
+@given(json_values | near_lines)
+def test_any_json_gives_a_usable_job_or_a_bad_line_and_a_job_keeps_its_id_and_body(value: Any) -> None:
+    item = parse_line(dumps(value), 7)
+    assert_usable(item, 7)
+    if not isinstance(value, dict):
+        assert isinstance(item, BadLine)
+        assert "expected a JSON object" in item.reason
+    elif isinstance(item, JobLine):
+        where = {"openai": "body", "anthropic": "params", "bare": None}[item.fmt]
+        assert item.body == (value[where] if where else value)
+        assert item.custom_id == (value["custom_id"] if where else "line-7")
 
 
 @settings(deadline=None)

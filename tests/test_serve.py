@@ -107,9 +107,15 @@ def test_openai_sdk_upload_create_poll_download(api: Api) -> None:
     assert client.files.retrieve(uploaded.id).bytes == len(data)
     assert client.files.content(uploaded.id).content == data
 
+    api.sim.configure(latency_ms=1000)  # no answer can be in before `create` returns
     batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                                   completion_window="24h", metadata={"team": "search"})
-    assert batch.id.startswith("batch_") and batch.status in ("validating", "in_progress", "completed")
+    api.sim.configure(latency_ms=0)
+    # created = validated and queued: in progress at once, the invalid line already counted as failed
+    assert batch.id.startswith("batch_") and batch.status == "in_progress"
+    assert batch.request_counts is not None
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (7, 0, 1)
+    assert batch.in_progress_at == batch.created_at and batch.completed_at is None and batch.output_file_id is None
     assert batch.input_file_id == uploaded.id and batch.metadata == {"team": "search"}
     assert batch.expires_at and batch.expires_at - batch.created_at == 86400
 

@@ -16,15 +16,10 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from batchrelay.sim.app import SimConfig, _parser, config_from_args, create_app
-from batchrelay.sim.faults import (
-    FaultState,
-    Outcome,
-    decide,
-    estimate_input_tokens,
-    estimate_output_tokens,
-    retry_headers,
-)
+from batchrelay.sim.answers import estimate_input_tokens, estimate_output_tokens, retry_headers
+from batchrelay.sim.app import SimConfig, create_app
+from batchrelay.sim.command import build_parser, config_from_args
+from batchrelay.sim.faults import FaultState, SimOutcome, decide
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
@@ -282,7 +277,7 @@ def test_random_faults_are_reproducible_and_about_the_configured_fraction() -> N
     assert 300 < kinds.count("error") < 500
     assert 120 < kinds.count("malformed") < 280
     assert 120 < kinds.count("hang") < 280
-    assert all(o == Outcome("error", 500) for o in runs[0] if o.kind == "error")
+    assert all(o == SimOutcome("error", 500) for o in runs[0] if o.kind == "error")
 
 
 def test_fail_after_counts_only_real_answers() -> None:
@@ -459,9 +454,29 @@ async def test_fractions_over_one_are_refused(fields: dict[str, float], message:
     assert message in r.json()["error"]["message"]
 
 
-def test_fractions_summing_to_exactly_one_are_accepted() -> None:
-    SimConfig(cached_fraction=0.7, cache_write_fraction=0.3)
-    SimConfig(fail_rate=0.1, malformed_rate=0.2, hang_rate=0.3, junk_rate=0.4)
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"cached_fraction": 0.7, "cache_write_fraction": 0.3},
+        # 0.34 + 0.56 + 0.1 is 1.0000000000000002 in floats: still "exactly one"
+        {"fail_rate": 0.34, "malformed_rate": 0.56, "hang_rate": 0.1},
+        {"fail_rate": 0.1, "malformed_rate": 0.2, "hang_rate": 0.3, "junk_rate": 0.4},
+    ],
+)
+async def test_fractions_summing_to_exactly_one_are_accepted(fields: dict[str, float]) -> None:
+    assert SimConfig(**fields).model_dump(include=set(fields)) == fields
+    async with client_for() as client:
+        r = await client.post("/_sim/config", json=fields)
+        config = (await client.get("/_sim/config")).json()
+    assert r.status_code == 200
+    assert {k: config[k] for k in fields} == fields
+
+
+def test_rates_summing_to_one_leave_no_call_answered_normally() -> None:
+    config = SimConfig(fail_rate=0.1, malformed_rate=0.2, hang_rate=0.3, junk_rate=0.4)
+    state = FaultState()
+    kinds = {decide(config, state).kind for _ in range(2000)}
+    assert kinds == {"error", "malformed", "hang", "junk"}
 
 
 async def test_a_junk_chat_answer_is_a_200_with_usage_and_no_choices() -> None:
@@ -543,20 +558,20 @@ def test_junk_takes_its_share_of_the_seeded_draw_after_the_other_rates() -> None
     outcomes = [decide(config, state) for _ in range(2000)]
     kinds = [o.kind for o in outcomes]
     assert 500 < kinds.count("junk") < 700
-    assert all(o == Outcome("junk", 200) for o in outcomes if o.kind == "junk")
+    assert all(o == SimOutcome("junk", 200) for o in outcomes if o.kind == "junk")
     assert state.successes == kinds.count("answer") + kinds.count("hang") + kinds.count("junk")
     # Junk comes last in the split, so adding it leaves every other call's fate as it was.
     before = [decide(SimConfig(seed=7, fail_rate=0.2, malformed_rate=0.1, hang_rate=0.1), s)
               for s in [FaultState(seed=7)] for _ in range(2000)]
-    assert [o if o.kind != "junk" else Outcome("answer", 200) for o in outcomes] == before
+    assert [o if o.kind != "junk" else SimOutcome("answer", 200) for o in outcomes] == before
 
 
 def test_the_command_line_takes_the_cache_and_junk_fields() -> None:
-    args = _parser().parse_args(["--cached-fraction", "0.5", "--cache-write-fraction", "0.25", "--junk-rate", "0.1"])
+    args = build_parser().parse_args(["--cached-fraction", "0.5", "--cache-write-fraction", "0.25", "--junk-rate", "0.1"])
     config = config_from_args(args)
     assert (config.cached_fraction, config.cache_write_fraction, config.junk_rate) == (0.5, 0.25, 0.1)
     with pytest.raises(ValidationError):
-        config_from_args(_parser().parse_args(["--cached-fraction", "0.6", "--cache-write-fraction", "0.6"]))
+        config_from_args(build_parser().parse_args(["--cached-fraction", "0.6", "--cache-write-fraction", "0.6"]))
 
 
 def _free_port() -> int:

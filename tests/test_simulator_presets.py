@@ -1,4 +1,4 @@
-"""The simulator as each seed provider (/work/shared/seeds), streaming, credits, rate limits, full log."""
+"""The simulator as each seed provider (the README's Presets table), streaming, credits, rate limits, full log."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import httpx
 import orjson
 import pytest
 
-from batchrelay.sim.app import SimConfig, _parser, config_from_args, create_app
+from batchrelay.sim.app import SimConfig, create_app
+from batchrelay.sim.command import build_parser, config_from_args
 from batchrelay.sim.faults import RATE_WINDOW, RateWindow
 from batchrelay.sim.presets import AINOW_PRICES, PROVIDERS
 
@@ -38,7 +39,9 @@ def x_key(key: str) -> dict[str, str]:
 
 
 @dataclass
-class Row:
+class PresetCase:
+    """One seed provider as its document describes it: paths, key headers, a model, usage keys."""
+
     preset: str | None
     chat: str
     chat_auth: Any
@@ -50,23 +53,23 @@ class Row:
     served: set[str]
 
 
-ROWS = [
-    Row("ttapi", "/v1/chat/completions", tt_key, "/v1/messages", tt_key, "gpt-4o", bearer(KEY),
+CASES = [
+    PresetCase("ttapi", "/v1/chat/completions", tt_key, "/v1/messages", tt_key, "gpt-4o", bearer(KEY),
         {"prompt_tokens", "completion_tokens", "total_tokens"}, {"/v1/chat/completions", "/v1/messages"}),
-    Row("ttonkapi", "/v1/chat/completions", bearer, None, None, "qwen-plus", tt_key(KEY),
+    PresetCase("ttonkapi", "/v1/chat/completions", bearer, None, None, "qwen-plus", tt_key(KEY),
         {"prompt_tokens", "completion_tokens", "total_tokens"}, {"/v1/chat/completions", "/v1/models"}),
-    Row("ttttt", "/v1/chat/completions", bearer, "/v1/messages", x_key, "gpt-5.5", x_key(KEY),
+    PresetCase("ttttt", "/v1/chat/completions", bearer, "/v1/messages", x_key, "gpt-5.5", x_key(KEY),
         {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details"},
         {"/v1/chat/completions", "/v1/messages", "/v1/models"}),
-    Row("piapi", "/v1/chat/completions", bearer, None, None, "gpt-4o-mini", x_key(KEY),
+    PresetCase("piapi", "/v1/chat/completions", bearer, None, None, "gpt-4o-mini", x_key(KEY),
         {"prompt_tokens", "completion_tokens", "total_tokens"}, {"/v1/chat/completions"}),
-    Row("ainow", "/chat/completions", bearer, None, None, "GPT-4 Turbo", x_key(KEY), None,
+    PresetCase("ainow", "/chat/completions", bearer, None, None, "GPT-4 Turbo", x_key(KEY), None,
         {"/chat/completions", "/models", "/credits", "/tokens", "/moderate"}),
 ]
-IDS = [r.preset or "generic" for r in ROWS]
+IDS = [r.preset or "generic" for r in CASES]
 
 
-def chat_req(row: Row, **extra: Any) -> dict[str, Any]:
+def chat_req(row: PresetCase, **extra: Any) -> dict[str, Any]:
     return {"model": row.model, "messages": USER, **extra}
 
 
@@ -104,8 +107,8 @@ def test_every_preset_has_a_table() -> None:
     assert set(PROVIDERS) == {None, "ttapi", "ttonkapi", "ttttt", "piapi", "ainow"}
 
 
-@pytest.mark.parametrize("row", ROWS, ids=IDS)
-async def test_the_documented_path_and_key_header_answer_in_the_documented_shape(row: Row) -> None:
+@pytest.mark.parametrize("row", CASES, ids=IDS)
+async def test_the_documented_path_and_key_header_answer_in_the_documented_shape(row: PresetCase) -> None:
     async with client_for(preset=row.preset, api_key=KEY) as client:
         r = await client.post(row.chat, json=chat_req(row), headers=row.chat_auth(KEY))
         assert r.status_code == 200, r.text
@@ -130,8 +133,8 @@ async def test_the_documented_path_and_key_header_answer_in_the_documented_shape
             assert (usage == {"input_tokens", "output_tokens"}) == (row.preset == "ttapi")
 
 
-@pytest.mark.parametrize("row", ROWS, ids=IDS)
-async def test_a_missing_wrong_or_misplaced_key_is_a_401_in_the_providers_envelope(row: Row) -> None:
+@pytest.mark.parametrize("row", CASES, ids=IDS)
+async def test_a_missing_wrong_or_misplaced_key_is_a_401_in_the_providers_envelope(row: PresetCase) -> None:
     async with client_for(preset=row.preset, api_key=KEY) as client:
         for headers in ({}, row.chat_auth("wrong"), row.wrong_header):
             r = await client.post(row.chat, json=chat_req(row), headers=headers)
@@ -144,8 +147,8 @@ async def test_a_missing_wrong_or_misplaced_key_is_a_401_in_the_providers_envelo
                 assert_envelope(row.preset, "messages", r.json(), 401, "authentication_error")
 
 
-@pytest.mark.parametrize("row", ROWS, ids=IDS)
-async def test_only_the_providers_own_paths_exist(row: Row) -> None:
+@pytest.mark.parametrize("row", CASES, ids=IDS)
+async def test_only_the_providers_own_paths_exist(row: PresetCase) -> None:
     async with client_for(preset=row.preset) as client:
         for path in sorted(ALL_PATHS - row.served):
             r = await client.post(path, json=chat_req(row))
@@ -219,7 +222,7 @@ async def test_ainow_costs_are_its_per_thousand_token_prices() -> None:
     assert body["total_tokens_cost"] == pytest.approx(body["input_tokens_cost"] + body["output_tokens_cost"])
 
 
-STREAM_ROWS = [(r.preset, r.chat, r.model, "chat") for r in ROWS] + [
+STREAM_ROWS = [(r.preset, r.chat, r.model, "chat") for r in CASES] + [
     (None, "/v1/chat/completions", "m", "chat"), (None, "/v1/messages", "m", "messages"),
     ("ttapi", "/v1/messages", "m", "messages"), ("ttttt", "/v1/messages", "m", "messages"),
 ]
@@ -435,10 +438,10 @@ async def test_the_preset_can_change_while_running() -> None:
 
 
 def test_the_command_line_takes_the_new_fields() -> None:
-    args = _parser().parse_args(["--preset", "ainow", "--credits", "2.5", "--rpm", "60", "--tpm", "10000",
+    args = build_parser().parse_args(["--preset", "ainow", "--credits", "2.5", "--rpm", "60", "--tpm", "10000",
                                  "--truncate-rate", "0.2", "--config-json", '{"seed": 3, "rpm": 5}'])
     config = config_from_args(args)
     assert (config.preset, config.credits, config.rpm, config.tpm, config.truncate_rate, config.seed) == (
         "ainow", 2.5, 60, 10000, 0.2, 3)
-    from_json = config_from_args(_parser().parse_args(["--config-json", '{"preset": "piapi", "credits": 1}']))
+    from_json = config_from_args(build_parser().parse_args(["--config-json", '{"preset": "piapi", "credits": 1}']))
     assert from_json.preset == "piapi" and from_json.credits == 1.0

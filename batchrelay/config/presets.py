@@ -1,4 +1,4 @@
-"""What the five seed provider documents say, as ProviderConfig defaults (shared/seeds/).
+"""What the five seed provider documents say, as ProviderConfig defaults.
 
 A config entry with `preset = "..."` starts from these fields; anything it sets itself wins
 (`models`, `headers`, `prices` and `plans` are merged key by key). Prices are USD per 1M tokens

@@ -185,7 +185,7 @@ class WorkerConfig(_Strict):
 
 
 class HealthConfig(_Strict):
-    """Shared provider health (design.md §4); seconds unless named otherwise."""
+    """Shared provider health (README: "Shared health"); seconds unless named otherwise."""
 
     bench_s: float = Field(default=900, ge=0)  # out of credit: leave it alone this long
     disable_s: float = Field(default=3600, ge=0)  # 401/403; `providers check` lifts it sooner

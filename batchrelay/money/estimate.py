@@ -53,7 +53,7 @@ class OutputGuess:
 
 
 @dataclass(slots=True)
-class Row:
+class EstimateRow:
     """One (model, provider) pair: the lines it may serve and what they would cost there."""
 
     model: str
@@ -82,7 +82,7 @@ class Row:
 
 @dataclass(slots=True)
 class Estimate:
-    rows: list[Row] = field(default_factory=list)
+    rows: list[EstimateRow] = field(default_factory=list)
     lines: int = 0
     invalid: int = 0
     unserved: dict[str, int] = field(default_factory=dict)  # model -> lines no provider may serve
@@ -123,7 +123,7 @@ def _add(cost: Decimal | None, to: Decimal | None) -> Decimal | None:
 def estimate_jobs(jobs: Iterable[JobLine | BadLine], settings: Settings, *, allow: Sequence[str] | None = None,
                   output: OutputGuess = OutputGuess()) -> Estimate:
     est = Estimate()
-    rows: dict[tuple[str, str, str], Row] = {}
+    rows: dict[tuple[str, str, str], EstimateRow] = {}
     prices: dict[tuple[str, str], Price] = {}
     routing = settings.routing
     providers: list[ProviderConfig] = settings.ordered_providers()
@@ -151,7 +151,7 @@ def estimate_jobs(jobs: Iterable[JobLine | BadLine], settings: Settings, *, allo
             key = (model, job.dialect, provider.name)
             row = rows.get(key)
             if row is None:
-                row = rows[key] = Row(model, job.dialect, provider.name, pmodel, i == 0, price.source,
+                row = rows[key] = EstimateRow(model, job.dialect, provider.name, pmodel, i == 0, price.source,
                                       output.basis(provider.name, pmodel))
             row.lines += 1
             row.input_tokens += inp

@@ -1,4 +1,4 @@
-"""What to do after a failed provider call (design.md §4). Pure and table-tested."""
+"""What to do after a failed provider call (the README's failover table). Pure and table-tested."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """`batchrelay serve`: the OpenAI- and Anthropic-compatible batch HTTP API on the batch store.
 
 Clients point their official SDK at it (`base_url`) and work batches as they would on those APIs:
-OpenAI Files + Batches (serve_openai.py) and Anthropic Message Batches (serve_anthropic.py). A
+OpenAI Files + Batches (openai_api.py) and Anthropic Message Batches (anthropic_api.py). A
 batch submitted here is an ordinary batchrelay batch (workers run it, `batchrelay batches` lists
 it); what only the APIs need (input file, endpoint, metadata) is kept in the batch's meta hash under
 `serve_*` fields, so it goes when the batch is forgotten. Every request needs one of the keys named

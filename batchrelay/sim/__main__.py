@@ -1,3 +1,3 @@
-from batchrelay.sim.app import main
+from batchrelay.sim.command import main
 
 main()

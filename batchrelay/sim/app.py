@@ -2,9 +2,9 @@
 
 It speaks the OpenAI chat dialect (`POST /v1/chat/completions`) and the Anthropic messages dialect
 (`POST /v1/messages`), answers deterministically from the request, and reports realistic usage; with
-`"stream": true` it answers in server-sent events (simstream.py). `SimConfig.preset` makes it one of
+`"stream": true` it answers in server-sent events (`sim/streams.py`). `SimConfig.preset` makes it one of
 the seed providers instead, with that provider's paths, key header, error envelope and answer shape
-as its document describes them (simproviders.py); other paths then answer 404. Faults (statuses,
+as its document describes them (`sim/presets.py`); other paths then answer 404. Faults (statuses,
 quota running out, broken bodies, hangs, cut streams), a credit balance and rate limits come from a
 `SimConfig`, which can be changed while it runs through the `/_sim/*` control endpoints:
 
@@ -23,21 +23,19 @@ quota running out, broken bodies, hangs, cut streams), a credit balance and rate
     GET  /_sim/stats    {"calls": n, "by_status": {"200": n, ...}}
     POST /_sim/reset    clear log and counters; restart script, balance and rate window
 
-Run it with `python -m batchrelay.sim --port 8787 --fail-rate 0.1`. The decisions and
-wire shapes are pure functions in `simfaults.py`, `simproviders.py` and `simstream.py`; this module
-is only the HTTP edge.
+Run it with `python -m batchrelay.sim --port 8787 --fail-rate 0.1` (flags in `command.py`). The
+decisions and wire shapes are pure functions next to it (`faults.py`: which fault; `answers.py`: the
+bodies; `presets.py`: each seed provider's format; `streams.py`: the events), the running state is
+in `state.py`; this module is only the HTTP edge.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import math
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any
 
 import orjson
 import uvicorn
@@ -48,16 +46,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Match, NoMatchFound, Route, request_response
 from starlette.types import Receive, Scope, Send
 
-from batchrelay.sim.faults import (
-    JUNK,
-    MALFORMED,
-    Dialect,
-    FaultState,
-    Outcome,
-    Preset,
-    RateWindow,
-    SimConfig,
-    decide,
+from batchrelay.sim.answers import (
     estimate_output_tokens,
     invalid_reason,
     junk,
@@ -66,9 +55,16 @@ from batchrelay.sim.faults import (
     rate_tokens,
     retry_headers,
 )
+from batchrelay.sim.faults import (
+    JUNK,
+    MALFORMED,
+    SimConfig,
+    SimDialect,
+    SimOutcome,
+    decide,
+)
 from batchrelay.sim.presets import (
     AINOW_UNSET_CREDITS,
-    PROVIDERS,
     Endpoint,
     Provider,
     auth_failure,
@@ -78,100 +74,12 @@ from batchrelay.sim.presets import (
     refusal,
     render,
 )
+from batchrelay.sim.state import Entry, SimState, captured
 from batchrelay.sim.streams import chat_events, corrupt, messages_events, truncated
 
-__all__ = ["SimConfig", "create_app", "main", "serve"]
+__all__ = ["SimConfig", "create_app", "serve"]
 
 JSON = "application/json"
-# Request headers the full log keeps (plus every x-*): what a fidelity test checks a client sent.
-CAPTURED = frozenset({b"authorization", b"tt-api-key", b"x-api-key", b"anthropic-version", b"content-type"})
-Headers = tuple[tuple[bytes, bytes], ...]
-
-
-@dataclass(slots=True)
-class Entry:
-    """One logged call. Logged when it arrives; `response` is filled in once it is answered."""
-
-    t: float
-    method: str
-    path: str
-    model: str | None
-    status: int
-    headers: Headers
-    raw: bytes  # the request body
-    kind: str  # an Outcome kind; "error" also for calls turned away before `decide`
-    # The answered body: bytes as sent, or for a stream the payload its events were made from.
-    response: bytes | dict[str, Any] | None = None
-    answered: float | None = None  # when the answer (or the stream's head) was sent; None while waiting
-
-    def answer(self, response: bytes | dict[str, Any]) -> None:
-        self.response, self.answered = response, time.time()
-
-    def brief(self) -> dict[str, Any]:
-        return {"t": self.t, "answered": self.answered, "path": self.path, "model": self.model,
-                "status": self.status, "kind": self.kind}
-
-
-def _captured(raw_headers: list[tuple[bytes, bytes]]) -> Headers:
-    return tuple(h for h in raw_headers if h[0] in CAPTURED or h[0][:2] == b"x-")
-
-
-class _Sim:
-    """Mutable state of one running simulator. Only touched between awaits, so no locks are needed."""
-
-    def __init__(self, config: SimConfig) -> None:
-        self.config = config
-        self.provider = PROVIDERS[config.preset]
-        self.faults = FaultState(seed=config.seed)
-        # Slotted entries, not dicts: a benchmark logs every one of its calls and the log is rarely read.
-        self.log: list[Entry] = []
-        self.dropped = 0  # entries dropped from the log's start (config.log_limit); `since` counts them
-        self.by_status: dict[int, int] = {}
-        # Never reset, so ids stay unique for the life of the process even across /_sim/reset.
-        self.numbers = 0
-        self.balance = config.credits  # USD left; None = unlimited
-        self.window = RateWindow()
-
-    def record(self, entry: Entry) -> None:
-        self.log.append(entry)
-        self.by_status[entry.status] = self.by_status.get(entry.status, 0) + 1
-        limit = self.config.log_limit
-        if len(self.log) > limit + limit // 10:  # trimmed in steps, not on every call
-            extra = len(self.log) - limit
-            del self.log[:extra]
-            self.dropped += extra
-
-    @property
-    def calls(self) -> int:
-        return self.dropped + len(self.log)
-
-    def entries(self, since: int) -> list[Entry]:
-        """The logged calls from call number `since` on (those dropped by `log_limit` are gone)."""
-        return self.log[max(0, since - self.dropped):]
-
-    def configure(self, new: SimConfig, update: dict[str, Any], reset: bool) -> None:
-        self.config, self.provider = new, PROVIDERS[new.preset]
-        if reset:
-            self.faults.reset(new.seed)
-            self.balance = new.credits
-            self.window.clear()
-            return
-        if "seed" in update:
-            # A new seed means a new random sequence now, not at some later reset.
-            self.faults.reseed(new.seed)
-        if "credits" in update:
-            self.balance = new.credits
-
-    def reset(self) -> None:
-        self.faults.reset(self.config.seed)
-        self.log.clear()
-        self.dropped = 0
-        self.by_status.clear()
-        self.balance = self.config.credits
-        self.window.clear()
-
-    def config_view(self) -> dict[str, Any]:
-        return {**self.config.model_dump(mode="json"), "credits": self.balance}
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -211,9 +119,9 @@ async def _events(events: list[bytes]) -> AsyncIterator[bytes]:
 
 def create_app(config: SimConfig) -> Starlette:
     """An ASGI app serving the configured provider with the faults `config` describes."""
-    sim = _Sim(config)
+    sim = SimState(config)
 
-    async def complete(request: Request, p: Provider, dialect: Dialect) -> Response:
+    async def complete(request: Request, p: Provider, dialect: SimDialect) -> Response:
         t = time.time()
         scope = request.scope
         cfg = sim.config  # one snapshot per call, so a config change mid-call cannot mix rules
@@ -224,7 +132,7 @@ def create_app(config: SimConfig) -> Starlette:
 
         # Auth, validation, balance and rate limits come before faults, as at a real provider: a call
         # they turn away does not consume a script entry or a random draw.
-        outcome: Outcome | None = None
+        outcome: SimOutcome | None = None
         headers: dict[str, str] | None = None
         message = auth_failure(p.auth_for(dialect), cfg.api_key, request.headers)
         if message is not None:
@@ -250,7 +158,7 @@ def create_app(config: SimConfig) -> Starlette:
                 else:
                     outcome = decide(cfg, sim.faults)
                     status = outcome.status
-        entry = Entry(t, scope["method"], scope["path"], model, status, _captured(scope["headers"]), raw,
+        entry = Entry(t, scope["method"], scope["path"], model, status, captured(scope["headers"]), raw,
                       "error" if outcome is None else outcome.kind)
         sim.record(entry)
 
@@ -282,8 +190,8 @@ def create_app(config: SimConfig) -> Starlette:
         entry.answer(content)
         return Response(content, 200, media_type=JSON)
 
-    def _stream(cfg: SimConfig, p: Provider, dialect: Dialect, body: dict[str, Any], payload: dict[str, Any],
-                outcome: Outcome, elapsed: float) -> Response:
+    def _stream(cfg: SimConfig, p: Provider, dialect: SimDialect, body: dict[str, Any], payload: dict[str, Any],
+                outcome: SimOutcome, elapsed: float) -> Response:
         if dialect == "messages":
             events = messages_events(payload)
         else:
@@ -334,7 +242,7 @@ def create_app(config: SimConfig) -> Starlette:
         text = f"simulated {status}: {p.name} has no {method} {path}"
         content = orjson.dumps(provider_error(p, "chat", status, text))
         sim.record(Entry(time.time(), method, path, model if isinstance(model, str) else None, status,
-                         _captured(scope["headers"]), raw, "error", content))
+                         captured(scope["headers"]), raw, "error", content))
         return Response(content, status, media_type=JSON)
 
     async def dispatch(request: Request) -> Response:
@@ -409,65 +317,3 @@ def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 8787, log_leve
         # Hanging calls would otherwise hold shutdown for hang_seconds.
         timeout_graceful_shutdown=1,
     )
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m batchrelay.sim",
-        description="Fake LLM provider (OpenAI chat + Anthropic messages, or one seed provider's wire format)"
-        " with fault injection.",
-    )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8787)
-    p.add_argument("--log-level", default="warning")
-    p.add_argument("--config-json", help="SimConfig fields as JSON; the flags below override it")
-    p.add_argument("--latency-ms", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--fail-status", type=int, help="every call answers this status")
-    p.add_argument("--fail-rate", type=float, help="this fraction of calls fails")
-    p.add_argument("--fail-rate-status", type=int, help="status of those failures (default 500)")
-    p.add_argument("--retry-after", type=float, help="seconds, sent on 429/503/529")
-    p.add_argument("--script", help="comma-separated statuses for the first calls, 200 = normal")
-    p.add_argument("--fail-after", type=int, help="402 after this many successful calls")
-    p.add_argument("--malformed-rate", type=float, help="this fraction answers 200 with a non-JSON body")
-    p.add_argument("--hang-rate", type=float, help="this fraction sleeps --hang-seconds first")
-    p.add_argument("--hang-seconds", type=float)
-    p.add_argument("--api-key", help="require this key (Bearer, x-api-key or TT-API-KEY; a preset's own header)")
-    p.add_argument("--preset", choices=get_args(Preset), help="speak this seed provider's wire format")
-    p.add_argument("--credits", type=float, help="USD balance; once spent every call is a 402")
-    p.add_argument("--rpm", type=int, help="requests per sliding minute, then 429 with Retry-After")
-    p.add_argument("--tpm", type=int, help="tokens (input estimate + max_tokens) per sliding minute")
-    p.add_argument("--truncate-rate", type=float, help="this fraction of streamed answers stops half-way")
-    p.add_argument("--cached-fraction", type=float,
-                   help="this fraction of input tokens is reported as read from the prompt cache")
-    p.add_argument("--cache-write-fraction", type=float,
-                   help="messages: this fraction of input tokens is reported as written to the prompt cache")
-    p.add_argument("--junk-rate", type=float,
-                   help="this fraction answers 200 with usage but no choices (chat) / null content (messages)")
-    return p
-
-
-def config_from_args(args: argparse.Namespace) -> SimConfig:
-    fields: dict[str, Any] = orjson.loads(args.config_json) if args.config_json else {}
-    for name in SimConfig.model_fields:
-        value = getattr(args, name, None)
-        if value is not None:
-            fields[name] = value
-    if args.script is not None:
-        fields["script"] = [int(s) for s in args.script.split(",") if s.strip()]
-    return SimConfig.model_validate(fields)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(args)
-    except (ValueError, orjson.JSONDecodeError) as e:  # pydantic's ValidationError is a ValueError
-        parser.error(str(e))
-    print(f"batchrelay simulator on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-    serve(config, host=args.host, port=args.port, log_level=args.log_level)
-
-
-if __name__ == "__main__":
-    main()

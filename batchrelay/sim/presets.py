@@ -1,10 +1,11 @@
 """What each seed provider's document says about its wire format, as one small table per provider.
 
-The simulator is the independent reference the client is tested against, so these facts are written
-here from the documents in /work/shared/seeds/ and are NOT shared with the client's own preset table
-(`presets.py`): a misreading on one side then shows up as a failing test instead of agreeing with
-itself. Where a document is silent the table says so and the simulator falls back to the upstream
-dialect's usual behaviour (OpenAI's for chat, Anthropic's for messages). Pure: no IO.
+The simulator is the independent reference the client is tested against, so these facts are written here
+from each provider's own API document (the five presets of the README's Presets table) and are NOT
+shared with the client's own preset table (`batchrelay/config/presets.py`): a misreading on one side
+then shows up as a failing test instead of agreeing with itself. Where a document is silent the table
+says so and the simulator falls back to the upstream dialect's usual behaviour (OpenAI's for chat,
+Anthropic's for messages). Pure: no IO.
 """
 
 from __future__ import annotations
@@ -15,26 +16,17 @@ from typing import Any, Literal
 
 import orjson
 
-from batchrelay.sim.faults import (
-    SIM_MODEL,
-    Answer,
-    Dialect,
-    Preset,
-    chat_body,
-    error_body,
-    error_message,
-    error_type,
-    flat_cost,
-    key_matches,
-    messages_body,
-)
+from batchrelay.sim.answers import Answer, chat_body, error_body, error_message, error_type, flat_cost, messages_body
+from batchrelay.sim.faults import Preset, SimDialect
 
 # "any": Bearer, x-api-key or TT-API-KEY (the generic simulator); the others accept only that header.
-AuthStyle = Literal["any", "bearer", "x-api-key", "tt-api-key"]
+SimAuth = Literal["any", "bearer", "x-api-key", "tt-api-key"]
 # openai: {"error": {"message", "type", "code": type}}; anthropic: {"type": "error", "error": {...}};
 # ttttt: {"error": {"message", "type", "code": <HTTP status as an int>}} (its document's example).
 ErrorStyle = Literal["openai", "anthropic", "ttttt"]
 Endpoint = Literal["chat", "messages", "models", "credits", "tokens", "moderate"]
+
+SIM_MODEL = "sim-1"  # the one model the generic simulator lists
 
 CHAT, MESSAGES = "/v1/chat/completions", "/v1/messages"
 
@@ -43,8 +35,8 @@ CHAT, MESSAGES = "/v1/chat/completions", "/v1/messages"
 class Provider:
     name: str
     routes: Mapping[tuple[str, str], Endpoint]  # (method, path) -> what it serves; nothing else exists
-    auth: AuthStyle = "bearer"
-    messages_auth: AuthStyle | None = None  # when /v1/messages takes another header than the rest
+    auth: SimAuth = "bearer"
+    messages_auth: SimAuth | None = None  # when /v1/messages takes another header than the rest
     errors: ErrorStyle = "openai"
     messages_errors: ErrorStyle = "anthropic"
     error_types: Mapping[int, str] = field(default_factory=dict)  # documented types, by status
@@ -56,10 +48,10 @@ class Provider:
     prices: Mapping[str, tuple[float, float]] | None = None
     no_system_models: tuple[str, ...] = ()  # these models (and their dated snapshots) reject "system"
 
-    def auth_for(self, endpoint: Endpoint) -> AuthStyle:
+    def auth_for(self, endpoint: Endpoint) -> SimAuth:
         return self.messages_auth if endpoint == "messages" and self.messages_auth else self.auth
 
-    def errors_for(self, dialect: Dialect) -> ErrorStyle:
+    def errors_for(self, dialect: SimDialect) -> ErrorStyle:
         return self.messages_errors if dialect == "messages" else self.errors
 
     def paths(self) -> set[str]:
@@ -157,7 +149,14 @@ PROVIDERS: dict[Preset | None, Provider] = {
 }
 
 
-def auth_failure(style: AuthStyle, api_key: str | None, headers: Mapping[str, str]) -> str | None:
+def key_matches(
+    api_key: str, authorization: str | None, x_api_key: str | None, tt_api_key: str | None
+) -> bool:
+    """True when any of the three header styles the seed providers use carries the key."""
+    return authorization == f"Bearer {api_key}" or api_key in (x_api_key, tt_api_key)
+
+
+def auth_failure(style: SimAuth, api_key: str | None, headers: Mapping[str, str]) -> str | None:
     """Why the call is not authenticated, or None. `headers` has lower-case names."""
     if api_key is None:
         return None
@@ -178,7 +177,7 @@ def auth_failure(style: AuthStyle, api_key: str | None, headers: Mapping[str, st
     return "simulated 401: incorrect API key provided"
 
 
-def provider_error(p: Provider, dialect: Dialect, status: int, message: str | None = None) -> dict[str, Any]:
+def provider_error(p: Provider, dialect: SimDialect, status: int, message: str | None = None) -> dict[str, Any]:
     style = p.errors_for(dialect)
     if style == "anthropic":
         return error_body("messages", status, message)
@@ -229,7 +228,7 @@ def call_cost(p: Provider, model: str, answer: Answer) -> float:
 
 
 def render(
-    p: Provider, dialect: Dialect, body: dict[str, Any], answer: Answer, number: int, created: int, elapsed: float
+    p: Provider, dialect: SimDialect, body: dict[str, Any], answer: Answer, number: int, created: int, elapsed: float
 ) -> dict[str, Any]:
     """The non-streaming answer as this provider words it (streams are derived from it)."""
     if dialect == "messages":

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from batchrelay.sim.faults import malformed
+from batchrelay.sim.answers import malformed
 from batchrelay.sim.presets import Provider
 
 DONE = b"data: [DONE]\n\n"

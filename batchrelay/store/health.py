@@ -1,4 +1,4 @@
-"""Provider health and rate limits shared by every worker, in Redis (design.md §4).
+"""Provider health and rate limits shared by every worker, in Redis (README: "Shared health").
 
 Before each call a worker asks `acquire` (one Lua step, one round trip): is the provider disabled
 (401/403), benched (billing), cooling (429 / Retry-After), its breaker open, this model cooling
