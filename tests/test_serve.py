@@ -253,3 +253,28 @@ async def test_the_form_parser_takes_any_chunking(tmp_path: Path, piece: int) ->
     fields, filename, size = await read_form(Request(scope, receive), tmp_path / "f")
     assert fields == {"purpose": "batch"} and filename == "a.jsonl" and size == len(payload)
     assert (tmp_path / "f").read_bytes() == payload
+
+
+def test_upload_limits_answer_in_openai_error_shape(api: Api) -> None:
+    from batchrelay.serve.openai_api import MAX_FIELD_BYTES, MAX_FORM_FIELDS
+
+    def post(parts: list[tuple[str, bytes]], after: bytes = b"") -> httpx.Response:
+        body = b"".join(b'--XyZ\r\nContent-Disposition: form-data; name="' + name.encode() + b'"'
+                        + (b'; filename="in.jsonl"' if name == "file" else b"") + b"\r\n\r\n" + value + b"\r\n"
+                        for name, value in parts) + b"--XyZ--\r\n" + after
+        return httpx.post(api.base + "/v1/files", content=body, headers={
+            "Authorization": f"Bearer {KEY}", "Content-Type": "multipart/form-data; boundary=XyZ"})
+
+    data = _jsonl([openai_line(1)])
+    r = post([("purpose", b"batch"), ("file", data)], after=b"\r\n--XyZ\r\njunk after the end\r\n" * 50_000)
+    assert r.status_code == 200, r.text
+    assert api.openai().files.content(r.json()["id"]).content == data
+
+    too_many = post([(f"f{i}", b"x") for i in range(MAX_FORM_FIELDS + 1)] + [("purpose", b"batch"), ("file", data)])
+    too_long = post([("purpose", b"x" * (MAX_FIELD_BYTES + 1)), ("file", data)])
+    for r, status in ((too_many, 413), (too_long, 400)):
+        assert r.status_code == status
+        assert r.json() == {"error": {"message": r.json()["error"]["message"], "type": "invalid_request_error",
+                                      "param": "file", "code": None}}
+    assert "more than" in too_many.json()["error"]["message"]
+    assert not list(api.files_dir.glob("*.part"))
