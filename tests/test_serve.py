@@ -232,29 +232,6 @@ def test_a_large_upload_round_trips_byte_for_byte(api: Api) -> None:
     assert not list(api.files_dir.glob("*.part"))
 
 
-@pytest.mark.parametrize("piece", [1, 7, 4096])
-async def test_the_form_parser_takes_any_chunking(tmp_path: Path, piece: int) -> None:
-    from starlette.requests import Request
-
-    from batchrelay.serve.openai_api import read_form
-
-    payload = b"line one\r\n--\r\nline two\r\n"
-    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
-            b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n"
-            b"Content-Type: application/jsonl\r\n\r\n" + payload + b"\r\n--XyZ--\r\n")
-    pieces = [body[i:i + piece] for i in range(0, len(body), piece)]
-
-    async def receive() -> dict[str, Any]:
-        chunk = pieces.pop(0)
-        return {"type": "http.request", "body": chunk, "more_body": bool(pieces)}
-
-    scope = {"type": "http", "method": "POST", "path": "/v1/files", "query_string": b"",
-             "headers": [(b"content-type", b"multipart/form-data; boundary=XyZ")]}
-    fields, filename, size = await read_form(Request(scope, receive), tmp_path / "f")
-    assert fields == {"purpose": "batch"} and filename == "a.jsonl" and size == len(payload)
-    assert (tmp_path / "f").read_bytes() == payload
-
-
 def test_upload_limits_answer_in_openai_error_shape(api: Api) -> None:
     from batchrelay.serve.openai_api import MAX_FIELD_BYTES, MAX_FORM_FIELDS
 

@@ -49,19 +49,26 @@ class Body:
         return {"type": "http.request", "body": chunk or b"", "more_body": chunk is not None}
 
 
-async def read(chunks: Iterator[bytes], dest: Path, ctype: bytes = CTYPE) -> tuple[dict[str, str], str | None, int]:
+async def read(chunks: Iterator[bytes] | Body, dest: Path, ctype: bytes = CTYPE) -> tuple[dict[str, str], str | None, int]:
     scope = {"type": "http", "method": "POST", "path": "/v1/files", "query_string": b"",
              "headers": [(b"content-type", ctype)]}
-    return await read_form(Request(scope, Body(chunks).receive), dest)
+    return await read_form(Request(scope, (chunks if isinstance(chunks, Body) else Body(chunks)).receive), dest)
+
+
+@pytest.mark.parametrize("piece", [1, 7, 4096])
+async def test_the_form_parser_takes_any_chunking(tmp_path: Path, piece: int) -> None:
+    payload = b"line one\r\n--\r\nline two\r\n"
+    body = field("purpose", b"batch") + file_part(payload) + END
+    fields, filename, size = await read(iter([body[i:i + piece] for i in range(0, len(body), piece)]), tmp_path / "f")
+    assert fields == {"purpose": "batch"} and filename == "a.jsonl" and size == len(payload)
+    assert (tmp_path / "f").read_bytes() == payload
 
 
 async def test_reading_stops_at_the_closing_boundary(tmp_path: Path) -> None:
     payload = b'{"a": 1}\r\n--XyZ-not-quite\r\n'
     head = field("purpose", b"batch") + file_part(payload) + END + b"junk in the same chunk\r\n--XyZ\r\n"
     body = Body(chain([head], repeat(b"junk after the end " * 1000, 50)))
-    scope = {"type": "http", "method": "POST", "path": "/v1/files", "query_string": b"",
-             "headers": [(b"content-type", CTYPE)]}
-    fields, filename, size = await read_form(Request(scope, body.receive), tmp_path / "f")
+    fields, filename, size = await read(body, tmp_path / "f")
     assert (fields, filename, size) == ({"purpose": "batch"}, "a.jsonl", len(payload))
     assert (tmp_path / "f").read_bytes() == payload
     assert body.taken == 1  # the junk chunks were never asked for
