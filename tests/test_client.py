@@ -219,3 +219,38 @@ async def test_api_key_never_appears_in_a_transport_error_message() -> None:
     with pytest.raises(ProviderTransportError) as exc:
         await call(handler)
     assert KEY not in str(exc.value)
+
+
+STREAM_BODY: dict[str, Any] = {**BODY, "stream": True}
+CHAT_EVENTS = (
+    ": keep-alive comment\n\n"
+    "event: ping\n\n"                      # an event with no data: nothing to assemble
+    "id: 1\n"
+    'data: {"id":"c1","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"Par"}}]}\n\n'
+    'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"is."},"finish_reason":"stop"}]}\n\n'
+    'data: {"id":"c1","choices":[],"usage":{"prompt_tokens":24,"completion_tokens":3,"total_tokens":27}}\r\n\r\n'
+    "data: [DONE]\n\n"
+)
+
+
+def _sse(text: str) -> Handler:
+    return lambda request: httpx.Response(200, content=text.encode(),
+                                          headers={"content-type": "text/event-stream; charset=utf-8"})
+
+
+async def test_a_stream_is_read_event_by_event_into_one_reply() -> None:
+    reply = await call(_sse(CHAT_EVENTS), body=STREAM_BODY)
+    assert reply.body["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "Paris."},
+                                      "finish_reason": "stop"}]
+    assert reply.usage == Usage(24, 3, 0)
+
+
+@pytest.mark.parametrize("text", [
+    CHAT_EVENTS.removesuffix("data: [DONE]\n\n"),             # cut before the end marker
+    CHAT_EVENTS.removesuffix("\n"),                            # the marker's event never closed by a blank line
+    CHAT_EVENTS.replace('"content":"is."', '"content":"is.'),  # a broken event
+], ids=["no-done", "unterminated-done", "broken-json"])
+async def test_a_stream_cut_or_broken_is_a_bad_response(text: str) -> None:
+    with pytest.raises(ProviderBadResponse, match="stream") as exc:
+        await call(_sse(text), body=STREAM_BODY)
+    assert exc.value.status == 200

@@ -19,9 +19,8 @@ import pytest
 
 from batchrelay.config.settings import ScheduleConfig, Settings
 from batchrelay.sim.process import SimulatorProcess
-from batchrelay.store.cron import parse_cron
 from batchrelay.store.lifecycle import advance, request_stop, tick
-from batchrelay.store.schedules import run_due_schedules
+from batchrelay.store.schedules import due, run_due_schedules, tick_of
 from batchrelay.store.store import Store
 from batchrelay.store.submit import submit_stream
 
@@ -34,6 +33,14 @@ def _lines(n: int, tag: str = "") -> bytes:
 
 def _at(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def _cron(expr: str) -> str:
+    return ScheduleConfig(name="n", cron=expr, input="x", output_dir=Path("out")).cron
+
+
+def _matches(expr: str, when: str) -> bool:
+    return due(_cron(expr), tick_of(_at(when).timestamp()))
 
 
 @pytest.mark.parametrize(("expr", "when", "hit"), [
@@ -72,15 +79,43 @@ def _at(text: str) -> datetime:
     ("@annually", "2026-12-01T00:00", False),
 ])
 def test_cron_matches(expr: str, when: str, hit: bool) -> None:
-    assert parse_cron(expr).matches(_at(when)) is hit
+    assert _matches(expr, when) is hit
+
+
+# README "Deferred batches and schedules": five classic fields (`*`, lists, ranges, steps, names such as
+# MON-FRI or JAN,JUL) or a macro, matched in UTC; each promise with a minute it hits and one it misses
+@pytest.mark.parametrize(("expr", "hit", "miss"), [
+    ("0 2 * * *", "2026-11-22T02:00", "2026-11-22T03:00"),               # the README's example
+    ("* * * * *", "2026-11-22T05:07", None),
+    ("0,30 * * * *", "2026-11-22T05:30", "2026-11-22T05:15"),            # a list
+    ("0 9-17 * * *", "2026-11-22T17:00", "2026-11-22T18:00"),            # a range
+    ("*/20 * * * *", "2026-11-22T05:40", "2026-11-22T05:50"),            # a step
+    ("0 9 * * MON-FRI", "2026-11-27T09:00", "2026-11-28T09:00"),         # a Friday, a Saturday
+    ("0 0 1 JAN,JUL *", "2026-07-01T00:00", "2026-06-01T00:00"),
+    ("@hourly", "2026-11-22T06:00", "2026-11-22T06:01"),
+    ("@daily", "2026-11-23T00:00", "2026-11-23T01:00"),
+    ("@weekly", "2026-11-29T00:00", "2026-11-28T00:00"),                 # Sundays
+    ("@monthly", "2026-11-01T00:00", "2026-11-02T00:00"),
+    ("@yearly", "2027-01-01T00:00", "2027-02-01T00:00"),
+])
+def test_the_cron_strings_the_readme_promises(expr: str, hit: str, miss: str | None) -> None:
+    assert _matches(expr, hit)
+    assert miss is None or not _matches(expr, miss)
+
+
+def test_a_cron_is_kept_as_its_five_fields() -> None:
+    assert _cron("@weekly") == "0 0 * * 0"
+    assert _cron("  0 9  * * mon-fri ") == "0 9 * * mon-fri"
 
 
 @pytest.mark.parametrize("expr", ["* * * *", "60 * * * *", "* 24 * * *", "* * 0 * *", "*/0 * * * *", "a * * * *",
                                   "5-1 * * * *", "* * * 13 *", "* * * * 8", "0 9 * * MOO",
-                                  "0 9 * JANUARY *", "@often", "@daily 5"])
+                                  "0 9 * JANUARY *", "@often", "@daily 5",
+                                  "0 0 9 * * *",    # cronsim's leading seconds field: not ours
+                                  "0 0 31 2 *"])    # never matches
 def test_cron_rejects(expr: str) -> None:
     with pytest.raises(ValueError, match="cron"):
-        parse_cron(expr)
+        _cron(expr)
 
 
 def test_a_bad_cron_is_a_config_error(tmp_path: Path) -> None:

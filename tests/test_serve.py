@@ -238,24 +238,26 @@ def test_a_large_upload_round_trips_byte_for_byte(api: Api) -> None:
     assert not list(api.files_dir.glob("*.part"))
 
 
-@pytest.mark.parametrize("piece", [1, 7, 4096])
-async def test_the_form_parser_takes_any_chunking(tmp_path: Path, piece: int) -> None:
-    from starlette.requests import Request
+def test_upload_limits_answer_in_openai_error_shape(api: Api) -> None:
+    from batchrelay.serve.openai_api import MAX_FIELD_BYTES, MAX_FORM_FIELDS
 
-    from batchrelay.serve.openai_api import read_form
+    def post(parts: list[tuple[str, bytes]], after: bytes = b"") -> httpx.Response:
+        body = b"".join(b'--XyZ\r\nContent-Disposition: form-data; name="' + name.encode() + b'"'
+                        + (b'; filename="in.jsonl"' if name == "file" else b"") + b"\r\n\r\n" + value + b"\r\n"
+                        for name, value in parts) + b"--XyZ--\r\n" + after
+        return httpx.post(api.base + "/v1/files", content=body, headers={
+            "Authorization": f"Bearer {KEY}", "Content-Type": "multipart/form-data; boundary=XyZ"})
 
-    payload = b"line one\r\n--\r\nline two\r\n"
-    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
-            b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n"
-            b"Content-Type: application/jsonl\r\n\r\n" + payload + b"\r\n--XyZ--\r\n")
-    pieces = [body[i:i + piece] for i in range(0, len(body), piece)]
+    data = _jsonl([openai_line(1)])
+    r = post([("purpose", b"batch"), ("file", data)], after=b"\r\n--XyZ\r\njunk after the end\r\n" * 50_000)
+    assert r.status_code == 200, r.text
+    assert api.openai().files.content(r.json()["id"]).content == data
 
-    async def receive() -> dict[str, Any]:
-        chunk = pieces.pop(0)
-        return {"type": "http.request", "body": chunk, "more_body": bool(pieces)}
-
-    scope = {"type": "http", "method": "POST", "path": "/v1/files", "query_string": b"",
-             "headers": [(b"content-type", b"multipart/form-data; boundary=XyZ")]}
-    fields, filename, size = await read_form(Request(scope, receive), tmp_path / "f")
-    assert fields == {"purpose": "batch"} and filename == "a.jsonl" and size == len(payload)
-    assert (tmp_path / "f").read_bytes() == payload
+    too_many = post([(f"f{i}", b"x") for i in range(MAX_FORM_FIELDS + 1)] + [("purpose", b"batch"), ("file", data)])
+    too_long = post([("purpose", b"x" * (MAX_FIELD_BYTES + 1)), ("file", data)])
+    for r, status in ((too_many, 413), (too_long, 400)):
+        assert r.status_code == status
+        assert r.json() == {"error": {"message": r.json()["error"]["message"], "type": "invalid_request_error",
+                                      "param": "file", "code": None}}
+    assert "more than" in too_many.json()["error"]["message"]
+    assert not list(api.files_dir.glob("*.part"))

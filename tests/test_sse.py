@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
+import httpx
 import pytest
+from httpx_sse import EventSource
 
-from batchrelay.wire.sse import ChatStream, MessagesStream, iter_events
-
-
-async def _lines(text: str) -> AsyncIterator[str]:
-    for line in text.split("\n"):
-        yield line
+from batchrelay.wire.sse import ChatStream, MessagesStream
 
 
 async def _events(text: str) -> list[tuple[str | None, str]]:
-    return [e async for e in iter_events(_lines(text))]
+    """The (event, data) pairs httpx-sse reads from `text`, as providers/client.py feeds them."""
+    resp = httpx.Response(200, headers={"content-type": "text/event-stream"}, content=text.encode())
+    return [(e.event, e.data) async for e in EventSource(resp).aiter_sse()]
 
 
 def _chunk(**delta: object) -> str:
@@ -111,6 +109,7 @@ data: {"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":
 
 event: message_stop
 data: {"type":"message_stop"}
+
 """
 
 

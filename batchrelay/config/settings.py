@@ -11,10 +11,12 @@ import fnmatch
 import json
 import os
 import tomllib
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
+from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from batchrelay.config.presets import apply_preset
@@ -24,6 +26,9 @@ from batchrelay.wire.dialect import DIALECTS, Dialect
 
 AuthStyle = Literal["bearer", "tt-api-key", "x-api-key"]
 DEFAULT_PATHS: dict[Dialect, str] = {"chat": "/v1/chat/completions", "messages": "/v1/messages"}
+# cronsim reads only the fields, so the classic macros are spelled out here
+CRON_MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
+               "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
 
 
 class _Strict(BaseModel):
@@ -240,7 +245,8 @@ class WebhooksConfig(_Strict):
 
 class ScheduleConfig(_Strict):
     """A `[[schedules]]` entry: at each `cron` tick (UTC), every file matching `input` that was never
-    processed becomes a batch; its results land in `output_dir` (see schedules.py)."""
+    processed becomes a batch; its results land in `output_dir` (see schedules.py). `cron` is kept as
+    the five fields cronsim reads (minute hour day month weekday; names such as MON-FRI, any case)."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     cron: str
@@ -261,10 +267,20 @@ class ScheduleConfig(_Strict):
     @field_validator("cron")
     @classmethod
     def _cron(cls, v: str) -> str:
-        from batchrelay.store.cron import parse_cron
-
-        parse_cron(v)  # ValueError: reported as a config error
-        return v
+        """The five fields (a macro spelled out) once cronsim has read them; ValueError is a config error."""
+        expr = v.strip()
+        if expr.startswith("@"):
+            if expr.lower() not in CRON_MACROS:
+                raise ValueError(f"cron {v!r}: the macros are {', '.join(CRON_MACROS)}")
+            expr = CRON_MACROS[expr.lower()]
+        fields = expr.split()
+        if len(fields) != 5:  # cronsim would also take a sixth, leading field of seconds
+            raise ValueError(f"cron {v!r} needs 5 fields (minute hour day month weekday), has {len(fields)}")
+        try:
+            CronSim(expr, datetime.now(UTC))
+        except CronSimError as e:
+            raise ValueError(f"cron {v!r}: {e}") from None
+        return " ".join(fields)
 
 
 class Settings(_Strict):

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import orjson
+from httpx_sse import EventSource
 
 from batchrelay.config.settings import ProviderConfig
 from batchrelay.errors import (
@@ -32,7 +33,7 @@ from batchrelay.providers.dialects import (
 )
 from batchrelay.wire.dialect import Dialect
 from batchrelay.wire.reply import ProviderReply, Usage
-from batchrelay.wire.sse import assembler, iter_events
+from batchrelay.wire.sse import assembler
 
 MAX_ERROR_BODY = 4096
 
@@ -163,13 +164,14 @@ async def _stream(
         headers = dict(resp.headers)
         if resp.status_code != 200:
             raise _http_error(provider, resp, await resp.aread(), key)
-        if "text/event-stream" not in headers.get("content-type", ""):
+        if "text/event-stream" not in headers.get("content-type", "").partition(";")[0]:
             # some providers answer a stream request with a plain JSON body: accept that as it is
             return _parsed(provider, dialect, await resp.aread(), headers, key), headers
         parts = assembler(dialect, provider.variant)
         try:
-            async for event, data in iter_events(resp.aiter_lines()):
-                parts.feed(event, data)
+            async for sse in EventSource(resp).aiter_sse():
+                if sse.data:  # a bare `event:` or `id:` carries nothing to assemble
+                    parts.feed(sse.event, sse.data)
             body = parts.body()
             check_reply(dialect, body)
         except ValueError as e:

@@ -4,19 +4,23 @@ Uploaded files (purpose `batch`; DELETE removes one) are kept on disk in `[serve
 records in Redis under `{prefix}files:<id>` (a hash: id, bytes, created_at, filename, purpose). A
 batch's output and error files are virtual: `file-<hex>-output` / `file-<hex>-errors` for batch
 `batch_<hex>`, streamed from its results once it has finished (successes / everything else).
-Multipart uploads are parsed here as they stream in (no python-multipart dependency).
+Multipart uploads are parsed by python-multipart as they stream in, the file part straight to disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
+from python_multipart import MultipartParser
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -27,9 +31,14 @@ from batchrelay.store.lifecycle import advance, request_stop
 from batchrelay.store.store import Store
 from batchrelay.wire.dialect import Dialect
 
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
+
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
-MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADER_BYTES = 16 * 1024  # room for the form's own bytes (boundaries, part headers) beside the file
 MAX_FIELD_BYTES = 64 * 1024
+MAX_FORM_FIELDS = 16  # parts besides the file (the SDKs send one: `purpose`)
+MAX_FIELDS_BYTES = 256 * 1024  # all of them together
 ENDPOINTS: dict[str, Dialect] = {"/v1/chat/completions": "chat", "/v1/messages": "messages"}
 WINDOWS = {"24h": 86400.0}
 STATUS = {"validating": "validating", "scheduled": "validating", "in_progress": "in_progress",
@@ -47,82 +56,105 @@ class UploadError(ValueError):
     pass
 
 
-def _part_headers(raw: bytes) -> tuple[str, str | None]:
-    """The form field name and file name of a part, from its headers."""
-    for line in raw.decode("utf-8", "replace").split("\r\n"):
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "content-disposition":
-            params = dict(re.findall(r';\s*([\w*]+)="?([^";]*)"?', value))
-            return params.get("name", ""), params.get("filename")
-    raise UploadError("a form part has no Content-Disposition")
+class UploadTooLarge(UploadError):
+    """The upload, or its form fields together, passed a limit: 413."""
+
+
+class _Form:
+    """python-multipart's callbacks for one upload: the first `file` part with a file name streams to
+    `dest`, every other part is a small text field (at most MAX_FORM_FIELDS, MAX_FIELDS_BYTES in all)."""
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self.fields: dict[str, str] = {}
+        self.filename: str | None = None
+        self.size = 0
+        self.done = False
+        self.out: IO[bytes] | None = None
+        self._header = (bytearray(), bytearray())  # name, value of the header being read
+        self._disposition: bytes | None = None
+        self._sink: IO[bytes] | None = None  # the file, while its part is read
+        self._name = ""
+        self._value = bytearray()  # the field being read
+        self._parts = 0
+        self._field_bytes = 0
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {"on_header_field": lambda data, a, b: self._header[0].extend(data[a:b]),
+                "on_header_value": lambda data, a, b: self._header[1].extend(data[a:b]),
+                "on_header_end": self._header_end, "on_headers_finished": self._headers_finished,
+                "on_part_data": self._data, "on_part_end": self._part_end, "on_end": self._end}
+
+    def _header_end(self) -> None:
+        name, value = self._header
+        if name.strip().lower() == b"content-disposition":
+            self._disposition = bytes(value)
+        name.clear()
+        value.clear()
+
+    def _headers_finished(self) -> None:
+        if self._disposition is None:
+            raise UploadError("a form part has no Content-Disposition")
+        params = parse_options_header(self._disposition)[1]
+        self._disposition = None
+        self._name = params.get(b"name", b"").decode("utf-8", "replace")
+        filename = params.get(b"filename")
+        if self._name == "file" and filename is not None and self.out is None:
+            self.filename, self.out = filename.decode("utf-8", "replace"), self.dest.open("wb")
+            self._sink = self.out
+            return
+        self._parts += 1
+        if self._parts > MAX_FORM_FIELDS:
+            raise UploadTooLarge(f"the form has more than {MAX_FORM_FIELDS} fields")
+        self._value = bytearray()
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if self._sink is not None:
+            self._sink.write(memoryview(data)[start:end])
+            self.size += end - start
+            return
+        self._field_bytes += end - start
+        if len(self._value) + end - start > MAX_FIELD_BYTES:
+            raise UploadError(f"form field {self._name!r} is too long")
+        if self._field_bytes > MAX_FIELDS_BYTES:
+            raise UploadTooLarge(f"the form fields are over {MAX_FIELDS_BYTES // 1024} KiB together")
+        self._value += data[start:end]
+
+    def _part_end(self) -> None:
+        if self._sink is None:
+            self.fields[self._name] = self._value.decode("utf-8", "replace")
+        self._sink = None
+
+    def _end(self) -> None:
+        self.done = True
 
 
 async def read_form(request: Request, dest: Path) -> tuple[dict[str, str], str | None, int]:
-    """Stream a multipart/form-data body: the `file` part's bytes go to `dest`, small fields are
-    returned. Returns (fields, the file's name or None when there was no file part, its size)."""
-    m = re.search(r'boundary="?([^";]+)"?', request.headers.get("content-type", ""))
-    if not m or not request.headers.get("content-type", "").startswith("multipart/form-data"):
+    """Stream a multipart/form-data body through python-multipart: the `file` part's bytes go to
+    `dest`, small fields are returned, and reading stops at the closing boundary (what follows is
+    never read). Returns (fields, the file's name or None when there was no file part, its size)."""
+    ctype, params = parse_options_header(request.headers.get("content-type"))
+    if ctype != b"multipart/form-data" or not params.get(b"boundary"):
         raise UploadError("expected a multipart/form-data body")
-    delim = b"\r\n--" + m.group(1).encode()
-    keep = len(delim) + 2
-    fields: dict[str, str] = {}
-    filename: str | None = None
-    size = 0
-    buf, state, sink, field, received = b"\r\n", "preamble", None, b"", 0
-    part: tuple[str, str | None] = ("", None)
-    out: IO[bytes] | None = None
+    form, received = _Form(dest), 0
     try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > MAX_UPLOAD_BYTES + MAX_HEADER_BYTES:
-                raise UploadError(f"the upload is over {MAX_UPLOAD_BYTES // 2**20} MiB")
-            buf += chunk
-            while True:
-                if state in ("preamble", "body"):
-                    i = buf.find(delim)
-                    data, rest = (buf[:i], buf[i + len(delim):]) if i >= 0 else (buf[:-keep], buf[-keep:])
-                    if state == "body":
-                        if sink == "file" and out is not None:
-                            out.write(data)
-                            size += len(data)
-                        elif sink == "field":
-                            field += data
-                            if len(field) > MAX_FIELD_BYTES:
-                                raise UploadError(f"form field {part[0]!r} is too long")
-                    buf = rest
-                    if i < 0:
-                        break
-                    if state == "body" and sink == "field":
-                        fields[part[0]] = field.decode("utf-8", "replace")
-                    state, sink, field = "delimiter", None, b""
-                if state == "delimiter":
-                    if len(buf) < 2:
-                        break
-                    if buf.startswith(b"--"):
-                        state = "end"
-                        break
-                    buf = buf[2:] if buf.startswith(b"\r\n") else buf
-                    state = "headers"
-                if state == "headers":
-                    j = buf.find(b"\r\n\r\n")
-                    if j < 0:
-                        if len(buf) > MAX_HEADER_BYTES:
-                            raise UploadError("a form part's headers are too long")
-                        break
-                    part = _part_headers(buf[:j])
-                    buf, state = buf[j + 4:], "body"
-                    if part[0] == "file" and part[1] is not None and out is None:
-                        filename, sink, out = part[1], "file", dest.open("wb")
-                    else:
-                        sink = "field"
-                if state == "end":
+        parser = MultipartParser(params[b"boundary"], form.callbacks())
+        async with contextlib.aclosing(request.stream()) as chunks:
+            async for chunk in chunks:
+                received += len(chunk)
+                if received > MAX_UPLOAD_BYTES + MAX_HEADER_BYTES:
+                    raise UploadTooLarge(f"the upload is over {MAX_UPLOAD_BYTES // 2**20} MiB")
+                parser.write(chunk)
+                if form.done:
                     break
+    except FormParserError as e:
+        raise UploadError(f"the multipart body is malformed: {e}") from None
     finally:
-        if out is not None:
-            out.close()
-    if state != "end":
+        if form.out is not None:
+            form.out.close()
+    if not form.done:
         raise UploadError("the multipart body ended early")
-    return fields, filename, size
+    return form.fields, form.filename, form.size
 
 
 def _file_object(record: dict[str, str]) -> dict[str, Any]:
@@ -224,7 +256,7 @@ def routes(served: Served) -> list[Route]:
                                     param="purpose")
             part.replace(served.files_dir / f"{file_id}.jsonl")
         except UploadError as e:
-            return openai_error(413 if "MiB" in str(e) else 400, str(e), param="file")
+            return openai_error(413 if isinstance(e, UploadTooLarge) else 400, str(e), param="file")
         finally:
             part.unlink(missing_ok=True)
         record = {"id": file_id, "bytes": str(size), "created_at": str(time.time()), "filename": filename,

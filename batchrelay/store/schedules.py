@@ -1,4 +1,4 @@
-"""`[[schedules]]`: run input files as batches on a cron, from the workers' sweep.
+"""`[[schedules]]`: run input files as batches on a cron (matched by cronsim, in UTC), from the workers' sweep.
 
 arq's cron uniqueness rests on every worker's clock agreeing, so a tick is claimed in Redis
 instead: `SET schedule:{name}:{minute} NX`, and only the winner runs it, however many workers
@@ -20,12 +20,14 @@ import logging
 import os
 import time
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cronsim import CronSim
+
 from batchrelay.config.settings import ScheduleConfig, Settings
 from batchrelay.errors import BatchNotFound, BatchrelayError
-from batchrelay.store.cron import parse_cron
 from batchrelay.store.export import export
 from batchrelay.store.store import Store
 from batchrelay.store.submit import submit_file
@@ -38,6 +40,13 @@ EXPORT_LEASE_S = 600  # an export cut short (its worker died) is redone after th
 def tick_of(now: float) -> int:
     """The wall-clock minute `now` falls in, as whole minutes since the epoch."""
     return int(now // 60)
+
+
+def due(cron: str, tick: int) -> bool:
+    """Whether `cron` (five fields, as ScheduleConfig keeps them) matches the UTC minute `tick`."""
+    at = datetime.fromtimestamp(tick * 60, UTC)
+    # cronsim answers "the next match after": one second before the minute, that is the minute itself if it matches
+    return next(CronSim(cron, at - timedelta(seconds=1)), None) == at
 
 
 def input_files(pattern: str) -> list[Path]:
@@ -128,7 +137,7 @@ async def run_due_schedules(store: Store, settings: Settings, now: float | None 
     tick = tick_of(now)
     done = {"ticks": 0, "submitted": 0, "exported": 0}
     for sch in settings.schedules:
-        if parse_cron(sch.cron).matches_minute(tick) and await claim_tick(store, sch, tick, now):
+        if due(sch.cron, tick) and await claim_tick(store, sch, tick, now):
             done["ticks"] += 1
             if background is not None:
                 background(submit_new_files(store, settings, sch))

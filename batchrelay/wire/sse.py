@@ -1,36 +1,17 @@
 """Server-sent event streams assembled into the same body a non-streaming call returns.
 
+The events come parsed (httpx-sse, in providers/client.py); each is fed here as (event name, data).
 A stream that ends before its end marker ([DONE], message_stop, or ai-now's cost line) is a
 transient failure (ValueError here, retried by the caller), never a half answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
 from batchrelay.wire.dialect import Dialect
-
-
-async def iter_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str | None, str]]:
-    """(event name, data) per SSE event; multi-line data joined with newlines."""
-    event: str | None = None
-    data: list[str] = []
-    async for line in lines:
-        if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = None, []
-        elif line.startswith(":"):
-            continue
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-    if data:
-        yield event, "\n".join(data)
 
 
 def _load(data: str) -> dict[str, Any]:
