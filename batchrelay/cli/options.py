@@ -57,7 +57,8 @@ INSTANT = Parsed("TIME", parse.instant)
 URL = Parsed("URL", parse.webhook_url)
 
 endpoint_option = click.option(
-    "--endpoint", type=click.Choice(DIALECTS), default="chat", show_default=True,
+    "--endpoint", type=Parsed("DIALECT", parse.dialect), metavar=f"[{'|'.join(DIALECTS)}]", default="chat",
+    show_default=True,
     help="Dialect of bare request bodies (batch-format lines say their own).")
 
 providers_option = click.option("--providers", "allow", type=ProviderNames(),
