@@ -23,11 +23,9 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Mapping
-from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeAlias, TypeVar
@@ -38,20 +36,20 @@ from redis.asyncio import Redis
 from batchrelay.config.settings import Settings, load_settings
 from batchrelay.errors import InputError
 from batchrelay.money.budget import EXHAUSTED
+from batchrelay.spec import BatchSpec, Duration, Instant
 from batchrelay.store.connection import DEFAULT_URL, connect
 from batchrelay.store.keys import Keys
 from batchrelay.store.lifecycle import cancel as cancel_batch
 from batchrelay.store.store import BatchInfo, Store
 from batchrelay.store.submit import submit_stream
-from batchrelay.wire.dialect import DIALECTS, Dialect
+from batchrelay.wire.dialect import Dialect
 
-__all__ = ["AsyncClient", "Client", "Source"]
+__all__ = ["AsyncClient", "BatchSpec", "Client", "Source"]
 
 T = TypeVar("T")
 Source: TypeAlias = "str | os.PathLike[str] | io.BufferedIOBase | io.RawIOBase | Iterable[Mapping[str, Any]]"
 
 RESULTS_BLOCK = 1000  # records handed from the private loop to a `Client.results` loop at a time
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class _JSONLReader:
@@ -83,44 +81,6 @@ class _JSONLReader:
         piece = self._buf[self._pos:end]
         self._pos += len(piece)
         return piece
-
-
-def _seconds(window: float | str | timedelta | None) -> float | None:
-    if window is None:
-        return None
-    if isinstance(window, timedelta):
-        seconds = window.total_seconds()
-    elif isinstance(window, int | float):
-        seconds = float(window)
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(window))
-        if not m:
-            raise InputError(f"completion_window {window!r} is not a duration like 90s, 30m, 24h or 7d")
-        seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
-    if not seconds > 0:
-        raise InputError(f"completion_window must be more than 0 seconds, not {window!r}")
-    return seconds
-
-
-def _usd(amount: Decimal | float | str | None) -> Decimal | None:
-    if amount is None:
-        return None
-    try:
-        value = Decimal(str(amount).strip().lstrip("$"))
-    except InvalidOperation:
-        raise InputError(f"max_cost {amount!r} is not an amount in USD (e.g. 0.50)") from None
-    if not value.is_finite() or value <= 0:
-        raise InputError(f"max_cost must be more than 0 USD, not {amount!r}")
-    return value
-
-
-def _webhook(url: str | None) -> str | None:
-    from batchrelay.store.webhooks import check_url
-
-    try:
-        return None if url is None else check_url(url)
-    except ValueError as e:
-        raise InputError(str(e)) from None
 
 
 def _kind(value: object) -> str:
@@ -167,45 +127,38 @@ class AsyncClient:
         if redis is not None:
             await redis.aclose()
 
-    async def submit(self, source: Source, *, name: str | None = None, endpoint: Dialect = "chat",
-                     providers: Iterable[str] | str | None = None, max_cost: Decimal | float | str | None = None,
-                     completion_window: float | str | timedelta | None = None,
-                     start_at: datetime | float | None = None, webhook: str | None = None,
+    async def submit(self, source: Source, spec: BatchSpec | None = None, *, name: str | None = None,
+                     endpoint: Dialect | None = None, providers: Iterable[str] | str | None = None,
+                     max_cost: Decimal | float | str | None = None, completion_window: Duration | None = None,
+                     start_at: Instant | None = None, webhook: str | None = None,
                      require_prices: bool = False) -> str:
         """Queue a new batch; returns its id. Bad lines become error records (with their line
-        number) and the rest of the batch runs.
+        number) and the rest of the batch runs. The options are `spec`'s (a BatchSpec), with those
+        given here over them; InputError names every option that cannot be used.
 
-        `endpoint`: the dialect of bare request bodies ("chat" or "messages"). `providers`: only
-        these configured providers may serve the batch. `max_cost`: a spending limit in USD; for a
-        path it implies checking that every model has a known price first (UnpricedModels
-        otherwise), for an iterable (which can be read only once) a call of a model without a
-        known price is refused when it comes up. `completion_window`: seconds, a timedelta or "24h".
-        `start_at`: a datetime or unix time; the batch is `scheduled` until then (workers start it).
-        `webhook`: an http(s) URL the batch object is POSTed to when the batch ends (see the README).
-        `require_prices` (a path only): refuse the batch (UnpricedModels) unless every model has a
-        known price, as `max_cost` implies."""
-        if endpoint not in DIALECTS:
-            raise InputError(f"endpoint must be one of {', '.join(DIALECTS)}, not {endpoint!r}")
-        allow = self._allow_list(providers)
-        limit = _usd(max_cost)
-        window = _seconds(completion_window)
-        hook = _webhook(webhook)
-        w = self.settings.worker
-        options: dict[str, Any] = {"default_dialect": endpoint, "chunk_size": w.chunk_size, "providers": allow,
-                                   "max_cost": limit, "completion_window_s": window,
-                                   "max_line_bytes": w.max_line_bytes, "webhook": hook,
-                                   "start_at": start_at.timestamp() if isinstance(start_at, datetime) else start_at}
+        `endpoint`: the dialect of bare request bodies ("chat", the default, or "messages").
+        `providers`: only these configured providers may serve the batch. `max_cost`: a spending
+        limit in USD; for a path it implies checking that every model has a known price first
+        (UnpricedModels otherwise), for an iterable (which can be read only once) a call of a model
+        without a known price is refused when it comes up. `completion_window`: seconds, a
+        timedelta or "24h". `start_at`: a datetime, unix time or ISO-8601 string; the batch is
+        `scheduled` until then (workers start it). `webhook`: an http(s) URL the batch object is
+        POSTed to when the batch ends (see the README). `require_prices` (a path only): refuse the
+        batch (UnpricedModels) unless every model has a known price, as `max_cost` implies."""
+        spec = BatchSpec.of(self.settings, spec, name=name, endpoint=endpoint, providers=providers,
+                            max_cost=max_cost, completion_window=completion_window, start_at=start_at,
+                            webhook=webhook, require_prices=require_prices)
         if isinstance(source, str | os.PathLike):
             path = Path(source)
-            if limit is not None or require_prices:
-                self._check_prices(path, endpoint, allow)
+            if spec.needs_prices:
+                self._check_prices(path, spec)
             try:
                 stream = path.open("rb")
             except OSError as e:
                 raise InputError(f"{path}: cannot read input file: {e.strerror}") from None
             with stream:
                 store = await self._connected()
-                res = await submit_stream(store, stream, name=name or path.name, source=str(path), **options)
+                res = await submit_stream(store, stream, spec.named(path.name), source=str(path))
             return res.batch_id
         if isinstance(source, io.TextIOBase):
             raise TypeError("a text file object: open the file in binary mode ('rb'), or pass its path")
@@ -219,25 +172,13 @@ class AsyncClient:
         else:
             raise TypeError(f"source must be a path, a binary file or an iterable of dicts, not {_kind(source)}")
         store = await self._connected()
-        res = await submit_stream(store, reader, name=name or label, source=label, **options)
+        res = await submit_stream(store, reader, spec.named(label), source=label)
         return res.batch_id
 
-    def _allow_list(self, providers: Iterable[str] | str | None) -> list[str] | None:
-        if providers is None:
-            return None
-        names = providers.split(",") if isinstance(providers, str) else list(providers)
-        names = [n.strip() for n in names if n.strip()]
-        if not names:
-            return None
-        try:
-            return self.settings.check_allow_list(names)
-        except ValueError as e:
-            raise InputError(str(e)) from None
-
-    def _check_prices(self, path: Path, endpoint: Dialect, allow: list[str] | None) -> None:
+    def _check_prices(self, path: Path, spec: BatchSpec) -> None:
         from batchrelay.money.estimate import require_prices  # pricing data is loaded only when a budget asks for it
 
-        require_prices(path, self.settings, endpoint, allow)
+        require_prices(path, self.settings, spec.endpoint, spec.providers)
 
     async def _status(self, store: Store, info: BatchInfo) -> dict[str, Any]:
         from batchrelay.store.spending import status_object
@@ -323,7 +264,7 @@ class AsyncClient:
         from batchrelay.money.budget import Budget
         from batchrelay.store.sweeper import requeue_pending
 
-        limit = _usd(max_cost)
+        limit = None if max_cost is None else BatchSpec.checked({"max_cost": max_cost}).max_cost
         store = await self._connected()
         info = await store.info(batch_id)
         b = Budget(store.redis, store.keys)
@@ -405,13 +346,12 @@ class Client:
         finally:
             runner.close()
 
-    def submit(self, source: Source, *, name: str | None = None, endpoint: Dialect = "chat",
-               providers: Iterable[str] | str | None = None, max_cost: Decimal | float | str | None = None,
-               completion_window: float | str | timedelta | None = None,
-               start_at: datetime | float | None = None, webhook: str | None = None,
-               require_prices: bool = False) -> str:
+    def submit(self, source: Source, spec: BatchSpec | None = None, *, name: str | None = None,
+               endpoint: Dialect | None = None, providers: Iterable[str] | str | None = None,
+               max_cost: Decimal | float | str | None = None, completion_window: Duration | None = None,
+               start_at: Instant | None = None, webhook: str | None = None, require_prices: bool = False) -> str:
         """See `AsyncClient.submit`."""
-        return self._run(self._client.submit(source, name=name, endpoint=endpoint, providers=providers,
+        return self._run(self._client.submit(source, spec, name=name, endpoint=endpoint, providers=providers,
                                              max_cost=max_cost, completion_window=completion_window,
                                              start_at=start_at, webhook=webhook, require_prices=require_prices))
 

@@ -44,6 +44,7 @@ from redis.asyncio import Redis  # noqa: E402
 
 from batchrelay.procs import stop_all  # noqa: E402
 from batchrelay.sim.process import SimulatorProcess  # noqa: E402
+from batchrelay.spec import BatchSpec  # noqa: E402
 from batchrelay.store.keys import Keys  # noqa: E402
 from batchrelay.store.store import BatchInfo, Store  # noqa: E402
 from batchrelay.store.submit import submit_file  # noqa: E402
@@ -128,7 +129,7 @@ def run_batch(url: str, prefix: str, cfg: Path, src: Path, tmp: Path, tag: str, 
         client = Redis.from_url(url)
         store = Store(client, Keys(prefix))
         t_submit = time.time()
-        sub = await submit_file(store, src, chunk_size=CHUNK)
+        sub = await submit_file(store, src, BatchSpec(chunk_size=CHUNK))
         workers = start_workers(cfg, url, tmp, tag, env)
         deadline = time.monotonic() + timeout
         timed_out = False

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import bench_redis, write_lines  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
+from batchrelay.spec import BatchSpec  # noqa: E402
 from batchrelay.store.keys import Keys  # noqa: E402
 from batchrelay.store.store import Store  # noqa: E402
 from batchrelay.store.submit import submit_file  # noqa: E402
@@ -28,7 +29,7 @@ async def one(url: str, prefix: str, path: Path) -> float:
     client = Redis.from_url(url)
     store = Store(client, Keys(prefix))
     t0 = time.perf_counter()
-    await submit_file(store, path, chunk_size=50)
+    await submit_file(store, path, BatchSpec(chunk_size=50))
     elapsed = time.perf_counter() - t0
     await client.aclose()
     return elapsed

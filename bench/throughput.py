@@ -28,6 +28,7 @@ from _common import bench_redis, write_lines  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
 from batchrelay.sim.process import SimulatorProcess  # noqa: E402
+from batchrelay.spec import BatchSpec  # noqa: E402
 from batchrelay.store.keys import Keys  # noqa: E402
 from batchrelay.store.store import Store  # noqa: E402
 from batchrelay.store.submit import submit_file  # noqa: E402
@@ -76,7 +77,7 @@ def batchrelay_once(url: str, prefix: str, base: str, path: Path, concurrency: i
         client = Redis.from_url(url)
         store = Store(client, Keys(prefix))
         t0 = time.perf_counter()
-        sub = await submit_file(store, path, chunk_size=50)
+        sub = await submit_file(store, path, BatchSpec(chunk_size=50))
         while not (await store.info(sub.batch_id)).finished:
             await asyncio.sleep(0.01)
         elapsed = time.perf_counter() - t0

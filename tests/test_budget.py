@@ -11,6 +11,7 @@ import pytest
 from batchrelay.config.settings import ProviderConfig
 from batchrelay.money.budget import EXHAUSTED, Budget, OverBudget, Spend, Unpriced
 from batchrelay.money.pricing import pico
+from batchrelay.spec import BatchSpec
 from batchrelay.store.store import Store
 from batchrelay.store.submit import new_batch_id
 from batchrelay.wire.jobs import JobLine
@@ -19,7 +20,7 @@ from batchrelay.wire.jobs import JobLine
 async def _batch(store: Store, max_cost: D | None, pending: int = 2) -> str:
     """A submitted batch, `in_progress` with `pending` lines waiting, and a limit of `max_cost` USD."""
     batch = new_batch_id()
-    await store.create_batch(batch, name="t", source="t", max_cost=max_cost)
+    await store.create_batch(batch, BatchSpec(max_cost=max_cost), source="t")
     jobs = [JobLine(i, f"c{i}", "bare", "chat", {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
             for i in range(1, pending + 1)]
     await store.add_lines(batch, jobs, [], [])

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from batchrelay.config.settings import WorkerConfig
 from batchrelay.sim.process import SimulatorProcess
+from batchrelay.spec import BatchSpec
 from batchrelay.store import submit
 from batchrelay.store.store import ERR, Store
 from batchrelay.store.submit import submit_stream
@@ -460,7 +461,7 @@ async def test_submit_turns_every_hostile_line_into_its_error_and_runs_the_rest(
 ) -> None:
     monkeypatch.setattr(submit, "FLUSH_LINES", 7)
     data, valid, bad = hostile_file()
-    res = await submit_stream(store, io.BytesIO(data), name="hostile", source="h.jsonl", chunk_size=4)
+    res = await submit_stream(store, io.BytesIO(data), BatchSpec(name="hostile", chunk_size=4), source="h.jsonl")
 
     info = await store.info(res.batch_id)
     assert (res.valid, res.invalid, res.total) == (len(valid), len(bad), len(valid) + len(bad))
@@ -496,7 +497,7 @@ async def test_submit_turns_every_hostile_line_into_its_error_and_runs_the_rest(
 async def test_hostile_batch_runs_to_completion(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(submit, "FLUSH_LINES", 7)
     data, valid, bad = hostile_file()
-    res = await submit_stream(store, io.BytesIO(data), name="hostile", source="h.jsonl", chunk_size=4)
+    res = await submit_stream(store, io.BytesIO(data), BatchSpec(name="hostile", chunk_size=4), source="h.jsonl")
     with SimulatorProcess({}) as base:
         async with worker_runtime(store, base, concurrency=8, chunk_size=4) as rt:
             for cid, lines_ in (await store.chunk_map(res.batch_id)).items():
@@ -508,7 +509,7 @@ async def test_hostile_batch_runs_to_completion(store: Store, monkeypatch: pytes
 async def test_duplicates_are_caught_across_many_default_blocks(store: Store) -> None:
     n = submit.FLUSH_LINES + 100
     data = b"".join(openai(f"r{i}") + b"\n" for i in range(n)) + openai("r3") + b"\n" + openai(f"r{n - 1}") + b"\n"
-    res = await submit_stream(store, io.BytesIO(data), name="t", source="t")
+    res = await submit_stream(store, io.BytesIO(data), BatchSpec(), source="t")
     assert (res.valid, res.invalid) == (n, 2)
     results = await store.redis.hgetall(store.keys.results(res.batch_id))  # type: ignore[misc]
     messages = sorted(orjson.loads(v[1:])["error"]["message"] for v in results.values())
@@ -521,7 +522,7 @@ async def test_long_lines_are_written_in_smaller_blocks(store: Store, monkeypatc
     body = {**CHAT, "messages": [{"role": "user", "content": "w" * 1000}]}
     data = b"".join(openai(f"r{i}", body) + b"\n" for i in range(40)) + openai("r0") + b"\n"
     progress: list[int] = []
-    res = await submit_stream(store, io.BytesIO(data), name="t", source="t", on_progress=progress.append)
+    res = await submit_stream(store, io.BytesIO(data), BatchSpec(), source="t", on_progress=progress.append)
     assert (res.valid, res.invalid) == (40, 1)
     assert len(progress) >= 10
     assert progress == sorted(progress)
@@ -530,7 +531,7 @@ async def test_long_lines_are_written_in_smaller_blocks(store: Store, monkeypatc
 
 async def test_submit_takes_its_line_limit(store: Store) -> None:
     data = openai("a") + b"\n" + openai("b", {**CHAT, "user": "u" * 3000}) + b"\n"
-    res = await submit_stream(store, io.BytesIO(data), name="t", source="t", max_line_bytes=2048)
+    res = await submit_stream(store, io.BytesIO(data), BatchSpec(max_line_bytes=2048), source="t")
     assert (res.valid, res.invalid) == (1, 1)
     (record,) = (await store.redis.hgetall(store.keys.results(res.batch_id))).values()  # type: ignore[misc]
     assert "over the limit of 2,048 bytes" in orjson.loads(record[1:])["error"]["message"]
@@ -551,7 +552,7 @@ async def test_a_block_that_cannot_be_written_fails_the_submit_cleanly(
     monkeypatch.setattr(store, "add_lines", flaky)
     data = b"".join(openai(f"r{i}") + b"\n" for i in range(30))
     with pytest.raises(ConnectionError, match="Redis went away"):
-        await submit_stream(store, io.BytesIO(data), name="t", source="t")
+        await submit_stream(store, io.BytesIO(data), BatchSpec(), source="t")
     (batch_id,) = [b.decode() for b in await store.redis.zrange(store.keys.batches, 0, -1)]
     info = await store.info(batch_id)
     assert info.status == "failed"
@@ -572,6 +573,6 @@ async def test_a_file_that_breaks_while_a_block_is_being_written_fails_the_submi
 
     data = b"".join(openai(f"r{i}") + b"\n" for i in range(submit.FLUSH_LINES + 500))
     with pytest.raises(OSError, match="disk went away"):
-        await submit_stream(store, Breaking(data), name="t", source="t")
+        await submit_stream(store, Breaking(data), BatchSpec(), source="t")
     (batch_id,) = [b.decode() for b in await store.redis.zrange(store.keys.batches, 0, -1)]
     assert (await store.info(batch_id)).status == "failed"

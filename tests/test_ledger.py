@@ -8,6 +8,7 @@ import pytest
 
 from batchrelay.money.ledger import SEP, Billed, Row, increments, line_cost, rows, total
 from batchrelay.money.pricing import CallCost
+from batchrelay.spec import BatchSpec
 from batchrelay.store.store import Store
 from batchrelay.store.submit import new_batch_id
 from batchrelay.wire.jobs import JobLine
@@ -129,7 +130,7 @@ def test_rows_and_total_read_the_ledger_hash() -> None:
 
 async def _batch(store: Store, n: int) -> str:
     batch = new_batch_id()
-    await store.create_batch(batch, name="t", source="t")
+    await store.create_batch(batch, BatchSpec(), source="t")
     jobs = [JobLine(i, f"c{i}", "bare", "chat", {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
             for i in range(1, n + 1)]
     await store.add_lines(batch, jobs, [], [])

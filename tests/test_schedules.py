@@ -19,6 +19,7 @@ import pytest
 
 from batchrelay.config.settings import ScheduleConfig, Settings
 from batchrelay.sim.process import SimulatorProcess
+from batchrelay.spec import BatchSpec
 from batchrelay.store.lifecycle import advance, request_stop, tick
 from batchrelay.store.schedules import due, run_due_schedules, tick_of
 from batchrelay.store.store import Store
@@ -128,8 +129,8 @@ def test_a_bad_cron_is_a_config_error(tmp_path: Path) -> None:
 
 async def test_a_deferred_batch_waits_scheduled_then_one_tick_starts_it(store: Store) -> None:
     start_at = time.time() + 3600
-    batch = (await submit_stream(store, io.BytesIO(_lines(25)), name="d", source="d", chunk_size=10,
-                                 start_at=start_at)).batch_id
+    batch = (await submit_stream(store, io.BytesIO(_lines(25)), BatchSpec(chunk_size=10, start_at=start_at),
+                                 source="d")).batch_id
     info = await store.info(batch)
     assert (info.status, info.start_at) == ("scheduled", start_at)
     assert await store.redis.zcard(store.keys.queue) == 0  # nothing enqueued
@@ -143,8 +144,8 @@ async def test_a_deferred_batch_waits_scheduled_then_one_tick_starts_it(store: S
 
 
 async def test_a_scheduled_batch_can_be_cancelled(store: Store) -> None:
-    batch = (await submit_stream(store, io.BytesIO(_lines(5)), name="d", source="d",
-                                 start_at=time.time() + 3600)).batch_id
+    batch = (await submit_stream(store, io.BytesIO(_lines(5)), BatchSpec(start_at=time.time() + 3600),
+                                 source="d")).batch_id
     assert await request_stop(store, batch, "cancelled") == "cancelling"
     assert await advance(store, batch, grace_s=1) == 5
     info = await store.info(batch)

@@ -9,6 +9,7 @@ from arq.constants import job_key_prefix
 
 from batchrelay.config.settings import ProviderConfig, Settings, WorkerConfig
 from batchrelay.sim.process import SimulatorProcess
+from batchrelay.spec import BatchSpec
 from batchrelay.store.store import Store
 from batchrelay.store.submit import submit_stream
 from batchrelay.store.sweeper import requeue_pending, sweep
@@ -19,7 +20,7 @@ from .conftest import openai_line
 
 async def _submit(store: Store, n: int) -> str:
     data = b"".join(orjson.dumps(openai_line(i)) + b"\n" for i in range(1, n + 1))
-    return (await submit_stream(store, io.BytesIO(data), name="t", source="t", chunk_size=10)).batch_id
+    return (await submit_stream(store, io.BytesIO(data), BatchSpec(chunk_size=10), source="t")).batch_id
 
 
 async def _drop(store: Store, job_id: str) -> None:

@@ -1,10 +1,9 @@
-"""Money on the command line: `estimate`, `cost`, `budget`, and the `--max-cost` / `--require-prices`
-options of `submit` and `run`."""
+"""Money on the command line: `estimate`, `cost` and `budget`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from decimal import Decimal, InvalidOperation
+from collections.abc import Iterable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -12,39 +11,15 @@ import click
 from redis.exceptions import RedisError
 
 from batchrelay.cli.kit import emit_json, handles_errors, open_client, open_store, run_async, settings_of
+from batchrelay.cli.options import USD, ProviderNames, endpoint_option
 from batchrelay.config.settings import ProviderConfig, Settings
 from batchrelay.errors import StoreError
 from batchrelay.money.budget import EXHAUSTED
 from batchrelay.money.estimate import Estimate, OutputGuess, estimate_file, output_history
-from batchrelay.money.pricing import pico, usd_str
+from batchrelay.money.pricing import usd_str
 from batchrelay.store.spending import cost_line, plain_usd
 
-EXIT_BUDGET = 4
-
-
-class _USD(click.ParamType):  # type: ignore[type-arg]
-    name = "USD"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Decimal:
-        try:
-            amount = Decimal(str(value).strip().lstrip("$"))
-        except InvalidOperation:
-            self.fail(f"{value!r} is not an amount in USD (e.g. 0.50)", param, ctx)
-        if not amount.is_finite() or pico(amount) <= 0:
-            self.fail(f"{value!r}: the amount must be more than 0 (amounts are kept to 10^-12 USD)", param, ctx)
-        return amount
-
-
-USD = _USD()
-
-
-def money_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """`--max-cost` and `--require-prices`, shared by `submit` and `run`."""
-    f = click.option("--require-prices", is_flag=True,
-                     help="Refuse the batch if a model has no known price at a provider that may serve it.")(f)
-    return click.option("--max-cost", type=USD, metavar="USD",
-                        help="Stop spending at this many USD (plus calls in flight); implies --require-prices. "
-                             "Raise it later with `batchrelay budget`.")(f)
+SIMULATOR = "simulator"  # the provider `run` falls back on when none is configured (runner.environment)
 
 
 def _fmt(amount: Decimal | None) -> str:
@@ -53,9 +28,9 @@ def _fmt(amount: Decimal | None) -> str:
 
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--endpoint", type=click.Choice(["chat", "messages"]), default="chat", show_default=True,
-              help="Dialect of bare request bodies.")
-@click.option("--providers", "allow", help="Only these providers (comma-separated names).")
+@endpoint_option
+@click.option("--providers", "allow", type=ProviderNames(unconfigured=[SIMULATOR]),
+              help="Only these providers (comma-separated names).")
 @click.option("--output-tokens", type=click.IntRange(1), help="Expect this many output tokens per line.")
 @click.option("--output-ratio", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
               help="Without history: expect this many output tokens per input token (capped by max_tokens).")
@@ -65,7 +40,7 @@ def _fmt(amount: Decimal | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
 @click.pass_context
 @handles_errors
-def estimate(ctx: click.Context, file: Path, endpoint: str, allow: str | None, output_tokens: int | None,
+def estimate(ctx: click.Context, file: Path, endpoint: str, allow: tuple[str, ...] | None, output_tokens: int | None,
              output_ratio: float, history: bool, as_json: bool) -> None:
     """Estimate what FILE would cost, per provider and model, before submitting it.
 
@@ -81,16 +56,12 @@ def estimate(ctx: click.Context, file: Path, endpoint: str, allow: str | None, o
     """
     settings = settings_of(ctx)
     if not settings.providers:  # what `run` would use: the built-in simulator, priced at official prices
-        settings = settings.with_providers([ProviderConfig(name="simulator", base_url="http://127.0.0.1")])
+        settings = settings.with_providers([ProviderConfig(name=SIMULATOR, base_url="http://127.0.0.1")])
         if not as_json:
             click.echo("no providers configured: priced as the built-in simulator `run` uses (official prices)",
                        err=True)
-    try:
-        names = settings.check_allow_list([n.strip() for n in allow.split(",") if n.strip()]) if allow else None
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--providers") from None
     seen = run_async(_history(settings)) if history and output_tokens is None else {}
-    est = estimate_file(file, settings, default_dialect=endpoint, allow=names,  # type: ignore[arg-type]
+    est = estimate_file(file, settings, default_dialect=endpoint, allow=allow,  # type: ignore[arg-type]
                         output=OutputGuess(output_tokens, output_ratio, seen))
     if as_json:
         emit_json(est.as_dict())

@@ -14,7 +14,7 @@ import click
 from redis.asyncio import Redis
 
 from batchrelay.config.settings import Settings
-from batchrelay.errors import BatchrelayError
+from batchrelay.errors import BatchrelayError, ExitCode
 from batchrelay.store.connection import DEFAULT_URL, connect
 from batchrelay.store.keys import Keys
 from batchrelay.store.store import Store
@@ -44,7 +44,7 @@ def handles_errors(f: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
-            sys.exit(130)
+            sys.exit(ExitCode.INTERRUPTED)
     return wrapper
 
 

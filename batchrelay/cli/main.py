@@ -11,14 +11,24 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from batchrelay.cli.cost import budget, cost, estimate, money_options
+from batchrelay.cli.cost import budget, cost, estimate
 from batchrelay.cli.kit import CONTEXT, emit_json, handles_errors, open_client, run_async, settings_of
-from batchrelay.cli.lifecycle import cancel, completion_window_option, defer_options, retry_command, start_at_of
+from batchrelay.cli.lifecycle import cancel, retry_command
+from batchrelay.cli.options import (
+    completion_window_option,
+    defer_options,
+    endpoint_option,
+    money_options,
+    providers_option,
+    start_at_of,
+    webhook_option,
+)
 from batchrelay.cli.providers import health_text, providers
 from batchrelay.config.settings import load_settings
-from batchrelay.errors import BatchrelayError
+from batchrelay.errors import BatchrelayError, ExitCode
 from batchrelay.money.budget import EXHAUSTED
 from batchrelay.money.estimate import require_prices as check_prices
+from batchrelay.spec import BatchSpec
 from batchrelay.store.connection import DEFAULT_URL, connect
 from batchrelay.store.spending import cost_line
 from batchrelay.store.store import FINISHED, BatchInfo, unsuccessful
@@ -26,7 +36,6 @@ from batchrelay.store.store import FINISHED, BatchInfo, unsuccessful
 if TYPE_CHECKING:
     from batchrelay.api import AsyncClient
 
-EXIT_FAILED_LINES = 3
 
 @click.group(context_settings=CONTEXT)
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), envvar="BATCHRELAY_CONFIG",
@@ -55,23 +64,6 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
         sys.exit(e.exit_code)
 
 
-def _allow_list(ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str] | None:
-    if not value:
-        return None
-    try:
-        return settings_of(ctx).check_allow_list([v.strip() for v in value.split(",") if v.strip()])
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-
-
-providers_option = click.option("--providers", "allow", callback=_allow_list,
-                                help="Only these providers (comma-separated names) may serve this batch.")
-
-endpoint_option = click.option(
-    "--endpoint", type=click.Choice(["chat", "messages"]), default="chat", show_default=True,
-    help="Dialect of bare request bodies (batch-format lines say their own).")
-
-
 @cli.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
@@ -87,7 +79,7 @@ endpoint_option = click.option(
 @click.pass_context
 @handles_errors
 def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers: int, endpoint: str,
-        allow: list[str] | None, max_cost: Decimal | None, require_prices: bool, as_json: bool) -> None:
+        allow: tuple[str, ...] | None, max_cost: Decimal | None, require_prices: bool, as_json: bool) -> None:
     """Submit FILE, work it here, and write the results: all in one process.
 
     Uses REDIS_URL when set, else an embedded redis-server; uses the configured providers, else
@@ -101,12 +93,12 @@ def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers:
     """
     from batchrelay.cli.runner import environment, run_file
 
+    spec = BatchSpec.of(settings_of(ctx), endpoint=endpoint, providers=allow, max_cost=max_cost,
+                        require_prices=require_prices)
     with environment(settings_of(ctx)) as (settings, url):
-        if require_prices or max_cost is not None:
-            check_prices(file, settings, endpoint, allow)  # type: ignore[arg-type]
-        report = run_async(run_file(settings, url, file, out, errors, workers=workers, allow=allow,
-                                    default_dialect=endpoint, show=not as_json,  # type: ignore[arg-type]
-                                    max_cost=max_cost))
+        if spec.needs_prices:
+            check_prices(file, settings, spec.endpoint, spec.providers)
+        report = run_async(run_file(settings, url, file, out, errors, spec, workers=workers, show=not as_json))
     _report(report, as_json)
     sys.exit(report.exit_code)
 
@@ -156,19 +148,10 @@ def demo(ctx: click.Context, lines: int, out: Path, as_json: bool) -> None:
     sample = write_sample(out.with_name("demo-input.jsonl"), lines)
     settings = settings_of(ctx).with_providers([])
     with environment(settings, DEMO_PROVIDERS) as (settings, url):
-        report = run_async(run_file(settings, url, sample, out, None, show=not as_json))
+        report = run_async(run_file(settings, url, sample, out, None, BatchSpec.of(settings), show=not as_json))
     _report(report, as_json)
     if not as_json:
         click.echo(f"input:   {sample} (the demo plants bad lines on purpose)")
-
-
-def _webhook(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    from batchrelay.store.webhooks import check_url
-
-    try:
-        return None if value is None else check_url(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
 
 
 @cli.command()
@@ -179,12 +162,11 @@ def _webhook(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 @money_options
 @completion_window_option
 @defer_options
-@click.option("--webhook", metavar="URL", callback=_webhook,
-              help="POST the batch object to this http(s) URL when the batch ends (retried until accepted).")
+@webhook_option
 @click.option("--json", "as_json", is_flag=True, help="Print the submission as JSON.")
 @click.pass_context
 @handles_errors
-def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allow: list[str] | None,
+def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allow: tuple[str, ...] | None,
            max_cost: Decimal | None, require_prices: bool, completion_window: float | None, at: float | None,
            delay: float | None, webhook: str | None, as_json: bool) -> None:
     """Queue FILE as a new batch in Redis and print its id.
@@ -200,24 +182,23 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
       batchrelay submit requests.jsonl --at 2026-11-22T05:00:00Z   # or --in 2h
       batchrelay submit requests.jsonl --webhook https://example.com/hooks/batch
     """
-    start_at = start_at_of(at, delay)
+    spec = BatchSpec.of(settings_of(ctx), name=name, endpoint=endpoint, providers=allow, max_cost=max_cost,
+                        require_prices=require_prices, completion_window=completion_window,
+                        start_at=start_at_of(at, delay), webhook=webhook)
 
     async def go() -> dict[str, Any]:
         async with open_client(settings_of(ctx)) as client:
-            batch = await client.submit(file, name=name, endpoint=endpoint, providers=allow,  # type: ignore[arg-type]
-                                        max_cost=max_cost, require_prices=require_prices,
-                                        completion_window=completion_window, start_at=start_at, webhook=webhook)
-            return await client.status(batch)
+            return await client.status(await client.submit(file, spec))
 
     st = run_async(go())
     counts = st["counts"]
     if as_json:
         emit_json({"id": st["id"], "lines": counts["total"], "valid": counts["total"] - counts["invalid"],
-                   "invalid": counts["invalid"], "start_at": start_at, "webhook": webhook})
+                   "invalid": counts["invalid"], "start_at": spec.start_at, "webhook": spec.webhook})
     else:
         click.echo(st["id"])
-        if start_at is not None:
-            when = datetime.fromtimestamp(start_at, UTC).isoformat(timespec="seconds")
+        if spec.start_at is not None:
+            when = datetime.fromtimestamp(spec.start_at, UTC).isoformat(timespec="seconds")
             click.echo(f"scheduled: starts at {when} (at the workers' first sweep after it)", err=True)
         if counts["invalid"]:
             click.echo(f"{counts['invalid']} of {counts['total']} lines are invalid (see the errors file of `results`)",
@@ -344,7 +325,7 @@ def results(ctx: click.Context, batch: str, out: Path, errors: Path | None, wait
             click.echo(f"note: {st['id']} is {st['status']}; {counts['pending']} lines have no result yet", err=True)
         click.echo(f"{exported['results']} results -> {exported['results_file']}; "
                    f"{exported['errors']} errors -> {exported['errors_file']}")
-    sys.exit(EXIT_FAILED_LINES if unsuccessful(counts) else 0)
+    sys.exit(ExitCode.FAILED_LINES if unsuccessful(counts) else ExitCode.OK)
 
 
 @cli.command()

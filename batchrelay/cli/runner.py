@@ -13,16 +13,16 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from batchrelay.cli.progress import watch
 from batchrelay.config.settings import ProviderConfig, Settings
-from batchrelay.errors import BatchrelayError
+from batchrelay.errors import BatchrelayError, ExitCode
 from batchrelay.money.budget import EXHAUSTED
 from batchrelay.procs import stop_all
 from batchrelay.sim.process import SimulatorProcess
+from batchrelay.spec import BatchSpec
 from batchrelay.store.connection import connect
 from batchrelay.store.embedded import EmbeddedRedis
 from batchrelay.store.export import Exported, check_writable, export
@@ -31,11 +31,9 @@ from batchrelay.store.spending import cost_summary, ledger_of
 from batchrelay.store.store import BatchInfo, Store
 from batchrelay.store.submit import submit_file
 from batchrelay.store.sweeper import requeue_pending
-from batchrelay.wire.dialect import Dialect
 from batchrelay.worker.worker import build_worker, run_worker
 
 MAX_REQUEUE_ROUNDS = 3
-EXIT_BUDGET = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +44,10 @@ class RunReport:
     cost: dict[str, Any]
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> ExitCode:
         if self.batch.status == EXHAUSTED:
-            return EXIT_BUDGET
-        return 3 if self.batch.unsuccessful else 0
+            return ExitCode.BUDGET
+        return ExitCode.FAILED_LINES if self.batch.unsuccessful else ExitCode.OK
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.batch.as_dict(), "seconds": round(self.seconds, 3), "cost": self.cost,
@@ -112,10 +110,10 @@ async def _work(settings: Settings, url: str, store: Store, batch_id: str, worke
 
 
 async def run_file(
-    settings: Settings, url: str, path: Path, out: Path, errors: Path | None, *,
-    workers: int = 1, default_dialect: Dialect = "chat", show: bool = True, allow: list[str] | None = None,
-    max_cost: Decimal | None = None,
+    settings: Settings, url: str, path: Path, out: Path, errors: Path | None, spec: BatchSpec, *,
+    workers: int = 1, show: bool = True,
 ) -> RunReport:
+    """Submit `path` as a batch with the options `spec` gives, work it, and export its records."""
     started = time.perf_counter()
     check_writable(out, errors)  # before any money is spent, not after
     redis = await connect(url)
@@ -123,9 +121,7 @@ async def run_file(
         store = Store(redis, Keys(settings.redis.prefix))
         # a queue of its own: this run's workers touch no other batch left in the same Redis
         queue = f"{store.keys.queue}:run:{uuid.uuid4().hex[:12]}"
-        sub = await submit_file(store, path, default_dialect=default_dialect, chunk_size=settings.worker.chunk_size,
-                                providers=allow, queue=queue, max_cost=max_cost,
-                                max_line_bytes=settings.worker.max_line_bytes)
+        sub = await submit_file(store, path, spec, queue=queue)
         info = await _work(settings, url, store, sub.batch_id, workers, show, queue)
         exported = await export(store, sub.batch_id, out, errors)
         _rows, spent, budget = await ledger_of(store, sub.batch_id)

@@ -19,12 +19,13 @@ from typing import Any, Literal
 from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from batchrelay import parse
 from batchrelay.config.presets import apply_preset
 from batchrelay.errors import ConfigError
-from batchrelay.store.keys import DEFAULT_PREFIX
 from batchrelay.wire.dialect import DIALECTS, Dialect
 
 AuthStyle = Literal["bearer", "tt-api-key", "x-api-key"]
+DEFAULT_PREFIX = "batchrelay:"  # of every Redis key (store/keys.py)
 DEFAULT_PATHS: dict[Dialect, str] = {"chat": "/v1/chat/completions", "messages": "/v1/messages"}
 # cronsim reads only the fields, so the classic macros are spelled out here
 CRON_MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
@@ -254,15 +255,18 @@ class ScheduleConfig(_Strict):
     output_dir: Path
     endpoint: Dialect = "chat"
     providers: tuple[str, ...] | None = None
-    max_cost: Decimal | None = Field(default=None, gt=0)
+    max_cost: Decimal | None = None
     webhook: str | None = None  # each run's batch POSTs its batch object there when it ends
+
+    @field_validator("max_cost", mode="before")
+    @classmethod
+    def _max_cost(cls, v: Decimal | float | str | None) -> Decimal | None:
+        return None if v is None else parse.usd_amount(v)  # InvalidValue: reported as a config error
 
     @field_validator("webhook")
     @classmethod
     def _webhook(cls, v: str | None) -> str | None:
-        from batchrelay.store.webhooks import check_url
-
-        return None if v is None else check_url(v)
+        return None if v is None else parse.webhook_url(v)
 
     @field_validator("cron")
     @classmethod
@@ -312,13 +316,6 @@ class Settings(_Strict):
             if unknown and self.providers:
                 raise ValueError(f"schedules {sch.name!r} names unknown providers: {', '.join(unknown)}")
         return self
-
-    def check_allow_list(self, names: list[str]) -> list[str]:
-        known = {p.name for p in self.providers}
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise ValueError(f"unknown providers {', '.join(unknown)} (configured: {', '.join(sorted(known))})")
-        return names
 
     @property
     def redis_url(self) -> str | None:

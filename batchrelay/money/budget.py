@@ -21,6 +21,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from batchrelay.config.settings import ProviderConfig
+from batchrelay.errors import OverBudget as OverBudget  # what `reserve` raises, as the relay imports them
+from batchrelay.errors import Unpriced as Unpriced
 from batchrelay.money.pricing import pico, price_of, reservation, usd
 from batchrelay.money.tokens import DEFAULT_MAX_OUTPUT, input_tokens, max_output_tokens
 from batchrelay.store.keys import Keys
@@ -137,14 +139,6 @@ class Budget:
             self.keys.budget(batch_id), ["max", "spent", "reserved"])
         mx, spent, reserved = (int(v) if v is not None else None for v in raw)
         return BudgetInfo(None if mx is None else usd(mx), usd(spent or 0), usd(reserved or 0))
-
-
-class OverBudget(Exception):
-    """The batch's limit cannot cover this call: the line waits with the batch."""
-
-
-class Unpriced(Exception):
-    """No known price for this model at this provider, so no reservation can be taken for it."""
 
 
 @dataclass(frozen=True, slots=True)

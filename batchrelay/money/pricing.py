@@ -7,35 +7,27 @@ token rates, else from the official price of the model in genai-prices times the
 has no known price: its calls run, and their cost is `None` (shown as unknown), never 0.
 
 Money is Decimal, kept to the pico-dollar (1e-12 USD: a price per 1M tokens with up to six
-decimals is exact), and in Redis an integer count of pico-dollars.
+decimals is exact), and in Redis an integer count of pico-dollars (`pico`, `usd`: parse.py).
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from typing import Any, Literal
 
 from genai_prices import Usage as GenaiUsage
 from genai_prices import calc_price
 
 from batchrelay.config.settings import ModelPrice, ProviderConfig
+from batchrelay.parse import pico as pico  # the money units, kept with the parser of amounts
+from batchrelay.parse import usd as usd
 from batchrelay.wire.reply import Usage
 
-PICO = Decimal("1e-12")
 MILLION = Decimal(1_000_000)
 DISCREPANCY = Decimal("0.01")  # reported vs computed: flagged above 1 %
 CostSource = Literal["computed", "reported"]
-
-
-def pico(usd: Decimal) -> int:
-    """USD as an integer number of pico-dollars, rounded half-even (the Redis form of money)."""
-    return int((usd / PICO).to_integral_value(ROUND_HALF_EVEN))
-
-
-def usd(pico_dollars: int) -> Decimal:
-    return (Decimal(pico_dollars) * PICO).normalize() if pico_dollars else Decimal(0)
 
 
 def money(amount: Decimal) -> Decimal:

@@ -83,8 +83,9 @@ def routes(served: Served) -> list[Route]:
         if len(requests) > MAX_REQUESTS:
             return anthropic_error(400, "invalid_request_error", f"requests: at most {MAX_REQUESTS} per batch")
         lines = io.BytesIO(b"".join(orjson.dumps(r) + b"\n" for r in requests))
-        batch_id = await submit(served, lines, name="message batch", source="serve:anthropic", dialect="messages",
-                                window_s=WINDOW_S, fields={"serve_api": "anthropic", "serve_endpoint": "/v1/messages"})
+        spec = served.spec(name="message batch", endpoint="messages", completion_window=WINDOW_S)
+        batch_id = await submit(served, lines, spec, source="serve:anthropic",
+                                fields={"serve_api": "anthropic", "serve_endpoint": "/v1/messages"})
         return json_response(batch_object(await load(served.db, batch_id), _base(request)))
 
     async def retrieve(request: Request) -> Response:

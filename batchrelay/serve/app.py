@@ -27,13 +27,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from batchrelay.config.settings import Settings
 from batchrelay.errors import ConfigError
 from batchrelay.money.ledger import Row, rows, total
+from batchrelay.spec import BatchSpec
 from batchrelay.store.connection import DEFAULT_URL, connect
 from batchrelay.store.embedded import state_dir
 from batchrelay.store.keys import Keys
 from batchrelay.store.lifecycle import FINAL, advance
 from batchrelay.store.store import BatchInfo, Store
 from batchrelay.store.submit import submit_stream
-from batchrelay.wire.dialect import Dialect
 from batchrelay.wire.jobs import LineReader
 
 SERVE_FIELDS = ("serve_api", "serve_endpoint", "serve_input_file_id", "serve_completion_window", "serve_metadata",
@@ -52,6 +52,10 @@ class Served:
     def db(self) -> Store:
         assert self.store is not None, "the app has not started"
         return self.store
+
+    def spec(self, **options: Any) -> BatchSpec:
+        """A batch's options (BatchSpec.of) under these settings."""
+        return BatchSpec.of(self.settings, **options)
 
     @property
     def grace_s(self) -> float:
@@ -89,12 +93,10 @@ async def current(served: Served, batch_id: str) -> Loaded:
     return b
 
 
-async def submit(served: Served, stream: LineReader, *, name: str, source: str, dialect: Dialect,
-                 window_s: float | None, fields: dict[str, str]) -> str:
+async def submit(served: Served, stream: LineReader, spec: BatchSpec, *, source: str, fields: dict[str, str]) -> str:
     """Submit the lines as a new batch, note the API's fields on it, and return its id."""
-    store, w = served.db, served.settings.worker
-    res = await submit_stream(store, stream, name=name, source=source, default_dialect=dialect,
-                              chunk_size=w.chunk_size, completion_window_s=window_s, max_line_bytes=w.max_line_bytes)
+    store = served.db
+    res = await submit_stream(store, stream, spec, source=source)
     await store.redis.hset(store.keys.meta(res.batch_id), mapping=fields)  # type: ignore[misc]
     return res.batch_id
 

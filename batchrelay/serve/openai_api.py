@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from batchrelay.errors import BatchNotFound
+from batchrelay.errors import BatchNotFound, UploadError, UploadTooLarge
 from batchrelay.serve.app import Loaded, Served, current, json_response, load, openai_error, submit
 from batchrelay.store.lifecycle import advance, request_stop
 from batchrelay.store.store import Store
@@ -50,14 +50,6 @@ UPLOADED = re.compile(r"file-[0-9a-f]{24}")
 
 def file_key(store: Store, file_id: str) -> str:
     return store.keys.file(file_id)
-
-
-class UploadError(ValueError):
-    pass
-
-
-class UploadTooLarge(UploadError):
-    """The upload, or its form fields together, passed a limit: 413."""
 
 
 class _Form:
@@ -325,8 +317,8 @@ def routes(served: Served) -> list[Route]:
         if metadata is not None:
             fields["serve_metadata"] = orjson.dumps(metadata).decode()
         with (served.files_dir / f"{record['id']}.jsonl").open("rb") as stream:
-            batch_id = await submit(served, stream, name=record["filename"], source=f"serve:{record['id']}",
-                                    dialect=ENDPOINTS[endpoint], window_s=WINDOWS[window], fields=fields)
+            spec = served.spec(name=record["filename"], endpoint=ENDPOINTS[endpoint], completion_window=WINDOWS[window])
+            batch_id = await submit(served, stream, spec, source=f"serve:{record['id']}", fields=fields)
         return json_response(batch_object(await load(served.db, batch_id)))
 
     async def get_batch(request: Request) -> Response:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEFAULT_PREFIX = "batchrelay:"
+from batchrelay.config.settings import DEFAULT_PREFIX
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from batchrelay.errors import BatchrelayError
+from batchrelay.errors import RetryRefused
 from batchrelay.money.ledger import increments
 from batchrelay.results.outcome import Attempt, Outcome
 from batchrelay.results.records import stopped_record
@@ -205,10 +205,6 @@ async def _error_records(store: Store, batch_id: str) -> AsyncIterator[tuple[int
     async for line, raw in store.redis.hscan_iter(store.keys.results(batch_id), count=BLOCK):
         if raw[:1] == ERR:
             yield int(line), raw
-
-
-class RetryRefused(BatchrelayError):
-    exit_code = 2
 
 
 async def tick(store: Store, *, grace_s: float, retention_s: float | None, now: float | None = None,

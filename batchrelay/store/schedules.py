@@ -28,6 +28,7 @@ from cronsim import CronSim
 
 from batchrelay.config.settings import ScheduleConfig, Settings
 from batchrelay.errors import BatchNotFound, BatchrelayError
+from batchrelay.spec import BatchSpec
 from batchrelay.store.export import export
 from batchrelay.store.store import Store
 from batchrelay.store.submit import submit_file
@@ -65,6 +66,12 @@ def output_paths(sch: ScheduleConfig, source: str) -> tuple[Path, Path]:
     return sch.output_dir / f"{stem}.results.jsonl", sch.output_dir / f"{stem}.errors.jsonl"
 
 
+def spec_of(settings: Settings, sch: ScheduleConfig, path: Path) -> BatchSpec:
+    """The options of the schedule's batch of `path` (its providers were checked with the config)."""
+    return BatchSpec.of(settings, name=f"{sch.name}:{path.name}", endpoint=sch.endpoint, providers=sch.providers,
+                        max_cost=sch.max_cost, webhook=sch.webhook)
+
+
 async def claim_tick(store: Store, sch: ScheduleConfig, tick: int, now: float) -> bool:
     """True for the one caller that gets to run `sch` at this tick."""
     return bool(await store.redis.set(store.keys.schedule_tick(sch.name, tick), repr(now), nx=True, ex=TICK_TTL_S))
@@ -81,10 +88,7 @@ async def submit_new_files(store: Store, settings: Settings, sch: ScheduleConfig
         if not await store.redis.sadd(k.schedule_done(sch.name), ident):  # type: ignore[misc]
             continue
         try:
-            res = await submit_file(store, path, name=f"{sch.name}:{path.name}", default_dialect=sch.endpoint,
-                                    providers=list(sch.providers) if sch.providers else None,
-                                    max_cost=sch.max_cost, webhook=sch.webhook, chunk_size=settings.worker.chunk_size,
-                                    max_line_bytes=settings.worker.max_line_bytes)
+            res = await submit_file(store, path, spec_of(settings, sch, path))
         except BaseException as e:
             with contextlib.suppress(Exception):  # a later tick tries the file again
                 await store.redis.srem(k.schedule_done(sch.name), ident)  # type: ignore[misc]

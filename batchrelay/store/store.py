@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -19,6 +18,7 @@ from redis.asyncio import Redis
 
 from batchrelay.errors import BatchNotFound
 from batchrelay.money.pricing import pico
+from batchrelay.spec import BatchSpec
 from batchrelay.store.keys import Keys
 from batchrelay.wire.jobs import JobLine
 
@@ -183,29 +183,27 @@ class Store:
         self._finish_submit = redis.register_script(_FINISH_SUBMIT)
         self._start_due = redis.register_script(_START_DUE)
 
-    async def create_batch(self, batch_id: str, *, name: str, source: str, providers: Sequence[str] | None = None,
-                           queue: str | None = None, max_cost: Decimal | None = None,
-                           completion_window_s: float | None = None, start_at: float | None = None,
-                           webhook: str | None = None) -> None:
-        """`start_at`: a deferred batch's start; its completion window runs from then. `webhook`: a URL
-        the batch object is POSTed to when the batch ends (webhooks.py)."""
+    async def create_batch(self, batch_id: str, spec: BatchSpec, *, source: str, queue: str | None = None) -> None:
+        """The batch's record, with its options (`spec`; named after `source` unless it has a name).
+        A deferred batch's (`start_at`) completion window runs from its start. `queue`: the arq queue
+        its chunks go on (default: the shared one)."""
         now = time.time()
-        extra: dict[str, Any] = {"providers": ",".join(providers)} if providers else {}
+        extra: dict[str, Any] = {"providers": ",".join(spec.providers)} if spec.providers else {}
         extra["queue"] = queue or self.keys.queue
-        if completion_window_s is not None:
-            extra["expires_at"] = max(now, start_at or now) + completion_window_s
-            extra["completion_window_s"] = completion_window_s
+        if spec.completion_window is not None:
+            extra["expires_at"] = max(now, spec.start_at or now) + spec.completion_window
+            extra["completion_window_s"] = spec.completion_window
         async with self.redis.pipeline(transaction=True) as pipe:
-            if max_cost is not None:
-                extra["max_cost"] = pico(max_cost)
-                pipe.hset(self.keys.budget(batch_id), "max", str(pico(max_cost)))
+            if spec.max_cost is not None:
+                extra["max_cost"] = pico(spec.max_cost)
+                pipe.hset(self.keys.budget(batch_id), "max", str(pico(spec.max_cost)))
             pipe.hset(self.keys.meta(batch_id), mapping={
-                "id": batch_id, "name": name, "source": source, "status": "validating", "created_at": now,
-                **{f: 0 for f in COUNT_FIELDS}, **extra,
+                "id": batch_id, "name": spec.name or source, "source": source, "status": "validating",
+                "created_at": now, **{f: 0 for f in COUNT_FIELDS}, **extra,
             })
             pipe.zadd(self.keys.batches, {batch_id: now})
-            if webhook:
-                pipe.hset(self.keys.meta(batch_id), mapping={"webhook": webhook, "webhook_status": "pending"})
+            if spec.webhook:
+                pipe.hset(self.keys.meta(batch_id), mapping={"webhook": spec.webhook, "webhook_status": "pending"})
                 pipe.zadd(self.keys.webhooks, {batch_id: 0})
             await pipe.execute()
 

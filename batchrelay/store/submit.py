@@ -15,18 +15,17 @@ import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 
 import orjson
 
 from batchrelay.errors import InputError
 from batchrelay.results.records import bad_line_record
+from batchrelay.spec import BatchSpec
 from batchrelay.store.queue import chunk_job_id
 from batchrelay.store.store import Store
 from batchrelay.store.sweeper import enqueue_all
-from batchrelay.wire.dialect import Dialect
-from batchrelay.wire.jobs import MAX_LINE_BYTES, BadLine, JobLine, LineReader, duplicate, iter_jobs
+from batchrelay.wire.jobs import BadLine, JobLine, LineReader, duplicate, iter_jobs
 
 FLUSH_LINES = 5000
 FLUSH_BYTES = 16 * 1024 * 1024  # a block of long lines is written early, so it never holds 5000 of them
@@ -91,37 +90,26 @@ class _Counted:
 async def submit_stream(
     store: Store,
     stream: LineReader,
+    spec: BatchSpec,
     *,
-    name: str,
     source: str,
-    default_dialect: Dialect = "chat",
-    chunk_size: int = 50,
-    providers: list[str] | None = None,
     queue: str | None = None,
-    max_cost: Decimal | None = None,
-    completion_window_s: float | None = None,
-    start_at: float | None = None,
-    webhook: str | None = None,
-    max_line_bytes: int = MAX_LINE_BYTES,
     on_progress: Callable[[int], None] | None = None,
 ) -> SubmitResult:
-    """`queue`: an arq queue of this batch's own (`run` uses one so its workers touch nothing else).
-    `max_cost`: the batch's spending limit in USD (see budget.py). `completion_window_s`: lines not
-    answered this long after submit expire (lifecycle.py). `max_line_bytes`: a longer line is an
-    error (`worker.max_line_bytes`). `start_at` (unix time): a deferred batch, `scheduled` until then;
-    the workers' sweep starts it (lifecycle.tick). `webhook`: a URL the batch object is POSTed to
-    when the batch ends (webhooks.py).
+    """A new batch of the stream's lines, with the options `spec` gives (spec.py; named after
+    `source` unless the spec has a name). `queue`: an arq queue of this batch's own (`run` uses one
+    so its workers touch nothing else). A line longer than `spec.max_line_bytes` is an error line.
 
-    Chunk jobs are enqueued only once every line is written and the batch is `in_progress`: a
-    submit cut short (Redis gone, Ctrl-C) leaves a batch nothing works on, marked failed when Redis
-    can still be told, and found by the workers' sweep otherwise."""
+    Chunk jobs are enqueued only once every line is written and the batch is `in_progress` (or
+    `scheduled` until `spec.start_at`: the workers' sweep starts it, lifecycle.tick): a submit cut
+    short (Redis gone, Ctrl-C) leaves a batch nothing works on, marked failed when Redis can still
+    be told, and found by the workers' sweep otherwise."""
     batch_id = new_batch_id()
     queue = queue or store.keys.queue
+    default_dialect, chunk_size = spec.endpoint, spec.chunk_size
     claim_ids = store.redis.register_script(_CLAIM_IDS)
     ids = store.keys.custom_ids(batch_id)
-    await store.create_batch(batch_id, name=name, source=source, providers=providers, queue=queue,
-                             max_cost=max_cost, completion_window_s=completion_window_s, start_at=start_at,
-                             webhook=webhook)
+    await store.create_batch(batch_id, spec, source=source, queue=queue)
     block: list[JobLine] = []  # parsed, not yet checked for duplicates
     bad: list[tuple[int, bytes]] = []
     open_chunk: list[int] = []
@@ -162,8 +150,8 @@ async def submit_stream(
             on_progress(valid + invalid)
 
     try:
-        for n, item in enumerate(iter_jobs(reader, default_dialect=default_dialect, max_line_bytes=max_line_bytes,
-                                           dedupe=False)):
+        for n, item in enumerate(iter_jobs(reader, default_dialect=default_dialect,
+                                           max_line_bytes=spec.max_line_bytes, dedupe=False)):
             max_line = item.line
             if item.fmt:
                 formats.add(item.fmt)
@@ -186,7 +174,7 @@ async def submit_stream(
             "total": valid + invalid, "invalid": invalid, "max_line": max_line, "chunks": n_chunks,
             "input_format": "+".join(sorted(formats)) or "none",
         }
-        if await store.finish_submit(batch_id, counts, start_at) == "in_progress":
+        if await store.finish_submit(batch_id, counts, spec.start_at) == "in_progress":
             await enqueue_all(store, batch_id, queue)
     except BaseException as e:
         if writing and not writing.done():
@@ -201,15 +189,13 @@ async def submit_stream(
     return SubmitResult(batch_id, valid + invalid, valid, invalid)
 
 
-async def submit_file(
-    store: Store, path: str | os.PathLike[str], *, name: str | None = None, max_line_bytes: int = MAX_LINE_BYTES,
-    **kw: object,
-) -> SubmitResult:
+async def submit_file(store: Store, path: str | os.PathLike[str], spec: BatchSpec, *,
+                      queue: str | None = None) -> SubmitResult:
+    """`submit_stream` of a file; the batch is named after the file unless the spec names it."""
     p = Path(path)
     try:
         stream = p.open("rb")
     except OSError as e:
         raise InputError(f"{p}: cannot read input file: {e.strerror}") from None
     with stream:
-        return await submit_stream(store, stream, name=name or p.name, source=str(p), max_line_bytes=max_line_bytes,
-                                   **kw)  # type: ignore[arg-type]
+        return await submit_stream(store, stream, spec.named(p.name), source=str(p), queue=queue)

@@ -27,19 +27,17 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
 
 from batchrelay.config.settings import Settings
-from batchrelay.errors import BatchNotFound, ConfigError
+from batchrelay.errors import BatchNotFound, ConfigError, InvalidValue
 from batchrelay.store.spending import status_object
 from batchrelay.store.store import Store
 
 log = logging.getLogger("batchrelay.store.webhooks")
 
-MAX_URL_CHARS = 2048
 PER_TICK = 50  # batches looked at per poll; the rest wait for the next one
 NOT_DUE_YET_S = 2.0  # a batch still running is looked at again this much later
 EVENTS = {"completed": "batch.completed", "failed": "batch.failed", "cancelled": "batch.cancelled",
@@ -57,23 +55,6 @@ return 0
 """
 
 
-def check_url(url: str) -> str:
-    """The URL, if it can be POSTed to (http or https, with a host); ValueError saying why not."""
-    url = url.strip()
-    if len(url) > MAX_URL_CHARS:
-        raise ValueError(f"webhook URL is longer than {MAX_URL_CHARS} characters")
-    if any(c.isspace() or ord(c) < 32 for c in url):
-        raise ValueError("webhook URL must not contain spaces or control characters")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as e:
-        raise ValueError(f"webhook URL is not valid: {e}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("webhook URL must be http:// or https:// with a host, e.g. https://example.com/hooks/batch")
-    return url
-
-
 def backoff_s(attempts: int, base_s: float, cap_s: float) -> float:
     """The wait after the `attempts`-th failed delivery (1, 2, ...): base, 2 x base, 4 x base, ... up to cap."""
     return float(min(cap_s, base_s * 2.0 ** min(attempts - 1, 32)))
@@ -85,7 +66,7 @@ def secret_bytes(secret: str) -> bytes:
         try:
             return base64.b64decode(secret[len("whsec_"):], validate=True)
         except ValueError:
-            raise ValueError("a webhook secret starting with whsec_ must be base64 after it") from None
+            raise InvalidValue("a webhook secret starting with whsec_ must be base64 after it") from None
     return secret.encode()
 
 
@@ -218,7 +199,7 @@ def delivery_of(settings: Settings) -> Delivery:
             raise ConfigError(f"[webhooks] secret_env names {c.secret_env}, which is not set")
         try:
             secret = secret_bytes(raw)
-        except ValueError as e:
+        except InvalidValue as e:
             raise ConfigError(f"{c.secret_env}: {e}") from None
     return Delivery(c.timeout_s, c.max_attempts, c.backoff_s, c.max_backoff_s, secret,
                     f"batchrelay/{__version__} (webhook)")

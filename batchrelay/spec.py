@@ -1,0 +1,116 @@
+"""BatchSpec: a batch's options, checked once, whichever way the batch comes in.
+
+The command line (`submit`, `run`), the Python API (`Client.submit`), `serve` and `[[schedules]]`
+all build a BatchSpec and hand it to the store's submit (store/submit.py), which keeps it with the
+batch. Each option goes through its parser in parse.py, so a value refused by one way in is refused,
+with the same reason, by every other.
+
+    spec = BatchSpec.of(settings, name="nightly", max_cost="0.50", completion_window="24h")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from batchrelay import parse
+from batchrelay.errors import InputError
+from batchrelay.wire.dialect import Dialect
+from batchrelay.wire.jobs import MAX_LINE_BYTES
+
+if TYPE_CHECKING:
+    from batchrelay.config.settings import Settings
+
+Duration = timedelta | float | str
+Instant = datetime | float | str
+
+
+class BatchSpec(BaseModel):
+    """`name`: the batch's name (default: the input's file name). `endpoint`: the dialect of bare
+    request bodies. `providers`: only these configured providers may serve the batch. `max_cost`:
+    a spending limit in USD. `require_prices`: refuse an input file with a model of unknown price
+    (a budget implies it). `completion_window`: lines not answered this many seconds after the
+    start expire. `start_at` (unix time): the batch is `scheduled` until then. `webhook`: a URL the
+    batch object is POSTed to when the batch ends. `chunk_size` and `max_line_bytes` come from
+    `[worker]` (`BatchSpec.of` fills them in)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = None
+    endpoint: Dialect = "chat"
+    providers: tuple[str, ...] | None = None
+    max_cost: Decimal | None = None
+    require_prices: bool = False
+    completion_window: float | None = None
+    start_at: float | None = None
+    webhook: str | None = None
+    chunk_size: int = Field(default=50, ge=1)
+    max_line_bytes: int = Field(default=MAX_LINE_BYTES, ge=1)
+
+    @classmethod
+    def of(cls, settings: Settings, base: BatchSpec | None = None, **options: Any) -> BatchSpec:
+        """The options (None or False: not given) over `base`'s, with `[worker]`'s chunk size and line limit;
+        provider names are checked against the configured ones. InputError names every bad option."""
+        w = settings.worker
+        data: dict[str, Any] = {"chunk_size": w.chunk_size, "max_line_bytes": w.max_line_bytes}
+        if base is not None:
+            data.update(base.model_dump(exclude_unset=True))
+        data.update((k, v) for k, v in options.items() if v is not None and v is not False)
+        return cls.checked(data, known_providers=[p.name for p in settings.providers])
+
+    @classmethod
+    def checked(cls, data: Mapping[str, Any], known_providers: Iterable[str] | None = None) -> BatchSpec:
+        """`data` as a BatchSpec, or InputError naming each bad option and why (`option: reason; ...`)."""
+        try:
+            return cls.model_validate(data, context={"providers": known_providers})
+        except ValidationError as e:
+            raise InputError("; ".join(_problem(err) for err in e.errors())) from None
+
+    def named(self, default: str) -> BatchSpec:
+        """This spec, with `default` as its name unless it has one."""
+        return self if self.name else self.model_copy(update={"name": default})
+
+    @property
+    def needs_prices(self) -> bool:
+        """Every model must have a known price before the batch is accepted (a budget needs prices)."""
+        return self.require_prices or self.max_cost is not None
+
+    @field_validator("endpoint", mode="before")
+    @classmethod
+    def _endpoint(cls, v: str) -> Dialect:
+        return parse.dialect(v)
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _providers(cls, v: str | Iterable[str] | None, info: ValidationInfo) -> tuple[str, ...] | None:
+        return parse.allow_list(v, (info.context or {}).get("providers"))
+
+    @field_validator("max_cost", mode="before")
+    @classmethod
+    def _max_cost(cls, v: Decimal | float | str | None) -> Decimal | None:
+        return None if v is None else parse.usd_amount(v)
+
+    @field_validator("completion_window", mode="before")
+    @classmethod
+    def _window(cls, v: Duration | None) -> float | None:
+        return None if v is None else parse.duration_s(v)
+
+    @field_validator("start_at", mode="before")
+    @classmethod
+    def _start_at(cls, v: Instant | None) -> float | None:
+        return None if v is None else parse.instant(v)
+
+    @field_validator("webhook", mode="before")
+    @classmethod
+    def _webhook(cls, v: str | None) -> str | None:
+        return None if v is None else parse.webhook_url(v)
+
+
+def _problem(err: Mapping[str, Any]) -> str:
+    where = ".".join(str(part) for part in err["loc"]) or "options"
+    cause = (err.get("ctx") or {}).get("error")
+    return f"{where}: {cause if cause is not None else err['msg']}"
