@@ -11,7 +11,7 @@ import pytest
 from batchrelay.config.settings import ProviderConfig
 from batchrelay.errors import ProviderHTTPError, ProviderTimeout
 from batchrelay.money.pricing import CallCost
-from batchrelay.results.outcome import Attempt, Outcome
+from batchrelay.results.outcome import Attempt, Outcome, Result
 from batchrelay.results.records import bad_line_record, outcome_record
 from batchrelay.wire.jobs import BadLine, JobLine
 from batchrelay.wire.reply import ProviderReply, Usage
@@ -47,6 +47,7 @@ COST = CallCost(Decimal("0.00092"), None, "computed")
 def success(body: dict[str, Any], usage: Usage, provider: ProviderConfig = AINOW) -> Outcome:
     served = Attempt(provider.name, 200, 420.06, model="GPT-4 Turbo", usage=usage, cost=COST)
     return Outcome(
+        Result.ANSWERED,
         attempts=[Attempt("piapi", 503, 812.34, "retry", "HTTP 503"), served],
         reply=ProviderReply(body, usage, 420.06, "req_xyz"),
         provider=provider,
@@ -57,10 +58,10 @@ def failure(*, rejected: bool) -> Outcome:
     body = orjson.dumps({"error": {"message": "messages.0.role: unknown role", "type": "invalid_request_error"}})
     err = ProviderHTTPError("piapi", "HTTP 400", status=400, body=body)
     if rejected:
-        return Outcome(attempts=[Attempt("piapi", 400, 95.0, "fail_line", "HTTP 400")], provider=PIAPI, error=err,
-                       message="piapi rejected the request: HTTP 400", rejected=True)
+        return Outcome(Result.REJECTED, [Attempt("piapi", 400, 95.0, "fail_line", "HTTP 400")], provider=PIAPI,
+                       error=err, message="piapi rejected the request: HTTP 400")
     timeout = ProviderTimeout("ai-now", "no answer within 30s")
-    return Outcome(attempts=[Attempt("ai-now", None, 30000.0, "retry", "no answer within 30s")], error=timeout,
+    return Outcome(Result.FAILED, [Attempt("ai-now", None, 30000.0, "retry", "no answer within 30s")], error=timeout,
                    message="every provider failed (ai-now: no answer within 30s)")
 
 
@@ -139,7 +140,7 @@ def test_openai_record_after_every_provider_failed_has_no_response() -> None:
 
 def test_openai_failure_with_a_non_json_error_body_keeps_it_as_text() -> None:
     err = ProviderHTTPError("piapi", "HTTP 502", status=502, body=b"<html>502 Bad Gateway</html>")
-    rec = record(outcome_record(BATCH, CHAT_JOB, Outcome(error=err, message="every provider failed")))
+    rec = record(outcome_record(BATCH, CHAT_JOB, Outcome(Result.FAILED, error=err, message="every provider failed")))
     assert rec["response"] == {"status_code": 502, "request_id": None, "body": "<html>502 Bad Gateway</html>"}
 
 
@@ -156,7 +157,7 @@ def test_anthropic_failure_record_is_errored_with_the_error_type(rejected: bool,
 
 
 def test_no_provider_for_the_dialect_is_a_provider_error_record() -> None:
-    out = Outcome(message="no configured provider serves the messages dialect")
+    out = Outcome(Result.FAILED, message="no configured provider serves the messages dialect")
     rec = record(outcome_record(BATCH, ANTHROPIC_JOB, out))
     assert rec["result"]["type"] == "errored"
     assert rec["result"]["error"]["error"]["message"] == out.message

@@ -36,7 +36,7 @@ from batchrelay.config.settings import ProviderConfig, Settings, load_settings
 from batchrelay.money.budget import Budget, Spend
 from batchrelay.money.ledger import increments
 from batchrelay.providers.routing import candidates
-from batchrelay.results.outcome import Attempt, Outcome
+from batchrelay.results.outcome import Attempt, Outcome, Result
 from batchrelay.results.records import outcome_record
 from batchrelay.store.connection import RETRY_ON, retry_policy
 from batchrelay.store.health import Health
@@ -49,7 +49,7 @@ from batchrelay.store.sweeper import requeue_deferred, sweep
 from batchrelay.store.webhooks import Outbox, delivery_of
 from batchrelay.wire.jobs import JobLine
 from batchrelay.worker.linepool import LinePool
-from batchrelay.worker.relay import relay
+from batchrelay.worker.relay import LineRelay
 
 log = logging.getLogger("batchrelay.worker.worker")
 REDIS_RETRY_DEFER = 2.0
@@ -169,22 +169,29 @@ class Runtime:
         if work.budgeted and self.budget is not None:
             spend = Spend(self.budget, work.batch_id, self.settings.worker.default_max_tokens)
         try:
-            out = await relay(job, cands, client, self.settings.worker, self.health, first_tried=work.first_tried,
-                              earlier=work.earlier, spend=spend)
+            out = await LineRelay(job, cands, client, self.settings.worker, self.health, first_tried=work.first_tried,
+                                  earlier=work.earlier, spend=spend).run()
         except (RedisError, OSError):
             raise  # the store is unreachable: the chunk retries, finished lines stay finished
         except Exception as e:  # a bug or an input nothing caught earlier: never retry it forever
             log.exception("line %s of %s failed inside batchrelay", job.line, work.batch_id)
-            out = Outcome(attempts=list(work.earlier), message=f"internal error: {type(e).__name__}: {e}"[:500])
-        if out.defer_s is not None or out.over_budget:
-            await self.store.save_attempts(work.batch_id, job.line, [a.as_dict() for a in out.trimmed_attempts()])
-            if out.defer_s is None:
-                return PARKED  # over budget: it waits until the limit is raised
-            return time.time() + out.defer_s  # due then, however long the rest of its chunk takes
-        billed = out.billed
-        await self.store.write_result(work.batch_id, job.line, outcome_record(work.batch_id, job, out, billed), out.ok,
-                                      increments(billed))
-        return None
+            out = Outcome(Result.FAILED, list(work.earlier), message=f"internal error: {type(e).__name__}: {e}"[:500])
+        match out.kind:
+            case Result.ANSWERED | Result.REJECTED | Result.FAILED:
+                billed = out.billed
+                await self.store.write_result(work.batch_id, job.line, outcome_record(work.batch_id, job, out, billed),
+                                              out.ok, increments(billed))
+                return None
+            case Result.DEFERRED:
+                await self._keep_attempts(work, out)
+                return time.time() + out.defer_s  # due then, however long the rest of its chunk takes
+            case Result.OVER_BUDGET:
+                await self._keep_attempts(work, out)
+                return PARKED  # it waits until the limit is raised
+
+    async def _keep_attempts(self, work: LineWork, out: Outcome) -> None:
+        """A line that stays pending keeps its attempts (and their cost) for its next run."""
+        await self.store.save_attempts(work.batch_id, work.job.line, [a.as_dict() for a in out.trimmed_attempts()])
 
     async def run_chunk(self, batch_id: str, lines: list[int], job_id: str) -> int:
         # lines still running here (a chunk that passed its deadline and came back) are not taken twice
