@@ -32,7 +32,7 @@ from batchrelay.store.embedded import find_redis_server
 from batchrelay.store.health import Health
 from batchrelay.store.keys import Keys
 from batchrelay.store.store import Store
-from batchrelay.worker.worker import Runtime
+from batchrelay.worker.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 
