@@ -276,7 +276,7 @@ async def test_a_budgeted_call_settles_its_reservation_at_the_billed_cost(
     billed = out.attempts[0].cost.billed if out.attempts[0].cost else None
     info = await budget.info("b1")
     assert billed is not None and billed > 0
-    assert (info.spent_usd, info.reserved_usd) == (billed, 0)
+    assert (info.spent_usd, info.reserved_usd) == (billed, Decimal(0))
 
 
 async def test_an_unpriced_model_is_never_sent_when_the_batch_has_a_budget(

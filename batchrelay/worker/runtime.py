@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from batchrelay.config.settings import ProviderConfig, Settings
@@ -32,6 +33,7 @@ from batchrelay.providers.routing import candidates
 from batchrelay.results.outcome import Attempt, Outcome, Result
 from batchrelay.results.records import outcome_record
 from batchrelay.store.health import Health
+from batchrelay.store.keys import Keys
 from batchrelay.store.lifecycle import request_stop, tick
 from batchrelay.store.schedules import run_due_schedules
 from batchrelay.store.store import STOPPED, Store
@@ -75,6 +77,16 @@ class Runtime:
     outbox: Outbox | None = None  # completion webhooks (webhooks.py)
     background: set[asyncio.Task[Any]] = field(default_factory=set)  # schedule submits started by a sweep
     _stopped: dict[str, tuple[float, bool]] = field(default_factory=dict)  # batch -> (checked at, stopped)
+
+    @classmethod
+    def opened(cls, settings: Settings, redis: Redis, keys: Keys) -> Runtime:
+        """A worker process's runtime on `redis`, its pool running."""
+        # a live call settles its reservation well within 2 * call_timeout: only a dead worker's lapse
+        lease_s = 2 * settings.worker.call_timeout + 60
+        rt = cls(settings, Store(redis, keys), settings.ordered_providers(), Health(redis, keys, settings.health),
+                 budget=Budget(redis, keys, lease_s=lease_s))
+        rt.open()
+        return rt
 
     async def batch_stopped(self, batch_id: str) -> bool:
         """Whether the batch was stopped (cancel, expiry, budget) since its chunk was claimed; asked

@@ -24,12 +24,9 @@ from redis.asyncio.connection import SSLConnection, parse_url
 from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
 from batchrelay.config.settings import Settings, load_settings
-from batchrelay.money.budget import Budget
 from batchrelay.store.connection import RETRY_ON, retry_policy
-from batchrelay.store.health import Health
 from batchrelay.store.keys import Keys
 from batchrelay.store.queue import CHUNK_FUNCTION
-from batchrelay.store.store import Store
 from batchrelay.worker.runtime import SHUTDOWN_MARGIN_S, Runtime
 
 log = logging.getLogger("batchrelay.worker.worker")
@@ -91,11 +88,7 @@ def build_worker(
         ctx["queue_name"] = queue or keys.queue
         if "runtime" in ctx:  # a burst worker's second round after a sweep
             return
-        rt = Runtime(settings, Store(ctx["redis"], keys), settings.ordered_providers(),
-                     Health(ctx["redis"], keys, settings.health),
-                     budget=Budget(ctx["redis"], keys, lease_s=2 * w.call_timeout + 60))
-        rt.open()
-        ctx["runtime"] = rt
+        ctx["runtime"] = Runtime.opened(settings, ctx["redis"], keys)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         rt: Runtime | None = ctx.get("runtime")
