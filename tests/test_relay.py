@@ -85,6 +85,13 @@ def _relay(candidates: list[tuple[ProviderConfig, Dialect]], client: httpx.Async
                      first_tried=time.time() if first_tried is None else first_tried, **kw)
 
 
+async def _spend(redis: Redis, prefix: str, max_usd: str) -> Spend:
+    """Batch "b1" with a spending limit of `max_usd`, as its relays see it."""
+    budget = Budget(redis, Keys(prefix))
+    await budget.raise_limit("b1", Decimal(max_usd))
+    return Spend(budget, "b1")
+
+
 def _tried(attempts: list[Attempt]) -> list[tuple[str, int | None, str | None]]:
     return [(a.provider, a.status, a.action) for a in attempts]
 
@@ -254,10 +261,9 @@ async def test_a_budget_that_cannot_cover_the_call_ends_the_line_over_budget_and
     sims: tuple[Sim, Sim], client: httpx.AsyncClient, redis: Redis, prefix: str
 ) -> None:
     a = sims[0].provider()
-    health, budget = _health(redis, prefix), Budget(redis, Keys(prefix))
-    await budget.raise_limit("b1", Decimal("0.000000001"))
+    health, spend = _health(redis, prefix), await _spend(redis, prefix, "0.000000001")
     await redis.hset(Keys(prefix).meta("b1"), "status", "in_progress")  # type: ignore[misc]
-    out = await _relay([(a, "chat")], client, health, spend=Spend(budget, "b1")).run()
+    out = await _relay([(a, "chat")], client, health, spend=spend).run()
     assert out.kind is Result.OVER_BUDGET and not out.ok
     assert out.attempts == [] and sims[0].calls == 0
     assert await redis.hget(Keys(prefix).meta("b1"), "status") == EXHAUSTED.encode()  # type: ignore[misc]
@@ -269,12 +275,11 @@ async def test_a_budgeted_call_settles_its_reservation_at_the_billed_cost(
     sims: tuple[Sim, Sim], client: httpx.AsyncClient, redis: Redis, prefix: str
 ) -> None:
     a = sims[0].provider()
-    budget = Budget(redis, Keys(prefix))
-    await budget.raise_limit("b1", Decimal("1"))
-    out = await _relay([(a, "chat")], client, _health(redis, prefix), spend=Spend(budget, "b1")).run()
+    spend = await _spend(redis, prefix, "1")
+    out = await _relay([(a, "chat")], client, _health(redis, prefix), spend=spend).run()
     assert out.kind is Result.ANSWERED
     billed = out.attempts[0].cost.billed if out.attempts[0].cost else None
-    info = await budget.info("b1")
+    info = await spend.budget.info("b1")
     assert billed is not None and billed > 0
     assert (info.spent_usd, info.reserved_usd) == (billed, Decimal(0))
 
@@ -283,10 +288,8 @@ async def test_an_unpriced_model_is_never_sent_when_the_batch_has_a_budget(
     sims: tuple[Sim, Sim], client: httpx.AsyncClient, redis: Redis, prefix: str
 ) -> None:
     a = sims[0].provider()
-    budget = Budget(redis, Keys(prefix))
-    await budget.raise_limit("b1", Decimal("1"))
     out = await _relay([(a, "chat")], client, _health(redis, prefix), job=_job(model="no-such-model-anywhere"),
-                       spend=Spend(budget, "b1")).run()
+                       spend=await _spend(redis, prefix, "1")).run()
     assert out.kind is Result.FAILED
     assert "a: no known price for no-such-model-anywhere at a" in out.message
     assert sims[0].calls == 0
@@ -298,19 +301,18 @@ async def test_a_cancelled_relay_gives_back_its_concurrency_lease_probe_and_rese
     sims: tuple[Sim, Sim], client: httpx.AsyncClient, redis: Redis, prefix: str
 ) -> None:
     a = sims[0].provider(latency_ms=10_000).model_copy(update={"max_concurrency": 2})
-    keys, health, budget = Keys(prefix), _health(redis, prefix), Budget(redis, Keys(prefix))
-    await budget.raise_limit("b1", Decimal("1"))
-    task = asyncio.create_task(_relay([(a, "chat")], client, health, spend=Spend(budget, "b1")).run())
+    keys, health, spend = Keys(prefix), _health(redis, prefix), await _spend(redis, prefix, "1")
+    task = asyncio.create_task(_relay([(a, "chat")], client, health, spend=spend).run())
     deadline = time.monotonic() + 5
     while sims[0].calls == 0:  # the call is at the provider, holding its lease and its reservation
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
     assert await redis.zcard(keys.concurrency("a")) == 1
-    assert (await budget.info("b1")).reserved_usd > 0
+    assert (await spend.budget.info("b1")).reserved_usd > 0
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await redis.zcard(keys.concurrency("a")) == 0
-    assert (await budget.info("b1")).reserved_usd == 0
+    assert (await spend.budget.info("b1")).reserved_usd == 0
     got = await health.acquire(a, MODEL, 10)  # not "probing": the probe claim went back too
     assert isinstance(got, Permit) and got.probe

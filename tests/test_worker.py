@@ -85,9 +85,9 @@ async def _results(store: Store, batch: str) -> list[dict[str, Any]]:
     return [orjson.loads(rec) async for _, rec in store.iter_results(batch)]
 
 
-async def _until_calls(sim: SimulatorProcess, n: int) -> None:
+async def _until_calls(base_url: str, n: int) -> None:
     deadline = time.monotonic() + 10
-    while sim.stats()["calls"] < n:
+    while SimulatorProcess.stats_of(base_url)["calls"] < n:
         assert time.monotonic() < deadline, f"the simulator never got {n} calls"
         await asyncio.sleep(0.05)
 
@@ -176,7 +176,7 @@ async def test_draining_sends_unstarted_lines_back_due_at_once_while_started_one
     rt = await rt_of(slow_sim.base_url, concurrency=2)
     batch, cid, lines = await _batch(store, 6)
     chunk = asyncio.create_task(rt.run_chunk(batch, lines, cid))
-    await _until_calls(slow_sim, 2)
+    await _until_calls(slow_sim.base_url, 2)
     rt.draining = True  # what SIGTERM does (worker._graceful)
     assert await chunk == 2
     answered = sorted(r["batchrelay"]["line"] for r in await _results(store, batch))
@@ -194,10 +194,7 @@ async def test_a_batch_cancelled_mid_chunk_parks_its_unstarted_lines_without_a_n
         rt = await rt_of(base, concurrency=2)
         batch, cid, lines = await _batch(store, 6)
         chunk = asyncio.create_task(rt.run_chunk(batch, lines, cid))
-        deadline = time.monotonic() + 10
-        while SimulatorProcess.stats_of(base)["calls"] < 2:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        await _until_calls(base, 2)
         await request_stop(store, batch, "cancelled")
         await chunk
         assert SimulatorProcess.stats_of(base)["calls"] == 2
@@ -229,7 +226,7 @@ async def test_lines_still_running_here_are_not_taken_again_by_a_rerun_of_their_
     rt = await rt_of(slow_sim.base_url, concurrency=4)
     batch, cid, lines = await _batch(store, 4)
     first = asyncio.create_task(rt.run_chunk(batch, lines, cid))
-    await _until_calls(slow_sim, 4)
+    await _until_calls(slow_sim.base_url, 4)
     assert await rt.run_chunk(batch, lines, cid) == 0  # e.g. arq's retry of a chunk past its deadline
     assert await first == 4
     assert slow_sim.stats()["calls"] == 4
