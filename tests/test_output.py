@@ -11,8 +11,8 @@ import pytest
 from batchrelay.config.settings import ProviderConfig
 from batchrelay.errors import ProviderHTTPError, ProviderTimeout
 from batchrelay.money.pricing import CallCost
-from batchrelay.results.outcome import Attempt, Outcome, Result
-from batchrelay.results.records import bad_line_record, outcome_record
+from batchrelay.results.outcome import Attempt, Outcome, Result, trimmed
+from batchrelay.results.records import bad_line_record, outcome_record, stopped_record
 from batchrelay.wire.jobs import BadLine, JobLine
 from batchrelay.wire.reply import ProviderReply, Usage
 
@@ -200,3 +200,44 @@ def test_anthropic_shaped_bad_line_record_carries_the_line_number(bad: BadLine, 
     assert rec["result"]["type"] == "errored"
     assert rec["result"]["error"]["error"] == {"type": "invalid_request_error", "message": f"line 9: {bad.reason}"}
     assert rec["batchrelay"] == {"line": 9, "error": "invalid_input"}
+
+
+# -- stopped lines and the outcome itself ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("job", "final", "shown"), [
+    (CHAT_JOB, "cancelled", {"response": None, "error": {
+        "code": "batch_cancelled", "message": "the batch was cancelled before this line was answered"}}),
+    (ANTHROPIC_JOB, "expired", {"result": {"type": "expired"}}),
+], ids=["openai-cancelled", "anthropic-expired"])
+def test_a_stopped_line_record_keeps_the_attempts_and_cost_of_its_earlier_runs(
+    job: JobLine, final: str, shown: dict[str, Any]
+) -> None:
+    billed_junk = Attempt("ai-now", 200, 50.0, "retry", "no usable answer", model="GPT-4 Turbo", usage=Usage(24, 17),
+                      cost=COST)
+    rec = record(stopped_record(BATCH, job, [Attempt("piapi", 429, 12.0, "failover", "HTTP 429"), billed_junk], final))
+    assert {k: rec[k] for k in shown} == shown
+    meta = rec["batchrelay"]
+    assert (meta["line"], meta["provider"], meta["usage"], meta["error"]) == (job.line, None, None, final)
+    assert [a["status"] for a in meta["attempts"]] == [429, 200]
+    assert (meta["cost"]["usd"], meta["cost"]["calls"]) == ("0.00092", 1)
+
+
+def test_a_line_retried_for_long_keeps_its_first_and_last_attempts_every_billed_one_and_a_count() -> None:
+    tried = [Attempt("p", 503, 1.0, "retry", f"try {i}") for i in range(40)]
+    tried[10] = Attempt("p", 200, 1.0, "retry", "no usable answer", model="m", usage=Usage(1, 1), cost=COST)
+    kept = trimmed(tried)
+    assert kept[:5] == tried[:5] and kept[-20:] == tried[-20:]
+    assert kept[5] == Attempt("…", None, 0.0, error="14 more attempts not kept")
+    assert kept[6] is tried[10]
+    assert len(kept) == 27
+    assert trimmed(tried[:26]) == tried[:26]  # short enough: all of them
+
+
+@pytest.mark.parametrize("kind", list(Result))
+def test_an_outcome_has_a_reply_exactly_when_it_is_answered(kind: Result) -> None:
+    reply = ProviderReply(CHAT_REPLY, Usage(1, 1), 1.0, "r")
+    good, bad = (reply, None) if kind is Result.ANSWERED else (None, reply)
+    assert Outcome(kind, reply=good).ok is (kind is Result.ANSWERED)
+    with pytest.raises(ValueError, match="ANSWERED exactly when it has a reply"):
+        Outcome(kind, reply=bad)

@@ -6,6 +6,10 @@ Before every attempt the shared `health` gate is asked; a provider it refuses is
 failures are retried on the same provider with jittered backoff (Retry-After honoured), then the
 next provider is tried; billing/auth/404/429 fail over at once; a bad request fails the line.
 When no provider can take the line now, it is deferred, not failed, until its deadline.
+
+A `LineRelay` carries one line through all this and ends it with one `Result` (results/outcome.py):
+ANSWERED, REJECTED (a bad request), FAILED (nobody before the deadline), DEFERRED (nobody now) or
+OVER_BUDGET (the batch's limit cannot cover the next call).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The arq worker: its settings (the chunk function, the crons, start-up and shutdown) and its run.
-
-The chunk job itself and the process's shared state are in runtime.py. `python -m arq
+"""The arq worker: its settings (the chunk function, the crons, start-up and shutdown) and its run
+(`run_worker`: a burst worker sweeps before it ends, SIGTERM stops it gracefully, a Redis outage is
+waited out). The chunk job itself and the process's shared state are in runtime.py. `python -m arq
 batchrelay.worker.worker.WorkerSettings` works too; it reads the config from the environment
 (`BATCHRELAY_CONFIG`, `REDIS_URL`).
 """
