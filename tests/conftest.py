@@ -25,14 +25,13 @@ import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
-from batchrelay.config.settings import ProviderConfig, Settings, WorkerConfig
+from batchrelay.config.settings import HealthConfig, ProviderConfig, Settings, WorkerConfig
 from batchrelay.procs import stop_all
 from batchrelay.sim.process import SimulatorProcess, free_port
 from batchrelay.store.embedded import find_redis_server
-from batchrelay.store.health import Health
 from batchrelay.store.keys import Keys
 from batchrelay.store.store import Store
-from batchrelay.worker.worker import Runtime
+from batchrelay.worker.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -205,12 +204,13 @@ def results_of(tmp_path: Path, cfg: Path, redis_url: str, batch: str) -> list[di
 
 
 @contextlib.asynccontextmanager
-async def worker_runtime(store: Store, base_url: str, **worker: Any) -> AsyncIterator[Runtime]:
-    """A worker's Runtime (consumer pool, HTTP clients) on `store`, with one provider at `base_url`,
-    to run chunks in the test's own event loop."""
-    settings = Settings(worker=WorkerConfig(call_timeout=5, **worker), providers=(ProviderConfig(name="sim", base_url=base_url),))
-    rt = Runtime(settings, store, list(settings.providers), Health(store.redis, store.keys, settings.health))
-    rt.open()
+async def worker_runtime(store: Store, base_url: str, *, health: dict[str, Any] | None = None,
+                         **worker: Any) -> AsyncIterator[Runtime]:
+    """A worker's Runtime (consumer pool, HTTP clients, budget) on `store`, with one provider "sim" at
+    `base_url`, to run chunks in the test's own event loop."""
+    settings = Settings(worker=WorkerConfig(**{"call_timeout": 5, **worker}), health=HealthConfig(**(health or {})),
+                        providers=(ProviderConfig(name="sim", base_url=base_url),))
+    rt = Runtime.opened(settings, store.redis, store.keys)
     try:
         yield rt
     finally:

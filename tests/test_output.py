@@ -11,8 +11,8 @@ import pytest
 from batchrelay.config.settings import ProviderConfig
 from batchrelay.errors import ProviderHTTPError, ProviderTimeout
 from batchrelay.money.pricing import CallCost
-from batchrelay.results.outcome import Attempt, Outcome
-from batchrelay.results.records import bad_line_record, outcome_record
+from batchrelay.results.outcome import Attempt, Outcome, Result, trimmed
+from batchrelay.results.records import bad_line_record, outcome_record, stopped_record
 from batchrelay.wire.jobs import BadLine, JobLine
 from batchrelay.wire.reply import ProviderReply, Usage
 
@@ -47,6 +47,7 @@ COST = CallCost(Decimal("0.00092"), None, "computed")
 def success(body: dict[str, Any], usage: Usage, provider: ProviderConfig = AINOW) -> Outcome:
     served = Attempt(provider.name, 200, 420.06, model="GPT-4 Turbo", usage=usage, cost=COST)
     return Outcome(
+        Result.ANSWERED,
         attempts=[Attempt("piapi", 503, 812.34, "retry", "HTTP 503"), served],
         reply=ProviderReply(body, usage, 420.06, "req_xyz"),
         provider=provider,
@@ -57,10 +58,10 @@ def failure(*, rejected: bool) -> Outcome:
     body = orjson.dumps({"error": {"message": "messages.0.role: unknown role", "type": "invalid_request_error"}})
     err = ProviderHTTPError("piapi", "HTTP 400", status=400, body=body)
     if rejected:
-        return Outcome(attempts=[Attempt("piapi", 400, 95.0, "fail_line", "HTTP 400")], provider=PIAPI, error=err,
-                       message="piapi rejected the request: HTTP 400", rejected=True)
+        return Outcome(Result.REJECTED, [Attempt("piapi", 400, 95.0, "fail_line", "HTTP 400")], provider=PIAPI,
+                       error=err, message="piapi rejected the request: HTTP 400")
     timeout = ProviderTimeout("ai-now", "no answer within 30s")
-    return Outcome(attempts=[Attempt("ai-now", None, 30000.0, "retry", "no answer within 30s")], error=timeout,
+    return Outcome(Result.FAILED, [Attempt("ai-now", None, 30000.0, "retry", "no answer within 30s")], error=timeout,
                    message="every provider failed (ai-now: no answer within 30s)")
 
 
@@ -139,7 +140,7 @@ def test_openai_record_after_every_provider_failed_has_no_response() -> None:
 
 def test_openai_failure_with_a_non_json_error_body_keeps_it_as_text() -> None:
     err = ProviderHTTPError("piapi", "HTTP 502", status=502, body=b"<html>502 Bad Gateway</html>")
-    rec = record(outcome_record(BATCH, CHAT_JOB, Outcome(error=err, message="every provider failed")))
+    rec = record(outcome_record(BATCH, CHAT_JOB, Outcome(Result.FAILED, error=err, message="every provider failed")))
     assert rec["response"] == {"status_code": 502, "request_id": None, "body": "<html>502 Bad Gateway</html>"}
 
 
@@ -156,7 +157,7 @@ def test_anthropic_failure_record_is_errored_with_the_error_type(rejected: bool,
 
 
 def test_no_provider_for_the_dialect_is_a_provider_error_record() -> None:
-    out = Outcome(message="no configured provider serves the messages dialect")
+    out = Outcome(Result.FAILED, message="no configured provider serves the messages dialect")
     rec = record(outcome_record(BATCH, ANTHROPIC_JOB, out))
     assert rec["result"]["type"] == "errored"
     assert rec["result"]["error"]["error"]["message"] == out.message
@@ -199,3 +200,44 @@ def test_anthropic_shaped_bad_line_record_carries_the_line_number(bad: BadLine, 
     assert rec["result"]["type"] == "errored"
     assert rec["result"]["error"]["error"] == {"type": "invalid_request_error", "message": f"line 9: {bad.reason}"}
     assert rec["batchrelay"] == {"line": 9, "error": "invalid_input"}
+
+
+# -- stopped lines and the outcome itself ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("job", "final", "shown"), [
+    (CHAT_JOB, "cancelled", {"response": None, "error": {
+        "code": "batch_cancelled", "message": "the batch was cancelled before this line was answered"}}),
+    (ANTHROPIC_JOB, "expired", {"result": {"type": "expired"}}),
+], ids=["openai-cancelled", "anthropic-expired"])
+def test_a_stopped_line_record_keeps_the_attempts_and_cost_of_its_earlier_runs(
+    job: JobLine, final: str, shown: dict[str, Any]
+) -> None:
+    billed_junk = Attempt("ai-now", 200, 50.0, "retry", "no usable answer", model="GPT-4 Turbo", usage=Usage(24, 17),
+                      cost=COST)
+    rec = record(stopped_record(BATCH, job, [Attempt("piapi", 429, 12.0, "failover", "HTTP 429"), billed_junk], final))
+    assert {k: rec[k] for k in shown} == shown
+    meta = rec["batchrelay"]
+    assert (meta["line"], meta["provider"], meta["usage"], meta["error"]) == (job.line, None, None, final)
+    assert [a["status"] for a in meta["attempts"]] == [429, 200]
+    assert (meta["cost"]["usd"], meta["cost"]["calls"]) == ("0.00092", 1)
+
+
+def test_a_line_retried_for_long_keeps_its_first_and_last_attempts_every_billed_one_and_a_count() -> None:
+    tried = [Attempt("p", 503, 1.0, "retry", f"try {i}") for i in range(40)]
+    tried[10] = Attempt("p", 200, 1.0, "retry", "no usable answer", model="m", usage=Usage(1, 1), cost=COST)
+    kept = trimmed(tried)
+    assert kept[:5] == tried[:5] and kept[-20:] == tried[-20:]
+    assert kept[5] == Attempt("…", None, 0.0, error="14 more attempts not kept")
+    assert kept[6] is tried[10]
+    assert len(kept) == 27
+    assert trimmed(tried[:26]) == tried[:26]  # short enough: all of them
+
+
+@pytest.mark.parametrize("kind", list(Result))
+def test_an_outcome_has_a_reply_exactly_when_it_is_answered(kind: Result) -> None:
+    reply = ProviderReply(CHAT_REPLY, Usage(1, 1), 1.0, "r")
+    good, bad = (reply, None) if kind is Result.ANSWERED else (None, reply)
+    assert Outcome(kind, reply=good).ok is (kind is Result.ANSWERED)
+    with pytest.raises(ValueError, match="ANSWERED exactly when it has a reply"):
+        Outcome(kind, reply=bad)

@@ -1,8 +1,10 @@
-"""What happened to one line: the attempts made on providers, and the answer or the failure."""
+"""What happened to one line: the attempts made on providers, and how its relay ended (`Result`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from batchrelay.config.settings import ProviderConfig
@@ -57,34 +59,56 @@ class Attempt:
         return d
 
 
+def billed_calls(attempts: Iterable[Attempt]) -> list[Billed]:
+    """The attempts a provider billed (answers, and failures it charged for anyway)."""
+    return [b for a in attempts if (b := a.billed) is not None]
+
+
+def trimmed(attempts: list[Attempt], head: int = 5, tail: int = 20) -> list[Attempt]:
+    """A line retried for an hour keeps its first and last attempts, every billed one, and a count
+    of the rest."""
+    if len(attempts) <= head + tail + 1:
+        return attempts
+    middle = attempts[head:-tail]
+    kept = [a for a in middle if a.billed is not None]
+    gap = Attempt("…", None, 0.0, error=f"{len(middle) - len(kept)} more attempts not kept")
+    return [*attempts[:head], gap, *kept, *attempts[-tail:]]
+
+
+class Result(Enum):
+    """How a line's relay ended: the one thing the worker acts on. The first three are final (the
+    line gets its result record); the last two leave it pending."""
+
+    ANSWERED = "answered"  # a provider answered: a success record
+    REJECTED = "rejected"  # a provider called the request itself bad: an error record, no failover
+    FAILED = "failed"  # no provider could serve it before its deadline (or none serves it at all)
+    DEFERRED = "deferred"  # no provider can take it now: back to the queue, due in `defer_s`
+    OVER_BUDGET = "over_budget"  # the batch's spending limit cannot cover the next call: it waits
+
+
 @dataclass(slots=True)
 class Outcome:
+    kind: Result
     attempts: list[Attempt] = field(default_factory=list)
-    reply: ProviderReply | None = None
-    provider: ProviderConfig | None = None
-    error: ProviderError | None = None
-    message: str = ""
-    rejected: bool = False  # the provider called the request itself bad: no failover
+    reply: ProviderReply | None = None  # ANSWERED: the answer, in the job's own dialect
+    provider: ProviderConfig | None = None  # ANSWERED: who answered; REJECTED: who refused
+    error: ProviderError | None = None  # REJECTED, FAILED: the last provider error, if any
+    message: str = ""  # REJECTED, FAILED: why, for the error record
     wire_dialect: Dialect | None = None  # what the serving provider spoke, when it differs from the job's
     notes: list[str] = field(default_factory=list)  # what could not be mapped exactly
-    defer_s: float | None = None  # nobody could take it now: look again in this many seconds
-    last_answer: dict[str, str] = field(default_factory=dict)  # provider -> its last failed call
-    over_budget: bool = False  # the batch's spending limit cannot cover the next call: the line waits
+    defer_s: float = 0.0  # DEFERRED: look again in this many seconds
+
+    def __post_init__(self) -> None:
+        if (self.kind is Result.ANSWERED) != (self.reply is not None):
+            raise ValueError(f"an outcome is ANSWERED exactly when it has a reply (got {self.kind.name})")
 
     @property
     def ok(self) -> bool:
-        return self.reply is not None
+        return self.kind is Result.ANSWERED
 
     @property
     def billed(self) -> list[Billed]:
-        return [b for a in self.attempts if (b := a.billed) is not None]
+        return billed_calls(self.attempts)
 
-    def trimmed_attempts(self, head: int = 5, tail: int = 20) -> list[Attempt]:
-        """A line retried for an hour keeps its first and last attempts, every billed one, and a
-        count of the rest."""
-        if len(self.attempts) <= head + tail + 1:
-            return self.attempts
-        middle = self.attempts[head:-tail]
-        kept = [a for a in middle if a.billed is not None]
-        gap = Attempt("…", None, 0.0, error=f"{len(middle) - len(kept)} more attempts not kept")
-        return [*self.attempts[:head], gap, *kept, *self.attempts[-tail:]]
+    def trimmed_attempts(self) -> list[Attempt]:
+        return trimmed(self.attempts)

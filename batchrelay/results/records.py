@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from batchrelay.money.ledger import Billed, line_cost
-from batchrelay.results.outcome import Outcome
+from batchrelay.results.outcome import Attempt, Outcome, Result, billed_calls, trimmed
 from batchrelay.wire.dialect import Dialect
 from batchrelay.wire.jobs import BadLine, JobLine
 
@@ -46,19 +46,21 @@ def bad_line_record(batch_id: str, bad: BadLine, default_dialect: Dialect) -> by
     return orjson.dumps(rec)
 
 
-def _meta(job: JobLine, out: Outcome, billed: list[Billed] | None = None) -> dict[str, Any]:
+def _meta(job: JobLine, attempts: list[Attempt], billed: list[Billed], out: Outcome | None = None) -> dict[str, Any]:
+    """`out`: the line's outcome, None for a line its batch stopped (it has only its attempts)."""
+    p = out.provider if out else None
     meta: dict[str, Any] = {
         "line": job.line,
-        "provider": out.provider.name if out.provider else None,
-        "provider_model": out.provider.provider_model(str(job.body["model"])) if out.provider else None,
-        "attempts": [a.as_dict() for a in out.trimmed_attempts()],
-        "usage": out.reply.usage.as_dict() if out.reply else None,
+        "provider": p.name if p else None,
+        "provider_model": p.provider_model(str(job.body["model"])) if p else None,
+        "attempts": [a.as_dict() for a in trimmed(attempts)],
+        "usage": out.reply.usage.as_dict() if out and out.reply else None,
     }
-    if out.wire_dialect:
+    if out and out.wire_dialect:
         meta["translated"] = {"from": job.dialect, "to": out.wire_dialect}
-    if out.notes:
+    if out and out.notes:
         meta["notes"] = out.notes
-    meta["cost"] = line_cost(out.billed if billed is None else billed)
+    meta["cost"] = line_cost(billed)
     if job.body.get("stream"):
         meta["stream"] = True
     return meta
@@ -67,11 +69,12 @@ def _meta(job: JobLine, out: Outcome, billed: list[Billed] | None = None) -> dic
 STOPPED_CODES = {"cancelled": ("batch_cancelled", "canceled"), "expired": ("batch_expired", "expired")}
 
 
-def stopped_record(batch_id: str, job: JobLine, out: Outcome, final: str) -> bytes:
+def stopped_record(batch_id: str, job: JobLine, attempts: list[Attempt], final: str) -> bytes:
     """A line its batch stopped before it ran: `cancelled` or `expired` (Anthropic's `canceled` /
-    `expired` result types; OpenAI's `batch_cancelled` / `batch_expired` error codes)."""
+    `expired` result types; OpenAI's `batch_cancelled` / `batch_expired` error codes). `attempts`:
+    those it made before (when it was deferred), with their cost."""
     code, anthropic_type = STOPPED_CODES[final]
-    meta = _meta(job, out)
+    meta = _meta(job, attempts, billed_calls(attempts))
     meta["error"] = final
     if _anthropic_shaped(job.fmt, job.dialect):
         rec: dict[str, Any] = {"custom_id": job.custom_id, "result": {"type": anthropic_type}}
@@ -83,8 +86,9 @@ def stopped_record(batch_id: str, job: JobLine, out: Outcome, final: str) -> byt
 
 
 def outcome_record(batch_id: str, job: JobLine, out: Outcome, billed: list[Billed] | None = None) -> bytes:
-    """`billed`: `out.billed`, when the caller has it already."""
-    meta = _meta(job, out, billed)
+    """The record of a line whose relay ended for good (ANSWERED, REJECTED or FAILED). `billed`: `out.billed`,
+    when the caller has it already."""
+    meta = _meta(job, out.attempts, out.billed if billed is None else billed, out)
     anthropic = _anthropic_shaped(job.fmt, job.dialect)
     if out.reply is not None:
         if anthropic:
@@ -99,7 +103,7 @@ def outcome_record(batch_id: str, job: JobLine, out: Outcome, billed: list[Bille
     else:
         err = out.error
         status = err.status if err else None
-        code = "invalid_request" if out.rejected else "provider_error"
+        code = "invalid_request" if out.kind is Result.REJECTED else "provider_error"
         meta["error"] = code
         if anthropic:
             kind = "invalid_request_error" if code == "invalid_request" else "api_error"

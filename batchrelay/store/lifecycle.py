@@ -30,7 +30,7 @@ import orjson
 
 from batchrelay.errors import RetryRefused
 from batchrelay.money.ledger import increments
-from batchrelay.results.outcome import Attempt, Outcome
+from batchrelay.results.outcome import Attempt, billed_calls
 from batchrelay.results.records import stopped_record
 from batchrelay.store.queue import enqueue_chunks
 from batchrelay.store.store import ERR, BatchInfo, Store
@@ -116,9 +116,8 @@ async def advance(store: Store, batch_id: str, grace_s: float, now: float | None
             if raw is None or (first is not None and not everything):
                 continue  # a worker may be calling it: it gets its grace
             attempts = [Attempt.from_dict(a) for a in orjson.loads(before)] if before else []
-            out = Outcome(attempts=attempts)
-            items.append((line, stopped_record(batch_id, JobLine.from_json(raw), out, final), False,
-                          increments(out.billed), final))
+            items.append((line, stopped_record(batch_id, JobLine.from_json(raw), attempts, final), False,
+                          increments(billed_calls(attempts)), final))
         stopped += await store.write_results(batch_id, items)
     if not await store.redis.scard(k.pending(batch_id)):  # type: ignore[misc]
         # no line was left to end it (all were answered while it was being stopped)

@@ -6,6 +6,10 @@ Before every attempt the shared `health` gate is asked; a provider it refuses is
 failures are retried on the same provider with jittered backoff (Retry-After honoured), then the
 next provider is tried; billing/auth/404/429 fail over at once; a bad request fails the line.
 When no provider can take the line now, it is deferred, not failed, until its deadline.
+
+A `LineRelay` carries one line through all this and ends it with one `Result` (results/outcome.py):
+ANSWERED, REJECTED (a bad request), FAILED (nobody before the deadline), DEFERRED (nobody now) or
+OVER_BUDGET (the batch's limit cannot cover the next call).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -36,7 +40,7 @@ from batchrelay.money.pricing import CallCost, call_cost, price_of
 from batchrelay.money.tokens import estimate_tokens
 from batchrelay.providers.classify import Action, classify, retry_after_seconds
 from batchrelay.providers.client import send
-from batchrelay.results.outcome import Attempt, Outcome
+from batchrelay.results.outcome import Attempt, Outcome, Result
 from batchrelay.store.health import Health, Kind, Permit, Unavailable
 from batchrelay.wire.dialect import Dialect
 from batchrelay.wire.jobs import JobLine
@@ -113,80 +117,6 @@ def _wait(cfg: WorkerConfig) -> Any:
     return wait
 
 
-async def relay(
-    job: JobLine,
-    candidates: Sequence[tuple[ProviderConfig, Dialect]],
-    client: httpx.AsyncClient,
-    cfg: WorkerConfig,
-    health: Health,
-    *,
-    first_tried: float,
-    earlier: Sequence[Attempt] = (),
-    spend: Spend | None = None,
-) -> Outcome:
-    """Serve the line; short waits for a provider happen here, longer ones come back as `defer_s`.
-    With `spend` (the batch has a budget) every call takes a reservation first."""
-    out = Outcome(attempts=[a for a in earlier if a.provider != "…"])
-    if not candidates:
-        out.message = f"no configured provider serves the {job.dialect} dialect for this batch and model"
-        return out
-    waited = 0.0
-    patience = time.monotonic() + health.cfg.probe_wait_s  # for probes and slow starts, in all passes
-    while True:
-        try:
-            done, last, waits = await _one_pass(job, candidates, client, cfg, health, out, spend, patience)
-        except OverBudget:
-            out.over_budget = True
-            return out
-        if done:
-            return out
-        soonest = min((w for w in waits if 0 <= w < float("inf")), default=None)
-        if soonest is None or waited + soonest > health.cfg.max_wait_s:
-            return _no_provider_now(out, last, waits, first_tried, health.cfg)
-        await asyncio.sleep(max(soonest, 0.01))
-        waited += max(soonest, 0.01)
-
-
-async def _one_pass(
-    job: JobLine, candidates: Sequence[tuple[ProviderConfig, Dialect]], client: httpx.AsyncClient,
-    cfg: WorkerConfig, health: Health, out: Outcome, spend: Spend | None, patience: float,
-) -> tuple[bool, dict[str, str], list[float]]:
-    """Try each candidate once (with its retries); True when the line got its answer or failed for good."""
-    last: dict[str, str] = {}
-    waits: list[float] = []
-    for provider, wire in candidates:
-        try:
-            body, notes = wire_body(job, wire, cfg)
-        except ValueError as e:  # this request has no form in the provider's dialect
-            last[provider.name] = f"cannot translate the request to {wire}: {e}"
-            continue
-        try:
-            reply = await _call_with_retries(provider, wire, body, client, cfg, health, out.attempts, spend,
-                                             patience)
-        except Unpriced as e:
-            last[provider.name] = str(e)
-            continue
-        except _Refused as r:
-            last[provider.name] = f"{r.why.reason} (for {r.why.wait_s:.1f}s)" if r.why.wait_s >= 0 else r.why.reason
-            waits.append(r.why.wait_s)
-            continue
-        except ProviderError as e:
-            out.error = e
-            last[provider.name] = out.last_answer[provider.name] = f"{e.reason} ({classify(e).value})"
-            if classify(e) is Action.FAIL_LINE:
-                out.provider, out.rejected = provider, True
-                out.message = f"{provider.name} rejected the request: {e.reason}"
-                return True, last, waits
-            waits.append(_back_in(e, health.cfg))
-            continue
-        answer, back = answer_body(job, provider, wire, reply)
-        out.reply, out.provider = replace(reply, body=answer), provider
-        out.wire_dialect = wire if wire != job.dialect else None
-        out.notes = [*notes, *reply.notes, *back]
-        return True, last, waits
-    return False, last, waits
-
-
 def _back_in(e: ProviderError, cfg: HealthConfig) -> float:
     """After this failure, when the provider may be worth trying again for this line."""
     action, ra = classify(e), retry_after_seconds(e)
@@ -201,71 +131,6 @@ def _back_in(e: ProviderError, cfg: HealthConfig) -> float:
     if e.status is None and action is Action.FAILOVER:
         return float("inf")  # no usable key in this worker's environment: waiting will not help
     return ra if ra is not None else PASS_BACKOFF_S
-
-
-def _no_provider_now(out: Outcome, last: dict[str, str], waits: list[float], first_tried: float,
-                     cfg: HealthConfig) -> Outcome:
-    """Defer until the earliest provider may take it again, unless that is past the line's deadline."""
-    deadline = first_tried + cfg.line_deadline_s
-    soonest = min((w for w in waits if 0 <= w < float("inf")), default=None)
-    now = time.time()
-    if soonest is not None and now + soonest < deadline:
-        out.defer_s = max(soonest, 0.05)
-        return out
-    def said(name: str, what: str) -> str:
-        answer = out.last_answer.get(name)
-        return what if answer is None or answer == what else f"{what}, last answer {answer}"
-
-    summary = "; ".join(f"{name}: {said(name, what)}" for name, what in last.items())
-    out.message = (f"no provider could serve this line before its deadline "
-                   f"({cfg.line_deadline_s:g}s after its first try): {summary}")
-    return out
-
-
-async def _call_with_retries(
-    provider: ProviderConfig, wire: Dialect, body: dict[str, Any], client: httpx.AsyncClient, cfg: WorkerConfig,
-    health: Health, log: list[Attempt], spend: Spend | None, patience: float,
-) -> ProviderReply:
-    model = str(body["model"])
-    tokens = estimate_tokens(body)
-    retrying = AsyncRetrying(
-        stop=stop_any(stop_after_attempt(cfg.attempts_per_provider), stop_after_delay(cfg.provider_deadline),
-                      _RetryAfterTooLong(health.cfg.max_wait_s)),
-        wait=_wait(cfg),
-        retry=retry_if_exception(_is_transient),
-        reraise=True,
-    )
-    async for attempt in retrying:
-        with attempt:
-            slept = attempt.retry_state.upcoming_sleep if attempt.retry_state.attempt_number > 1 else 0.0
-            got = await _acquire(health, provider, model, tokens, patience)
-            if isinstance(got, Unavailable):
-                raise _Refused(got)
-            held = None
-            try:
-                if got.wait_s > 0:
-                    await asyncio.sleep(got.wait_s)  # our paced slot in the provider's rate limit
-                if spend is not None:
-                    held = await spend.reserve(provider, body)
-            except BaseException:
-                await asyncio.shield(health.release(got))
-                raise
-            call = _Call(provider, wire, body, got, spend, held)
-            return await _attempt(call, client, cfg, health, log, slept + got.wait_s)
-    raise AssertionError("unreachable: tenacity either returns or reraises")
-
-
-async def _acquire(health: Health, provider: ProviderConfig, model: str, tokens: int,
-                   patience: float) -> Permit | Unavailable:
-    """A slot at the provider; while its single probe is out, or it is in its slow start, wait (until
-    the monotonic `patience`, shared by the line's passes) rather than spill lines onto lower-priority
-    providers. After a 429 they spill at once."""
-    while True:
-        got = await health.acquire(provider, model, tokens)
-        if not isinstance(got, Unavailable) or got.reason not in ("probing", "starting") \
-                or time.monotonic() >= patience:
-            return got
-        await asyncio.sleep(got.wait_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,45 +158,200 @@ class _Call:
             await self.spend.settle(self.held, billed.billed if billed else Decimal(0))
 
 
-async def _attempt(call: _Call, client: httpx.AsyncClient, cfg: WorkerConfig, health: Health, log: list[Attempt],
-                   waited: float) -> ProviderReply:
-    provider, permit = call.provider, call.permit
-    blocked = health.blocked_locally(provider.name)
-    if blocked is not None:  # another call of this process just learnt the provider must be left alone
-        await asyncio.shield(asyncio.gather(call.settle(None), health.release(permit)))
-        raise _Refused(blocked)
-    started_at = time.time()
-    started = time.perf_counter()
-    try:
-        reply = await send(client, provider, call.wire, call.body, timeout=cfg.call_timeout)
-    except ProviderError as e:
-        await _reported_failure(call, e, health, log, started, started_at, waited)
-        raise
-    except BaseException:
-        # cancelled, or a bug: give the slot and the reservation back
-        await asyncio.shield(asyncio.gather(health.release(permit), call.settle(None)))
-        raise
-    cost = call.cost(reply.usage, reply.reported_cost)
-    await _report_and_settle(call, health, cost, "success")
-    log.append(Attempt(provider.name, 200, reply.latency_ms, wait_s=waited, started_at=started_at,
-                       model=provider.provider_model(call.model), usage=reply.usage, cost=cost))
-    return reply
+@dataclass(slots=True)
+class _Pass:
+    """One look at every candidate that did not end the line: why each could not serve it (in
+    candidate order), and when each may be worth trying again (seconds; inf: not while we wait)."""
+
+    why: dict[str, str] = field(default_factory=dict)
+    waits: list[float] = field(default_factory=list)
+
+    @property
+    def soonest(self) -> float | None:
+        return min((w for w in self.waits if 0 <= w < float("inf")), default=None)
 
 
-async def _reported_failure(call: _Call, e: ProviderError, health: Health, log: list[Attempt], started: float,
-                            started_at: float, waited: float) -> None:
-    provider, model = call.provider, call.model
-    action = classify(e)
-    billed = e.billed if isinstance(e, ProviderBadResponse) else None  # a 200 without an answer, still billed
-    cost = call.cost(*billed) if billed else None
-    log.append(Attempt(provider.name, e.status, (time.perf_counter() - started) * 1000, action.value, e.reason,
-                       waited, started_at, provider.provider_model(model) if billed else None,
-                       billed[0] if billed else None, cost))
-    kind: Kind = "rate_limited" if e.status == 429 and action is Action.FAILOVER else KIND_OF[action]
-    if kind in LOCAL_BLOCKS:
-        health.block_locally(provider.name, _block_for(kind, e, health.cfg), kind)
-    await _report_and_settle(call, health, cost, kind, retry_after=retry_after_seconds(e),
-                             text=f"{e.status or ''} {e.reason}".strip())
+class LineRelay:
+    """One line on its way through its candidate providers.
+
+    It holds what the line needs (the job, its candidates in order, an HTTP client, the worker and
+    health settings, the batch's budget as `spend`) and what it has learnt so far (its attempts,
+    each provider's last answer, the last provider error). `run` returns the line's `Outcome`; the
+    other methods are its steps: a pass over the candidates, the retries on one provider, one call.
+    `earlier`: attempts of the line's previous runs (it was deferred), kept in its record.
+    """
+
+    def __init__(
+        self,
+        job: JobLine,
+        candidates: Sequence[tuple[ProviderConfig, Dialect]],
+        client: httpx.AsyncClient,
+        cfg: WorkerConfig,
+        health: Health,
+        *,
+        first_tried: float,
+        earlier: Sequence[Attempt] = (),
+        spend: Spend | None = None,
+    ) -> None:
+        self.job, self.candidates, self.client, self.cfg, self.health = job, candidates, client, cfg, health
+        self.first_tried, self.spend = first_tried, spend
+        self.attempts = [a for a in earlier if a.provider != "…"]  # the gap left by trimming
+        self.last_answer: dict[str, str] = {}  # provider -> its last failed call
+        self.error: ProviderError | None = None
+        self.patience = 0.0  # set by `run`
+
+    async def run(self) -> Outcome:
+        """Serve the line; short waits for a provider happen here, longer ones end it DEFERRED.
+        With `spend` (the batch has a budget) every call takes a reservation first."""
+        if not self.candidates:
+            return Outcome(Result.FAILED, self.attempts, message=f"no configured provider serves the "
+                           f"{self.job.dialect} dialect for this batch and model")
+        waited = 0.0
+        # for probes and slow starts: the line waits for them until then (monotonic), in all passes
+        self.patience = time.monotonic() + self.health.cfg.probe_wait_s
+        while True:
+            try:
+                tried = await self._one_pass()
+            except OverBudget:
+                return Outcome(Result.OVER_BUDGET, self.attempts)
+            if isinstance(tried, Outcome):
+                return tried
+            soonest = tried.soonest
+            if soonest is None or waited + soonest > self.health.cfg.max_wait_s:
+                return self._no_provider_now(tried)
+            await asyncio.sleep(max(soonest, 0.01))
+            waited += max(soonest, 0.01)
+
+    async def _one_pass(self) -> Outcome | _Pass:
+        """Try each candidate once (with its retries): the line's Outcome when a provider answered or
+        rejected it, else what this pass learnt."""
+        tried = _Pass()
+        for provider, wire in self.candidates:
+            name = provider.name
+            try:
+                body, notes = wire_body(self.job, wire, self.cfg)
+            except ValueError as e:  # this request has no form in the provider's dialect
+                tried.why[name] = f"cannot translate the request to {wire}: {e}"
+                continue
+            try:
+                reply = await self._call_with_retries(provider, wire, body)
+            except Unpriced as e:
+                tried.why[name] = str(e)
+                continue
+            except _Refused as r:
+                tried.why[name] = f"{r.why.reason} (for {r.why.wait_s:.1f}s)" if r.why.wait_s >= 0 else r.why.reason
+                tried.waits.append(r.why.wait_s)
+                continue
+            except ProviderError as e:
+                self.error, action = e, classify(e)
+                tried.why[name] = self.last_answer[name] = f"{e.reason} ({action.value})"
+                if action is Action.FAIL_LINE:
+                    return Outcome(Result.REJECTED, self.attempts, provider=provider, error=e,
+                                   message=f"{name} rejected the request: {e.reason}")
+                tried.waits.append(_back_in(e, self.health.cfg))
+                continue
+            answer, back = answer_body(self.job, provider, wire, reply)
+            return Outcome(Result.ANSWERED, self.attempts, replace(reply, body=answer), provider,
+                           wire_dialect=wire if wire != self.job.dialect else None,
+                           notes=[*notes, *reply.notes, *back])
+        return tried
+
+    def _no_provider_now(self, tried: _Pass) -> Outcome:
+        """Defer until the earliest provider may take it again, unless that is past the line's deadline."""
+        cfg = self.health.cfg
+        soonest = tried.soonest
+        if soonest is not None and time.time() + soonest < self.first_tried + cfg.line_deadline_s:
+            return Outcome(Result.DEFERRED, self.attempts, defer_s=max(soonest, 0.05))
+
+        def said(name: str, what: str) -> str:
+            answer = self.last_answer.get(name)
+            return what if answer is None or answer == what else f"{what}, last answer {answer}"
+
+        summary = "; ".join(f"{name}: {said(name, what)}" for name, what in tried.why.items())
+        return Outcome(Result.FAILED, self.attempts, error=self.error,
+                       message=f"no provider could serve this line before its deadline "
+                               f"({cfg.line_deadline_s:g}s after its first try): {summary}")
+
+    async def _call_with_retries(self, provider: ProviderConfig, wire: Dialect, body: dict[str, Any]) -> ProviderReply:
+        """The call on one provider, transient failures retried in place (jittered backoff, Retry-After)."""
+        cfg, health = self.cfg, self.health
+        model = str(body["model"])
+        tokens = estimate_tokens(body)
+        retrying = AsyncRetrying(
+            stop=stop_any(stop_after_attempt(cfg.attempts_per_provider), stop_after_delay(cfg.provider_deadline),
+                          _RetryAfterTooLong(health.cfg.max_wait_s)),
+            wait=_wait(cfg),
+            retry=retry_if_exception(_is_transient),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                slept = attempt.retry_state.upcoming_sleep if attempt.retry_state.attempt_number > 1 else 0.0
+                got = await self._acquire(provider, model, tokens)
+                if isinstance(got, Unavailable):
+                    raise _Refused(got)
+                held = None
+                try:
+                    if got.wait_s > 0:
+                        await asyncio.sleep(got.wait_s)  # our paced slot in the provider's rate limit
+                    if self.spend is not None:
+                        held = await self.spend.reserve(provider, body)
+                except BaseException:
+                    await asyncio.shield(health.release(got))
+                    raise
+                return await self._attempt(_Call(provider, wire, body, got, self.spend, held), slept + got.wait_s)
+        raise AssertionError("unreachable: tenacity either returns or reraises")
+
+    async def _acquire(self, provider: ProviderConfig, model: str, tokens: int) -> Permit | Unavailable:
+        """A slot at the provider; while its single probe is out, or it is in its slow start, wait (until
+        `patience`, shared by the line's passes) rather than spill lines onto lower-priority providers.
+        After a 429 they spill at once."""
+        while True:
+            got = await self.health.acquire(provider, model, tokens)
+            if not isinstance(got, Unavailable) or got.reason not in ("probing", "starting") \
+                    or time.monotonic() >= self.patience:
+                return got
+            await asyncio.sleep(got.wait_s)
+
+    async def _attempt(self, call: _Call, waited: float) -> ProviderReply:
+        """One call, reported to the shared health and settled with the budget whatever its end;
+        `waited`: slept before it (pacing, backoff or Retry-After)."""
+        provider, permit, health = call.provider, call.permit, self.health
+        blocked = health.blocked_locally(provider.name)
+        if blocked is not None:  # another call of this process just learnt the provider must be left alone
+            await asyncio.shield(asyncio.gather(call.settle(None), health.release(permit)))
+            raise _Refused(blocked)
+        started_at = time.time()
+        started = time.perf_counter()
+        try:
+            reply = await send(self.client, provider, call.wire, call.body, timeout=self.cfg.call_timeout)
+        except ProviderError as e:
+            await self._reported_failure(call, e, started, started_at, waited)
+            raise
+        except BaseException:
+            # cancelled, or a bug: give the slot and the reservation back
+            await asyncio.shield(asyncio.gather(health.release(permit), call.settle(None)))
+            raise
+        cost = call.cost(reply.usage, reply.reported_cost)
+        await _report_and_settle(call, health, cost, "success")
+        self.attempts.append(Attempt(provider.name, 200, reply.latency_ms, wait_s=waited, started_at=started_at,
+                                     model=provider.provider_model(call.model), usage=reply.usage, cost=cost))
+        return reply
+
+    async def _reported_failure(self, call: _Call, e: ProviderError, started: float, started_at: float,
+                                waited: float) -> None:
+        provider, model, health = call.provider, call.model, self.health
+        action = classify(e)
+        billed = e.billed if isinstance(e, ProviderBadResponse) else None  # a 200 without an answer, still billed
+        cost = call.cost(*billed) if billed else None
+        self.attempts.append(Attempt(provider.name, e.status, (time.perf_counter() - started) * 1000, action.value,
+                                     e.reason, waited, started_at, provider.provider_model(model) if billed else None,
+                                     billed[0] if billed else None, cost))
+        kind: Kind = "rate_limited" if e.status == 429 and action is Action.FAILOVER else KIND_OF[action]
+        if kind in LOCAL_BLOCKS:
+            health.block_locally(provider.name, _block_for(kind, e, health.cfg), kind)
+        await _report_and_settle(call, health, cost, kind, retry_after=retry_after_seconds(e),
+                                 text=f"{e.status or ''} {e.reason}".strip())
 
 
 async def _report_and_settle(call: _Call, health: Health, cost: CallCost | None, kind: Kind, **report: Any) -> None:
