@@ -33,6 +33,7 @@ from batchrelay.config.settings import ProviderConfig, Settings
 from batchrelay.money.budget import EXHAUSTED
 from batchrelay.results.outcome import Attempt
 from batchrelay.sim.process import SimulatorProcess
+from batchrelay.spec import BatchSpec
 from batchrelay.store.keys import Keys
 from batchrelay.store.lifecycle import request_stop
 from batchrelay.store.store import Store
@@ -52,7 +53,7 @@ RuntimeOf = Callable[..., Awaitable[Runtime]]
 async def _batch(store: Store, n: int, max_cost: Decimal | None = None) -> tuple[str, str, list[int]]:
     """A submitted batch of `n` lines in one chunk: its id, the chunk's id and its lines."""
     src = io.BytesIO(b"".join(orjson.dumps(openai_line(i)) + b"\n" for i in range(1, n + 1)))
-    res = await submit_stream(store, src, name="t", source="t", chunk_size=n, max_cost=max_cost)
+    res = await submit_stream(store, src, BatchSpec(name="t", chunk_size=n, max_cost=max_cost), source="t")
     ((cid, lines),) = (await store.chunk_map(res.batch_id)).items()
     return res.batch_id, cid, lines
 
