@@ -209,7 +209,7 @@ async def worker_runtime(store: Store, base_url: str, **worker: Any) -> AsyncIte
     """A worker's Runtime (consumer pool, HTTP clients) on `store`, with one provider at `base_url`,
     to run chunks in the test's own event loop."""
     settings = Settings(worker=WorkerConfig(call_timeout=5, **worker), providers=(ProviderConfig(name="sim", base_url=base_url),))
-    rt = Runtime(settings, store, list(settings.providers), Health(store.redis, store.keys, settings.health))
+    rt = Runtime(settings, store, list(settings.providers), Health(store, settings.health))
     rt.open()
     try:
         yield rt

@@ -26,25 +26,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from arq.connections import RedisSettings
 from arq.cron import cron
 from arq.worker import Retry, Worker, func
-from redis.asyncio.connection import SSLConnection, parse_url
 from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
 from batchrelay.config.settings import ProviderConfig, Settings, load_settings
-from batchrelay.money.budget import Budget, Spend
+from batchrelay.money.budget import Spend
 from batchrelay.money.ledger import increments
 from batchrelay.providers.routing import candidates
 from batchrelay.results.outcome import Attempt, Outcome
 from batchrelay.results.records import outcome_record
-from batchrelay.store.connection import RETRY_ON, retry_policy
+from batchrelay.store.budget import Budget
+from batchrelay.store.connection import redis_settings
 from batchrelay.store.health import Health
 from batchrelay.store.keys import Keys
-from batchrelay.store.lifecycle import request_stop, tick
+from batchrelay.store.lifecycle import is_stopped, tick
 from batchrelay.store.queue import CHUNK_FUNCTION
 from batchrelay.store.schedules import run_due_schedules
-from batchrelay.store.store import STOPPED, Store
+from batchrelay.store.store import Store
 from batchrelay.store.sweeper import requeue_deferred, sweep
 from batchrelay.store.webhooks import Outbox, delivery_of
 from batchrelay.wire.jobs import JobLine
@@ -104,12 +103,9 @@ class Runtime:
         return await asyncio.shield(check)
 
     async def _check_stopped(self, batch_id: str, now: float) -> bool:
-        status, expires_at = await self.store.redis.hmget(  # type: ignore[misc]
-            self.store.keys.meta(batch_id), ["status", "expires_at"])
-        if status not in STOPPED and expires_at and float(expires_at) <= time.time():
-            status = (await request_stop(self.store, batch_id, "expired")).encode()
-        self._stopped[batch_id] = (now, status in STOPPED)
-        return status in STOPPED
+        stopped = await is_stopped(self.store, batch_id)
+        self._stopped[batch_id] = (now, stopped)
+        return stopped
 
     def open(self) -> None:
         w = self.settings.worker
@@ -213,7 +209,7 @@ class Runtime:
         many chunks were requeued plus how many batches were started or submitted. `background`: a
         schedule's submits run as tasks of this process rather than inside the sweep (the cron's)."""
         w = self.settings.worker
-        done = await tick(self.store, grace_s=w.call_timeout + SHUTDOWN_MARGIN_S, retention_s=w.retention_s)
+        done = await tick(self.store, grace_s=w.cancel_grace_s, retention_s=w.retention_s)
         if any(done.values()):
             log.info("housekeeping: %s", ", ".join(f"{k} {v}" for k, v in done.items() if v))
         ran = {"submitted": 0}
@@ -265,20 +261,6 @@ async def send_webhooks(ctx: dict[str, Any]) -> int:
     return await rt.deliver_webhooks()
 
 
-def redis_settings(url: str) -> RedisSettings:
-    """arq's connection, read from the URL by redis-py's own parser (arq's would keep a password
-    percent-encoded and drop `rediss://` options such as `ssl_ca_certs`), retrying through a Redis
-    restart like every other client of ours."""
-    kw: dict[str, Any] = dict(parse_url(url))
-    ssl = kw.pop("connection_class", None) is SSLConnection
-    tls = {k: kw[k] for k in ("ssl_keyfile", "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_data",
-                              "ssl_check_hostname") if k in kw}
-    return RedisSettings(host=kw.get("host", "localhost"), port=int(kw.get("port", 6379)),
-                         unix_socket_path=kw.get("path"), database=int(kw.get("db", 0)),
-                         username=kw.get("username"), password=kw.get("password"), ssl=ssl, **tls,
-                         retry=retry_policy(), retry_on_error=RETRY_ON)
-
-
 def build_worker(
     settings: Settings, redis_url: str, *, burst: bool = False, handle_signals: bool = True, queue: str | None = None,
 ) -> Worker:
@@ -290,9 +272,9 @@ def build_worker(
         ctx["queue_name"] = queue or keys.queue
         if "runtime" in ctx:  # a burst worker's second round after a sweep
             return
-        rt = Runtime(settings, Store(ctx["redis"], keys), settings.ordered_providers(),
-                     Health(ctx["redis"], keys, settings.health),
-                     budget=Budget(ctx["redis"], keys, lease_s=2 * w.call_timeout + 60))
+        store = Store(ctx["redis"], keys)  # arq's own client: one connection pool per worker
+        rt = Runtime(settings, store, settings.ordered_providers(), Health(store, settings.health),
+                     budget=Budget(store, lease_s=2 * w.call_timeout + 60))
         rt.open()
         ctx["runtime"] = rt
 
