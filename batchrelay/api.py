@@ -31,13 +31,12 @@ from types import TracebackType
 from typing import Any, TypeAlias, TypeVar
 
 import orjson
-from redis.asyncio import Redis
 
 from batchrelay.config.settings import Settings, load_settings
 from batchrelay.errors import InputError
 from batchrelay.money.budget import EXHAUSTED
 from batchrelay.spec import BatchSpec, Duration, Instant
-from batchrelay.store.connection import DEFAULT_URL, connect
+from batchrelay.store.connection import DEFAULT_URL
 from batchrelay.store.keys import Keys
 from batchrelay.store.lifecycle import cancel as cancel_batch
 from batchrelay.store.store import BatchInfo, Store
@@ -99,7 +98,6 @@ class AsyncClient:
                  config: str | os.PathLike[str] | None = None) -> None:
         self.settings = settings if settings is not None else load_settings(config)
         self.redis_url = redis_url or self.settings.redis_url or DEFAULT_URL
-        self._redis: Redis | None = None
         self._store: Store | None = None
         self._lock: asyncio.Lock | None = None
 
@@ -118,14 +116,14 @@ class AsyncClient:
             self._lock = asyncio.Lock()
         async with self._lock:
             if self._store is None:
-                self._redis = await connect(self.redis_url)  # StoreError with the masked URL
-                self._store = Store(self._redis, Keys(self.settings.redis.prefix))
+                # StoreError with the masked URL
+                self._store = await Store.connect(self.redis_url, Keys(self.settings.redis.prefix))
         return self._store
 
     async def aclose(self) -> None:
-        redis, self._redis, self._store = self._redis, None, None
-        if redis is not None:
-            await redis.aclose()
+        store, self._store = self._store, None
+        if store is not None:
+            await store.aclose()
 
     async def submit(self, source: Source, spec: BatchSpec | None = None, *, name: str | None = None,
                      endpoint: Dialect | None = None, providers: Iterable[str] | str | None = None,
@@ -225,7 +223,7 @@ class AsyncClient:
 
         store = await self._connected()
         names = [p.name for p in self.settings.ordered_providers()]
-        return await Health(store.redis, store.keys, self.settings.health).snapshot(names)
+        return await Health(store, self.settings.health).snapshot(names)
 
     async def export(self, batch_id: str, results_path: str | os.PathLike[str],
                      errors_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -261,17 +259,17 @@ class AsyncClient:
     async def budget(self, batch_id: str, max_cost: Decimal | float | str | None = None) -> dict[str, Any]:
         """The batch's budget (max, spent, reserved, remaining in USD); with `max_cost`, set it first:
         lines waiting on a spent budget go back on the queue (`requeued_chunks`) for the workers."""
-        from batchrelay.money.budget import Budget
+        from batchrelay.store.budget import Budget
         from batchrelay.store.sweeper import requeue_pending
 
         limit = None if max_cost is None else BatchSpec.checked({"max_cost": max_cost}).max_cost
         store = await self._connected()
         info = await store.info(batch_id)
-        b = Budget(store.redis, store.keys)
+        b = Budget(store)
         requeued = 0
         if limit is not None and await b.raise_limit(batch_id, limit):
             if ":run:" in info.queue:  # the `run` that owned its private queue has ended
-                await store.redis.hset(store.keys.meta(batch_id), "queue", store.keys.queue)  # type: ignore[misc]
+                await store.set_queue(batch_id, store.keys.queue)
             requeued = await requeue_pending(store, batch_id)
         status = (await store.info(batch_id)).status
         return {"batch": batch_id, "status": status, **(await b.info(batch_id)).as_dict(), "requeued_chunks": requeued}
@@ -290,7 +288,7 @@ class AsyncClient:
         up to call_timeout + 5 s to come back with their answer (with `wait`, this waits for them),
         then the rest are cancelled too. Returns its status. A finished batch is left as it is."""
         store = await self._connected()
-        info = await cancel_batch(store, batch_id, self.settings.worker.call_timeout + 5, wait=wait)
+        info = await cancel_batch(store, batch_id, self.settings.worker.cancel_grace_s, wait=wait)
         return await self._status(store, info)
 
 

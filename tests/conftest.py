@@ -210,7 +210,7 @@ async def worker_runtime(store: Store, base_url: str, *, health: dict[str, Any] 
     `base_url`, to run chunks in the test's own event loop."""
     settings = Settings(worker=WorkerConfig(**{"call_timeout": 5, **worker}), health=HealthConfig(**(health or {})),
                         providers=(ProviderConfig(name="sim", base_url=base_url),))
-    rt = Runtime.opened(settings, store.redis, store.keys)
+    rt = Runtime.opened(settings, store)
     try:
         yield rt
     finally:

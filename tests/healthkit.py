@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from batchrelay.config.settings import HealthConfig, ProviderConfig
 from batchrelay.store.health import Health, Permit, Unavailable
 from batchrelay.store.keys import Keys
+from batchrelay.store.store import Store
 
 MODEL = "gpt-4o-mini"
 
@@ -19,7 +20,7 @@ def prov(name: str = "p", **fields: Any) -> ProviderConfig:
 
 def health(redis: Redis, prefix: str, **cfg: Any) -> Health:
     """No slow start unless a test asks for one: calls flow freely after the first answer."""
-    return Health(redis, Keys(prefix), HealthConfig(**{"concurrency_recovery_calls": 1, **cfg}))
+    return Health(Store(redis, Keys(prefix)), HealthConfig(**{"concurrency_recovery_calls": 1, **cfg}))
 
 
 async def permit(h: Health, p: ProviderConfig, model: str = MODEL, tokens: int = 100) -> Permit:

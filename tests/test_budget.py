@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from batchrelay.config.settings import ProviderConfig
-from batchrelay.money.budget import EXHAUSTED, Budget, OverBudget, Spend, Unpriced
+from batchrelay.money.budget import EXHAUSTED, OverBudget, Spend, Unpriced
 from batchrelay.money.pricing import pico
 from batchrelay.spec import BatchSpec
+from batchrelay.store.budget import Budget
 from batchrelay.store.store import Store
 from batchrelay.store.submit import new_batch_id
 from batchrelay.wire.jobs import JobLine
@@ -39,7 +40,7 @@ async def _raw(store: Store, batch: str) -> dict[str, str]:
 
 async def test_reservations_within_the_limit_are_held_then_settled_into_spent(store: Store) -> None:
     batch = await _batch(store, D("1"))
-    b = Budget(store.redis, store.keys)
+    b = Budget(store)
     first, second = await b.reserve(batch, D("0.3")), await b.reserve(batch, D("0.2"))
     assert first is not None and second is not None and first != second
     info = await b.info(batch)
@@ -60,7 +61,7 @@ async def test_reservations_within_the_limit_are_held_then_settled_into_spent(st
 
 async def test_settling_twice_counts_once(store: Store) -> None:
     batch = await _batch(store, D("1"))
-    b = Budget(store.redis, store.keys)
+    b = Budget(store)
     token = await b.reserve(batch, D("0.4"))
     other = await b.reserve(batch, D("0.1"))
     assert token is not None and other is not None
@@ -72,7 +73,7 @@ async def test_settling_twice_counts_once(store: Store) -> None:
 
 async def test_a_reservation_past_the_limit_is_refused_and_the_batch_waits(store: Store) -> None:
     batch = await _batch(store, D("0.1"))
-    b = Budget(store.redis, store.keys)
+    b = Budget(store)
     assert await b.reserve(batch, D("0.06")) is not None
     assert await b.reserve(batch, D("0.05")) is None  # 0.11 > 0.1
     assert await _status(store, batch) == EXHAUSTED
@@ -88,13 +89,13 @@ async def test_a_reservation_past_the_limit_is_refused_and_the_batch_waits(store
 async def test_a_refusal_does_not_touch_a_batch_that_is_not_in_progress(store: Store) -> None:
     batch = await _batch(store, D("0.1"))
     await store.redis.hset(store.keys.meta(batch), "status", "cancelling")  # type: ignore[misc]
-    assert await Budget(store.redis, store.keys).reserve(batch, D(1)) is None
+    assert await Budget(store).reserve(batch, D(1)) is None
     assert await _status(store, batch) == "cancelling"
 
 
 async def test_a_batch_without_a_limit_always_reserves(store: Store) -> None:
     batch = await _batch(store, None)
-    b = Budget(store.redis, store.keys)
+    b = Budget(store)
     tokens = [await b.reserve(batch, D("1000000")) for _ in range(3)]
     assert all(t is not None for t in tokens)
     assert await _status(store, batch) == "in_progress"
@@ -113,7 +114,7 @@ async def test_a_batch_without_a_limit_always_reserves(store: Store) -> None:
 ])
 async def test_amounts_are_kept_exactly_in_pico_dollars(store: Store, amount: D, picos: int) -> None:
     batch = await _batch(store, D("9000"))
-    b = Budget(store.redis, store.keys)
+    b = Budget(store)
     token = await b.reserve(batch, amount)
     assert token is not None
     raw = await _raw(store, batch)
@@ -125,7 +126,7 @@ async def test_amounts_are_kept_exactly_in_pico_dollars(store: Store, amount: D,
 
 async def test_the_sum_of_many_settles_is_spent_exactly(store: Store) -> None:
     batch = await _batch(store, D("1"))
-    b = Budget(store.redis, store.keys)
+    b = Budget(store)
     n, each = 1000, D("0.0000005625")
 
     async def one() -> None:
@@ -141,7 +142,7 @@ async def test_the_sum_of_many_settles_is_spent_exactly(store: Store) -> None:
 
 async def test_an_unsettled_reservation_lapses_after_its_lease(store: Store) -> None:
     batch = await _batch(store, D("0.01"))
-    b = Budget(store.redis, store.keys, lease_s=0.05)
+    b = Budget(store, lease_s=0.05)
     lost = await b.reserve(batch, D("0.01"))  # its worker dies: it is never settled
     assert lost is not None
     assert await b.reserve(batch, D("0.01")) is None  # still held
@@ -159,7 +160,7 @@ async def test_an_unsettled_reservation_lapses_after_its_lease(store: Store) -> 
 
 async def test_raising_the_limit_of_an_exhausted_batch_lets_its_waiting_lines_go_on(store: Store) -> None:
     batch = await _batch(store, D("0.1"))
-    b = Budget(store.redis, store.keys)
+    b = Budget(store)
     token = await b.reserve(batch, D("0.1"))
     assert token is not None
     await b.settle(batch, token, D("0.1"))
@@ -177,7 +178,7 @@ async def test_raising_the_limit_of_an_exhausted_batch_lets_its_waiting_lines_go
 
 async def test_raising_the_limit_of_an_exhausted_batch_with_nothing_pending_completes_it(store: Store) -> None:
     batch = await _batch(store, D("0.1"), pending=1)
-    b = Budget(store.redis, store.keys)
+    b = Budget(store)
     assert await b.reserve(batch, D("1")) is None
     # its last line got its answer elsewhere (e.g. a rerun of its chunk) while the batch was exhausted
     await store.redis.srem(store.keys.pending(batch), "1")  # type: ignore[misc]
@@ -191,7 +192,7 @@ async def test_raising_the_limit_of_an_exhausted_batch_with_nothing_pending_comp
 
 async def test_a_finished_result_completes_an_exhausted_batch(store: Store) -> None:
     batch = await _batch(store, D("0.1"), pending=1)
-    assert await Budget(store.redis, store.keys).reserve(batch, D("1")) is None
+    assert await Budget(store).reserve(batch, D("1")) is None
     assert await store.write_result(batch, 1, b"{}", True)
     assert await _status(store, batch) == "completed"
 
@@ -200,7 +201,7 @@ async def test_a_finished_result_completes_an_exhausted_batch(store: Store) -> N
 async def test_raising_the_limit_of_a_batch_that_is_not_exhausted_only_sets_it(store: Store, status: str) -> None:
     batch = await _batch(store, D("0.1"))
     await store.redis.hset(store.keys.meta(batch), "status", status)  # type: ignore[misc]
-    b = Budget(store.redis, store.keys)
+    b = Budget(store)
     assert await b.raise_limit(batch, D("3.5")) is False
     assert await _status(store, batch) == status
     info = await b.info(batch)
@@ -209,7 +210,7 @@ async def test_raising_the_limit_of_a_batch_that_is_not_exhausted_only_sets_it(s
 
 async def test_a_limit_set_later_makes_the_batch_budgeted(store: Store) -> None:
     batch = await _batch(store, None)
-    b = Budget(store.redis, store.keys)
+    b = Budget(store)
     assert (await store.claim(batch, [1])).budgeted is False
     assert await b.raise_limit(batch, D("0.5")) is False
     assert (await store.claim(batch, [1])).budgeted is True
@@ -218,7 +219,7 @@ async def test_a_limit_set_later_makes_the_batch_budgeted(store: Store) -> None:
 
 async def test_concurrent_reservations_never_pass_the_limit(store: Store) -> None:
     batch = await _batch(store, D("0.25"))
-    budgets = [Budget(store.redis, store.keys) for _ in range(5)]  # several workers' views of one budget
+    budgets = [Budget(store) for _ in range(5)]  # several workers' views of one budget
     tokens = await asyncio.gather(*(budgets[i % 5].reserve(batch, D("0.01")) for i in range(50)))
     granted = [t for t in tokens if t is not None]
     assert len(granted) == 25 and len(set(granted)) == 25
@@ -231,7 +232,7 @@ async def test_concurrent_reservations_never_pass_the_limit(store: Store) -> Non
 async def test_a_zero_reservation_settles_and_lapses_cleanly(store: Store) -> None:
     # a free model (input = output = 0 per 1M) reserves 0; its settle and its lapse must both work
     batch = await _batch(store, D("1"))
-    b = Budget(store.redis, store.keys, lease_s=0.05)
+    b = Budget(store, lease_s=0.05)
     token = await b.reserve(batch, D(0))
     assert token is not None
     await b.settle(batch, token, D(0))
@@ -254,7 +255,7 @@ def _body(model: str = "m", **kw: Any) -> dict[str, Any]:
 
 async def test_spend_reserves_the_most_a_call_may_cost_and_refuses_past_the_limit(store: Store) -> None:
     batch = await _batch(store, D("0.00005"))
-    spend = Spend(Budget(store.redis, store.keys), batch)
+    spend = Spend(Budget(store), batch)
     held = await spend.reserve(PRICED, _body(max_tokens=10))
     assert held.amount == D("0.000022")  # (12 input + 10 output) tokens at $1 per 1M
     second = await spend.reserve(PRICED, _body(max_tokens=10))
@@ -270,7 +271,7 @@ async def test_spend_reserves_the_most_a_call_may_cost_and_refuses_past_the_limi
 
 async def test_spend_reservations_use_the_default_max_tokens_and_the_minimum_charge(store: Store) -> None:
     batch = await _batch(store, D("10"))
-    spend = Spend(Budget(store.redis, store.keys), batch, default_max_tokens=100)
+    spend = Spend(Budget(store), batch, default_max_tokens=100)
     assert (await spend.reserve(PRICED, _body())).amount == D("0.000112")
     assert (await spend.reserve(MINIMUM, _body(max_tokens=10))).amount == D("0.001")
     mapped = PRICED.model_copy(update={"models": {"alias": "m"}})  # priced by the provider's own model name
@@ -280,7 +281,7 @@ async def test_spend_reservations_use_the_default_max_tokens_and_the_minimum_cha
 
 async def test_spend_refuses_a_model_without_a_known_price(store: Store) -> None:
     batch = await _batch(store, D("10"))
-    spend = Spend(Budget(store.redis, store.keys), batch)
+    spend = Spend(Budget(store), batch)
     with pytest.raises(Unpriced, match="no-such-model-anywhere at u"):
         await spend.reserve(UNPRICED, _body("no-such-model-anywhere"))
     info = await spend.budget.info(batch)

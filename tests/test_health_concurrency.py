@@ -10,8 +10,10 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from batchrelay.money.budget import Budget, Reservation, Spend
+from batchrelay.money.budget import Reservation, Spend
+from batchrelay.store.budget import Budget
 from batchrelay.store.keys import Keys
+from batchrelay.store.store import Store
 from batchrelay.worker.relay import _Call, _report_and_settle
 
 from .healthkit import MODEL, answered_well, health, permit, prov, refused
@@ -195,7 +197,7 @@ async def test_a_429_is_reported_and_its_slot_freed_even_when_settling_the_budge
     got = await permit(h, p)
     assert got.lease
     unreachable = Redis.from_url("redis://127.0.0.1:9", socket_connect_timeout=1)  # nothing listens there
-    spend = Spend(Budget(unreachable, Keys(prefix)), "b1")
+    spend = Spend(Budget(Store(unreachable, Keys(prefix))), "b1")
     call = _Call(p, "chat", {"model": MODEL}, got, spend, Reservation("t1", Decimal("0.01")))
     with pytest.raises(RedisConnectionError):
         await _report_and_settle(call, h, None, "rate_limited", retry_after=5.0, text="429")

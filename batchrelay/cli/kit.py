@@ -11,11 +11,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from redis.asyncio import Redis
 
 from batchrelay.config.settings import Settings
 from batchrelay.errors import BatchrelayError, ExitCode
-from batchrelay.store.connection import DEFAULT_URL, connect
+from batchrelay.store.connection import DEFAULT_URL
 from batchrelay.store.keys import Keys
 from batchrelay.store.store import Store
 
@@ -50,11 +49,8 @@ def handles_errors(f: Callable[..., Any]) -> Callable[..., Any]:
 
 @contextlib.asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    redis: Redis = await connect(settings.redis_url or DEFAULT_URL)
-    try:
-        yield Store(redis, Keys(settings.redis.prefix))
-    finally:
-        await redis.aclose()
+    async with await Store.connect(settings.redis_url or DEFAULT_URL, Keys(settings.redis.prefix)) as store:
+        yield store
 
 
 @contextlib.asynccontextmanager

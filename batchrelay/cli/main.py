@@ -29,7 +29,7 @@ from batchrelay.errors import BatchrelayError, ExitCode
 from batchrelay.money.budget import EXHAUSTED
 from batchrelay.money.estimate import require_prices as check_prices
 from batchrelay.spec import BatchSpec
-from batchrelay.store.connection import DEFAULT_URL, connect
+from batchrelay.store.connection import DEFAULT_URL, check_reachable
 from batchrelay.store.spending import cost_line
 from batchrelay.store.store import FINISHED, BatchInfo, unsuccessful
 
@@ -236,7 +236,7 @@ def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool
         url = settings.redis_url or DEFAULT_URL
         # a clear error now beats arq's retry loop; an unreachable Redis (a restart, or a worker started
         # first) is waited for: for good by a worker, for a minute by a burst worker
-        await (await connect(url, wait_s=60 if burst else float("inf"))).aclose()
+        await check_reachable(url, wait_s=60 if burst else float("inf"))
         await run_worker(build_worker(settings, url, burst=burst, queue=queue))
 
     run_async(go())
@@ -393,7 +393,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
 
 
 async def _check_redis(url: str) -> None:
-    await (await connect(url)).aclose()  # a clear error now beats one per request
+    await check_reachable(url)  # a clear error now beats one per request
 
 
 @cli.command()

@@ -85,7 +85,7 @@ async def _clear_recovered(settings: Any, names: list[str]) -> set[str]:
         return set()
     try:
         async with open_store(settings) as store:
-            health = Health(store.redis, store.keys, settings.health)
+            health = Health(store, settings.health)
             for name in names:
                 await health.clear(name)
     except StoreError:
@@ -97,7 +97,7 @@ async def _health_or_none(settings: Any, names: list[str]) -> dict[str, dict[str
     """The shared health of these providers, or None when Redis cannot be reached."""
     try:
         async with open_store(settings) as store:
-            return await Health(store.redis, store.keys, settings.health).snapshot(names)
+            return await Health(store, settings.health).snapshot(names)
     except StoreError:
         return None
 

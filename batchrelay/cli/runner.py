@@ -23,7 +23,6 @@ from batchrelay.money.budget import EXHAUSTED
 from batchrelay.procs import stop_all
 from batchrelay.sim.process import SimulatorProcess
 from batchrelay.spec import BatchSpec
-from batchrelay.store.connection import connect
 from batchrelay.store.embedded import EmbeddedRedis
 from batchrelay.store.export import Exported, check_writable, export
 from batchrelay.store.keys import Keys
@@ -116,15 +115,11 @@ async def run_file(
     """Submit `path` as a batch with the options `spec` gives, work it, and export its records."""
     started = time.perf_counter()
     check_writable(out, errors)  # before any money is spent, not after
-    redis = await connect(url)
-    try:
-        store = Store(redis, Keys(settings.redis.prefix))
+    async with await Store.connect(url, Keys(settings.redis.prefix)) as store:
         # a queue of its own: this run's workers touch no other batch left in the same Redis
         queue = f"{store.keys.queue}:run:{uuid.uuid4().hex[:12]}"
         sub = await submit_file(store, path, spec, queue=queue)
         info = await _work(settings, url, store, sub.batch_id, workers, show, queue)
         exported = await export(store, sub.batch_id, out, errors)
         _rows, spent, budget = await ledger_of(store, sub.batch_id)
-    finally:
-        await redis.aclose()
     return RunReport(info, exported, time.perf_counter() - started, cost_summary(spent, budget))

@@ -189,6 +189,12 @@ class WorkerConfig(_Strict):
     def chunk_deadline(self) -> float:
         return max(self.job_timeout * 0.9, self.job_timeout - 30)
 
+    @property
+    def cancel_grace_s(self) -> float:
+        """How long the calls in flight of a batch being stopped (cancel, expiry) get to come back
+        with their answer before their lines are stopped too."""
+        return self.call_timeout + 5
+
 
 class HealthConfig(_Strict):
     """Shared provider health (README: "Shared health"); seconds unless named otherwise."""

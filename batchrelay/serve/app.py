@@ -28,7 +28,7 @@ from batchrelay.config.settings import Settings
 from batchrelay.errors import ConfigError
 from batchrelay.money.ledger import Row, rows, total
 from batchrelay.spec import BatchSpec
-from batchrelay.store.connection import DEFAULT_URL, connect
+from batchrelay.store.connection import DEFAULT_URL
 from batchrelay.store.embedded import state_dir
 from batchrelay.store.keys import Keys
 from batchrelay.store.lifecycle import FINAL, advance
@@ -60,7 +60,7 @@ class Served:
     @property
     def grace_s(self) -> float:
         """How long a cancel lets calls in flight finish (as `batchrelay cancel`)."""
-        return self.settings.worker.call_timeout + 5
+        return self.settings.worker.cancel_grace_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +79,7 @@ class Loaded:
 async def load(store: Store, batch_id: str) -> Loaded:
     """BatchNotFound for an unknown id."""
     info = await store.info(batch_id)
-    values = await store.redis.hmget(store.keys.meta(batch_id), list(SERVE_FIELDS))  # type: ignore[misc]
-    fields = {f: v.decode() for f, v in zip(SERVE_FIELDS, values, strict=True) if v is not None}
+    fields = await store.get_fields(batch_id, SERVE_FIELDS)
     return Loaded(info, fields, total(rows(await store.ledger(batch_id))))
 
 
@@ -97,7 +96,7 @@ async def submit(served: Served, stream: LineReader, spec: BatchSpec, *, source:
     """Submit the lines as a new batch, note the API's fields on it, and return its id."""
     store = served.db
     res = await submit_stream(store, stream, spec, source=source)
-    await store.redis.hset(store.keys.meta(res.batch_id), mapping=fields)  # type: ignore[misc]
+    await store.set_fields(res.batch_id, fields)
     return res.batch_id
 
 
@@ -173,12 +172,8 @@ def create_app(settings: Settings, redis_url: str | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         served.files_dir.mkdir(parents=True, exist_ok=True)
-        redis = await connect(url)
-        served.store = Store(redis, Keys(settings.redis.prefix))
-        try:
+        async with await Store.connect(url, Keys(settings.redis.prefix)) as served.store:
             yield
-        finally:
-            await redis.aclose()
 
     app = Starlette(routes=[*openai_routes(served), *anthropic_routes(served)], lifespan=lifespan)
     app.add_middleware(RequireKey, accepted=accepted)

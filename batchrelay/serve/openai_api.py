@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from batchrelay.errors import BatchNotFound, UploadError, UploadTooLarge
 from batchrelay.serve.app import Loaded, Served, current, json_response, load, openai_error, submit
+from batchrelay.store.files import delete_file_record, file_record, save_file_record
 from batchrelay.store.lifecycle import advance, request_stop
 from batchrelay.store.store import Store
 from batchrelay.wire.dialect import Dialect
@@ -46,10 +47,6 @@ STATUS = {"validating": "validating", "scheduled": "validating", "in_progress": 
           "completed": "completed", "failed": "failed", "cancelled": "cancelled", "expired": "expired"}
 VIRTUAL = re.compile(r"file-([0-9a-f]+)-(output|errors)")
 UPLOADED = re.compile(r"file-[0-9a-f]{24}")
-
-
-def file_key(store: Store, file_id: str) -> str:
-    return store.keys.file(file_id)
 
 
 class _Form:
@@ -158,8 +155,7 @@ def _file_object(record: dict[str, str]) -> dict[str, Any]:
 async def _file_record(store: Store, file_id: str) -> dict[str, str] | None:
     if not UPLOADED.fullmatch(file_id):
         return None
-    raw: dict[bytes, bytes] = await store.redis.hgetall(file_key(store, file_id))  # type: ignore[misc]
-    return {k.decode(): v.decode() for k, v in raw.items()} or None
+    return await file_record(store, file_id)
 
 
 def _ts(t: float | None) -> int | None:
@@ -253,7 +249,7 @@ def routes(served: Served) -> list[Route]:
             part.unlink(missing_ok=True)
         record = {"id": file_id, "bytes": str(size), "created_at": str(time.time()), "filename": filename,
                   "purpose": "batch"}
-        await store.redis.hset(file_key(store, file_id), mapping=record)  # type: ignore[misc]
+        await save_file_record(store, file_id, record)
         return json_response(_file_object(record))
 
     async def get_file(request: Request) -> Response:
@@ -289,7 +285,7 @@ def routes(served: Served) -> list[Route]:
         store, file_id = served.db, request.path_params["file_id"]
         if not await _file_record(store, file_id):
             return _no_file(file_id)  # a batch's output and error files go with the batch
-        await store.redis.delete(file_key(store, file_id))
+        await delete_file_record(store, file_id)
         (served.files_dir / f"{file_id}.jsonl").unlink(missing_ok=True)
         return json_response({"id": file_id, "object": "file", "deleted": True})
 
@@ -334,11 +330,7 @@ def routes(served: Served) -> list[Route]:
             limit = min(100, max(1, int(request.query_params.get("limit", "20"))))
         except ValueError:
             return openai_error(400, "limit must be an integer", param="limit")
-        start = 0
-        if after := request.query_params.get("after"):
-            rank = await store.redis.zrevrank(store.keys.batches, after)
-            start = 0 if rank is None else rank + 1
-        ids = [b.decode() for b in await store.redis.zrevrange(store.keys.batches, start, start + limit)]
+        ids = await store.batch_ids(limit + 1, after=request.query_params.get("after") or None)
         data = []
         for batch_id in ids[:limit]:
             try:

@@ -1,4 +1,4 @@
-"""Connecting to Redis with clean errors; URLs are shown without their password."""
+"""Connecting to Redis with clean errors (URLs are shown without their password), and arq's settings for it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from arq.connections import RedisSettings
 from redis.asyncio import Redis
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
@@ -82,6 +84,25 @@ async def connect(url: str, *, wait_s: float = 0.0) -> Redis:
     client = Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30, retry=retry_policy(),
                             retry_on_error=RETRY_ON)
     return client  # type: ignore[no-any-return]
+
+
+async def check_reachable(url: str, *, wait_s: float = 0.0) -> None:
+    """StoreError now (naming the masked URL) unless Redis answers at `url`, waited for as `connect` does."""
+    await (await connect(url, wait_s=wait_s)).aclose()
+
+
+def redis_settings(url: str) -> RedisSettings:
+    """arq's connection, read from the URL by redis-py's own parser (arq's would keep a password
+    percent-encoded and drop `rediss://` options such as `ssl_ca_certs`), retrying through a Redis
+    restart like every other client of ours."""
+    kw: dict[str, Any] = dict(parse_url(url))
+    ssl = kw.pop("connection_class", None) is SSLConnection
+    tls = {k: kw[k] for k in ("ssl_keyfile", "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_data",
+                              "ssl_check_hostname") if k in kw}
+    return RedisSettings(host=kw.get("host", "localhost"), port=int(kw.get("port", 6379)),
+                         unix_socket_path=kw.get("path"), database=int(kw.get("db", 0)),
+                         username=kw.get("username"), password=kw.get("password"), ssl=ssl, **tls,
+                         retry=retry_policy(), retry_on_error=RETRY_ON)
 
 
 def _unreachable(url: str, e: BaseException) -> StoreError:

@@ -73,7 +73,7 @@ class Keys:
         return f"{self.prefix}batch:{batch_id}:attempts"
 
     def chunks(self, batch_id: str) -> str:
-        """Hash: chunk job id -> JSON list of its line numbers (for re-enqueueing)."""
+        """Hash: chunk job id -> its line numbers, comma-separated (queue.py; for re-enqueueing)."""
         return f"{self.prefix}batch:{batch_id}:chunks"
 
     def file(self, file_id: str) -> str:
@@ -89,7 +89,7 @@ class Keys:
         return f"{self.prefix}batch:{batch_id}:ledger"
 
     def budget(self, batch_id: str) -> str:
-        """Hash: max, spent, reserved (pico-dollars) and `r:{token}` reservations; see budget.py."""
+        """Hash: max, spent, reserved (pico-dollars) and `r:{token}` reservations; see store/budget.py."""
         return f"{self.prefix}batch:{batch_id}:budget"
 
     def budget_leases(self, batch_id: str) -> str:

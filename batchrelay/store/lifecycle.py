@@ -1,16 +1,12 @@
-"""A batch's life after submit: cancel, expiry, retry, and forgetting old batches.
-
-    validating -> [scheduled ->] in_progress -> completed | failed
-                     |  (budget_exhausted <-> in_progress, see budget.py)
-                     +-> cancelling -> cancelled        (`cancel`)
-                     +-> expiring   -> expired          (past its completion window)
+"""A batch's life after submit: cancel, expiry, retry, and forgetting old batches (the statuses
+it goes through are drawn in status.py).
 
 There is no separate `finalizing` step: a line's result is final the moment it is written, so the
 last one completes the batch. Stopping is two-phase and safe with any number of workers: the batch
 is first marked `cancelling`/`expiring` (claims then take none of its lines); lines never started
 get their `cancelled`/`expired` record at once; lines a worker may still be calling get
-`grace_s` (call_timeout + a margin) to finish with their real answer, then are stopped too. The
-last record ends the batch (store.py's result Lua). `advance` does one step and is run by the
+`grace_s` (`WorkerConfig.cancel_grace_s`) to finish with their real answer, then are stopped too. The
+last record ends the batch (lua/result_write.lua). `advance` does one step and is run by the
 `cancel` command and by every worker's sweep, so a stop finishes even if its CLI is interrupted.
 `retry` puts failed, cancelled and expired lines back: each keeps its billed attempts, so the ledger
 (which gives their cost back while they are pending) still equals the sum of the result lines.
@@ -28,11 +24,13 @@ from typing import Any
 
 import orjson
 
-from batchrelay.errors import RetryRefused
+from batchrelay.errors import BatchNotFound, RetryRefused
 from batchrelay.money.ledger import increments
 from batchrelay.results.outcome import Attempt, billed_calls
 from batchrelay.results.records import stopped_record
-from batchrelay.store.queue import enqueue_chunks
+from batchrelay.store.queue import chunk_map_entries, enqueue_chunks, split_chunks
+from batchrelay.store.status import EXPIRABLE, INTERIM, STOPPED, Status
+from batchrelay.store.status import FINAL as FINAL  # where serve/app.py has always found it
 from batchrelay.store.store import ERR, BatchInfo, Store
 from batchrelay.store.sweeper import enqueue_all
 from batchrelay.wire.jobs import JobLine
@@ -40,49 +38,30 @@ from batchrelay.wire.jobs import JobLine
 BLOCK = 1000
 CANCEL_POLL_S = 0.5
 STALE_SUBMIT_S = 3600.0  # a batch still `validating` this long after it was created was abandoned
-INTERIM = {"cancelled": "cancelling", "expired": "expiring"}
-FINAL = {v: k for k, v in INTERIM.items()}
+# an error record's `error` -> the count it came from (`invalid_input` stays: retrying cannot fix the input)
 RETRYABLE = {"invalid_request": "failed", "provider_error": "failed", "cancelled": "cancelled", "expired": "expired"}
-
-# KEYS: meta. ARGV: interim status, now. Returns the status the batch has afterwards.
-_REQUEST_STOP = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'validating' or status == 'scheduled' or status == 'in_progress' or status == 'budget_exhausted' then
-  redis.call('HSET', KEYS[1], 'status', ARGV[1], 'stop_at', ARGV[2])
-  return ARGV[1]
-end
-return status
-"""
-
-# KEYS: results, pending, meta, attempts, ledger, first_try. ARGV: line, the record as read, count field,
-# attempts JSON, then ledger field/decrement pairs. Does nothing if the record changed meanwhile.
-_REOPEN_LINE = """
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('HINCRBY', KEYS[3], ARGV[3], -1)
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], ARGV[1], ARGV[4]) end
-redis.call('HDEL', KEYS[6], ARGV[1])
-for i = 5, #ARGV, 2 do redis.call('HINCRBY', KEYS[5], ARGV[i], ARGV[i + 1]) end
-return 1
-"""
-
-
-# KEYS: meta. ARGV: interim status, final status, now
-_FINISH_STOP = """
-if redis.call('HGET', KEYS[1], 'status') == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3])
-end
-return 1
-"""
 
 
 async def request_stop(store: Store, batch_id: str, final: str) -> str:
-    """Mark the batch `cancelling` / `expiring`; returns its status (unchanged if already finished)."""
-    await store.info(batch_id)  # BatchNotFound
-    status = await store.redis.register_script(_REQUEST_STOP)(
-        keys=[store.keys.meta(batch_id)], args=[INTERIM[final], time.time()])
-    return status.decode() if isinstance(status, bytes) else str(status)
+    """Mark the batch `cancelling` / `expiring` (`final`: cancelled / expired); returns its status
+    (unchanged if already finished). BatchNotFound for an unknown batch."""
+    status = await store.scripts.request_stop(store.keys, batch_id, INTERIM[Status(final)], time.time())
+    if status is None:
+        raise BatchNotFound(batch_id)
+    return status
+
+
+async def is_stopped(store: Store, batch_id: str) -> bool:
+    """Whether the batch takes no more work (stopped, being stopped, over budget or not started yet).
+    A batch found past its completion window is marked expiring here, before the next sweep."""
+    fields = await store.get_fields(batch_id, ["status", "expires_at"])
+    status = fields.get("status")
+    if status not in STOPPED and float(fields.get("expires_at") or "inf") <= time.time():
+        try:
+            status = await request_stop(store, batch_id, Status.EXPIRED)
+        except BatchNotFound:
+            return False  # forgotten meanwhile: its lines are gone with it
+    return status in STOPPED
 
 
 async def _pending_blocks(store: Store, batch_id: str) -> AsyncIterator[list[int]]:
@@ -99,11 +78,12 @@ async def _pending_blocks(store: Store, batch_id: str) -> AsyncIterator[list[int
 async def advance(store: Store, batch_id: str, grace_s: float, now: float | None = None) -> int:
     """One step of stopping a batch; returns how many lines it stopped now."""
     now = time.time() if now is None else now
-    status, stop_at = await store.redis.hmget(store.keys.meta(batch_id), ["status", "stop_at"])  # type: ignore[misc]
-    final = FINAL.get(status.decode()) if status else None
+    fields = await store.get_fields(batch_id, ["status", "stop_at"])
+    status = fields.get("status", "")
+    final = FINAL[Status(status)] if status in FINAL else None
     if final is None:
         return 0
-    everything = now - float(stop_at or now) >= grace_s
+    everything = now - float(fields.get("stop_at") or now) >= grace_s
     k, stopped = store.keys, 0
     async for block in _pending_blocks(store, batch_id):
         async with store.redis.pipeline(transaction=False) as pipe:
@@ -121,13 +101,13 @@ async def advance(store: Store, batch_id: str, grace_s: float, now: float | None
         stopped += await store.write_results(batch_id, items)
     if not await store.redis.scard(k.pending(batch_id)):  # type: ignore[misc]
         # no line was left to end it (all were answered while it was being stopped)
-        await store.redis.register_script(_FINISH_STOP)(keys=[k.meta(batch_id)], args=[INTERIM[final], final, now])
+        await store.scripts.finish_stop(k, batch_id, INTERIM[final], final, now)
     return stopped
 
 
 async def cancel(store: Store, batch_id: str, grace_s: float, *, wait: bool = True) -> BatchInfo:
     """Request the cancel and move it on; with `wait`, until it is done (at most the grace period)."""
-    await request_stop(store, batch_id, "cancelled")  # BatchNotFound
+    await request_stop(store, batch_id, Status.CANCELLED)  # BatchNotFound
     deadline = time.monotonic() + grace_s + 1
     while True:
         started = time.monotonic()
@@ -150,18 +130,17 @@ async def workable_queue(store: Store, info: BatchInfo) -> str:
     run has ended, so such a batch moves to the shared queue."""
     if ":run:" not in info.queue:
         return info.queue or store.keys.queue
-    await store.redis.hset(store.keys.meta(info.id), "queue", store.keys.queue)  # type: ignore[misc]
+    await store.set_queue(info.id, store.keys.queue)
     return store.keys.queue
 
 
 async def retry(store: Store, batch_id: str, chunk_size: int) -> Retried:
     """Put the batch's failed, cancelled and expired lines back on the queue (invalid input stays)."""
     info = await store.info(batch_id)
-    if not info.finished or info.status == "failed":  # `failed`: its submit never finished
+    if not info.finished or info.status == Status.FAILED:  # `failed`: its submit never finished
         raise RetryRefused(f"batch {batch_id} is {info.status}: only a completed, cancelled or expired batch "
                            "can be retried")
     k = store.keys
-    reopen = store.redis.register_script(_REOPEN_LINE)
     reopened: list[int] = []
     async for line, raw in _error_records(store, batch_id):
         meta: dict[str, Any] = orjson.loads(raw[1:]).get("batchrelay") or {}
@@ -170,27 +149,23 @@ async def retry(store: Store, batch_id: str, chunk_size: int) -> Retried:
             continue
         attempts = [Attempt.from_dict(a) for a in meta.get("attempts") or [] if a.get("provider") != "…"]
         kept = [a.as_dict() for a in attempts if a.billed is not None]  # their cost stays with the line
-        args: list[Any] = [line, raw, count, orjson.dumps(kept).decode() if kept else ""]
-        for f, n in increments(a.billed for a in attempts if a.billed is not None).items():
-            args += [f, str(-n)]
-        done = await reopen(keys=[k.results(batch_id), k.pending(batch_id), k.meta(batch_id), k.attempts(batch_id),
-                                  k.ledger(batch_id), k.first_try(batch_id)], args=args)
-        if done:
+        if await store.scripts.reopen_line(
+                k, batch_id, line=line, record=raw, count=count, attempts=orjson.dumps(kept).decode() if kept else "",
+                ledger=increments(a.billed for a in attempts if a.billed is not None)):
             reopened.append(line)
     queue = await workable_queue(store, info)
     if not reopened:
         return Retried(0, 0, queue)
     round_no = await store.redis.hincrby(k.meta(batch_id), "retries", 1)  # type: ignore[misc]
-    chunks = [(f"{batch_id}:r{round_no}-{i}", reopened[s:s + chunk_size])
-              for i, s in enumerate(range(0, len(reopened), chunk_size))]
-    mapping: dict[str, Any] = {"status": "in_progress"}
+    chunks = split_chunks(batch_id, reopened, chunk_size, retry_round=round_no)
+    mapping: dict[str, Any] = {"status": Status.IN_PROGRESS}
     window = await store.redis.hget(k.meta(batch_id), "completion_window_s")  # type: ignore[misc]
     if window:
         mapping["expires_at"] = time.time() + float(window)
     if info.webhook:  # the retried batch's end is news again (a new webhook-id: see webhooks.py)
         mapping.update(webhook_status="pending", webhook_attempts=0)
     async with store.redis.pipeline(transaction=True) as pipe:
-        pipe.hset(k.chunks(batch_id), mapping={cid: ",".join(map(str, ls)) for cid, ls in chunks})
+        pipe.hset(k.chunks(batch_id), mapping=chunk_map_entries(chunks))
         pipe.hset(k.meta(batch_id), mapping=mapping)
         pipe.hdel(k.meta(batch_id), "finished_at", "stop_at", "webhook_last")
         if info.webhook:
@@ -214,19 +189,18 @@ async def tick(store: Store, *, grace_s: float, retention_s: float | None, now: 
     now = time.time() if now is None else now
     done = {"started": 0, "expired": 0, "stopped_lines": 0, "forgotten": 0, "abandoned_submits": 0}
     for info in batches if batches is not None else await store.list_batches(limit=10_000):
-        if info.status == "scheduled" and info.start_at is not None and now >= info.start_at:
+        if info.status == Status.SCHEDULED and info.start_at is not None and now >= info.start_at:
             if await store.start_due(info.id, now):
                 await enqueue_all(store, info.id, await workable_queue(store, info))
                 done["started"] += 1
             continue
-        if info.status == "validating" and now - info.created_at > STALE_SUBMIT_S:
+        if info.status == Status.VALIDATING and now - info.created_at > STALE_SUBMIT_S:
             # its submit died without a word (Redis was gone): no job was ever enqueued for it
             await store.mark_failed(info.id, "submit never finished")
             done["abandoned_submits"] += 1
             continue
-        if info.expires_at is not None and now >= info.expires_at and info.status in (
-                "validating", "in_progress", "budget_exhausted"):
-            await request_stop(store, info.id, "expired")
+        if info.expires_at is not None and now >= info.expires_at and info.status in EXPIRABLE:
+            await request_stop(store, info.id, Status.EXPIRED)
             done["expired"] += 1
             info = await store.info(info.id)
         if info.status in FINAL:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from batchrelay.money.budget import Budget, BudgetInfo
+from batchrelay.money.budget import BudgetInfo
 from batchrelay.money.ledger import Row, rows, total
 from batchrelay.money.pricing import usd_str
+from batchrelay.store.budget import Budget
 from batchrelay.store.store import BatchInfo, Store
 
 
@@ -15,7 +16,7 @@ async def ledger_of(store: Store, batch_id: str) -> tuple[list[Row], Row, Budget
     """The batch's ledger rows, their total and its budget (an unknown id reads as empty: callers
     that may get one check it with `store.info` first)."""
     rs = rows(await store.ledger(batch_id))
-    return rs, total(rs), await Budget(store.redis, store.keys).info(batch_id)
+    return rs, total(rs), await Budget(store).info(batch_id)
 
 
 async def status_object(store: Store, info: BatchInfo) -> dict[str, Any]:

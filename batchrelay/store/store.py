@@ -19,61 +19,18 @@ from redis.asyncio import Redis
 from batchrelay.errors import BatchNotFound
 from batchrelay.money.pricing import pico
 from batchrelay.spec import BatchSpec
+from batchrelay.store.connection import connect
 from batchrelay.store.keys import Keys
+from batchrelay.store.queue import chunk_lines, chunk_map_entries
+from batchrelay.store.scripts import Scripts
+from batchrelay.store.status import FINISHED as FINISHED  # where the CLI has always found it
+from batchrelay.store.status import STOPPED, Status
 from batchrelay.wire.jobs import JobLine
 
 OK, ERR = b"1", b"0"
 EXPORT_BLOCK = 2000
 
-# KEYS: results, pending, meta, attempts, ledger. ARGV: line, record, count field, now, then ledger
-# field/increment pairs (integers as strings: Redis adds them as 64-bit integers, never as floats).
-# The last line of a batch ends it: completed, or cancelled / expired when it was being stopped.
-_WRITE_RESULT = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
-redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
-for i = 5, #ARGV, 2 do redis.call('HINCRBY', KEYS[5], ARGV[i], ARGV[i + 1]) end
-if redis.call('SCARD', KEYS[2]) == 0 then
-  local status = redis.call('HGET', KEYS[3], 'status')
-  local final = nil
-  if status == 'in_progress' or status == 'budget_exhausted' then final = 'completed'
-  elseif status == 'cancelling' then final = 'cancelled'
-  elseif status == 'expiring' then final = 'expired' end
-  if final then redis.call('HSET', KEYS[3], 'status', final, 'finished_at', ARGV[4]) end
-end
-return 1
-"""
-
-# KEYS: pending, meta. ARGV: now, start_at ('' = at once), then field/value pairs of final counts.
-# A deferred batch becomes `scheduled` (no chunk is enqueued for it until lifecycle.tick starts it).
-_FINISH_SUBMIT = """
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-if redis.call('HGET', KEYS[2], 'status') ~= 'validating' then return 0 end  -- cancelled while submitting
-if redis.call('SCARD', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[2], 'status', 'completed', 'finished_at', ARGV[1])
-elseif ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[2], 'status', 'scheduled', 'start_at', ARGV[2])
-else
-  redis.call('HSET', KEYS[2], 'status', 'in_progress')
-end
-return 1
-"""
-
-# KEYS: meta. ARGV: now. A scheduled batch that is due becomes in_progress; 1 for the one caller that
-# moved it (it enqueues the chunks), 0 for everyone else.
-_START_DUE = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'scheduled' then return 0 end
-local start_at = tonumber(redis.call('HGET', KEYS[1], 'start_at') or '0')
-if start_at > tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'in_progress', 'started_at', ARGV[1])
-return 1
-"""
-
 COUNT_FIELDS = ("total", "invalid", "succeeded", "failed", "cancelled", "expired", "max_line", "chunks")
-FINISHED = ("completed", "failed", "cancelled", "expired")
-# claims take nothing from these: not started yet, stopped, being stopped, or over budget
-STOPPED = (b"scheduled", b"failed", b"cancelled", b"cancelling", b"expired", b"expiring", b"budget_exhausted")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,21 +124,28 @@ def _info(batch_id: str, raw: dict[bytes, bytes], pending: int) -> BatchInfo:
     )
 
 
-def _result_args(line: int, record: bytes, ok: bool, ledger: dict[str, int] | None, count: str | None) -> list[Any]:
-    """_WRITE_RESULT's ARGV: the line, its record, the count it adds to, now, then ledger field/amount pairs."""
-    args: list[Any] = [line, (OK if ok else ERR) + record, count or ("succeeded" if ok else "failed"), time.time()]
-    for f, n in (ledger or {}).items():
-        args += [f, str(n)]
-    return args
-
-
 class Store:
+    """One Redis client and key prefix: the only way the rest of batchrelay reads or writes Redis."""
+
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
-        self._write_result = redis.register_script(_WRITE_RESULT)
-        self._finish_submit = redis.register_script(_FINISH_SUBMIT)
-        self._start_due = redis.register_script(_START_DUE)
+        self.scripts = Scripts.of(redis)
+
+    @classmethod
+    async def connect(cls, url: str, keys: Keys, *, wait_s: float = 0.0) -> Store:
+        """A store on its own client (StoreError naming the masked URL if Redis cannot be reached);
+        `aclose` it, or use it as `async with`."""
+        return cls(await connect(url, wait_s=wait_s), keys)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
 
     async def create_batch(self, batch_id: str, spec: BatchSpec, *, source: str, queue: str | None = None) -> None:
         """The batch's record, with its options (`spec`; named after `source` unless it has a name).
@@ -198,7 +162,7 @@ class Store:
                 extra["max_cost"] = pico(spec.max_cost)
                 pipe.hset(self.keys.budget(batch_id), "max", str(pico(spec.max_cost)))
             pipe.hset(self.keys.meta(batch_id), mapping={
-                "id": batch_id, "name": spec.name or source, "source": source, "status": "validating",
+                "id": batch_id, "name": spec.name or source, "source": source, "status": Status.VALIDATING,
                 "created_at": now, **{f: 0 for f in COUNT_FIELDS}, **extra,
             })
             pipe.zadd(self.keys.batches, {batch_id: now})
@@ -220,26 +184,34 @@ class Store:
             if bad:
                 pipe.hset(k.results(batch_id), mapping={line: ERR + rec for line, rec in bad})
             if chunks:
-                pipe.hset(k.chunks(batch_id), mapping={cid: ",".join(map(str, ls)) for cid, ls in chunks})
+                pipe.hset(k.chunks(batch_id), mapping=chunk_map_entries(chunks))
             await pipe.execute()
 
     async def finish_submit(self, batch_id: str, counts: dict[str, int | str], start_at: float | None = None) -> str:
         """End the submit: `in_progress` (or `scheduled` until `start_at`); returns the status it set
         ('' when the batch was stopped meanwhile)."""
-        args: list[Any] = [time.time(), "" if start_at is None else repr(start_at)]
-        for f, v in counts.items():
-            args += [f, v]
-        await self._finish_submit(keys=[self.keys.pending(batch_id), self.keys.meta(batch_id)], args=args)
-        status = await self.redis.hget(self.keys.meta(batch_id), "status")  # type: ignore[misc]
-        return status.decode() if status else ""
+        return await self.scripts.finish_submit(self.keys, batch_id, now=time.time(), start_at=start_at, counts=counts)
 
     async def start_due(self, batch_id: str, now: float) -> bool:
         """Move a due `scheduled` batch to `in_progress`; True for the one caller that did."""
-        return bool(await self._start_due(keys=[self.keys.meta(batch_id)], args=[repr(now)]))
+        return await self.scripts.start_due(self.keys, batch_id, now)
 
     async def mark_failed(self, batch_id: str, reason: str) -> None:
         await self.redis.hset(self.keys.meta(batch_id), mapping={  # type: ignore[misc]
-            "status": "failed", "finished_at": time.time(), "error": reason[:500]})
+            "status": Status.FAILED, "finished_at": time.time(), "error": reason[:500]})
+
+    async def get_fields(self, batch_id: str, names: Sequence[str]) -> dict[str, str]:
+        """These fields of the batch's meta hash, those it has (e.g. `serve`'s own `serve_*` fields)."""
+        values = await self.redis.hmget(self.keys.meta(batch_id), list(names))  # type: ignore[misc]
+        return {f: v.decode() for f, v in zip(names, values, strict=True) if v is not None}
+
+    async def set_fields(self, batch_id: str, fields: dict[str, str]) -> None:
+        """Note fields of the caller's own on the batch's meta hash (they go when the batch is forgotten)."""
+        await self.redis.hset(self.keys.meta(batch_id), mapping=fields)  # type: ignore[misc]
+
+    async def set_queue(self, batch_id: str, queue: str) -> None:
+        """The arq queue the batch's chunks go to from now on."""
+        await self.redis.hset(self.keys.meta(batch_id), "queue", queue)  # type: ignore[misc]
 
     async def claim(self, batch_id: str, lines: Sequence[int]) -> Claim:
         """The lines of `lines` that still need work, with their requests and first-try times."""
@@ -253,7 +225,7 @@ class Store:
             pipe.hmget(k.meta(batch_id), ["providers", "status", "max_cost"])
             pipe.hmget(k.attempts(batch_id), list(lines))
             flags, raws, firsts, (allow, status, max_cost), tried = await pipe.execute()
-        if status in STOPPED:
+        if status is not None and status.decode() in STOPPED:
             return Claim([], {}, None)  # nothing more is spent on a batch that was stopped or is over budget
         jobs, first_tried, fresh, earlier = [], {}, {}, {}
         for line, flag, raw, first, before in zip(lines, flags, raws, firsts, tried, strict=True):
@@ -277,25 +249,18 @@ class Store:
         """Record a line's final result and add its calls to the ledger, once; False when it already
         had one (a harmless rerun, which counts nothing). `count`: the count it adds to (default
         succeeded or failed; `cancelled` and `expired` for lines a stopped batch never ran)."""
-        written = await self._write_result(keys=self._result_keys(batch_id),
-                                           args=_result_args(line, record, ok, ledger, count))
-        return bool(written)
+        return await self.scripts.write_result(self.keys, batch_id, **_result(line, record, ok, ledger, count))
 
     async def write_results(self, batch_id: str, items: Sequence[tuple[int, bytes, bool, dict[str, int], str | None]]
                             ) -> int:
         """Many `write_result`s in one round trip: (line, record, ok, ledger, count); how many were new."""
         if not items:
             return 0
-        keys = self._result_keys(batch_id)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for line, record, ok, ledger, count in items:
-                await self._write_result(keys=keys, args=_result_args(line, record, ok, ledger, count), client=pipe)
+            for item in items:
+                await self.scripts.write_result(self.keys, batch_id, **_result(*item), pipe=pipe)
             written = await pipe.execute()
         return sum(1 for w in written if w)
-
-    def _result_keys(self, batch_id: str) -> list[str]:
-        k = self.keys
-        return [k.results(batch_id), k.pending(batch_id), k.meta(batch_id), k.attempts(batch_id), k.ledger(batch_id)]
 
     async def ledger(self, batch_id: str) -> dict[bytes, bytes]:
         raw: dict[bytes, bytes] = await self.redis.hgetall(self.keys.ledger(batch_id))  # type: ignore[misc]
@@ -310,8 +275,17 @@ class Store:
             raise BatchNotFound(batch_id)
         return _info(batch_id, raw, pending)
 
+    async def batch_ids(self, limit: int, *, after: str | None = None) -> list[str]:
+        """Up to `limit` batch ids, newest first; with `after`, those older than that batch (all of
+        them when it is unknown)."""
+        start = 0
+        if after is not None:
+            rank = await self.redis.zrevrank(self.keys.batches, after)
+            start = 0 if rank is None else rank + 1
+        return [b.decode() for b in await self.redis.zrevrange(self.keys.batches, start, start + limit - 1)]
+
     async def list_batches(self, limit: int = 50) -> list[BatchInfo]:
-        ids = [b.decode() for b in await self.redis.zrevrange(self.keys.batches, 0, limit - 1)]
+        ids = await self.batch_ids(limit)
         async with self.redis.pipeline(transaction=False) as pipe:
             for b in ids:
                 pipe.hgetall(self.keys.meta(b))
@@ -321,7 +295,7 @@ class Store:
 
     async def chunk_map(self, batch_id: str) -> dict[str, list[int]]:
         raw: dict[bytes, bytes] = await self.redis.hgetall(self.keys.chunks(batch_id))  # type: ignore[misc]
-        return {k.decode(): [int(x) for x in v.split(b",")] for k, v in raw.items()}
+        return {k.decode(): chunk_lines(v) for k, v in raw.items()}
 
     async def iter_results(self, batch_id: str) -> AsyncIterator[tuple[bool, bytes]]:
         """Every stored result in input order, as (ok, JSON record)."""
@@ -340,3 +314,8 @@ class Store:
             pipe.zrem(self.keys.webhooks, batch_id)
             await pipe.execute()
 
+
+def _result(line: int, record: bytes, ok: bool, ledger: dict[str, int] | None, count: str | None) -> dict[str, Any]:
+    """`Scripts.write_result`'s arguments for a line's record: b"1" or b"0" in front, the count it adds to."""
+    return {"line": line, "record": (OK if ok else ERR) + record, "count": count or ("succeeded" if ok else "failed"),
+            "now": time.time(), "ledger": ledger or {}}

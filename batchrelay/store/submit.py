@@ -2,7 +2,8 @@
 
 Memory stays bounded whatever the file's size: lines are parsed one at a time and written to Redis
 a block at a time (`FLUSH_LINES` lines or about `FLUSH_BYTES` of input, whichever comes first), and
-duplicate custom_ids are found in Redis (a per-batch custom_id -> line hash), not in a set here.
+duplicate custom_ids are found in Redis (a per-batch custom_id -> line hash, lua/submit_claim_ids.lua),
+not in a set here.
 At most two blocks are held: one being parsed while the one before it is written, so that Redis
 works while this process parses.
 """
@@ -17,12 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-
 from batchrelay.errors import InputError
 from batchrelay.results.records import bad_line_record
 from batchrelay.spec import BatchSpec
 from batchrelay.store.queue import chunk_job_id
+from batchrelay.store.status import Status
 from batchrelay.store.store import Store
 from batchrelay.store.sweeper import enqueue_all
 from batchrelay.wire.jobs import BadLine, JobLine, LineReader, duplicate, iter_jobs
@@ -30,36 +30,6 @@ from batchrelay.wire.jobs import BadLine, JobLine, LineReader, duplicate, iter_j
 FLUSH_LINES = 5000
 FLUSH_BYTES = 16 * 1024 * 1024  # a block of long lines is written early, so it never holds 5000 of them
 YIELD_EVERY = 500  # lines parsed between turns of the block being written meanwhile
-
-# KEYS: the batch's custom_id -> line hash. ARGV: a JSON array of a block's custom_ids, and one of
-# their lines (two arguments, not two per line: redis-py packs each argument in Python). Records each
-# id not yet there; returns {index (1-based), first line, ...} for each id already taken, by an earlier
-# block or earlier in this one. HMGET and HSET take 1000 ids at a time (Lua's `unpack` has a limit):
-# a redis.call per line would cost Redis ~3 µs a line.
-_CLAIM_IDS = """
-local ids, lines = cjson.decode(ARGV[1]), cjson.decode(ARGV[2])
-local taken, seen, new = {}, {}, {}
-for s = 1, #ids, 1000 do
-  local e = math.min(s + 999, #ids)
-  local firsts = redis.call('HMGET', KEYS[1], unpack(ids, s, e))
-  for i = s, e do
-    local first = firsts[i - s + 1] or seen[ids[i]]
-    if first then
-      taken[#taken + 1] = i
-      taken[#taken + 1] = first
-    else
-      seen[ids[i]] = lines[i]
-      new[#new + 1] = ids[i]
-      new[#new + 1] = lines[i]
-    end
-  end
-end
-for s = 1, #new, 2000 do
-  redis.call('HSET', KEYS[1], unpack(new, s, math.min(s + 1999, #new)))
-end
-return taken
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class SubmitResult:
@@ -107,8 +77,6 @@ async def submit_stream(
     batch_id = new_batch_id()
     queue = queue or store.keys.queue
     default_dialect, chunk_size = spec.endpoint, spec.chunk_size
-    claim_ids = store.redis.register_script(_CLAIM_IDS)
-    ids = store.keys.custom_ids(batch_id)
     await store.create_batch(batch_id, spec, source=source, queue=queue)
     block: list[JobLine] = []  # parsed, not yet checked for duplicates
     bad: list[tuple[int, bytes]] = []
@@ -123,9 +91,8 @@ async def submit_stream(
         nonlocal n_chunks, open_chunk, valid, invalid
         taken: dict[int, int] = {}
         if block:
-            found = await claim_ids(keys=[ids], args=[orjson.dumps([job.custom_id for job in block]),
-                                                      orjson.dumps([job.line for job in block])])
-            taken = {int(i) - 1: int(first) for i, first in zip(found[::2], found[1::2], strict=True)}
+            taken = await store.scripts.claim_custom_ids(store.keys, batch_id, [job.custom_id for job in block],
+                                                         [job.line for job in block])
             # a line that finds itself there is not a duplicate (only a rerun of this block could)
             taken = {i: first for i, first in taken.items() if first != block[i].line}
         jobs: list[JobLine] = []
@@ -174,7 +141,7 @@ async def submit_stream(
             "total": valid + invalid, "invalid": invalid, "max_line": max_line, "chunks": n_chunks,
             "input_format": "+".join(sorted(formats)) or "none",
         }
-        if await store.finish_submit(batch_id, counts, spec.start_at) == "in_progress":
+        if await store.finish_submit(batch_id, counts, spec.start_at) == Status.IN_PROGRESS:
             await enqueue_all(store, batch_id, queue)
     except BaseException as e:
         if writing and not writing.done():

@@ -12,7 +12,8 @@ import time
 
 from arq.constants import job_key_prefix
 
-from batchrelay.store.queue import enqueue_chunks
+from batchrelay.store.queue import chunk_lines, chunk_map_entries, deferred_job_id, enqueue_chunks
+from batchrelay.store.status import Status
 from batchrelay.store.store import Store
 
 SCAN_BLOCK = 1000
@@ -49,7 +50,7 @@ async def batch_queue(store: Store, batch_id: str) -> str:
 async def _chunk_blocks(store: Store, batch_id: str):  # type: ignore[no-untyped-def]
     block: list[tuple[str, list[int]]] = []
     async for cid, raw in store.redis.hscan_iter(store.keys.chunks(batch_id), count=SCAN_BLOCK):
-        block.append((cid.decode(), [int(x) for x in raw.split(b",")]))
+        block.append((cid.decode(), chunk_lines(raw)))
         if len(block) >= SCAN_BLOCK:
             yield block
             block = []
@@ -69,11 +70,11 @@ async def enqueue_all(store: Store, batch_id: str, queue: str) -> int:
 async def requeue_deferred(store: Store, batch_id: str, job_id: str, lines: list[int], defer_s: float) -> str:
     """Deferred lines of chunk `job_id` become a new chunk job due in `defer_s`; the old id stops
     owning them (the sweeper must not put them back twice)."""
-    new_id = f"{job_id.split('.d')[0]}.d{time.time_ns() // 1_000_000}"
+    new_id = deferred_job_id(job_id, time.time_ns() // 1_000_000)
     await enqueue_chunks(store.redis, await batch_queue(store, batch_id), batch_id, [(new_id, lines)],
                          defer_s=defer_s)
     async with store.redis.pipeline(transaction=True) as pipe:
-        pipe.hset(store.keys.chunks(batch_id), new_id, ",".join(map(str, lines)))
+        pipe.hset(store.keys.chunks(batch_id), mapping=chunk_map_entries([(new_id, lines)]))
         pipe.hdel(store.keys.chunks(batch_id), job_id)
         await pipe.execute()
     return new_id
@@ -83,6 +84,6 @@ async def sweep(store: Store, queue: str) -> int:
     """Requeue orphaned chunks of every batch still in progress on `queue`."""
     total = 0
     for info in await store.list_batches(limit=10_000):
-        if info.status == "in_progress" and info.pending and (info.queue or store.keys.queue) == queue:
+        if info.status == Status.IN_PROGRESS and info.pending and (info.queue or store.keys.queue) == queue:
             total += await requeue_pending(store, info.id)
     return total

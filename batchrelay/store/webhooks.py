@@ -9,7 +9,7 @@ with the headers `webhook-id` (the same on every retry, so a receiver can drop r
 
 Redis holds the outbox: a sorted set of batch ids scored by when each is next due (`keys.webhooks`),
 added with the batch. Workers look at it every two seconds (an arq cron). Before its POST a worker
-moves the entry's score past the call's timeout (a compare-and-set in Lua), so two workers never
+moves the entry's score past the call's timeout (a compare-and-set, lua/webhook_claim.lua), so two workers never
 send the same attempt; delivery is at least once (a worker killed between the receiver's 2xx and
 recording it sends again, with the same webhook-id).
 """
@@ -34,26 +34,14 @@ import orjson
 from batchrelay.config.settings import Settings
 from batchrelay.errors import BatchNotFound, ConfigError, InvalidValue
 from batchrelay.store.spending import status_object
+from batchrelay.store.status import FINISHED
 from batchrelay.store.store import Store
 
 log = logging.getLogger("batchrelay.store.webhooks")
 
 PER_TICK = 50  # batches looked at per poll; the rest wait for the next one
 NOT_DUE_YET_S = 2.0  # a batch still running is looked at again this much later
-EVENTS = {"completed": "batch.completed", "failed": "batch.failed", "cancelled": "batch.cancelled",
-          "expired": "batch.expired"}
-
-# KEYS[1] outbox; ARGV: batch id, the score it was read with, the new score. 1 for the one caller
-# that moved it (the others read the same score before it moved)
-_CLAIM = """
-local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if s and tonumber(s) == tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-  return 1
-end
-return 0
-"""
-
+EVENTS = {status: f"batch.{status}" for status in FINISHED}
 
 def backoff_s(attempts: int, base_s: float, cap_s: float) -> float:
     """The wait after the `attempts`-th failed delivery (1, 2, ...): base, 2 x base, 4 x base, ... up to cap."""
@@ -127,7 +115,6 @@ class Outbox:
     def __init__(self, store: Store, delivery: Delivery, http: httpx.AsyncClient) -> None:
         self.store, self.delivery, self.http = store, delivery, http
         self.key = store.keys.webhooks
-        self._claim = store.redis.register_script(_CLAIM)
 
     async def deliver_due(self, now: float | None = None) -> int:
         """Send every due webhook of a finished batch (at most PER_TICK); returns how many were accepted."""
@@ -148,10 +135,10 @@ class Outbox:
             await self.store.redis.zrem(self.key, batch_id)
             return False
         if batch["status"] not in EVENTS:
-            await self._claim(keys=[self.key], args=[batch_id, repr(score), repr(now + NOT_DUE_YET_S)])
+            await self.store.scripts.claim_webhook(self.store.keys, batch_id, seen=score, score=now + NOT_DUE_YET_S)
             return False
         lease = now + self.delivery.timeout_s + 5
-        if not await self._claim(keys=[self.key], args=[batch_id, repr(score), repr(lease)]):
+        if not await self.store.scripts.claim_webhook(self.store.keys, batch_id, seen=score, score=lease):
             return False  # another worker took this attempt
         event, body = message(batch, now)
         sent_at = time.time()

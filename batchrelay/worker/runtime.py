@@ -23,20 +23,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from batchrelay.config.settings import ProviderConfig, Settings
-from batchrelay.money.budget import Budget, Spend
+from batchrelay.money.budget import Spend
 from batchrelay.money.ledger import increments
 from batchrelay.providers.routing import candidates
 from batchrelay.results.outcome import Attempt, Outcome, Result
 from batchrelay.results.records import outcome_record
+from batchrelay.store.budget import Budget
 from batchrelay.store.health import Health
-from batchrelay.store.keys import Keys
-from batchrelay.store.lifecycle import request_stop, tick
+from batchrelay.store.lifecycle import is_stopped, tick
 from batchrelay.store.schedules import run_due_schedules
-from batchrelay.store.store import STOPPED, Store
+from batchrelay.store.store import Store
 from batchrelay.store.sweeper import requeue_deferred, sweep
 from batchrelay.store.webhooks import Outbox, delivery_of
 from batchrelay.wire.jobs import JobLine
@@ -79,12 +78,12 @@ class Runtime:
     _stopped: dict[str, tuple[float, bool]] = field(default_factory=dict)  # batch -> (checked at, stopped)
 
     @classmethod
-    def opened(cls, settings: Settings, redis: Redis, keys: Keys) -> Runtime:
-        """A worker process's runtime on `redis`, its pool running."""
+    def opened(cls, settings: Settings, store: Store) -> Runtime:
+        """A worker process's runtime on `store`, its pool running."""
         # a live call settles its reservation well within 2 * call_timeout: only a dead worker's lapse
         lease_s = 2 * settings.worker.call_timeout + 60
-        rt = cls(settings, Store(redis, keys), settings.ordered_providers(), Health(redis, keys, settings.health),
-                 budget=Budget(redis, keys, lease_s=lease_s))
+        rt = cls(settings, store, settings.ordered_providers(), Health(store, settings.health),
+                 budget=Budget(store, lease_s=lease_s))
         rt.open()
         return rt
 
@@ -103,12 +102,9 @@ class Runtime:
         return await asyncio.shield(check)
 
     async def _check_stopped(self, batch_id: str, now: float) -> bool:
-        status, expires_at = await self.store.redis.hmget(  # type: ignore[misc]
-            self.store.keys.meta(batch_id), ["status", "expires_at"])
-        if status not in STOPPED and expires_at and float(expires_at) <= time.time():
-            status = (await request_stop(self.store, batch_id, "expired")).encode()
-        self._stopped[batch_id] = (now, status in STOPPED)
-        return status in STOPPED
+        stopped = await is_stopped(self.store, batch_id)
+        self._stopped[batch_id] = (now, stopped)
+        return stopped
 
     def open(self) -> None:
         w = self.settings.worker

@@ -17,16 +17,15 @@ import time
 import warnings
 from typing import Any
 
-from arq.connections import RedisSettings
 from arq.cron import cron
 from arq.worker import Retry, Worker, func
-from redis.asyncio.connection import SSLConnection, parse_url
 from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
 from batchrelay.config.settings import Settings, load_settings
-from batchrelay.store.connection import RETRY_ON, retry_policy
+from batchrelay.store.connection import redis_settings
 from batchrelay.store.keys import Keys
 from batchrelay.store.queue import CHUNK_FUNCTION
+from batchrelay.store.store import Store
 from batchrelay.worker.runtime import SHUTDOWN_MARGIN_S, Runtime
 
 log = logging.getLogger("batchrelay.worker.worker")
@@ -63,20 +62,6 @@ async def send_webhooks(ctx: dict[str, Any]) -> int:
     return await rt.deliver_webhooks()
 
 
-def redis_settings(url: str) -> RedisSettings:
-    """arq's connection, read from the URL by redis-py's own parser (arq's would keep a password
-    percent-encoded and drop `rediss://` options such as `ssl_ca_certs`), retrying through a Redis
-    restart like every other client of ours."""
-    kw: dict[str, Any] = dict(parse_url(url))
-    ssl = kw.pop("connection_class", None) is SSLConnection
-    tls = {k: kw[k] for k in ("ssl_keyfile", "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_data",
-                              "ssl_check_hostname") if k in kw}
-    return RedisSettings(host=kw.get("host", "localhost"), port=int(kw.get("port", 6379)),
-                         unix_socket_path=kw.get("path"), database=int(kw.get("db", 0)),
-                         username=kw.get("username"), password=kw.get("password"), ssl=ssl, **tls,
-                         retry=retry_policy(), retry_on_error=RETRY_ON)
-
-
 def build_worker(
     settings: Settings, redis_url: str, *, burst: bool = False, handle_signals: bool = True, queue: str | None = None,
 ) -> Worker:
@@ -88,7 +73,7 @@ def build_worker(
         ctx["queue_name"] = queue or keys.queue
         if "runtime" in ctx:  # a burst worker's second round after a sweep
             return
-        ctx["runtime"] = Runtime.opened(settings, ctx["redis"], keys)
+        ctx["runtime"] = Runtime.opened(settings, Store(ctx["redis"], keys))  # arq's own client: one pool per worker
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         rt: Runtime | None = ctx.get("runtime")

@@ -1,0 +1,44 @@
+"""A batch's spending limit in Redis (money/budget.py says what it is and how it is used).
+
+The budget hash holds `max`, `spent` and `reserved` (pico-dollars) and one `r:{token}` field per
+reservation; the leases sorted set scores each token by when it lapses. Every change is one Lua
+script (lua/budget_*.lua), so several workers share one limit exactly.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from decimal import Decimal
+
+from batchrelay.money.budget import BudgetInfo
+from batchrelay.money.pricing import pico, usd
+from batchrelay.store.store import Store
+
+
+class Budget:
+    """The spending limits of a store's batches; `lease_s`: how long a reservation lasts unsettled."""
+
+    def __init__(self, store: Store, lease_s: float = 300.0) -> None:
+        self.store, self.lease_ms = store, int(lease_s * 1000)
+
+    async def reserve(self, batch_id: str, amount: Decimal) -> str | None:
+        """A reservation token, or None when the limit cannot cover `amount` (the batch then waits)."""
+        token = uuid.uuid4().hex[:16]
+        ok = await self.store.scripts.reserve(self.store.keys, batch_id, token=token, amount=pico(amount),
+                                              now_ms=int(time.time() * 1000), lease_ms=self.lease_ms)
+        return token if ok else None
+
+    async def settle(self, batch_id: str, token: str, billed: Decimal) -> None:
+        await self.store.scripts.settle(self.store.keys, batch_id, token=token, billed=pico(billed))
+
+    async def raise_limit(self, batch_id: str, max_usd: Decimal) -> bool:
+        """Set the limit; True when the batch was waiting on it and may now go on."""
+        return await self.store.scripts.raise_limit(self.store.keys, batch_id, max_pico=pico(max_usd), now=time.time())
+
+    async def info(self, batch_id: str) -> BudgetInfo:
+        s = self.store
+        await s.scripts.drop_lapsed(s.keys, batch_id, int(time.time() * 1000))
+        raw: list[bytes | None] = await s.redis.hmget(s.keys.budget(batch_id), ["max", "spent", "reserved"])  # type: ignore[misc]
+        mx, spent, reserved = (int(v) if v is not None else None for v in raw)
+        return BudgetInfo(None if mx is None else usd(mx), usd(spent or 0), usd(reserved or 0))

@@ -1,0 +1,21 @@
+-- Reserve `amount` pico-dollars of the batch's limit for one call, after dropping lapsed
+-- reservations. Returns 1 (reserved, or the batch has no limit) or 0: the limit cannot cover it,
+-- and a batch in progress becomes budget_exhausted.
+-- KEYS: budget, budget_leases, meta
+-- ARGV: token, amount, now_ms, lease_ms
+--#include budget_lapsed
+drop_lapsed(KEYS[1], KEYS[2], ARGV[3])
+local max = redis.call('HGET', KEYS[1], 'max')
+if not max then return 1 end
+local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
+local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
+if spent + reserved + tonumber(ARGV[2]) > tonumber(max) then
+  if redis.call('HGET', KEYS[3], 'status') == STATUS.in_progress then
+    redis.call('HSET', KEYS[3], 'status', STATUS.budget_exhausted)
+  end
+  return 0
+end
+redis.call('HINCRBY', KEYS[1], 'reserved', ARGV[2])
+redis.call('HSET', KEYS[1], 'r:' .. ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])
+return 1

@@ -1,0 +1,222 @@
+"""The Lua scripts (store/lua/*.lua): loaded once, registered once per Redis client, and each called
+through one typed wrapper here.
+
+Every multi-key state change is one script, so it is atomic. A script's file opens with what it
+does and its `-- KEYS:` and `-- ARGV:` (a last `...name` takes field/value pairs); `Script` passes
+both by name in that order, so the order is written once, in the script. Key names are the `Keys`
+methods that build them. `--#include NAME` puts in the shared fragment lua/_NAME.lua, and
+`STATUS.name` is a batch status, spelled by `Status` when the script is loaded (an unknown name
+fails the load, not a call).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import weakref
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any, ClassVar
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from batchrelay.config.settings import HealthConfig, ProviderConfig
+from batchrelay.store.keys import Keys
+from batchrelay.store.status import Status
+
+SCRIPTS = ("batch_start_due", "budget_purge", "budget_raise", "budget_reserve", "budget_settle", "health_acquire",
+           "health_report", "result_write", "retry_reopen_line", "stop_finish", "stop_request", "submit_claim_ids",
+           "submit_finish", "webhook_claim")
+
+_HEADER = re.compile(r"^-- (KEYS|ARGV): (.+)$", re.MULTILINE)
+_INCLUDE = re.compile(r"^--#include (\w+)$", re.MULTILINE)
+_STATUS = re.compile(r"\bSTATUS\.(\w+)")
+
+
+@dataclass(frozen=True, slots=True)
+class Lua:
+    """One script's source, ready to register, and the names of its KEYS and ARGV in order."""
+
+    name: str
+    text: str
+    keys: tuple[str, ...]
+    argv: tuple[str, ...]
+    pairs: str | None  # the name of its trailing field/value pairs, if it takes any
+
+
+def _read(name: str) -> str:
+    return files("batchrelay.store").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _status(m: re.Match[str]) -> str:
+    try:
+        return f"'{Status(m[1])}'"
+    except ValueError:
+        raise ValueError(f"Lua names an unknown batch status: STATUS.{m[1]}") from None
+
+
+@functools.cache
+def load(name: str) -> Lua:
+    """lua/NAME.lua with its fragments and status names filled in; ValueError if its header is missing."""
+    text = _read(name)
+    header = dict(_HEADER.findall(text))
+    if set(header) != {"KEYS", "ARGV"}:
+        raise ValueError(f"lua/{name}.lua must open with `-- KEYS: ...` and `-- ARGV: ...` lines")
+    keys, argv = ([n.strip() for n in header[h].split(",")] for h in ("KEYS", "ARGV"))
+    pairs = argv.pop()[3:] if argv[-1].startswith("...") else None
+    text = _STATUS.sub(_status, _INCLUDE.sub(lambda m: _read(f"_{m[1]}"), text))
+    return Lua(name, text, tuple(keys), tuple(argv), pairs)
+
+
+def _flat(pairs: Mapping[str, Any]) -> list[Any]:
+    return [x for field, value in pairs.items() for x in (field, value)]
+
+
+class Script:
+    """One script registered on one client, called with its KEYS and ARGV by name."""
+
+    def __init__(self, redis: Redis, lua: Lua) -> None:
+        self.lua = lua
+        self._names = frozenset(lua.keys), frozenset(lua.argv)
+        self._script = redis.register_script(lua.text)
+
+    async def __call__(self, keys: Mapping[str, str], args: Mapping[str, Any], pairs: Iterable[Any] = (),
+                       client: Pipeline | None = None) -> Any:
+        lua = self.lua
+        if keys.keys() != self._names[0] or args.keys() != self._names[1]:
+            raise TypeError(f"{lua.name}.lua takes KEYS {lua.keys} and ARGV {lua.argv}, "
+                            f"not {tuple(keys)} and {tuple(args)}")
+        return await self._script(keys=[keys[k] for k in lua.keys], args=[*(args[a] for a in lua.argv), *pairs],
+                                  client=client)
+
+
+def _text(reply: Any) -> str:
+    """A script's string reply (bytes from a client without decode_responses)."""
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
+def _ledger(increments: Mapping[str, int], sign: int = 1) -> list[str]:
+    """Ledger field/amount pairs; amounts as strings, so Redis adds them as 64-bit integers."""
+    return _flat({f: str(sign * n) for f, n in increments.items()})
+
+
+class Scripts:
+    """Every script, registered once on one Redis client (`Scripts.of`), behind typed wrappers."""
+
+    _registered: ClassVar[weakref.WeakKeyDictionary[Redis, Scripts]] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, redis: Redis) -> Scripts:
+        scripts = cls._registered.get(redis)
+        if scripts is None:
+            scripts = cls._registered[redis] = cls(redis)
+        return scripts
+
+    def __init__(self, redis: Redis) -> None:
+        self._s = {name: Script(redis, load(name)) for name in SCRIPTS}
+
+    # the batch record (store.py, submit.py)
+
+    async def write_result(self, k: Keys, batch_id: str, *, line: int, record: bytes, count: str, now: float,
+                           ledger: Mapping[str, int], pipe: Pipeline | None = None) -> bool:
+        """True when the result was new. With `pipe` the call is only queued (False here; the answer
+        comes from the pipeline's execute)."""
+        done = await self._s["result_write"](
+            {"results": k.results(batch_id), "pending": k.pending(batch_id), "meta": k.meta(batch_id),
+             "attempts": k.attempts(batch_id), "ledger": k.ledger(batch_id)},
+            {"line": line, "record": record, "count": count, "now": now}, _ledger(ledger), client=pipe)
+        return pipe is None and bool(done)
+
+    async def finish_submit(self, k: Keys, batch_id: str, *, now: float, start_at: float | None,
+                            counts: Mapping[str, int | str]) -> str:
+        """The status it set; '' when the batch was stopped while it was being submitted."""
+        status = await self._s["submit_finish"](
+            {"pending": k.pending(batch_id), "meta": k.meta(batch_id)},
+            {"now": now, "start_at": "" if start_at is None else repr(start_at)}, _flat(counts))
+        return _text(status)
+
+    async def claim_custom_ids(self, k: Keys, batch_id: str, ids: list[str], lines: list[int]) -> dict[int, int]:
+        """Records the ids not taken yet; {index in `ids`: the line that took it first} for the others."""
+        found = await self._s["submit_claim_ids"]({"custom_ids": k.custom_ids(batch_id)},
+                                                  {"ids": orjson.dumps(ids), "lines": orjson.dumps(lines)})
+        return {int(i) - 1: int(first) for i, first in zip(found[::2], found[1::2], strict=True)}
+
+    async def start_due(self, k: Keys, batch_id: str, now: float) -> bool:
+        return bool(await self._s["batch_start_due"]({"meta": k.meta(batch_id)}, {"now": repr(now)}))
+
+    # stopping and retrying (lifecycle.py)
+
+    async def request_stop(self, k: Keys, batch_id: str, interim: Status, now: float) -> str | None:
+        """The batch's status afterwards; None for an unknown batch."""
+        status = await self._s["stop_request"]({"meta": k.meta(batch_id)}, {"interim": interim, "now": now})
+        return _text(status) if status is not None else None
+
+    async def finish_stop(self, k: Keys, batch_id: str, interim: Status, final: Status, now: float) -> None:
+        await self._s["stop_finish"]({"meta": k.meta(batch_id)}, {"interim": interim, "final": final, "now": now})
+
+    async def reopen_line(self, k: Keys, batch_id: str, *, line: int, record: bytes, count: str, attempts: str,
+                          ledger: Mapping[str, int]) -> bool:
+        """False when the record changed since it was read (nothing was done)."""
+        return bool(await self._s["retry_reopen_line"](
+            {"results": k.results(batch_id), "pending": k.pending(batch_id), "meta": k.meta(batch_id),
+             "attempts": k.attempts(batch_id), "ledger": k.ledger(batch_id), "first_try": k.first_try(batch_id)},
+            {"line": line, "record": record, "count": count, "attempts": attempts}, _ledger(ledger, -1)))
+
+    # spending limits (budget.py); amounts in pico-dollars
+
+    async def reserve(self, k: Keys, batch_id: str, *, token: str, amount: int, now_ms: int, lease_ms: int) -> bool:
+        return bool(await self._s["budget_reserve"](
+            {"budget": k.budget(batch_id), "budget_leases": k.budget_leases(batch_id), "meta": k.meta(batch_id)},
+            {"token": token, "amount": amount, "now_ms": now_ms, "lease_ms": lease_ms}))
+
+    async def settle(self, k: Keys, batch_id: str, *, token: str, billed: int) -> bool:
+        """False when the reservation was already settled (or had lapsed)."""
+        return bool(await self._s["budget_settle"](
+            {"budget": k.budget(batch_id), "budget_leases": k.budget_leases(batch_id)},
+            {"token": token, "billed": billed}))
+
+    async def drop_lapsed(self, k: Keys, batch_id: str, now_ms: int) -> None:
+        await self._s["budget_purge"]({"budget": k.budget(batch_id), "budget_leases": k.budget_leases(batch_id)},
+                                      {"now_ms": now_ms})
+
+    async def raise_limit(self, k: Keys, batch_id: str, *, max_pico: int, now: float) -> bool:
+        """True when the batch was waiting on its limit and may now go on."""
+        return bool(await self._s["budget_raise"](
+            {"budget": k.budget(batch_id), "meta": k.meta(batch_id), "pending": k.pending(batch_id)},
+            {"max": max_pico, "now": now}))
+
+    # provider health (health.py)
+
+    @staticmethod
+    def _health_keys(k: Keys, provider: str) -> dict[str, str]:
+        return {"health": k.health, "rate": k.rate(provider), "concurrency": k.concurrency(provider),
+                "breaker": k.breaker}
+
+    async def acquire(self, k: Keys, p: ProviderConfig, cfg: HealthConfig, *, model: str, tokens: int, now: float,
+                      lease: str) -> tuple[bool, float, str, bool]:
+        """(may go, seconds to wait, reason, whether `lease` was taken)."""
+        ok, wait, why, leased = await self._s["health_acquire"](self._health_keys(k, p.name), {
+            "provider": p.name, "model": model, "now": now, "tokens": tokens, "rpm": p.limits.rpm or 0,
+            "tpm": p.limits.tpm or 0, "max_concurrency": p.max_concurrency or 0, "lease": lease,
+            "lease_until": now + cfg.lease_s, "max_wait": cfg.max_wait_s, "recovery": cfg.rate_recovery_s,
+            "headroom": cfg.rate_headroom, "probe_s": cfg.probe_s, "window": cfg.breaker_window_s})
+        return bool(ok), float(wait), _text(why), bool(leased)
+
+    async def report(self, k: Keys, provider: str, cfg: HealthConfig, *, model: str, now: float, kind: str,
+                     retry_after: float, lease: str, text: str) -> None:
+        await self._s["health_report"](self._health_keys(k, provider), {
+            "provider": provider, "model": model, "now": now, "kind": kind, "retry_after": retry_after,
+            "lease": lease, "text": text, "bench_s": cfg.bench_s, "disable_s": cfg.disable_s,
+            "model_s": cfg.model_cooldown_s, "cool_s": cfg.cooldown_s, "min_calls": cfg.breaker_min_calls,
+            "err_rate": cfg.breaker_error_rate, "open_s": cfg.breaker_open_s, "recovery": cfg.rate_recovery_s,
+            "step": cfg.concurrency_recovery_calls})
+
+    # the webhook outbox (webhooks.py)
+
+    async def claim_webhook(self, k: Keys, batch_id: str, *, seen: float, score: float) -> bool:
+        """Move the entry from score `seen` to `score`; True for the one caller that did."""
+        return bool(await self._s["webhook_claim"]({"webhooks": k.webhooks},
+                                                   {"batch": batch_id, "seen": repr(seen), "score": repr(score)}))
