@@ -34,11 +34,11 @@ import orjson
 
 from batchrelay.config.settings import Settings, load_settings
 from batchrelay.errors import InputError
-from batchrelay.money.budget import EXHAUSTED
 from batchrelay.spec import BatchSpec, Duration, Instant
 from batchrelay.store.connection import DEFAULT_URL
 from batchrelay.store.keys import Keys
 from batchrelay.store.lifecycle import cancel as cancel_batch
+from batchrelay.store.status import Status
 from batchrelay.store.store import BatchInfo, Store
 from batchrelay.store.submit import submit_stream
 from batchrelay.wire.dialect import Dialect
@@ -203,7 +203,7 @@ class AsyncClient:
             info = await store.info(batch_id)
             if on_update is not None:
                 on_update(info.as_dict())
-            if info.finished or info.status == EXHAUSTED:
+            if info.finished or info.status == Status.BUDGET_EXHAUSTED:
                 return await self._status(store, info)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"batch {batch_id} is still {info.status} after {timeout:g}s "

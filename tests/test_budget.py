@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from batchrelay.config.settings import ProviderConfig
-from batchrelay.money.budget import EXHAUSTED, OverBudget, Spend, Unpriced
+from batchrelay.money.budget import OverBudget, Spend, Unpriced
 from batchrelay.money.pricing import pico
 from batchrelay.spec import BatchSpec
 from batchrelay.store.budget import Budget
+from batchrelay.store.status import Status
 from batchrelay.store.store import Store
 from batchrelay.store.submit import new_batch_id
 from batchrelay.wire.jobs import JobLine
@@ -76,13 +77,13 @@ async def test_a_reservation_past_the_limit_is_refused_and_the_batch_waits(store
     b = Budget(store)
     assert await b.reserve(batch, D("0.06")) is not None
     assert await b.reserve(batch, D("0.05")) is None  # 0.11 > 0.1
-    assert await _status(store, batch) == EXHAUSTED
+    assert await _status(store, batch) == Status.BUDGET_EXHAUSTED
     info = await b.info(batch)
     assert (info.reserved_usd, info.spent_usd, info.remaining_usd) == (D("0.06"), 0, D("0.04"))  # refused: not held
     assert await b.reserve(batch, D("0.04")) is not None  # exactly up to the limit is allowed
     assert (await b.info(batch)).remaining_usd == 0
     assert await b.reserve(batch, D("0.000000000001")) is None  # not one pico-dollar more
-    assert await _status(store, batch) == EXHAUSTED
+    assert await _status(store, batch) == Status.BUDGET_EXHAUSTED
     assert (await store.claim(batch, [1, 2])).jobs == []  # an exhausted batch gives out no line
 
 
@@ -165,7 +166,7 @@ async def test_raising_the_limit_of_an_exhausted_batch_lets_its_waiting_lines_go
     assert token is not None
     await b.settle(batch, token, D("0.1"))
     assert await b.reserve(batch, D("0.05")) is None
-    assert await _status(store, batch) == EXHAUSTED
+    assert await _status(store, batch) == Status.BUDGET_EXHAUSTED
 
     assert await b.raise_limit(batch, D("0.25")) is True
     assert await _status(store, batch) == "in_progress"
@@ -182,7 +183,7 @@ async def test_raising_the_limit_of_an_exhausted_batch_with_nothing_pending_comp
     assert await b.reserve(batch, D("1")) is None
     # its last line got its answer elsewhere (e.g. a rerun of its chunk) while the batch was exhausted
     await store.redis.srem(store.keys.pending(batch), "1")  # type: ignore[misc]
-    assert await _status(store, batch) == EXHAUSTED
+    assert await _status(store, batch) == Status.BUDGET_EXHAUSTED
 
     assert await b.raise_limit(batch, D("2")) is False
     info = await store.info(batch)
@@ -225,7 +226,7 @@ async def test_concurrent_reservations_never_pass_the_limit(store: Store) -> Non
     assert len(granted) == 25 and len(set(granted)) == 25
     info = await budgets[0].info(batch)
     assert (info.reserved_usd, info.remaining_usd) == (D("0.25"), 0)
-    assert await _status(store, batch) == EXHAUSTED
+    assert await _status(store, batch) == Status.BUDGET_EXHAUSTED
     assert await store.redis.zcard(store.keys.budget_leases(batch)) == 25
 
 
@@ -261,7 +262,7 @@ async def test_spend_reserves_the_most_a_call_may_cost_and_refuses_past_the_limi
     second = await spend.reserve(PRICED, _body(max_tokens=10))
     with pytest.raises(OverBudget):
         await spend.reserve(PRICED, _body(max_tokens=10))
-    assert await _status(store, batch) == EXHAUSTED
+    assert await _status(store, batch) == Status.BUDGET_EXHAUSTED
 
     await spend.settle(held, D("0.000015"))  # what the call was billed
     await spend.settle(second, None)  # unknown cost: the reservation counts as spent

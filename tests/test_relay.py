@@ -18,12 +18,13 @@ import pytest
 from redis.asyncio import Redis
 
 from batchrelay.config.settings import HealthConfig, ProviderConfig, WorkerConfig
-from batchrelay.money.budget import EXHAUSTED, Budget, Spend
+from batchrelay.money.budget import Budget, Spend
 from batchrelay.results.outcome import Attempt, Result
 from batchrelay.sim.faults import SimConfig
 from batchrelay.sim.process import SimulatorProcess
 from batchrelay.store.health import Health, Permit
 from batchrelay.store.keys import Keys
+from batchrelay.store.status import Status
 from batchrelay.wire.dialect import Dialect
 from batchrelay.wire.jobs import JobLine
 from batchrelay.worker.relay import LineRelay
@@ -266,7 +267,7 @@ async def test_a_budget_that_cannot_cover_the_call_ends_the_line_over_budget_and
     out = await _relay([(a, "chat")], client, health, spend=spend).run()
     assert out.kind is Result.OVER_BUDGET and not out.ok
     assert out.attempts == [] and sims[0].calls == 0
-    assert await redis.hget(Keys(prefix).meta("b1"), "status") == EXHAUSTED.encode()  # type: ignore[misc]
+    assert await redis.hget(Keys(prefix).meta("b1"), "status") == Status.BUDGET_EXHAUSTED.encode()  # type: ignore[misc]
     got = await health.acquire(a, MODEL, 10)  # the probe permit the relay held went back
     assert isinstance(got, Permit) and got.probe
 

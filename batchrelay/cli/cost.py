@@ -14,10 +14,10 @@ from batchrelay.cli.kit import emit_json, handles_errors, open_client, open_stor
 from batchrelay.cli.options import USD, ProviderNames, endpoint_option
 from batchrelay.config.settings import ProviderConfig, Settings
 from batchrelay.errors import StoreError
-from batchrelay.money.budget import EXHAUSTED
-from batchrelay.money.estimate import Estimate, OutputGuess, estimate_file, output_history
+from batchrelay.money.estimate import Estimate, OutputGuess, estimate_file
 from batchrelay.money.pricing import usd_str
-from batchrelay.store.spending import cost_line, plain_usd
+from batchrelay.store.spending import cost_line, output_history, plain_usd
+from batchrelay.store.status import Status
 
 SIMULATOR = "simulator"  # the provider `run` falls back on when none is configured (runner.environment)
 
@@ -179,6 +179,6 @@ def budget(ctx: click.Context, batch: str, max_cost: Decimal | None, as_json: bo
     if b["requeued_chunks"]:
         click.echo(f"{b['requeued_chunks']} chunks of waiting lines are queued again; a running `batchrelay worker` "
                    "takes them")
-    elif b["status"] == EXHAUSTED:
+    elif b["status"] == Status.BUDGET_EXHAUSTED:
         click.echo("lines wait for more budget: raise it with --max-cost", err=True)
 

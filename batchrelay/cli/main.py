@@ -26,11 +26,11 @@ from batchrelay.cli.options import (
 from batchrelay.cli.providers import health_text, providers
 from batchrelay.config.settings import load_settings
 from batchrelay.errors import BatchrelayError, ExitCode
-from batchrelay.money.budget import EXHAUSTED
 from batchrelay.money.estimate import require_prices as check_prices
 from batchrelay.spec import BatchSpec
 from batchrelay.store.connection import DEFAULT_URL, check_reachable
 from batchrelay.store.spending import cost_line
+from batchrelay.store.status import Status
 from batchrelay.store.store import FINISHED, BatchInfo, unsuccessful
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ def _report(report: Any, as_json: bool) -> None:
     if c["discrepancies"]:
         notes.append(f"{c['discrepancies']} calls whose reported cost is over 1 % off the computed one")
     click.echo(f"cost:    ${c['usd']}" + (f" ({'; '.join(notes)})" if notes else ""))
-    if b.status == EXHAUSTED:
+    if b.status == Status.BUDGET_EXHAUSTED:
         click.echo(f"budget exhausted: {b.pending} lines were not sent. Raise it with `batchrelay budget {b.id} "
                    "--max-cost USD` and finish them with `batchrelay worker --burst` (same REDIS_URL)", err=True)
 

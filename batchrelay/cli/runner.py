@@ -19,7 +19,6 @@ from typing import Any
 from batchrelay.cli.progress import watch
 from batchrelay.config.settings import ProviderConfig, Settings
 from batchrelay.errors import BatchrelayError, ExitCode
-from batchrelay.money.budget import EXHAUSTED
 from batchrelay.procs import stop_all
 from batchrelay.sim.process import SimulatorProcess
 from batchrelay.spec import BatchSpec
@@ -27,6 +26,7 @@ from batchrelay.store.embedded import EmbeddedRedis
 from batchrelay.store.export import Exported, check_writable, export
 from batchrelay.store.keys import Keys
 from batchrelay.store.spending import cost_summary, ledger_of
+from batchrelay.store.status import Status
 from batchrelay.store.store import BatchInfo, Store
 from batchrelay.store.submit import submit_file
 from batchrelay.store.sweeper import requeue_pending
@@ -44,7 +44,7 @@ class RunReport:
 
     @property
     def exit_code(self) -> ExitCode:
-        if self.batch.status == EXHAUSTED:
+        if self.batch.status == Status.BUDGET_EXHAUSTED:
             return ExitCode.BUDGET
         return ExitCode.FAILED_LINES if self.batch.unsuccessful else ExitCode.OK
 
@@ -100,7 +100,7 @@ async def _work(settings: Settings, url: str, store: Store, batch_id: str, worke
                 info = await watch(store, batch_id, show=show, until_done=exited)
                 while not exited():
                     await asyncio.sleep(0.05)
-        if info.finished or info.status == EXHAUSTED:
+        if info.finished or info.status == Status.BUDGET_EXHAUSTED:
             return info  # over budget: its lines wait for `batchrelay budget` to raise the limit
         # workers left with lines pending: arq dropped a chunk; put it back and go again
         await requeue_pending(store, batch_id)

@@ -21,9 +21,6 @@ from batchrelay.errors import OverBudget as OverBudget  # what `reserve` raises,
 from batchrelay.errors import Unpriced as Unpriced
 from batchrelay.money.pricing import price_of, reservation
 from batchrelay.money.tokens import DEFAULT_MAX_OUTPUT, input_tokens, max_output_tokens
-from batchrelay.store.status import Status
-
-EXHAUSTED = Status.BUDGET_EXHAUSTED
 
 
 @dataclass(frozen=True, slots=True)

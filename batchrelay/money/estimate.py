@@ -17,11 +17,9 @@ from typing import Any
 
 from batchrelay.config.settings import ProviderConfig, Settings
 from batchrelay.errors import InputError, UnpricedModels
-from batchrelay.money.ledger import rows
 from batchrelay.money.pricing import Price, price_of, usd_str
 from batchrelay.money.tokens import input_tokens, max_output_tokens
 from batchrelay.providers.routing import candidates
-from batchrelay.store.store import Store
 from batchrelay.wire.dialect import Dialect
 from batchrelay.wire.jobs import BadLine, JobLine, iter_jobs
 
@@ -162,26 +160,6 @@ def estimate_jobs(jobs: Iterable[JobLine | BadLine], settings: Settings, *, allo
             row.high = _add(_line_cost(price, inp, cap), row.high)
     est.rows = [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1], not rows[k].first_choice, k[2]))]
     return est
-
-
-HISTORY_BATCHES = 20
-
-
-async def output_history(store: Store, batches: int = HISTORY_BATCHES) -> dict[tuple[str, str], float]:
-    """Output tokens per billed call, per provider and model, over the last `batches` finished
-    batches' ledgers: what the estimate expects when it has seen the model answer before."""
-    totals: dict[tuple[str, str], list[int]] = {}
-    for info in await store.list_batches(limit=200):
-        if not info.finished:
-            continue
-        for row in rows(await store.ledger(info.id)):
-            t = totals.setdefault((row.provider, row.model), [0, 0])
-            t[0] += row["output"]
-            t[1] += row["requests"]
-        batches -= 1
-        if batches <= 0:
-            break
-    return {k: out / calls for k, (out, calls) in totals.items() if calls}
 
 
 def estimate_file(path: Path, settings: Settings, *, default_dialect: Dialect = "chat",

@@ -18,7 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from batchrelay.errors import BatchNotFound
-from batchrelay.serve.app import Loaded, Served, anthropic_error, current, json_response, load, submit
+from batchrelay.serve.shared import Loaded, Served, anthropic_error, current, json_response, load, submit
 from batchrelay.store.lifecycle import advance, request_stop
 from batchrelay.store.store import Store
 

@@ -26,7 +26,7 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from batchrelay.errors import BatchNotFound, UploadError, UploadTooLarge
-from batchrelay.serve.app import Loaded, Served, current, json_response, load, openai_error, submit
+from batchrelay.serve.shared import Loaded, Served, current, json_response, load, openai_error, submit
 from batchrelay.store.files import delete_file_record, file_record, save_file_record
 from batchrelay.store.lifecycle import advance, request_stop
 from batchrelay.store.store import Store

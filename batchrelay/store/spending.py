@@ -48,3 +48,23 @@ def cost_line(summary: dict[str, Any]) -> str:
 def plain_usd(amount: str | None) -> str | None:
     """A USD decimal string as `usd_str` writes it (no trailing zeros)."""
     return None if amount is None else usd_str(Decimal(amount))
+
+
+HISTORY_BATCHES = 20
+
+
+async def output_history(store: Store, batches: int = HISTORY_BATCHES) -> dict[tuple[str, str], float]:
+    """Output tokens per billed call, per provider and model, over the last `batches` finished
+    batches' ledgers: what the estimate expects when it has seen the model answer before."""
+    totals: dict[tuple[str, str], list[int]] = {}
+    for info in await store.list_batches(limit=200):
+        if not info.finished:
+            continue
+        for row in rows(await store.ledger(info.id)):
+            t = totals.setdefault((row.provider, row.model), [0, 0])
+            t[0] += row["output"]
+            t[1] += row["requests"]
+        batches -= 1
+        if batches <= 0:
+            break
+    return {k: out / calls for k, (out, calls) in totals.items() if calls}
