@@ -251,7 +251,7 @@ async def test_the_blocking_client_refuses_to_run_inside_an_event_loop(redis_url
 
 def test_results_are_read_a_block_at_a_time_and_a_loop_may_stop_early(
         redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("batchrelay.api.RESULTS_BLOCK", 3)
+    monkeypatch.setattr("batchrelay.api.client.RESULTS_BLOCK", 3)
     with Client(redis_url, settings=_settings(prefix)) as client:
         batch = client.submit([openai_line(i) for i in range(1, 11)] + [{"bad": i} for i in range(10)])
         assert [r["batchrelay"]["line"] for r in client.results(batch)] == list(range(11, 21))

@@ -18,13 +18,15 @@ import pytest
 from redis.asyncio import Redis
 
 from batchrelay.config.settings import HealthConfig, ProviderConfig, WorkerConfig
-from batchrelay.money.budget import Budget, Spend
+from batchrelay.money.budget import Spend
 from batchrelay.results.outcome import Attempt, Result
 from batchrelay.sim.faults import SimConfig
 from batchrelay.sim.process import SimulatorProcess
+from batchrelay.store.budget import Budget
 from batchrelay.store.health import Health, Permit
 from batchrelay.store.keys import Keys
 from batchrelay.store.status import Status
+from batchrelay.store.store import Store
 from batchrelay.wire.dialect import Dialect
 from batchrelay.wire.jobs import JobLine
 from batchrelay.worker.relay import LineRelay
@@ -72,7 +74,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def _health(redis: Redis, prefix: str, **cfg: Any) -> Health:
-    return Health(redis, Keys(prefix), HealthConfig(**cfg))
+    return Health(Store(redis, Keys(prefix)), HealthConfig(**cfg))
 
 
 def _job(dialect: Dialect = "chat", model: str = MODEL) -> JobLine:
@@ -88,7 +90,7 @@ def _relay(candidates: list[tuple[ProviderConfig, Dialect]], client: httpx.Async
 
 async def _spend(redis: Redis, prefix: str, max_usd: str) -> Spend:
     """Batch "b1" with a spending limit of `max_usd`, as its relays see it."""
-    budget = Budget(redis, Keys(prefix))
+    budget = Budget(Store(redis, Keys(prefix)))
     await budget.raise_limit("b1", Decimal(max_usd))
     return Spend(budget, "b1")
 

@@ -24,6 +24,7 @@ from batchrelay.cli.options import (
     webhook_option,
 )
 from batchrelay.cli.providers import health_text, providers
+from batchrelay.cli.servers import serve, simulate
 from batchrelay.config.settings import load_settings
 from batchrelay.errors import BatchrelayError, ExitCode
 from batchrelay.money.estimate import require_prices as check_prices
@@ -362,79 +363,7 @@ def batches(ctx: click.Context, limit: int, as_json: bool) -> None:
     Console().print(table)
 
 
-@cli.command()
-@click.option("--host", help="Address to bind (default: [serve] host, 127.0.0.1).")
-@click.option("--port", type=click.IntRange(1, 65535), help="Port (default: [serve] port, 8080).")
-@click.pass_context
-@handles_errors
-def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
-    """Serve the OpenAI Files + Batches and Anthropic Message Batches APIs on this Redis.
-
-    Point the official SDKs at it (base_url) to submit, poll, download and cancel batches;
-    `batchrelay worker` processes run them. Clients need one of the keys held by the environment
-    variables that `[serve] api_keys_env` names (Authorization: Bearer, or x-api-key).
-
-    \b
-    Examples:
-      # batchrelay.toml:  [serve]  api_keys_env = ["BATCHRELAY_CLIENT_KEY"]
-      BATCHRELAY_CLIENT_KEY=secret batchrelay serve --port 8080
-      OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="secret")
-      Anthropic(base_url="http://127.0.0.1:8080", api_key="secret")
-    """
-    from batchrelay.serve.app import create_app
-
-    settings = settings_of(ctx)
-    cfg = settings.serve
-    create_app(settings)  # a missing key is a clean error before anything binds
-    run_async(_check_redis(settings.redis_url or DEFAULT_URL))
-    from batchrelay.serve.app import serve as run_server
-
-    run_server(settings, host or cfg.host, port or cfg.port, announce=lambda text: click.echo(text, err=True))
-
-
-async def _check_redis(url: str) -> None:
-    await check_reachable(url)  # a clear error now beats one per request
-
-
-@cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8787, show_default=True)
-@click.option("--latency-ms", type=float, default=0.0, show_default=True)
-@click.option("--fail-status", type=int, help="Answer every call with this status.")
-@click.option("--fail-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction of calls that fail.")
-@click.option("--fail-rate-status", type=int, default=500, show_default=True)
-@click.option("--retry-after", type=float, help="Retry-After seconds on 429/503.")
-@click.option("--fail-after", type=int, help="402 insufficient quota after this many calls.")
-@click.option("--malformed-rate", type=click.FloatRange(0, 1), default=0.0)
-@click.option("--hang-rate", type=click.FloatRange(0, 1), default=0.0)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--preset", type=click.Choice(["ttapi", "ttonkapi", "ttttt", "piapi", "ainow"]),
-              help="Serve this seed provider's documented wire format (paths, auth header, shapes).")
-@click.option("--api-key", help="Require this key (in the preset's header style).")
-@click.option("--credits", type=float, help="USD balance; 402 once it is spent.")
-@click.option("--rpm", type=click.IntRange(1), help="Requests per minute before 429 with Retry-After.")
-@click.option("--tpm", type=click.IntRange(1), help="Tokens per minute before 429 with Retry-After.")
-@click.option("--truncate-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction of streams cut short.")
-@click.option("--log-limit", type=click.IntRange(1), default=100_000, show_default=True,
-              help="Calls the request log (/_sim/log) keeps; older ones are dropped.")
-def simulate(host: str, port: int, **faults: Any) -> None:
-    """Serve a fake OpenAI/Anthropic-compatible provider on 127.0.0.1 (for demos and tests).
-
-    Control endpoints: GET/POST /_sim/config, GET /_sim/log[?full=1], GET /_sim/stats, POST /_sim/reset.
-
-    \b
-    Examples:
-      batchrelay simulate --port 8787
-      batchrelay simulate --port 8788 --fail-rate 0.2 --fail-rate-status 503 --retry-after 1
-      batchrelay simulate --port 8789 --preset ainow --api-key test --credits 0.05
-    """
-    from batchrelay.sim.app import SimConfig, serve
-
-    serve(SimConfig(**{k: v for k, v in faults.items() if v is not None}), host=host, port=port)
-
-
-cli.add_command(providers)
-for command in (estimate, cost, budget, cancel, retry_command):
+for command in (providers, estimate, cost, budget, cancel, retry_command, serve, simulate):
     cli.add_command(command)
 
 
