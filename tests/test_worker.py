@@ -30,12 +30,12 @@ from arq.worker import Retry
 from redis.asyncio import Redis
 
 from batchrelay.config.settings import ProviderConfig, Settings
-from batchrelay.money.budget import EXHAUSTED
 from batchrelay.results.outcome import Attempt
 from batchrelay.sim.process import SimulatorProcess
 from batchrelay.spec import BatchSpec
 from batchrelay.store.keys import Keys
 from batchrelay.store.lifecycle import request_stop
+from batchrelay.store.status import Status
 from batchrelay.store.store import Store
 from batchrelay.store.submit import submit_stream
 from batchrelay.worker.relay import LineRelay
@@ -212,7 +212,7 @@ async def test_over_budget_lines_wait_pending_until_the_limit_is_raised(
     await rt.run_chunk(batch, lines, cid)
     assert simulator.stats()["calls"] == 0
     info = await store.info(batch)
-    assert (info.status, info.pending) == (EXHAUSTED, 3)
+    assert (info.status, info.pending) == (Status.BUDGET_EXHAUSTED, 3)
     assert list(await store.chunk_map(batch)) == [cid]  # parked: no job until the limit is raised
     assert rt.budget is not None
     assert await rt.budget.raise_limit(batch, Decimal("1"))
