@@ -268,7 +268,7 @@ def status(ctx: click.Context, batch: str, as_json: bool, watch: bool) -> None:
         emit_json({**st, "providers": health})
         return
     click.echo(f"{st['id']}  {st['status']}  {st['name']}  ({st['input_format']})")
-    if st["status"] == "scheduled" and st["start_at"] is not None:
+    if st["status"] == Status.SCHEDULED and st["start_at"] is not None:
         click.echo(f"  starts at {datetime.fromtimestamp(st['start_at'], UTC).isoformat(timespec='seconds')}")
     click.echo("  " + "  ".join(f"{k}={v}" for k, v in st["counts"].items()))
     eta = f", ETA {st['eta_s']:.0f}s" if st["eta_s"] is not None else ""
@@ -356,7 +356,7 @@ def batches(ctx: click.Context, limit: int, as_json: bool) -> None:
     table = Table("id", "name", "status", "total", "succeeded", "failed", "invalid", "pending", "starts")
     for b in items:
         starts = (datetime.fromtimestamp(b["start_at"], UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-                  if b["status"] == "scheduled" and b["start_at"] is not None else "")
+                  if b["status"] == Status.SCHEDULED and b["start_at"] is not None else "")
         c = b["counts"]
         table.add_row(b["id"], b["name"], b["status"],
                       *(str(c[k]) for k in ("total", "succeeded", "failed", "invalid", "pending")), starts)

@@ -17,13 +17,11 @@ from typing import Any
 
 from batchrelay.config.settings import ProviderConfig, Settings
 from batchrelay.errors import InputError, UnpricedModels
-from batchrelay.money.pricing import Price, price_of, usd_str
+from batchrelay.money.pricing import MILLION, Price, price_of, usd_str
 from batchrelay.money.tokens import input_tokens, max_output_tokens
 from batchrelay.providers.routing import candidates
 from batchrelay.wire.dialect import Dialect
 from batchrelay.wire.jobs import BadLine, JobLine, iter_jobs
-
-MILLION = Decimal(1_000_000)
 
 
 @dataclass(frozen=True, slots=True)

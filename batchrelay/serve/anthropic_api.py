@@ -20,12 +20,14 @@ from starlette.routing import Route
 from batchrelay.errors import BatchNotFound
 from batchrelay.serve.shared import Loaded, Served, anthropic_error, current, json_response, load, submit
 from batchrelay.store.lifecycle import advance, request_stop
+from batchrelay.store.status import Status
 from batchrelay.store.store import Store
 
 WINDOW_S = 86400.0  # a message batch expires 24 hours after it was created
 MAX_REQUESTS = 100_000
-PROCESSING = {"cancelling": "canceling", "completed": "ended", "failed": "ended", "cancelled": "ended",
-              "expired": "ended"}
+# our batch status -> Message Batches' processing_status (its wire values); the rest are in_progress
+PROCESSING: dict[str, str] = {Status.CANCELLING: "canceling", Status.COMPLETED: "ended", Status.FAILED: "ended",
+              Status.CANCELLED: "ended", Status.EXPIRED: "ended"}
 
 
 def _known_id(msgbatch_id: str) -> str:
@@ -53,7 +55,7 @@ def batch_object(b: Loaded, base_url: str) -> dict[str, Any]:
         "created_at": _iso(info.created_at),
         "expires_at": _iso(info.expires_at or info.created_at + WINDOW_S),
         "archived_at": None,
-        "cancel_initiated_at": _iso(b.stop_at) if info.status in ("cancelling", "cancelled") else None,
+        "cancel_initiated_at": _iso(b.stop_at) if info.status in (Status.CANCELLING, Status.CANCELLED) else None,
         "results_url": f"{base_url}/v1/messages/batches/{msg_id}/results" if ended else None,
     }
 
@@ -112,7 +114,7 @@ def routes(served: Served) -> list[Route]:
         store = served.db
         try:
             batch_id = _known_id(msg_id)
-            await request_stop(store, batch_id, "cancelled")
+            await request_stop(store, batch_id, Status.CANCELLED)
             await advance(store, batch_id, served.grace_s)  # workers' sweeps finish it
             return json_response(batch_object(await load(store, batch_id), _base(request)))
         except BatchNotFound:

@@ -29,6 +29,7 @@ from batchrelay.errors import BatchNotFound, UploadError, UploadTooLarge
 from batchrelay.serve.shared import Loaded, Served, current, json_response, load, openai_error, submit
 from batchrelay.store.files import delete_file_record, file_record, save_file_record
 from batchrelay.store.lifecycle import advance, request_stop
+from batchrelay.store.status import Status
 from batchrelay.store.store import Store
 from batchrelay.wire.dialect import Dialect
 
@@ -42,9 +43,12 @@ MAX_FORM_FIELDS = 16  # parts besides the file (the SDKs send one: `purpose`)
 MAX_FIELDS_BYTES = 256 * 1024  # all of them together
 ENDPOINTS: dict[str, Dialect] = {"/v1/chat/completions": "chat", "/v1/messages": "messages"}
 WINDOWS = {"24h": 86400.0}
-STATUS = {"validating": "validating", "scheduled": "validating", "in_progress": "in_progress",
-          "budget_exhausted": "in_progress", "expiring": "in_progress", "cancelling": "cancelling",
-          "completed": "completed", "failed": "failed", "cancelled": "cancelled", "expired": "expired"}
+# our batch status -> the OpenAI Batch API's (its wire values)
+STATUS: dict[str, str] = {
+    Status.VALIDATING: "validating", Status.SCHEDULED: "validating", Status.IN_PROGRESS: "in_progress",
+    Status.BUDGET_EXHAUSTED: "in_progress", Status.EXPIRING: "in_progress", Status.CANCELLING: "cancelling",
+    Status.COMPLETED: "completed", Status.FAILED: "failed", Status.CANCELLED: "cancelled", Status.EXPIRED: "expired",
+}
 VIRTUAL = re.compile(r"file-([0-9a-f]+)-(output|errors)")
 UPLOADED = re.compile(r"file-[0-9a-f]{24}")
 
@@ -343,7 +347,7 @@ def routes(served: Served) -> list[Route]:
     async def cancel_batch(request: Request) -> Response:
         store, batch_id = served.db, request.path_params["batch_id"]
         try:
-            await request_stop(store, batch_id, "cancelled")
+            await request_stop(store, batch_id, Status.CANCELLED)
             await advance(store, batch_id, served.grace_s)  # workers' sweeps finish it
             return json_response(batch_object(await load(store, batch_id)))
         except BatchNotFound:
