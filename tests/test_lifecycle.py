@@ -13,8 +13,9 @@ import pytest
 from batchrelay.errors import BatchNotFound
 from batchrelay.money.ledger import increments
 from batchrelay.money.pricing import CallCost
-from batchrelay.results.outcome import Attempt, Outcome
+from batchrelay.results.outcome import Attempt, Outcome, Result
 from batchrelay.results.records import outcome_record
+from batchrelay.spec import BatchSpec
 from batchrelay.store.lifecycle import (
     STALE_SUBMIT_S,
     RetryRefused,
@@ -36,9 +37,10 @@ from .conftest import openai_line
 GRACE = 60.0
 
 
-async def _submitted(store: Store, n: int, bad: bytes = b"", **kw: object) -> str:
+async def _submitted(store: Store, n: int, bad: bytes = b"", queue: str | None = None, **kw: object) -> str:
     src = io.BytesIO(b"".join(orjson.dumps(openai_line(i)) + b"\n" for i in range(1, n + 1)) + bad)
-    return (await submit_stream(store, src, name="t", source="t", chunk_size=2, **kw)).batch_id  # type: ignore[arg-type]
+    spec = BatchSpec(name="t", chunk_size=2, **kw)  # type: ignore[arg-type]
+    return (await submit_stream(store, src, spec, source="t", queue=queue)).batch_id
 
 
 async def _records(store: Store, batch: str) -> dict[int, dict[str, object]]:
@@ -95,7 +97,7 @@ async def test_a_line_in_flight_past_its_grace_is_stopped_too(store: Store) -> N
 
 async def test_a_stop_with_no_line_left_to_end_it_ends_at_the_next_step(store: Store) -> None:
     batch = new_batch_id()
-    await store.create_batch(batch, name="t", source="t")  # `validating`: no line written yet
+    await store.create_batch(batch, BatchSpec(name="t"), source="t")  # `validating`: no line written yet
     assert await request_stop(store, batch, "cancelled") == "cancelling"
     assert await advance(store, batch, GRACE) == 0
     assert (await store.info(batch)).status == "cancelled"
@@ -112,7 +114,7 @@ async def test_stopping_a_finished_batch_changes_nothing_and_an_unknown_one_is_n
 
 
 async def test_a_batch_past_its_window_expires_at_the_sweep(store: Store) -> None:
-    batch = await _submitted(store, 3, completion_window_s=60)
+    batch = await _submitted(store, 3, completion_window=60)
     info = await store.info(batch)
     assert info.expires_at is not None
     done = await tick(store, grace_s=GRACE, retention_s=None, now=info.expires_at + 1)
@@ -123,7 +125,7 @@ async def test_a_batch_past_its_window_expires_at_the_sweep(store: Store) -> Non
 
 
 async def test_a_worker_finds_a_batch_past_its_window_stopped_and_marks_it_expiring(store: Store) -> None:
-    batch = await _submitted(store, 2, completion_window_s=3600)
+    batch = await _submitted(store, 2, completion_window=3600)
     assert await is_stopped(store, batch) is False
     await store.set_fields(batch, {"expires_at": str(time.time() - 1)})
     assert await is_stopped(store, batch) is True
@@ -154,7 +156,7 @@ async def test_the_sweep_starts_a_deferred_batch_when_it_is_due_and_enqueues_its
 
 async def test_the_sweep_fails_a_submit_that_never_finished(store: Store) -> None:
     batch = new_batch_id()
-    await store.create_batch(batch, name="t", source="t")
+    await store.create_batch(batch, BatchSpec(name="t"), source="t")
     created = (await store.info(batch)).created_at
     assert (await tick(store, grace_s=GRACE, retention_s=None, now=created + 60))["abandoned_submits"] == 0
     assert (await tick(store, grace_s=GRACE, retention_s=None,
@@ -180,7 +182,7 @@ def _failed_after_a_billed_call(batch: str, line: int) -> tuple[bytes, dict[str,
     """A provider_error record whose one attempt was billed, and the ledger increments it carried."""
     job = JobLine(line, f"req-{line}", "openai", "chat", {"model": "m", "messages": []})
     billed = Attempt("p", 500, 10.0, model="m", usage=Usage(100, 5), cost=CallCost(D("0.001"), None, "computed"))
-    out = Outcome(attempts=[billed], message="provider failed")
+    out = Outcome(Result.FAILED, attempts=[billed], message="provider failed")
     return outcome_record(batch, job, out), increments(out.billed)
 
 

@@ -13,6 +13,7 @@ import pytest
 from arq.constants import job_key_prefix
 
 from batchrelay.money.pricing import pico
+from batchrelay.spec import BatchSpec
 from batchrelay.store import submit as submit_module
 from batchrelay.store.store import Store
 from batchrelay.store.submit import submit_stream
@@ -36,8 +37,7 @@ async def _queued(store: Store) -> set[str]:
 
 
 async def test_submit_writes_each_line_pends_it_maps_it_to_a_chunk_and_enqueues_the_chunks(store: Store) -> None:
-    res = await submit_stream(store, _jsonl(*[openai_line(i) for i in range(1, 6)]), name="n", source="in.jsonl",
-                              chunk_size=2)
+    res = await submit_stream(store, _jsonl(*[openai_line(i) for i in range(1, 6)]), BatchSpec(name="n", chunk_size=2), source="in.jsonl")
     b, k = res.batch_id, store.keys
     assert (res.total, res.valid, res.invalid) == (5, 5, 0)
     lines = {int(n): JobLine.from_json(v) for n, v in (await store.redis.hgetall(k.lines(b))).items()}  # type: ignore[misc]
@@ -56,7 +56,7 @@ async def test_submit_writes_each_line_pends_it_maps_it_to_a_chunk_and_enqueues_
 
 async def test_bad_lines_become_error_records_and_the_rest_of_the_batch_runs(store: Store) -> None:
     res = await submit_stream(store, _jsonl(openai_line(1), b"{broken\n", b"\n", {"custom_id": "x"}, openai_line(5)),
-                              name="t", source="t", chunk_size=10)
+                              BatchSpec(name="t", chunk_size=10), source="t")
     b = res.batch_id
     assert (res.total, res.valid, res.invalid) == (4, 2, 2)  # the blank line is no line of input
     errors = await _errors(store, b)
@@ -71,8 +71,7 @@ async def test_a_repeated_custom_id_is_an_input_error_naming_the_line_that_had_i
     store: Store, monkeypatch: pytest.MonkeyPatch, flush_lines: int
 ) -> None:
     monkeypatch.setattr(submit_module, "FLUSH_LINES", flush_lines)
-    res = await submit_stream(store, _jsonl(openai_line(1), openai_line(2), openai_line(3), openai_line(2)),
-                              name="t", source="t")
+    res = await submit_stream(store, _jsonl(openai_line(1), openai_line(2), openai_line(3), openai_line(2)), BatchSpec(name="t"), source="t")
     b = res.batch_id
     assert (res.valid, res.invalid) == (3, 1)
     assert "duplicate custom_id 'req-2' (first on line 2)" in (await _errors(store, b))[4]["message"]
@@ -82,15 +81,14 @@ async def test_a_repeated_custom_id_is_an_input_error_naming_the_line_that_had_i
 async def test_a_line_over_the_size_limit_is_an_input_error(store: Store) -> None:
     big = openai_line(2)
     big["body"]["messages"][0]["content"] = "x" * 2000
-    res = await submit_stream(store, _jsonl(openai_line(1), big), name="t", source="t", max_line_bytes=1000)
+    res = await submit_stream(store, _jsonl(openai_line(1), big), BatchSpec(name="t", max_line_bytes=1000), source="t")
     assert (res.valid, res.invalid) == (1, 1)
     assert list(await _errors(store, res.batch_id)) == [2]
 
 
 async def test_a_deferred_batch_is_written_but_nothing_is_enqueued_until_it_starts(store: Store) -> None:
     start_at = time.time() + 3600
-    res = await submit_stream(store, _jsonl(openai_line(1)), name="t", source="t", start_at=start_at,
-                              completion_window_s=600)
+    res = await submit_stream(store, _jsonl(openai_line(1)), BatchSpec(name="t", start_at=start_at, completion_window=600), source="t")
     info = await store.info(res.batch_id)
     assert (info.status, info.start_at, info.pending) == ("scheduled", start_at, 1)
     assert info.expires_at == pytest.approx(start_at + 600)  # its window runs from its start
@@ -100,8 +98,7 @@ async def test_a_deferred_batch_is_written_but_nothing_is_enqueued_until_it_star
 
 async def test_a_batch_keeps_its_options(store: Store) -> None:
     queue = f"{store.keys.queue}:run:x"
-    res = await submit_stream(store, _jsonl(openai_line(1)), name="t", source="t", providers=["a", "b"], queue=queue,
-                              max_cost=D("0.25"), webhook="https://example.com/hook")
+    res = await submit_stream(store, _jsonl(openai_line(1)), BatchSpec(name="t", providers=("a", "b"), max_cost=D("0.25"), webhook="https://example.com/hook"), source="t", queue=queue)
     b = res.batch_id
     claim = await store.claim(b, [1])
     assert (claim.allow, claim.budgeted) == (["a", "b"], True)
@@ -115,7 +112,7 @@ async def test_a_batch_keeps_its_options(store: Store) -> None:
 
 
 async def test_a_file_of_only_input_errors_is_completed_at_once_with_nothing_enqueued(store: Store) -> None:
-    res = await submit_stream(store, _jsonl(b"nope\n", b"[]\n"), name="t", source="t")
+    res = await submit_stream(store, _jsonl(b"nope\n", b"[]\n"), BatchSpec(name="t"), source="t")
     info = await store.info(res.batch_id)
     assert (info.status, info.invalid, info.pending) == ("completed", 2, 0)
     assert info.finished_at is not None
@@ -134,7 +131,7 @@ class _Breaks(io.BytesIO):
 async def test_a_submit_cut_short_leaves_a_failed_batch_that_nothing_works_on(store: Store) -> None:
     with pytest.raises(OSError, match="input went away"):
         await submit_stream(store, _Breaks(orjson.dumps(openai_line(1)) + b"\n" + orjson.dumps(openai_line(2))),
-                            name="t", source="t")
+                            BatchSpec(name="t"), source="t")
     (info,) = await store.list_batches()
     assert (info.status, await store.get_fields(info.id, ["error"])) == (
         "failed", {"error": "submit interrupted: OSError"})

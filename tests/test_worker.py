@@ -254,7 +254,7 @@ async def test_a_chunk_past_its_deadline_asks_arq_to_retry_while_its_lines_finis
 async def test_a_chunk_whose_redis_is_unreachable_asks_arq_to_retry_it_soon() -> None:
     gone = Redis.from_url("redis://127.0.0.1:9", socket_connect_timeout=1)  # nothing listens there
     settings = Settings(providers=(ProviderConfig(name="sim", base_url="http://127.0.0.1:9"),))
-    rt = Runtime.opened(settings, gone, Keys("brtest-gone:"))
+    rt = Runtime.opened(settings, Store(gone, Keys("brtest-gone:")))
     try:
         with pytest.raises(Retry) as retry:
             await run_chunk({"runtime": rt, "job_id": "c0"}, "batch_x", [1])
