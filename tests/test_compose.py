@@ -21,6 +21,7 @@ from batchrelay.cli.main import cli
 from batchrelay.config.settings import load_settings
 from batchrelay.procs import stop_all
 from batchrelay.sim.process import SimulatorProcess, free_port
+
 from .conftest import wait_for, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,7 +104,7 @@ def _user() -> tuple[str, set[str]]:
     """The Dockerfile's USER and the names it goes by (uid and login, from its useradd line)."""
     user = [line.split()[1] for line in _dockerfile() if line.startswith("USER ")][-1].split(":")[0]
     for line in _dockerfile():
-        m = re.search(r"useradd .*--uid (\d+) .*?(\w+)(?: &&|$)", line)
+        m = re.search(r"useradd .*--uid (\d+) .*?(\w+)\s*(?:&&|$)", line)
         if m and user in m.groups():
             return user, set(m.groups())
     return user, {user}
@@ -221,10 +222,14 @@ def test_long_running_services_have_healthchecks_and_start_after_healthy_depende
 
 # The healthchecks, run here as Docker would run them in the containers, against the same servers.
 
+def _client_key_env() -> str:
+    return load_settings(ROOT / "examples" / "compose.toml").serve.api_keys_env[0]
+
+
 @pytest.fixture
 def local_stack(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[dict[str, int]]:
     """A simulator and `batchrelay serve` on free ports: container port -> local port."""
-    key_env = next(iter(load_settings(ROOT / "examples" / "compose.toml").serve.api_keys_env))
+    key_env = _client_key_env()
     cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": "http://127.0.0.1:1"}])
     with cfg.open("a") as f:
         f.write(f'\n[serve]\napi_keys_env = ["{key_env}"]\nfiles_dir = "{tmp_path / "files"}"\n')
@@ -252,7 +257,7 @@ def test_the_healthchecks_pass_on_healthy_servers_and_fail_without_them(local_st
                                                                          redis_url: str, tmp_path: Path) -> None:
     services = _services()
     env = {**os.environ, "REDIS_URL": redis_url, "BATCHRELAY_CONFIG": str(tmp_path / "c.toml")}
-    key_env = next(iter(load_settings(ROOT / "examples" / "compose.toml").serve.api_keys_env))
+    key_env = _client_key_env()
     for name in ("simulator", "serve", "worker"):
         assert _healthy(services[name], local_stack, {**env, key_env: "k-local"}), name
     dead = {8787: free_port(), 8080: free_port()}
