@@ -6,6 +6,7 @@ registry (~15 s with a warm pip cache): marked `install`, so `pytest -m "not ins
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -58,8 +59,9 @@ def no_leftover_servers(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
     for proc in psutil.process_iter(["cmdline"]):
         if any(str(tmp_path) in arg for arg in proc.info["cmdline"] or []):
-            proc.terminate()
-            psutil.wait_procs([proc], timeout=10)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+                psutil.wait_procs([proc], timeout=10)
 
 
 def site_packages(venv: Path) -> Path:
