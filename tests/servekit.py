@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,12 +35,17 @@ class Api:
     files_dir: Path
     config: Path
     env: dict[str, str]
+    clients: list[openai.OpenAI | anthropic.Anthropic] = field(default_factory=list)
 
     def openai(self, key: str = KEY) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base + "/v1", api_key=key, max_retries=0)
+        client = openai.OpenAI(base_url=self.base + "/v1", api_key=key, max_retries=0)
+        self.clients.append(client)
+        return client
 
     def anthropic(self, key: str = KEY) -> anthropic.Anthropic:
-        return anthropic.Anthropic(base_url=self.base, api_key=key, max_retries=0)
+        client = anthropic.Anthropic(base_url=self.base, api_key=key, max_retries=0)
+        self.clients.append(client)
+        return client
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """A raw request with the client key (for what the SDKs never send)."""
@@ -79,7 +84,12 @@ def serving(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Api]:
                     return False
 
             wait_for(up, 20, "batchrelay serve to answer")
-            yield Api(base, sim, tmp_path / "files", cfg, env)
+            api = Api(base, sim, tmp_path / "files", cfg, env)
+            try:
+                yield api
+            finally:
+                for client in api.clients:
+                    client.close()
         finally:
             stop_all(procs, grace=10)
 
