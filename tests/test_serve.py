@@ -165,7 +165,7 @@ def test_a_large_upload_round_trips_byte_for_byte(api: Api) -> None:
 
 
 def test_upload_limits_answer_in_openai_error_shape(api: Api) -> None:
-    from batchrelay.serve.openai_api import MAX_FIELD_BYTES, MAX_FORM_FIELDS
+    from batchrelay.serve.upload_form import MAX_FIELD_BYTES, MAX_FORM_FIELDS
 
     def post(parts: list[tuple[str, bytes]], after: bytes = b"") -> httpx.Response:
         body = b"".join(b'--XyZ\r\nContent-Disposition: form-data; name="' + name.encode() + b'"'

@@ -47,7 +47,8 @@ def test_batches_are_listed_newest_first_in_pages_both_ways(api: Api) -> None:
     newer = client.messages.batches.list(before_id=newest[3], limit=2)
     assert [b.id for b in newer.data] == newest[1:3] and newer.has_more
     assert (newer.first_id, newer.last_id) == (newest[1], newest[2])
-    assert [b.id for b in client.messages.batches.list(before_id=newest[3], limit=2)] == newest[:3]  # via before_id
+    # the SDK follows before_id (first_id) towards the newest, a page at a time
+    assert [b.id for b in client.messages.batches.list(before_id=newest[3], limit=2)] == [*newest[1:3], newest[0]]
     top = client.messages.batches.list(before_id=newest[1])
     assert [b.id for b in top.data] == newest[:1] and not top.has_more
     empty = client.messages.batches.list(after_id=newest[3])
