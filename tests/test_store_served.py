@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from batchrelay.errors import BatchNotFound
 from batchrelay.spec import BatchSpec
 from batchrelay.store import served
-from batchrelay.store.files import delete_file_record, file_record, file_records, save_file_record
+from batchrelay.store.files import delete_file_record, file_record, file_records, index_files, save_file_record
 from batchrelay.store.served import delete_records, served_batches
 from batchrelay.store.store import Store
 
@@ -95,3 +95,14 @@ async def test_uploaded_files_are_indexed_by_upload_time(store: Store) -> None:
     assert await delete_file_record(store, "file-b") is False
     assert await file_record(store, "file-b") is None
     assert [r["id"] for r in await file_records(store)] == ["file-a", "file-c"]
+
+
+async def test_file_records_an_older_serve_left_unindexed_are_indexed_once(store: Store, redis: Redis) -> None:
+    for file_id, at in (("file-old1", "5.0"), ("file-old2", "6.0")):
+        await redis.hset(store.keys.file(file_id), mapping={"id": file_id, "bytes": "1", "created_at": at,
+                                                             "filename": "f", "purpose": "batch"})
+    await save_file_record(store, "file-new", {"id": "file-new", "bytes": "1", "created_at": "7.0", "filename": "f",
+                                               "purpose": "batch"})
+    assert await index_files(store) == 2
+    assert await index_files(store) == 0
+    assert [r["id"] for r in await file_records(store)] == ["file-old1", "file-old2", "file-new"]

@@ -30,6 +30,7 @@ from batchrelay.serve.openai_api import routes as openai_routes
 from batchrelay.serve.shared import Served, anthropic_error, openai_error
 from batchrelay.store.connection import DEFAULT_URL
 from batchrelay.store.embedded import state_dir
+from batchrelay.store.files import index_files
 from batchrelay.store.keys import Keys
 from batchrelay.store.store import Store
 
@@ -114,6 +115,7 @@ def create_app(settings: Settings, redis_url: str | None = None) -> Starlette:
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         served.files_dir.mkdir(parents=True, exist_ok=True)
         async with await Store.connect(url, Keys(settings.redis.prefix)) as served.store:
+            await index_files(served.store)
             yield
 
     app = Starlette(routes=[*openai_routes(served), *anthropic_routes(served)], lifespan=lifespan,

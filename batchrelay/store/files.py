@@ -42,3 +42,19 @@ async def file_records(store: Store) -> list[dict[str, str]]:
             pipe.hgetall(store.keys.file(file_id.decode()))
         raws = await pipe.execute()
     return [_decoded(raw) for raw in raws if raw]
+
+
+def _glob_escaped(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+async def index_files(store: Store) -> int:
+    """Index the records an older `serve` left without one (it kept no index); how many it added.
+    Run when `serve` starts: a scan of this prefix's file records, once."""
+    added = 0
+    prefix = store.keys.file("")
+    async for key in store.redis.scan_iter(match=_glob_escaped(prefix) + "*", count=1000, _type="HASH"):
+        created_at = await store.redis.hget(key, "created_at")  # type: ignore[misc]
+        if created_at is not None:
+            added += await store.redis.zadd(store.keys.files, {key.decode()[len(prefix):]: float(created_at)}, nx=True)
+    return added

@@ -1,6 +1,7 @@
 """The pure parts of `serve`: page sizes, orders and cursors (listing.py), OpenAI's expiry policies
-(expiry.py), the endpoint check of an OpenAI batch's lines (endpoint_check.py) and which output
-files a finished batch has (openai_files.outputs_of)."""
+(expiry.py), the endpoint check of an OpenAI batch's lines (endpoint_check.py), which output
+files a finished batch has (openai_files.outputs_of) and the error answers for unknown routes and
+server faults in each API's shape (app.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from typing import Any
 
 import orjson
 import pytest
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 
+from batchrelay.serve.app import server_fault, unknown_route
 from batchrelay.serve.endpoint_check import MAX_NAMED, endpoint_errors
 from batchrelay.serve.expiry import MAX_S, MIN_S, expired, expires_at, form_policy, policy_seconds
 from batchrelay.serve.listing import BadParam, descending, page_after, page_size
@@ -145,3 +149,37 @@ def test_a_finished_batch_has_an_output_and_an_error_file_while_it_has_such_reco
 def test_an_output_file_expires_after_the_batchs_policy_from_when_it_finished() -> None:
     (out,) = outputs_of("batch_abc", {**FINISHED, "serve_output_expires_s": "3600"})
     assert out.expires_at == 4600.5
+
+
+def _request(method: str, path: str) -> Request:
+    return Request({"type": "http", "method": method, "path": path, "query_string": b"", "headers": []})
+
+
+@pytest.mark.parametrize(("method", "path", "exc", "status", "body"), [
+    ("GET", "/v1/nope", HTTPException(404), 404,
+     {"error": {"message": "Invalid URL (GET /v1/nope)", "type": "invalid_request_error", "param": None, "code": None}}),
+    ("PUT", "/v1/batches", HTTPException(405, headers={"Allow": "GET, POST"}), 405,
+     {"error": {"message": "Invalid method for URL (PUT /v1/batches)", "type": "invalid_request_error", "param": None,
+                "code": None}}),
+    ("GET", "/v1/messages/x", HTTPException(404), 404,
+     {"type": "error", "error": {"type": "not_found_error", "message": "Not found: GET /v1/messages/x"}}),
+    ("PATCH", "/v1/messages/batches", HTTPException(405, headers={"Allow": "GET, POST"}), 405,
+     {"type": "error", "error": {"type": "invalid_request_error",
+                                 "message": "Method PATCH is not allowed on /v1/messages/batches"}}),
+])
+async def test_an_unknown_route_or_method_answers_in_its_apis_shape(method: str, path: str, exc: HTTPException,
+                                                                     status: int, body: dict[str, Any]) -> None:
+    r = await unknown_route(_request(method, path), exc)
+    assert (r.status_code, orjson.loads(r.body), r.media_type) == (status, body, "application/json")
+    assert r.headers.get("allow") == (exc.headers or {}).get("Allow")
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/batches", {"error": {"message": "The server had an error while processing your request.",
+                               "type": "server_error", "param": None, "code": None}}),
+    ("/v1/messages/batches", {"type": "error", "error": {"type": "api_error", "message": "Internal server error"}}),
+])
+async def test_a_server_fault_answers_500_in_its_apis_shape(path: str, body: dict[str, Any]) -> None:
+    r = await server_fault(_request("GET", path), RuntimeError("boom"))
+    assert (r.status_code, orjson.loads(r.body)) == (500, body)
+    assert b"boom" not in r.body
