@@ -101,8 +101,8 @@ async def test_file_records_an_older_serve_left_unindexed_are_indexed_once(store
     for file_id, at in (("file-old1", "5.0"), ("file-old2", "6.0")):
         await redis.hset(store.keys.file(file_id), mapping={"id": file_id, "bytes": "1", "created_at": at,
                                                              "filename": "f", "purpose": "batch"})
-    await save_file_record(store, "file-new", {"id": "file-new", "bytes": "1", "created_at": "7.0", "filename": "f",
-                                               "purpose": "batch"})
     assert await index_files(store) == 2
     assert await index_files(store) == 0
+    await save_file_record(store, "file-new", {"id": "file-new", "bytes": "1", "created_at": "7.0", "filename": "f",
+                                               "purpose": "batch"})
     assert [r["id"] for r in await file_records(store)] == ["file-old1", "file-old2", "file-new"]

@@ -24,7 +24,18 @@ from batchrelay.serve.expiry import policy_seconds
 from batchrelay.serve.listing import BadParam, page_size
 from batchrelay.serve.openai_files import Files
 from batchrelay.serve.openai_files import routes as file_routes
-from batchrelay.serve.shared import OPENAI, Loaded, Served, body_of, current, json_response, load, openai_error, stop
+from batchrelay.serve.shared import (
+    OPENAI,
+    Loaded,
+    Served,
+    body_of,
+    current,
+    json_response,
+    load,
+    openai_error,
+    openai_list,
+    stop,
+)
 from batchrelay.serve.shared import submit as submit_lines
 from batchrelay.spec import BatchSpec
 from batchrelay.store.served import served_batches
@@ -161,7 +172,7 @@ def routes(served: Served) -> list[Route]:
             limit = page_size(request.query_params.get("limit"), default=20, most=MAX_LIST)
             async for batch_id, _ in served_batches(served.db, OPENAI, after=after):
                 if len(data) == limit:
-                    return json_response(_page(data, True))
+                    return openai_list(data, True)
                 try:
                     data.append(batch_object(await load(served.db, batch_id, OPENAI)))
                 except BatchNotFound:
@@ -170,7 +181,7 @@ def routes(served: Served) -> list[Route]:
             return openai_error(400, str(e), param=e.param)
         except BatchNotFound:
             return openai_error(400, f"after: no batch {after!r}", param="after")
-        return json_response(_page(data, False))
+        return openai_list(data, False)
 
     async def cancel_batch(request: Request) -> Response:
         batch_id = request.path_params["batch_id"]
@@ -189,8 +200,3 @@ def routes(served: Served) -> list[Route]:
         Route("/v1/batches/{batch_id}", get_batch, methods=["GET"]),
         Route("/v1/batches/{batch_id}/cancel", cancel_batch, methods=["POST"]),
     ]
-
-
-def _page(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
-    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": more}

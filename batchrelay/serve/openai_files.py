@@ -30,7 +30,7 @@ from starlette.routing import Route
 from batchrelay.errors import UploadError, UploadTooLarge
 from batchrelay.serve.expiry import expired, expires_at, form_policy, policy_seconds
 from batchrelay.serve.listing import BadParam, descending, page_after, page_size
-from batchrelay.serve.shared import OPENAI, Served, json_response, openai_error
+from batchrelay.serve.shared import OPENAI, Served, json_response, openai_error, openai_list
 from batchrelay.serve.upload_form import read_form
 from batchrelay.store.files import delete_file_record, file_record, file_records, save_file_record
 from batchrelay.store.served import delete_records, served_batches
@@ -204,8 +204,7 @@ def routes(served: Served) -> list[Route]:
             data, more = page_after([f[2] for f in found], lambda f: str(f["id"]), q.get("after"), limit)
         except BadParam as e:
             return openai_error(400, str(e), param=e.param)
-        return json_response({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                              "last_id": data[-1]["id"] if data else None, "has_more": more})
+        return openai_list(data, more)
 
     async def get_file(request: Request) -> Response:
         file_id = request.path_params["file_id"]

@@ -112,6 +112,12 @@ def json_response(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
+def openai_list(data: list[dict[str, Any]], more: bool) -> Response:
+    """A page of an OpenAI list (files, batches)."""
+    return json_response({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                          "last_id": data[-1]["id"] if data else None, "has_more": more})
+
+
 def openai_error(status: int, message: str, *, kind: str = "invalid_request_error", code: str | None = None,
                  param: str | None = None) -> Response:
     return json_response({"error": {"message": message, "type": kind, "param": param, "code": code}}, status)

@@ -50,7 +50,9 @@ def _glob_escaped(text: str) -> str:
 
 async def index_files(store: Store) -> int:
     """Index the records an older `serve` left without one (it kept no index); how many it added.
-    Run when `serve` starts: a scan of this prefix's file records, once."""
+    Run when `serve` starts, until there is an index: a scan of this prefix's file records."""
+    if await store.redis.exists(store.keys.files):
+        return 0
     added = 0
     prefix = store.keys.file("")
     async for key in store.redis.scan_iter(match=_glob_escaped(prefix) + "*", count=1000, _type="HASH"):
