@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from batchrelay.serve.openai_api import read_form
+from batchrelay.serve.upload_form import read_form
 
 CHUNK = 64 * 1024
 HEAD = (b'--XyZ\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'

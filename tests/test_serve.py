@@ -4,14 +4,8 @@ real `batchrelay` processes; the provider is the built-in simulator."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import anthropic
 import httpx
@@ -19,88 +13,20 @@ import openai
 import orjson
 import pytest
 
-from batchrelay.procs import stop_all
-from batchrelay.sim.process import SimulatorProcess, free_port
-
-from .conftest import batchrelay, openai_line, wait_for, write_config
-
-KEY = "test-client-key-0123"
-KEY_ENV = "BATCHRELAY_TEST_SERVE_KEY"
-T = TypeVar("T")
-
-
-@dataclass
-class Api:
-    base: str
-    sim: SimulatorProcess
-    files_dir: Path
-
-    def openai(self, key: str = KEY) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base + "/v1", api_key=key, max_retries=0)
-
-    def anthropic(self, key: str = KEY) -> anthropic.Anthropic:
-        return anthropic.Anthropic(base_url=self.base, api_key=key, max_retries=0)
-
-
-def _serve_config(tmp_path: Path, prefix: str, sim_url: str) -> Path:
-    cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": sim_url}],
-                       concurrency=2, chunk_size=5, call_timeout=2)
-    with cfg.open("a") as f:
-        f.write(f'\n[serve]\napi_keys_env = ["{KEY_ENV}"]\nfiles_dir = "{tmp_path / "files"}"\n')
-    return cfg
+from .conftest import batchrelay, openai_line
+from .servekit import KEY, Api, anthropic_request, jsonl, poll, serving
 
 
 @pytest.fixture
 def api(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Api]:
-    procs: list[subprocess.Popen[bytes]] = []
-    sim = SimulatorProcess({})
-    with sim as sim_url:
-        cfg = _serve_config(tmp_path, prefix, sim_url)
-        env = {**os.environ, "REDIS_URL": redis_url, KEY_ENV: KEY}
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        try:
-            procs.append(subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(cfg), "serve", "--port",
-                                           str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-            procs.append(subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(cfg), "worker", "--quiet"],
-                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-
-            def up() -> bool:
-                assert procs[0].poll() is None, (procs[0].stderr.read() if procs[0].stderr else b"").decode()
-                try:
-                    return httpx.get(base + "/v1/batches", timeout=1).status_code == 401
-                except httpx.HTTPError:
-                    return False
-
-            wait_for(up, 20, "batchrelay serve to answer")
-            yield Api(base, sim, tmp_path / "files")
-        finally:
-            stop_all(procs, grace=10)
-
-
-def _poll(get: Callable[[], T], done: Callable[[T], bool], timeout: float = 60) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        item = get()
-        if done(item):
-            return item
-        assert time.monotonic() < deadline, f"timed out; last: {item}"
-        time.sleep(0.2)
-
-
-def _jsonl(lines: list[dict[str, Any]]) -> bytes:
-    return b"".join(orjson.dumps(x) + b"\n" for x in lines)
-
-
-def _anthropic_request(i: int) -> dict[str, Any]:
-    return {"custom_id": f"m-{i}", "params": {"model": "claude-3-5-haiku-latest", "max_tokens": 64,
-                                               "messages": [{"role": "user", "content": f"question {i}"}]}}
+    with serving(tmp_path, redis_url, prefix) as a:
+        yield a
 
 
 def test_openai_sdk_upload_create_poll_download(api: Api) -> None:
     client = api.openai()
     bad = {"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o-mini"}}
-    data = _jsonl([openai_line(i) for i in range(1, 7)] + [bad])
+    data = jsonl([openai_line(i) for i in range(1, 7)] + [bad])
     uploaded = client.files.create(file=("requests.jsonl", data), purpose="batch")
     assert uploaded.id.startswith("file-") and uploaded.bytes == len(data)
     assert uploaded.filename == "requests.jsonl" and uploaded.purpose == "batch"
@@ -119,7 +45,7 @@ def test_openai_sdk_upload_create_poll_download(api: Api) -> None:
     assert batch.input_file_id == uploaded.id and batch.metadata == {"team": "search"}
     assert batch.expires_at and batch.expires_at - batch.created_at == 86400
 
-    done = _poll(lambda: client.batches.retrieve(batch.id), lambda b: b.status == "completed")
+    done = poll(lambda: client.batches.retrieve(batch.id), lambda b: b.status == "completed")
     assert done.request_counts is not None
     assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (7, 6, 1)
     assert done.completed_at and done.in_progress_at and done.cancelled_at is None
@@ -148,14 +74,14 @@ def test_openai_sdk_upload_create_poll_download(api: Api) -> None:
 def test_openai_sdk_cancel_a_slow_batch(api: Api) -> None:
     api.sim.configure(latency_ms=400)
     client = api.openai()
-    uploaded = client.files.create(file=("slow.jsonl", _jsonl([openai_line(i) for i in range(1, 41)])),
+    uploaded = client.files.create(file=("slow.jsonl", jsonl([openai_line(i) for i in range(1, 41)])),
                                    purpose="batch")
     batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                                   completion_window="24h")
-    _poll(lambda: client.batches.retrieve(batch.id), lambda b: bool(b.request_counts and b.request_counts.completed))
+    poll(lambda: client.batches.retrieve(batch.id), lambda b: bool(b.request_counts and b.request_counts.completed))
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at
-    done = _poll(lambda: client.batches.retrieve(batch.id), lambda b: b.status == "cancelled")
+    done = poll(lambda: client.batches.retrieve(batch.id), lambda b: b.status == "cancelled")
     assert done.cancelled_at and done.request_counts is not None
     assert 0 < done.request_counts.completed < 40 and done.request_counts.total == 40
     assert done.error_file_id
@@ -165,10 +91,10 @@ def test_openai_sdk_cancel_a_slow_batch(api: Api) -> None:
 
 def test_anthropic_sdk_create_poll_results(api: Api) -> None:
     client = api.anthropic()
-    created = client.messages.batches.create(requests=[_anthropic_request(i) for i in range(1, 5)])  # type: ignore[misc]
+    created = client.messages.batches.create(requests=[anthropic_request(i) for i in range(1, 5)])  # type: ignore[misc]
     assert created.id.startswith("msgbatch_") and created.type == "message_batch"
     assert created.processing_status in ("in_progress", "ended") and created.expires_at > created.created_at
-    ended = _poll(lambda: client.messages.batches.retrieve(created.id), lambda b: b.processing_status == "ended")
+    ended = poll(lambda: client.messages.batches.retrieve(created.id), lambda b: b.processing_status == "ended")
     assert ended.request_counts.succeeded == 4 and ended.request_counts.processing == 0
     assert ended.ended_at is not None and ended.results_url
     results = list(client.messages.batches.results(created.id))
@@ -181,10 +107,10 @@ def test_anthropic_sdk_create_poll_results(api: Api) -> None:
 def test_anthropic_sdk_cancel(api: Api) -> None:
     api.sim.configure(latency_ms=400)
     client = api.anthropic()
-    created = client.messages.batches.create(requests=[_anthropic_request(i) for i in range(1, 41)])  # type: ignore[misc]
+    created = client.messages.batches.create(requests=[anthropic_request(i) for i in range(1, 41)])  # type: ignore[misc]
     canceling = client.messages.batches.cancel(created.id)
     assert canceling.processing_status in ("canceling", "ended") and canceling.cancel_initiated_at
-    ended = _poll(lambda: client.messages.batches.retrieve(created.id), lambda b: b.processing_status == "ended")
+    ended = poll(lambda: client.messages.batches.retrieve(created.id), lambda b: b.processing_status == "ended")
     counts = ended.request_counts
     assert counts.canceled > 0 and counts.succeeded + counts.canceled == 40
     kinds = [r.result.type for r in client.messages.batches.results(created.id)]
@@ -239,7 +165,7 @@ def test_a_large_upload_round_trips_byte_for_byte(api: Api) -> None:
 
 
 def test_upload_limits_answer_in_openai_error_shape(api: Api) -> None:
-    from batchrelay.serve.openai_api import MAX_FIELD_BYTES, MAX_FORM_FIELDS
+    from batchrelay.serve.upload_form import MAX_FIELD_BYTES, MAX_FORM_FIELDS
 
     def post(parts: list[tuple[str, bytes]], after: bytes = b"") -> httpx.Response:
         body = b"".join(b'--XyZ\r\nContent-Disposition: form-data; name="' + name.encode() + b'"'
@@ -248,7 +174,7 @@ def test_upload_limits_answer_in_openai_error_shape(api: Api) -> None:
         return httpx.post(api.base + "/v1/files", content=body, headers={
             "Authorization": f"Bearer {KEY}", "Content-Type": "multipart/form-data; boundary=XyZ"})
 
-    data = _jsonl([openai_line(1)])
+    data = jsonl([openai_line(1)])
     r = post([("purpose", b"batch"), ("file", data)], after=b"\r\n--XyZ\r\njunk after the end\r\n" * 50_000)
     assert r.status_code == 200, r.text
     assert api.openai().files.content(r.json()["id"]).content == data

@@ -13,14 +13,8 @@ from typing import Any
 import pytest
 from starlette.requests import Request
 
-from batchrelay.serve.openai_api import (
-    MAX_FIELD_BYTES,
-    MAX_FIELDS_BYTES,
-    MAX_FORM_FIELDS,
-    UploadError,
-    UploadTooLarge,
-    read_form,
-)
+from batchrelay.errors import UploadError, UploadTooLarge
+from batchrelay.serve.upload_form import MAX_FIELD_BYTES, MAX_FIELDS_BYTES, MAX_FORM_FIELDS, read_form
 
 CTYPE = b"multipart/form-data; boundary=XyZ"
 

@@ -1,8 +1,12 @@
 """Anthropic Message Batches on the batch store, for `batchrelay serve`.
 
-`msgbatch_<hex>` is batch `batch_<hex>`. A batch's requests become Anthropic-format lines (a bad
-one gets an `errored` result, the rest run); its results are the stored result lines, in input
-order, once it has ended (completed, cancelled, expired or failed).
+`msgbatch_<hex>` is batch `batch_<hex>`. Each request must be `{"custom_id", "params"}` (else a 400
+naming it, as Anthropic checks a request's shape at once); its params are checked as the batch runs
+(a bad one gets an `errored` result, the rest run). A batch's results are the stored result lines,
+in input order, once it has ended (completed, cancelled, expired or failed). Batches are listed
+newest first, a page at a time either way (`after_id` / `before_id`); only batches created here are
+listed or found (shared.py). DELETE forgets an ended batch: its record, requests, results and
+ledger (a batch still in progress must be cancelled first, as on Anthropic's API).
 """
 
 from __future__ import annotations
@@ -18,13 +22,26 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from batchrelay.errors import BatchNotFound
-from batchrelay.serve.shared import Loaded, Served, anthropic_error, current, json_response, load, submit
-from batchrelay.store.lifecycle import advance, request_stop
+from batchrelay.serve.listing import BadParam, page_size
+from batchrelay.serve.shared import (
+    ANTHROPIC,
+    Loaded,
+    Served,
+    anthropic_error,
+    body_of,
+    current,
+    json_response,
+    load,
+    stop,
+    submit,
+)
+from batchrelay.store.served import served_batches
 from batchrelay.store.status import Status
 from batchrelay.store.store import Store
 
 WINDOW_S = 86400.0  # a message batch expires 24 hours after it was created
 MAX_REQUESTS = 100_000
+MAX_LIST = 1000
 # our batch status -> Message Batches' processing_status (its wire values); the rest are in_progress
 PROCESSING: dict[str, str] = {Status.CANCELLING: "canceling", Status.COMPLETED: "ended", Status.FAILED: "ended",
               Status.CANCELLED: "ended", Status.EXPIRED: "ended"}
@@ -37,13 +54,17 @@ def _known_id(msgbatch_id: str) -> str:
     return "batch_" + msgbatch_id.removeprefix("msgbatch_")
 
 
+def _msg_id(batch_id: str) -> str:
+    return "msgbatch_" + batch_id.removeprefix("batch_")
+
+
 def _iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
 def batch_object(b: Loaded, base_url: str) -> dict[str, Any]:
     info = b.info
-    msg_id = "msgbatch_" + info.id.removeprefix("batch_")
+    msg_id = _msg_id(info.id)
     status = PROCESSING.get(info.status, "in_progress")
     ended = status == "ended"
     return {
@@ -60,12 +81,31 @@ def batch_object(b: Loaded, base_url: str) -> dict[str, Any]:
     }
 
 
+def request_lines(body: Any) -> bytes:
+    """The create request's `requests` as batch lines; BadParam naming the first that is not a request."""
+    requests = body.get("requests") if isinstance(body, dict) else None
+    if not isinstance(requests, list) or not requests:
+        raise BadParam("requests", "requests: must be a non-empty list")
+    if len(requests) > MAX_REQUESTS:
+        raise BadParam("requests", f"requests: at most {MAX_REQUESTS} per batch")
+    for i, r in enumerate(requests):
+        if not (isinstance(r, dict) and set(r) == {"custom_id", "params"} and isinstance(r["custom_id"], str)
+                and isinstance(r["params"], dict)):
+            raise BadParam(f"requests.{i}", f"requests.{i}: must be an object of exactly `custom_id` (a string) "
+                                            "and `params` (an object)")
+    return b"".join(orjson.dumps(r) + b"\n" for r in requests)
+
+
 def _base(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
 def _not_found(msgbatch_id: str) -> Response:
     return anthropic_error(404, "not_found_error", f"Message batch {msgbatch_id!r} not found.")
+
+
+def _bad(e: BadParam) -> Response:
+    return anthropic_error(400, "invalid_request_error", str(e))
 
 
 async def _results(store: Store, batch_id: str) -> AsyncIterator[bytes]:
@@ -76,53 +116,86 @@ async def _results(store: Store, batch_id: str) -> AsyncIterator[bytes]:
 def routes(served: Served) -> list[Route]:
     async def create(request: Request) -> Response:
         try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError:
-            return anthropic_error(400, "invalid_request_error", "The request body is not valid JSON.")
-        requests = body.get("requests") if isinstance(body, dict) else None
-        if not isinstance(requests, list) or not requests:
-            return anthropic_error(400, "invalid_request_error", "requests: must be a non-empty list")
-        if len(requests) > MAX_REQUESTS:
-            return anthropic_error(400, "invalid_request_error", f"requests: at most {MAX_REQUESTS} per batch")
-        lines = io.BytesIO(b"".join(orjson.dumps(r) + b"\n" for r in requests))
+            lines = request_lines(await body_of(request))
+        except BadParam as e:
+            return _bad(e)
         spec = served.spec(name="message batch", endpoint="messages", completion_window=WINDOW_S)
-        batch_id = await submit(served, lines, spec, source="serve:anthropic",
-                                fields={"serve_api": "anthropic", "serve_endpoint": "/v1/messages"})
-        return json_response(batch_object(await load(served.db, batch_id), _base(request)))
+        batch_id = await submit(served, io.BytesIO(lines), spec, source="serve:anthropic",
+                                fields={"serve_api": ANTHROPIC, "serve_endpoint": "/v1/messages"})
+        return json_response(batch_object(await load(served.db, batch_id, ANTHROPIC), _base(request)))
+
+    async def list_batches(request: Request) -> Response:
+        q = request.query_params
+        after, before = q.get("after_id") or None, q.get("before_id") or None
+        loaded: list[Loaded] = []
+        more = False
+        try:
+            limit = page_size(q.get("limit"), default=20, most=MAX_LIST)
+            if after and before:
+                raise BadParam("after_id", "give after_id or before_id, not both")
+            given = before or after
+            cursor = _known_id(given) if given else None
+            async for batch_id, _ in served_batches(served.db, ANTHROPIC, after=cursor, newer=before is not None):
+                if len(loaded) == limit:
+                    more = True
+                    break
+                try:
+                    loaded.append(await load(served.db, batch_id, ANTHROPIC))
+                except BatchNotFound:
+                    continue  # forgotten meanwhile
+        except BadParam as e:
+            return _bad(e)
+        except BatchNotFound:
+            return _bad(BadParam("before_id" if before else "after_id",
+                                 f"{'before_id' if before else 'after_id'}: no message batch {before or after!r}"))
+        if before:
+            loaded.reverse()  # walked from the cursor towards the newest; shown newest first all the same
+        data = [batch_object(b, _base(request)) for b in loaded]
+        return json_response({"data": data, "has_more": more, "first_id": data[0]["id"] if data else None,
+                              "last_id": data[-1]["id"] if data else None})
 
     async def retrieve(request: Request) -> Response:
         msg_id = request.path_params["batch_id"]
         try:
-            return json_response(batch_object(await current(served, _known_id(msg_id)), _base(request)))
+            return json_response(batch_object(await current(served, _known_id(msg_id), ANTHROPIC), _base(request)))
         except BatchNotFound:
             return _not_found(msg_id)
 
     async def results(request: Request) -> Response:
         msg_id = request.path_params["batch_id"]
         try:
-            batch_id = _known_id(msg_id)
-            info = await served.db.info(batch_id)
+            b = await load(served.db, _known_id(msg_id), ANTHROPIC)
         except BatchNotFound:
             return _not_found(msg_id)
-        if not info.finished:
+        if not b.info.finished:
             return anthropic_error(400, "invalid_request_error",
                                    f"Message batch {msg_id!r} has not ended yet: its results are not ready.")
-        return StreamingResponse(_results(served.db, batch_id), media_type="application/binary")
+        return StreamingResponse(_results(served.db, b.info.id), media_type="application/binary")
 
     async def cancel(request: Request) -> Response:
         msg_id = request.path_params["batch_id"]
-        store = served.db
         try:
-            batch_id = _known_id(msg_id)
-            await request_stop(store, batch_id, Status.CANCELLED)
-            await advance(store, batch_id, served.grace_s)  # workers' sweeps finish it
-            return json_response(batch_object(await load(store, batch_id), _base(request)))
+            return json_response(batch_object(await stop(served, _known_id(msg_id), ANTHROPIC), _base(request)))
         except BatchNotFound:
             return _not_found(msg_id)
 
+    async def delete(request: Request) -> Response:
+        msg_id = request.path_params["batch_id"]
+        try:
+            b = await current(served, _known_id(msg_id), ANTHROPIC)
+        except BatchNotFound:
+            return _not_found(msg_id)
+        if not b.info.finished:
+            return anthropic_error(400, "invalid_request_error",
+                                   f"Message batch {msg_id!r} is still in progress: cancel it before deleting it.")
+        await served.db.delete_batch(b.info.id)
+        return json_response({"id": msg_id, "type": "message_batch_deleted"})
+
     return [
         Route("/v1/messages/batches", create, methods=["POST"]),
+        Route("/v1/messages/batches", list_batches, methods=["GET"]),
         Route("/v1/messages/batches/{batch_id}", retrieve, methods=["GET"]),
+        Route("/v1/messages/batches/{batch_id}", delete, methods=["DELETE"]),
         Route("/v1/messages/batches/{batch_id}/results", results, methods=["GET"]),
         Route("/v1/messages/batches/{batch_id}/cancel", cancel, methods=["POST"]),
     ]

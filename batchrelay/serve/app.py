@@ -6,6 +6,8 @@ batch submitted here is an ordinary batchrelay batch (workers run it, `batchrela
 it); what only the APIs need (input file, endpoint, metadata) is kept in the batch's meta hash under
 `serve_*` fields, so it goes when the batch is forgotten. Every request needs one of the keys named
 by `[serve] api_keys_env` (`Authorization: Bearer` or `x-api-key`), else 401 in that API's error shape.
+Every other error, an unknown route or method (404, 405) or a fault of the server's own (500),
+answers in that API's JSON error shape too (Anthropic's under /v1/messages, OpenAI's elsewhere).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from collections.abc import AsyncIterator, Callable
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from batchrelay.config.settings import Settings
@@ -26,6 +30,7 @@ from batchrelay.serve.openai_api import routes as openai_routes
 from batchrelay.serve.shared import Served, anthropic_error, openai_error
 from batchrelay.store.connection import DEFAULT_URL
 from batchrelay.store.embedded import state_dir
+from batchrelay.store.files import index_files
 from batchrelay.store.keys import Keys
 from batchrelay.store.store import Store
 
@@ -72,6 +77,28 @@ class RequireKey:
         await response(scope, receive, send)
 
 
+async def unknown_route(request: Request, exc: Exception) -> Response:
+    """404 for a path no route has, 405 for a method its route does not take."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 404
+    method, path = request.method, request.url.path
+    allow = {"Allow": exc.headers["Allow"]} if isinstance(exc, HTTPException) and exc.headers else {}
+    if is_anthropic(path):
+        response = (anthropic_error(404, "not_found_error", f"Not found: {method} {path}") if status == 404 else
+                    anthropic_error(status, "invalid_request_error", f"Method {method} is not allowed on {path}"))
+    else:
+        response = openai_error(status, f"Invalid URL ({method} {path})" if status == 404 else
+                                f"Invalid method for URL ({method} {path})")
+    response.headers.update(allow)
+    return response
+
+
+async def server_fault(request: Request, _exc: Exception) -> Response:
+    """A fault of the server's own: a 500 in the API's shape (the traceback goes to the server's log)."""
+    if is_anthropic(request.url.path):
+        return anthropic_error(500, "api_error", "Internal server error")
+    return openai_error(500, "The server had an error while processing your request.", kind="server_error")
+
+
 def create_app(settings: Settings, redis_url: str | None = None) -> Starlette:
     """ConfigError when no client key is set: an API anyone could use is never started by mistake."""
 
@@ -88,9 +115,11 @@ def create_app(settings: Settings, redis_url: str | None = None) -> Starlette:
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         served.files_dir.mkdir(parents=True, exist_ok=True)
         async with await Store.connect(url, Keys(settings.redis.prefix)) as served.store:
+            await index_files(served.store)
             yield
 
-    app = Starlette(routes=[*openai_routes(served), *anthropic_routes(served)], lifespan=lifespan)
+    app = Starlette(routes=[*openai_routes(served), *anthropic_routes(served)], lifespan=lifespan,
+                    exception_handlers={404: unknown_route, 405: unknown_route, Exception: server_fault})
     app.add_middleware(RequireKey, accepted=accepted)
     return app
 

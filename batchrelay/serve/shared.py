@@ -1,5 +1,8 @@
 """What both batch APIs share: the served app's state (`Served`), a batch loaded with its `serve_*`
-fields (`Loaded`), submitting a batch, and each API's JSON and error responses."""
+fields (`Loaded`), submitting a batch, and each API's JSON and error responses.
+
+Each API sees only the batches created through it (`serve_api`): a batch of the other API, or one
+submitted by the CLI, has no input file or request shape it could show, so it is not found there."""
 
 from __future__ import annotations
 
@@ -8,18 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from starlette.requests import Request
 from starlette.responses import Response
 
 from batchrelay.config.settings import Settings
+from batchrelay.errors import BatchNotFound
 from batchrelay.money.ledger import Row, rows, total
+from batchrelay.serve.listing import BadParam
 from batchrelay.spec import BatchSpec
-from batchrelay.store.lifecycle import FINAL, advance
+from batchrelay.store.lifecycle import FINAL, advance, request_stop
+from batchrelay.store.status import Status
 from batchrelay.store.store import BatchInfo, Store
 from batchrelay.store.submit import submit_stream
 from batchrelay.wire.jobs import LineReader
 
 SERVE_FIELDS = ("serve_api", "serve_endpoint", "serve_input_file_id", "serve_completion_window", "serve_metadata",
-                "stop_at", "error")
+                "serve_errors", "serve_output_expires_s", "serve_output_gone", "serve_errors_gone", "stop_at", "error")
+OPENAI, ANTHROPIC = "openai", "anthropic"
 
 
 @dataclass
@@ -58,32 +66,56 @@ class Loaded:
         return float(self.fields["stop_at"]) if self.fields.get("stop_at") else None
 
 
-async def load(store: Store, batch_id: str) -> Loaded:
-    """BatchNotFound for an unknown id."""
-    info = await store.info(batch_id)
+async def load(store: Store, batch_id: str, api: str) -> Loaded:
+    """BatchNotFound for an unknown id or a batch not created through `api`."""
     fields = await store.get_fields(batch_id, SERVE_FIELDS)
+    if fields.get("serve_api") != api:
+        raise BatchNotFound(batch_id)
+    info = await store.info(batch_id)
     return Loaded(info, fields, total(rows(await store.ledger(batch_id))))
 
 
-async def current(served: Served, batch_id: str) -> Loaded:
+async def current(served: Served, batch_id: str, api: str) -> Loaded:
     """`load`, after moving a stop on (as `batchrelay cancel` does while it waits): a client polling
     a cancelled batch sees it end once the grace is over, not at the workers' next sweep."""
-    b = await load(served.db, batch_id)
+    b = await load(served.db, batch_id, api)
     if b.info.status in FINAL and await advance(served.db, batch_id, served.grace_s):
-        b = await load(served.db, batch_id)
+        b = await load(served.db, batch_id, api)
     return b
 
 
+async def stop(served: Served, batch_id: str, api: str) -> Loaded:
+    """Cancel the batch and move the stop on (the workers' sweeps finish it); BatchNotFound as `load`."""
+    await load(served.db, batch_id, api)
+    await request_stop(served.db, batch_id, Status.CANCELLED)
+    await advance(served.db, batch_id, served.grace_s)
+    return await load(served.db, batch_id, api)
+
+
 async def submit(served: Served, stream: LineReader, spec: BatchSpec, *, source: str, fields: dict[str, str]) -> str:
-    """Submit the lines as a new batch, note the API's fields on it, and return its id."""
+    """Submit the lines as a new batch, note the API's fields (`serve_api` first) on it, and return its id."""
     store = served.db
     res = await submit_stream(store, stream, spec, source=source)
     await store.set_fields(res.batch_id, fields)
     return res.batch_id
 
 
+async def body_of(request: Request) -> Any:
+    """The request's JSON body; BadParam when it is not JSON."""
+    try:
+        return orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise BadParam("body", "The request body is not valid JSON.") from None
+
+
 def json_response(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def openai_list(data: list[dict[str, Any]], more: bool) -> Response:
+    """A page of an OpenAI list (files, batches)."""
+    return json_response({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                          "last_id": data[-1]["id"] if data else None, "has_more": more})
 
 
 def openai_error(status: int, message: str, *, kind: str = "invalid_request_error", code: str | None = None,

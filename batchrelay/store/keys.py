@@ -76,6 +76,11 @@ class Keys:
         """Hash: chunk job id -> its line numbers, comma-separated (queue.py; for re-enqueueing)."""
         return f"{self.prefix}batch:{batch_id}:chunks"
 
+    @property
+    def files(self) -> str:
+        """Sorted set of the uploaded files' ids (`serve`), scored by when they were uploaded."""
+        return f"{self.prefix}files"
+
     def file(self, file_id: str) -> str:
         """Hash: an uploaded file's id, bytes, created_at, filename, purpose (`serve`; bytes on disk)."""
         return f"{self.prefix}files:{file_id}"

@@ -1,0 +1,113 @@
+"""Helpers for the `serve` tests: a real `batchrelay serve` and worker on this test's Redis and prefix,
+the provider simulator behind them, and the official SDKs pointed at it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anthropic
+import httpx
+import openai
+import orjson
+
+from batchrelay.procs import stop_all
+from batchrelay.sim.process import SimulatorProcess, free_port
+
+from .conftest import wait_for, write_config
+
+KEY = "test-client-key-0123"
+KEY_ENV = "BATCHRELAY_TEST_SERVE_KEY"
+T = TypeVar("T")
+
+
+@dataclass
+class Api:
+    base: str
+    sim: SimulatorProcess
+    files_dir: Path
+    config: Path
+    env: dict[str, str]
+    clients: list[openai.OpenAI | anthropic.Anthropic] = field(default_factory=list)
+
+    def openai(self, key: str = KEY) -> openai.OpenAI:
+        client = openai.OpenAI(base_url=self.base + "/v1", api_key=key, max_retries=0)
+        self.clients.append(client)
+        return client
+
+    def anthropic(self, key: str = KEY) -> anthropic.Anthropic:
+        client = anthropic.Anthropic(base_url=self.base, api_key=key, max_retries=0)
+        self.clients.append(client)
+        return client
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A raw request with the client key (for what the SDKs never send)."""
+        return httpx.request(method, self.base + path, headers={"Authorization": f"Bearer {KEY}"}, **kwargs)
+
+
+def serve_config(tmp_path: Path, prefix: str, sim_url: str) -> Path:
+    cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": sim_url}],
+                       concurrency=2, chunk_size=5, call_timeout=2)
+    with cfg.open("a") as f:
+        f.write(f'\n[serve]\napi_keys_env = ["{KEY_ENV}"]\nfiles_dir = "{tmp_path / "files"}"\n')
+    return cfg
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Api]:
+    """`batchrelay serve` and one worker, until the block ends."""
+    procs: list[subprocess.Popen[bytes]] = []
+    sim = SimulatorProcess({})
+    with sim as sim_url:
+        cfg = serve_config(tmp_path, prefix, sim_url)
+        env = {**os.environ, "REDIS_URL": redis_url, KEY_ENV: KEY}
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        try:
+            procs.append(subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(cfg), "serve", "--port",
+                                           str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            procs.append(subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(cfg), "worker", "--quiet"],
+                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+            def up() -> bool:
+                assert procs[0].poll() is None, (procs[0].stderr.read() if procs[0].stderr else b"").decode()
+                try:
+                    return httpx.get(base + "/v1/batches", timeout=1).status_code == 401
+                except httpx.HTTPError:
+                    return False
+
+            wait_for(up, 20, "batchrelay serve to answer")
+            api = Api(base, sim, tmp_path / "files", cfg, env)
+            try:
+                yield api
+            finally:
+                for client in api.clients:
+                    client.close()
+        finally:
+            stop_all(procs, grace=10)
+
+
+def poll(get: Callable[[], T], done: Callable[[T], bool], timeout: float = 60) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        item = get()
+        if done(item):
+            return item
+        assert time.monotonic() < deadline, f"timed out; last: {item}"
+        time.sleep(0.2)
+
+
+def jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(x) + b"\n" for x in lines)
+
+
+def anthropic_request(i: int) -> dict[str, Any]:
+    return {"custom_id": f"m-{i}", "params": {"model": "claude-3-5-haiku-latest", "max_tokens": 64,
+                                               "messages": [{"role": "user", "content": f"question {i}"}]}}
