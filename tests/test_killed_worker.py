@@ -17,21 +17,34 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis as sync_redis
 
 from batchrelay.procs import stop_all
 from batchrelay.sim.process import SimulatorProcess
 
-from .conftest import batchrelay, openai_line, status_of
+from .conftest import batchrelay, openai_line, status_of, wait_for
 
 N = 400
 
 
 def _config(path: Path, prefix: str, base_url: str) -> Path:
-    """The defaults (job_timeout 600, chunk_size 50, ...), with two workers' worth of concurrency 20."""
+    """The defaults (job_timeout 600, chunk_size 50, ...), with concurrency 20 per worker."""
     path.write_text(f'[redis]\nprefix = "{prefix}"\n\n[worker]\nconcurrency = 20\n\n'
+                    # no slow start: its concurrency leases would tie this test to how a dead worker's
+                    # leases are freed (a fault of its own), not to how its chunks are
+                    '[health]\nconcurrency_recovery_calls = 1\n\n'
                     f'[[providers]]\nname = "sim"\nbase_url = "{base_url}"\n'
                     'prices."gpt-4o-mini" = { input = "0.15", output = "0.6" }\n')
     return path
+
+
+def _running(url: str, batch: str) -> int:
+    """How many of the batch's chunk jobs arq has running (its `arq:in-progress:ID` keys)."""
+    client = sync_redis.Redis.from_url(url)
+    try:
+        return sum(batch.encode() in key for key in client.scan_iter(match="arq:in-progress:*", count=1000))
+    finally:
+        client.close()
 
 
 def _worker(cfg: Path, url: str, log: Path) -> subprocess.Popen[bytes]:
@@ -56,7 +69,8 @@ def test_a_sigkilled_workers_lines_run_elsewhere_within_half_a_minute_with_the_d
         try:
             workers = [_worker(cfg, redis_url, log) for log in logs]
             victim, survivor = workers
-            time.sleep(2.5)
+            # both at work (arq's max_jobs is 2 per worker with these settings: 4 chunks running)
+            wait_for(lambda: _running(redis_url, batch) >= 4, 30, "both workers to take their chunks")
             victim.send_signal(signal.SIGKILL)
             victim.wait(timeout=10)
             killed = time.monotonic()

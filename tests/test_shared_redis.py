@@ -20,7 +20,7 @@ from batchrelay.procs import stop_all
 from batchrelay.sim.process import SimulatorProcess
 
 from .conftest import OwnRedis, batchrelay, openai_line, status_of, wait_for, write_config
-from .test_webhooks import Receiver, receiver  # noqa: F401 - the fixture
+from .test_webhooks import Receiver
 
 SETUPS = ("a:", "b:")
 ARQ_KEY = re.compile(rb"^arq:(job|in-progress|result|retry):(.+)$")
@@ -42,9 +42,10 @@ def _arq_job_ids(url: str) -> list[str]:
 
 @pytest.mark.timeout(180)
 def test_two_setups_on_one_redis_each_get_their_webhooks_on_time_and_only_their_own_work(
-    tmp_path: Path, own_redis: OwnRedis, receiver: Receiver,
+    tmp_path: Path, own_redis: OwnRedis,
 ) -> None:
     url, n = own_redis.url, {"a:": 6, "b:": 9}
+    receiver = Receiver([200])
     sims = {p: SimulatorProcess({"latency_ms": 20}) for p in SETUPS}
     workers: list[subprocess.Popen[bytes]] = []
     try:
@@ -74,6 +75,8 @@ def test_two_setups_on_one_redis_each_get_their_webhooks_on_time_and_only_their_
         stop_all(workers, grace=5)
         for s in sims.values():
             s.stop()
+        receiver.server.shutdown()
+        receiver.server.server_close()
 
     posted = {body["data"]["id"]: body["data"] for body in receiver.bodies()}
     assert set(posted) == set(batches.values()) and len(receiver.posts) == 2
