@@ -105,3 +105,15 @@ async def test_a_running_chunk_is_held_by_its_worker_and_let_go_when_it_ends(sto
             assert await store.redis.hlen(store.keys.held) == 0  # type: ignore[misc]
             worker_key = store.keys.worker(rt.heartbeat.id)
         assert not await store.redis.exists(worker_key)  # gone with the process
+
+
+async def test_a_chunk_is_not_reclaimed_from_a_holder_that_beats_or_from_an_entry_that_changed(store: Store) -> None:
+    batch, (c0,) = await _chunks(store, 2, 2)
+    worker = Heartbeat(store)
+    await worker.hold(c0, batch)
+    reclaim = {"job": c0, "worker": worker.id, "queue": store.keys.queue, "new_job": c0 + ".k1"}
+    assert await store.scripts.reclaim_chunk(store.keys, batch, holder=f"{worker.id} {batch}", **reclaim) is None
+    await store.redis.delete(store.keys.worker(worker.id))
+    assert await store.scripts.reclaim_chunk(store.keys, batch, holder=f"{worker.id} other", **reclaim) is None
+    assert await store.chunk_map(batch) == {c0: [1, 2]} and await _queued(store) == {c0}  # untouched
+    assert await store.scripts.reclaim_chunk(store.keys, batch, holder=f"{worker.id} {batch}", **reclaim) == [1, 2]
