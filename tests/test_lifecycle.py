@@ -151,7 +151,7 @@ async def test_the_sweep_starts_a_deferred_batch_when_it_is_due_and_enqueues_its
     assert (await tick(store, grace_s=GRACE, retention_s=None, now=start_at - 1))["started"] == 0
     assert (await tick(store, grace_s=GRACE, retention_s=None, now=start_at + 1))["started"] == 1
     assert (await store.info(batch)).status == "in_progress"
-    assert await _queued(store) == {f"{batch}:c0", f"{batch}:c1"}
+    assert await _queued(store) == {f"{store.keys.prefix}{batch}:c0", f"{store.keys.prefix}{batch}:c1"}
 
 
 async def test_the_sweep_fails_a_submit_that_never_finished(store: Store) -> None:
@@ -206,9 +206,9 @@ async def test_retry_puts_failed_and_cancelled_lines_back_and_gives_back_their_c
     kept = orjson.loads(await store.redis.hget(store.keys.attempts(batch), "2"))  # type: ignore[misc]
     assert [a["provider"] for a in kept] == ["p"]  # and so does its billed attempt
     chunks = await store.chunk_map(batch)
-    first, second = chunks[f"{batch}:r1-0"], chunks[f"{batch}:r1-1"]  # chunk_size 2, in the order found
+    first, second = chunks[f"{store.keys.prefix}{batch}:r1-0"], chunks[f"{store.keys.prefix}{batch}:r1-1"]  # chunk_size 2, in the order found
     assert (len(first), len(second), sorted(first + second)) == (2, 1, [2, 3, 4])
-    assert await _queued(store) == {f"{batch}:r1-0", f"{batch}:r1-1"}
+    assert await _queued(store) == {f"{store.keys.prefix}{batch}:r1-0", f"{store.keys.prefix}{batch}:r1-1"}
 
 
 async def test_only_an_ended_batch_can_be_retried(store: Store) -> None:
@@ -225,4 +225,4 @@ async def test_retrying_a_batch_of_an_ended_run_moves_it_to_the_shared_queue(sto
     await cancel(store, batch, GRACE, wait=False)
     done = await retry(store, batch, chunk_size=2)
     assert done.queue == store.keys.queue == (await store.info(batch)).queue
-    assert await _queued(store) == {f"{batch}:r1-0"}
+    assert await _queued(store) == {f"{store.keys.prefix}{batch}:r1-0"}

@@ -45,9 +45,10 @@ async def test_submit_writes_each_line_pends_it_maps_it_to_a_chunk_and_enqueues_
     assert (lines[3].custom_id, lines[3].fmt, lines[3].body["messages"][0]["content"]) == ("req-3", "openai",
                                                                                          "question 3")
     assert {int(x) for x in await store.redis.smembers(k.pending(b))} == {1, 2, 3, 4, 5}  # type: ignore[misc]
-    assert await store.chunk_map(b) == {f"{b}:c0": [1, 2], f"{b}:c1": [3, 4], f"{b}:c2": [5]}
-    assert await _queued(store) == {f"{b}:c0", f"{b}:c1", f"{b}:c2"}
-    assert await store.redis.exists(job_key_prefix + f"{b}:c0") == 1
+    job = f"{k.prefix}{b}"  # chunk job ids carry the setup's prefix (another setup's jobs are never ours)
+    assert await store.chunk_map(b) == {f"{job}:c0": [1, 2], f"{job}:c1": [3, 4], f"{job}:c2": [5]}
+    assert await _queued(store) == {f"{job}:c0", f"{job}:c1", f"{job}:c2"}
+    assert await store.redis.exists(job_key_prefix + f"{job}:c0") == 1
     info = await store.info(b)
     assert (info.status, info.name, info.source, info.input_format, info.total, info.pending, info.max_line) == (
         "in_progress", "n", "in.jsonl", "openai", 5, 5, 5)
@@ -61,7 +62,7 @@ async def test_bad_lines_become_error_records_and_the_rest_of_the_batch_runs(sto
     assert (res.total, res.valid, res.invalid) == (4, 2, 2)  # the blank line is no line of input
     errors = await _errors(store, b)
     assert sorted(errors) == [2, 4] and all(e["code"] == "invalid_input" for e in errors.values())
-    assert await store.chunk_map(b) == {f"{b}:c0": [1, 5]}
+    assert await store.chunk_map(b) == {f"{store.keys.prefix}{b}:c0": [1, 5]}
     info = await store.info(b)
     assert (info.invalid, info.pending, info.max_line, info.status) == (2, 2, 5, "in_progress")
 
@@ -92,7 +93,7 @@ async def test_a_deferred_batch_is_written_but_nothing_is_enqueued_until_it_star
     info = await store.info(res.batch_id)
     assert (info.status, info.start_at, info.pending) == ("scheduled", start_at, 1)
     assert info.expires_at == pytest.approx(start_at + 600)  # its window runs from its start
-    assert await store.chunk_map(res.batch_id) == {f"{res.batch_id}:c0": [1]}
+    assert await store.chunk_map(res.batch_id) == {f"{store.keys.prefix}{res.batch_id}:c0": [1]}
     assert await _queued(store) == set()
 
 
@@ -107,7 +108,7 @@ async def test_a_batch_keeps_its_options(store: Store) -> None:
     assert (info.queue, info.webhook) == (queue, {"url": "https://example.com/hook", "status": "pending",
                                                   "attempts": 0, "last": None})
     assert await store.redis.zscore(store.keys.webhooks, b) == 0
-    assert {m.decode() for m in await store.redis.zrange(queue, 0, -1)} == {f"{b}:c0"}  # on its own queue
+    assert {m.decode() for m in await store.redis.zrange(queue, 0, -1)} == {f"{store.keys.prefix}{b}:c0"}  # on its own queue
     assert await _queued(store) == set()
 
 

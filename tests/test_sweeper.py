@@ -44,11 +44,11 @@ async def test_queued_chunks_are_not_requeued(store: Store) -> None:
 
 async def test_a_dropped_chunk_is_requeued_and_its_lines_get_answered(store: Store, redis_url: str) -> None:
     batch = await _submit(store, 30)
-    await _drop(store, f"{batch}:c1")
+    await _drop(store, f"{store.keys.prefix}{batch}:c1")
     assert await store.redis.zcard(store.keys.queue) == 2
 
     assert await sweep(store, store.keys.queue) == 1
-    assert await store.redis.zscore(store.keys.queue, f"{batch}:c1") is not None
+    assert await store.redis.zscore(store.keys.queue, f"{store.keys.prefix}{batch}:c1") is not None
 
     await _burst_worker(store, redis_url)
     info = await store.info(batch)
@@ -59,14 +59,14 @@ async def test_a_dropped_chunk_whose_lines_all_finished_is_left_alone(store: Sto
     batch = await _submit(store, 10)
     for line in range(1, 11):
         await store.write_result(batch, line, b"{}", True)
-    await _drop(store, f"{batch}:c0")
+    await _drop(store, f"{store.keys.prefix}{batch}:c0")
     assert await requeue_pending(store, batch) == 0
     assert await store.redis.zcard(store.keys.queue) == 0
 
 
 async def test_a_burst_worker_sweeps_before_it_exits(store: Store, redis_url: str) -> None:
     batch = await _submit(store, 30)
-    await _drop(store, f"{batch}:c2")
+    await _drop(store, f"{store.keys.prefix}{batch}:c2")
     await _burst_worker(store, redis_url)
     info = await store.info(batch)
     assert (info.status, info.succeeded, info.pending) == ("completed", 30, 0)

@@ -1,12 +1,15 @@
 """Every Redis key batchrelay uses, under one configurable prefix.
 
 Batch state is ours; arq only moves chunk jobs, on a queue named under the same prefix so several
-batchrelay installations (or other arq users) can share one Redis.
+batchrelay installations (or other arq users) can share one Redis. arq's own keys (`arq:job:ID`,
+...) are outside the prefix, but every job id starts with it (queue.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from arq.constants import job_key_prefix
 
 from batchrelay.config.settings import DEFAULT_PREFIX
 
@@ -39,6 +42,20 @@ class Keys:
     def webhooks(self) -> str:
         """Sorted set: batch ids whose completion webhook is not delivered yet, scored by when it is next due."""
         return f"{self.prefix}webhooks"
+
+    @property
+    def held(self) -> str:
+        """Hash: chunk job id -> `{worker} {batch id}`, while that worker process runs the chunk (heartbeat.py)."""
+        return f"{self.prefix}held"
+
+    def worker(self, worker_id: str) -> str:
+        """String with a short TTL: the worker process's heartbeat (its host and pid), renewed while it lives."""
+        return f"{self.prefix}worker:{worker_id}"
+
+    @staticmethod
+    def arq_job(job_id: str) -> str:
+        """String: arq's own record of a queued job (outside the prefix; the id carries it, queue.py)."""
+        return job_key_prefix + job_id
 
     def rate(self, provider: str) -> str:
         """Hash: the provider's pacing state (theoretical arrival times, 429 back-off factor)."""

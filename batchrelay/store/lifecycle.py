@@ -157,7 +157,7 @@ async def retry(store: Store, batch_id: str, chunk_size: int) -> Retried:
     if not reopened:
         return Retried(0, 0, queue)
     round_no = await store.redis.hincrby(k.meta(batch_id), "retries", 1)  # type: ignore[misc]
-    chunks = split_chunks(batch_id, reopened, chunk_size, retry_round=round_no)
+    chunks = split_chunks(k.prefix, batch_id, reopened, chunk_size, retry_round=round_no)
     mapping: dict[str, Any] = {"status": Status.IN_PROGRESS}
     window = await store.redis.hget(k.meta(batch_id), "completion_window_s")  # type: ignore[misc]
     if window:

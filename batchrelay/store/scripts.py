@@ -27,9 +27,9 @@ from batchrelay.config.settings import HealthConfig, ProviderConfig
 from batchrelay.store.keys import Keys
 from batchrelay.store.status import Status
 
-SCRIPTS = ("batch_start_due", "budget_purge", "budget_raise", "budget_reserve", "budget_settle", "health_acquire",
-           "health_report", "result_write", "retry_reopen_line", "stop_finish", "stop_request", "submit_claim_ids",
-           "submit_finish", "webhook_claim")
+SCRIPTS = ("batch_start_due", "budget_purge", "budget_raise", "budget_reserve", "budget_settle", "chunk_reclaim",
+           "chunk_release", "health_acquire", "health_report", "result_write", "retry_reopen_line", "stop_finish",
+           "stop_request", "submit_claim_ids", "submit_finish", "webhook_claim")
 
 _HEADER = re.compile(r"^-- (KEYS|ARGV): (.+)$", re.MULTILINE)
 _INCLUDE = re.compile(r"^--#include (\w+)$", re.MULTILINE)
@@ -146,6 +146,22 @@ class Scripts:
 
     async def start_due(self, k: Keys, batch_id: str, now: float) -> bool:
         return bool(await self._s["batch_start_due"]({"meta": k.meta(batch_id)}, {"now": repr(now)}))
+
+    # chunks held by worker processes (heartbeat.py)
+
+    async def release_chunk(self, k: Keys, *, job: str, holder: str) -> bool:
+        """False when the entry was not (or no longer) `holder`'s."""
+        return bool(await self._s["chunk_release"]({"held": k.held}, {"job": job, "holder": holder}))
+
+    async def reclaim_chunk(self, k: Keys, batch_id: str, *, job: str, holder: str, worker: str, queue: str,
+                            new_job: str) -> list[int] | None:
+        """The pending lines now in chunk `new_job` (none: nothing is left to run); None when `holder`
+        beat again or the entry changed since it was read (nothing is done)."""
+        lines = await self._s["chunk_reclaim"](
+            {"held": k.held, "worker": k.worker(worker), "chunks": k.chunks(batch_id), "pending": k.pending(batch_id),
+             "arq_job": k.arq_job(job), "queue": queue},
+            {"job_id": job, "holder": holder, "new_id": new_job})
+        return None if lines is None else [int(n) for n in lines]
 
     # stopping and retrying (lifecycle.py)
 

@@ -104,11 +104,11 @@ async def submit_stream(
             jobs.append(job)
             open_chunk.append(job.line)
             if len(open_chunk) >= chunk_size:
-                chunks.append((chunk_job_id(batch_id, n_chunks), open_chunk))
+                chunks.append((chunk_job_id(store.keys.prefix, batch_id, n_chunks), open_chunk))
                 n_chunks += 1
                 open_chunk = []
         if last and open_chunk:
-            chunks.append((chunk_job_id(batch_id, n_chunks), open_chunk))
+            chunks.append((chunk_job_id(store.keys.prefix, batch_id, n_chunks), open_chunk))
             n_chunks += 1
         await store.add_lines(batch_id, jobs, bad, chunks)
         valid += len(jobs)

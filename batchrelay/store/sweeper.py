@@ -12,7 +12,7 @@ import time
 
 from arq.constants import job_key_prefix
 
-from batchrelay.store.queue import chunk_lines, chunk_map_entries, deferred_job_id, enqueue_chunks
+from batchrelay.store.queue import chunk_lines, chunk_map_entries, enqueue_chunks, requeued_job_id
 from batchrelay.store.status import Status
 from batchrelay.store.store import Store
 
@@ -70,7 +70,7 @@ async def enqueue_all(store: Store, batch_id: str, queue: str) -> int:
 async def requeue_deferred(store: Store, batch_id: str, job_id: str, lines: list[int], defer_s: float) -> str:
     """Deferred lines of chunk `job_id` become a new chunk job due in `defer_s`; the old id stops
     owning them (the sweeper must not put them back twice)."""
-    new_id = deferred_job_id(job_id, time.time_ns() // 1_000_000)
+    new_id = requeued_job_id(job_id, time.time_ns() // 1_000_000)
     await enqueue_chunks(store.redis, await batch_queue(store, batch_id), batch_id, [(new_id, lines)],
                          defer_s=defer_s)
     async with store.redis.pipeline(transaction=True) as pipe:

@@ -15,6 +15,7 @@ draining (SIGTERM), lines not started go back to the queue the same way, due at 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -33,6 +34,7 @@ from batchrelay.results.outcome import Attempt, Outcome, Result
 from batchrelay.results.records import outcome_record
 from batchrelay.store.budget import Budget
 from batchrelay.store.health import Health
+from batchrelay.store.heartbeat import Heartbeat
 from batchrelay.store.lifecycle import is_stopped, tick
 from batchrelay.store.schedules import run_due_schedules
 from batchrelay.store.store import Store
@@ -76,6 +78,7 @@ class Runtime:
     outbox: Outbox | None = None  # completion webhooks (webhooks.py)
     background: set[asyncio.Task[Any]] = field(default_factory=set)  # schedule submits started by a sweep
     _stopped: dict[str, tuple[float, bool]] = field(default_factory=dict)  # batch -> (checked at, stopped)
+    heartbeat: Heartbeat | None = None  # this process's, and the chunks it holds (store/heartbeat.py)
 
     @classmethod
     def opened(cls, settings: Settings, store: Store) -> Runtime:
@@ -119,6 +122,8 @@ class Runtime:
         self.pool.start()
         # its own client: a slow receiver must never hold a connection the providers' calls need
         self.outbox = Outbox(self.store, delivery_of(self.settings), httpx.AsyncClient(follow_redirects=False))
+        self.heartbeat = Heartbeat(self.store)
+        self.spawn(self.heartbeat.run())
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run `coro` beside the jobs (cancelled by `close`); its failure is logged."""
@@ -141,6 +146,8 @@ class Runtime:
             await c.aclose()
         if self.outbox:
             await self.outbox.http.aclose()
+        if self.heartbeat:
+            await self.heartbeat.stop()
 
     async def handle_line(self, consumer: int, work: LineWork) -> float | None:
         """Relay one line and record its result; or return when (unix time) it may be tried again."""
@@ -189,6 +196,18 @@ class Runtime:
         await self.store.save_attempts(work.batch_id, work.job.line, [a.as_dict() for a in out.trimmed_attempts()])
 
     async def run_chunk(self, batch_id: str, lines: list[int], job_id: str) -> int:
+        # held while it runs: if this process dies, its heartbeat lapses and another worker puts the
+        # chunk's lines back long before arq would (store/heartbeat.py)
+        assert self.heartbeat is not None
+        await self.heartbeat.hold(job_id, batch_id)
+        try:
+            return await self._run_chunk(batch_id, lines, job_id)
+        finally:
+            # left behind, the entry only makes a look after this process's end put back finished lines
+            with contextlib.suppress(RedisError, OSError):
+                await self.heartbeat.release(job_id, batch_id)
+
+    async def _run_chunk(self, batch_id: str, lines: list[int], job_id: str) -> int:
         # lines still running here (a chunk that passed its deadline and came back) are not taken twice
         claim = await self.store.claim(batch_id, [n for n in lines if (batch_id, n) not in self.in_flight])
         if not claim.jobs:

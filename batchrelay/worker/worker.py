@@ -24,7 +24,7 @@ from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 from batchrelay.config.settings import Settings, load_settings
 from batchrelay.store.connection import redis_settings
 from batchrelay.store.keys import Keys
-from batchrelay.store.queue import CHUNK_FUNCTION
+from batchrelay.store.queue import CHUNK_FUNCTION, cron_name
 from batchrelay.store.store import Store
 from batchrelay.worker.runtime import SHUTDOWN_MARGIN_S, Runtime
 
@@ -67,10 +67,11 @@ def build_worker(
 ) -> Worker:
     w = settings.worker
     keys = Keys(settings.redis.prefix)
+    queue = queue or keys.queue
     chunks_in_flight = max(2, math.ceil(2 * w.concurrency / w.chunk_size) + 1)
 
     async def startup(ctx: dict[str, Any]) -> None:
-        ctx["queue_name"] = queue or keys.queue
+        ctx["queue_name"] = queue
         if "runtime" in ctx:  # a burst worker's second round after a sweep
             return
         ctx["runtime"] = Runtime.opened(settings, Store(ctx["redis"], keys))  # arq's own client: one pool per worker
@@ -88,15 +89,16 @@ def build_worker(
         # the sweep's own timeout must not outgrow job_timeout: it would delay the rerun of a dead
         # worker's chunk)
         cron_jobs=[] if burst else [
-            cron(sweep_orphans, name="batchrelay-sweep", second={0, 15, 30, 45}, unique=True,
+            # named after the queue: another setup's workers on this Redis must not take their ticks
+            cron(sweep_orphans, name=cron_name(queue, "batchrelay-sweep"), second={0, 15, 30, 45}, unique=True,
                  timeout=min(30, w.job_timeout)),
             # every 2 s; each POST is bounded by [webhooks] timeout_s and they run together (a POST cut
             # off by this timeout is sent again once its lease lapses)
-            cron(send_webhooks, name="batchrelay-webhooks", second=set(range(0, 60, 2)), unique=True,
+            cron(send_webhooks, name=cron_name(queue, "batchrelay-webhooks"), second=set(range(0, 60, 2)), unique=True,
                  timeout=min(settings.webhooks.timeout_s + 10, w.job_timeout)),
         ],
         redis_settings=redis_settings(redis_url),
-        queue_name=queue or keys.queue,
+        queue_name=queue,
         max_jobs=chunks_in_flight,
         # running jobs stay at the queue head: a small read limit would cap the whole fleet
         queue_read_limit=max(1000, 5 * chunks_in_flight),

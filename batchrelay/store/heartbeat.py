@@ -1,0 +1,115 @@
+"""Worker heartbeats: which worker processes are alive, and which chunk jobs each one holds.
+
+arq gives a dead worker's job to another only once the job's in-progress key lapses (`job_timeout`
++ 10 s: 610 s with the defaults). So each worker process renews a key of its own (`Keys.worker`,
+lapsing after `LAPSE_S`) every `BEAT_S`, and notes each chunk job it runs in `Keys.held` while it
+runs it. Every `RECLAIM_S` each worker looks for chunks whose holder's key has lapsed: their lines
+still pending go back on the queue as a new chunk job and the old job leaves the queue
+(lua/chunk_reclaim.lua). A dead worker's lines run elsewhere within LAPSE_S + RECLAIM_S (+ a beat).
+
+A worker that was only stalled, or cut off from Redis, for LAPSE_S and comes back may finish a
+line that is also running elsewhere: the result write keeps each line answered (and billed in the
+ledger) once. A worker that itself could not reach Redis judges no other until it has beaten for
+LAPSE_S again: the others were cut off as long as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+
+from redis.exceptions import RedisError
+
+from batchrelay.store.queue import enqueue_chunks, requeued_job_id
+from batchrelay.store.store import Store
+from batchrelay.store.sweeper import batch_queue
+
+log = logging.getLogger("batchrelay.store.heartbeat")
+BEAT_S = 2.0
+LAPSE_S = 10.0  # several missed beats: a worker whose event loop stalls for a moment is not taken for dead
+RECLAIM_S = 5.0
+
+
+class Heartbeat:
+    """One worker process's heartbeat (`run` it beside the jobs) and the chunk jobs it holds."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.id = uuid.uuid4().hex[:12]
+        self.about = f"{socket.gethostname()} {os.getpid()}"  # for a person reading the key
+
+    def _holder(self, batch_id: str) -> str:
+        return f"{self.id} {batch_id}"
+
+    async def beat(self) -> None:
+        await self.store.redis.set(self.store.keys.worker(self.id), self.about, px=int(LAPSE_S * 1000))
+
+    async def hold(self, job_id: str, batch_id: str) -> None:
+        """Note that this process runs chunk `job_id` (and beat, so it is never held without one)."""
+        k = self.store.keys
+        async with self.store.redis.pipeline(transaction=True) as pipe:
+            pipe.set(k.worker(self.id), self.about, px=int(LAPSE_S * 1000))
+            pipe.hset(k.held, job_id, self._holder(batch_id))
+            await pipe.execute()
+
+    async def release(self, job_id: str, batch_id: str) -> None:
+        """This process is done with chunk `job_id` (its lines are answered or handed on)."""
+        await self.store.scripts.release_chunk(self.store.keys, job=job_id, holder=self._holder(batch_id))
+
+    async def run(self) -> None:
+        """Beat every BEAT_S and put back lapsed workers' chunks every RECLAIM_S, until cancelled."""
+        beating_since: float | None = time.monotonic() - LAPSE_S  # at start-up the others' beats are current
+        next_reclaim = 0.0
+        while True:
+            now = time.monotonic()
+            try:
+                await self.beat()
+                if beating_since is None:
+                    beating_since = now
+                if now >= next_reclaim and now - beating_since >= LAPSE_S:
+                    next_reclaim = now + RECLAIM_S
+                    if n := await reclaim_lapsed(self.store):
+                        log.warning("put back %d chunk jobs of worker processes whose heartbeat lapsed", n)
+            except (RedisError, OSError) as e:
+                beating_since = None
+                log.info("heartbeat: Redis unreachable (%s)", type(e).__name__)  # the worker reports the outage
+            await asyncio.sleep(BEAT_S)
+
+    async def stop(self) -> None:
+        """The process is leaving: its key goes (a chunk still held is put back at the next look)."""
+        with contextlib.suppress(RedisError, OSError):
+            await self.store.redis.delete(self.store.keys.worker(self.id))
+
+
+async def reclaim_lapsed(store: Store) -> int:
+    """Put the pending lines of chunks held by worker processes whose heartbeat lapsed back on their
+    queue as new chunk jobs; how many jobs were made."""
+    k = store.keys
+    held = [(job.decode(), holder.decode()) for job, holder in (await store.redis.hgetall(k.held)).items()]  # type: ignore[misc]
+    workers = sorted({holder.split(" ", 1)[0] for _, holder in held})
+    if not workers:
+        return 0
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for w in workers:
+            pipe.exists(k.worker(w))
+        gone = {w for w, alive in zip(workers, await pipe.execute(), strict=True) if not alive}
+    made = 0
+    for job, holder in held:
+        worker, batch_id = holder.split(" ", 1)
+        if worker not in gone:
+            continue
+        queue = await batch_queue(store, batch_id)
+        due = await store.redis.zscore(queue, job)  # its lines have waited longest: they keep their place
+        new_job = requeued_job_id(job, time.time_ns() // 1_000_000, reclaimed=True)
+        lines = await store.scripts.reclaim_chunk(k, batch_id, job=job, holder=holder, worker=worker, queue=queue,
+                                                  new_job=new_job)
+        if lines:
+            await enqueue_chunks(store.redis, queue, batch_id, [(new_job, lines)],
+                                 at_ms=None if due is None else int(due))
+            made += 1
+    return made
