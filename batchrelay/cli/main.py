@@ -92,11 +92,12 @@ def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers:
       batchrelay run examples/requests.jsonl -o results.jsonl
       batchrelay -c batchrelay.toml run big.jsonl -o out.jsonl --workers 2 --max-cost 5
     """
+    from batchrelay.cli.preflight import before_run
     from batchrelay.cli.runner import environment, run_file
 
     spec = BatchSpec.of(settings_of(ctx), endpoint=endpoint, providers=allow, max_cost=max_cost,
                         require_prices=require_prices)
-    with environment(settings_of(ctx)) as (settings, url):
+    with environment(before_run(settings_of(ctx), file, out, errors, spec)) as (settings, url):
         if spec.needs_prices:
             check_prices(file, settings, spec.endpoint, spec.providers)
         report = run_async(run_file(settings, url, file, out, errors, spec, workers=workers, show=not as_json))
@@ -221,6 +222,7 @@ def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool
       batchrelay worker --concurrency 64
       batchrelay worker --burst          # for cron or CI: stop when nothing is queued
     """
+    from batchrelay.cli.preflight import with_keys
     from batchrelay.store.webhooks import delivery_of
     from batchrelay.worker.worker import build_worker, run_worker
 
@@ -230,6 +232,7 @@ def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool
         settings = settings.model_copy(update={"worker": tuned})
     if not settings.providers:
         raise click.UsageError("no [[providers]] configured: a worker needs at least one (see README)")
+    settings = with_keys(settings)
     delivery_of(settings)  # a webhook secret variable that is not set: say so now, not at the first webhook
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(name)s %(message)s")
 

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from batchrelay.errors import BatchNotFound, UploadError, UploadTooLarge
+from batchrelay.errors import BatchNotFound, InputError, UploadError, UploadTooLarge
 from batchrelay.serve.shared import Loaded, Served, current, json_response, load, openai_error, submit
 from batchrelay.store.files import delete_file_record, file_record, save_file_record
 from batchrelay.store.lifecycle import advance, request_stop
@@ -318,7 +318,10 @@ def routes(served: Served) -> list[Route]:
             fields["serve_metadata"] = orjson.dumps(metadata).decode()
         with (served.files_dir / f"{record['id']}.jsonl").open("rb") as stream:
             spec = served.spec(name=record["filename"], endpoint=ENDPOINTS[endpoint], completion_window=WINDOWS[window])
-            batch_id = await submit(served, stream, spec, source=f"serve:{record['id']}", fields=fields)
+            try:
+                batch_id = await submit(served, stream, spec, source=f"serve:{record['id']}", fields=fields)
+            except InputError as e:  # no requests in the file, or not JSONL: no batch was made
+                return openai_error(400, str(e), param="input_file_id")
         return json_response(batch_object(await load(served.db, batch_id)))
 
     async def get_batch(request: Request) -> Response:
