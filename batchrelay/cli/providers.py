@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from batchrelay.cli.kit import emit_json, handles_errors, open_store, run_async, settings_of
-from batchrelay.cli.tables import print_table
+from batchrelay.cli.text import print_table
 from batchrelay.errors import StoreError
 from batchrelay.money.pricing import price_of, usd_str
 from batchrelay.store.health import Health

@@ -1,5 +1,6 @@
-"""Tables a person reads: rich's table on a terminal; in a pipe, plain aligned columns, every cell
-whole (a pipe has no width to cut them to, and `grep`/`awk` want the full text)."""
+"""Output a person reads. Tables: rich's on a terminal; in a pipe, plain aligned columns, every
+cell whole (a pipe has no width to cut them to, and `grep`/`awk` want the full text). Counts with
+their noun in the right number."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ import sys
 from collections.abc import Iterable, Sequence
 
 import click
+
+
+def counted(n: int, noun: str) -> str:
+    """`1 line`, `2 lines`, `0 lines`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def plain_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
