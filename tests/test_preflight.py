@@ -67,8 +67,9 @@ def test_run_and_results_refuse_results_and_errors_in_one_file(tmp_path: Path, r
     assert _nothing_submitted(cfg, redis_url)
     batch = batchrelay("-c", str(cfg), "submit", str(src), env=env).stdout.strip()
     (tmp_path / "alias.jsonl").symlink_to(out)
+    # refused before `--wait` waits for a batch nothing works on
     res = batchrelay("-c", str(cfg), "results", batch, "-o", str(out), "--errors", str(tmp_path / "alias.jsonl"),
-                     env=env)
+                     "--wait", env=env, timeout=30)
     assert res.returncode == 2 and "the same file" in res.stderr, res.stderr
     assert not out.exists()
 

@@ -31,7 +31,7 @@ from batchrelay.errors import ExitCode
 from batchrelay.money.estimate import require_prices as check_prices
 from batchrelay.spec import BatchSpec
 from batchrelay.store.connection import DEFAULT_URL, check_reachable
-from batchrelay.store.export import default_errors_path
+from batchrelay.store.export import check_paths, default_errors_path
 from batchrelay.store.spending import cost_line
 from batchrelay.store.status import Status
 from batchrelay.store.store import FINISHED, BatchInfo, unsuccessful
@@ -330,6 +330,8 @@ def results(ctx: click.Context, batch: str, out: Path, errors: Path | None, wait
     Example:
       batchrelay results batch_0123abcd -o results.jsonl --wait
     """
+    check_paths(out, errors)  # not after a long wait
+
     async def go() -> tuple[dict[str, Any], dict[str, Any]]:
         async with open_client(settings_of(ctx)) as client:
             st = await (_watch(client, batch, show=not as_json) if wait else client.status(batch))
