@@ -33,6 +33,6 @@ def accept_config_after(group: click.Group) -> None:
         if command.name != "simulate":  # a provider of its own: it reads no config
             command.params.append(click.Option(
                 ["-c", "--config"], type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
-                callback=_config_after, help="Config file (as before the command)."))
+                callback=_config_after, help="Config file (may also go before the command)."))
         if isinstance(command, click.Group):
             accept_config_after(command)

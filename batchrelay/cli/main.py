@@ -147,8 +147,8 @@ def demo(ctx: click.Context, lines: int, out: Path, force: bool, as_json: bool) 
 
     Writes demo-input.jsonl (with a few deliberately bad lines) next to OUTPUT, runs it, and
     writes the results and errors files; it refuses to overwrite any of them unless --force.
-    The flaky provider answers its first call with 429 and a
-    quarter of the rest with 503, so the attempts in the results show retries and failover.
+    The flaky provider answers its first call with 429 and a quarter of the rest with 503, so
+    the attempts in the results show retries and failover.
 
     \b
     Examples:
