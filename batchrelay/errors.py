@@ -40,6 +40,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad usage, configuration or input
     FAILED_LINES = 3  # the batch has failed or invalid lines
     BUDGET = 4  # the budget (--max-cost) ran out before the batch was done
+    UNCHECKED = 5  # `providers check`: none failed, but a provider could not be checked
     INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
 

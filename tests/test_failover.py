@@ -153,7 +153,8 @@ def test_a_benched_provider_shows_in_status_and_check_puts_it_back(tmp_path: Pat
 
 def test_a_line_no_provider_can_take_fails_at_once_instead_of_looping(tmp_path: Path, redis_url: str,
                                                                       prefix: str) -> None:
-    """A chat line whose tools cannot be translated, and a key variable nobody set: both are final."""
+    """A chat line whose tools cannot be translated is final; the provider whose key variable nobody
+    set is left out before the run, with a warning naming it."""
     with SimulatorProcess({}) as sim:
         cfg = write_config(tmp_path / "c.toml", prefix, [
             {"name": "claude-only", "base_url": sim, "dialects": ["messages"], "priority": 1},
@@ -167,7 +168,8 @@ def test_a_line_no_provider_can_take_fails_at_once_instead_of_looping(tmp_path: 
     assert proc.returncode == 3, proc.stderr
     assert took < 30
     (err,) = _rows(tmp_path / "o.errors.jsonl")
-    assert "cannot translate" in err["error"]["message"] and "NOBODY_SET_THIS is not set" in err["error"]["message"]
+    assert "cannot translate" in err["error"]["message"] and "keyless" not in err["error"]["message"]
+    assert "keyless needs NOBODY_SET_THIS" in proc.stderr
 
 
 def test_a_key_with_a_stray_carriage_return_still_works_and_a_broken_one_never_leaks(

@@ -104,7 +104,7 @@ async def test_a_stop_with_no_line_left_to_end_it_ends_at_the_next_step(store: S
 
 
 async def test_stopping_a_finished_batch_changes_nothing_and_an_unknown_one_is_not_found(store: Store) -> None:
-    batch = await _submitted(store, 0, bad=b"oops\n")
+    batch = await _submitted(store, 0, bad=b"{\"oops\": 1}\n")  # one invalid line: finished at once
     assert (await store.info(batch)).status == "completed"
     assert await request_stop(store, batch, "cancelled") == "completed"
     assert await advance(store, batch, GRACE) == 0
@@ -165,7 +165,7 @@ async def test_the_sweep_fails_a_submit_that_never_finished(store: Store) -> Non
 
 
 async def test_the_sweep_forgets_finished_batches_past_the_retention_only(store: Store) -> None:
-    old, running = await _submitted(store, 0, bad=b"x\n"), await _submitted(store, 1)
+    old, running = await _submitted(store, 0, bad=b"{\"x\": 1}\n"), await _submitted(store, 1)
     finished_at = (await store.info(old)).finished_at
     assert finished_at is not None
     assert (await tick(store, grace_s=GRACE, retention_s=100, now=finished_at + 50))["forgotten"] == 0

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +71,94 @@ def test_health_text_says_state_time_left_cooling_models_and_the_limit_in_flight
     health: dict[str, Any] | None, text: str
 ) -> None:
     assert health_text(health) == text
+
+
+def test_providers_piped_prints_whole_cells_and_whether_each_key_is_set(tmp_path: Path) -> None:
+    long_url = "https://a-rather-long-host-name.example-reseller.com/openai/compatible/v1"
+    cfg = _config(tmp_path / "c.toml", ['preset = "ttttt"\napi_key_env = "K1"',
+                                         f'preset = "piapi"\napi_key_env = "K3"\nbase_url = "{long_url}"',
+                                         'name = "local"\nbase_url = "http://127.0.0.1:9"'])
+    proc = batchrelay("-c", str(cfg), "providers", env={"K1": "sk-do-not-print-me", "COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:4] == ["name", "preset", "key", "priority"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["ttttt"][2] == "set" and rows["piapi"][2] == "unset" and rows["local"][2] == "-"
+    assert long_url in proc.stdout and "…" not in proc.stdout  # a pipe gets every cell whole
+    assert "sk-do-not-print-me" not in proc.stdout + proc.stderr
+
+
+def test_providers_check_tries_reachability_where_there_is_no_models_endpoint(tmp_path: Path) -> None:
+    with SimulatorProcess({"preset": "ttapi", "api_key": "good"}) as ttapi:
+        cfg = _config(tmp_path / "c.toml", [f'preset = "ttapi"\napi_key_env = "TT_K"\nbase_url = "{ttapi}"',
+                                            'name = "gone"\nbase_url = "http://127.0.0.1:9"'])
+        proc = batchrelay("-c", str(cfg), "providers", "check", "--json", env={"TT_K": "good"})
+        wrong = batchrelay("-c", str(cfg), "providers", "check", env={"TT_K": "wrong"})
+    results = {r["provider"]: r for r in json.loads(proc.stdout)}
+    assert proc.returncode == 1  # the dead port
+    assert results["ttapi"]["state"] == "ok" and [c["check"] for c in results["ttapi"]["checks"]] == ["reach"]
+    assert "HTTP 400" in results["ttapi"]["checks"][0]["detail"]
+    assert results["gone"]["state"] == "fail" and "cannot reach" in results["gone"]["checks"][0]["detail"]
+    assert "FAIL ttapi" in wrong.stdout and "HTTP 401" in wrong.stdout
+
+
+class _Failing(http.server.BaseHTTPRequestHandler):
+    """A provider that answers every call with 503, and counts them."""
+
+    posts = 0
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        type(self).posts += 1
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(503)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+        pass
+
+
+@pytest.fixture
+def failing() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
+    _Failing.posts = 0
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_providers_check_says_unchecked_with_its_own_exit_status_when_nothing_told(tmp_path: Path,
+                                                                                   failing: str) -> None:
+    cfg = _config(tmp_path / "c.toml", [f'name = "mute"\nbase_url = "{failing}"'])
+    proc = batchrelay("-c", str(cfg), "providers", "check")
+    assert proc.returncode == 5, proc.stdout + proc.stderr
+    assert "unchecked mute" in proc.stdout and "ok" not in proc.stdout.split()
+    live = batchrelay("-c", str(cfg), "providers", "check", "--live", "--json")
+    assert live.returncode == 1
+    assert json.loads(live.stdout)[0]["state"] == "fail"
+    assert _Failing.posts == 3  # the empty request; then the live call and its one retry
+
+
+def test_providers_check_live_tries_a_transient_5xx_once_more(tmp_path: Path) -> None:
+    sim = SimulatorProcess({"script": [503]})
+    with sim as url:
+        cfg = _config(tmp_path / "c.toml", [f'name = "blip"\nbase_url = "{url}"'])
+        proc = batchrelay("-c", str(cfg), "providers", "check", "--live", "--model", "gpt-4o-mini")
+        calls = sim.stats()["by_status"]
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("ok   blip")
+    assert calls == {"503": 1, "200": 1}
+
+
+@pytest.mark.parametrize(("status", "verdict"), [
+    (400, True), (422, True), (413, True),
+    (401, False), (403, False), (402, False), (404, False), (405, False),
+    (429, None), (200, None), (302, None), (500, None), (503, None),
+])
+def test_an_empty_request_is_checked_by_the_status_it_gets(status: int, verdict: bool | None) -> None:
+    from batchrelay.providers.checks import probe_verdict
+
+    ok, detail = probe_verdict(status)
+    assert ok is verdict and f"HTTP {status}" in detail

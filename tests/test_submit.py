@@ -18,6 +18,7 @@ from batchrelay.store import submit as submit_module
 from batchrelay.store.store import Store
 from batchrelay.store.submit import submit_stream
 from batchrelay.wire.jobs import JobLine
+from batchrelay.wire.sniff import SNIFF_LINES
 
 from .conftest import openai_line
 
@@ -113,7 +114,8 @@ async def test_a_batch_keeps_its_options(store: Store) -> None:
 
 
 async def test_a_file_of_only_input_errors_is_completed_at_once_with_nothing_enqueued(store: Store) -> None:
-    res = await submit_stream(store, _jsonl(b"nope\n", b"[]\n"), BatchSpec(name="t"), source="t")
+    res = await submit_stream(store, _jsonl(b'{"model": ""}\n', b'{"custom_id": 7}\n'), BatchSpec(name="t"),
+                              source="t")
     info = await store.info(res.batch_id)
     assert (info.status, info.invalid, info.pending) == ("completed", 2, 0)
     assert info.finished_at is not None
@@ -121,17 +123,18 @@ async def test_a_file_of_only_input_errors_is_completed_at_once_with_nothing_enq
 
 
 class _Breaks(io.BytesIO):
-    """A stream that fails after its first line (a disk error, a dropped upload)."""
+    """A stream that fails after its first `SNIFF_LINES` + 1 lines (a disk error, a dropped upload),
+    once the batch exists."""
 
     def readline(self, size: int | None = -1, /) -> bytes:
-        if self.tell():
+        if self.getvalue().count(b"\n", 0, self.tell()) > SNIFF_LINES:
             raise OSError("input went away")
         return super().readline(size)
 
 
 async def test_a_submit_cut_short_leaves_a_failed_batch_that_nothing_works_on(store: Store) -> None:
     with pytest.raises(OSError, match="input went away"):
-        await submit_stream(store, _Breaks(orjson.dumps(openai_line(1)) + b"\n" + orjson.dumps(openai_line(2))),
+        await submit_stream(store, _Breaks(b"".join(orjson.dumps(openai_line(i)) + b"\n" for i in range(1, 30))),
                             BatchSpec(name="t"), source="t")
     (info,) = await store.list_batches()
     assert (info.status, await store.get_fields(info.id, ["error"])) == (

@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 
+from batchrelay.errors import InputError
+
 # the flaky one is tried first: its 429 and 503s show retries and failover in the attempts
 DEMO_PROVIDERS: dict[str, dict[str, Any]] = {
     "flaky-reseller": {"script": [429], "fail_rate": 0.25, "fail_rate_status": 503, "retry_after": 0.2,
@@ -25,6 +27,13 @@ def sample_line(i: int) -> dict[str, Any]:
                                                    "messages": [{"role": "user", "content": question}]}}
     return {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
             "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}]}}
+
+
+def refuse_overwrite(paths: list[Path]) -> None:
+    """InputError naming the files the demo would overwrite: they may be the user's own."""
+    if taken := [str(p) for p in paths if p.exists()]:
+        raise InputError(f"the demo would overwrite {', '.join(taken)}: pass --force to overwrite, "
+                         "or -o a path in another directory")
 
 
 def write_sample(path: Path, lines: int, *, bad: bool = True) -> Path:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from batchrelay.cli.config_file import accept_config_after, load_config
 from batchrelay.cli.cost import budget, cost, estimate
 from batchrelay.cli.kit import CONTEXT, emit_json, handles_errors, open_client, run_async, settings_of
 from batchrelay.cli.lifecycle import cancel, retry_command
@@ -25,11 +26,12 @@ from batchrelay.cli.options import (
 )
 from batchrelay.cli.providers import health_text, providers
 from batchrelay.cli.servers import serve, simulate
-from batchrelay.config.settings import load_settings
-from batchrelay.errors import BatchrelayError, ExitCode
+from batchrelay.cli.text import counted, print_table
+from batchrelay.errors import ExitCode
 from batchrelay.money.estimate import require_prices as check_prices
 from batchrelay.spec import BatchSpec
 from batchrelay.store.connection import DEFAULT_URL, check_reachable
+from batchrelay.store.export import check_paths, default_errors_path
 from batchrelay.store.spending import cost_line
 from batchrelay.store.status import Status
 from batchrelay.store.store import FINISHED, BatchInfo, unsuccessful
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
 
 @click.group(context_settings=CONTEXT)
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), envvar="BATCHRELAY_CONFIG",
-              help="Config file (default: ./batchrelay.toml if present).")
+              help="Config file (default: ./batchrelay.toml if present); also accepted after the command.")
 @click.version_option(package_name="batchrelay")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
@@ -58,11 +60,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
       batchrelay results BATCH -o results.jsonl --wait
     """
     ctx.ensure_object(dict)
-    try:
-        ctx.obj["settings"] = load_settings(config_path)
-    except BatchrelayError as e:
-        click.echo(f"Error: {e}", err=True)
-        sys.exit(e.exit_code)
+    load_config(ctx, config_path)
 
 
 @cli.command()
@@ -92,16 +90,28 @@ def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers:
       batchrelay run examples/requests.jsonl -o results.jsonl
       batchrelay -c batchrelay.toml run big.jsonl -o out.jsonl --workers 2 --max-cost 5
     """
+    from batchrelay.cli.preflight import before_run
     from batchrelay.cli.runner import environment, run_file
 
     spec = BatchSpec.of(settings_of(ctx), endpoint=endpoint, providers=allow, max_cost=max_cost,
                         require_prices=require_prices)
-    with environment(settings_of(ctx)) as (settings, url):
+    with environment(before_run(settings_of(ctx), file, out, errors, spec)) as (settings, url):
         if spec.needs_prices:
             check_prices(file, settings, spec.endpoint, spec.providers)
         report = run_async(run_file(settings, url, file, out, errors, spec, workers=workers, show=not as_json))
     _report(report, as_json)
     sys.exit(report.exit_code)
+
+
+def log_levels(*, quiet: bool, verbose: bool) -> None:
+    """A worker logs what it does with chunks and batches; each provider call (httpx logs one line
+    per request at INFO) only with --verbose, or a big batch's log is nothing but calls."""
+    if quiet and verbose:
+        raise click.UsageError("give --quiet or --verbose, not both")
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("batchrelay").setLevel(logging.DEBUG if verbose else logging.NOTSET)
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _report(report: Any, as_json: bool) -> None:
@@ -110,10 +120,10 @@ def _report(report: Any, as_json: bool) -> None:
         return
     b: BatchInfo = report.batch
     click.echo(f"{b.id}: {b.status} in {report.seconds:.1f}s: {b.succeeded} succeeded, {b.failed} failed, "
-               f"{b.invalid} invalid of {b.total} lines")
-    click.echo(f"results: {report.exported.results_path} ({report.exported.results} lines)")
+               f"{b.invalid} invalid of {counted(b.total, 'line')}")
+    click.echo(f"results: {report.exported.results_path} ({counted(report.exported.results, 'line')})")
     if report.exported.errors:
-        click.echo(f"errors:  {report.exported.errors_path} ({report.exported.errors} lines)")
+        click.echo(f"errors:  {report.exported.errors_path} ({counted(report.exported.errors, 'line')})")
     c = report.cost
     notes = [f"{c['unpriced_calls']} calls of unknown price"] if c["unpriced_calls"] else []
     if c["discrepancies"]:
@@ -128,25 +138,30 @@ def _report(report: Any, as_json: bool) -> None:
 @click.option("--lines", type=click.IntRange(1, 100_000), default=200, show_default=True)
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("demo-results.jsonl"), show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite the demo's files if they exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 @handles_errors
-def demo(ctx: click.Context, lines: int, out: Path, as_json: bool) -> None:
+def demo(ctx: click.Context, lines: int, out: Path, force: bool, as_json: bool) -> None:
     """A no-setup tour: embedded Redis, two simulated providers (one flaky), a sample batch.
 
-    Writes demo-input.jsonl (with a few deliberately bad lines), runs it, and writes the
-    results and errors files. The flaky provider answers its first call with 429 and a
-    quarter of the rest with 503, so the attempts in the results show retries and failover.
+    Writes demo-input.jsonl (with a few deliberately bad lines) next to OUTPUT, runs it, and
+    writes the results and errors files; it refuses to overwrite any of them unless --force.
+    The flaky provider answers its first call with 429 and a quarter of the rest with 503, so
+    the attempts in the results show retries and failover.
 
     \b
     Examples:
       batchrelay demo
       batchrelay demo --lines 1000 -o /tmp/demo.jsonl
     """
-    from batchrelay.cli.demo import DEMO_PROVIDERS, write_sample
+    from batchrelay.cli.demo import DEMO_PROVIDERS, refuse_overwrite, write_sample
     from batchrelay.cli.runner import environment, run_file
 
-    sample = write_sample(out.with_name("demo-input.jsonl"), lines)
+    sample = out.with_name("demo-input.jsonl")
+    if not force:
+        refuse_overwrite([sample, out, default_errors_path(out)])
+    write_sample(sample, lines)
     settings = settings_of(ctx).with_providers([])
     with environment(settings, DEMO_PROVIDERS) as (settings, url):
         report = run_async(run_file(settings, url, sample, out, None, BatchSpec.of(settings), show=not as_json))
@@ -210,10 +225,12 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
 @click.option("--concurrency", type=click.IntRange(1, 4096), help="Lines in flight in this process.")
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
 @click.option("--quiet", is_flag=True, help="Log warnings only.")
+@click.option("--verbose", is_flag=True, help="Also log every provider call (and batchrelay's debug messages).")
 @click.option("--queue", hidden=True, help="Work this arq queue instead of the shared one (used by `run`).")
 @click.pass_context
 @handles_errors
-def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool, queue: str | None) -> None:
+def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool, verbose: bool,
+           queue: str | None) -> None:
     """Work queued batches: start as many as you like, on any machine sharing the Redis.
 
     \b
@@ -221,6 +238,7 @@ def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool
       batchrelay worker --concurrency 64
       batchrelay worker --burst          # for cron or CI: stop when nothing is queued
     """
+    from batchrelay.cli.preflight import with_keys
     from batchrelay.store.webhooks import delivery_of
     from batchrelay.worker.worker import build_worker, run_worker
 
@@ -230,8 +248,9 @@ def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool
         settings = settings.model_copy(update={"worker": tuned})
     if not settings.providers:
         raise click.UsageError("no [[providers]] configured: a worker needs at least one (see README)")
+    settings = with_keys(settings)
     delivery_of(settings)  # a webhook secret variable that is not set: say so now, not at the first webhook
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    log_levels(quiet=quiet, verbose=verbose)
 
     async def go() -> None:
         url = settings.redis_url or DEFAULT_URL
@@ -311,6 +330,8 @@ def results(ctx: click.Context, batch: str, out: Path, errors: Path | None, wait
     Example:
       batchrelay results batch_0123abcd -o results.jsonl --wait
     """
+    check_paths(out, errors)  # not after a long wait
+
     async def go() -> tuple[dict[str, Any], dict[str, Any]]:
         async with open_client(settings_of(ctx)) as client:
             st = await (_watch(client, batch, show=not as_json) if wait else client.status(batch))
@@ -342,9 +363,6 @@ def batches(ctx: click.Context, limit: int, as_json: bool) -> None:
       batchrelay batches
       batchrelay batches --limit 5 --json
     """
-    from rich.console import Console
-    from rich.table import Table
-
     async def go() -> list[dict[str, Any]]:
         async with open_client(settings_of(ctx)) as client:
             return await client.batches(limit)
@@ -353,18 +371,19 @@ def batches(ctx: click.Context, limit: int, as_json: bool) -> None:
     if as_json:
         emit_json(items)
         return
-    table = Table("id", "name", "status", "total", "succeeded", "failed", "invalid", "pending", "starts")
+    rows = []
     for b in items:
         starts = (datetime.fromtimestamp(b["start_at"], UTC).strftime("%Y-%m-%d %H:%M:%SZ")
                   if b["status"] == Status.SCHEDULED and b["start_at"] is not None else "")
         c = b["counts"]
-        table.add_row(b["id"], b["name"], b["status"],
-                      *(str(c[k]) for k in ("total", "succeeded", "failed", "invalid", "pending")), starts)
-    Console().print(table)
+        rows.append([b["id"], b["name"], b["status"],
+                     *(str(c[k]) for k in ("total", "succeeded", "failed", "invalid", "pending")), starts])
+    print_table(["id", "name", "status", "total", "succeeded", "failed", "invalid", "pending", "starts"], rows)
 
 
 for command in (providers, estimate, cost, budget, cancel, retry_command, serve, simulate):
     cli.add_command(command)
+accept_config_after(cli)
 
 
 def main() -> None:

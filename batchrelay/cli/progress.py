@@ -1,9 +1,12 @@
-"""Watching a batch: a rich progress bar on a terminal, nothing otherwise."""
+"""Watching a batch: a rich progress bar on a terminal, nothing otherwise.
+
+The batch id is printed once above the bar, so the bar itself fits 80 columns whole; it counts
+failed and invalid lines apart, as the summary does, and appears only once the real total is known.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Callable
 
@@ -12,46 +15,53 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
-from batchrelay.store.store import BatchInfo, Store, unsuccessful
+from batchrelay.cli.text import counted
+from batchrelay.store.store import BatchInfo, Store
 
 POLL_S = 0.25
 
 
 def make_progress(console: Console | None = None) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        BarColumn(bar_width=None), MofNCompleteColumn(),  # the bar takes the width the rest leaves
         TextColumn("{task.fields[rate]:.0f} lines/s"), TextColumn("[red]{task.fields[failed]} failed"),
-        TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console or Console(stderr=True), transient=False,
+        TextColumn("[yellow]{task.fields[invalid]} invalid"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console or Console(stderr=True), transient=False, expand=True,
     )
 
 
 class Bar:
-    """A batch's progress bar on stderr when it is a terminal (nothing otherwise)."""
+    """A batch's progress bar on stderr (or `console`) when it is a terminal, nothing otherwise."""
 
-    def __init__(self, batch_id: str, *, show: bool) -> None:
-        self.progress = make_progress() if show and sys.stderr.isatty() else None
-        self.task = self.progress.add_task(batch_id, total=1, rate=0.0, failed=0) if self.progress else None
-        self.first_done: int | None = None
+    def __init__(self, batch_id: str, *, show: bool, console: Console | None = None) -> None:
+        console = console or Console(stderr=True)
+        self.batch_id = batch_id
+        self.progress = make_progress(console) if show and console.is_terminal else None
+        self.task: TaskID | None = None
+        self.first_done = 0
         self.t0 = time.monotonic()
-        if self.progress:
-            self.progress.start()
 
     def update(self, counts: dict[str, int]) -> None:
         """`counts` as in a batch's status: total, done, pending, failed, invalid, cancelled, expired."""
-        if self.progress is None or self.task is None:
+        if self.progress is None:
             return
-        if self.first_done is None:
+        if self.task is None:  # the first counts: until now the total was not known
             self.first_done = counts["done"]
+            self.progress.console.print(f"[bold]{self.batch_id}[/bold]: {counted(counts['total'], 'line')}",
+                                        highlight=False)
+            self.task = self.progress.add_task(self.batch_id, total=max(1, counts["total"]), rate=0.0, failed=0,
+                                               invalid=0)
+            self.progress.start()
         elapsed = max(1e-6, time.monotonic() - self.t0)
         self.progress.update(self.task, total=max(1, counts["total"]), completed=counts["done"],
                              rate=(counts["done"] - self.first_done) / elapsed,
-                             failed=unsuccessful(counts))
+                             failed=counts["failed"], invalid=counts["invalid"])
 
     def close(self) -> None:
         if self.progress:

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from batchrelay.cli.kit import emit_json, handles_errors, open_store, run_async, settings_of
+from batchrelay.cli.text import print_table
 from batchrelay.errors import StoreError
 from batchrelay.money.pricing import price_of, usd_str
 from batchrelay.store.health import Health
@@ -18,7 +19,7 @@ from batchrelay.store.health import Health
 @click.pass_context
 @handles_errors
 def providers(ctx: click.Context, as_json: bool) -> None:
-    """List the configured providers: preset, dialects, models, limits, prices.
+    """List the configured providers: preset, whether the key is set, dialects, models, limits, prices.
 
     
     Examples:
@@ -27,9 +28,6 @@ def providers(ctx: click.Context, as_json: bool) -> None:
     """
     if ctx.invoked_subcommand:
         return
-    from rich.console import Console
-    from rich.table import Table
-
     settings = settings_of(ctx)
     items = settings.ordered_providers()
     health = run_async(_health_or_none(settings, [p.name for p in items]))
@@ -37,16 +35,17 @@ def providers(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
-    table = Table("name", "preset", "priority", "base url", "dialects", "auth", "models", "rpm/tpm", "pricing",
-                  "health")
-    for p, row in zip(items, rows, strict=True):
-        table.add_row(p.name, p.preset or "-", str(p.priority), p.base_url, ", ".join(p.dialects),
-                      ", ".join(f"{d}:{a}" for d, a in row["auth"].items()), row["models_summary"],
-                      f"{row['limits']['rpm'] or '-'}/{row['limits']['tpm'] or '-'}", _pricing_text(p),
-                      health_text(row["health"]))
-    Console().print(table)
+    print_table(["name", "preset", "key", "priority", "base url", "dialects", "auth", "models", "rpm/tpm", "pricing",
+                 "health"],
+                [[p.name, p.preset or "-", KEY_TEXT[row["key_set"]], str(p.priority), p.base_url, ", ".join(p.dialects),
+                  ", ".join(f"{d}:{a}" for d, a in row["auth"].items()), row["models_summary"],
+                  f"{row['limits']['rpm'] or '-'}/{row['limits']['tpm'] or '-'}", _pricing_text(p),
+                  health_text(row["health"])] for p, row in zip(items, rows, strict=True)])
     if health is None:
         click.echo("(health unknown: Redis not reachable)", err=True)
+
+
+KEY_TEXT = {True: "set", False: "unset", None: "-"}  # whether `api_key_env` holds a key; "-": no key needed
 
 
 def _pricing_text(p: Any) -> str:
@@ -126,15 +125,18 @@ def _provider_row(p: Any) -> dict[str, Any]:
 def providers_check(ctx: click.Context, live: bool, model: str | None, as_json: bool) -> None:
     """Check each provider's key and reachability (models/credits endpoints; --live: a real call).
 
-    A provider that passes (with credit left, where it shows credit) is taken off the bench and
-    re-enabled for every worker. Exit status 1 when any provider fails a check.
+    A provider without a models or credits endpoint gets an empty request (unless --live), which
+    a working one refuses with a 4xx; --live tries a 5xx once more. Each provider is ok, FAIL, or
+    unchecked when nothing tried could tell. A provider that passes (with credit left, where it
+    shows credit) is taken off the bench and re-enabled for every worker. Exit status: 0 all ok,
+    1 one failed, 5 none failed but one could not be checked.
 
     \b
     Examples:
       batchrelay providers check
       batchrelay providers check --live --model gpt-4o-mini --json
     """
-    from batchrelay.providers.checks import check_all
+    from batchrelay.providers.checks import check_all, exit_status
 
     settings = settings_of(ctx)
     results = run_async(check_all(settings.ordered_providers(), live=live, model=model))
@@ -145,9 +147,12 @@ def providers_check(ctx: click.Context, live: bool, model: str | None, as_json: 
         for r in results:
             credit = f"  credits: {r.credits}" if r.credits is not None else ""
             note = "  (bench/disable lifted)" if r.provider in cleared else ""
-            click.echo(f"{'ok  ' if r.ok else 'FAIL'} {r.provider}{credit}{note}")
+            click.echo(f"{STATE_LABELS[r.state]} {r.provider}{credit}{note}")
             for c in r.checks:
                 click.echo(f"     {c['check']}: {c['detail']}")
-    sys.exit(0 if all(r.ok for r in results) else 1)
+    sys.exit(exit_status(results))
+
+
+STATE_LABELS = {"ok": "ok  ", "fail": "FAIL", "unchecked": "unchecked"}
 
 

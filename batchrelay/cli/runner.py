@@ -23,7 +23,7 @@ from batchrelay.procs import stop_all
 from batchrelay.sim.process import SimulatorProcess
 from batchrelay.spec import BatchSpec
 from batchrelay.store.embedded import EmbeddedRedis
-from batchrelay.store.export import Exported, check_writable, export
+from batchrelay.store.export import Exported, check_paths, check_writable, export
 from batchrelay.store.keys import Keys
 from batchrelay.store.spending import cost_summary, ledger_of
 from batchrelay.store.status import Status
@@ -114,7 +114,8 @@ async def run_file(
 ) -> RunReport:
     """Submit `path` as a batch with the options `spec` gives, work it, and export its records."""
     started = time.perf_counter()
-    check_writable(out, errors)  # before any money is spent, not after
+    check_paths(out, errors, inputs=[path])  # before any money is spent, not after
+    check_writable(out, errors)
     async with await Store.connect(url, Keys(settings.redis.prefix)) as store:
         # a queue of its own: this run's workers touch no other batch left in the same Redis
         queue = f"{store.keys.queue}:run:{uuid.uuid4().hex[:12]}"

@@ -79,4 +79,7 @@ def simulate(host: str, port: int, **faults: Any) -> None:
     """
     from batchrelay.sim.app import SimConfig, serve
 
-    serve(SimConfig(**{k: v for k, v in faults.items() if v is not None}), host=host, port=port)
+    config = SimConfig(**{k: v for k, v in faults.items() if v is not None})  # a bad value fails before the banner
+    click.echo(f"simulating {config.preset or 'a provider'} at http://{host}:{port} (control: /_sim/config, "
+               "/_sim/log); Ctrl-C stops it", err=True)
+    serve(config, host=host, port=port)

@@ -78,12 +78,19 @@ def build_request(
     if stream and dialect == "chat" and provider.variant == "standard":
         # without it an OpenAI-style stream carries no usage, and the call could not be priced
         payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+    headers = request_headers(provider, dialect, key, stream=stream)
+    return WireRequest(provider.base_url + provider.path(dialect), headers, orjson.dumps(payload), stream, notes)
+
+
+def request_headers(provider: ProviderConfig, dialect: Dialect, key: str | None, *, stream: bool = False
+                    ) -> dict[str, str]:
+    """The headers of a call in `dialect` to this provider: JSON, its own headers, its auth style."""
     headers = {"content-type": "application/json", **provider.headers, **auth_headers(provider, dialect, key)}
     if stream:
         headers["accept"] = "text/event-stream"
     if dialect == "messages" and provider.anthropic_version:
         headers.setdefault("anthropic-version", provider.anthropic_version)
-    return WireRequest(provider.base_url + provider.path(dialect), headers, orjson.dumps(payload), stream, notes)
+    return headers
 
 
 def _int(v: Any) -> int:

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from batchrelay.errors import BatchNotFound
+from batchrelay.errors import BatchNotFound, InputError
 from batchrelay.serve.endpoint_check import endpoint_errors
 from batchrelay.serve.expiry import policy_seconds
 from batchrelay.serve.listing import BadParam, page_size
@@ -155,7 +155,10 @@ def routes(served: Served) -> list[Route]:
             batch_id = await failed(spec, fields, errors)
         else:
             with path.open("rb") as stream:
-                batch_id = await submit_lines(served, stream, spec, source=f"serve:{record['id']}", fields=fields)
+                try:
+                    batch_id = await submit_lines(served, stream, spec, source=f"serve:{record['id']}", fields=fields)
+                except InputError as e:  # no requests in the file, or not JSONL: no batch was made
+                    return openai_error(400, str(e), param="input_file_id")
         return json_response(batch_object(await load(served.db, batch_id, OPENAI)))
 
     async def get_batch(request: Request) -> Response:

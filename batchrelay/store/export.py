@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,28 @@ def default_errors_path(out: Path) -> Path:
     return out.with_name(name + ".errors.jsonl")
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether writing `a` would write `b`: the same file (also through a symlink or a hard link), or
+    the same place once `..` and symlinks are resolved when one of them does not exist yet."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def check_paths(out: Path, errors: Path | None, inputs: Iterable[Path] = ()) -> None:
+    """InputError when the results or errors file would overwrite an input, or each other: the
+    export replaces both files whole, so the input would be lost and one output would hide the other."""
+    errors = errors or default_errors_path(out)
+    for path, what in ((out, "output"), (errors, "errors file")):
+        for source in inputs:
+            if _same_file(path, source):
+                raise InputError(f"the {what} {path} is the input {source}: writing it would destroy the input; "
+                                 "choose another path")
+    if _same_file(out, errors):
+        raise InputError(f"the output {out} and the errors file {errors} are the same file: choose two paths")
+
+
 def check_writable(out: Path, errors: Path | None) -> None:
     for path in (out, errors or default_errors_path(out)):
         probe = path.with_name(path.name + ".part")
@@ -36,6 +59,7 @@ def check_writable(out: Path, errors: Path | None) -> None:
 async def export(store: Store, batch_id: str, out: Path, errors: Path | None = None) -> Exported:
     """Successes to `out`, failed and invalid lines to `errors`; each file appears whole or not at all."""
     errors = errors or default_errors_path(out)
+    check_paths(out, errors)
     tmp_out, tmp_err = out.with_name(out.name + ".part"), errors.with_name(errors.name + ".part")
     n_ok = n_err = 0
     try:

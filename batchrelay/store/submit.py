@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from batchrelay.store.status import Status
 from batchrelay.store.store import Store
 from batchrelay.store.sweeper import enqueue_all
 from batchrelay.wire.jobs import BadLine, JobLine, LineReader, duplicate, iter_jobs
+from batchrelay.wire.sniff import SNIFF_LINES, input_problem
 
 FLUSH_LINES = 5000
 FLUSH_BYTES = 16 * 1024 * 1024  # a block of long lines is written early, so it never holds 5000 of them
@@ -44,7 +46,7 @@ def new_batch_id() -> str:
 
 
 class _Counted:
-    """A line reader that counts the bytes read through it."""
+    """A line reader that counts the bytes read through it (`count`: all of them so far)."""
 
     __slots__ = ("count", "stream")
 
@@ -55,6 +57,18 @@ class _Counted:
         raw = self.stream.readline(size)
         self.count += len(raw)
         return raw
+
+
+def _first(items: Iterator[JobLine | BadLine], reader: _Counted) -> tuple[list[JobLine | BadLine], list[int]]:
+    """The first `SNIFF_LINES` items (fewer once a block's worth of input is read), and how far
+    into the input each one ends."""
+    head, read_at = [], []
+    for item in items:
+        head.append(item)
+        read_at.append(reader.count)
+        if len(head) >= SNIFF_LINES or reader.count >= FLUSH_BYTES:
+            break
+    return head, read_at
 
 
 async def submit_stream(
@@ -69,6 +83,7 @@ async def submit_stream(
     """A new batch of the stream's lines, with the options `spec` gives (spec.py; named after
     `source` unless the spec has a name). `queue`: an arq queue of this batch's own (`run` uses one
     so its workers touch nothing else). A line longer than `spec.max_line_bytes` is an error line.
+    A stream with no requests, or one that is not JSONL, is refused (InputError) before a batch exists.
 
     Chunk jobs are enqueued only once every line is written and the batch is `in_progress` (or
     `scheduled` until `spec.start_at`: the workers' sweep starts it, lifecycle.tick): a submit cut
@@ -77,13 +92,17 @@ async def submit_stream(
     batch_id = new_batch_id()
     queue = queue or store.keys.queue
     default_dialect, chunk_size = spec.endpoint, spec.chunk_size
+    reader = _Counted(stream)
+    items = iter_jobs(reader, default_dialect=default_dialect, max_line_bytes=spec.max_line_bytes, dedupe=False)
+    head, read_at = _first(items, reader)  # a file that cannot be a batch is refused before it is one
+    if problem := input_problem(head, source):
+        raise InputError(problem)
     await store.create_batch(batch_id, spec, source=source, queue=queue)
     block: list[JobLine] = []  # parsed, not yet checked for duplicates
     bad: list[tuple[int, bytes]] = []
     open_chunk: list[int] = []
     n_chunks = valid = invalid = max_line = 0
     formats: set[str] = set()
-    reader = _Counted(stream)
     writing: asyncio.Task[None] | None = None  # the previous block, written while this one is parsed
 
     async def write(block: list[JobLine], bad: list[tuple[int, bytes]], last: bool) -> None:
@@ -117,8 +136,9 @@ async def submit_stream(
             on_progress(valid + invalid)
 
     try:
-        for n, item in enumerate(iter_jobs(reader, default_dialect=default_dialect,
-                                           max_line_bytes=spec.max_line_bytes, dedupe=False)):
+        block_from = 0  # where in the input the block being parsed starts
+        for n, item in enumerate(itertools.chain(head, items)):
+            read = read_at[n] if n < len(read_at) else reader.count
             max_line = item.line
             if item.fmt:
                 formats.add(item.fmt)
@@ -126,11 +146,11 @@ async def submit_stream(
                 bad.append((item.line, bad_line_record(batch_id, item, default_dialect)))
             else:
                 block.append(item)
-            if len(block) + len(bad) >= FLUSH_LINES or reader.count >= FLUSH_BYTES:
+            if len(block) + len(bad) >= FLUSH_LINES or read - block_from >= FLUSH_BYTES:
                 if writing:
                     await writing  # blocks claim their custom_ids in file order
                 writing = asyncio.create_task(write(block, bad, False))
-                block, bad, reader.count = [], [], 0
+                block, bad, block_from = [], [], read
                 await asyncio.sleep(0)  # let it send its first command before parsing goes on
             elif n % YIELD_EVERY == 0 and writing:
                 await asyncio.sleep(0)  # and let it go on from time to time, as Redis answers
