@@ -16,7 +16,17 @@ from batchrelay.store.keys import Keys
 from batchrelay.store.store import Store
 from batchrelay.worker.relay import _Call, _report_and_settle
 
-from .healthkit import MODEL, answered_well, health, permit, prov, refused
+from .healthkit import (
+    MODEL,
+    answer,
+    answered_well,
+    health,
+    permit,
+    prov,
+    refused,
+    renewals_stopped,  # noqa: F401  (stops what a test left renewing)
+    round_of,
+)
 
 # --- concurrency ---------------------------------------------------------------------------------
 
@@ -34,11 +44,13 @@ async def test_max_concurrency_refuses_a_third_call_until_a_report_frees_a_lease
     assert (await refused(h, p)).reason == "concurrency"
 
 
-async def test_a_lease_whose_call_never_reported_frees_itself_after_lease_s(redis: Redis, prefix: str) -> None:
+async def test_a_lease_whose_holder_stopped_renewing_frees_itself_after_lease_s(redis: Redis, prefix: str) -> None:
     h, p = health(redis, prefix, lease_s=0.3), prov(max_concurrency=2)
+    gone = health(redis, prefix, lease_s=0.3)  # a worker process that dies
     await answered_well(h, p)
-    await permit(h, p)
-    await permit(h, p)  # both callers die without reporting
+    await permit(gone, p)
+    await permit(gone, p)  # both its calls die without reporting
+    await gone.close()
     assert (await refused(h, p)).reason == "concurrency"
     await asyncio.sleep(0.4)
     await permit(h, p)
@@ -62,17 +74,17 @@ async def test_after_a_429_one_call_at_a_time_for_every_worker_until_its_report(
     assert (await refused(h, p)).reason == "concurrency"
 
 
-async def test_a_new_provider_answers_its_first_n_calls_one_at_a_time_then_flows_freely(
+async def test_a_new_provider_answers_its_first_n_calls_in_its_slow_start_then_flows_freely(
     redis: Redis, prefix: str
 ) -> None:
     h, p = health(redis, prefix, concurrency_recovery_calls=4), prov()
     await answered_well(h, p)  # its first answer: 1 of 4
-    assert (await h.snapshot([p.name]))[p.name]["concurrency_limit"] == 1
-    for _ in range(3):
-        got = await permit(h, p)
-        assert got.lease
-        assert (await refused(h, p)).reason == "starting"  # lines wait for it a little (relay)
-        await h.report(p, got, MODEL, "success")
+    assert (await h.snapshot([p.name]))[p.name]["concurrency_limit"] == 2
+    took = await round_of(h, p)  # lines wait for the next round a little (relay)
+    assert len(took) == 2 and all(t.lease for t in took)
+    await answer(h, p, took)  # 2 and 3 of 4
+    took = await round_of(h, p)
+    await answer(h, p, took[:1])  # 4 of 4
     free = [await permit(h, p) for _ in range(10)]
     assert not any(f.lease for f in free)
     assert "concurrency_limit" not in (await h.snapshot([p.name]))[p.name]
@@ -83,10 +95,7 @@ async def test_the_slow_start_counts_the_first_answer_once_with_max_concurrency_
 ) -> None:
     h, p = health(redis, prefix, concurrency_recovery_calls=3), prov(max_concurrency=4)
     await answered_well(h, p)  # 1 of 3
-    for _ in range(2):  # 2 and 3 of 3
-        got = await permit(h, p)
-        assert (await refused(h, p)).reason == "starting"
-        await h.report(p, got, MODEL, "success")
+    await answer(h, p, await round_of(h, p))  # 2 and 3 of 3
     assert len([await permit(h, p) for _ in range(4)]) == 4  # then max_concurrency alone
     assert (await refused(h, p)).reason == "concurrency"
 
