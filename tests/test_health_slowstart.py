@@ -10,6 +10,7 @@ import time
 from redis.asyncio import Redis
 
 from .healthkit import (
+    MODEL,
     answer,
     answered_well,
     health,
@@ -98,3 +99,56 @@ async def test_a_round_whose_holder_stopped_renewing_lets_the_next_round_go_once
     await asyncio.sleep(0.4)
     assert len(await round_of(h, p)) == 3  # its lease lapsed; the answer that came grew the round
     assert lost.lease
+
+
+async def test_the_slow_start_counts_the_first_answer_once_with_max_concurrency_too(
+    redis: Redis, prefix: str
+) -> None:
+    h, p = health(redis, prefix, concurrency_recovery_calls=3), prov(max_concurrency=4)
+    await answered_well(h, p)  # 1 of 3
+    await answer(h, p, await round_of(h, p))  # 2 and 3 of 3
+    assert len([await permit(h, p) for _ in range(4)]) == 4  # then max_concurrency alone
+    assert (await refused(h, p)).reason == "concurrency"
+
+
+async def test_a_429_in_the_slow_start_keeps_it_at_one_call(redis: Redis, prefix: str) -> None:
+    h, p = health(redis, prefix, cooldown_s=0, concurrency_recovery_calls=2), prov()
+    await answered_well(h, p)
+    await h.report(p, await permit(h, p), MODEL, "rate_limited", text="429")
+    for _ in range(2):  # no longer a slow start: two answers give a second slot, not freedom
+        got = await permit(h, p)
+        assert (await refused(h, p)).reason == "concurrency"
+        await h.report(p, got, MODEL, "success")
+    assert [bool((await permit(h, p)).lease) for _ in range(2)] == [True, True]
+    assert (await refused(h, p)).reason == "concurrency"
+
+
+async def test_a_provider_whose_first_answer_is_a_429_gets_no_slow_start_that_would_end_in_freedom(
+    redis: Redis, prefix: str
+) -> None:
+    h, p = health(redis, prefix, cooldown_s=0, concurrency_recovery_calls=2), prov()
+    probe = await permit(h, p)
+    await h.report(p, probe, MODEL, "rate_limited", text="429")
+    for why in ("probing", "concurrency"):  # two answers: a second slot, not the end of a slow start
+        got = await permit(h, p)
+        assert (await refused(h, p)).reason == why
+        await h.report(p, got, MODEL, "success")
+    assert [bool((await permit(h, p)).lease) for _ in range(2)] == [True, True]
+    assert (await refused(h, p)).reason == "concurrency"
+
+
+async def test_a_429_in_a_round_leaves_one_call_in_flight_whatever_the_round_had_out(
+    redis: Redis, prefix: str
+) -> None:
+    h, p = health(redis, prefix, cooldown_s=0, concurrency_recovery_calls=20), prov()
+    await answered_well(h, p)
+    await answer(h, p, await round_of(h, p))
+    took = await round_of(h, p)
+    assert len(took) == 4
+    await answer(h, p, took[:1], "rate_limited")  # three calls of its round still out
+    assert (await h.snapshot([p.name]))[p.name]["concurrency_limit"] == 1
+    for got in took[1:]:
+        assert (await refused(h, p)).reason == "concurrency"
+        await answer(h, p, [got])
+    await permit(h, p)
+    assert (await refused(h, p)).reason == "concurrency"
