@@ -127,7 +127,8 @@ class Health:
             await pipe.execute()
 
     async def close(self) -> None:
-        """Renew no more (the leases still held then lapse after lease_s)."""
+        """Renew no more: the leases still held lapse after lease_s, as a killed process's do."""
+        self._leases.clear()
         self._stop_renewing()
 
     async def release(self, permit: Permit) -> None:
