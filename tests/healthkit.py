@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from batchrelay.config.settings import HealthConfig, ProviderConfig
-from batchrelay.store.health import Health, Permit, Unavailable
+from batchrelay.store.health import Health, Kind, Permit, Unavailable
 from batchrelay.store.keys import Keys
 from batchrelay.store.store import Store
 
@@ -18,9 +21,23 @@ def prov(name: str = "p", **fields: Any) -> ProviderConfig:
     return ProviderConfig.model_validate({"name": name, "base_url": f"http://{name}.invalid", **fields})
 
 
+MADE: list[Health] = []  # by `health`, for `renewals_stopped`
+
+
 def health(redis: Redis, prefix: str, **cfg: Any) -> Health:
     """No slow start unless a test asks for one: calls flow freely after the first answer."""
-    return Health(Store(redis, Keys(prefix)), HealthConfig(**{"concurrency_recovery_calls": 1, **cfg}))
+    made = Health(Store(redis, Keys(prefix)), HealthConfig(**{"concurrency_recovery_calls": 1, **cfg}))
+    MADE.append(made)
+    return made
+
+
+@pytest.fixture(autouse=True)
+async def renewals_stopped(redis: Redis) -> AsyncIterator[None]:
+    """A test may end with calls in flight: their Health renews them no more once it is over, before its
+    Redis client is closed (imported by the modules whose tests do)."""
+    yield
+    while MADE:
+        await MADE.pop().close()
 
 
 async def permit(h: Health, p: ProviderConfig, model: str = MODEL, tokens: int = 100) -> Permit:
@@ -41,3 +58,19 @@ async def answered_well(h: Health, p: ProviderConfig, tokens: int = 100) -> Perm
     assert probe.probe
     await h.report(p, probe, MODEL, "success")
     return probe
+
+
+async def round_of(h: Health, p: ProviderConfig) -> list[Permit]:
+    """Every call the slow start's current round takes (the next acquire is refused: 'starting'), once
+    they went."""
+    took = []
+    while isinstance(got := await h.acquire(p, MODEL, 100), Permit):
+        took.append(got)
+    assert got.reason == "starting", got
+    await asyncio.sleep(max(t.wait_s for t in took))  # as the relay does before sending
+    return took
+
+
+async def answer(h: Health, p: ProviderConfig, calls: list[Permit], kind: Kind = "success") -> None:
+    for got in calls:
+        await h.report(p, got, MODEL, kind)

@@ -15,7 +15,15 @@ from batchrelay.money.tokens import estimate_tokens
 from batchrelay.store.health import Health, Permit
 from batchrelay.store.keys import Keys
 
-from .healthkit import MODEL, answered_well, health, permit, prov, refused
+from .healthkit import (
+    MODEL,
+    answered_well,
+    health,
+    permit,
+    prov,
+    refused,
+    renewals_stopped,  # noqa: F401  (stops what a test left renewing)
+)
 
 RPM600 = 60 / (600 * 0.99)  # seconds between calls at rpm=600 and the default 0.99 headroom
 

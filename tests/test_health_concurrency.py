@@ -1,5 +1,6 @@
 """Calls in flight per provider, shared by every worker: max_concurrency, the adaptive limit a 429
-sets (AIMD) and the slow start, and the relay giving a counted slot back; against a real redis-server."""
+sets (AIMD), and the relay giving a counted slot back (the slow start: test_health_slowstart.py); against a
+real redis-server."""
 
 from __future__ import annotations
 
@@ -16,7 +17,15 @@ from batchrelay.store.keys import Keys
 from batchrelay.store.store import Store
 from batchrelay.worker.relay import _Call, _report_and_settle
 
-from .healthkit import MODEL, answered_well, health, permit, prov, refused
+from .healthkit import (
+    MODEL,
+    answered_well,
+    health,
+    permit,
+    prov,
+    refused,
+    renewals_stopped,  # noqa: F401  (stops what a test left renewing)
+    )
 
 # --- concurrency ---------------------------------------------------------------------------------
 
@@ -34,11 +43,13 @@ async def test_max_concurrency_refuses_a_third_call_until_a_report_frees_a_lease
     assert (await refused(h, p)).reason == "concurrency"
 
 
-async def test_a_lease_whose_call_never_reported_frees_itself_after_lease_s(redis: Redis, prefix: str) -> None:
+async def test_a_lease_whose_holder_stopped_renewing_frees_itself_after_lease_s(redis: Redis, prefix: str) -> None:
     h, p = health(redis, prefix, lease_s=0.3), prov(max_concurrency=2)
+    gone = health(redis, prefix, lease_s=0.3)  # a worker process that dies
     await answered_well(h, p)
-    await permit(h, p)
-    await permit(h, p)  # both callers die without reporting
+    await permit(gone, p)
+    await permit(gone, p)  # both its calls die without reporting
+    await gone.close()
     assert (await refused(h, p)).reason == "concurrency"
     await asyncio.sleep(0.4)
     await permit(h, p)
@@ -59,61 +70,6 @@ async def test_after_a_429_one_call_at_a_time_for_every_worker_until_its_report(
     assert (await refused(other, p)).reason == "concurrency"
     await other.report(p, first, MODEL, "transient", text="500")  # frees the slot, adds none
     await permit(h, p)
-    assert (await refused(h, p)).reason == "concurrency"
-
-
-async def test_a_new_provider_answers_its_first_n_calls_one_at_a_time_then_flows_freely(
-    redis: Redis, prefix: str
-) -> None:
-    h, p = health(redis, prefix, concurrency_recovery_calls=4), prov()
-    await answered_well(h, p)  # its first answer: 1 of 4
-    assert (await h.snapshot([p.name]))[p.name]["concurrency_limit"] == 1
-    for _ in range(3):
-        got = await permit(h, p)
-        assert got.lease
-        assert (await refused(h, p)).reason == "starting"  # lines wait for it a little (relay)
-        await h.report(p, got, MODEL, "success")
-    free = [await permit(h, p) for _ in range(10)]
-    assert not any(f.lease for f in free)
-    assert "concurrency_limit" not in (await h.snapshot([p.name]))[p.name]
-
-
-async def test_the_slow_start_counts_the_first_answer_once_with_max_concurrency_too(
-    redis: Redis, prefix: str
-) -> None:
-    h, p = health(redis, prefix, concurrency_recovery_calls=3), prov(max_concurrency=4)
-    await answered_well(h, p)  # 1 of 3
-    for _ in range(2):  # 2 and 3 of 3
-        got = await permit(h, p)
-        assert (await refused(h, p)).reason == "starting"
-        await h.report(p, got, MODEL, "success")
-    assert len([await permit(h, p) for _ in range(4)]) == 4  # then max_concurrency alone
-    assert (await refused(h, p)).reason == "concurrency"
-
-
-async def test_a_429_in_the_slow_start_keeps_it_at_one_call(redis: Redis, prefix: str) -> None:
-    h, p = health(redis, prefix, cooldown_s=0, concurrency_recovery_calls=2), prov()
-    await answered_well(h, p)
-    await h.report(p, await permit(h, p), MODEL, "rate_limited", text="429")
-    for _ in range(2):  # no longer a slow start: two answers give a second slot, not freedom
-        got = await permit(h, p)
-        assert (await refused(h, p)).reason == "concurrency"
-        await h.report(p, got, MODEL, "success")
-    assert [bool((await permit(h, p)).lease) for _ in range(2)] == [True, True]
-    assert (await refused(h, p)).reason == "concurrency"
-
-
-async def test_a_provider_whose_first_answer_is_a_429_gets_no_slow_start_that_would_end_in_freedom(
-    redis: Redis, prefix: str
-) -> None:
-    h, p = health(redis, prefix, cooldown_s=0, concurrency_recovery_calls=2), prov()
-    probe = await permit(h, p)
-    await h.report(p, probe, MODEL, "rate_limited", text="429")
-    for why in ("probing", "concurrency"):  # two answers: a second slot, not the end of a slow start
-        got = await permit(h, p)
-        assert (await refused(h, p)).reason == why
-        await h.report(p, got, MODEL, "success")
-    assert [bool((await permit(h, p)).lease) for _ in range(2)] == [True, True]
     assert (await refused(h, p)).reason == "concurrency"
 
 

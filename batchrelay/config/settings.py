@@ -208,16 +208,19 @@ class HealthConfig(_Strict):
     breaker_error_rate: float = Field(default=0.5, gt=0, le=1)
     breaker_open_s: float = Field(default=10, ge=0)
     rate_recovery_s: float = Field(default=60, gt=0)  # from half pace back to full after a 429
-    # A provider's first this many answers come one at a time; a 429 cuts the calls it may have in
-    # flight to half (at least one), every this many answers add one back, and the limit lapses
-    # rate_recovery_s after the 429's cooldown ends (see health.py). 1: no slow start.
+    # A provider's first this many answers come in rounds of calls that double (1, 2, 4, ...; its
+    # slow start); a 429 cuts the calls it may have in flight to half (at least one), every this many
+    # answers add one back, and the limit lapses rate_recovery_s after the 429's cooldown ends (see
+    # health.py). 1: no slow start.
     concurrency_recovery_calls: int = Field(default=20, ge=1)
     rate_headroom: float = Field(default=0.99, gt=0, le=1)  # pace at this share of rpm/tpm
     max_wait_s: float = Field(default=5, ge=0)  # longer waits defer the line instead of holding a slot
     line_deadline_s: float = Field(default=3600, gt=0)  # a line nobody could serve fails after this
     probe_s: float = Field(default=30, gt=0)  # a probe's claim lapses after this (its worker may have died)
     probe_wait_s: float = Field(default=2, ge=0)  # wait this long for a probe's verdict before moving on
-    lease_s: float = Field(default=300, gt=0)
+    # A counted call's slot lapses this long after its process last renewed it (it renews its calls
+    # in flight five times as often): a process killed mid-call blocks its slots no longer than this.
+    lease_s: float = Field(default=5, gt=0)
 
 
 class RoutingConfig(_Strict):

@@ -10,30 +10,47 @@ Rates are paced (GCRA, no burst): calls are spaced 60/rpm s apart at `headroom` 
 tokens likewise; a 429 halves the pace, which recovers linearly over `rate_recovery_s`.
 
 Calls in flight are limited while a provider shows it may rate-limit (AIMD, `concurrency_recovery_calls`
-= N): after its first answer ever it gets one call at a time until N answers (slow start), then no
-limit. A 429 cuts the limit to half of the calls in flight, at least one (one when they were not
-being counted), and never above the limit already set (one in the slow start), so a burst of 429s
-does not halve it again and again; every N answers add one back, and `rate_recovery_s` after the
-429's cooldown ends lifts it. At one call in flight no worker can send a call inside a Retry-After
-window the provider has announced: that call's slot is only freed by the report that sets the
-cooldown.
+= N). After its first answer ever comes a slow start in rounds: a round's calls (2, then 4, 8, ...:
+every answer adds one to the next round) gather for `ROUND_GATHER_S` and go together, and the next
+round opens once all of them have answered; it ends after N answers (no limit), at `max_concurrency`
+(that alone), or at a 429 (one call). A 429 cuts the limit to half of the calls in flight, at least
+one (one when they were not being counted), and never above the limit already set, so a burst of
+429s does not halve it again and again; every N answers add one back, and `rate_recovery_s` after
+the 429's cooldown ends lifts it. At one call in flight, and in the slow start's rounds, no worker
+sends a call inside a Retry-After window the provider has announced: no call leaves while one sent
+before it may have come back a 429 not yet reported.
+
+Each counted call holds a lease in the provider's concurrency set that lapses `lease_s` after it was
+last renewed. A process renews the leases of all its calls in flight every `lease_s / RENEWALS`
+(one round trip for all of them), so a live call keeps its slot however long it takes, and the
+slots of a process killed mid-call are free again within `lease_s`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from redis.exceptions import RedisError
+
 from batchrelay.config.settings import HealthConfig, ProviderConfig
 from batchrelay.store.store import Store
+
+log = logging.getLogger("batchrelay.store.health")
 
 Kind = Literal["success", "transient", "rate_limited", "billing", "auth", "model", "other"]
 
 STATE_FIELDS = ("disabled_until", "bench_until", "open_until", "cool_until")
 STATE_NAMES = {"disabled_until": "disabled", "bench_until": "benched", "open_until": "breaker open",
                "cool_until": "cooling"}
+RENEWALS = 5  # renewal rounds per lease_s: a few missed (a stalled loop, a Redis hiccup) cost no slot
+# A slow-start round takes calls this long before they all go: lines waiting for it look again every
+# 0.05 s (acquire's 'starting'), so each gets its chance to join.
+ROUND_GATHER_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +76,8 @@ class Health:
         self.store, self.redis, self.keys, self.cfg = store, store.redis, store.keys, cfg
         # what this process learnt and has not yet written to Redis: provider -> blocked until
         self._local: dict[str, tuple[float, str]] = {}
+        self._leases: dict[str, set[str]] = {}  # provider -> leases of this process's calls in flight
+        self._renewing: asyncio.Task[None] | None = None
 
     def block_locally(self, provider: str, seconds: float, reason: str) -> None:
         """Seen by this process's next call at once, before the report's round trip lands in Redis."""
@@ -71,8 +90,51 @@ class Health:
         left = until - time.time()
         return Unavailable(provider, left, reason) if left > 0 else None
 
+    def _hold(self, provider: str, lease: str) -> None:
+        self._leases.setdefault(provider, set()).add(lease)
+        if self._renewing is None or self._renewing.done():
+            self._renewing = asyncio.create_task(self._renew(), name="batchrelay-lease-renewal")
+
+    def _drop(self, permit: Permit) -> None:
+        held = self._leases.get(permit.provider)
+        if held is not None:
+            held.discard(permit.lease)
+            if not held:
+                del self._leases[permit.provider]
+        if not self._leases:
+            self._stop_renewing()
+
+    def _stop_renewing(self) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+            self._renewing = None
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.lease_s / RENEWALS)
+            try:
+                await self.renew()
+            except (RedisError, OSError) as e:  # the next round tries again, before any lease lapses
+                log.warning("could not renew the leases of calls in flight: %s", e)
+
+    async def renew(self) -> None:
+        """Push back the lapse of every lease this process holds, in one round trip. A lease given back
+        meanwhile stays gone (XX: only members still there are updated)."""
+        until = time.time() + self.cfg.lease_s
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for provider, held in self._leases.items():
+                pipe.zadd(self.keys.concurrency(provider), dict.fromkeys(held, until), xx=True)
+            await pipe.execute()
+
+    async def close(self) -> None:
+        """Renew no more: the leases still held lapse after lease_s, as a killed process's do."""
+        self._leases.clear()
+        self._stop_renewing()
+
     async def release(self, permit: Permit) -> None:
         """Give back a permit that was not used: its concurrency lease and its probe claim."""
+        if permit.lease:
+            self._drop(permit)
         async with self.redis.pipeline(transaction=False) as pipe:
             if permit.lease:
                 pipe.zrem(self.keys.concurrency(permit.provider), permit.lease)
@@ -83,9 +145,11 @@ class Health:
     async def acquire(self, p: ProviderConfig, model: str, tokens: int) -> Permit | Unavailable:
         lease = uuid.uuid4().hex  # kept only while the provider's concurrency is limited
         ok, wait, why, leased = await self.store.scripts.acquire(self.keys, p, self.cfg, model=model, tokens=tokens,
-                                                                 now=time.time(), lease=lease)
+                                                                 now=time.time(), lease=lease, gather=ROUND_GATHER_S)
         if not ok:
             return Unavailable(p.name, wait, STATE_NAMES.get(why, why))
+        if leased:
+            self._hold(p.name, lease)
         return Permit(p.name, model, lease if leased else "", wait, why == "probe")
 
     @staticmethod
@@ -97,6 +161,8 @@ class Health:
         """Failures always; successes only when they matter (a probe, or a lease to give back)."""
         if not self.worth_reporting(permit, kind):
             return
+        if permit is not None and permit.lease:
+            self._drop(permit)
         await self.store.scripts.report(self.keys, p.name, self.cfg, model=model, now=time.time(), kind=kind,
                                         retry_after=retry_after or 0, lease=permit.lease if permit else "",
                                         text=text[:300])

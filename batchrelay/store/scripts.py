@@ -212,13 +212,15 @@ class Scripts:
                 "breaker": k.breaker}
 
     async def acquire(self, k: Keys, p: ProviderConfig, cfg: HealthConfig, *, model: str, tokens: int, now: float,
-                      lease: str) -> tuple[bool, float, str, bool]:
-        """(may go, seconds to wait, reason, whether `lease` was taken)."""
+                      lease: str, gather: float = 0.1) -> tuple[bool, float, str, bool]:
+        """(may go, seconds to wait, reason, whether `lease` was taken); `gather`: how long a slow-start
+        round takes calls before they go together."""
         ok, wait, why, leased = await self._s["health_acquire"](self._health_keys(k, p.name), {
             "provider": p.name, "model": model, "now": now, "tokens": tokens, "rpm": p.limits.rpm or 0,
             "tpm": p.limits.tpm or 0, "max_concurrency": p.max_concurrency or 0, "lease": lease,
             "lease_until": now + cfg.lease_s, "max_wait": cfg.max_wait_s, "recovery": cfg.rate_recovery_s,
-            "headroom": cfg.rate_headroom, "probe_s": cfg.probe_s, "window": cfg.breaker_window_s})
+            "headroom": cfg.rate_headroom, "probe_s": cfg.probe_s, "window": cfg.breaker_window_s,
+            "gather": gather})
         return bool(ok), float(wait), _text(why), bool(leased)
 
     async def report(self, k: Keys, provider: str, cfg: HealthConfig, *, model: str, now: float, kind: str,

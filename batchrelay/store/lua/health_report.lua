@@ -1,7 +1,8 @@
 -- What a call to this provider came to: frees its concurrency lease and probe claim, then a
--- success may end a slow start or add back a call in flight; a failure records its text and, by
--- kind, opens the breaker (transient), cools and halves pace and calls in flight (rate_limited),
--- benches (billing), disables (auth) or cools the model (model). Returns 1.
+-- success grows a slow start's next round by one call (or ends it) or adds back a call in flight;
+-- a failure records its text and, by kind, opens the breaker (transient), cools and halves pace and
+-- calls in flight (rate_limited), benches (billing), disables (auth) or cools the model (model).
+-- Returns 1.
 -- KEYS: health, rate, concurrency, breaker
 -- ARGV: provider, model, now, kind, retry_after, lease, text, bench_s, disable_s, model_s, cool_s, min_calls, err_rate, open_s, recovery, step
 -- retry_after: 0 for none; lease: '' for none; min_calls, err_rate, open_s: the breaker's;
@@ -24,17 +25,18 @@ if kind == 'success' then
   local first = num(H, 'ok') == 0 and cl == 0 and step > 1
   set('ok', 1)
   set('half_open', 0)
-  if first then  -- its first answer ever: a slow start, one call at a time, this answer its first
-    set('cl', 1)
+  if first then  -- its first answer ever (a round of one): a slow start, its next round two calls
+    set('cl', 2)
     set('cl_n', 1)
     set('cl_t', now)
     set('cl_ss', 1)
     return 1
   end
-  if cl > 0 and lease ~= '' and redis.call('HINCRBY', H, name .. ':cl_n', 1) >= step then
-    if num(H, 'cl_ss') == 1 then
-      unlimit()
-    else
+  if cl > 0 and lease ~= '' then
+    local n = redis.call('HINCRBY', H, name .. ':cl_n', 1)
+    if num(H, 'cl_ss') == 1 then  -- every answer adds a call to the next round: rounds double
+      if n >= step then unlimit() else set('cl', cl + 1) end
+    elseif n >= step then
       set('cl', cl + 1)
       set('cl_n', 0)
     end
@@ -59,14 +61,17 @@ elseif kind == 'rate_limited' then
   local factor = math.min(1, f0 + (now - ft) / (2 * recovery))
   redis.call('HSET', R, 'f0', tostring(math.max(0.05, factor / 2)), 'ft', tostring(now))
   -- and the calls in flight: half of those counted (this one too), at least one (one when they were
-  -- not counted); never above the limit already set, so a burst of 429s does not halve it again
+  -- not counted); never above the limit already set, so a burst of 429s does not halve it again.
+  -- A 429 in the slow start leaves one: its rounds kept every call from leaving beside an unreported
+  -- answer, and at one call in flight that holds on.
   redis.call('ZREMRANGEBYSCORE', C, '-inf', now)
   local cut = math.max(1, math.floor((redis.call('ZCARD', C) + 1) / 2))
   if cl > 0 and cl < cut then cut = cl end
+  if num(H, 'cl_ss') == 1 then cut = 1 end
+  unlimit()
   set('cl', cut)
   set('cl_n', 0)
   set('cl_t', math.max(now, num(H, 'cool_until')))  -- it lapses rate_recovery_s after the cooldown
-  set('cl_ss', 0)
 elseif kind == 'billing' then
   later('bench_until', now + bench_s)
 elseif kind == 'auth' then
