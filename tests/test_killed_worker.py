@@ -30,9 +30,6 @@ N = 400
 def _config(path: Path, prefix: str, base_url: str) -> Path:
     """The defaults (job_timeout 600, chunk_size 50, ...), with concurrency 20 per worker."""
     path.write_text(f'[redis]\nprefix = "{prefix}"\n\n[worker]\nconcurrency = 20\n\n'
-                    # no slow start: its concurrency leases would tie this test to how a dead worker's
-                    # leases are freed (a fault of its own), not to how its chunks are
-                    '[health]\nconcurrency_recovery_calls = 1\n\n'
                     f'[[providers]]\nname = "sim"\nbase_url = "{base_url}"\n'
                     'prices."gpt-4o-mini" = { input = "0.15", output = "0.6" }\n')
     return path
