@@ -41,6 +41,7 @@ class ExitCode(IntEnum):
     FAILED_LINES = 3  # the batch has failed or invalid lines
     BUDGET = 4  # the budget (--max-cost) ran out before the batch was done
     INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+    TERMINATED = 143  # SIGTERM, as a shell reports it
 
 
 class BatchrelayError(Exception):

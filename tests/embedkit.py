@@ -3,6 +3,7 @@ HOME, no REDIS_URL, no config, and the redis-server processes they share."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -83,7 +84,5 @@ def server_pid(sock: Path) -> int:
 
 def _stop_servers_under(home: Path) -> None:
     for pid in servers_on(socket_of(home)):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
-        except ProcessLookupError:
-            pass

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from batchrelay.cli.guard import Terminated
 from batchrelay.config.settings import Settings
 from batchrelay.errors import BatchrelayError, ExitCode
-from batchrelay.store.connection import DEFAULT_URL
+from batchrelay.store.embedded import redis_for_async
 from batchrelay.store.keys import Keys
 from batchrelay.store.store import Store
 
@@ -41,15 +42,16 @@ def handles_errors(f: Callable[..., Any]) -> Callable[..., Any]:
         except BatchrelayError as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            sys.exit(ExitCode.INTERRUPTED)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM where the command asked for it (guard.py)
+            click.echo(str(e) or "Interrupted.", err=True)
+            sys.exit(ExitCode.TERMINATED if isinstance(e, Terminated) else ExitCode.INTERRUPTED)
     return wrapper
 
 
 @contextlib.asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    async with await Store.connect(settings.redis_url or DEFAULT_URL, Keys(settings.redis.prefix)) as store:
+    async with redis_for_async(settings.redis_url) as url, \
+            await Store.connect(url, Keys(settings.redis.prefix)) as store:
         yield store
 
 

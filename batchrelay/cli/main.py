@@ -25,11 +25,11 @@ from batchrelay.cli.options import (
 )
 from batchrelay.cli.providers import health_text, providers
 from batchrelay.cli.servers import serve, simulate
-from batchrelay.config.settings import load_settings
+from batchrelay.config.settings import Settings, load_settings
 from batchrelay.errors import BatchrelayError, ExitCode
 from batchrelay.money.estimate import require_prices as check_prices
 from batchrelay.spec import BatchSpec
-from batchrelay.store.connection import DEFAULT_URL, check_reachable
+from batchrelay.store.connection import check_reachable
 from batchrelay.store.spending import cost_line
 from batchrelay.store.status import Status
 from batchrelay.store.store import FINISHED, BatchInfo, unsuccessful
@@ -92,21 +92,27 @@ def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers:
       batchrelay run examples/requests.jsonl -o results.jsonl
       batchrelay -c batchrelay.toml run big.jsonl -o out.jsonl --workers 2 --max-cost 5
     """
+    from batchrelay.cli.guard import sigterm_as_interrupt
     from batchrelay.cli.runner import environment, run_file
 
+    sigterm_as_interrupt()  # a SIGTERM ends `run` as cleanly as Ctrl-C does (see cli/guard.py)
     spec = BatchSpec.of(settings_of(ctx), endpoint=endpoint, providers=allow, max_cost=max_cost,
                         require_prices=require_prices)
-    with environment(settings_of(ctx)) as (settings, url):
+    with environment(settings_of(ctx)) as env:
         if spec.needs_prices:
-            check_prices(file, settings, spec.endpoint, spec.providers)
-        report = run_async(run_file(settings, url, file, out, errors, spec, workers=workers, show=not as_json))
+            check_prices(file, env.settings, spec.endpoint, spec.providers)
+        report = run_async(run_file(env, file, out, errors, spec, workers=workers, show=not as_json))
     _report(report, as_json)
     sys.exit(report.exit_code)
 
 
 def _report(report: Any, as_json: bool) -> None:
+    if report.interrupted is not None:
+        click.echo(report.next_steps(), err=True)
     if as_json:
         emit_json(report.as_dict())
+        return
+    if report.interrupted is not None:
         return
     b: BatchInfo = report.batch
     click.echo(f"{b.id}: {b.status} in {report.seconds:.1f}s: {b.succeeded} succeeded, {b.failed} failed, "
@@ -148,9 +154,11 @@ def demo(ctx: click.Context, lines: int, out: Path, as_json: bool) -> None:
 
     sample = write_sample(out.with_name("demo-input.jsonl"), lines)
     settings = settings_of(ctx).with_providers([])
-    with environment(settings, DEMO_PROVIDERS) as (settings, url):
-        report = run_async(run_file(settings, url, sample, out, None, BatchSpec.of(settings), show=not as_json))
+    with environment(settings, DEMO_PROVIDERS) as env:
+        report = run_async(run_file(env, sample, out, None, BatchSpec.of(env.settings), show=not as_json))
     _report(report, as_json)
+    if report.interrupted is not None:
+        sys.exit(report.exit_code)
     if not as_json:
         click.echo(f"input:   {sample} (the demo plants bad lines on purpose)")
 
@@ -221,6 +229,7 @@ def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool
       batchrelay worker --concurrency 64
       batchrelay worker --burst          # for cron or CI: stop when nothing is queued
     """
+    from batchrelay.cli.runner import environment
     from batchrelay.store.webhooks import delivery_of
     from batchrelay.worker.worker import build_worker, run_worker
 
@@ -228,19 +237,21 @@ def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool
     if concurrency:
         tuned = settings.worker.model_copy(update={"concurrency": concurrency})
         settings = settings.model_copy(update={"worker": tuned})
-    if not settings.providers:
+    if not settings.providers and settings.redis_url:
         raise click.UsageError("no [[providers]] configured: a worker needs at least one (see README)")
     delivery_of(settings)  # a webhook secret variable that is not set: say so now, not at the first webhook
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if not settings.providers:  # nothing set up at all: the embedded Redis, and simulated answers as `run` gives
+        click.echo("no [[providers]] configured: the built-in provider simulator answers (see README)", err=True)
 
-    async def go() -> None:
-        url = settings.redis_url or DEFAULT_URL
+    async def go(url: str, settings: Settings) -> None:
         # a clear error now beats arq's retry loop; an unreachable Redis (a restart, or a worker started
         # first) is waited for: for good by a worker, for a minute by a burst worker
         await check_reachable(url, wait_s=60 if burst else float("inf"))
         await run_worker(build_worker(settings, url, burst=burst, queue=queue))
 
-    run_async(go())
+    with environment(settings) as env:
+        run_async(go(env.url, env.settings))
 
 
 @cli.command()
