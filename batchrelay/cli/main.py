@@ -83,9 +83,10 @@ def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers:
         allow: tuple[str, ...] | None, max_cost: Decimal | None, require_prices: bool, as_json: bool) -> None:
     """Submit FILE, work it here, and write the results: all in one process.
 
-    Uses REDIS_URL when set, else an embedded redis-server; uses the configured providers, else
-    the built-in simulator. Exit status: 0 all lines succeeded, 3 some lines failed, 4 the
-    budget (--max-cost) ran out first, 2 bad usage.
+    Uses REDIS_URL or [redis] url when set, else the embedded Redis the commands share; uses the
+    configured providers, else the built-in simulator. Exit status: 0 all lines succeeded, 3 some
+    lines failed, 4 the budget (--max-cost) ran out first, 2 bad usage, 130/143 stopped by
+    Ctrl-C/SIGTERM (calls in flight are recorded; the batch is left to `batchrelay worker`).
 
     \b
     Examples:
@@ -127,7 +128,7 @@ def _report(report: Any, as_json: bool) -> None:
     click.echo(f"cost:    ${c['usd']}" + (f" ({'; '.join(notes)})" if notes else ""))
     if b.status == Status.BUDGET_EXHAUSTED:
         click.echo(f"budget exhausted: {b.pending} lines were not sent. Raise it with `batchrelay budget {b.id} "
-                   "--max-cost USD` and finish them with `batchrelay worker --burst` (same REDIS_URL)", err=True)
+                   "--max-cost USD` and finish them with `batchrelay worker --burst` (same Redis)", err=True)
 
 
 @cli.command()
