@@ -98,7 +98,7 @@ def environment(
     built-in simulators if `simulate`)."""
     with contextlib.ExitStack() as stack:
         embedded = None if settings.redis_url else EmbeddedRedis()
-        url = settings.redis_url or stack.enter_context(embedded)  # type: ignore[arg-type]
+        url = stack.enter_context(embedded) if embedded else str(settings.redis_url)
         if simulate and not settings.providers:
             sims = sim_providers or {"simulator": {}}
             providers = []
@@ -197,7 +197,8 @@ async def run_file(
                 queue = f"{store.keys.queue}:run:{uuid.uuid4().hex[:12]}"
                 batch_id = (await submit_file(store, path, spec, queue=queue)).batch_id
                 info = await _work(env, store, batch_id, workers, show, queue, guard)
-                if guard.signum is not None:
+                stopped = guard.signum is not None and not info.finished  # else it ended before the signal did
+                if stopped:
                     await hand_over(store, batch_id, queue)
                     info, exported = await store.info(batch_id), None
                 else:
@@ -214,8 +215,8 @@ async def run_file(
             note = (f"Interrupted: see `batchrelay status {batch_id}`" if batch_id else
                     "Interrupted before the batch was queued: nothing was sent.")
             raise (Terminated if guard.signum == signal.SIGTERM else KeyboardInterrupt)(note) from None
-    return RunReport(info, exported, time.perf_counter() - started, cost_summary(spent, budget), guard.signum,
-                     env.settings.source)
+    return RunReport(info, exported, time.perf_counter() - started, cost_summary(spent, budget),
+                     guard.signum if stopped else None, env.settings.source)
 
 
 def _redis_gone(env: Environment, batch_id: str | None) -> EmbeddedRedisError:

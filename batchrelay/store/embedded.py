@@ -11,8 +11,8 @@ with the same data. A user holds a shared lock on `users.lock` for as long as it
 the kernel drops it when the process dies, so a killed command never keeps the server up for ever
 (the next one to leave stops it). `start.lock` makes a join and a last leave one step each: two
 commands starting at once start one server, and no one joins a server that is being stopped.
-The server runs in a session of its own, so a terminal's Ctrl-C reaches the command, not the
-Redis under it.
+The server is a daemon (its own session, no batchrelay process's child), so a terminal's Ctrl-C
+reaches the command, not the Redis under it.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from batchrelay.errors import EmbeddedRedisError
 START_TIMEOUT = 10.0  # to accept connections; loading a large AOF may take longer, while it makes progress
 LOAD_TIMEOUT = 300.0
 STOP_TIMEOUT = 10.0
+MAX_SOCKET_PATH = 103  # bytes in a unix socket's path: 107 on Linux, 103 on macOS
 
 
 def state_dir() -> Path:
@@ -113,28 +114,31 @@ class EmbeddedRedis:
         self.dir = directory or state_dir()
         self.socket = self.dir / "redis.sock"
         self.url = embedded_url(self.dir)
-        self.proc: subprocess.Popen[bytes] | None = None  # the server, when this process started it
-        self.pid: int | None = None
+        self.pid: int | None = None  # the server's, once joined
+        self.started = False  # whether this process started it (rather than joined a running one)
         self._leave: weakref.finalize[Any, EmbeddedRedis] | None = None
 
     def start(self) -> str:
         """Join the server (starting it if none answers); its URL."""
         if self._leave is not None:
             return self.url
+        if len(str(self.socket).encode()) > MAX_SOCKET_PATH:
+            raise EmbeddedRedisError(f"the state directory's path is too long for the embedded Redis's unix socket "
+                                     f"({self.socket}): set BATCHRELAY_STATE_DIR to a shorter one, or set REDIS_URL")
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with _locked(self.dir / "start.lock"):
             member = os.open(self.dir / "users.lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(member, fcntl.LOCK_SH)
-                if not listening(self.socket):
-                    self.proc = self._launch()
-                self.pid = _ready(self.url, self.proc, self.dir)
+                self.started = not listening(self.socket)
+                if self.started:
+                    self._launch()
+                self.pid = _ready(self.url, self.dir)
             except BaseException:
                 os.close(member)
-                self._halt_own()
                 raise
-        # leave at interpreter exit too, if the owner never calls stop()
-        self._leave = weakref.finalize(self, _leave, self.dir, member, self.socket, self.proc)
+        # leave at interpreter exit too (or when this object goes), if the owner never calls stop()
+        self._leave = weakref.finalize(self, _leave, self.dir, member, self.socket)
         return self.url
 
     def stop(self) -> None:
@@ -146,25 +150,24 @@ class EmbeddedRedis:
     def alive(self) -> bool:
         return listening(self.socket)
 
-    def _launch(self) -> subprocess.Popen[bytes]:
+    def _launch(self) -> None:
+        """Start the server as a daemon (its own session, the child of no batchrelay process: it
+        outlives the command that started it while others use it)."""
         self.socket.unlink(missing_ok=True)  # left by a server that did not shut down
+        (self.dir / "redis.pid").unlink(missing_ok=True)
         cmd = [
-            find_redis_server(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+            find_redis_server(), "--daemonize", "yes", "--pidfile", str(self.dir / "redis.pid"),
+            "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
             "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "everysec",
             "--maxmemory-policy", "noeviction", "--save", "", "--logfile", str(self.dir / "redis.log"),
         ]
         try:
-            with open(self.dir / "start.log", "wb") as out:  # a file: a pipe would outlive its reader
-                return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                        start_new_session=True)
-        except OSError as e:
-            raise EmbeddedRedisError(f"cannot start {cmd[0]}: {e.strerror}") from None
-
-    def _halt_own(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
+            done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=START_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise EmbeddedRedisError(f"cannot start {cmd[0]}: {getattr(e, 'strerror', None) or e}") from None
+        if done.returncode:  # a bad option or config, said before it forks
+            said = (done.stdout + done.stderr).decode(errors="replace").strip()
+            raise EmbeddedRedisError(f"redis-server did not start: {said[-300:]}")
 
     def __enter__(self) -> str:
         return self.start()
@@ -183,32 +186,38 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)  # drops the lock
 
 
-def _ready(url: str, proc: subprocess.Popen[bytes] | None, directory: Path) -> int:
-    """Wait until the server answers; its pid. EmbeddedRedisError if it exits or never answers."""
+def _ready(url: str, directory: Path) -> int:
+    """Wait until the server answers; its pid. EmbeddedRedisError if it never does."""
     client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=1)
     started = time.monotonic()
-    log = directory / "redis.log"
     try:
         while True:
             try:
+                client.ping()  # refused with LOADING until the data is in (INFO would answer already)
                 return _pid(client)
             except redis.BusyLoadingError:
                 if time.monotonic() - started > LOAD_TIMEOUT:
-                    raise EmbeddedRedisError(f"the embedded Redis is still loading its data after "
-                                             f"{LOAD_TIMEOUT:g}s (log: {log})") from None
+                    raise EmbeddedRedisError(f"the embedded Redis is still loading its data after {LOAD_TIMEOUT:g}s "
+                                             f"(log: {directory / 'redis.log'})") from None
             except (redis.RedisError, OSError):
-                if proc is not None and proc.poll() is not None:
-                    said = (directory / "start.log").read_bytes().decode(errors="replace").strip()
-                    raise EmbeddedRedisError(f"redis-server exited at start: {said[-300:]} (log: {log})") from None
                 if time.monotonic() - started > START_TIMEOUT:
-                    raise EmbeddedRedisError(f"the embedded Redis did not answer within {START_TIMEOUT:g}s "
-                                             f"(log: {log})") from None
+                    raise EmbeddedRedisError(f"the embedded Redis did not answer within {START_TIMEOUT:g}s: "
+                                             f"{_log_tail(directory)}") from None
             time.sleep(0.05)
     finally:
         client.close()
 
 
-def _leave(directory: Path, member: int, sock: Path, proc: subprocess.Popen[bytes] | None) -> None:
+def _log_tail(directory: Path) -> str:
+    log = directory / "redis.log"
+    try:
+        last = log.read_bytes()[-2000:].decode(errors="replace").strip().splitlines()[-1:]
+    except OSError:
+        last = []
+    return f"{last[0] if last else 'no log'} (log: {log})"
+
+
+def _leave(directory: Path, member: int, sock: Path) -> None:
     with _locked(directory / "start.lock"):
         os.close(member)
         probe = os.open(directory / "users.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -220,9 +229,6 @@ def _leave(directory: Path, member: int, sock: Path, proc: subprocess.Popen[byte
             _shut_down(sock)
         finally:
             os.close(probe)
-    if proc is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=STOP_TIMEOUT)  # reap our child
 
 
 def _shut_down(sock: Path) -> None:
@@ -239,7 +245,7 @@ def _shut_down(sock: Path) -> None:
     finally:
         client.close()
     deadline = time.monotonic() + STOP_TIMEOUT
-    while sock.exists() and listening(sock):
+    while listening(sock):
         if time.monotonic() > deadline:
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
