@@ -51,10 +51,9 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
       batchrelay run examples/requests.jsonl -o results.jsonl
       batchrelay demo
     \b
-    With a Redis and worker processes:
-      export REDIS_URL=redis://127.0.0.1:6379/0
+    With worker processes (one machine: they share the embedded Redis; more: give all one REDIS_URL):
       batchrelay submit requests.jsonl          # prints the batch id
-      batchrelay worker --burst &               # as many as you like, on any machine
+      batchrelay worker --burst &               # as many as you like
       batchrelay results BATCH -o results.jsonl --wait
     """
     ctx.ensure_object(dict)
