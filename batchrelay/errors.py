@@ -42,6 +42,7 @@ class ExitCode(IntEnum):
     BUDGET = 4  # the budget (--max-cost) ran out before the batch was done
     UNCHECKED = 5  # `providers check`: none failed, but a provider could not be checked
     INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+    TERMINATED = 143  # SIGTERM, as a shell reports it
 
 
 class BatchrelayError(Exception):

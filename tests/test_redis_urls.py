@@ -300,7 +300,7 @@ def test_the_embedded_redis_listens_on_no_tcp_port(tmp_path: Path) -> None:
     url = embedded.start()
     try:
         assert url.startswith("unix://")
-        assert embedded.proc is not None
-        assert _listening(embedded.proc.pid) == set()
+        assert embedded.pid is not None
+        assert _listening(embedded.pid) == set()
     finally:
         embedded.stop()

@@ -2,7 +2,7 @@
 
     from batchrelay import Client
 
-    with Client("redis://127.0.0.1:6379/0") as client:
+    with Client() as client:  # REDIS_URL, else [redis] url, else the embedded Redis the commands share
         batch = client.submit([{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}])
         client.wait(batch)
         for record in client.results(batch):

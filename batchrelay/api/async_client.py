@@ -17,7 +17,7 @@ import orjson
 from batchrelay.config.settings import Settings, load_settings
 from batchrelay.errors import InputError
 from batchrelay.spec import BatchSpec, Duration, Instant
-from batchrelay.store.connection import DEFAULT_URL
+from batchrelay.store.embedded import EmbeddedRedis, embedded_url
 from batchrelay.store.keys import Keys
 from batchrelay.store.lifecycle import cancel as cancel_batch
 from batchrelay.store.status import Status
@@ -70,12 +70,15 @@ class AsyncClient:
 
     Settings come from `settings`, else the config file `config`, else the usual lookup
     (`BATCHRELAY_CONFIG`, `./batchrelay.toml`, defaults). The Redis URL is `redis_url`, else the
-    settings' (`REDIS_URL` wins over `[redis] url`), else redis://127.0.0.1:6379/0."""
+    settings' (`REDIS_URL` wins over `[redis] url`), else the embedded Redis that the commands
+    share (joined on connect, left on close: see store/embedded.py)."""
 
     def __init__(self, redis_url: str | None = None, *, settings: Settings | None = None,
                  config: str | os.PathLike[str] | None = None) -> None:
         self.settings = settings if settings is not None else load_settings(config)
-        self.redis_url = redis_url or self.settings.redis_url or DEFAULT_URL
+        configured = redis_url or self.settings.redis_url
+        self._embedded = None if configured else EmbeddedRedis()
+        self.redis_url = configured or embedded_url()
         self._store: Store | None = None
         self._lock: asyncio.Lock | None = None
 
@@ -94,14 +97,21 @@ class AsyncClient:
             self._lock = asyncio.Lock()
         async with self._lock:
             if self._store is None:
-                # StoreError with the masked URL
-                self._store = await Store.connect(self.redis_url, Keys(self.settings.redis.prefix))
+                if self._embedded is not None:
+                    await asyncio.to_thread(self._embedded.start)
+                try:  # StoreError with the masked URL
+                    self._store = await Store.connect(self.redis_url, Keys(self.settings.redis.prefix))
+                except BaseException:
+                    await self.aclose()
+                    raise
         return self._store
 
     async def aclose(self) -> None:
         store, self._store = self._store, None
         if store is not None:
             await store.aclose()
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
 
     async def submit(self, source: Source, spec: BatchSpec | None = None, *, name: str | None = None,
                      endpoint: Dialect | None = None, providers: Iterable[str] | str | None = None,

@@ -6,15 +6,17 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from batchrelay.cli.guard import Terminated
 from batchrelay.config.settings import Settings
 from batchrelay.errors import BatchrelayError, ExitCode
-from batchrelay.store.connection import DEFAULT_URL
+from batchrelay.store.embedded import redis_for_async
 from batchrelay.store.keys import Keys
 from batchrelay.store.store import Store
 
@@ -41,15 +43,16 @@ def handles_errors(f: Callable[..., Any]) -> Callable[..., Any]:
         except BatchrelayError as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            sys.exit(ExitCode.INTERRUPTED)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM where the command asked for it (guard.py)
+            click.echo(str(e) or "Interrupted.", err=True)
+            sys.exit(ExitCode.TERMINATED if isinstance(e, Terminated) else ExitCode.INTERRUPTED)
     return wrapper
 
 
 @contextlib.asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    async with await Store.connect(settings.redis_url or DEFAULT_URL, Keys(settings.redis.prefix)) as store:
+    async with redis_for_async(settings.redis_url) as url, \
+            await Store.connect(url, Keys(settings.redis.prefix)) as store:
         yield store
 
 
@@ -66,3 +69,12 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def log_levels(*, quiet: bool, verbose: bool) -> None:
+    """A worker logs what it does with chunks and batches; each provider call (httpx logs one line
+    per request at INFO) only with --verbose, or a big batch's log is nothing but calls."""
+    if quiet and verbose:
+        raise click.UsageError("give --quiet or --verbose, not both")
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("batchrelay").setLevel(logging.DEBUG if verbose else logging.NOTSET)
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)

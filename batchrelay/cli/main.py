@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -13,7 +12,7 @@ import click
 
 from batchrelay.cli.config_file import accept_config_after, load_config
 from batchrelay.cli.cost import budget, cost, estimate
-from batchrelay.cli.kit import CONTEXT, emit_json, handles_errors, open_client, run_async, settings_of
+from batchrelay.cli.kit import CONTEXT, emit_json, handles_errors, log_levels, open_client, run_async, settings_of
 from batchrelay.cli.lifecycle import cancel, retry_command
 from batchrelay.cli.options import (
     completion_window_option,
@@ -27,10 +26,11 @@ from batchrelay.cli.options import (
 from batchrelay.cli.providers import health_text, providers
 from batchrelay.cli.servers import serve, simulate
 from batchrelay.cli.text import counted, print_table
+from batchrelay.config.settings import Settings
 from batchrelay.errors import ExitCode
 from batchrelay.money.estimate import require_prices as check_prices
 from batchrelay.spec import BatchSpec
-from batchrelay.store.connection import DEFAULT_URL, check_reachable
+from batchrelay.store.connection import check_reachable
 from batchrelay.store.export import check_paths, default_errors_path
 from batchrelay.store.spending import cost_line
 from batchrelay.store.status import Status
@@ -53,10 +53,9 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
       batchrelay run examples/requests.jsonl -o results.jsonl
       batchrelay demo
     \b
-    With a Redis and worker processes:
-      export REDIS_URL=redis://127.0.0.1:6379/0
+    With worker processes (one machine: they share the embedded Redis; more: give all one REDIS_URL):
       batchrelay submit requests.jsonl          # prints the batch id
-      batchrelay worker --burst &               # as many as you like, on any machine
+      batchrelay worker --burst &               # as many as you like
       batchrelay results BATCH -o results.jsonl --wait
     """
     ctx.ensure_object(dict)
@@ -81,42 +80,38 @@ def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers:
         allow: tuple[str, ...] | None, max_cost: Decimal | None, require_prices: bool, as_json: bool) -> None:
     """Submit FILE, work it here, and write the results: all in one process.
 
-    Uses REDIS_URL when set, else an embedded redis-server; uses the configured providers, else
-    the built-in simulator. Exit status: 0 all lines succeeded, 3 some lines failed, 4 the
-    budget (--max-cost) ran out first, 2 bad usage.
+    Uses REDIS_URL or [redis] url when set, else the embedded Redis the commands share; uses the
+    configured providers, else the built-in simulator. Exit status: 0 all lines succeeded, 3 some
+    lines failed, 4 the budget (--max-cost) ran out first, 2 bad usage, 130/143 stopped by
+    Ctrl-C/SIGTERM (calls in flight are recorded; the batch is left to `batchrelay worker`).
 
     \b
     Examples:
       batchrelay run examples/requests.jsonl -o results.jsonl
       batchrelay -c batchrelay.toml run big.jsonl -o out.jsonl --workers 2 --max-cost 5
     """
+    from batchrelay.cli.guard import sigterm_as_interrupt
     from batchrelay.cli.preflight import before_run
     from batchrelay.cli.runner import environment, run_file
 
+    sigterm_as_interrupt()  # a SIGTERM ends `run` as cleanly as Ctrl-C does (see cli/guard.py)
     spec = BatchSpec.of(settings_of(ctx), endpoint=endpoint, providers=allow, max_cost=max_cost,
                         require_prices=require_prices)
-    with environment(before_run(settings_of(ctx), file, out, errors, spec)) as (settings, url):
+    with environment(before_run(settings_of(ctx), file, out, errors, spec)) as env:
         if spec.needs_prices:
-            check_prices(file, settings, spec.endpoint, spec.providers)
-        report = run_async(run_file(settings, url, file, out, errors, spec, workers=workers, show=not as_json))
+            check_prices(file, env.settings, spec.endpoint, spec.providers)
+        report = run_async(run_file(env, file, out, errors, spec, workers=workers, show=not as_json))
     _report(report, as_json)
     sys.exit(report.exit_code)
 
 
-def log_levels(*, quiet: bool, verbose: bool) -> None:
-    """A worker logs what it does with chunks and batches; each provider call (httpx logs one line
-    per request at INFO) only with --verbose, or a big batch's log is nothing but calls."""
-    if quiet and verbose:
-        raise click.UsageError("give --quiet or --verbose, not both")
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("batchrelay").setLevel(logging.DEBUG if verbose else logging.NOTSET)
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
-
-
 def _report(report: Any, as_json: bool) -> None:
+    if report.interrupted is not None:
+        click.echo(report.next_steps(), err=True)
     if as_json:
         emit_json(report.as_dict())
+        return
+    if report.interrupted is not None:
         return
     b: BatchInfo = report.batch
     click.echo(f"{b.id}: {b.status} in {report.seconds:.1f}s: {b.succeeded} succeeded, {b.failed} failed, "
@@ -131,7 +126,7 @@ def _report(report: Any, as_json: bool) -> None:
     click.echo(f"cost:    ${c['usd']}" + (f" ({'; '.join(notes)})" if notes else ""))
     if b.status == Status.BUDGET_EXHAUSTED:
         click.echo(f"budget exhausted: {b.pending} lines were not sent. Raise it with `batchrelay budget {b.id} "
-                   "--max-cost USD` and finish them with `batchrelay worker --burst` (same REDIS_URL)", err=True)
+                   "--max-cost USD` and finish them with `batchrelay worker --burst` (same Redis)", err=True)
 
 
 @cli.command()
@@ -163,9 +158,11 @@ def demo(ctx: click.Context, lines: int, out: Path, force: bool, as_json: bool) 
         refuse_overwrite([sample, out, default_errors_path(out)])
     write_sample(sample, lines)
     settings = settings_of(ctx).with_providers([])
-    with environment(settings, DEMO_PROVIDERS) as (settings, url):
-        report = run_async(run_file(settings, url, sample, out, None, BatchSpec.of(settings), show=not as_json))
+    with environment(settings, DEMO_PROVIDERS) as env:
+        report = run_async(run_file(env, sample, out, None, BatchSpec.of(env.settings), show=not as_json))
     _report(report, as_json)
+    if report.interrupted is not None:
+        sys.exit(report.exit_code)
     if not as_json:
         click.echo(f"input:   {sample} (the demo plants bad lines on purpose)")
 
@@ -239,6 +236,7 @@ def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool
       batchrelay worker --burst          # for cron or CI: stop when nothing is queued
     """
     from batchrelay.cli.preflight import with_keys
+    from batchrelay.cli.runner import environment
     from batchrelay.store.webhooks import delivery_of
     from batchrelay.worker.worker import build_worker, run_worker
 
@@ -246,20 +244,22 @@ def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool
     if concurrency:
         tuned = settings.worker.model_copy(update={"concurrency": concurrency})
         settings = settings.model_copy(update={"worker": tuned})
-    if not settings.providers:
+    if not settings.providers and settings.redis_url:
         raise click.UsageError("no [[providers]] configured: a worker needs at least one (see README)")
     settings = with_keys(settings)
     delivery_of(settings)  # a webhook secret variable that is not set: say so now, not at the first webhook
     log_levels(quiet=quiet, verbose=verbose)
+    if not settings.providers:  # nothing set up at all: the embedded Redis, and simulated answers as `run` gives
+        click.echo("no [[providers]] configured: the built-in provider simulator answers (see README)", err=True)
 
-    async def go() -> None:
-        url = settings.redis_url or DEFAULT_URL
+    async def go(url: str, settings: Settings) -> None:
         # a clear error now beats arq's retry loop; an unreachable Redis (a restart, or a worker started
         # first) is waited for: for good by a worker, for a minute by a burst worker
         await check_reachable(url, wait_s=60 if burst else float("inf"))
         await run_worker(build_worker(settings, url, burst=burst, queue=queue))
 
-    run_async(go())
+    with environment(settings) as env:
+        run_async(go(env.url, env.settings))
 
 
 @cli.command()

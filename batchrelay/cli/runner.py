@@ -1,11 +1,17 @@
-"""`run` and `demo`: submit, work in-process (or in N worker processes), watch, export."""
+"""`run` and `demo`: submit, work in-process (or in N worker processes), watch, export.
+
+Stopped by a signal, `run` lets the calls in flight finish, hands its batch to the shared queue
+(store/handover.py) and says how to go on; with its embedded Redis gone it ends at once (guard.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -16,21 +22,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from arq.worker import Worker
+
+from batchrelay.cli.guard import Guard, Terminated, abort_others
 from batchrelay.cli.progress import watch
 from batchrelay.config.settings import ProviderConfig, Settings
-from batchrelay.errors import BatchrelayError, ExitCode
+from batchrelay.errors import BadRedisURL, BatchrelayError, ConfigError, EmbeddedRedisError, ExitCode, StoreError
 from batchrelay.procs import stop_all
 from batchrelay.sim.process import SimulatorProcess
 from batchrelay.spec import BatchSpec
+from batchrelay.store.connection import check_reachable
 from batchrelay.store.embedded import EmbeddedRedis
 from batchrelay.store.export import Exported, check_paths, check_writable, export
+from batchrelay.store.handover import hand_over
 from batchrelay.store.keys import Keys
 from batchrelay.store.spending import cost_summary, ledger_of
 from batchrelay.store.status import Status
 from batchrelay.store.store import BatchInfo, Store
 from batchrelay.store.submit import submit_file
 from batchrelay.store.sweeper import requeue_pending
-from batchrelay.worker.worker import build_worker, run_worker
+from batchrelay.worker.worker import build_worker, run_worker, stop_worker
 
 MAX_REQUEUE_ROUNDS = 3
 
@@ -38,69 +49,119 @@ MAX_REQUEUE_ROUNDS = 3
 @dataclass(frozen=True, slots=True)
 class RunReport:
     batch: BatchInfo
-    exported: Exported
+    exported: Exported | None  # None: stopped by a signal before the end
     seconds: float
     cost: dict[str, Any]
+    interrupted: signal.Signals | None = None
+    config: str | None = None  # the config file the run read, for the commands it suggests
 
     @property
     def exit_code(self) -> ExitCode:
+        if self.interrupted is not None:
+            return ExitCode.TERMINATED if self.interrupted == signal.SIGTERM else ExitCode.INTERRUPTED
         if self.batch.status == Status.BUDGET_EXHAUSTED:
             return ExitCode.BUDGET
         return ExitCode.FAILED_LINES if self.batch.unsuccessful else ExitCode.OK
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.batch.as_dict(), "seconds": round(self.seconds, 3), "cost": self.cost,
-                "results_file": str(self.exported.results_path), "errors_file": str(self.exported.errors_path)}
+        files = {} if self.exported is None else {"results_file": str(self.exported.results_path),
+                                                  "errors_file": str(self.exported.errors_path)}
+        stop = {} if self.interrupted is None else {"interrupted": self.interrupted.name}
+        return {**self.batch.as_dict(), "seconds": round(self.seconds, 3), "cost": self.cost, **files, **stop}
+
+    def next_steps(self) -> str:
+        """What an interrupted run says: where its batch is and how to go on."""
+        b, name = self.batch, self.interrupted.name if self.interrupted else "?"
+        cmd = f"batchrelay -c {self.config}" if self.config else "batchrelay"
+        steps = [(f"{cmd} status {b.id}", "where it stands"),
+                 (f"{cmd} worker --burst", "finish it (any number of workers, anywhere)"),
+                 (f"{cmd} results {b.id} -o OUT --wait", "then write its results"),
+                 (f"{cmd} cancel {b.id}", "or give up the lines left")]
+        width = max(len(c) for c, _ in steps)
+        return "\n".join([f"Interrupted ({name}): {b.id} stopped with {b.pending} of {b.total} lines left; "
+                          "the calls in flight were recorded. The batch waits in Redis for a worker:",
+                          *(f"  {c.ljust(width)}   # {what}" for c, what in steps)])
+
+
+@dataclass(frozen=True, slots=True)
+class Environment:
+    settings: Settings  # with the built-in simulators as its providers when none are configured
+    url: str
+    embedded: EmbeddedRedis | None  # the embedded Redis this process joined, if it uses that one
 
 
 @contextlib.contextmanager
 def environment(
-    settings: Settings, sim_providers: dict[str, dict[str, Any]] | None = None
-) -> Iterator[tuple[Settings, str]]:
-    """Redis (REDIS_URL or an embedded one) and providers (configured, or built-in simulators)."""
+    settings: Settings, sim_providers: dict[str, dict[str, Any]] | None = None, *, simulate: bool = True,
+) -> Iterator[Environment]:
+    """Redis (REDIS_URL, [redis] url, else the embedded one) and providers (configured, else the
+    built-in simulators if `simulate`)."""
     with contextlib.ExitStack() as stack:
-        url = settings.redis_url or stack.enter_context(EmbeddedRedis())
-        if not settings.providers:
+        embedded = None if settings.redis_url else EmbeddedRedis()
+        url = stack.enter_context(embedded) if embedded else str(settings.redis_url)
+        if simulate and not settings.providers:
             sims = sim_providers or {"simulator": {}}
             providers = []
             for priority, (name, faults) in enumerate(sims.items(), start=1):
                 base = stack.enter_context(SimulatorProcess(faults))
                 providers.append(ProviderConfig(name=name, base_url=base, priority=priority))
             settings = settings.with_providers(providers)
-        yield settings, url
+        yield Environment(settings, url, embedded)
 
 
 @contextlib.contextmanager
-def _worker_processes(settings: Settings, url: str, n: int, queue: str) -> Iterator[list[subprocess.Popen[bytes]]]:
+def _worker_processes(env: Environment, n: int, queue: str, guard: Guard) -> Iterator[list[subprocess.Popen[bytes]]]:
     with tempfile.TemporaryDirectory(prefix="batchrelay-") as tmp:
         cfg = Path(tmp) / "config.json"  # env var names only: no secret is written here
-        cfg.write_text(json.dumps(settings.model_dump(mode="json", exclude={"source"})))
-        env = {**os.environ, "BATCHRELAY_CONFIG": str(cfg), "REDIS_URL": url}
+        cfg.write_text(json.dumps(env.settings.model_dump(mode="json", exclude={"source"})))
+        child_env = {**os.environ, "BATCHRELAY_CONFIG": str(cfg), "REDIS_URL": env.url}
+        # sessions of their own: a terminal's Ctrl-C reaches `run`, which passes it on once (see Guard)
         procs = [subprocess.Popen([sys.executable, "-m", "batchrelay", "worker", "--burst", "--quiet",
-                                   "--queue", queue], env=env)
+                                   "--queue", queue], env=child_env, start_new_session=True)
                  for _ in range(n)]
         try:
             yield procs
         finally:
-            stop_all(procs, grace=30)
+            stop_all(procs, grace=1 if guard.redis_gone else 30)
 
 
-async def _work(settings: Settings, url: str, store: Store, batch_id: str, workers: int, show: bool,
-                queue: str) -> BatchInfo:
+def _drain_in_process(worker: Worker, task: asyncio.Task[None], signum: signal.Signals, now: bool) -> None:
+    if worker.main_task is None:
+        task.cancel()  # it has not started: nothing is in flight
+    else:
+        stop_worker(worker, signum, now=now)
+
+
+def _drain_processes(procs: list[subprocess.Popen[bytes]], _signum: signal.Signals, _now: bool) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)  # a worker's first SIGTERM drains it, its second stops it
+
+
+async def _work(env: Environment, store: Store, batch_id: str, workers: int, show: bool, queue: str,
+                guard: Guard) -> BatchInfo:
     for _round in range(MAX_REQUEUE_ROUNDS + 1):
         if workers <= 1:
-            task = asyncio.create_task(run_worker(build_worker(settings, url, burst=True, handle_signals=False,
-                                                               queue=queue)))
-            info = await watch(store, batch_id, show=show, until_done=task.done)
-            await task  # burst: returns once the queue is empty; raises what the worker raised
+            worker = build_worker(env.settings, env.url, burst=True, handle_signals=False, queue=queue)
+            task = asyncio.create_task(run_worker(worker))
+            guard.drain = functools.partial(_drain_in_process, worker, task)
+            try:
+                info = await watch(store, batch_id, show=show, until_done=task.done)
+                await task  # burst: returns once the queue is empty; raises what the worker raised
+            finally:
+                guard.drain = None
         else:
-            with _worker_processes(settings, url, workers, queue) as procs:
+            with _worker_processes(env, workers, queue, guard) as procs:
                 def exited(procs: list[subprocess.Popen[bytes]] = procs) -> bool:
                     return all(p.poll() is not None for p in procs)
-                info = await watch(store, batch_id, show=show, until_done=exited)
-                while not exited():
-                    await asyncio.sleep(0.05)
-        if info.finished or info.status == Status.BUDGET_EXHAUSTED:
+                guard.drain = functools.partial(_drain_processes, procs)
+                try:
+                    info = await watch(store, batch_id, show=show, until_done=exited)
+                    while not exited():
+                        await asyncio.sleep(0.05)
+                finally:
+                    guard.drain = None
+        if guard.stopped or info.finished or info.status == Status.BUDGET_EXHAUSTED:
             return info  # over budget: its lines wait for `batchrelay budget` to raise the limit
         # workers left with lines pending: arq dropped a chunk; put it back and go again
         await requeue_pending(store, batch_id)
@@ -108,19 +169,59 @@ async def _work(settings: Settings, url: str, store: Store, batch_id: str, worke
         f"batch {batch_id} still has {info.pending} pending lines after {MAX_REQUEUE_ROUNDS} requeues")
 
 
+async def _reachable(url: str) -> None:
+    """A wrong REDIS_URL (or [redis] url) is a usage error under `run`, which needs no Redis of its own."""
+    where = "REDIS_URL" if os.environ.get("REDIS_URL") else "[redis] url"
+    try:
+        await check_reachable(url, advice=f"`run` needs no Redis of its own: unset {where} to use the embedded Redis.")
+    except BadRedisURL:
+        raise
+    except StoreError as e:
+        raise ConfigError(str(e)) from None
+
+
 async def run_file(
-    settings: Settings, url: str, path: Path, out: Path, errors: Path | None, spec: BatchSpec, *,
-    workers: int = 1, show: bool = True,
+    env: Environment, path: Path, out: Path, errors: Path | None, spec: BatchSpec, *, workers: int = 1,
+    show: bool = True,
 ) -> RunReport:
     """Submit `path` as a batch with the options `spec` gives, work it, and export its records."""
     started = time.perf_counter()
     check_paths(out, errors, inputs=[path])  # before any money is spent, not after
     check_writable(out, errors)
-    async with await Store.connect(url, Keys(settings.redis.prefix)) as store:
-        # a queue of its own: this run's workers touch no other batch left in the same Redis
-        queue = f"{store.keys.queue}:run:{uuid.uuid4().hex[:12]}"
-        sub = await submit_file(store, path, spec, queue=queue)
-        info = await _work(settings, url, store, sub.batch_id, workers, show, queue)
-        exported = await export(store, sub.batch_id, out, errors)
-        _rows, spent, budget = await ledger_of(store, sub.batch_id)
-    return RunReport(info, exported, time.perf_counter() - started, cost_summary(spent, budget))
+    if env.embedded is None:
+        await _reachable(env.url)
+    batch_id: str | None = None
+    async with Guard(env.embedded) as guard:
+        try:
+            async with await Store.connect(env.url, Keys(env.settings.redis.prefix)) as store:
+                # a queue of its own: this run's workers touch no other batch left in the same Redis
+                queue = f"{store.keys.queue}:run:{uuid.uuid4().hex[:12]}"
+                batch_id = (await submit_file(store, path, spec, queue=queue)).batch_id
+                info = await _work(env, store, batch_id, workers, show, queue, guard)
+                stopped = guard.signum is not None and not info.finished  # else it ended before the signal did
+                if stopped:
+                    await hand_over(store, batch_id, queue)
+                    info, exported = await store.info(batch_id), None
+                else:
+                    exported = await export(store, batch_id, out, errors)
+                _rows, spent, budget = await ledger_of(store, batch_id)
+        except asyncio.CancelledError:
+            if not guard.stopped:
+                raise
+            guard.absorb()
+            if guard.redis_gone:
+                await abort_others()
+                raise _redis_gone(env, batch_id) from None
+            # before the batch was queued, or after its work (while handing it over or writing it out)
+            note = (f"Interrupted: see `batchrelay status {batch_id}`" if batch_id else
+                    "Interrupted before the batch was queued: nothing was sent.")
+            raise (Terminated if guard.signum == signal.SIGTERM else KeyboardInterrupt)(note) from None
+    return RunReport(info, exported, time.perf_counter() - started, cost_summary(spent, budget),
+                     guard.signum if stopped else None, env.settings.source)
+
+
+def _redis_gone(env: Environment, batch_id: str | None) -> EmbeddedRedisError:
+    log = env.embedded.dir / "redis.log" if env.embedded else "?"
+    kept = (f"; {batch_id} keeps what was recorded until then: `batchrelay status {batch_id}` starts it again"
+            if batch_id else "")
+    return EmbeddedRedisError(f"the embedded Redis stopped under `run` (its log: {log}){kept}")

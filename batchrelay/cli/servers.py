@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from batchrelay.cli.kit import handles_errors, run_async, settings_of
-from batchrelay.store.connection import DEFAULT_URL, check_reachable
+from batchrelay.store.connection import check_reachable
+from batchrelay.store.embedded import redis_for
 
 
 @click.command()
@@ -35,14 +36,12 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     settings = settings_of(ctx)
     cfg = settings.serve
     create_app(settings)  # a missing key is a clean error before anything binds
-    run_async(_check_redis(settings.redis_url or DEFAULT_URL))
     from batchrelay.serve.app import serve as run_server
 
-    run_server(settings, host or cfg.host, port or cfg.port, announce=lambda text: click.echo(text, err=True))
-
-
-async def _check_redis(url: str) -> None:
-    await check_reachable(url)  # a clear error now beats one per request
+    with redis_for(settings.redis_url) as url:
+        run_async(check_reachable(url))  # a clear error now beats one per request
+        run_server(settings, host or cfg.host, port or cfg.port, announce=lambda text: click.echo(text, err=True),
+                   redis_url=url)
 
 
 @click.command()

@@ -125,9 +125,9 @@ def create_app(settings: Settings, redis_url: str | None = None) -> Starlette:
 
 
 def serve(settings: Settings, host: str, port: int, log_level: str = "warning",
-          announce: Callable[[str], None] | None = None) -> None:
+          announce: Callable[[str], None] | None = None, redis_url: str | None = None) -> None:
     """Run the API until interrupted."""
-    app = create_app(settings)
+    app = create_app(settings, redis_url)
     if announce:
         announce(f"batchrelay serve on http://{host}:{port} (OpenAI /v1/files, /v1/batches; "
                  "Anthropic /v1/messages/batches)")

@@ -33,7 +33,8 @@ class SimulatorProcess:
     def start(self, timeout: float = 15.0) -> str:
         cmd = [sys.executable, "-m", "batchrelay.sim", "--port", str(self.port),
                "--config-json", json.dumps(self.config)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # a session of its own: a terminal's Ctrl-C reaches the command using it, which stops it last
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -55,11 +55,15 @@ def retry_policy() -> Retry:
 RETRY_ON: list[type[Exception]] = [ConnectionError, TimeoutError]
 
 
-async def connect(url: str, *, wait_s: float = 0.0) -> Redis:
+ADVICE = "Check REDIS_URL and [redis] url; with neither set, batchrelay uses its embedded Redis."
+
+
+async def connect(url: str, *, wait_s: float = 0.0, advice: str = ADVICE) -> Redis:
     """A client that has answered PING, or StoreError naming the (masked) URL. Later commands
     retry through short outages (`retry_policy`). The first contact fails fast, so a wrong URL
     does not wait a minute, unless `wait_s` says how long an unreachable Redis may be waited for
-    (a worker started before its Redis, or during a restart); a refused login never waits."""
+    (a worker started before its Redis, or during a restart); a refused login never waits. `advice`
+    ends the error's message."""
     try:
         probe = Redis.from_url(url, socket_connect_timeout=5)
     except ValueError as e:
@@ -71,10 +75,10 @@ async def connect(url: str, *, wait_s: float = 0.0) -> Redis:
                 await probe.ping()
                 break
             except (AuthenticationError, AuthorizationError, ResponseError) as e:
-                raise _unreachable(url, e) from None
+                raise _unreachable(url, e, advice) from None
             except (RedisError, OSError) as e:
                 if time.monotonic() + delay > deadline:
-                    raise _unreachable(url, e) from None
+                    raise _unreachable(url, e, advice) from None
                 log.warning("Redis at %s is not answering (%s); trying again in %.1fs", masked(url),
                             type(e).__name__, delay)
                 await asyncio.sleep(delay)
@@ -86,9 +90,9 @@ async def connect(url: str, *, wait_s: float = 0.0) -> Redis:
     return client  # type: ignore[no-any-return]
 
 
-async def check_reachable(url: str, *, wait_s: float = 0.0) -> None:
+async def check_reachable(url: str, *, wait_s: float = 0.0, advice: str = ADVICE) -> None:
     """StoreError now (naming the masked URL) unless Redis answers at `url`, waited for as `connect` does."""
-    await (await connect(url, wait_s=wait_s)).aclose()
+    await (await connect(url, wait_s=wait_s, advice=advice)).aclose()
 
 
 def redis_settings(url: str) -> RedisSettings:
@@ -105,6 +109,5 @@ def redis_settings(url: str) -> RedisSettings:
                          retry=retry_policy(), retry_on_error=RETRY_ON)
 
 
-def _unreachable(url: str, e: BaseException) -> StoreError:
-    return StoreError(f"cannot reach Redis at {masked(url)}: {type(e).__name__}: {e}. "
-                      "Set REDIS_URL or [redis] url, or use `batchrelay run` for an embedded Redis.")
+def _unreachable(url: str, e: BaseException, advice: str) -> StoreError:
+    return StoreError(f"cannot reach Redis at {masked(url)}: {type(e).__name__}: {str(e).rstrip('.')}. {advice}")

@@ -170,6 +170,19 @@ def _forget_dead_jobs(worker: Worker) -> None:
                 log.info("chunk job %s ended with the connection: %s", job_id, task.exception())
 
 
+def stop_worker(worker: Worker, signum: signal.Signals, *, now: bool) -> None:
+    """What a signal does to a worker (`run` passes its own on): no new jobs and no new lines; the
+    lines in flight finish (within call_timeout + a margin) and lines not started go back to the
+    queue, or with `now` the calls in flight are cut off too."""
+    rt: Runtime | None = worker.ctx.get("runtime")
+    if rt is not None:
+        rt.draining = True
+    if now:
+        worker.handle_sig(signum)
+    else:
+        worker.handle_sig_wait_for_completion(signum)
+
+
 def _graceful(worker: Worker) -> list[int]:
     """SIGTERM/SIGINT: no new jobs and no new lines; lines in flight finish (within call_timeout + a
     margin), lines not started go back to the queue as a chunk job of their own (no arq try used),
@@ -178,14 +191,9 @@ def _graceful(worker: Worker) -> list[int]:
 
     def on_signal(signum: signal.Signals) -> None:
         signals[0] += 1
-        rt: Runtime | None = worker.ctx.get("runtime")
-        if rt is not None:
-            rt.draining = True
         if signals[0] == 1:
             log.warning("%s: finishing the calls in flight, then stopping (again to stop now)", signum.name)
-            worker.handle_sig_wait_for_completion(signum)
-        else:
-            worker.handle_sig(signum)
+        stop_worker(worker, signum, now=signals[0] > 1)
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
