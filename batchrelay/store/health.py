@@ -50,7 +50,7 @@ STATE_NAMES = {"disabled_until": "disabled", "bench_until": "benched", "open_unt
 RENEWALS = 5  # renewal rounds per lease_s: a few missed (a stalled loop, a Redis hiccup) cost no slot
 # A slow-start round takes calls this long before they all go: lines waiting for it look again every
 # 0.05 s (acquire's 'starting'), so each gets its chance to join.
-ROUND_GATHER_S = 0.1
+ROUND_GATHER_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
