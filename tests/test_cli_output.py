@@ -115,3 +115,19 @@ def test_results_wait_draws_progress_on_a_terminal_from_the_real_total(tmp_path:
                                   env, 3)
     assert f"{batch}: 5 lines" in drawn and "0/5" in drawn and "0 failed" in drawn and "0 invalid" in drawn
     assert "0/1 " not in drawn
+
+
+def test_estimate_piped_prints_every_cell_whole(tmp_path: Path) -> None:
+    """In a pipe there is no width to cut cells to: model names, prices and ranges come out whole."""
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(orjson.dumps({"model": "claude-3-5-haiku-20241022", "max_tokens": 50,
+                                           "messages": [{"role": "user", "content": f"question {i}"}]}) + b"\n"
+                             for i in range(3)))
+    proc = batchrelay("estimate", str(src), "--endpoint", "messages", "--no-history",
+                      env={"COLUMNS": "40", "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    header, row = proc.stdout.splitlines()[:2]
+    assert header.split() == ["model", "provider", "lines", "tokens", "in", "/", "out", "expected", "range", "price",
+                              "output"]
+    assert row.split()[:3] == ["claude-3-5-haiku-20241022", "simulator", "*"]
+    assert "genai-prices" in row and "…" not in proc.stdout

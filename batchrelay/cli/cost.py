@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from batchrelay.cli.kit import emit_json, handles_errors, open_client, open_store, run_async, settings_of
 from batchrelay.cli.options import USD, ProviderNames, endpoint_option
+from batchrelay.cli.text import print_table
 from batchrelay.config.settings import ProviderConfig, Settings
 from batchrelay.errors import StoreError
 from batchrelay.money.estimate import Estimate, OutputGuess, estimate_file
@@ -78,15 +79,10 @@ async def _history(settings: Settings) -> dict[tuple[str, str], float]:
 
 
 def _print_estimate(est: Estimate) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("model", "provider", "lines", "tokens in / out", "expected", "range", "price", "output")
-    for r in est.rows:
-        table.add_row(r.model, r.provider + (" *" if r.first_choice else ""), str(r.lines),
-                      f"{r.input_tokens} / {r.expected_output_tokens}", _fmt(r.expected),
-                      f"{_fmt(r.low)}-{_fmt(r.high)}", r.price_source, r.output_basis)
-    Console().print(table)
+    print_table(("model", "provider", "lines", "tokens in / out", "expected", "range", "price", "output"),
+                [(r.model, r.provider + (" *" if r.first_choice else ""), str(r.lines),
+                  f"{r.input_tokens} / {r.expected_output_tokens}", _fmt(r.expected),
+                  f"{_fmt(r.low)}-{_fmt(r.high)}", r.price_source, r.output_basis) for r in est.rows])
     low, exp, high = est.first_choice_total()
     click.echo(f"{est.lines} lines ({est.invalid} invalid). On first-choice providers (*): expected {_fmt(exp)}, "
                f"range {_fmt(low)} to {_fmt(high)}")
@@ -120,12 +116,8 @@ def cost(ctx: click.Context, batch: str, as_json: bool) -> None:
     if as_json:
         emit_json(report)
         return
-    from rich.console import Console
-    from rich.table import Table
-
     rs = report["rows"]
-    table = Table("provider", "model", "requests", "failed", "input", "cached", "output", "cost", "reported",
-                  "flags")
+    rows: list[tuple[str, ...]] = []
     if rs:
         metrics = [k for k in rs[0] if isinstance(rs[0][k], int)]
         t = {"provider": "total", "model": "", **{k: sum(r[k] for r in rs) for k in metrics},
@@ -134,10 +126,11 @@ def cost(ctx: click.Context, batch: str, as_json: bool) -> None:
         for r in [*rs, t]:
             flags = [f"{r[k]} {label}" for k, label in (("unpriced", "unpriced"), ("min_charge", "min charge"),
                                                        ("discrepancies", "discrepant")) if r[k]]
-            table.add_row(r["provider"], r["model"],
-                          *(str(r[k]) for k in ("requests", "failed", "input", "cached", "output")),
-                          f"${r['cost_usd']}", f"${r['reported_usd']}" if r["reported_usd"] else "", ", ".join(flags))
-    Console().print(table)
+            rows.append((r["provider"], r["model"],
+                         *(str(r[k]) for k in ("requests", "failed", "input", "cached", "output")),
+                         f"${r['cost_usd']}", f"${r['reported_usd']}" if r["reported_usd"] else "", ", ".join(flags)))
+    print_table(("provider", "model", "requests", "failed", "input", "cached", "output", "cost", "reported", "flags"),
+                rows)
     click.echo(cost_line(report["total"]))
 
 
