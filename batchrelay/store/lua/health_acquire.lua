@@ -37,12 +37,17 @@ if limit > 0 then
     -- all go together, and the next round opens only once every one of them has been answered (or its
     -- lease has lapsed). So no call leaves while one sent before it may have come back a 429 that is
     -- not reported yet: none lands inside a Retry-After window.
+    -- The waits scale with how long the last round took (a fast provider's rounds follow each other in
+    -- milliseconds, a slow one's are looked at every `gather` seconds), never above `gather`: lines
+    -- that look again within a round's gathering all get their chance to join it.
     go, taken = num(H, 'cl_go'), num(H, 'cl_k')
     if go <= now then
-      if redis.call('ZCARD', C) > 0 then return {0, '0.05', 'starting', 0} end
-      go, taken = now + gather, 0
+      if redis.call('ZCARD', C) > 0 then
+        return {0, tostring(math.max(0.002, math.min(gather, (now - go) / 2))), 'starting', 0}
+      end
+      go, taken = now + (go > 0 and math.max(0.01, math.min(gather, (now - go) / 2)) or gather), 0
     elseif taken >= limit then
-      return {0, '0.05', 'starting', 0}
+      return {0, tostring(go - now + 0.002), 'starting', 0}
     end
     at = go
   elseif redis.call('ZCARD', C) >= limit then
