@@ -11,7 +11,7 @@ tokens likewise; a 429 halves the pace, which recovers linearly over `rate_recov
 
 Calls in flight are limited while a provider shows it may rate-limit (AIMD, `concurrency_recovery_calls`
 = N). After its first answer ever comes a slow start in rounds: a round's calls (2, then 4, 8, ...:
-every answer adds one to the next round) gather for `ROUND_GATHER_S` and go together, and the next
+every answer adds one to the next round) gather for up to `ROUND_GATHER_S` and go together, and the next
 round opens once all of them have answered; it ends after N answers (no limit), at `max_concurrency`
 (that alone), or at a 429 (one call). A 429 cuts the limit to half of the calls in flight, at least
 one (one when they were not being counted), and never above the limit already set, so a burst of
@@ -48,8 +48,9 @@ STATE_FIELDS = ("disabled_until", "bench_until", "open_until", "cool_until")
 STATE_NAMES = {"disabled_until": "disabled", "bench_until": "benched", "open_until": "breaker open",
                "cool_until": "cooling"}
 RENEWALS = 5  # renewal rounds per lease_s: a few missed (a stalled loop, a Redis hiccup) cost no slot
-# A slow-start round takes calls this long before they all go: lines waiting for it look again every
-# 0.05 s (acquire's 'starting'), so each gets its chance to join.
+# A slow-start round takes calls at most this long before they all go, and lines waiting for a round look
+# again at most this often (both shorter after fast rounds: health_acquire.lua), so each gets its chance
+# to join one.
 ROUND_GATHER_S = 0.05
 
 
