@@ -112,20 +112,25 @@ def dialect(value: str) -> Dialect:
     raise InvalidValue(f"{value!r} is not one of {', '.join(DIALECTS)}")
 
 
-def webhook_url(url: str) -> str:
-    """A URL a batch object can be POSTed to: http or https, with a host."""
+def http_url(url: str, what: str = "URL", example: str = "https://example.com/") -> str:
+    """An http or https URL with a host (`what` names it in the InvalidValue)."""
     if not isinstance(url, str):
-        raise InvalidValue(f"{url!r} is not a webhook URL")
+        raise InvalidValue(f"{url!r} is not a {what}")
     url = url.strip()
     if len(url) > MAX_URL_CHARS:
-        raise InvalidValue(f"webhook URL is longer than {MAX_URL_CHARS} characters")
-    if any(c.isspace() or ord(c) < 32 for c in url):
-        raise InvalidValue("webhook URL must not contain spaces or control characters")
+        raise InvalidValue(f"{what} is longer than {MAX_URL_CHARS} characters")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        raise InvalidValue(f"{what} must not contain spaces or control characters")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as e:
-        raise InvalidValue(f"webhook URL is not valid: {e}") from None
+        raise InvalidValue(f"{what} is not valid: {e}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidValue("webhook URL must be http:// or https:// with a host, e.g. https://example.com/hooks/batch")
+        raise InvalidValue(f"{what} must be http:// or https:// with a host, e.g. {example}")
     return url
+
+
+def webhook_url(url: str) -> str:
+    """A URL a batch object can be POSTed to."""
+    return http_url(url, "webhook URL", "https://example.com/hooks/batch")

@@ -52,29 +52,34 @@ class Api:
         return httpx.request(method, self.base + path, headers={"Authorization": f"Bearer {KEY}"}, **kwargs)
 
 
-def serve_config(tmp_path: Path, prefix: str, sim_url: str) -> Path:
+def serve_config(tmp_path: Path, prefix: str, sim_url: str, serve_extra: str = "") -> Path:
+    """The test's config; `serve_extra` is more `[serve]` lines (limits, public_url)."""
     cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": sim_url}],
                        concurrency=2, chunk_size=5, call_timeout=2)
     with cfg.open("a") as f:
-        f.write(f'\n[serve]\napi_keys_env = ["{KEY_ENV}"]\nfiles_dir = "{tmp_path / "files"}"\n')
+        f.write(f'\n[serve]\napi_keys_env = ["{KEY_ENV}"]\nfiles_dir = "{tmp_path / "files"}"\n{serve_extra}\n')
     return cfg
 
 
 @contextlib.contextmanager
-def serving(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Api]:
-    """`batchrelay serve` and one worker, until the block ends."""
+def serving(tmp_path: Path, redis_url: str, prefix: str, serve_extra: str = "", worker: bool = True
+            ) -> Iterator[Api]:
+    """`batchrelay serve` and (unless not `worker`) one worker, until the block ends; `serve_extra`
+    is more `[serve]` lines for its config."""
     procs: list[subprocess.Popen[bytes]] = []
     sim = SimulatorProcess({})
     with sim as sim_url:
-        cfg = serve_config(tmp_path, prefix, sim_url)
+        cfg = serve_config(tmp_path, prefix, sim_url, serve_extra)
         env = {**os.environ, "REDIS_URL": redis_url, KEY_ENV: KEY}
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         try:
             procs.append(subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(cfg), "serve", "--port",
                                            str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-            procs.append(subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(cfg), "worker", "--quiet"],
-                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            if worker:
+                procs.append(subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(cfg), "worker",
+                                               "--quiet"], env=env, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL))
 
             def up() -> bool:
                 assert procs[0].poll() is None, (procs[0].stderr.read() if procs[0].stderr else b"").decode()
