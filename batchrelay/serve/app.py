@@ -7,6 +7,7 @@ it); what only the APIs need (input file, endpoint, metadata) is kept in the bat
 `serve_*` fields, so it goes when the batch is forgotten. Every request needs one of the keys named
 by `[serve] api_keys_env` (`Authorization: Bearer` or `x-api-key`), else 401 in that API's error shape;
 past `[serve] auth_failures_per_min` wrong or missing keys from one address, 429 (throttle.py).
+The connection limits (head size and time, open connections) are http_guard.py's.
 Every other error, an unknown route or method (404, 405) or a fault of the server's own (500),
 answers in that API's JSON error shape too (Anthropic's under /v1/messages, OpenAI's elsewhere).
 """
@@ -28,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from batchrelay.config.settings import Settings
 from batchrelay.errors import ConfigError
 from batchrelay.serve.anthropic_api import routes as anthropic_routes
+from batchrelay.serve.http_guard import Limits, guarded_protocol
 from batchrelay.serve.openai_api import routes as openai_routes
 from batchrelay.serve.shared import Served, anthropic_error, openai_error
 from batchrelay.serve.throttle import FailureThrottle
@@ -153,4 +155,5 @@ def serve(settings: Settings, host: str, port: int, log_level: str = "warning",
     if announce:
         announce(f"batchrelay serve on http://{host}:{port} (OpenAI /v1/files, /v1/batches; "
                  "Anthropic /v1/messages/batches)")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
+                http=guarded_protocol(Limits.of(settings.serve)), ws="none")
