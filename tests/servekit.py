@@ -36,6 +36,7 @@ class Api:
     config: Path
     env: dict[str, str]
     clients: list[openai.OpenAI | anthropic.Anthropic] = field(default_factory=list)
+    pid: int = 0  # the serve process
 
     def openai(self, key: str = KEY) -> openai.OpenAI:
         client = openai.OpenAI(base_url=self.base + "/v1", api_key=key, max_retries=0)
@@ -89,7 +90,7 @@ def serving(tmp_path: Path, redis_url: str, prefix: str, serve_extra: str = "", 
                     return False
 
             wait_for(up, 20, "batchrelay serve to answer")
-            api = Api(base, sim, tmp_path / "files", cfg, env)
+            api = Api(base, sim, tmp_path / "files", cfg, env, pid=procs[0].pid)
             try:
                 yield api
             finally:

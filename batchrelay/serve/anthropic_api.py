@@ -96,8 +96,17 @@ def request_lines(body: Any) -> bytes:
     return b"".join(orjson.dumps(r) + b"\n" for r in requests)
 
 
-def _base(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
+def _base(request: Request, served: Served) -> str:
+    """Where clients reach this server, for `results_url`: `[serve] public_url`, else the address the
+    connection came in on. Never the request's Host header: the client picks that, and the SDK sends
+    its key to `results_url`."""
+    if served.settings.serve.public_url:
+        return served.settings.serve.public_url
+    server = request.scope.get("server")
+    if not server or server[1] is None:
+        return ""  # not a TCP connection: a URL relative to this server
+    host, port = server
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _not_found(msgbatch_id: str) -> Response:
@@ -122,7 +131,7 @@ def routes(served: Served) -> list[Route]:
         spec = served.spec(name="message batch", endpoint="messages", completion_window=WINDOW_S)
         batch_id = await submit(served, io.BytesIO(lines), spec, source="serve:anthropic",
                                 fields={"serve_api": ANTHROPIC, "serve_endpoint": "/v1/messages"})
-        return json_response(batch_object(await load(served.db, batch_id, ANTHROPIC), _base(request)))
+        return json_response(batch_object(await load(served.db, batch_id, ANTHROPIC), _base(request, served)))
 
     async def list_batches(request: Request) -> Response:
         q = request.query_params
@@ -150,14 +159,15 @@ def routes(served: Served) -> list[Route]:
                                  f"{'before_id' if before else 'after_id'}: no message batch {before or after!r}"))
         if before:
             loaded.reverse()  # walked from the cursor towards the newest; shown newest first all the same
-        data = [batch_object(b, _base(request)) for b in loaded]
+        data = [batch_object(b, _base(request, served)) for b in loaded]
         return json_response({"data": data, "has_more": more, "first_id": data[0]["id"] if data else None,
                               "last_id": data[-1]["id"] if data else None})
 
     async def retrieve(request: Request) -> Response:
         msg_id = request.path_params["batch_id"]
         try:
-            return json_response(batch_object(await current(served, _known_id(msg_id), ANTHROPIC), _base(request)))
+            b = await current(served, _known_id(msg_id), ANTHROPIC)
+            return json_response(batch_object(b, _base(request, served)))
         except BatchNotFound:
             return _not_found(msg_id)
 
@@ -175,7 +185,7 @@ def routes(served: Served) -> list[Route]:
     async def cancel(request: Request) -> Response:
         msg_id = request.path_params["batch_id"]
         try:
-            return json_response(batch_object(await stop(served, _known_id(msg_id), ANTHROPIC), _base(request)))
+            return json_response(batch_object(await stop(served, _known_id(msg_id), ANTHROPIC), _base(request, served)))
         except BatchNotFound:
             return _not_found(msg_id)
 

@@ -5,7 +5,9 @@ OpenAI Files + Batches (openai_api.py) and Anthropic Message Batches (anthropic_
 batch submitted here is an ordinary batchrelay batch (workers run it, `batchrelay batches` lists
 it); what only the APIs need (input file, endpoint, metadata) is kept in the batch's meta hash under
 `serve_*` fields, so it goes when the batch is forgotten. Every request needs one of the keys named
-by `[serve] api_keys_env` (`Authorization: Bearer` or `x-api-key`), else 401 in that API's error shape.
+by `[serve] api_keys_env` (`Authorization: Bearer` or `x-api-key`), else 401 in that API's error shape;
+past `[serve] auth_failures_per_min` wrong or missing keys from one address, 429 (throttle.py).
+The connection limits (head size and time, open connections) are http_guard.py's.
 Every other error, an unknown route or method (404, 405) or a fault of the server's own (500),
 answers in that API's JSON error shape too (Anthropic's under /v1/messages, OpenAI's elsewhere).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import math
 from collections.abc import AsyncIterator, Callable
 
 import uvicorn
@@ -26,8 +29,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from batchrelay.config.settings import Settings
 from batchrelay.errors import ConfigError
 from batchrelay.serve.anthropic_api import routes as anthropic_routes
+from batchrelay.serve.http_guard import Limits, guarded_protocol
 from batchrelay.serve.openai_api import routes as openai_routes
 from batchrelay.serve.shared import Served, anthropic_error, openai_error
+from batchrelay.serve.throttle import FailureThrottle
 from batchrelay.store.connection import DEFAULT_URL
 from batchrelay.store.embedded import state_dir
 from batchrelay.store.files import index_files
@@ -48,11 +53,13 @@ def presented_keys(request: Request) -> list[str]:
 
 
 class RequireKey:
-    """Every request needs an accepted key; a missing or wrong one gets 401 in its API's shape."""
+    """Every request needs an accepted key; a missing or wrong one gets 401 in its API's shape. An
+    address past its wrong keys per minute gets 429 with Retry-After, its key unread (throttle.py)."""
 
-    def __init__(self, app: ASGIApp, accepted: list[str]) -> None:
+    def __init__(self, app: ASGIApp, accepted: list[str], failures_per_min: int) -> None:
         self.app = app
         self.accepted = [k.encode() for k in accepted]
+        self.throttle = FailureThrottle(failures_per_min)
 
     def _accepts(self, key: str) -> bool:
         raw = key.encode()
@@ -63,11 +70,18 @@ class RequireKey:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
+        anthropic = is_anthropic(request.url.path)
+        address = request.client.host if request.client else ""
+        wait = self.throttle.wait_s(address)
+        if wait is not None:
+            await throttled(anthropic, wait)(scope, receive, send)
+            return
         keys = presented_keys(request)
         if any(self._accepts(k) for k in keys):
             await self.app(scope, receive, send)
             return
-        if is_anthropic(request.url.path):
+        self.throttle.failed(address)
+        if anthropic:
             message = "invalid x-api-key" if keys else "x-api-key header is required"
             response = anthropic_error(401, "authentication_error", message)
         else:
@@ -75,6 +89,16 @@ class RequireKey:
                        "You didn't provide an API key. Provide it in an Authorization header (Bearer auth).")
             response = openai_error(401, message, code="invalid_api_key")
         await response(scope, receive, send)
+
+
+def throttled(anthropic: bool, wait_s: float) -> Response:
+    """429 for an address past its wrong keys per minute, in the API's shape, with Retry-After."""
+    seconds = max(1, math.ceil(wait_s))
+    message = f"Too many requests with a wrong or missing API key from this address; try again in {seconds} s."
+    response = (anthropic_error(429, "rate_limit_error", message) if anthropic else
+                openai_error(429, message, kind="requests", code="rate_limit_exceeded"))
+    response.headers["Retry-After"] = str(seconds)
+    return response
 
 
 async def unknown_route(request: Request, exc: Exception) -> Response:
@@ -120,7 +144,7 @@ def create_app(settings: Settings, redis_url: str | None = None) -> Starlette:
 
     app = Starlette(routes=[*openai_routes(served), *anthropic_routes(served)], lifespan=lifespan,
                     exception_handlers={404: unknown_route, 405: unknown_route, Exception: server_fault})
-    app.add_middleware(RequireKey, accepted=accepted)
+    app.add_middleware(RequireKey, accepted=accepted, failures_per_min=cfg.auth_failures_per_min)
     return app
 
 
@@ -131,4 +155,5 @@ def serve(settings: Settings, host: str, port: int, log_level: str = "warning",
     if announce:
         announce(f"batchrelay serve on http://{host}:{port} (OpenAI /v1/files, /v1/batches; "
                  "Anthropic /v1/messages/batches)")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
+                http=guarded_protocol(Limits.of(settings.serve)), ws="none")
