@@ -24,6 +24,10 @@ from batchrelay.wire.dialect import DIALECTS, Dialect
 PICO = Decimal("1e-12")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_URL_CHARS = 2048
+# What a terminal acts on instead of showing: C0 and C1 controls and DEL (colours, cursor moves, bells,
+# new lines), and the Unicode controls that reorder or break lines (bidi marks, embeddings, overrides,
+# isolates; the line and paragraph separators).
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
 
 
@@ -102,6 +106,12 @@ def allow_list(value: str | Iterable[str] | None, known: Iterable[str] | None = 
             raise InvalidValue(f"unknown providers {', '.join(unknown)} "
                                f"(configured: {', '.join(sorted(configured)) or 'none'})")
     return names or None
+
+
+def batch_name(value: str) -> str | None:
+    """A batch's name without control characters (CONTROL: a file name can carry escape sequences
+    meant for whoever lists the batches); None when nothing is left."""
+    return CONTROL.sub("", value) or None
 
 
 def dialect(value: str) -> Dialect:

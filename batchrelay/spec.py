@@ -30,13 +30,13 @@ Instant = datetime | float | str
 
 
 class BatchSpec(BaseModel):
-    """`name`: the batch's name (default: the input's file name). `endpoint`: the dialect of bare
-    request bodies. `providers`: only these configured providers may serve the batch. `max_cost`:
-    a spending limit in USD. `require_prices`: refuse an input file with a model of unknown price
-    (a budget implies it). `completion_window`: lines not answered this many seconds after the
-    start expire. `start_at` (unix time): the batch is `scheduled` until then. `webhook`: a URL the
-    batch object is POSTed to when the batch ends. `chunk_size` and `max_line_bytes` come from
-    `[worker]` (`BatchSpec.of` fills them in)."""
+    """`name`: the batch's name (default: the input's file name), without control characters.
+    `endpoint`: the dialect of bare request bodies. `providers`: only these configured providers
+    may serve the batch. `max_cost`: a spending limit in USD. `require_prices`: refuse an input
+    file with a model of unknown price (a budget implies it). `completion_window`: lines not
+    answered this many seconds after the start expire. `start_at` (unix time): the batch is
+    `scheduled` until then. `webhook`: a URL the batch object is POSTed to when the batch ends.
+    `chunk_size` and `max_line_bytes` come from `[worker]` (`BatchSpec.of` fills them in)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -71,13 +71,18 @@ class BatchSpec(BaseModel):
             raise InputError("; ".join(_problem(err) for err in e.errors())) from None
 
     def named(self, default: str) -> BatchSpec:
-        """This spec, with `default` as its name unless it has one."""
-        return self if self.name else self.model_copy(update={"name": default})
+        """This spec, with `default` (parsed as a name) as its name unless it has one."""
+        return self if self.name else self.model_copy(update={"name": parse.batch_name(default)})
 
     @property
     def needs_prices(self) -> bool:
         """Every model must have a known price before the batch is accepted (a budget needs prices)."""
         return self.require_prices or self.max_cost is not None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        return None if v is None else parse.batch_name(v)
 
     @field_validator("endpoint", mode="before")
     @classmethod

@@ -60,6 +60,7 @@ from chaos_input import BAD_SHARE, GPT, HAIKU, make_input  # noqa: E402
 from chaos_rig import Cli, OwnRedis, Workers  # noqa: E402
 
 from batchrelay.sim.process import SimulatorProcess
+from batchrelay.sim.state import redacted
 
 WORKER = {"chunk_size": 25, "call_timeout": 3, "job_timeout": 8, "backoff": 0.05, "attempts_per_provider": 2}
 HEALTH = {"cooldown_s": 1, "max_wait_s": 2, "breaker_open_s": 2}
@@ -335,14 +336,14 @@ def run_round(args: argparse.Namespace, seed: int, tmp: Path) -> Round:
 
         # what the simulators saw (the request logs are the one place the keys may be)
         sim_logs = {name: list(httpx.get(s.base_url + "/_sim/log", timeout=60).json()) for name, s in sims.items()}
-        # a control: the keys did go out (the simulators log the headers of every call), so the scan
-        # above looked for the bytes that were really sent
+        # a control: the keys did go out (the simulators log the headers of every call, a key redacted
+        # to its last characters and fingerprint), so the scan above looked for the bytes really sent
         seen = 0
         for name, s in sims.items():
             last = httpx.get(f"{s.base_url}/_sim/log?full=1&since={max(0, len(sim_logs[name]) - 3)}", timeout=60)
-            seen += scan_bytes(name, last.content, {"key": keys[name].encode()}) != []
-        rnd.figure("control: simulators' request logs hold their key", f"{seen} of {len(sims)}", str(len(sims)),
-                   seen == len(sims))
+            seen += scan_bytes(name, last.content, {"key": redacted(keys[name]).encode()}) != []
+        rnd.figure("control: simulators' request logs hold their key's fingerprint", f"{seen} of {len(sims)}",
+                   str(len(sims)), seen == len(sims))
         for name, log in sim_logs.items():
             by = Counter(e["kind"] if e["kind"] != "error" else str(e["status"]) for e in log)
             print(f"  {name}: {len(log)} calls: {dict(sorted(by.items()))}")

@@ -35,6 +35,7 @@ class Api:
     files_dir: Path
     config: Path
     env: dict[str, str]
+    stderr: Path  # serve's stderr, written as it goes
     clients: list[openai.OpenAI | anthropic.Anthropic] = field(default_factory=list)
     pid: int = 0  # the serve process
 
@@ -51,6 +52,10 @@ class Api:
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """A raw request with the client key (for what the SDKs never send)."""
         return httpx.request(method, self.base + path, headers={"Authorization": f"Bearer {KEY}"}, **kwargs)
+
+    def serve_log(self) -> str:
+        """What serve has written to stderr so far."""
+        return self.stderr.read_text(errors="replace")
 
 
 def serve_config(tmp_path: Path, prefix: str, sim_url: str, serve_extra: str = "") -> Path:
@@ -74,23 +79,25 @@ def serving(tmp_path: Path, redis_url: str, prefix: str, serve_extra: str = "", 
         env = {**os.environ, "REDIS_URL": redis_url, KEY_ENV: KEY}
         port = free_port()
         base = f"http://127.0.0.1:{port}"
+        stderr = tmp_path / "serve.stderr"
         try:
-            procs.append(subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(cfg), "serve", "--port",
-                                           str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            with stderr.open("wb") as log:  # a file: a pipe nobody reads fills up and blocks serve
+                procs.append(subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(cfg), "serve", "--port",
+                                               str(port)], env=env, stdout=subprocess.DEVNULL, stderr=log))
             if worker:
                 procs.append(subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(cfg), "worker",
                                                "--quiet"], env=env, stdout=subprocess.DEVNULL,
                                               stderr=subprocess.DEVNULL))
 
             def up() -> bool:
-                assert procs[0].poll() is None, (procs[0].stderr.read() if procs[0].stderr else b"").decode()
+                assert procs[0].poll() is None, stderr.read_text(errors="replace")
                 try:
                     return httpx.get(base + "/v1/batches", timeout=1).status_code == 401
                 except httpx.HTTPError:
                     return False
 
             wait_for(up, 20, "batchrelay serve to answer")
-            api = Api(base, sim, tmp_path / "files", cfg, env, pid=procs[0].pid)
+            api = Api(base, sim, tmp_path / "files", cfg, env, stderr, pid=procs[0].pid)
             try:
                 yield api
             finally:

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from batchrelay.sim.process import SimulatorProcess
+from batchrelay.sim.state import shown
 
 from .conftest import batchrelay
 
@@ -69,7 +70,7 @@ def test_a_job_reaches_the_provider_exactly_as_its_document_says(
     assert proc.returncode == 0, proc.stderr
     (call,) = log
     assert (call["method"], call["path"], call["status"]) == ("POST", path, 200)
-    assert call["headers"][header] == value
+    assert call["headers"][header] == shown(header, value)  # the log shows the key redacted
     assert AUTH_HEADERS & set(call["headers"]) == {header}  # no other credential header goes out
     assert call["body"] == {**body, "model": wire_model}
     (row,) = rows

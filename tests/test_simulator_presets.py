@@ -14,6 +14,7 @@ from batchrelay.sim.app import SimConfig, create_app
 from batchrelay.sim.command import build_parser, config_from_args
 from batchrelay.sim.faults import RATE_WINDOW, RateWindow
 from batchrelay.sim.presets import AINOW_PRICES, PROVIDERS
+from batchrelay.sim.state import redacted, shown
 
 KEY = "sk-sim"
 USER = [{"role": "user", "content": "What is the capital of France?"}]
@@ -416,15 +417,57 @@ async def test_the_full_log_shows_method_key_headers_and_body() -> None:
         short = (await client.get("/_sim/log")).json()
     first, second = full
     assert first["method"] == "POST" and first["path"] == "/v1/messages" and first["status"] == 200
-    assert first["headers"] == {"x-api-key": KEY, "anthropic-version": "2023-06-01", "x-trace": "t1",
+    assert first["headers"] == {"x-api-key": redacted(KEY), "anthropic-version": "2023-06-01", "x-trace": "t1",
                                 "content-type": "application/json"}
     assert first["body"] == req
     assert first["kind"] == "answer" and first["response"]["content"][0]["text"] == "Simulated answer to: What is the capital"
     assert second["status"] == 401 and second["body"] is None
     assert second["kind"] == "error" and second["response"]["error"]["type"] == "authentication_error"
-    assert second["headers"]["authorization"] == "Bearer nope"
+    assert second["headers"]["authorization"] == f"Bearer {redacted('nope')}"
     assert [set(e) for e in short] == [{"t", "answered", "path", "model", "status", "kind"}] * 2
     assert all(e["t"] <= e["answered"] for e in short)  # arrived, then answered (and logged when)
+
+
+LONG_KEY = "sk-proj-" + "A1b2C3d4" * 6 + "wxyz"
+
+
+@pytest.mark.parametrize(("name", "value", "logged"), [
+    ("authorization", f"Bearer {LONG_KEY}", f"Bearer ***wxyz sha256:{redacted(LONG_KEY)[-8:]}"),
+    ("authorization", "Basic dXNlcjpwYXNz", "Basic " + redacted("dXNlcjpwYXNz")),
+    ("authorization", LONG_KEY, redacted(LONG_KEY)),  # no scheme
+    ("x-api-key", LONG_KEY, redacted(LONG_KEY)),
+    ("tt-api-key", "short", redacted("short")),
+    ("api-key", LONG_KEY, redacted(LONG_KEY)),
+    ("x-goog-api-key", LONG_KEY, redacted(LONG_KEY)),
+    ("x-auth-token", LONG_KEY, redacted(LONG_KEY)),
+    ("x-trace", "t1", "t1"),
+    ("content-type", "application/json", "application/json"),
+    ("anthropic-version", "2023-06-01", "2023-06-01"),
+])
+def test_the_log_shows_a_key_header_redacted(name: str, value: str, logged: str) -> None:
+    assert shown(name, value) == logged
+
+
+def test_a_redacted_key_keeps_the_last_four_of_a_long_key_and_a_fingerprint() -> None:
+    assert redacted(LONG_KEY).startswith("***wxyz sha256:") and len(redacted(LONG_KEY)) == len("***wxyz sha256:") + 8
+    assert redacted("sk-short-key") == redacted("sk-short-key") and redacted("sk-short-key").startswith("*** sha256:")
+    assert redacted(LONG_KEY) != redacted(LONG_KEY[:-5] + "Xwxyz")  # same last four, told apart
+
+
+async def test_the_full_log_and_the_config_never_show_the_key() -> None:
+    async with client_for(api_key=LONG_KEY) as client:
+        for headers in (bearer(LONG_KEY), x_key(LONG_KEY), tt_key(LONG_KEY), {"api-key": LONG_KEY},
+                        {"x-custom-token": LONG_KEY}, bearer(LONG_KEY[:-1])):
+            await client.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": USER}, headers=headers)
+        full = await client.get("/_sim/log", params={"full": "1"})
+        config = await client.get("/_sim/config")
+    assert full.status_code == 200 and len(full.json()) == 6
+    for body in (full.text, config.text):
+        assert LONG_KEY[:12] not in body and LONG_KEY[-12:] not in body, body
+    assert [e["status"] for e in full.json()] == [200, 200, 200, 401, 401, 401]  # (it reads the first three)
+    assert [e["headers"].get("authorization") for e in full.json()][::5] == [
+        f"Bearer {redacted(LONG_KEY)}", f"Bearer {redacted(LONG_KEY[:-1])}"]
+    assert config.json()["api_key"] == redacted(LONG_KEY)
 
 
 async def test_the_preset_can_change_while_running() -> None:

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from batchrelay.cli.text import echo
 from batchrelay.config.settings import load_settings
 from batchrelay.errors import BatchrelayError
 
@@ -17,7 +18,7 @@ def load_config(ctx: click.Context, config_path: str | None) -> None:
     try:
         ctx.find_object(dict)["settings"] = load_settings(config_path)  # type: ignore[index]
     except BatchrelayError as e:
-        click.echo(f"Error: {e}", err=True)
+        echo(f"Error: {e}", err=True)
         sys.exit(e.exit_code)
 
 

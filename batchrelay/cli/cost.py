@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 
 from batchrelay.cli.kit import emit_json, handles_errors, open_client, open_store, run_async, settings_of
 from batchrelay.cli.options import USD, ProviderNames, endpoint_option
-from batchrelay.cli.text import print_table
+from batchrelay.cli.text import echo, print_table
 from batchrelay.config.settings import ProviderConfig, Settings
 from batchrelay.errors import StoreError
 from batchrelay.money.estimate import Estimate, OutputGuess, estimate_file
@@ -87,9 +87,9 @@ def _print_estimate(est: Estimate) -> None:
     click.echo(f"{est.lines} lines ({est.invalid} invalid). On first-choice providers (*): expected {_fmt(exp)}, "
                f"range {_fmt(low)} to {_fmt(high)}")
     for m, p in est.unpriced():
-        click.echo(f"warning: no known price for {m} at {p}: its cost would be unknown", err=True)
+        echo(f"warning: no known price for {m} at {p}: its cost would be unknown", err=True)
     for m, n in est.unserved.items():
-        click.echo(f"warning: no provider may serve {m} ({n} lines)", err=True)
+        echo(f"warning: no provider may serve {m} ({n} lines)", err=True)
 
 
 @click.command()
@@ -165,10 +165,10 @@ def budget(ctx: click.Context, batch: str, max_cost: Decimal | None, as_json: bo
         emit_json(b)
         return
     if b["max_usd"] is None:
-        click.echo(f"{batch}: no budget (spent is not tracked without one)")
+        echo(f"{batch}: no budget (spent is not tracked without one)")
         return
-    click.echo(f"{batch}: {b['status']}; budget ${plain_usd(b['max_usd'])}: ${plain_usd(b['spent_usd'])} spent, "
-               f"${plain_usd(b['reserved_usd'])} reserved, ${plain_usd(b['remaining_usd'])} left")
+    echo(f"{batch}: {b['status']}; budget ${plain_usd(b['max_usd'])}: ${plain_usd(b['spent_usd'])} spent, "
+         f"${plain_usd(b['reserved_usd'])} reserved, ${plain_usd(b['remaining_usd'])} left")
     if b["requeued_chunks"]:
         click.echo(f"{b['requeued_chunks']} chunks of waiting lines are queued again; a running `batchrelay worker` "
                    "takes them")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from batchrelay.cli.guard import Terminated
+from batchrelay.cli.text import echo
 from batchrelay.config.settings import Settings
 from batchrelay.errors import BatchrelayError, ExitCode
 from batchrelay.store.embedded import redis_for_async
@@ -41,7 +42,7 @@ def handles_errors(f: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return f(*args, **kwargs)
         except BatchrelayError as e:
-            click.echo(f"Error: {e}", err=True)
+            echo(f"Error: {e}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM where the command asked for it (guard.py)
             click.echo(str(e) or "Interrupted.", err=True)

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from batchrelay.cli.kit import emit_json, handles_errors, open_client, run_async, settings_of
+from batchrelay.cli.text import echo
 
 
 @click.command()
@@ -36,8 +37,8 @@ def cancel(ctx: click.Context, batch: str, no_wait: bool, as_json: bool) -> None
         emit_json(st)
         return
     c = st["counts"]
-    click.echo(f"{st['id']}: {st['status']}: {c['succeeded']} succeeded, {c['failed']} failed, "
-               f"{c['cancelled']} cancelled, {c['pending']} still running")
+    echo(f"{st['id']}: {st['status']}: {c['succeeded']} succeeded, {c['failed']} failed, "
+         f"{c['cancelled']} cancelled, {c['pending']} still running")
 
 
 @click.command("retry")
@@ -65,6 +66,6 @@ def retry_command(ctx: click.Context, batch: str, as_json: bool) -> None:
         emit_json(done)
         return
     if done["lines"]:
-        click.echo(f"{batch}: {done['lines']} lines queued again; a running `batchrelay worker` takes them")
+        echo(f"{batch}: {done['lines']} lines queued again; a running `batchrelay worker` takes them")
     else:
-        click.echo(f"{batch}: no failed, cancelled or expired lines to retry")
+        echo(f"{batch}: no failed, cancelled or expired lines to retry")

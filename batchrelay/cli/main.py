@@ -25,7 +25,7 @@ from batchrelay.cli.options import (
 )
 from batchrelay.cli.providers import health_text, providers
 from batchrelay.cli.servers import serve, simulate
-from batchrelay.cli.text import counted, print_table
+from batchrelay.cli.text import counted, echo, print_table
 from batchrelay.config.settings import Settings
 from batchrelay.errors import ExitCode
 from batchrelay.money.estimate import require_prices as check_prices
@@ -114,11 +114,11 @@ def _report(report: Any, as_json: bool) -> None:
     if report.interrupted is not None:
         return
     b: BatchInfo = report.batch
-    click.echo(f"{b.id}: {b.status} in {report.seconds:.1f}s: {b.succeeded} succeeded, {b.failed} failed, "
-               f"{b.invalid} invalid of {counted(b.total, 'line')}")
-    click.echo(f"results: {report.exported.results_path} ({counted(report.exported.results, 'line')})")
+    echo(f"{b.id}: {b.status} in {report.seconds:.1f}s: {b.succeeded} succeeded, {b.failed} failed, "
+         f"{b.invalid} invalid of {counted(b.total, 'line')}")
+    echo(f"results: {report.exported.results_path} ({counted(report.exported.results, 'line')})")
     if report.exported.errors:
-        click.echo(f"errors:  {report.exported.errors_path} ({counted(report.exported.errors, 'line')})")
+        echo(f"errors:  {report.exported.errors_path} ({counted(report.exported.errors, 'line')})")
     c = report.cost
     notes = [f"{c['unpriced_calls']} calls of unknown price"] if c["unpriced_calls"] else []
     if c["discrepancies"]:
@@ -164,7 +164,7 @@ def demo(ctx: click.Context, lines: int, out: Path, force: bool, as_json: bool) 
     if report.interrupted is not None:
         sys.exit(report.exit_code)
     if not as_json:
-        click.echo(f"input:   {sample} (the demo plants bad lines on purpose)")
+        echo(f"input:   {sample} (the demo plants bad lines on purpose)")
 
 
 @cli.command()
@@ -209,7 +209,7 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
         emit_json({"id": st["id"], "lines": counts["total"], "valid": counts["total"] - counts["invalid"],
                    "invalid": counts["invalid"], "start_at": spec.start_at, "webhook": spec.webhook})
     else:
-        click.echo(st["id"])
+        echo(st["id"])
         if spec.start_at is not None:
             when = datetime.fromtimestamp(spec.start_at, UTC).isoformat(timespec="seconds")
             click.echo(f"scheduled: starts at {when} (at the workers' first sweep after it)", err=True)
@@ -286,7 +286,7 @@ def status(ctx: click.Context, batch: str, as_json: bool, watch: bool) -> None:
     if as_json:
         emit_json({**st, "providers": health})
         return
-    click.echo(f"{st['id']}  {st['status']}  {st['name']}  ({st['input_format']})")
+    echo(f"{st['id']}  {st['status']}  {st['name']}  ({st['input_format']})")
     if st["status"] == Status.SCHEDULED and st["start_at"] is not None:
         click.echo(f"  starts at {datetime.fromtimestamp(st['start_at'], UTC).isoformat(timespec='seconds')}")
     click.echo("  " + "  ".join(f"{k}={v}" for k, v in st["counts"].items()))
@@ -295,10 +295,10 @@ def status(ctx: click.Context, batch: str, as_json: bool, watch: bool) -> None:
     click.echo(f"  {cost_line(st['cost'])}")
     if hook := st["webhook"]:
         last = f" (last: {hook['last']})" if hook["last"] else ""
-        click.echo(f"  webhook {hook['status']} after {hook['attempts']} attempts{last}: {hook['url']}")
+        echo(f"  webhook {hook['status']} after {hook['attempts']} attempts{last}: {hook['url']}")
     for name, h in health.items():
         last = f"  last: {h['last']}" if h.get("last") else ""
-        click.echo(f"  provider {name}: {health_text(h)}{last}")
+        echo(f"  provider {name}: {health_text(h)}{last}")
 
 
 async def _watch(client: AsyncClient, batch: str, *, show: bool) -> dict[str, Any]:
@@ -344,9 +344,9 @@ def results(ctx: click.Context, batch: str, out: Path, errors: Path | None, wait
         emit_json({**st, **exported})
     else:
         if st["status"] not in FINISHED:
-            click.echo(f"note: {st['id']} is {st['status']}; {counts['pending']} lines have no result yet", err=True)
-        click.echo(f"{exported['results']} results -> {exported['results_file']}; "
-                   f"{exported['errors']} errors -> {exported['errors_file']}")
+            echo(f"note: {st['id']} is {st['status']}; {counts['pending']} lines have no result yet", err=True)
+        echo(f"{exported['results']} results -> {exported['results_file']}; "
+             f"{exported['errors']} errors -> {exported['errors_file']}")
     sys.exit(ExitCode.FAILED_LINES if unsuccessful(counts) else ExitCode.OK)
 
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -21,7 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from batchrelay.cli.text import counted
+from batchrelay.cli.text import counted, printable
 from batchrelay.store.store import BatchInfo, Store
 
 POLL_S = 0.25
@@ -53,8 +54,8 @@ class Bar:
             return
         if self.task is None:  # the first counts: until now the total was not known
             self.first_done = counts["done"]
-            self.progress.console.print(f"[bold]{self.batch_id}[/bold]: {counted(counts['total'], 'line')}",
-                                        highlight=False)
+            shown = escape(printable(self.batch_id))  # an id typed by the user: no markup, no controls
+            self.progress.console.print(f"[bold]{shown}[/bold]: {counted(counts['total'], 'line')}", highlight=False)
             self.task = self.progress.add_task(self.batch_id, total=max(1, counts["total"]), rate=0.0, failed=0,
                                                invalid=0)
             self.progress.start()

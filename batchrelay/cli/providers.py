@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from batchrelay.cli.kit import emit_json, handles_errors, open_store, run_async, settings_of
-from batchrelay.cli.text import print_table
+from batchrelay.cli.text import echo, print_table
 from batchrelay.errors import StoreError
 from batchrelay.money.pricing import price_of, usd_str
 from batchrelay.store.health import Health
@@ -147,9 +147,9 @@ def providers_check(ctx: click.Context, live: bool, model: str | None, as_json: 
         for r in results:
             credit = f"  credits: {r.credits}" if r.credits is not None else ""
             note = "  (bench/disable lifted)" if r.provider in cleared else ""
-            click.echo(f"{STATE_LABELS[r.state]} {r.provider}{credit}{note}")
+            echo(f"{STATE_LABELS[r.state]} {r.provider}{credit}{note}")
             for c in r.checks:
-                click.echo(f"     {c['check']}: {c['detail']}")
+                echo(f"     {c['check']}: {c['detail']}")
     sys.exit(exit_status(results))
 
 

@@ -26,6 +26,7 @@ from arq.worker import Worker
 
 from batchrelay.cli.guard import Guard, Terminated, abort_others
 from batchrelay.cli.progress import watch
+from batchrelay.cli.text import printable
 from batchrelay.config.settings import ProviderConfig, Settings
 from batchrelay.errors import BadRedisURL, BatchrelayError, ConfigError, EmbeddedRedisError, ExitCode, StoreError
 from batchrelay.procs import stop_all
@@ -72,7 +73,7 @@ class RunReport:
     def next_steps(self) -> str:
         """What an interrupted run says: where its batch is and how to go on."""
         b, name = self.batch, self.interrupted.name if self.interrupted else "?"
-        cmd = f"batchrelay -c {self.config}" if self.config else "batchrelay"
+        cmd = f"batchrelay -c {printable(self.config)}" if self.config else "batchrelay"
         steps = [(f"{cmd} status {b.id}", "where it stands"),
                  (f"{cmd} worker --burst", "finish it (any number of workers, anywhere)"),
                  (f"{cmd} results {b.id} -o OUT --wait", "then write its results"),

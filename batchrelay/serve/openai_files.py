@@ -16,16 +16,19 @@ Deleting a file, or its expiry (`expires_after` on upload, the batch's `output_e
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
+import anyio.to_thread
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from batchrelay.errors import UploadError, UploadTooLarge
 from batchrelay.serve.expiry import expired, expires_at, form_policy, policy_seconds
@@ -40,6 +43,7 @@ from batchrelay.store.store import UNSUCCESSFUL, Store
 VIRTUAL = re.compile(r"file-([0-9a-f]+)-(output|errors)")
 UPLOADED = re.compile(r"file-[0-9a-f]{24}")
 MAX_LIST = 10_000
+PIECE = 256 * 1024  # read from an uploaded file at a time
 # what a batch's output files are made from, in its meta hash
 OUTPUT_FIELDS = ("serve_api", "status", "finished_at", "succeeded", *UNSUCCESSFUL, "serve_output_expires_s",
                  "serve_output_gone", "serve_errors_gone", "serve_output_bytes", "serve_errors_bytes")
@@ -108,6 +112,27 @@ async def _output_object(store: Store, out: Output, meta: dict[str, str]) -> dic
     return file_object({"id": out.id, "bytes": size, "created_at": str(out.created_at),
                         "filename": f"{out.batch_id}_{out.kind}.jsonl", "purpose": "batch_output",
                         **({"expires_at": str(out.expires_at)} if out.expires_at is not None else {})})
+
+
+class OpenedFile(StreamingResponse):
+    """An opened file's bytes, read a piece at a time in a thread, and the file closed when the response
+    ends (also when the client goes). A delete after the open does not cut them short: on POSIX the
+    open file keeps its bytes after the unlink."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        super().__init__(self._pieces(), media_type="application/octet-stream",
+                         headers={"content-length": str(os.fstat(file.fileno()).st_size)})
+
+    async def _pieces(self) -> AsyncIterator[bytes]:
+        while piece := await anyio.to_thread.run_sync(self.file.read, PIECE):
+            yield piece
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.file.close()
 
 
 class Files:
@@ -215,11 +240,11 @@ def routes(served: Served) -> list[Route]:
 
     async def file_content(request: Request) -> Response:
         file_id = request.path_params["file_id"]
-        path = served.files_dir / f"{file_id}.jsonl"
         if await files.uploaded(file_id):
-            if not path.is_file():
-                return openai_error(404, f"The content of {file_id} is gone from {served.files_dir}", param="id")
-            return FileResponse(path, media_type="application/octet-stream")
+            try:  # opened before answering: a delete from now on does not cut the answer short
+                return OpenedFile((served.files_dir / f"{file_id}.jsonl").open("rb"))
+            except FileNotFoundError:  # deleted since its record was read
+                return _no_file(file_id)
         found = await files.output(file_id)
         if found is None:
             return _no_file(file_id)

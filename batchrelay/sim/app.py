@@ -16,10 +16,11 @@ quota running out, broken bodies, hangs, cut streams), a credit balance and rate
                         arrived, "answered" when its answer left (null while waiting), kind the fate:
                         "answer", "error" (any non-200), "malformed", "hang" or "junk"; ?since=N skips
                         N entries; ?full=1 adds "method", "headers" (the key headers, content-type and
-                        x-*), "body" (the request) and "response" (the JSON body answered, null while
-                        a call is still waiting or when it was malformed; for a stream, the answer
-                        its events were made from). It keeps the newest `log_limit` calls
-                        (100,000 by default); N counts the dropped ones too
+                        x-*; keys redacted: `Bearer ***wxyz sha256:…`, as `api_key` in the config),
+                        "body" (the request) and "response" (the JSON body answered, null while a
+                        call is still waiting or when it was malformed; for a stream, the answer its
+                        events were made from). It keeps the newest `log_limit` calls (100,000 by
+                        default); N counts the dropped ones too
     GET  /_sim/stats    {"calls": n, "by_status": {"200": n, ...}}
     POST /_sim/reset    clear log and counters; restart script, balance and rate window
 
@@ -74,7 +75,7 @@ from batchrelay.sim.presets import (
     refusal,
     render,
 )
-from batchrelay.sim.state import Entry, SimState, captured
+from batchrelay.sim.state import Entry, SimState, captured, shown_headers
 from batchrelay.sim.streams import chat_events, corrupt, messages_events, truncated
 
 __all__ = ["SimConfig", "create_app", "serve"]
@@ -280,7 +281,7 @@ def create_app(config: SimConfig) -> Starlette:
         if request.query_params.get("full") in ("1", "true"):
             return _json([
                 {**e.brief(), "method": e.method,
-                 "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in e.headers},
+                 "headers": shown_headers(e.headers),
                  "body": _loads(e.raw),
                  "response": _loads(e.response) if isinstance(e.response, bytes) else e.response}
                 for e in sim.entries(since)

@@ -4,6 +4,7 @@ and the rate window. `app.py` reads and changes it between awaits only, so it ne
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,10 @@ from batchrelay.sim.presets import PROVIDERS
 # Request headers the full log keeps (plus every x-*): what a fidelity test checks a client sent.
 CAPTURED = frozenset({b"authorization", b"tt-api-key", b"x-api-key", b"anthropic-version", b"content-type"})
 Headers = tuple[tuple[bytes, bytes], ...]
+# Headers that carry a credential: the log shows them redacted (`shown`), as it shows `api_key` in the config.
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key"})
+SECRET_SUFFIXES = ("-key", "-token", "-secret")
+TAIL, LONG_SECRET = 4, 16  # a secret this long shows its last 4 characters
 
 
 @dataclass(slots=True)
@@ -42,6 +47,28 @@ class Entry:
 
 def captured(raw_headers: list[tuple[bytes, bytes]]) -> Headers:
     return tuple(h for h in raw_headers if h[0] in CAPTURED or h[0][:2] == b"x-")
+
+
+def redacted(secret: str) -> str:
+    """A key as the simulator shows it: `***`, its last 4 characters when it is long enough (16) that
+    they give little away, and a fingerprint (8 hex digits of its sha256) that tells two keys apart
+    (a test sees which key came by comparing with `redacted(key)`). Pure."""
+    tail = secret[-TAIL:] if len(secret) >= LONG_SECRET else ""
+    return f"***{tail} sha256:{hashlib.sha256(secret.encode()).hexdigest()[:8]}"
+
+
+def shown(name: str, value: str) -> str:
+    """A logged header's value: a credential's redacted, after its scheme (`Bearer ***wxyz sha256:…`). Pure."""
+    if name not in SECRET_HEADERS and not name.endswith(SECRET_SUFFIXES):
+        return value
+    scheme, space, rest = value.partition(" ")
+    return f"{scheme} {redacted(rest)}" if space and scheme.isalpha() else redacted(value)
+
+
+def shown_headers(headers: Headers) -> dict[str, str]:
+    """An entry's headers as the full log shows them (`shown`)."""
+    return {name: shown(name, value.decode("latin-1")) for name, value in
+            ((k.decode("latin-1"), v) for k, v in headers)}
 
 
 class SimState:
@@ -99,4 +126,6 @@ class SimState:
         self.window.clear()
 
     def config_view(self) -> dict[str, Any]:
-        return {**self.config.model_dump(mode="json"), "credits": self.balance}
+        key = self.config.api_key
+        return {**self.config.model_dump(mode="json"), "credits": self.balance,
+                "api_key": None if key is None else redacted(key)}
