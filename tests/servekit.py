@@ -35,6 +35,7 @@ class Api:
     files_dir: Path
     config: Path
     env: dict[str, str]
+    pid: int = 0  # the serve process's
     clients: list[openai.OpenAI | anthropic.Anthropic] = field(default_factory=list)
 
     def openai(self, key: str = KEY) -> openai.OpenAI:
@@ -89,7 +90,7 @@ def serving(tmp_path: Path, redis_url: str, prefix: str, serve_extra: str = "", 
                     return False
 
             wait_for(up, 20, "batchrelay serve to answer")
-            api = Api(base, sim, tmp_path / "files", cfg, env)
+            api = Api(base, sim, tmp_path / "files", cfg, env, procs[0].pid)
             try:
                 yield api
             finally:
