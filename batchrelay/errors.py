@@ -5,8 +5,11 @@
     ├── InputError                  a user-supplied file, argument or option cannot be used at all
     │   ├── InvalidValue            one value (an option, a field) cannot be used; also a ValueError
     │   ├── UnpricedModels          a budget or --require-prices, and a model without a known price
-    │   └── UploadError             an upload to `serve` that is not a usable multipart file
-    │       └── UploadTooLarge      ... or one over a size or field limit (413)
+    │   ├── UploadError             an upload to `serve` that is not a usable multipart file
+    │   │   └── UploadTooLarge      ... or one over a size or field limit (413)
+    │   └── BodyRefused             a request body `serve` stops reading (the connection is closed)
+    │       ├── BodyTooLarge        ... over its size limit (413)
+    │       └── BodyIdle            ... silent for `[serve] body_timeout_s` (408)
     ├── RetryRefused                `retry` of a batch that has not ended
     ├── StoreError                  Redis unreachable or a batch missing
     │   ├── BadRedisURL             a Redis URL that cannot be parsed
@@ -74,6 +77,25 @@ class UploadError(InputError):
 
 class UploadTooLarge(UploadError):
     """The upload, or its form fields together, passed a limit: 413."""
+
+
+class BodyRefused(InputError):
+    """A request body `batchrelay serve` stops reading; `status` is its HTTP answer, after which the
+    connection is closed (the rest of the body is never read)."""
+
+    status = 400
+
+
+class BodyTooLarge(BodyRefused):
+    """A request body over its size limit (by its Content-Length, or as it streams in)."""
+
+    status = 413
+
+
+class BodyIdle(BodyRefused):
+    """A request body that sent nothing for `[serve] body_timeout_s`."""
+
+    status = 408
 
 
 class RetryRefused(BatchrelayError):

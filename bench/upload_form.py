@@ -51,7 +51,7 @@ async def run(line: bytes, mib: int, dest: Path, trace: bool) -> tuple[float, fl
     if trace:
         tracemalloc.start()
     started = time.perf_counter()
-    _, _, size = await read_form(Request(scope, receive), dest)
+    _, _, size = await read_form(Request(scope, receive), dest, 2**40)
     seconds = time.perf_counter() - started
     peak = tracemalloc.get_traced_memory()[1] if trace else 0
     tracemalloc.stop()

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchrelay.wire.jobs import MAX_REASON, BadLine, JobLine, iter_jobs, parse_line
+from batchrelay.wire.jobs import MAX_REASON, BadLine, JobLine, anthropic_custom_id, iter_jobs, parse_line
 
 MESSAGES = [{"role": "user", "content": "Hello!"}]
 CHAT_BODY = {"model": "gpt-4o-mini", "messages": MESSAGES, "temperature": 0.2}
@@ -320,3 +320,30 @@ def test_iter_jobs_yields_one_item_per_non_blank_line_in_order(lines: list[bytes
     items = list(iter_jobs(io.BytesIO(b"".join(line + b"\n" for line in lines))))
     expected = [n for n, line in enumerate(lines, start=1) if line.strip()]
     assert [i.line for i in items] == expected
+
+
+# -- custom_id rules (serve's Anthropic door) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(("custom_id", "problem"), [
+    ("a", None), ("A-z_09", None), ("x" * 64, None),
+    ("x" * 65, "custom_id is 65 characters long, over Anthropic's limit of 64"),
+    ("a b", "custom_id may only have letters, digits, _ and -"), ("é", "custom_id may only have"),
+    ("a\n", "custom_id may only have"), ("", "custom_id may only have"),
+])
+def test_anthropics_custom_id_rule(custom_id: str, problem: str | None) -> None:
+    found = anthropic_custom_id(custom_id)
+    assert found == problem if problem is None else found is not None and found.startswith(problem)
+
+
+def test_a_line_whose_custom_id_the_rule_refuses_is_a_bad_line_with_its_id_cut() -> None:
+    long_id = "L" * 100_000
+    items = jobs_of(anthropic_line("ok"), anthropic_line(long_id), anthropic_line("not ok"),
+                    anthropic_line(long_id, {"model": "m"}), id_rule=anthropic_custom_id)
+    assert isinstance(items[0], JobLine) and items[0].custom_id == "ok"
+    bad = [item for item in items[1:] if isinstance(item, BadLine) and item.fmt == "anthropic"]
+    assert len(bad) == 3
+    assert bad[0].custom_id == bad[2].custom_id == "L" * 64 + "…"
+    assert "100,000 characters" in bad[0].reason and "first 64 characters" in bad[0].reason
+    assert bad[1].custom_id == "not ok" and "may only have" in bad[1].reason
+    assert [type(i) for i in jobs_of(anthropic_line(long_id))] == [JobLine]  # without the rule, any id

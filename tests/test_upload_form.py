@@ -1,6 +1,7 @@
 """The upload form of `serve` (POST /v1/files), read by python-multipart as it streams in: the file
 part goes to disk in flat memory, reading stops at the closing boundary, and the other form fields
-are few and small (UploadTooLarge past MAX_FORM_FIELDS / MAX_FIELDS_BYTES: a 413)."""
+are few and small (UploadTooLarge past MAX_FORM_FIELDS / MAX_FIELDS_BYTES: a 413); the headers'
+parameters are read strictly (header_params)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from starlette.requests import Request
 
 from batchrelay.errors import UploadError, UploadTooLarge
-from batchrelay.serve.upload_form import MAX_FIELD_BYTES, MAX_FIELDS_BYTES, MAX_FORM_FIELDS, read_form
+from batchrelay.serve.upload_form import MAX_FIELD_BYTES, MAX_FIELDS_BYTES, MAX_FORM_FIELDS, header_params, read_form
 
 CTYPE = b"multipart/form-data; boundary=XyZ"
 
@@ -43,10 +44,12 @@ class Body:
         return {"type": "http.request", "body": chunk or b"", "more_body": chunk is not None}
 
 
-async def read(chunks: Iterator[bytes] | Body, dest: Path, ctype: bytes = CTYPE) -> tuple[dict[str, str], str | None, int]:
+async def read(chunks: Iterator[bytes] | Body, dest: Path, ctype: bytes = CTYPE, max_bytes: int = 2**30
+               ) -> tuple[dict[str, str], str | None, int]:
     scope = {"type": "http", "method": "POST", "path": "/v1/files", "query_string": b"",
              "headers": [(b"content-type", ctype)]}
-    return await read_form(Request(scope, (chunks if isinstance(chunks, Body) else Body(chunks)).receive), dest)
+    return await read_form(Request(scope, (chunks if isinstance(chunks, Body) else Body(chunks)).receive), dest,
+                           max_bytes)
 
 
 @pytest.mark.parametrize("piece", [1, 7, 4096])
@@ -120,3 +123,39 @@ async def test_only_the_first_file_part_goes_to_disk(tmp_path: Path) -> None:
     fields, filename, size = await read(iter([body]), tmp_path / "f")
     assert (filename, size, (tmp_path / "f").read_bytes()) == ("a.jsonl", 5, b"first")
     assert fields == {"file": "second", "file2": "x"}
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (b"multipart/form-data; boundary=ZZ", ("multipart/form-data", {"boundary": b"ZZ"})),
+    (b"multipart/form-data; xboundary=BB; boundary=ZZ", ("multipart/form-data", {"xboundary": b"BB", "boundary": b"ZZ"})),
+    (b'Multipart/Form-Data ;BOUNDARY="a;b=\\"c\\\\"', ("multipart/form-data", {"boundary": b'a;b="c\\'})),
+    (b"multipart/form-data;; boundary=ZZ ;", ("multipart/form-data", {"boundary": b"ZZ"})),
+    (b'form-data; name="file"; filename="r\xc3\xa9sum\xc3\xa9 1.jsonl"',
+     ("form-data", {"name": b"file", "filename": "résumé 1.jsonl".encode()})),
+    (b'form-data; xname="purpose"; name="file"', ("form-data", {"xname": b"purpose", "name": b"file"})),
+])
+def test_header_parameters_are_read_by_the_rfc_grammar(value: bytes, expected: tuple[str, dict[str, bytes]]) -> None:
+    assert header_params(value, "Content-Type") == expected
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    (b"multipart/form-data; boundary=ZZ; boundary=BB", "'boundary' parameter twice"),
+    (b"multipart/form-data; boundary=ZZ; Boundary=ZZ", "'boundary' parameter twice"),
+    (b"multipart/form-data; boundary=Z Z", "malformed"),
+    (b"multipart/form-data; boundary", "malformed"),
+    (b"multipart/form-data; boundary=", "malformed"),
+    (b'multipart/form-data; boundary="ZZ', "malformed"),
+    (b"multipart/form-data, boundary=ZZ", "malformed"),
+    (b"multipart/form-data; b\xc3\xa9=ZZ", "malformed"),
+    (b"", "malformed"),
+])
+def test_a_malformed_header_or_a_parameter_twice_is_refused(value: bytes, says: str) -> None:
+    with pytest.raises(UploadError, match=says):
+        header_params(value, "Content-Type")
+
+
+async def test_a_file_over_its_limit_is_too_large(tmp_path: Path) -> None:
+    body = field("purpose", b"batch") + file_part(b"x" * 1000) + END
+    assert (await read(iter([body]), tmp_path / "f", max_bytes=1000))[2] == 1000
+    with pytest.raises(UploadTooLarge, match=r"over 0.00095\d* MiB \(\[serve\] max_upload_mb\)"):
+        await read(iter([body]), tmp_path / "f", max_bytes=999)

@@ -1,8 +1,10 @@
 """Anthropic Message Batches on the batch store, for `batchrelay serve`.
 
-`msgbatch_<hex>` is batch `batch_<hex>`. Each request must be `{"custom_id", "params"}` (else a 400
-naming it, as Anthropic checks a request's shape at once); its params are checked as the batch runs
-(a bad one gets an `errored` result, the rest run). A batch's results are the stored result lines,
+`msgbatch_<hex>` is batch `batch_<hex>`. The create body (up to `[serve] max_upload_mb`, at most
+`[serve] max_batch_requests` requests) is read in flat memory (message_body.py). Each request must be
+`{"custom_id", "params"}` (else a 400 naming it, as Anthropic checks a request's shape at once); its
+custom_id (Anthropic's `^[a-zA-Z0-9_-]{1,64}$`) and params are checked as the batch is submitted and
+run (a bad one gets an `errored` result, the rest run). A batch's results are the stored result lines,
 in input order, once it has ended (completed, cancelled, expired or failed). Batches are listed
 newest first, a page at a time either way (`after_id` / `before_id`); only batches created here are
 listed or found (shared.py). DELETE forgets an ended batch: its record, requests, results and
@@ -11,24 +13,25 @@ ledger (a batch still in progress must be cancelled first, as on Anthropic's API
 
 from __future__ import annotations
 
-import io
+import asyncio
+import tempfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from batchrelay.errors import BatchNotFound
+from batchrelay.serve.bodies import capped
 from batchrelay.serve.listing import BadParam, page_size
+from batchrelay.serve.message_body import write_requests
 from batchrelay.serve.shared import (
     ANTHROPIC,
     Loaded,
     Served,
     anthropic_error,
-    body_of,
     current,
     json_response,
     load,
@@ -38,9 +41,9 @@ from batchrelay.serve.shared import (
 from batchrelay.store.served import served_batches
 from batchrelay.store.status import Status
 from batchrelay.store.store import Store
+from batchrelay.wire.jobs import anthropic_custom_id
 
 WINDOW_S = 86400.0  # a message batch expires 24 hours after it was created
-MAX_REQUESTS = 100_000
 MAX_LIST = 1000
 # our batch status -> Message Batches' processing_status (its wire values); the rest are in_progress
 PROCESSING: dict[str, str] = {Status.CANCELLING: "canceling", Status.COMPLETED: "ended", Status.FAILED: "ended",
@@ -81,21 +84,6 @@ def batch_object(b: Loaded, base_url: str) -> dict[str, Any]:
     }
 
 
-def request_lines(body: Any) -> bytes:
-    """The create request's `requests` as batch lines; BadParam naming the first that is not a request."""
-    requests = body.get("requests") if isinstance(body, dict) else None
-    if not isinstance(requests, list) or not requests:
-        raise BadParam("requests", "requests: must be a non-empty list")
-    if len(requests) > MAX_REQUESTS:
-        raise BadParam("requests", f"requests: at most {MAX_REQUESTS} per batch")
-    for i, r in enumerate(requests):
-        if not (isinstance(r, dict) and set(r) == {"custom_id", "params"} and isinstance(r["custom_id"], str)
-                and isinstance(r["params"], dict)):
-            raise BadParam(f"requests.{i}", f"requests.{i}: must be an object of exactly `custom_id` (a string) "
-                                            "and `params` (an object)")
-    return b"".join(orjson.dumps(r) + b"\n" for r in requests)
-
-
 def _base(request: Request, served: Served) -> str:
     """Where clients reach this server, for `results_url`: `[serve] public_url`, else the address the
     connection came in on. Never the request's Host header: the client picks that, and the SDK sends
@@ -124,13 +112,21 @@ async def _results(store: Store, batch_id: str) -> AsyncIterator[bytes]:
 
 def routes(served: Served) -> list[Route]:
     async def create(request: Request) -> Response:
-        try:
-            lines = request_lines(await body_of(request))
-        except BadParam as e:
-            return _bad(e)
+        cfg, files_dir, mb = served.settings.serve, served.files_dir, served.settings.serve.max_upload_mb
         spec = served.spec(name="message batch", endpoint="messages", completion_window=WINDOW_S)
-        batch_id = await submit(served, io.BytesIO(lines), spec, source="serve:anthropic",
-                                fields={"serve_api": ANTHROPIC, "serve_endpoint": "/v1/messages"})
+        # spooled to disk, then walked a request at a time (message_body.py): memory stays flat
+        with tempfile.TemporaryFile(dir=files_dir) as body, tempfile.TemporaryFile(dir=files_dir) as lines:
+            async for chunk in capped(request, mb * 2**20, f"{mb} MiB ([serve] max_upload_mb)"):
+                body.write(chunk)
+            body.seek(0)
+            try:
+                await asyncio.to_thread(write_requests, body, lines, max_requests=cfg.max_batch_requests,
+                                        max_request_bytes=spec.max_line_bytes)
+            except BadParam as e:
+                return _bad(e)
+            lines.seek(0)
+            batch_id = await submit(served, lines, spec, source="serve:anthropic", id_rule=anthropic_custom_id,
+                                    fields={"serve_api": ANTHROPIC, "serve_endpoint": "/v1/messages"})
         return json_response(batch_object(await load(served.db, batch_id, ANTHROPIC), _base(request, served)))
 
     async def list_batches(request: Request) -> Response:

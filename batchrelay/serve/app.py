@@ -27,8 +27,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from batchrelay.config.settings import Settings
-from batchrelay.errors import ConfigError
+from batchrelay.errors import BodyRefused, ConfigError
 from batchrelay.serve.anthropic_api import routes as anthropic_routes
+from batchrelay.serve.bodies import BodyGuard
 from batchrelay.serve.http_guard import Limits, guarded_protocol
 from batchrelay.serve.openai_api import routes as openai_routes
 from batchrelay.serve.shared import Served, anthropic_error, openai_error
@@ -116,6 +117,14 @@ async def unknown_route(request: Request, exc: Exception) -> Response:
     return response
 
 
+async def refused_body(request: Request, exc: Exception) -> Response:
+    """A body `serve` stopped reading (bodies.py): 413 or 408 in the API's shape (BodyGuard closes the connection)."""
+    status = exc.status if isinstance(exc, BodyRefused) else 400
+    if is_anthropic(request.url.path):
+        return anthropic_error(status, "request_too_large" if status == 413 else "invalid_request_error", str(exc))
+    return openai_error(status, str(exc))
+
+
 async def server_fault(request: Request, _exc: Exception) -> Response:
     """A fault of the server's own: a 500 in the API's shape (the traceback goes to the server's log)."""
     if is_anthropic(request.url.path):
@@ -143,8 +152,10 @@ def create_app(settings: Settings, redis_url: str | None = None) -> Starlette:
             yield
 
     app = Starlette(routes=[*openai_routes(served), *anthropic_routes(served)], lifespan=lifespan,
-                    exception_handlers={404: unknown_route, 405: unknown_route, Exception: server_fault})
+                    exception_handlers={404: unknown_route, 405: unknown_route, BodyRefused: refused_body,
+                                        Exception: server_fault})
     app.add_middleware(RequireKey, accepted=accepted, failures_per_min=cfg.auth_failures_per_min)
+    app.add_middleware(BodyGuard, idle_s=cfg.body_timeout_s)  # outermost: it sees every request's body
     return app
 
 

@@ -135,7 +135,7 @@ def routes(served: Served) -> list[Route]:
 
     async def create_batch(request: Request) -> Response:
         try:
-            body = await body_of(request)
+            body = await body_of(request, served)
             fields = _options(body)
         except BadParam as e:
             return openai_error(400, str(e), param=e.param)

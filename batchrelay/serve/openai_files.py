@@ -198,7 +198,7 @@ def routes(served: Served) -> list[Route]:
         file_id = "file-" + uuid.uuid4().hex[:24]
         part = served.files_dir / f"{file_id}.part"
         try:
-            fields, filename, size = await read_form(request, part)
+            fields, filename, size = await read_form(request, part, served.settings.serve.max_upload_mb * 2**20)
             if filename is None:
                 raise UploadError("missing the `file` part")
             if fields.get("purpose") != "batch":

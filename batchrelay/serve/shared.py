@@ -17,13 +17,14 @@ from starlette.responses import Response
 from batchrelay.config.settings import Settings
 from batchrelay.errors import BatchNotFound
 from batchrelay.money.ledger import Row, rows, total
+from batchrelay.serve.bodies import capped
 from batchrelay.serve.listing import BadParam
 from batchrelay.spec import BatchSpec
 from batchrelay.store.lifecycle import FINAL, advance, request_stop
 from batchrelay.store.status import Status
 from batchrelay.store.store import BatchInfo, Store
 from batchrelay.store.submit import submit_stream
-from batchrelay.wire.jobs import LineReader
+from batchrelay.wire.jobs import IdRule, LineReader
 
 SERVE_FIELDS = ("serve_api", "serve_endpoint", "serve_input_file_id", "serve_completion_window", "serve_metadata",
                 "serve_errors", "serve_output_expires_s", "serve_output_gone", "serve_errors_gone", "stop_at", "error")
@@ -92,18 +93,25 @@ async def stop(served: Served, batch_id: str, api: str) -> Loaded:
     return await load(served.db, batch_id, api)
 
 
-async def submit(served: Served, stream: LineReader, spec: BatchSpec, *, source: str, fields: dict[str, str]) -> str:
-    """Submit the lines as a new batch, note the API's fields (`serve_api` first) on it, and return its id."""
+async def submit(served: Served, stream: LineReader, spec: BatchSpec, *, source: str, fields: dict[str, str],
+                 id_rule: IdRule | None = None) -> str:
+    """Submit the lines as a new batch, note the API's fields (`serve_api` first) on it, and return its id
+    (`id_rule`: as submit_stream's)."""
     store = served.db
-    res = await submit_stream(store, stream, spec, source=source)
+    res = await submit_stream(store, stream, spec, source=source, id_rule=id_rule)
     await store.set_fields(res.batch_id, fields)
     return res.batch_id
 
 
-async def body_of(request: Request) -> Any:
-    """The request's JSON body; BadParam when it is not JSON."""
+async def body_of(request: Request, served: Served) -> Any:
+    """The request's JSON body: BodyTooLarge (a 413) past `[serve] max_json_kb`, before parsing and
+    holding no more than that; BadParam when it is not JSON."""
+    kb = served.settings.serve.max_json_kb
+    body = bytearray()
+    async for chunk in capped(request, kb * 1024, f"{kb} KiB ([serve] max_json_kb)"):
+        body += chunk
     try:
-        return orjson.loads(await request.body())
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
         raise BadParam("body", "The request body is not valid JSON.") from None
 

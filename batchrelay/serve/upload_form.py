@@ -1,16 +1,18 @@
 """The upload form of OpenAI's `POST /v1/files`, read by python-multipart as it streams in: the file
 part goes straight to disk, reading stops at the closing boundary, and the other form fields are
-few and small (UploadTooLarge past MAX_FORM_FIELDS / MAX_FIELDS_BYTES: a 413)."""
+few and small (UploadTooLarge past MAX_FORM_FIELDS / MAX_FIELDS_BYTES: a 413). The parameters of
+Content-Type (`boundary`) and of each part's Content-Disposition (`name`, `filename`) are read by the
+grammar of RFC 9110 §5.6.6, strictly: a malformed header or a parameter given twice is a 400."""
 
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from python_multipart import MultipartParser
 from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
 from batchrelay.errors import UploadError, UploadTooLarge
@@ -18,19 +20,49 @@ from batchrelay.errors import UploadError, UploadTooLarge
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
-MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 MAX_HEADER_BYTES = 16 * 1024  # room for the form's own bytes (boundaries, part headers) beside the file
 MAX_FIELD_BYTES = 64 * 1024
 MAX_FORM_FIELDS = 16  # parts besides the file (the SDKs send one: `purpose`)
 MAX_FIELDS_BYTES = 256 * 1024  # all of them together
 
 
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]++"
+_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*+"'  # qdtext / quoted-pair, RFC 9110 §5.6.4
+_VALUE = re.compile(rb"[ \t]*+(" + _TOKEN + rb"(?:/" + _TOKEN + rb")?)[ \t]*+")
+_PARAMETER = re.compile(rb";[ \t]*+(?:(" + _TOKEN + rb")=(" + _TOKEN + rb"|" + _QUOTED + rb"))?[ \t]*+")
+_QUOTED_PAIR = re.compile(rb"\\(.)", re.S)
+
+
+def header_params(value: bytes, header: str) -> tuple[str, dict[str, bytes]]:
+    """A header's value (lower case) and its parameters (names in lower case, values unquoted), as
+    RFC 9110 §5.6.6 writes them: `type/subtype *( OWS ";" OWS [ name "=" ( token / quoted-string ) ] )`.
+    UploadError naming `header` when it is malformed or gives a parameter twice."""
+    m = _VALUE.match(value)
+    if m is None:
+        raise UploadError(f"the {header} header is malformed")
+    params: dict[str, bytes] = {}
+    at = m.end()
+    while at < len(value):
+        p = _PARAMETER.match(value, at)
+        if p is None:
+            raise UploadError(f"the {header} header is malformed")
+        at = p.end()
+        if p.group(1) is None:
+            continue  # an empty parameter (`;;`) is allowed
+        name, raw = p.group(1).decode().lower(), p.group(2)
+        if name in params:
+            raise UploadError(f"the {header} header gives its {name!r} parameter twice")
+        params[name] = _QUOTED_PAIR.sub(rb"\1", raw[1:-1]) if raw.startswith(b'"') else raw
+    return m.group(1).decode().lower(), params
+
+
 class _Form:
     """python-multipart's callbacks for one upload: the first `file` part with a file name streams to
     `dest`, every other part is a small text field (at most MAX_FORM_FIELDS, MAX_FIELDS_BYTES in all)."""
 
-    def __init__(self, dest: Path) -> None:
+    def __init__(self, dest: Path, max_bytes: int) -> None:
         self.dest = dest
+        self.max_bytes = max_bytes
         self.fields: dict[str, str] = {}
         self.filename: str | None = None
         self.size = 0
@@ -60,10 +92,10 @@ class _Form:
     def _headers_finished(self) -> None:
         if self._disposition is None:
             raise UploadError("a form part has no Content-Disposition")
-        params = parse_options_header(self._disposition)[1]
+        params = header_params(self._disposition, "Content-Disposition")[1]
         self._disposition = None
-        self._name = params.get(b"name", b"").decode("utf-8", "replace")
-        filename = params.get(b"filename")
+        self._name = params.get("name", b"").decode("utf-8", "replace")
+        filename = params.get("filename")
         if self._name == "file" and filename is not None and self.out is None:
             self.filename, self.out = filename.decode("utf-8", "replace"), self.dest.open("wb")
             self._sink = self.out
@@ -75,8 +107,10 @@ class _Form:
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         if self._sink is not None:
-            self._sink.write(memoryview(data)[start:end])
             self.size += end - start
+            if self.size > self.max_bytes:
+                raise UploadTooLarge(too_large(self.max_bytes))
+            self._sink.write(memoryview(data)[start:end])
             return
         self._field_bytes += end - start
         if len(self._value) + end - start > MAX_FIELD_BYTES:
@@ -94,21 +128,31 @@ class _Form:
         self.done = True
 
 
-async def read_form(request: Request, dest: Path) -> tuple[dict[str, str], str | None, int]:
+def too_large(max_bytes: int) -> str:
+    return f"the upload is over {max_bytes / 2**20:g} MiB ([serve] max_upload_mb)"
+
+
+async def read_form(request: Request, dest: Path, max_bytes: int) -> tuple[dict[str, str], str | None, int]:
     """Stream a multipart/form-data body through python-multipart: the `file` part's bytes go to
     `dest`, small fields are returned, and reading stops at the closing boundary (what follows is
-    never read). Returns (fields, the file's name or None when there was no file part, its size)."""
-    ctype, params = parse_options_header(request.headers.get("content-type"))
-    if ctype != b"multipart/form-data" or not params.get(b"boundary"):
+    never read). A file over `max_bytes`, or a body declared or found longer than it and the form's
+    room, is UploadTooLarge. Returns (fields, the file's name or None when there was no file part, its size)."""
+    given = request.headers.get("content-type", "")
+    ctype, params = header_params(given.encode("latin-1"), "Content-Type") if given else ("", {})
+    if ctype != "multipart/form-data" or not params.get("boundary"):
         raise UploadError("expected a multipart/form-data body")
-    form, received = _Form(dest), 0
+    most = max_bytes + MAX_HEADER_BYTES + MAX_FIELDS_BYTES
+    declared = request.headers.get("content-length", "").strip()
+    if declared.isdigit() and int(declared) > most:
+        raise UploadTooLarge(too_large(max_bytes))
+    form, received = _Form(dest, max_bytes), 0
     try:
-        parser = MultipartParser(params[b"boundary"], form.callbacks())
+        parser = MultipartParser(params["boundary"], form.callbacks())
         async with contextlib.aclosing(request.stream()) as chunks:
             async for chunk in chunks:
                 received += len(chunk)
-                if received > MAX_UPLOAD_BYTES + MAX_HEADER_BYTES:
-                    raise UploadTooLarge(f"the upload is over {MAX_UPLOAD_BYTES // 2**20} MiB")
+                if received > most:
+                    raise UploadTooLarge(too_large(max_bytes))
                 parser.write(chunk)
                 if form.done:
                     break

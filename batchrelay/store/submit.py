@@ -26,7 +26,7 @@ from batchrelay.store.queue import chunk_job_id
 from batchrelay.store.status import Status
 from batchrelay.store.store import Store
 from batchrelay.store.sweeper import enqueue_all
-from batchrelay.wire.jobs import BadLine, JobLine, LineReader, duplicate, iter_jobs
+from batchrelay.wire.jobs import BadLine, IdRule, JobLine, LineReader, duplicate, iter_jobs
 from batchrelay.wire.sniff import SNIFF_LINES, input_problem
 
 FLUSH_LINES = 5000
@@ -79,11 +79,13 @@ async def submit_stream(
     source: str,
     queue: str | None = None,
     on_progress: Callable[[int], None] | None = None,
+    id_rule: IdRule | None = None,
 ) -> SubmitResult:
     """A new batch of the stream's lines, with the options `spec` gives (spec.py; named after
     `source` unless the spec has a name). `queue`: an arq queue of this batch's own (`run` uses one
     so its workers touch nothing else). A line longer than `spec.max_line_bytes` is an error line.
     A stream with no requests, or one that is not JSONL, is refused (InputError) before a batch exists.
+    `id_rule`: a line whose custom_id it refuses is an error line (jobs.iter_jobs).
 
     Chunk jobs are enqueued only once every line is written and the batch is `in_progress` (or
     `scheduled` until `spec.start_at`: the workers' sweep starts it, lifecycle.tick): a submit cut
@@ -93,7 +95,8 @@ async def submit_stream(
     queue = queue or store.keys.queue
     default_dialect, chunk_size = spec.endpoint, spec.chunk_size
     reader = _Counted(stream)
-    items = iter_jobs(reader, default_dialect=default_dialect, max_line_bytes=spec.max_line_bytes, dedupe=False)
+    items = iter_jobs(reader, default_dialect=default_dialect, max_line_bytes=spec.max_line_bytes, dedupe=False,
+                      id_rule=id_rule)
     head, read_at = _first(items, reader)  # a file that cannot be a batch is refused before it is one
     if problem := input_problem(head, source):
         raise InputError(problem)

@@ -15,7 +15,8 @@ UTF-8 byte order mark on the first line and CRLF line endings are accepted.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeGuard
 
@@ -31,6 +32,9 @@ MAX_LINE_BYTES = 8 * 1024 * 1024  # default of `worker.max_line_bytes`
 MAX_DEPTH = 128  # nesting levels of a line's JSON; orjson writes at most 254, and a body gets wrapped
 DISCARD_PIECE = 1024 * 1024  # the rest of an over-long line is read (and dropped) this much at a time
 BOM = b"\xef\xbb\xbf"
+ANTHROPIC_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # Anthropic's rule for a message batch's custom_id
+MAX_ID_SHOWN = 64  # characters of an id kept in a bad line's record when its rule refuses it
+IdRule = Callable[[str], str | None]  # a custom_id's problem, or None
 
 
 class LineReader(Protocol):
@@ -218,13 +222,32 @@ def read_lines(stream: LineReader, max_line_bytes: int = MAX_LINE_BYTES) -> Iter
         yield number, b"" if blank else size
 
 
+def anthropic_custom_id(custom_id: str) -> str | None:
+    """Why Anthropic's Message Batches would refuse this custom_id (`^[a-zA-Z0-9_-]{1,64}$`), or None."""
+    if ANTHROPIC_ID.fullmatch(custom_id):
+        return None
+    if len(custom_id) > 64:
+        return f"custom_id is {len(custom_id):,} characters long, over Anthropic's limit of 64"
+    return "custom_id may only have letters, digits, _ and - (Anthropic's rule: ^[a-zA-Z0-9_-]{1,64}$)"
+
+
+def _refused_id(item: JobLine | BadLine, problem: str) -> BadLine:
+    """The bad line for an item whose custom_id its rule refused; a long id is cut, and the reason says so."""
+    custom_id = item.custom_id or ""
+    if len(custom_id) > MAX_ID_SHOWN:
+        custom_id = custom_id[:MAX_ID_SHOWN] + "…"
+        problem += f" (this result's custom_id is its first {MAX_ID_SHOWN} characters and …)"
+    return BadLine(item.line, problem, custom_id, item.fmt)
+
+
 def iter_jobs(
     stream: LineReader, *, default_dialect: Dialect = "chat", max_line_bytes: int = MAX_LINE_BYTES,
-    dedupe: bool = True,
+    dedupe: bool = True, id_rule: IdRule | None = None,
 ) -> Iterator[JobLine | BadLine]:
     """Yield a job or a bad line for every non-blank line, holding no more than `max_line_bytes`
     (and a few) of any line in memory. With `dedupe`, a repeated custom_id is a bad line; that keeps
-    every id in memory, so `submit` turns it off and checks ids in Redis instead."""
+    every id in memory, so `submit` turns it off and checks ids in Redis instead. `id_rule`: a
+    line whose custom_id it refuses is a bad line (`serve`'s Anthropic door: `anthropic_custom_id`)."""
     first_on: dict[str, int] = {}
     for number, raw in read_lines(stream, max_line_bytes):
         if isinstance(raw, int):
@@ -233,6 +256,8 @@ def iter_jobs(
         if not raw or raw.isspace():
             continue
         item = parse_line(raw, number, default_dialect=default_dialect)
+        if id_rule and item.custom_id is not None and (problem := id_rule(item.custom_id)):
+            item = _refused_id(item, problem)
         if dedupe and isinstance(item, JobLine):
             first = first_on.setdefault(item.custom_id, number)
             if first != number:
