@@ -30,7 +30,7 @@ from batchrelay.wire.jobs import BadLine, IdRule, JobLine, LineReader, duplicate
 from batchrelay.wire.sniff import SNIFF_LINES, input_problem
 
 FLUSH_LINES = 5000
-FLUSH_BYTES = 16 * 1024 * 1024  # a block of long lines is written early, so it never holds 5000 of them
+FLUSH_BYTES = 4 * 1024 * 1024  # a block of long lines is written early: a few MiB of parsed lines at most
 YIELD_EVERY = 500  # lines parsed between turns of the block being written meanwhile
 
 @dataclass(frozen=True, slots=True)
