@@ -28,6 +28,7 @@ from batchrelay.errors import BatchNotFound, RetryRefused
 from batchrelay.money.ledger import increments
 from batchrelay.results.outcome import Attempt, billed_calls
 from batchrelay.results.records import stopped_record
+from batchrelay.store.ids import checked_batch_id
 from batchrelay.store.queue import chunk_map_entries, enqueue_chunks, split_chunks
 from batchrelay.store.status import EXPIRABLE, INTERIM, STOPPED, Status
 from batchrelay.store.status import FINAL as FINAL  # where serve/app.py has always found it
@@ -44,7 +45,8 @@ RETRYABLE = {"invalid_request": "failed", "provider_error": "failed", "cancelled
 
 async def request_stop(store: Store, batch_id: str, final: str) -> str:
     """Mark the batch `cancelling` / `expiring` (`final`: cancelled / expired); returns its status
-    (unchanged if already finished). BatchNotFound for an unknown batch."""
+    (unchanged if already finished). BatchNotFound for an unknown batch (or an id of another shape)."""
+    checked_batch_id(batch_id)
     status = await store.scripts.request_stop(store.keys, batch_id, INTERIM[Status(final)], time.time())
     if status is None:
         raise BatchNotFound(batch_id)

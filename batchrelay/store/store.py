@@ -20,6 +20,7 @@ from batchrelay.errors import BatchNotFound
 from batchrelay.money.pricing import pico
 from batchrelay.spec import BatchSpec
 from batchrelay.store.connection import connect
+from batchrelay.store.ids import checked_batch_id
 from batchrelay.store.keys import Keys
 from batchrelay.store.queue import chunk_lines, chunk_map_entries
 from batchrelay.store.scripts import Scripts
@@ -267,6 +268,8 @@ class Store:
         return raw
 
     async def info(self, batch_id: str) -> BatchInfo:
+        """BatchNotFound for an unknown id, or one of another shape (ids.py; no key is read for it)."""
+        checked_batch_id(batch_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self.keys.meta(batch_id))
             pipe.scard(self.keys.pending(batch_id))
