@@ -3,7 +3,8 @@
 Redis is the record and arq only the transport: a line is finished exactly when its result is in
 the results hash, and writing a result is one Lua step (result + pending + counts + status), so a
 rerun of a finished line changes nothing. Stored results start with one byte, b"1" for a success
-and b"0" for an error record, so exports need not parse them.
+and b"0" for an error record, so exports need not parse them; the batch keeps the size of each
+kind (`BYTE_FIELDS`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ OK, ERR = b"1", b"0"
 EXPORT_BLOCK = 2000
 
 COUNT_FIELDS = ("total", "invalid", "succeeded", "failed", "cancelled", "expired", "max_line", "chunks")
+# the size of the stored answers and of the other records, as an export writes them (JSON + newline),
+# kept as they are written and removed (lua/_result_bytes.lua), so no one reads them all to know it
+BYTE_FIELDS = {True: "ok_bytes", False: "error_bytes"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +168,7 @@ class Store:
                 pipe.hset(self.keys.budget(batch_id), "max", str(pico(spec.max_cost)))
             pipe.hset(self.keys.meta(batch_id), mapping={
                 "id": batch_id, "name": spec.name or source, "source": source, "status": Status.VALIDATING,
-                "created_at": now, **{f: 0 for f in COUNT_FIELDS}, **extra,
+                "created_at": now, **{f: 0 for f in (*COUNT_FIELDS, *BYTE_FIELDS.values())}, **extra,
             })
             pipe.zadd(self.keys.batches, {batch_id: now})
             if spec.webhook:
@@ -184,6 +188,7 @@ class Store:
                 pipe.sadd(k.pending(batch_id), *[j.line for j in jobs])
             if bad:
                 pipe.hset(k.results(batch_id), mapping={line: ERR + rec for line, rec in bad})
+                pipe.hincrby(k.meta(batch_id), BYTE_FIELDS[False], sum(len(rec) + 1 for _, rec in bad))
             if chunks:
                 pipe.hset(k.chunks(batch_id), mapping=chunk_map_entries(chunks))
             await pipe.execute()
