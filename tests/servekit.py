@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import anthropic
 import httpx
 import openai
 import orjson
+import redis
 
 from batchrelay.procs import stop_all
 from batchrelay.sim.process import SimulatorProcess, free_port
@@ -56,6 +58,13 @@ class Api:
     def serve_log(self) -> str:
         """What serve has written to stderr so far."""
         return self.stderr.read_text(errors="replace")
+
+    def work(self) -> None:
+        """Run a `batchrelay worker --burst` until the queue is empty (its sweep included); with many
+        lines in flight, so it takes many chunk jobs at a time."""
+        subprocess.run([sys.executable, "-m", "batchrelay", "-c", str(self.config), "worker", "--burst", "--quiet",
+                        "--concurrency", "100"], env=self.env, check=True, timeout=120,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def serve_config(tmp_path: Path, prefix: str, sim_url: str, serve_extra: str = "") -> Path:
@@ -124,3 +133,22 @@ def jsonl(lines: list[dict[str, Any]]) -> bytes:
 def anthropic_request(i: int) -> dict[str, Any]:
     return {"custom_id": f"m-{i}", "params": {"model": "claude-3-5-haiku-latest", "max_tokens": 64,
                                                "messages": [{"role": "user", "content": f"question {i}"}]}}
+
+
+@contextlib.contextmanager
+def redis_commands(redis_url: str) -> Iterator[list[str]]:
+    """The commands Redis runs while the block runs (MONITOR: scripts' commands too), as text; the
+    list is filled in when the block ends."""
+    seen: list[str] = []
+    client = redis.Redis.from_url(redis_url)
+    marker = f"end-of-watch-{uuid.uuid4().hex}"
+    try:
+        with client.monitor() as m:  # type: ignore[no-untyped-call]
+            yield seen
+            client.echo(marker)
+            for command in m.listen():
+                if marker in command["command"]:
+                    break
+                seen.append(command["command"])
+    finally:
+        client.close()

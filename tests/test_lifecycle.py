@@ -95,6 +95,21 @@ async def test_a_line_in_flight_past_its_grace_is_stopped_too(store: Store) -> N
     assert (info.status, info.cancelled) == ("cancelled", 2)
 
 
+async def test_a_bounded_step_stops_at_most_so_many_lines_and_the_next_steps_go_on(store: Store) -> None:
+    batch = await _submitted(store, 7)
+    await store.claim(batch, [1])  # in flight: looked at, not stopped
+    await request_stop(store, batch, "cancelled")
+    assert await advance(store, batch, GRACE, most=3) <= 3
+    info = await store.info(batch)
+    assert info.status == "cancelling" and info.cancelled + info.pending == 7 and info.pending >= 4
+    while await advance(store, batch, GRACE, most=3):
+        pass
+    assert await _pending(store, batch) == {1}
+    assert await advance(store, batch, GRACE, now=time.time() + GRACE + 1, most=3) == 1
+    info = await store.info(batch)
+    assert (info.status, info.cancelled) == ("cancelled", 7)
+
+
 async def test_a_stop_with_no_line_left_to_end_it_ends_at_the_next_step(store: Store) -> None:
     batch = new_batch_id()
     await store.create_batch(batch, BatchSpec(name="t"), source="t")  # `validating`: no line written yet

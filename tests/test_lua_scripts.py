@@ -200,6 +200,23 @@ async def test_stop_finish_ends_only_a_batch_still_being_stopped(store: Store) -
     assert (await _meta(store))["finished_at"] == "3.0"
 
 
+async def test_a_batch_keeps_the_size_of_its_records_of_each_kind_as_they_are_written_and_reopened(
+        store: Store) -> None:
+    k, s = store.keys, store.scripts
+    await _given(store, Status.IN_PROGRESS, (1, 2, 3), ok_bytes=0, error_bytes=0)
+    for line, record in ((1, b"1abcd"), (2, b"0xyz"), (2, b"0a longer rerun"), (3, b"1ef")):
+        await s.write_result(k, B, line=line, record=record, count="succeeded", now=1.0, ledger={})
+    meta = await _meta(store)
+    assert (meta["ok_bytes"], meta["error_bytes"]) == ("8", "4")  # each record as exported: its JSON and "\n"
+    await s.reopen_line(k, B, line=2, record=b"0xyz", count="failed", attempts="", ledger={})
+    assert (await _meta(store))["error_bytes"] == "0"
+
+    await store.redis.delete(k.meta(B), k.pending(B), k.results(B))
+    await _given(store, Status.IN_PROGRESS, (1,))  # made before sizes were kept: none is started half way
+    await s.write_result(k, B, line=1, record=b"1abc", count="succeeded", now=1.0, ledger={})
+    assert not {"ok_bytes", "error_bytes"} & set(await _meta(store))
+
+
 async def test_retry_reopen_line_puts_a_line_back_with_its_attempts_and_gives_back_its_cost(store: Store) -> None:
     k, s = store.keys, store.scripts
     await _given(store, Status.COMPLETED, failed=2)

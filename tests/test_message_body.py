@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchrelay.serve import message_body
-from batchrelay.serve.listing import BadParam
 from batchrelay.serve.message_body import write_requests
+from batchrelay.serve.params import BadParam
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False,
                     allow_infinity=False) | st.text(), lambda inner: st.lists(inner, max_size=4)

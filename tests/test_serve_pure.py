@@ -16,8 +16,9 @@ from starlette.requests import Request
 from batchrelay.serve.app import server_fault, unknown_route
 from batchrelay.serve.endpoint_check import MAX_NAMED, endpoint_errors
 from batchrelay.serve.expiry import MAX_S, MIN_S, expired, expires_at, form_policy, policy_seconds
-from batchrelay.serve.listing import BadParam, descending, page_after, page_size
+from batchrelay.serve.listing import descending, page_after, page_size
 from batchrelay.serve.openai_files import outputs_of
+from batchrelay.serve.params import BadParam
 
 from .conftest import openai_line
 

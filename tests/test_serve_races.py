@@ -75,3 +75,28 @@ def test_downloads_racing_a_delete_get_the_whole_file_or_a_plain_404(tmp_path: P
                 _no_path_in(r, api.files_dir)
                 assert all(line.startswith(b"{") for line in r.content.splitlines())
         assert "Traceback" not in api.serve_log(), api.serve_log()
+
+
+def test_batches_created_from_a_file_being_deleted_are_made_whole_or_a_plain_404(tmp_path: Path, redis_url: str,
+                                                                                   prefix: str) -> None:
+    """A create reads its input file twice (the endpoint check, then the submit): a delete between
+    them must not turn into a 500."""
+    data = jsonl([openai_line(i) for i in range(2000)])
+    body = {"endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    with serving(tmp_path, redis_url, prefix, worker=False) as api, \
+            httpx.Client(base_url=api.base, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as http, \
+            ThreadPoolExecutor(2) as pool:
+        client, statuses = api.openai(), set()
+        for _ in range(30):
+            file_id = client.files.create(file=("in.jsonl", data), purpose="batch").id
+            create = pool.submit(http.post, "/v1/batches", json={**body, "input_file_id": file_id})
+            delete = pool.submit(http.delete, f"/v1/files/{file_id}")
+            made, gone = create.result(), delete.result()
+            assert gone.status_code == 200, gone.text
+            statuses.add(made.status_code)
+            if made.status_code == 200:
+                assert made.json()["request_counts"]["total"] == 2000, made.text
+            else:
+                assert made.status_code == 404 and made.json()["error"]["message"] == f"No such File object: {file_id}"
+            _no_path_in(made, api.files_dir)
+        assert "Traceback" not in api.serve_log()

@@ -25,8 +25,9 @@ from starlette.routing import Route
 
 from batchrelay.errors import BatchNotFound
 from batchrelay.serve.bodies import capped
-from batchrelay.serve.listing import BadParam, page_size
+from batchrelay.serve.listing import page_size
 from batchrelay.serve.message_body import write_requests
+from batchrelay.serve.params import BadParam, clip
 from batchrelay.serve.shared import (
     ANTHROPIC,
     Loaded,
@@ -38,6 +39,7 @@ from batchrelay.serve.shared import (
     stop,
     submit,
 )
+from batchrelay.store.ids import checked_batch_id
 from batchrelay.store.served import served_batches
 from batchrelay.store.status import Status
 from batchrelay.store.store import Store
@@ -51,10 +53,11 @@ PROCESSING: dict[str, str] = {Status.CANCELLING: "canceling", Status.COMPLETED: 
 
 
 def _known_id(msgbatch_id: str) -> str:
-    """The store's id of a `msgbatch_` id; BatchNotFound for any other id."""
+    """The store's id of a `msgbatch_` id (`msgbatch_` and the hex of `batch_<hex>`); BatchNotFound
+    for an id of any other shape."""
     if not msgbatch_id.startswith("msgbatch_"):
         raise BatchNotFound(msgbatch_id)
-    return "batch_" + msgbatch_id.removeprefix("msgbatch_")
+    return checked_batch_id("batch_" + msgbatch_id.removeprefix("msgbatch_"))
 
 
 def _msg_id(batch_id: str) -> str:
@@ -98,7 +101,7 @@ def _base(request: Request, served: Served) -> str:
 
 
 def _not_found(msgbatch_id: str) -> Response:
-    return anthropic_error(404, "not_found_error", f"Message batch {msgbatch_id!r} not found.")
+    return anthropic_error(404, "not_found_error", f"Message batch {clip(msgbatch_id)!r} not found.")
 
 
 def _bad(e: BadParam) -> Response:
@@ -151,8 +154,8 @@ def routes(served: Served) -> list[Route]:
         except BadParam as e:
             return _bad(e)
         except BatchNotFound:
-            return _bad(BadParam("before_id" if before else "after_id",
-                                 f"{'before_id' if before else 'after_id'}: no message batch {before or after!r}"))
+            param = "before_id" if before else "after_id"
+            return _bad(BadParam(param, f"{param}: no message batch {clip(before or after)!r}"))
         if before:
             loaded.reverse()  # walked from the cursor towards the newest; shown newest first all the same
         data = [batch_object(b, _base(request, served)) for b in loaded]

@@ -32,6 +32,7 @@ from batchrelay.serve.anthropic_api import routes as anthropic_routes
 from batchrelay.serve.bodies import BodyGuard
 from batchrelay.serve.http_guard import Limits, guarded_protocol
 from batchrelay.serve.openai_api import routes as openai_routes
+from batchrelay.serve.params import clip
 from batchrelay.serve.shared import Served, anthropic_error, openai_error
 from batchrelay.serve.throttle import FailureThrottle
 from batchrelay.store.connection import DEFAULT_URL
@@ -105,9 +106,9 @@ def throttled(anthropic: bool, wait_s: float) -> Response:
 async def unknown_route(request: Request, exc: Exception) -> Response:
     """404 for a path no route has, 405 for a method its route does not take."""
     status = exc.status_code if isinstance(exc, HTTPException) else 404
-    method, path = request.method, request.url.path
+    method, path = clip(request.method), clip(request.url.path)
     allow = {"Allow": exc.headers["Allow"]} if isinstance(exc, HTTPException) and exc.headers else {}
-    if is_anthropic(path):
+    if is_anthropic(request.url.path):
         response = (anthropic_error(404, "not_found_error", f"Not found: {method} {path}") if status == 404 else
                     anthropic_error(status, "invalid_request_error", f"Method {method} is not allowed on {path}"))
     else:

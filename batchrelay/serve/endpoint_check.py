@@ -3,7 +3,8 @@ an OpenAI batch request line (`custom_id`, `method`, `url`, `body`) whose `url` 
 endpoint. Any other request (another endpoint's, an Anthropic `params` line, a bare body) would
 write a record of another API's shape, so the batch fails with an error naming each such line.
 Lines that cannot be read at all stay per-line errors (`invalid_input` records), as batchrelay's
-input checks have them."""
+input checks have them. The same pass counts the lines: a file of more than `[serve]
+max_batch_lines` is refused before anything of it is stored."""
 
 from __future__ import annotations
 
@@ -19,12 +20,23 @@ def _error(code: str, line: int | None, message: str) -> dict[str, Any]:
     return {"code": code, "message": message, "param": "url", "line": line}
 
 
-def endpoint_errors(stream: LineReader, endpoint: str, *, max_line_bytes: int) -> list[dict[str, Any]]:
-    """The batch's `errors.data` for the lines that are not requests to `endpoint` (none: it may run)."""
+class TooManyLines(ValueError):
+    """The input has more lines than a batch may have."""
+
+
+def endpoint_errors(stream: LineReader, endpoint: str, *, max_line_bytes: int, max_lines: int | None = None
+                    ) -> list[dict[str, Any]]:
+    """The batch's `errors.data` for the lines that are not requests to `endpoint` (none: it may run).
+    TooManyLines as soon as it finds more than `max_lines` lines (every non-blank line counts, valid
+    or not): the rest of the input is not read."""
     dialect = URL_DIALECTS[endpoint]
     errors: list[dict[str, Any]] = []
     more = 0
-    for item in iter_jobs(stream, default_dialect=dialect, max_line_bytes=max_line_bytes, dedupe=False):
+    items = iter_jobs(stream, default_dialect=dialect, max_line_bytes=max_line_bytes, dedupe=False)
+    for n, item in enumerate(items, 1):
+        if max_lines is not None and n > max_lines:
+            raise TooManyLines(f"The input file has more than {max_lines} lines: a batch takes at most {max_lines} "
+                               "([serve] max_batch_lines).")
         if isinstance(item, BadLine) or (item.fmt == "openai" and item.dialect == dialect):
             continue
         if len(errors) >= MAX_NAMED:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from batchrelay.serve.listing import BadParam
+from batchrelay.serve.params import BadParam, clip
 
 MIN_S = 3600
 MAX_S = 30 * 86400
@@ -19,11 +19,11 @@ def policy_seconds(value: Any, param: str) -> int:
     if not isinstance(value, dict) or set(value) != {"anchor", "seconds"}:
         raise BadParam(param, f"{param} must be an object with exactly `anchor` and `seconds`")
     if value["anchor"] != ANCHOR:
-        raise BadParam(param, f"{param}.anchor must be {ANCHOR!r}, not {value['anchor']!r}")
+        raise BadParam(param, f"{param}.anchor must be {ANCHOR!r}, not {clip(value['anchor'])!r}")
     seconds = value["seconds"]
     if not isinstance(seconds, int) or isinstance(seconds, bool) or not MIN_S <= seconds <= MAX_S:
         raise BadParam(param, f"{param}.seconds must be an integer from {MIN_S} (an hour) to {MAX_S} (30 days), "
-                              f"not {seconds!r}")
+                              f"not {clip(seconds)}")
     return seconds
 
 

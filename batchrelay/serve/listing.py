@@ -7,15 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from batchrelay.serve.params import BadParam, clip
+
 T = TypeVar("T")
-
-
-class BadParam(ValueError):
-    """A request parameter that cannot be used; `param` names it."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 def page_size(raw: str | None, *, default: int, most: int, param: str = "limit") -> int:
@@ -25,9 +19,9 @@ def page_size(raw: str | None, *, default: int, most: int, param: str = "limit")
     try:
         n = int(raw)
     except ValueError:
-        raise BadParam(param, f"{param} must be an integer from 1 to {most}, not {raw!r}") from None
+        raise BadParam(param, f"{param} must be an integer from 1 to {most}, not {clip(raw)!r}") from None
     if not 1 <= n <= most:
-        raise BadParam(param, f"{param} must be from 1 to {most}, not {n}")
+        raise BadParam(param, f"{param} must be from 1 to {most}, not {clip(raw)}")
     return n
 
 
@@ -37,7 +31,7 @@ def descending(raw: str | None) -> bool:
         return True
     if raw == "asc":
         return False
-    raise BadParam("order", f"order must be 'asc' or 'desc', not {raw!r}")
+    raise BadParam("order", f"order must be 'asc' or 'desc', not {clip(raw)!r}")
 
 
 def page_after(items: Sequence[T], key: Callable[[T], str], after: str | None, limit: int,
@@ -48,6 +42,6 @@ def page_after(items: Sequence[T], key: Callable[[T], str], after: str | None, l
     if after is not None:
         found = next((i for i, item in enumerate(items) if key(item) == after), None)
         if found is None:
-            raise BadParam(param, f"{param}: no object {after!r} in this list")
+            raise BadParam(param, f"{param}: no object {clip(after)!r} in this list")
         start = found + 1
     return list(items[start:start + limit]), len(items) > start + limit

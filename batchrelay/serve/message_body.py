@@ -16,7 +16,7 @@ from typing import IO
 
 import orjson
 
-from batchrelay.serve.listing import BadParam
+from batchrelay.serve.params import BadParam
 
 PIECE = 1024 * 1024  # read this much of the body at a time
 MAX_KEY = 1024  # bytes of a top-level key

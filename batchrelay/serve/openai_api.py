@@ -5,7 +5,10 @@ validation checks them (endpoint_check.py): a request for another endpoint fails
 (`failed`, `errors.data` naming each such line) and nothing of it is sent. Otherwise the lines are
 submitted as an ordinary batchrelay batch, its API fields (`serve_*`) noted on it. Only batches
 created here are listed or found (shared.py). `output_expires_after` is honoured (openai_files.py);
-a cancel of a finished batch is a 409, as on OpenAI.
+a cancel of a finished batch is a 409, as on OpenAI. Limits, each a 400 naming its parameter: an
+input file of more than `[serve] max_batch_lines` lines is refused before anything of it is stored
+(OpenAI's 50,000 by default), and `metadata` is held to OpenAI's rules (at most 16 pairs, keys of
+at most 64 characters, string values of at most 512).
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from batchrelay.errors import BatchNotFound, InputError
-from batchrelay.serve.endpoint_check import endpoint_errors
+from batchrelay.serve.endpoint_check import TooManyLines, endpoint_errors
 from batchrelay.serve.expiry import policy_seconds
-from batchrelay.serve.listing import BadParam, page_size
+from batchrelay.serve.listing import page_size
 from batchrelay.serve.openai_files import Files
 from batchrelay.serve.openai_files import routes as file_routes
+from batchrelay.serve.params import BadParam, clip
 from batchrelay.serve.shared import (
     OPENAI,
     Loaded,
@@ -38,14 +42,15 @@ from batchrelay.serve.shared import (
 )
 from batchrelay.serve.shared import submit as submit_lines
 from batchrelay.spec import BatchSpec
+from batchrelay.store.ids import new_batch_id
 from batchrelay.store.served import served_batches
 from batchrelay.store.status import Status
-from batchrelay.store.submit import new_batch_id
 from batchrelay.wire.jobs import URL_DIALECTS
 
 ENDPOINTS = URL_DIALECTS  # the batch endpoints served, and the dialect each speaks
 WINDOWS = {"24h": 86400.0}
 MAX_LIST = 100
+METADATA_PAIRS, METADATA_KEY, METADATA_VALUE = 16, 64, 512  # OpenAI's limits (characters)
 # our batch status -> the OpenAI Batch API's (its wire values)
 STATUS: dict[str, str] = {
     Status.VALIDATING: "validating", Status.SCHEDULED: "validating", Status.IN_PROGRESS: "in_progress",
@@ -98,7 +103,24 @@ def batch_object(b: Loaded) -> dict[str, Any]:
 
 
 def _no_batch(batch_id: str) -> Response:
-    return openai_error(404, f"No batch found with id '{batch_id}'.", param="batch_id")
+    return openai_error(404, f"No batch found with id '{clip(batch_id)}'.", param="batch_id")
+
+
+def _check_metadata(metadata: Any) -> None:
+    """OpenAI's rules for `metadata`; BadParam naming the one it breaks."""
+    if not isinstance(metadata, dict):
+        raise BadParam("metadata", "metadata must be an object of string keys and values")
+    if len(metadata) > METADATA_PAIRS:
+        raise BadParam("metadata", f"metadata: at most {METADATA_PAIRS} key-value pairs, not {len(metadata)}")
+    for key, value in metadata.items():
+        if len(key) > METADATA_KEY:
+            raise BadParam("metadata", f"metadata: a key is at most {METADATA_KEY} characters, not {len(key)} "
+                                       f"({clip(key)!r})")
+        if not isinstance(value, str):
+            raise BadParam("metadata", f"metadata: values must be strings; that of {clip(key)!r} is not")
+        if len(value) > METADATA_VALUE:
+            raise BadParam("metadata", f"metadata: a value is at most {METADATA_VALUE} characters, not {len(value)} "
+                                       f"(that of {clip(key)!r})")
 
 
 def _options(body: Any) -> dict[str, Any]:
@@ -110,9 +132,8 @@ def _options(body: Any) -> dict[str, Any]:
         raise BadParam("endpoint", f"endpoint must be one of {', '.join(ENDPOINTS)}")
     if window not in WINDOWS:
         raise BadParam("completion_window", f"completion_window must be one of {', '.join(WINDOWS)}")
-    if metadata is not None and not (isinstance(metadata, dict) and len(metadata) <= 16 and all(
-            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
-        raise BadParam("metadata", "metadata must be an object of at most 16 string values")
+    if metadata is not None:
+        _check_metadata(metadata)
     expiry = body.get("output_expires_after")
     fields = {"serve_api": OPENAI, "serve_endpoint": endpoint, "serve_completion_window": window}
     if metadata is not None:
@@ -141,20 +162,28 @@ def routes(served: Served) -> list[Route]:
             return openai_error(400, str(e), param=e.param)
         file_id = body.get("input_file_id")
         record = await files.uploaded(file_id) if isinstance(file_id, str) else None
-        if record is None:
-            return openai_error(404, f"No such File object: {file_id}", param="input_file_id")
-        if record["bytes"] == "0":
-            return openai_error(400, "the input file is empty", param="input_file_id")
-        fields["serve_input_file_id"] = record["id"]
-        endpoint, path = fields["serve_endpoint"], served.files_dir / f"{record['id']}.jsonl"
-        spec = served.spec(name=record["filename"], endpoint=ENDPOINTS[endpoint],
-                           completion_window=WINDOWS[fields["serve_completion_window"]])
-        with path.open("rb") as stream:  # checked in a thread: a large file must not stall the other requests
-            errors = await asyncio.to_thread(endpoint_errors, stream, endpoint, max_line_bytes=spec.max_line_bytes)
-        if errors:
-            batch_id = await failed(spec, fields, errors)
-        else:
-            with path.open("rb") as stream:
+        try:  # opened once: a delete meanwhile leaves this request its file (or a 404, never a 500)
+            stream = (served.files_dir / f"{record['id']}.jsonl").open("rb") if record else None
+        except FileNotFoundError:
+            stream = None
+        if record is None or stream is None:
+            return openai_error(404, f"No such File object: {clip(file_id)}", param="input_file_id")
+        with stream:
+            if record["bytes"] == "0":
+                return openai_error(400, "the input file is empty", param="input_file_id")
+            fields["serve_input_file_id"] = record["id"]
+            endpoint = fields["serve_endpoint"]
+            spec = served.spec(name=record["filename"], endpoint=ENDPOINTS[endpoint],
+                               completion_window=WINDOWS[fields["serve_completion_window"]])
+            try:  # checked in a thread: a large file must not stall the other requests
+                errors = await asyncio.to_thread(endpoint_errors, stream, endpoint, max_line_bytes=spec.max_line_bytes,
+                                                 max_lines=served.settings.serve.max_batch_lines)
+            except TooManyLines as e:
+                return openai_error(400, str(e), param="input_file_id")
+            if errors:
+                batch_id = await failed(spec, fields, errors)
+            else:
+                stream.seek(0)
                 try:
                     batch_id = await submit_lines(served, stream, spec, source=f"serve:{record['id']}", fields=fields)
                 except InputError as e:  # no requests in the file, or not JSONL: no batch was made
@@ -183,7 +212,7 @@ def routes(served: Served) -> list[Route]:
         except BadParam as e:
             return openai_error(400, str(e), param=e.param)
         except BatchNotFound:
-            return openai_error(400, f"after: no batch {after!r}", param="after")
+            return openai_error(400, f"after: no batch {clip(after)!r}", param="after")
         return openai_list(data, False)
 
     async def cancel_batch(request: Request) -> Response:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -32,21 +31,23 @@ from starlette.types import Receive, Scope, Send
 
 from batchrelay.errors import UploadError, UploadTooLarge
 from batchrelay.serve.expiry import expired, expires_at, form_policy, policy_seconds
-from batchrelay.serve.listing import BadParam, descending, page_after, page_size
+from batchrelay.serve.listing import descending, page_after, page_size
+from batchrelay.serve.params import BadParam, clip
 from batchrelay.serve.shared import OPENAI, Served, json_response, openai_error, openai_list
 from batchrelay.serve.upload_form import read_form
 from batchrelay.store.files import delete_file_record, file_record, file_records, save_file_record
+from batchrelay.store.ids import HEX, new_file_id
 from batchrelay.store.served import delete_records, served_batches
 from batchrelay.store.status import FINISHED
-from batchrelay.store.store import UNSUCCESSFUL, Store
+from batchrelay.store.store import BYTE_FIELDS, UNSUCCESSFUL, Store
 
-VIRTUAL = re.compile(r"file-([0-9a-f]+)-(output|errors)")
-UPLOADED = re.compile(r"file-[0-9a-f]{24}")
+VIRTUAL = re.compile(f"file-({HEX})-(output|errors)")  # of batch `batch_<hex>` (store/ids.py)
 MAX_LIST = 10_000
 PIECE = 256 * 1024  # read from an uploaded file at a time
 # what a batch's output files are made from, in its meta hash
 OUTPUT_FIELDS = ("serve_api", "status", "finished_at", "succeeded", *UNSUCCESSFUL, "serve_output_expires_s",
-                 "serve_output_gone", "serve_errors_gone", "serve_output_bytes", "serve_errors_bytes")
+                 "serve_output_gone", "serve_errors_gone", *BYTE_FIELDS.values(),
+                 "serve_output_bytes", "serve_errors_bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +101,9 @@ async def delete_output(store: Store, out: Output) -> None:
     await delete_records(store, out.batch_id, out.successes)
 
 
-async def _output_object(store: Store, out: Output, meta: dict[str, str]) -> dict[str, Any]:
-    """Its file object; its size is counted once per finish and kept on the batch."""
+async def _counted_size(store: Store, out: Output, meta: dict[str, str]) -> str:
+    """The size of a file of a batch made before the store kept it: counted once per finish and
+    noted on the batch."""
     stamp, _, size = meta.get(f"serve_{out.kind}_bytes", "").partition(":")
     if stamp != meta["finished_at"]:
         total = 0
@@ -109,6 +111,12 @@ async def _output_object(store: Store, out: Output, meta: dict[str, str]) -> dic
             total += len(line)
         size = str(total)
         await store.set_fields(out.batch_id, {f"serve_{out.kind}_bytes": f"{meta['finished_at']}:{size}"})
+    return size
+
+
+async def _output_object(store: Store, out: Output, meta: dict[str, str]) -> dict[str, Any]:
+    """Its file object; its size is the one the store keeps as results are written (BYTE_FIELDS)."""
+    size = meta.get(BYTE_FIELDS[out.successes]) or await _counted_size(store, out, meta)
     return file_object({"id": out.id, "bytes": size, "created_at": str(out.created_at),
                         "filename": f"{out.batch_id}_{out.kind}.jsonl", "purpose": "batch_output",
                         **({"expires_at": str(out.expires_at)} if out.expires_at is not None else {})})
@@ -143,7 +151,7 @@ class Files:
 
     async def uploaded(self, file_id: str) -> dict[str, str] | None:
         """The uploaded file's record; None when there is none or it has expired (it is deleted then)."""
-        record = await file_record(self.served.db, file_id) if UPLOADED.fullmatch(file_id) else None
+        record = await file_record(self.served.db, file_id)  # None for an id of another shape
         if record and expired(float(record["expires_at"]) if record.get("expires_at") else None, time.time()):
             await self.delete_uploaded(file_id)
             return None
@@ -188,21 +196,21 @@ class Files:
 
 
 def _no_file(file_id: str) -> Response:
-    return openai_error(404, f"No such File object: {file_id}", param="id")
+    return openai_error(404, f"No such File object: {clip(file_id)}", param="id")
 
 
 def routes(served: Served) -> list[Route]:
     files = Files(served)
 
     async def upload(request: Request) -> Response:
-        file_id = "file-" + uuid.uuid4().hex[:24]
+        file_id = new_file_id()
         part = served.files_dir / f"{file_id}.part"
         try:
             fields, filename, size = await read_form(request, part, served.settings.serve.max_upload_mb * 2**20)
             if filename is None:
                 raise UploadError("missing the `file` part")
             if fields.get("purpose") != "batch":
-                return openai_error(400, f"purpose {fields.get('purpose')!r} is not supported here: only 'batch'",
+                return openai_error(400, f"purpose {clip(fields.get('purpose'))!r} is not supported here: only 'batch'",
                                     param="purpose")
             policy = form_policy(fields, "expires_after")
             seconds = None if policy is None else policy_seconds(policy, "expires_after")

@@ -2,7 +2,9 @@
 fields (`Loaded`), submitting a batch, and each API's JSON and error responses.
 
 Each API sees only the batches created through it (`serve_api`): a batch of the other API, or one
-submitted by the CLI, has no input file or request shape it could show, so it is not found there."""
+submitted by the CLI, has no input file or request shape it could show, so it is not found there.
+An error message that repeats what a client sent (an id, a cursor, a parameter) repeats at most
+`ECHO` characters of it (`clip`): a client never gets back an unbounded copy of its request."""
 
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ from batchrelay.config.settings import Settings
 from batchrelay.errors import BatchNotFound
 from batchrelay.money.ledger import Row, rows, total
 from batchrelay.serve.bodies import capped
-from batchrelay.serve.listing import BadParam
+from batchrelay.serve.params import BadParam
 from batchrelay.spec import BatchSpec
+from batchrelay.store.ids import checked_batch_id
 from batchrelay.store.lifecycle import FINAL, advance, request_stop
 from batchrelay.store.status import Status
 from batchrelay.store.store import BatchInfo, Store
@@ -29,6 +32,7 @@ from batchrelay.wire.jobs import IdRule, LineReader
 SERVE_FIELDS = ("serve_api", "serve_endpoint", "serve_input_file_id", "serve_completion_window", "serve_metadata",
                 "serve_errors", "serve_output_expires_s", "serve_output_gone", "serve_errors_gone", "stop_at", "error")
 OPENAI, ANTHROPIC = "openai", "anthropic"
+STOP_LINES = 1000  # lines a request that cancels (or polls a cancelling batch) stops at most; workers do the rest
 
 
 @dataclass
@@ -68,7 +72,9 @@ class Loaded:
 
 
 async def load(store: Store, batch_id: str, api: str) -> Loaded:
-    """BatchNotFound for an unknown id or a batch not created through `api`."""
+    """BatchNotFound for an unknown id (or one of another shape: store/ids.py) or a batch not created
+    through `api`."""
+    checked_batch_id(batch_id)
     fields = await store.get_fields(batch_id, SERVE_FIELDS)
     if fields.get("serve_api") != api:
         raise BatchNotFound(batch_id)
@@ -78,18 +84,20 @@ async def load(store: Store, batch_id: str, api: str) -> Loaded:
 
 async def current(served: Served, batch_id: str, api: str) -> Loaded:
     """`load`, after moving a stop on (as `batchrelay cancel` does while it waits): a client polling
-    a cancelled batch sees it end once the grace is over, not at the workers' next sweep."""
+    a cancelled batch sees it end once the grace is over, not at the workers' next sweep. A request
+    stops at most `STOP_LINES` lines: the workers' sweeps stop the rest of a large batch."""
     b = await load(served.db, batch_id, api)
-    if b.info.status in FINAL and await advance(served.db, batch_id, served.grace_s):
+    if b.info.status in FINAL and await advance(served.db, batch_id, served.grace_s, most=STOP_LINES):
         b = await load(served.db, batch_id, api)
     return b
 
 
 async def stop(served: Served, batch_id: str, api: str) -> Loaded:
-    """Cancel the batch and move the stop on (the workers' sweeps finish it); BatchNotFound as `load`."""
+    """Cancel the batch and move the stop on by at most `STOP_LINES` lines (the workers' sweeps
+    finish it); BatchNotFound as `load`."""
     await load(served.db, batch_id, api)
     await request_stop(served.db, batch_id, Status.CANCELLED)
-    await advance(served.db, batch_id, served.grace_s)
+    await advance(served.db, batch_id, served.grace_s, most=STOP_LINES)
     return await load(served.db, batch_id, api)
 
 

@@ -16,6 +16,7 @@ from python_multipart.exceptions import FormParserError
 from starlette.requests import Request
 
 from batchrelay.errors import UploadError, UploadTooLarge
+from batchrelay.serve.params import clip
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -114,7 +115,7 @@ class _Form:
             return
         self._field_bytes += end - start
         if len(self._value) + end - start > MAX_FIELD_BYTES:
-            raise UploadError(f"form field {self._name!r} is too long")
+            raise UploadError(f"form field {clip(self._name)!r} is too long")
         if self._field_bytes > MAX_FIELDS_BYTES:
             raise UploadTooLarge(f"the form fields are over {MAX_FIELDS_BYTES // 1024} KiB together")
         self._value += data[start:end]

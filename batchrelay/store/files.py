@@ -3,6 +3,7 @@ hash per file) and their ids in an index scored by upload time, so they can be l
 
 from __future__ import annotations
 
+from batchrelay.store.ids import is_file_id
 from batchrelay.store.store import Store
 
 
@@ -12,7 +13,9 @@ def _decoded(raw: dict[bytes, bytes]) -> dict[str, str]:
 
 async def file_record(store: Store, file_id: str) -> dict[str, str] | None:
     """The uploaded file's id, bytes, created_at, filename, purpose (and expires_at if it has one);
-    None if there is none."""
+    None if there is none (an id of another shape names none: ids.py)."""
+    if not is_file_id(file_id):
+        return None
     raw: dict[bytes, bytes] = await store.redis.hgetall(store.keys.file(file_id))  # type: ignore[misc]
     return _decoded(raw) or None
 

@@ -7,7 +7,8 @@ is first marked `cancelling`/`expiring` (claims then take none of its lines); li
 get their `cancelled`/`expired` record at once; lines a worker may still be calling get
 `grace_s` (`WorkerConfig.cancel_grace_s`) to finish with their real answer, then are stopped too. The
 last record ends the batch (lua/result_write.lua). `advance` does one step and is run by the
-`cancel` command and by every worker's sweep, so a stop finishes even if its CLI is interrupted.
+`cancel` command and by every worker's sweep, so a stop finishes even if its CLI is interrupted;
+`serve` runs a bounded step (`most` lines) in a request, so a large batch's cancel answers at once.
 `retry` puts failed, cancelled and expired lines back: each keeps its billed attempts, so the ledger
 (which gives their cost back while they are pending) still equals the sum of the result lines.
 A deferred batch (`submit --at/--in`) waits `scheduled`, with no chunk enqueued; the first sweep
@@ -28,6 +29,7 @@ from batchrelay.errors import BatchNotFound, RetryRefused
 from batchrelay.money.ledger import increments
 from batchrelay.results.outcome import Attempt, billed_calls
 from batchrelay.results.records import stopped_record
+from batchrelay.store.ids import checked_batch_id
 from batchrelay.store.queue import chunk_map_entries, enqueue_chunks, split_chunks
 from batchrelay.store.status import EXPIRABLE, INTERIM, STOPPED, Status
 from batchrelay.store.status import FINAL as FINAL  # where serve/app.py has always found it
@@ -44,7 +46,8 @@ RETRYABLE = {"invalid_request": "failed", "provider_error": "failed", "cancelled
 
 async def request_stop(store: Store, batch_id: str, final: str) -> str:
     """Mark the batch `cancelling` / `expiring` (`final`: cancelled / expired); returns its status
-    (unchanged if already finished). BatchNotFound for an unknown batch."""
+    (unchanged if already finished). BatchNotFound for an unknown batch (or an id of another shape)."""
+    checked_batch_id(batch_id)
     status = await store.scripts.request_stop(store.keys, batch_id, INTERIM[Status(final)], time.time())
     if status is None:
         raise BatchNotFound(batch_id)
@@ -64,19 +67,30 @@ async def is_stopped(store: Store, batch_id: str) -> bool:
     return status in STOPPED
 
 
-async def _pending_blocks(store: Store, batch_id: str) -> AsyncIterator[list[int]]:
+async def _pending_blocks(store: Store, batch_id: str, most: int | None = None) -> AsyncIterator[list[int]]:
+    """The batch's pending lines, a block at a time; no more than `most` of them in all."""
     block: list[int] = []
+    left = most
+    if left is not None and left < 1:
+        return
     async for raw in store.redis.sscan_iter(store.keys.pending(batch_id), count=BLOCK):
         block.append(int(raw))
-        if len(block) >= BLOCK:
+        if len(block) >= BLOCK or len(block) == left:
             yield block
+            if left is not None:
+                left -= len(block)
+                if left <= 0:
+                    return
             block = []
     if block:
         yield block
 
 
-async def advance(store: Store, batch_id: str, grace_s: float, now: float | None = None) -> int:
-    """One step of stopping a batch; returns how many lines it stopped now."""
+async def advance(store: Store, batch_id: str, grace_s: float, now: float | None = None, *,
+                  most: int | None = None) -> int:
+    """One step of stopping a batch; returns how many lines it stopped now. `most`: look at no more
+    than that many pending lines (a bounded step, as a request takes; the next step, or a worker's
+    sweep, goes on)."""
     now = time.time() if now is None else now
     fields = await store.get_fields(batch_id, ["status", "stop_at"])
     status = fields.get("status", "")
@@ -85,7 +99,7 @@ async def advance(store: Store, batch_id: str, grace_s: float, now: float | None
         return 0
     everything = now - float(fields.get("stop_at") or now) >= grace_s
     k, stopped = store.keys, 0
-    async for block in _pending_blocks(store, batch_id):
+    async for block in _pending_blocks(store, batch_id, most):
         async with store.redis.pipeline(transaction=False) as pipe:
             pipe.hmget(k.first_try(batch_id), block)
             pipe.hmget(k.lines(batch_id), block)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from batchrelay.errors import BatchNotFound
-from batchrelay.store.store import ERR, OK, Store
+from batchrelay.store.store import BYTE_FIELDS, ERR, OK, Store
 
 BLOCK = 100
 SCAN = 1000
@@ -67,15 +67,30 @@ async def served_batches(store: Store, api: str, *, after: str | None = None, ne
 
 async def delete_records(store: Store, batch_id: str, successes: bool) -> int:
     """Delete the batch's answers (or, `successes` False, its error records); how many went. Its
-    counts stay: they say what happened, the records were what came back."""
-    key, mark, deleted = store.keys.results(batch_id), OK if successes else ERR, 0
-    block: list[str] = []
+    counts stay: they say what happened, the records were what came back. Their size goes with them
+    (store.BYTE_FIELDS, of a batch that keeps it)."""
+    key, mark = store.keys.results(batch_id), OK if successes else ERR
+    deleted = size = 0
+    block: list[tuple[str, int]] = []
+
+    async def delete() -> None:
+        nonlocal deleted, size
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for line, _ in block:
+                pipe.hdel(key, line)
+            gone = await pipe.execute()
+        deleted += sum(gone)
+        size += sum(n for (_, n), g in zip(block, gone, strict=True) if g)
+        block.clear()
+
     async for line, raw in store.redis.hscan_iter(key, count=SCAN):
         if raw[:1] == mark:
-            block.append(line.decode())
+            block.append((line.decode(), len(raw)))
         if len(block) >= SCAN:
-            deleted += await store.redis.hdel(key, *block)  # type: ignore[misc]
-            block = []
+            await delete()
     if block:
-        deleted += await store.redis.hdel(key, *block)  # type: ignore[misc]
+        await delete()
+    field = BYTE_FIELDS[successes]
+    if size and await store.redis.hexists(store.keys.meta(batch_id), field):  # type: ignore[misc]
+        await store.redis.hincrby(store.keys.meta(batch_id), field, -size)  # type: ignore[misc]
     return deleted

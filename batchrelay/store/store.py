@@ -3,7 +3,8 @@
 Redis is the record and arq only the transport: a line is finished exactly when its result is in
 the results hash, and writing a result is one Lua step (result + pending + counts + status), so a
 rerun of a finished line changes nothing. Stored results start with one byte, b"1" for a success
-and b"0" for an error record, so exports need not parse them.
+and b"0" for an error record, so exports need not parse them; the batch keeps the size of each
+kind (`BYTE_FIELDS`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from batchrelay.errors import BatchNotFound
 from batchrelay.money.pricing import pico
 from batchrelay.spec import BatchSpec
 from batchrelay.store.connection import connect
+from batchrelay.store.ids import checked_batch_id
 from batchrelay.store.keys import Keys
 from batchrelay.store.queue import chunk_lines, chunk_map_entries
 from batchrelay.store.scripts import Scripts
@@ -31,6 +33,9 @@ OK, ERR = b"1", b"0"
 EXPORT_BLOCK = 2000
 
 COUNT_FIELDS = ("total", "invalid", "succeeded", "failed", "cancelled", "expired", "max_line", "chunks")
+# the size of the stored answers and of the other records, as an export writes them (JSON + newline),
+# kept as they are written and removed (lua/_result_bytes.lua), so no one reads them all to know it
+BYTE_FIELDS = {True: "ok_bytes", False: "error_bytes"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +168,7 @@ class Store:
                 pipe.hset(self.keys.budget(batch_id), "max", str(pico(spec.max_cost)))
             pipe.hset(self.keys.meta(batch_id), mapping={
                 "id": batch_id, "name": spec.name or source, "source": source, "status": Status.VALIDATING,
-                "created_at": now, **{f: 0 for f in COUNT_FIELDS}, **extra,
+                "created_at": now, **{f: 0 for f in (*COUNT_FIELDS, *BYTE_FIELDS.values())}, **extra,
             })
             pipe.zadd(self.keys.batches, {batch_id: now})
             if spec.webhook:
@@ -183,6 +188,7 @@ class Store:
                 pipe.sadd(k.pending(batch_id), *[j.line for j in jobs])
             if bad:
                 pipe.hset(k.results(batch_id), mapping={line: ERR + rec for line, rec in bad})
+                pipe.hincrby(k.meta(batch_id), BYTE_FIELDS[False], sum(len(rec) + 1 for _, rec in bad))
             if chunks:
                 pipe.hset(k.chunks(batch_id), mapping=chunk_map_entries(chunks))
             await pipe.execute()
@@ -267,6 +273,8 @@ class Store:
         return raw
 
     async def info(self, batch_id: str) -> BatchInfo:
+        """BatchNotFound for an unknown id, or one of another shape (ids.py; no key is read for it)."""
+        checked_batch_id(batch_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self.keys.meta(batch_id))
             pipe.scard(self.keys.pending(batch_id))

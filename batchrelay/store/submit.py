@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import itertools
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 from batchrelay.errors import InputError
 from batchrelay.results.records import bad_line_record
 from batchrelay.spec import BatchSpec
+from batchrelay.store.ids import new_batch_id as new_batch_id  # where its callers have always found it
 from batchrelay.store.queue import chunk_job_id
 from batchrelay.store.status import Status
 from batchrelay.store.store import Store
@@ -39,10 +39,6 @@ class SubmitResult:
     total: int
     valid: int
     invalid: int
-
-
-def new_batch_id() -> str:
-    return "batch_" + uuid.uuid4().hex[:24]
 
 
 class _Counted:

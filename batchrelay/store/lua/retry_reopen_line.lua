@@ -5,8 +5,10 @@
 -- ARGV: line, record, count, attempts, ...ledger
 -- record: the record as read; count: the meta count it leaves; attempts: JSON, '' for none;
 -- ledger: field, decrement pairs.
+--#include result_bytes
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
+add_bytes(KEYS[3], ARGV[2], -1)
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[3], ARGV[3], -1)
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], ARGV[1], ARGV[4]) end
