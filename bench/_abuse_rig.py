@@ -1,7 +1,10 @@
 """The processes and instruments of bench/serve_abuse.py: a redis-server of its own, the simulator,
 `batchrelay serve` (started afresh for every attack) and a worker; serve's RSS and Redis's memory
 sampled in the background; a keyed probe on its own connection; raw HTTP exchanges that go on
-sending whatever the server answers."""
+sending whatever the server answers.
+
+Its processes run in its temporary directory: `python -m` puts the working directory first on the
+path, so from inside a checkout they would run that checkout's code whatever PYTHONPATH says."""
 
 from __future__ import annotations
 
@@ -94,7 +97,7 @@ class Rig:
         self.port = free_port()
         with log.open("wb") as out:
             self.serve = subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(self.config), "serve",
-                                           "--port", str(self.port)], env=self.env, stdout=out, stderr=out)
+                                           "--port", str(self.port)], env=self.env, stdout=out, stderr=out, cwd=self.tmp)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.serve.poll() is not None:
@@ -119,7 +122,7 @@ class Rig:
     def start_worker(self, log: Path) -> None:
         with log.open("wb") as out:
             self.worker = subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(self.config), "worker"],
-                                           env=self.env, stdout=out, stderr=out)
+                                           env=self.env, stdout=out, stderr=out, cwd=self.tmp)
 
     def stop_worker(self) -> None:
         if self.worker is not None:
