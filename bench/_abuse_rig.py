@@ -97,7 +97,8 @@ class Rig:
         self.port = free_port()
         with log.open("wb") as out:
             self.serve = subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(self.config), "serve",
-                                           "--port", str(self.port)], env=self.env, stdout=out, stderr=out, cwd=self.tmp)
+                                           "--port", str(self.port)], env=self.env, stdout=out, stderr=out,
+                                          cwd=self.tmp)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.serve.poll() is not None:
