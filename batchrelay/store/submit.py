@@ -30,8 +30,13 @@ from batchrelay.wire.jobs import BadLine, IdRule, JobLine, LineReader, duplicate
 from batchrelay.wire.sniff import SNIFF_LINES, input_problem
 
 FLUSH_LINES = 5000
-FLUSH_BYTES = 4 * 1024 * 1024  # a block of long lines is written early: a few MiB of parsed lines at most
-YIELD_EVERY = 500  # lines parsed between turns of the block being written meanwhile
+# A block of long lines is written early: one block's parsed lines stay small in memory, and packing
+# its commands (a stretch the event loop cannot break) stays short, as `serve` answers others meanwhile.
+FLUSH_BYTES = 1024 * 1024
+# Lines (or bytes of them) parsed between turns of the event loop: the block being written meanwhile
+# goes on as Redis answers, and a `serve` submitting a large batch keeps answering other requests.
+YIELD_EVERY = 500
+YIELD_BYTES = 128 * 1024
 
 @dataclass(frozen=True, slots=True)
 class SubmitResult:
@@ -135,7 +140,7 @@ async def submit_stream(
             on_progress(valid + invalid)
 
     try:
-        block_from = 0  # where in the input the block being parsed starts
+        block_from = yielded_at = 0  # where in the input the block being parsed starts; the last turn
         for n, item in enumerate(itertools.chain(head, items)):
             read = read_at[n] if n < len(read_at) else reader.count
             max_line = item.line
@@ -151,8 +156,10 @@ async def submit_stream(
                 writing = asyncio.create_task(write(block, bad, False))
                 block, bad, block_from = [], [], read
                 await asyncio.sleep(0)  # let it send its first command before parsing goes on
-            elif n % YIELD_EVERY == 0 and writing:
-                await asyncio.sleep(0)  # and let it go on from time to time, as Redis answers
+                yielded_at = read
+            elif n % YIELD_EVERY == 0 or read - yielded_at >= YIELD_BYTES:
+                await asyncio.sleep(0)  # and let it (and the rest of the process) go on from time to time
+                yielded_at = read
         if writing:
             await writing
         await write(block, bad, True)
