@@ -50,16 +50,18 @@ class BatchSpec(BaseModel):
     webhook: str | None = None
     chunk_size: int = Field(default=50, ge=1)
     max_line_bytes: int = Field(default=MAX_LINE_BYTES, ge=1)
+    cache: bool = False  # answer identical requests from the response cache (default: `[cache] enabled`)
 
     @classmethod
     def of(cls, settings: Settings, base: BatchSpec | None = None, **options: Any) -> BatchSpec:
         """The options (None or False: not given) over `base`'s, with `[worker]`'s chunk size and line limit;
         provider names are checked against the configured ones. InputError names every bad option."""
         w = settings.worker
-        data: dict[str, Any] = {"chunk_size": w.chunk_size, "max_line_bytes": w.max_line_bytes}
+        data: dict[str, Any] = {"chunk_size": w.chunk_size, "max_line_bytes": w.max_line_bytes,
+                                "cache": settings.cache.enabled}
         if base is not None:
             data.update(base.model_dump(exclude_unset=True))
-        data.update((k, v) for k, v in options.items() if v is not None and v is not False)
+        data.update((k, v) for k, v in options.items() if v is not None and (v is not False or k == "cache"))
         return cls.checked(data, known_providers=[p.name for p in settings.providers])
 
     @classmethod

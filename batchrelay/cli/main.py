@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from batchrelay.cli.cache import cache_group
 from batchrelay.cli.config_file import accept_config_after, load_config
 from batchrelay.cli.cost import budget, cost, estimate
 from batchrelay.cli.kit import CONTEXT, emit_json, handles_errors, log_levels, open_client, run_async, settings_of
 from batchrelay.cli.lifecycle import cancel, retry_command
 from batchrelay.cli.options import (
+    cache_option,
     completion_window_option,
     defer_options,
     endpoint_option,
@@ -73,11 +75,13 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @endpoint_option
 @providers_option
 @money_options
+@cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 @handles_errors
 def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers: int, endpoint: str,
-        allow: tuple[str, ...] | None, max_cost: Decimal | None, require_prices: bool, as_json: bool) -> None:
+        allow: tuple[str, ...] | None, max_cost: Decimal | None, require_prices: bool, as_json: bool,
+        cache: bool | None = None) -> None:
     """Submit FILE, work it here, and write the results: all in one process.
 
     Uses REDIS_URL or [redis] url when set, else the embedded Redis the commands share; uses the
@@ -96,7 +100,7 @@ def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers:
 
     sigterm_as_interrupt()  # a SIGTERM ends `run` as cleanly as Ctrl-C does (see cli/guard.py)
     spec = BatchSpec.of(settings_of(ctx), endpoint=endpoint, providers=allow, max_cost=max_cost,
-                        require_prices=require_prices)
+                        require_prices=require_prices, cache=cache)
     with environment(before_run(settings_of(ctx), file, out, errors, spec)) as env:
         if spec.needs_prices:
             check_prices(file, env.settings, spec.endpoint, spec.providers)
@@ -176,12 +180,13 @@ def demo(ctx: click.Context, lines: int, out: Path, force: bool, as_json: bool) 
 @completion_window_option
 @defer_options
 @webhook_option
+@cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print the submission as JSON.")
 @click.pass_context
 @handles_errors
 def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allow: tuple[str, ...] | None,
            max_cost: Decimal | None, require_prices: bool, completion_window: float | None, at: float | None,
-           delay: float | None, webhook: str | None, as_json: bool) -> None:
+           delay: float | None, webhook: str | None, as_json: bool, cache: bool | None = None) -> None:
     """Queue FILE as a new batch in Redis and print its id.
 
     Each line is an OpenAI Batch line, an Anthropic Message Batches line, or a bare request
@@ -197,7 +202,7 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
     """
     spec = BatchSpec.of(settings_of(ctx), name=name, endpoint=endpoint, providers=allow, max_cost=max_cost,
                         require_prices=require_prices, completion_window=completion_window,
-                        start_at=start_at_of(at, delay), webhook=webhook)
+                        start_at=start_at_of(at, delay), webhook=webhook, cache=cache)
 
     async def go() -> dict[str, Any]:
         async with open_client(settings_of(ctx)) as client:
@@ -381,7 +386,7 @@ def batches(ctx: click.Context, limit: int, as_json: bool) -> None:
     print_table(["id", "name", "status", "total", "succeeded", "failed", "invalid", "pending", "starts"], rows)
 
 
-for command in (providers, estimate, cost, budget, cancel, retry_command, serve, simulate):
+for command in (providers, estimate, cost, budget, cancel, retry_command, serve, simulate, cache_group):
     cli.add_command(command)
 accept_config_after(cli)
 

@@ -96,3 +96,9 @@ def start_at_of(at: float | None, delay: float | None) -> float | None:
     if at is not None and delay is not None:
         raise click.UsageError("give --at or --in, not both")
     return at if at is not None else (time.time() + delay if delay is not None else None)
+
+
+cache_option = click.option(
+    "--cache/--no-cache", "cache", default=None,
+    help="Answer identical requests from the response cache and store new answers in it "
+         "(default: [cache] enabled). Identical requests then get identical answers.")

@@ -20,6 +20,7 @@ from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from batchrelay import parse
+from batchrelay.config.cache import CacheConfig
 from batchrelay.config.presets import apply_preset
 from batchrelay.errors import ConfigError
 from batchrelay.wire.dialect import DIALECTS, Dialect
@@ -58,8 +59,7 @@ class ModelPrice(_Strict):
 
 
 class RateLimits(_Strict):
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1); tpm: int | None = Field(default=None, ge=1)  # noqa: E702
 
 
 class ProviderConfig(_Strict):
@@ -140,8 +140,7 @@ class ProviderConfig(_Strict):
     def path(self, dialect: Dialect) -> str:
         return self.endpoints.get(dialect, DEFAULT_PATHS[dialect])
 
-    def speaks(self, dialect: Dialect) -> bool:
-        return dialect in self.dialects
+    def speaks(self, dialect: Dialect) -> bool: return dialect in self.dialects  # noqa: E704
 
     def provider_model(self, model: str) -> str:
         return self.models.get(model, model)
@@ -322,6 +321,7 @@ class Settings(_Strict):
     routing: RoutingConfig = RoutingConfig()
     serve: ServeConfig = ServeConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    cache: CacheConfig = CacheConfig()
     providers: tuple[ProviderConfig, ...] = ()
     schedules: tuple[ScheduleConfig, ...] = ()
     source: str | None = None

@@ -19,7 +19,8 @@ from batchrelay.wire.reply import Usage
 
 SEP = "\x1f"  # cannot occur in a provider or model name read from TOML or JSON without escaping
 METRICS = ("requests", "failed", "input", "cached", "cache_write", "output", "reasoning",
-           "cost", "reported", "unpriced", "min_charge", "discrepancies")
+           "cost", "reported", "unpriced", "min_charge", "discrepancies", "cache_hits", "saved")
+CACHE = "cache"  # the ledger's provider column for lines the response cache answered (no call, cost 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,15 @@ def increments(calls: Iterable[Billed]) -> dict[str, int]:
             add(c, "reported", pico(cost.reported))
         add(c, "min_charge", int(cost.min_charge_applied))
         add(c, "discrepancies", int(cost.discrepancy is not None))
+    return out
+
+
+def hit_increments(model: str, saved: Decimal | None) -> dict[str, int]:
+    """The ledger fields a line answered from the response cache adds: a hit, and what its answer had
+    cost when it was paid for (`saved`; None: unknown price). It bills nothing."""
+    out = {f"{CACHE}{SEP}{model}{SEP}cache_hits": 1}
+    if saved:
+        out[f"{CACHE}{SEP}{model}{SEP}saved"] = pico(saved)
     return out
 
 
@@ -115,7 +125,9 @@ class Row:
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"provider": self.provider, "model": self.model}
         for m in METRICS:
-            if m in ("cost", "reported"):
+            if m == "saved":
+                d["saved_usd"] = usd_str(usd(self[m]))
+            elif m in ("cost", "reported"):
                 d[f"{m}_usd"] = usd_str(usd(self[m])) if m == "cost" or self[m] else None
             else:
                 d[m] = self[m]

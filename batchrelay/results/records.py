@@ -85,10 +85,28 @@ def stopped_record(batch_id: str, job: JobLine, attempts: list[Attempt], final: 
     return orjson.dumps(rec)
 
 
-def outcome_record(batch_id: str, job: JobLine, out: Outcome, billed: list[Billed] | None = None) -> bytes:
+def hit_record(batch_id: str, job: JobLine, body: dict[str, Any], request_id: str | None,
+               usage: dict[str, Any] | None, cache: dict[str, Any]) -> bytes:
+    """The record of a line the response cache answered: the stored answer, no attempt, cost 0;
+    `cache`: its `batchrelay.cache` ({"status": "hit", "from": ..., "saved_usd": ...})."""
+    meta: dict[str, Any] = {"line": job.line, "provider": None, "provider_model": None, "attempts": [],
+                            "usage": usage, "cost": line_cost([]), "cache": cache}
+    if _anthropic_shaped(job.fmt, job.dialect):
+        rec: dict[str, Any] = {"custom_id": job.custom_id, "result": {"type": "succeeded", "message": body}}
+    else:
+        rec = {"id": _openai_id(batch_id, job.line), "custom_id": job.custom_id,
+               "response": {"status_code": 200, "request_id": request_id, "body": body}, "error": None}
+    rec["batchrelay"] = meta
+    return orjson.dumps(rec)
+
+
+def outcome_record(batch_id: str, job: JobLine, out: Outcome, billed: list[Billed] | None = None,
+                   cache: dict[str, Any] | None = None) -> bytes:
     """The record of a line whose relay ended for good (ANSWERED, REJECTED or FAILED). `billed`: `out.billed`,
-    when the caller has it already."""
+    when the caller has it already; `cache`: its `batchrelay.cache`, when its batch uses the cache."""
     meta = _meta(job, out.attempts, out.billed if billed is None else billed, out)
+    if cache is not None:
+        meta["cache"] = cache
     anthropic = _anthropic_shaped(job.fmt, job.dialect)
     if out.reply is not None:
         if anthropic:

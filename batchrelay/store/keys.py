@@ -134,6 +134,25 @@ class Keys:
         """String, set NX (a lease) by the worker exporting that batch's results."""
         return f"{self.prefix}schedule:{name}:export:{batch_id}"
 
+    @property
+    def cache_entries(self) -> str:
+        """Hash: cache key -> a stored answer, compressed (store/cache.py)."""
+        return f"{self.prefix}cache:entries"
+
+    @property
+    def cache_index(self) -> str:
+        """Sorted set: cache keys scored by when their answer was stored (ms): TTL and oldest-first eviction."""
+        return f"{self.prefix}cache:index"
+
+    @property
+    def cache_stats(self) -> str:
+        """Hash: the cache's entries, bytes, hits, misses, saved (pico-dollars), stored, evicted."""
+        return f"{self.prefix}cache:stats"
+
+    def cache_lease(self, key: str) -> str:
+        """String (SET NX PX): the single-flight lease of the worker sending this cache key's request."""
+        return f"{self.prefix}cache:lease:{key}"
+
     def batch_keys(self, batch_id: str) -> list[str]:
         return [
             self.meta(batch_id),

@@ -27,9 +27,10 @@ from batchrelay.config.settings import HealthConfig, ProviderConfig
 from batchrelay.store.keys import Keys
 from batchrelay.store.status import Status
 
-SCRIPTS = ("batch_start_due", "budget_purge", "budget_raise", "budget_reserve", "budget_settle", "chunk_reclaim",
-           "chunk_release", "health_acquire", "health_report", "result_write", "retry_reopen_line", "stop_finish",
-           "stop_request", "submit_claim_ids", "submit_finish", "webhook_claim")
+SCRIPTS = ("batch_start_due", "budget_purge", "budget_raise", "budget_reserve", "budget_settle", "cache_get",
+           "cache_lease", "cache_prune", "cache_put", "chunk_reclaim", "chunk_release", "health_acquire",
+           "health_report", "result_write", "retry_reopen_line", "stop_finish", "stop_request",
+           "submit_claim_ids", "submit_finish", "webhook_claim")
 
 _HEADER = re.compile(r"^-- (KEYS|ARGV): (.+)$", re.MULTILINE)
 _INCLUDE = re.compile(r"^--#include (\w+)$", re.MULTILINE)
@@ -238,3 +239,26 @@ class Scripts:
         """Move the entry from score `seen` to `score`; True for the one caller that did."""
         return bool(await self._s["webhook_claim"]({"webhooks": k.webhooks},
                                                    {"batch": batch_id, "seen": repr(seen), "score": repr(score)}))
+
+    # the response cache (cache.py); times in ms
+
+    def _cache_keys(self, k: Keys) -> dict[str, str]:
+        return {"cache_entries": k.cache_entries, "cache_index": k.cache_index, "cache_stats": k.cache_stats}
+
+    async def cache_get(self, k: Keys, *, key: str, now_ms: int, ttl_ms: int, count: bool) -> bytes | None:
+        got: bytes | None = await self._s["cache_get"](
+            self._cache_keys(k), {"key": key, "now_ms": now_ms, "ttl_ms": ttl_ms, "count": "1" if count else "0"})
+        return got
+
+    async def cache_put(self, k: Keys, *, key: str, value: bytes, now_ms: int, ttl_ms: int, max_bytes: int) -> int:
+        """How many entries were dropped (expired, or evicted for room)."""
+        return int(await self._s["cache_put"](self._cache_keys(k), {
+            "key": key, "value": value, "now_ms": now_ms, "ttl_ms": ttl_ms, "max_bytes": max_bytes}))
+
+    async def cache_prune(self, k: Keys, *, keys: list[str], now_ms: int, ttl_ms: int, max_bytes: int) -> int:
+        return int(await self._s["cache_prune"](self._cache_keys(k), {
+            "keys": orjson.dumps(keys), "now_ms": now_ms, "ttl_ms": ttl_ms, "max_bytes": max_bytes}))
+
+    async def cache_lease(self, k: Keys, key: str, *, token: str, ms: int) -> bool:
+        """Renew the lease for `ms` (0: give it up); False when `token` no longer held it."""
+        return bool(await self._s["cache_lease"]({"cache_lease": k.cache_lease(key)}, {"token": token, "ms": ms}))

@@ -7,7 +7,7 @@ from typing import Any
 
 from batchrelay.money.budget import BudgetInfo
 from batchrelay.money.ledger import Row, rows, total
-from batchrelay.money.pricing import usd_str
+from batchrelay.money.pricing import usd, usd_str
 from batchrelay.store.budget import Budget
 from batchrelay.store.store import BatchInfo, Store
 
@@ -28,7 +28,8 @@ async def status_object(store: Store, info: BatchInfo) -> dict[str, Any]:
 def cost_summary(t: Row, budget: BudgetInfo) -> dict[str, Any]:
     """The batch's running cost, for `status` and `cost`."""
     d: dict[str, Any] = {"usd": usd_str(t.cost), "requests": t["requests"], "unpriced_calls": t["unpriced"],
-                         "discrepancies": t["discrepancies"]}
+                         "discrepancies": t["discrepancies"], "cache_hits": t["cache_hits"],
+                         "saved_usd": usd_str(usd(t["saved"]))}
     if budget.max_usd is not None:
         d["budget"] = budget.as_dict()
     return d
@@ -39,6 +40,8 @@ def cost_line(summary: dict[str, Any]) -> str:
     text = f"cost ${summary['usd']} for {summary['requests']} billed calls"
     if summary["unpriced_calls"]:
         text += f", {summary['unpriced_calls']} more of unknown price"
+    if summary.get("cache_hits"):
+        text += f"; {summary['cache_hits']} lines answered from the cache (saved ${summary['saved_usd']})"
     if b := summary.get("budget"):
         text += (f"; budget ${plain_usd(b['max_usd'])}: ${plain_usd(b['spent_usd'])} spent, "
                  f"${plain_usd(b['reserved_usd'])} reserved")

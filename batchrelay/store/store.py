@@ -45,6 +45,7 @@ class Claim:
     allow: list[str] | None  # the batch's provider allow-list, if it has one
     earlier: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # attempts before a deferral
     budgeted: bool = False  # the batch has a spending limit: every call takes a reservation first
+    cached: bool = False  # the batch uses the response cache (store/cache.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +160,8 @@ class Store:
         now = time.time()
         extra: dict[str, Any] = {"providers": ",".join(spec.providers)} if spec.providers else {}
         extra["queue"] = queue or self.keys.queue
+        if spec.cache:
+            extra["cache"] = 1
         if spec.completion_window is not None:
             extra["expires_at"] = max(now, spec.start_at or now) + spec.completion_window
             extra["completion_window_s"] = spec.completion_window
@@ -228,9 +231,9 @@ class Store:
             pipe.smismember(k.pending(batch_id), list(lines))
             pipe.hmget(k.lines(batch_id), list(lines))
             pipe.hmget(k.first_try(batch_id), list(lines))
-            pipe.hmget(k.meta(batch_id), ["providers", "status", "max_cost"])
+            pipe.hmget(k.meta(batch_id), ["providers", "status", "max_cost", "cache"])
             pipe.hmget(k.attempts(batch_id), list(lines))
-            flags, raws, firsts, (allow, status, max_cost), tried = await pipe.execute()
+            flags, raws, firsts, (allow, status, max_cost, cached), tried = await pipe.execute()
         if status is not None and status.decode() in STOPPED:
             return Claim([], {}, None)  # nothing more is spent on a batch that was stopped or is over budget
         jobs, first_tried, fresh, earlier = [], {}, {}, {}
@@ -244,7 +247,8 @@ class Store:
                     fresh[line] = now
         if fresh:
             await self.redis.hset(k.first_try(batch_id), mapping=fresh)  # type: ignore[misc]
-        return Claim(jobs, first_tried, allow.decode().split(",") if allow else None, earlier, max_cost is not None)
+        return Claim(jobs, first_tried, allow.decode().split(",") if allow else None, earlier, max_cost is not None,
+                     cached is not None)
 
     async def save_attempts(self, batch_id: str, line: int, attempts: list[dict[str, Any]]) -> None:
         """A deferred line keeps its attempts, so its result can list every one of them."""

@@ -33,6 +33,7 @@ from batchrelay.providers.routing import candidates
 from batchrelay.results.outcome import Attempt, Outcome, Result
 from batchrelay.results.records import outcome_record
 from batchrelay.store.budget import Budget
+from batchrelay.store.cache import ResponseCache
 from batchrelay.store.health import Health
 from batchrelay.store.heartbeat import Heartbeat
 from batchrelay.store.lifecycle import is_stopped, tick
@@ -41,6 +42,7 @@ from batchrelay.store.store import Store
 from batchrelay.store.sweeper import requeue_deferred, sweep
 from batchrelay.store.webhooks import Outbox, delivery_of
 from batchrelay.wire.jobs import JobLine
+from batchrelay.worker.cached import CachedLines
 from batchrelay.worker.linepool import LinePool
 from batchrelay.worker.relay import LineRelay
 
@@ -58,6 +60,7 @@ class LineWork:
     allow: list[str] | None
     earlier: list[Attempt]
     budgeted: bool = False
+    cached: bool = False  # its batch uses the response cache (cached.py)
     done: bool = True  # False while a consumer is on it (it outlives a cancelled chunk)
 
 
@@ -79,6 +82,7 @@ class Runtime:
     background: set[asyncio.Task[Any]] = field(default_factory=set)  # schedule submits started by a sweep
     _stopped: dict[str, tuple[float, bool]] = field(default_factory=dict)  # batch -> (checked at, stopped)
     heartbeat: Heartbeat | None = None  # this process's, and the chunks it holds (store/heartbeat.py)
+    cached: CachedLines | None = None  # the response cache, for batches that use it
 
     @classmethod
     def opened(cls, settings: Settings, store: Store) -> Runtime:
@@ -86,7 +90,9 @@ class Runtime:
         # a live call settles its reservation well within 2 * call_timeout: only a dead worker's lapse
         lease_s = 2 * settings.worker.call_timeout + 60
         rt = cls(settings, store, settings.ordered_providers(), Health(store, settings.health),
-                 budget=Budget(store, lease_s=lease_s))
+                 budget=Budget(store, lease_s=lease_s),
+                 cached=CachedLines(ResponseCache(store, settings.cache),
+                                    settings.worker.call_timeout + settings.cache.lease_s))
         rt.open()
         return rt
 
@@ -163,6 +169,12 @@ class Runtime:
             self.in_flight.discard((work.batch_id, work.job.line))
 
     async def _handle(self, consumer: int, work: LineWork) -> float | None:
+        if work.cached and self.cached is not None:
+            return await self.cached.handle(work.batch_id, work.job, lambda: self._relay(consumer, work),
+                                            lambda out, cache: self._finish(work, out, cache))
+        return await self._finish(work, await self._relay(consumer, work))
+
+    async def _relay(self, consumer: int, work: LineWork) -> Outcome:
         client = self.clients[consumer * len(self.clients) // self.settings.worker.concurrency]
         job, r = work.job, self.settings.routing
         cands = candidates(job.dialect, str(job.body["model"]), self.providers, strategy=r.strategy,
@@ -178,10 +190,16 @@ class Runtime:
         except Exception as e:  # a bug or an input nothing caught earlier: never retry it forever
             log.exception("line %s of %s failed inside batchrelay", job.line, work.batch_id)
             out = Outcome(Result.FAILED, list(work.earlier), message=f"internal error: {type(e).__name__}: {e}"[:500])
+        return out
+
+    async def _finish(self, work: LineWork, out: Outcome, cache: dict[str, Any] | None = None) -> float | None:
+        """Write a final outcome's record, or keep a pending line's attempts; when it may be tried again."""
+        job = work.job
         match out.kind:
             case Result.ANSWERED | Result.REJECTED | Result.FAILED:
                 billed = out.billed
-                await self.store.write_result(work.batch_id, job.line, outcome_record(work.batch_id, job, out, billed),
+                await self.store.write_result(work.batch_id, job.line,
+                                              outcome_record(work.batch_id, job, out, billed, cache),
                                               out.ok, increments(billed))
                 return None
             case Result.DEFERRED:
@@ -214,7 +232,7 @@ class Runtime:
             return 0
         assert self.pool is not None
         work = [LineWork(batch_id, job, claim.first_tried[job.line], claim.allow,
-                         [Attempt.from_dict(a) for a in claim.earlier.get(job.line, [])], claim.budgeted)
+                         [Attempt.from_dict(a) for a in claim.earlier.get(job.line, [])], claim.budgeted, claim.cached)
                 for job in claim.jobs]
         self.in_flight.update((batch_id, w.job.line) for w in work)
         try:
