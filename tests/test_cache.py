@@ -24,7 +24,7 @@ import pytest
 
 from batchrelay.config.cache import CacheConfig
 from batchrelay.config.settings import HealthConfig, ProviderConfig, Settings, WorkerConfig
-from batchrelay.money.ledger import CACHE, rows, total
+from batchrelay.money.ledger import CACHE
 from batchrelay.procs import stop_all
 from batchrelay.sim.process import SimulatorProcess
 from batchrelay.spec import BatchSpec
@@ -323,3 +323,54 @@ def test_a_batch_uses_the_cache_as_asked_else_as_the_config_says() -> None:
     assert CacheConfig(ttl="7d").ttl == 7 * 86400 and CacheConfig(ttl=60).ttl == 60
     with pytest.raises(ValueError, match="duration"):
         CacheConfig(ttl="soon")
+
+
+# --- end to end: run, status, cost, the Python API -----------------------------------------------------
+
+def test_run_twice_with_cache_makes_no_provider_call_the_second_time_and_says_what_it_saved(
+        tmp_path: Path, redis_url: str, prefix: str, simulator: SimulatorProcess) -> None:
+    from .conftest import write_config
+
+    cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": simulator.base_url}])
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(orjson.dumps(openai_line(i)) + b"\n" for i in range(1, 31)))
+    env = {"REDIS_URL": redis_url}
+    runs = []
+    for n in (1, 2):
+        proc = batchrelay("-c", str(cfg), "run", str(src), "-o", str(tmp_path / f"o{n}.jsonl"), "--cache", "--json",
+                          env=env)
+        assert proc.returncode == 0, proc.stderr
+        runs.append(json.loads(proc.stdout))
+    assert simulator.stats()["calls"] == 30
+    first, second = runs
+    assert second["cost"]["usd"] == "0" and second["cost"]["cache_hits"] == 30
+    assert second["cost"]["saved_usd"] == first["cost"]["usd"] and first["cost"]["cache_hits"] == 0
+    st = json.loads(batchrelay("-c", str(cfg), "status", second["id"], "--json", env=env).stdout)
+    assert st["cost"]["cache_hits"] == 30  # the object the webhook POSTs (status_object)
+    text = batchrelay("-c", str(cfg), "cost", second["id"], env=env).stdout
+    assert "30 lines answered from the cache" in text
+    rows1 = [orjson.loads(x) for x in (tmp_path / "o1.jsonl").read_bytes().splitlines()]
+    rows2 = [orjson.loads(x) for x in (tmp_path / "o2.jsonl").read_bytes().splitlines()]
+    assert [r["response"]["body"] for r in rows1] == [r["response"]["body"] for r in rows2]
+    # --no-cache: sent again
+    proc = batchrelay("-c", str(cfg), "run", str(src), "-o", str(tmp_path / "o3.jsonl"), "--no-cache", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert simulator.stats()["calls"] == 60
+
+
+def test_the_python_api_takes_cache(tmp_path: Path, redis_url: str, prefix: str) -> None:
+    from batchrelay.api import Client
+
+    settings = Settings.model_validate({"redis": {"url": redis_url, "prefix": prefix}})
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(orjson.dumps(openai_line(1)) + b"\n")
+    with Client(settings=settings) as client:
+        on, off = client.submit(src, cache=True), client.submit(src)
+
+    async def flags() -> list[bool]:
+        from redis.asyncio import Redis
+
+        from batchrelay.store.keys import Keys
+        async with Store(Redis.from_url(redis_url), Keys(prefix)) as s:
+            return [(await s.claim(b, [1])).cached for b in (on, off)]
+    assert asyncio.run(flags()) == [True, False]

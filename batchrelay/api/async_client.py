@@ -117,7 +117,7 @@ class AsyncClient:
                      endpoint: Dialect | None = None, providers: Iterable[str] | str | None = None,
                      max_cost: Decimal | float | str | None = None, completion_window: Duration | None = None,
                      start_at: Instant | None = None, webhook: str | None = None,
-                     require_prices: bool = False) -> str:
+                     require_prices: bool = False, cache: bool | None = None) -> str:
         """Queue a new batch; returns its id. Bad lines become error records (with their line
         number) and the rest of the batch runs. The options are `spec`'s (a BatchSpec), with those
         given here over them; InputError names every option that cannot be used.
@@ -130,10 +130,11 @@ class AsyncClient:
         timedelta or "24h". `start_at`: a datetime, unix time or ISO-8601 string; the batch is
         `scheduled` until then (workers start it). `webhook`: an http(s) URL the batch object is
         POSTed to when the batch ends (see the README). `require_prices` (a path only): refuse the
-        batch (UnpricedModels) unless every model has a known price, as `max_cost` implies."""
+        batch (UnpricedModels) unless every model has a known price, as `max_cost` implies. `cache`:
+        use the response cache (default: `[cache] enabled`; identical requests get identical answers)."""
         spec = BatchSpec.of(self.settings, spec, name=name, endpoint=endpoint, providers=providers,
                             max_cost=max_cost, completion_window=completion_window, start_at=start_at,
-                            webhook=webhook, require_prices=require_prices)
+                            webhook=webhook, require_prices=require_prices, cache=cache)
         if isinstance(source, str | os.PathLike):
             path = Path(source)
             if spec.needs_prices:

@@ -99,22 +99,33 @@ class ResponseCache:
                                         count=count)
         return None if raw is None else CachedAnswer.decode(raw)
 
+    async def get_many(self, keys: list[str]) -> list[CachedAnswer | None]:
+        """`get` of each key (each counts as a hit or a miss), in one round trip."""
+        s, now = self.store, int(time.time() * 1000)
+        async with s.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                await s.scripts.cache_get(s.keys, key=key, now_ms=now, ttl_ms=self.ttl_ms, count=True, pipe=pipe)
+            raws = await pipe.execute()
+        return [None if raw is None else CachedAnswer.decode(raw) for raw in raws]
+
     async def put(self, key: str, answer: CachedAnswer) -> int:
         """Store a successful answer; how many old entries were dropped to keep to the TTL and cap."""
         s = self.store
         return await s.scripts.cache_put(s.keys, key=key, value=answer.encode(), now_ms=int(time.time() * 1000),
                                          ttl_ms=self.ttl_ms, max_bytes=self.cfg.max_bytes)
 
-    async def write_hit(self, batch_id: str, line: int, record: bytes, ledger: dict[str, int], saved: Decimal) -> bool:
-        """The line's result from a hit (the same exactly-once write as any answer) and the saved USD
-        in the cache's stats, in one round trip; False when the line already had a result."""
+    async def write_hits(self, batch_id: str, hits: list[tuple[int, bytes, dict[str, int], Decimal]]) -> int:
+        """Lines' results from hits, (line, record, ledger, saved USD): the same exactly-once write as
+        any answer, and the saved USD in the cache's stats, in one round trip; how many were new."""
         s = self.store
         async with s.redis.pipeline(transaction=False) as pipe:
-            await s.scripts.write_result(s.keys, batch_id, **_result(line, record, True, ledger, None), pipe=pipe)
+            for line, record, ledger, _ in hits:
+                await s.scripts.write_result(s.keys, batch_id, **_result(line, record, True, ledger, None), pipe=pipe)
+            saved = sum((h[3] for h in hits), Decimal(0))
             if saved:
                 pipe.hincrby(s.keys.cache_stats, "saved", pico(saved))
-            written, *_ = await pipe.execute()
-        return bool(written)
+            written = await pipe.execute()
+        return sum(1 for w in written[:len(hits)] if w)
 
     async def lease(self, key: str) -> str | None:
         """The single-flight lease for `key` (its token), or None while another worker holds it."""

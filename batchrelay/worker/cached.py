@@ -54,9 +54,19 @@ class CachedLines:
     def __init__(self, cache: ResponseCache, max_wait_s: float) -> None:
         self.cache, self.max_wait_s = cache, max_wait_s
 
+    async def answer_hits(self, batch_id: str, jobs: list[JobLine]) -> set[int]:
+        """Answer a chunk's lines that are in the cache, in two round trips; the lines answered. The
+        others go through `handle` (looked up again there, uncounted: another worker may have just
+        stored their answer)."""
+        found = await self.cache.get_many([cache_key(job.dialect, job.body) for job in jobs])
+        hits = [self._hit(batch_id, job, hit) for job, hit in zip(jobs, found, strict=True) if hit is not None]
+        if hits:
+            await self.cache.write_hits(batch_id, hits)
+        return {h[0] for h in hits}
+
     async def handle(self, batch_id: str, job: JobLine, relay: Relay, finish: Finish) -> float | None:
         key = cache_key(job.dialect, job.body)
-        hit = await self.cache.get(key)
+        hit = await self.cache.get(key, count=False)
         if hit is not None:
             await self._answer(batch_id, job, hit)
             return None
@@ -93,8 +103,12 @@ class CachedLines:
                     return  # lapsed (this loop was starved) and another took over: its answer will do
 
     async def _answer(self, batch_id: str, job: JobLine, hit: CachedAnswer) -> None:
+        await self.cache.write_hits(batch_id, [self._hit(batch_id, job, hit)])
+
+    @staticmethod
+    def _hit(batch_id: str, job: JobLine, hit: CachedAnswer) -> tuple[int, bytes, dict[str, int], Decimal]:
+        """A hit's result write: (line, record, ledger increments, saved USD)."""
         saved = Decimal(hit.usd) if hit.usd is not None else None
         meta = {"status": "hit", "from": hit.origin, "saved_usd": hit.usd}
         record = hit_record(batch_id, job, hit.body, hit.request_id, hit.usage, meta)
-        await self.cache.write_hit(batch_id, job.line, record, hit_increments(str(job.body["model"]), saved),
-                                   saved or Decimal(0))
+        return job.line, record, hit_increments(str(job.body["model"]), saved), saved or Decimal(0)

@@ -228,12 +228,16 @@ class Runtime:
     async def _run_chunk(self, batch_id: str, lines: list[int], job_id: str) -> int:
         # lines still running here (a chunk that passed its deadline and came back) are not taken twice
         claim = await self.store.claim(batch_id, [n for n in lines if (batch_id, n) not in self.in_flight])
-        if not claim.jobs:
-            return 0
+        jobs, hits = claim.jobs, 0
+        if claim.cached and self.cached is not None and jobs and not self.draining:
+            answered = await self.cached.answer_hits(batch_id, jobs)  # the whole chunk looked up at once
+            jobs, hits = [job for job in jobs if job.line not in answered], len(answered)
+        if not jobs:
+            return hits
         assert self.pool is not None
         work = [LineWork(batch_id, job, claim.first_tried[job.line], claim.allow,
                          [Attempt.from_dict(a) for a in claim.earlier.get(job.line, [])], claim.budgeted, claim.cached)
-                for job in claim.jobs]
+                for job in jobs]
         self.in_flight.update((batch_id, w.job.line) for w in work)
         try:
             defers = await self.pool.run(work)
@@ -245,7 +249,7 @@ class Runtime:
             # the chunk ends when its last line does: its deferred lines' wait has been running since
             soonest = max(0.0, min(due for _, due in later) - time.time())
             await requeue_deferred(self.store, batch_id, job_id, [n for n, _ in later], soonest)
-        return len(claim.jobs) - len(later)
+        return hits + len(jobs) - len(later)
 
     async def sweep(self, queue: str, *, background: bool = False) -> int:
         """Housekeeping (lifecycle.tick), due `[[schedules]]`, then requeue orphaned chunks; returns how
