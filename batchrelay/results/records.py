@@ -85,12 +85,15 @@ def stopped_record(batch_id: str, job: JobLine, attempts: list[Attempt], final: 
     return orjson.dumps(rec)
 
 
+NO_COST = line_cost([])  # a hit's: no call, 0 USD (only read: orjson writes it into each record)
+
+
 def hit_record(batch_id: str, job: JobLine, body: dict[str, Any], request_id: str | None,
                usage: dict[str, Any] | None, cache: dict[str, Any]) -> bytes:
     """The record of a line the response cache answered: the stored answer, no attempt, cost 0;
     `cache`: its `batchrelay.cache` ({"status": "hit", "from": ..., "saved_usd": ...})."""
     meta: dict[str, Any] = {"line": job.line, "provider": None, "provider_model": None, "attempts": [],
-                            "usage": usage, "cost": line_cost([]), "cache": cache}
+                            "usage": usage, "cost": NO_COST, "cache": cache}
     if _anthropic_shaped(job.fmt, job.dialect):
         rec: dict[str, Any] = {"custom_id": job.custom_id, "result": {"type": "succeeded", "message": body}}
     else:

@@ -95,17 +95,15 @@ class ResponseCache:
     async def get(self, key: str, *, count: bool = True) -> CachedAnswer | None:
         """The stored answer, or None; `count`: the lookup counts as a hit or a miss."""
         s = self.store
-        raw = await s.scripts.cache_get(s.keys, key=key, now_ms=int(time.time() * 1000), ttl_ms=self.ttl_ms,
-                                        count=count)
+        (raw,) = await s.scripts.cache_get(s.keys, keys=[key], now_ms=int(time.time() * 1000), ttl_ms=self.ttl_ms,
+                                           count=count)
         return None if raw is None else CachedAnswer.decode(raw)
 
     async def get_many(self, keys: list[str]) -> list[CachedAnswer | None]:
-        """`get` of each key (each counts as a hit or a miss), in one round trip."""
-        s, now = self.store, int(time.time() * 1000)
-        async with s.redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                await s.scripts.cache_get(s.keys, key=key, now_ms=now, ttl_ms=self.ttl_ms, count=True, pipe=pipe)
-            raws = await pipe.execute()
+        """`get` of each key (each counts as a hit or a miss), in one call."""
+        s = self.store
+        raws = await s.scripts.cache_get(s.keys, keys=keys, now_ms=int(time.time() * 1000), ttl_ms=self.ttl_ms,
+                                         count=True)
         return [None if raw is None else CachedAnswer.decode(raw) for raw in raws]
 
     async def put(self, key: str, answer: CachedAnswer) -> int:

@@ -245,13 +245,11 @@ class Scripts:
     def _cache_keys(self, k: Keys) -> dict[str, str]:
         return {"cache_entries": k.cache_entries, "cache_index": k.cache_index, "cache_stats": k.cache_stats}
 
-    async def cache_get(self, k: Keys, *, key: str, now_ms: int, ttl_ms: int, count: bool,
-                        pipe: Pipeline | None = None) -> bytes | None:
-        """The entry, or None; with `pipe` only queued (None here)."""
-        got: bytes | None = await self._s["cache_get"](
-            self._cache_keys(k), {"key": key, "now_ms": now_ms, "ttl_ms": ttl_ms, "count": "1" if count else "0"},
-            client=pipe)
-        return None if pipe is not None else got
+    async def cache_get(self, k: Keys, *, keys: list[str], now_ms: int, ttl_ms: int, count: bool) -> list[bytes | None]:
+        """Each key's entry, or None."""
+        got: list[bytes | None] = await self._s["cache_get"](self._cache_keys(k), {
+            "keys": orjson.dumps(keys), "now_ms": now_ms, "ttl_ms": ttl_ms, "count": "1" if count else "0"})
+        return got
 
     async def cache_put(self, k: Keys, *, key: str, value: bytes, now_ms: int, ttl_ms: int, max_bytes: int) -> int:
         """How many entries were dropped (expired, or evicted for room)."""
