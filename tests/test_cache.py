@@ -30,7 +30,7 @@ from batchrelay.sim.process import SimulatorProcess
 from batchrelay.spec import BatchSpec
 from batchrelay.store.budget import Budget
 from batchrelay.store.cache import CachedAnswer, ResponseCache
-from batchrelay.store.spending import cost_summary, ledger_of
+from batchrelay.store.spending import cost_summary, ledger_of, status_object
 from batchrelay.store.store import Store
 from batchrelay.store.submit import submit_stream
 from batchrelay.wire.cache_key import cache_key
@@ -129,6 +129,7 @@ async def test_a_rerun_with_the_cache_is_answered_without_a_provider_call_and_co
     saved = sum(Decimal(r["batchrelay"]["cost"]["usd"]) for r in before.values())
     summary = cost_summary(t, budget)
     assert summary["usd"] == "0" and summary["cache_hits"] == 6 and Decimal(summary["saved_usd"]) == saved
+    assert (await status_object(store, info))["cost"] == summary  # what status --json and the webhook show
     # the first batch's ledger is the sum of its lines, as always
     _, t1, _ = await ledger_of(store, first)
     assert t1.cost == saved and t1["cache_hits"] == 0
