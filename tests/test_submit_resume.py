@@ -33,7 +33,7 @@ def _file(path: Path, n: int) -> Path:
 
 def _settings(prefix: str) -> Settings:
     return Settings(redis=RedisConfig(prefix=prefix), worker=WorkerConfig(chunk_size=5),
-                    providers=[ProviderConfig(name="p", base_url="http://127.0.0.1:9")])
+                    providers=(ProviderConfig(name="p", base_url="http://127.0.0.1:9"),))
 
 
 @pytest.mark.parametrize(("change", "same"), [
@@ -88,9 +88,9 @@ def test_the_same_idempotency_key_returns_the_same_batch(tmp_path: Path, redis_u
         assert b != a
         assert len(client.batches()) == 2
         with pytest.raises(InputError):
-            client.submit(io.BytesIO(b"not json\n"), idempotency_key="bad")  # type: ignore[arg-type]
+            client.submit(io.BytesIO(b"not json\n"), idempotency_key="bad")
         c = client.submit(src, idempotency_key="bad")  # a failed submit gives its key back
-        assert c not in (a, b)
+        assert c not in (a, b) and client.status(c)["counts"]["total"] == 7
 
 
 async def test_concurrent_submits_with_one_key_make_one_batch(tmp_path: Path, redis_url: str, prefix: str) -> None:
