@@ -88,11 +88,12 @@ def _all_answered_once(home: Path, cfg: Path, out: Path, batch: str) -> None:
     assert st["status"] == "completed" and st["counts"]["succeeded"] == LINES  # type: ignore[index]
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])  # Ctrl-C; the terminal closed
 def test_the_same_command_after_ctrl_c_resumes_the_batch_and_sends_no_answered_line_again(
-        home: Path, slow: SimulatorProcess) -> None:
+        home: Path, slow: SimulatorProcess, sig: signal.Signals) -> None:
     cfg, src = _setup(home, slow)
     args = _run_args(cfg, src, home / "out.jsonl")
-    err = _interrupted_after(home, slow, args, 10, signal.SIGINT)
+    err = _interrupted_after(home, slow, args, 10, sig)
     batch = _batch_in(err)
     assert " ".join(args) in err  # the exact command that continues it
     st = _status(home, cfg, batch)

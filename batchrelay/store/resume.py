@@ -117,6 +117,8 @@ async def resume(store: Store, batch_id: str, queue: str) -> BatchInfo:
         await drop_queue(store, info.queue)  # the dead run's: its jobs would block the same chunk ids
     if await store.scripts.resume(store.keys, batch_id, queue) not in (Status.PAUSED, Status.IN_PROGRESS):
         raise ResumeRefused(f"batch {batch_id} changed while it was being resumed: see `batchrelay status {batch_id}`")
+    # nothing is in flight now: a line's deadline (to find a provider) runs from its resume, not its first try
+    await store.redis.delete(store.keys.first_try(batch_id))
     await requeue_pending(store, batch_id)
     return info
 
