@@ -88,11 +88,14 @@ def _all_answered_once(home: Path, cfg: Path, out: Path, batch: str) -> None:
     assert st["status"] == "completed" and st["counts"]["succeeded"] == LINES  # type: ignore[index]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])  # Ctrl-C; the terminal closed
+@pytest.mark.parametrize(("sig", "extra"), [
+    (signal.SIGINT, []), (signal.SIGHUP, []),  # Ctrl-C; the terminal closed
+    (signal.SIGINT, ["--workers", "2"]),  # worker processes of the run's own
+])
 def test_the_same_command_after_ctrl_c_resumes_the_batch_and_sends_no_answered_line_again(
-        home: Path, slow: SimulatorProcess, sig: signal.Signals) -> None:
+        home: Path, slow: SimulatorProcess, sig: signal.Signals, extra: list[str]) -> None:
     cfg, src = _setup(home, slow)
-    args = _run_args(cfg, src, home / "out.jsonl")
+    args = [*_run_args(cfg, src, home / "out.jsonl"), *extra]
     err = _interrupted_after(home, slow, args, 10, sig)
     batch = _batch_in(err)
     assert " ".join(args) in err  # the exact command that continues it

@@ -167,3 +167,15 @@ def test_status_and_batches_show_a_paused_batch(tmp_path: Path, redis_url: str, 
     resumed = batchrelay("-c", str(cfg), "resume", batch, "--json", env={"REDIS_URL": redis_url})
     assert resumed.returncode == 0, resumed.stderr
     assert orjson.loads(resumed.stdout)["status"] == "in_progress"
+
+
+def test_run_of_a_file_the_workers_have_refuses_and_says_how_to_get_its_results(
+        tmp_path: Path, redis_url: str, prefix: str) -> None:
+    cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "p", "base_url": "http://127.0.0.1:9"}])
+    src = _file(tmp_path / "in.jsonl", 5)
+    env = {"REDIS_URL": redis_url}
+    batch = batchrelay("-c", str(cfg), "submit", str(src), env=env).stdout.strip()
+    run = batchrelay("-c", str(cfg), "run", str(src), "-o", str(tmp_path / "out.jsonl"), env=env)
+    assert run.returncode == 2, run.stderr
+    assert batch in run.stderr and "shared queue" in run.stderr and "results" in run.stderr
+    assert status_of(cfg, redis_url, batch)["counts"]["pending"] == 5  # nothing was sent
