@@ -15,10 +15,10 @@ import pytest
 
 from batchrelay import AsyncClient, Client
 from batchrelay.config.settings import ProviderConfig, RedisConfig, Settings, WorkerConfig
-from batchrelay.errors import InputError, ResumeRefused
+from batchrelay.errors import InputError, ResumeRefused, RetryRefused
 from batchrelay.spec import BatchSpec
 from batchrelay.store.keys import Keys
-from batchrelay.store.lifecycle import tick
+from batchrelay.store.lifecycle import retry, tick
 from batchrelay.store.resume import fingerprint, options_part, pause, resume, take_lease
 from batchrelay.store.store import Store
 from batchrelay.store.submit import submit_stream
@@ -124,6 +124,8 @@ async def test_a_paused_batch_gives_no_line_to_a_claim_and_resume_queues_it_on_t
         store: Store) -> None:
     batch = await _paused(store)
     assert not await store.redis.exists(f"{store.keys.queue}:run:x")  # the run's queue went with it
+    with pytest.raises(RetryRefused, match="resume"):
+        await retry(store, batch, chunk_size=5)  # says how to go on instead
     assert (await store.claim(batch, [1, 2])).jobs == []
     info = await store.info(batch)
     assert info.status == "paused" and info.pending == 10

@@ -151,6 +151,9 @@ async def workable_queue(store: Store, info: BatchInfo) -> str:
 async def retry(store: Store, batch_id: str, chunk_size: int) -> Retried:
     """Put the batch's failed, cancelled and expired lines back on the queue (invalid input stays)."""
     info = await store.info(batch_id)
+    if info.status == Status.PAUSED:
+        raise RetryRefused(f"batch {batch_id} is paused: the same `batchrelay run` command or `batchrelay resume "
+                           f"{batch_id}` continues it; retry its failed lines once it has ended")
     if not info.finished or info.status == Status.FAILED:  # `failed`: its submit never finished
         raise RetryRefused(f"batch {batch_id} is {info.status}: only a completed, cancelled or expired batch "
                            "can be retried")
