@@ -218,7 +218,7 @@ async def run_file(
                 else:
                     batch_id, lease = await _start(store, path, spec, queue, fp, prior)
                     async with lease.kept():
-                        if batch_id != prior_id(prior):
+                        if prior is None or batch_id != prior.id:
                             await submit_file(store, path, spec, queue=queue, batch_id=batch_id, fingerprint=fp)
                         info = await _work(env, store, batch_id, workers, show, queue, guard)
                         stopped = guard.signum is not None and not info.finished  # else it ended before the signal
@@ -241,10 +241,6 @@ async def run_file(
             raise (Terminated if guard.signum == signal.SIGTERM else KeyboardInterrupt)(note) from None
     return RunReport(info, exported, time.perf_counter() - started, cost_summary(spent, budget),
                      guard.signum if stopped else None, env.settings.source, command)
-
-
-def prior_id(prior: BatchInfo | None) -> str | None:
-    return None if prior is None else prior.id
 
 
 async def _start(store: Store, path: Path, spec: BatchSpec, queue: str, fp: str,
