@@ -11,6 +11,7 @@
     │       ├── BodyTooLarge        ... over its size limit (413)
     │       └── BodyIdle            ... silent for `[serve] body_timeout_s` (408)
     ├── RetryRefused                `retry` of a batch that has not ended
+    ├── ResumeRefused               `run`/`resume` of a batch another live `run` (or the workers) has
     ├── StoreError                  Redis unreachable or a batch missing
     │   ├── BadRedisURL             a Redis URL that cannot be parsed
     │   └── BatchNotFound
@@ -99,6 +100,10 @@ class BodyIdle(BodyRefused):
 
 
 class RetryRefused(BatchrelayError):
+    exit_code = ExitCode.USAGE
+
+
+class ResumeRefused(BatchrelayError):
     exit_code = ExitCode.USAGE
 
 

@@ -10,9 +10,11 @@ import pytest
 from redis.asyncio import Redis
 
 from batchrelay.config.settings import HealthConfig, ProviderConfig
-from batchrelay.store.health import Health, Kind, Permit, Unavailable
+from batchrelay.store.health import ROUND_GATHER_S, Health, Kind, Permit, Unavailable
 from batchrelay.store.keys import Keys
 from batchrelay.store.store import Store
+
+BURST = 32  # acquires sent at once while a slow-start round gathers
 
 MODEL = "gpt-4o-mini"
 
@@ -63,10 +65,17 @@ async def answered_well(h: Health, p: ProviderConfig, tokens: int = 100) -> Perm
 async def round_of(h: Health, p: ProviderConfig) -> list[Permit]:
     """Every call the slow start's current round takes (the next acquire is refused: 'starting'), once
     they went."""
-    took = []
-    while isinstance(got := await h.acquire(p, MODEL, 100), Permit):
-        took.append(got)
-    assert got.reason == "starting", got
+    # A round gathers for half the time since the last round went (at most ROUND_GATHER_S): wait that
+    # long first, and ask in bursts, so a loaded machine's slow round trips never close it early.
+    await asyncio.sleep(2 * ROUND_GATHER_S)
+    took: list[Permit] = []
+    while True:
+        got = await asyncio.gather(*(h.acquire(p, MODEL, 100) for _ in range(BURST)))
+        took += [g for g in got if isinstance(g, Permit)]
+        refusals = [g for g in got if not isinstance(g, Permit)]
+        if refusals:
+            assert all(r.reason == "starting" for r in refusals), refusals
+            break
     await asyncio.sleep(max(t.wait_s for t in took))  # as the relay does before sending
     return took
 

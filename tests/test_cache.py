@@ -339,7 +339,7 @@ def test_run_twice_with_cache_makes_no_provider_call_the_second_time_and_says_wh
     runs = []
     for n in (1, 2):
         proc = batchrelay("-c", str(cfg), "run", str(src), "-o", str(tmp_path / f"o{n}.jsonl"), "--cache", "--json",
-                          env=env)
+                          "--new", env=env)  # --new: not the first run's batch printed again (resume)
         assert proc.returncode == 0, proc.stderr
         runs.append(json.loads(proc.stdout))
     assert simulator.stats()["calls"] == 30
@@ -354,7 +354,8 @@ def test_run_twice_with_cache_makes_no_provider_call_the_second_time_and_says_wh
     rows2 = [orjson.loads(x) for x in (tmp_path / "o2.jsonl").read_bytes().splitlines()]
     assert [r["response"]["body"] for r in rows1] == [r["response"]["body"] for r in rows2]
     # --no-cache: sent again
-    proc = batchrelay("-c", str(cfg), "run", str(src), "-o", str(tmp_path / "o3.jsonl"), "--no-cache", env=env)
+    proc = batchrelay("-c", str(cfg), "run", str(src), "-o", str(tmp_path / "o3.jsonl"), "--no-cache", "--new",
+                      env=env)
     assert proc.returncode == 0, proc.stderr
     assert simulator.stats()["calls"] == 60
 

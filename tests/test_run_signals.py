@@ -1,5 +1,5 @@
-"""`run` interrupted: Ctrl-C and SIGTERM finish the calls in flight, record them, and say how to go on
-(the batch is left to `batchrelay worker`); the embedded Redis is out of the terminal's reach; a
+"""`run` interrupted: Ctrl-C and SIGTERM finish the calls in flight, record them, pause the batch and say
+how to go on (`resume` hands it to `batchrelay worker`); the embedded Redis is out of the terminal's reach; a
 Redis that dies under `run` anyway ends it within seconds with one message."""
 
 from __future__ import annotations
@@ -61,8 +61,10 @@ def _ended(proc: subprocess.Popen[str], timeout: float) -> str:
 def _finished_by_a_worker(home: Path, cfg: Path, sim: SimulatorProcess, batch: str) -> None:
     """What the message says to do next works: every line answered once, each call recorded once."""
     st = json.loads(cli(home, "-c", str(cfg), "status", batch, "--json").stdout)
-    assert st["counts"]["pending"] > 0
+    assert st["status"] == "paused" and st["counts"]["pending"] > 0
     assert st["counts"]["succeeded"] == sim.stats()["calls"]  # every call made was recorded
+    resumed = cli(home, "-c", str(cfg), "resume", batch)
+    assert resumed.returncode == 0, resumed.stderr
     work = cli(home, "-c", str(cfg), "worker", "--burst", "--quiet")
     assert work.returncode == 0, work.stderr
     res = cli(home, "-c", str(cfg), "results", batch, "-o", str(home / "all.jsonl"))
@@ -91,7 +93,8 @@ def test_ctrl_c_finishes_the_calls_in_flight_and_says_how_to_go_on(home: Path, s
     err = _ended(proc, 30)
     assert proc.returncode == 130, err
     batch = _batch_in(err)
-    assert _says(err, f"status {batch}") and _says(err, "worker --burst")
+    assert _says(err, f"status {batch}") and _says(err, f"resume {batch}") and _says(err, "worker --burst")
+    assert _says(err, f"-c {cfg} run ")  # the same command line continues it
     assert servers_on(socket_of(home)) == []  # run was its only user
     _finished_by_a_worker(home, cfg, slow, batch)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import time
@@ -18,8 +19,10 @@ from batchrelay.config.settings import Settings, load_settings
 from batchrelay.errors import InputError
 from batchrelay.spec import BatchSpec, Duration, Instant
 from batchrelay.store.embedded import EmbeddedRedis, embedded_url
+from batchrelay.store.ids import new_batch_id
 from batchrelay.store.keys import Keys
 from batchrelay.store.lifecycle import cancel as cancel_batch
+from batchrelay.store.resume import claim_key, fingerprint, keep_key, release_key
 from batchrelay.store.status import Status
 from batchrelay.store.store import BatchInfo, Store
 from batchrelay.store.submit import submit_stream
@@ -117,7 +120,8 @@ class AsyncClient:
                      endpoint: Dialect | None = None, providers: Iterable[str] | str | None = None,
                      max_cost: Decimal | float | str | None = None, completion_window: Duration | None = None,
                      start_at: Instant | None = None, webhook: str | None = None,
-                     require_prices: bool = False, cache: bool | None = None) -> str:
+                     require_prices: bool = False, idempotency_key: str | None = None,
+                     cache: bool | None = None) -> str:
         """Queue a new batch; returns its id. Bad lines become error records (with their line
         number) and the rest of the batch runs. The options are `spec`'s (a BatchSpec), with those
         given here over them; InputError names every option that cannot be used.
@@ -131,7 +135,33 @@ class AsyncClient:
         `scheduled` until then (workers start it). `webhook`: an http(s) URL the batch object is
         POSTed to when the batch ends (see the README). `require_prices` (a path only): refuse the
         batch (UnpricedModels) unless every model has a known price, as `max_cost` implies. `cache`:
-        use the response cache (default: `[cache] enabled`; identical requests get identical answers)."""
+        use the response cache (default: `[cache] enabled`; identical requests get identical answers).
+        `idempotency_key`: a submit with a key already used returns that key's batch (while it is
+        in Redis) and queues nothing: a producer that retries a submit never pays twice."""
+        if idempotency_key is None:
+            return await self._submit(source, spec, name=name, endpoint=endpoint, providers=providers,
+                                      max_cost=max_cost, completion_window=completion_window, start_at=start_at,
+                                      webhook=webhook, require_prices=require_prices, cache=cache)
+        store, batch_id = await self._connected(), new_batch_id()
+        if (earlier := await claim_key(store, idempotency_key, batch_id)) is not None:
+            return earlier
+        try:
+            await self._submit(source, spec, name=name, endpoint=endpoint, providers=providers, max_cost=max_cost,
+                               completion_window=completion_window, start_at=start_at, webhook=webhook,
+                               require_prices=require_prices, batch_id=batch_id, cache=cache)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await release_key(store, idempotency_key, batch_id)
+            raise
+        await keep_key(store, idempotency_key, batch_id)
+        return batch_id
+
+    async def _submit(self, source: Source, spec: BatchSpec | None = None, *, name: str | None = None,
+                      endpoint: Dialect | None = None, providers: Iterable[str] | str | None = None,
+                      max_cost: Decimal | float | str | None = None, completion_window: Duration | None = None,
+                      start_at: Instant | None = None, webhook: str | None = None,
+                      require_prices: bool = False, batch_id: str | None = None,
+                      cache: bool | None = None) -> str:
         spec = BatchSpec.of(self.settings, spec, name=name, endpoint=endpoint, providers=providers,
                             max_cost=max_cost, completion_window=completion_window, start_at=start_at,
                             webhook=webhook, require_prices=require_prices, cache=cache)
@@ -139,13 +169,15 @@ class AsyncClient:
             path = Path(source)
             if spec.needs_prices:
                 self._check_prices(path, spec)
+            fp = await asyncio.to_thread(fingerprint, path, spec)
             try:
                 stream = path.open("rb")
             except OSError as e:
                 raise InputError(f"{path}: cannot read input file: {e.strerror}") from None
             with stream:
                 store = await self._connected()
-                res = await submit_stream(store, stream, spec.named(path.name), source=str(path))
+                res = await submit_stream(store, stream, spec.named(path.name), source=str(path), batch_id=batch_id,
+                                          fingerprint=fp)
             return res.batch_id
         if isinstance(source, io.TextIOBase):
             raise TypeError("a text file object: open the file in binary mode ('rb'), or pass its path")
@@ -159,7 +191,7 @@ class AsyncClient:
         else:
             raise TypeError(f"source must be a path, a binary file or an iterable of dicts, not {_kind(source)}")
         store = await self._connected()
-        res = await submit_stream(store, reader, spec.named(label), source=label)
+        res = await submit_stream(store, reader, spec.named(label), source=label, batch_id=batch_id)
         return res.batch_id
 
     def _check_prices(self, path: Path, spec: BatchSpec) -> None:

@@ -1,7 +1,8 @@
 """`run` stopped from outside: a signal (Ctrl-C, SIGTERM) or its embedded Redis going away.
 
-Under `run`, SIGINT and SIGTERM mean the same: the first lets the calls in flight finish and be
-recorded, then the run stops and leaves its batch to `batchrelay worker`; a second stops at once.
+Under `run`, SIGINT, SIGTERM and SIGHUP mean the same: the first lets the calls in flight finish and
+be recorded, then the run stops and pauses its batch (the same command resumes it); a second stops
+at once.
 Outside the event loop (starting the embedded Redis and the simulators, shutting them down)
 SIGTERM raises `Terminated` where Ctrl-C raises KeyboardInterrupt, so both end the same clean way.
 """
@@ -34,6 +35,7 @@ def _terminated(_signum: int, _frame: FrameType | None) -> None:
 
 def sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGHUP, _terminated)  # the terminal closed
 
 
 Drain = Callable[[signal.Signals, bool], None]  # (signal, now): stop the work, at once if `now`
@@ -61,7 +63,7 @@ class Guard:
     async def __aenter__(self) -> Guard:
         self._main = asyncio.current_task()
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
             self._saved[signum] = signal.getsignal(signum)
             loop.add_signal_handler(signum, self._on_signal, signum)
         if self.embedded is not None:

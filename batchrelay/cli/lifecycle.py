@@ -1,13 +1,17 @@
-"""`cancel` and `retry`: a batch's life on the command line."""
+"""`cancel`, `retry` and `resume`: a batch's life on the command line."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import click
 
-from batchrelay.cli.kit import emit_json, handles_errors, open_client, run_async, settings_of
+from batchrelay.cli.kit import emit_json, handles_errors, open_client, open_store, run_async, settings_of
 from batchrelay.cli.text import echo
+from batchrelay.config.settings import Settings
+from batchrelay.spec import BatchSpec
 
 
 @click.command()
@@ -69,3 +73,52 @@ def retry_command(ctx: click.Context, batch: str, as_json: bool) -> None:
         echo(f"{batch}: {done['lines']} lines queued again; a running `batchrelay worker` takes them")
     else:
         echo(f"{batch}: no failed, cancelled or expired lines to retry")
+
+
+@click.command("resume")
+@click.argument("batch")
+@click.option("--json", "as_json", is_flag=True, help="Print the batch as JSON.")
+@click.pass_context
+@handles_errors
+def resume_command(ctx: click.Context, batch: str, as_json: bool) -> None:
+    """Hand a paused BATCH (a `run` stopped by a signal) to the workers of the shared queue.
+
+    Its pending lines are queued again; answered lines are not sent again. A batch whose `run` died
+    (killed, a crash) is taken over once that run's lease has lapsed. To continue it in one
+    process instead, run the same `batchrelay run` command again.
+
+    \b
+    Examples:
+      batchrelay resume batch_0123abcd && batchrelay worker --burst
+    """
+    from batchrelay.store.resume import resume, take_lease
+
+    async def go() -> dict[str, Any]:
+        async with open_store(settings_of(ctx)) as store:
+            lease = await take_lease(store, batch)  # not while a live `run` works it
+            try:
+                await resume(store, batch, store.keys.queue)
+            finally:
+                await lease.release()
+            return (await store.info(batch)).as_dict()
+
+    st = run_async(go())
+    if as_json:
+        emit_json(st)
+        return
+    echo(f"{st['id']}: {st['status']} on the shared queue, {st['counts']['pending']} lines pending; "
+         "`batchrelay worker --burst` finishes it")
+
+
+async def submit_or_resume(settings: Settings, file: Path, spec: BatchSpec, resume: bool) -> dict[str, Any]:
+    """`submit`: a new batch (saying so when one of the same input and options is unfinished), or
+    with `resume` that unfinished batch."""
+    from batchrelay.store.resume import fingerprint, unfinished_of
+
+    async with open_store(settings) as store:
+        prior = await unfinished_of(store, await asyncio.to_thread(fingerprint, file, spec))
+    if prior is not None and not resume:
+        click.echo(f"note: batch {prior.id} of the same input and options is {prior.status}; a new batch is made "
+                   "(--resume returns that one)", err=True)
+    async with open_client(settings) as client:
+        return await client.status(prior.id if prior is not None and resume else await client.submit(file, spec))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -14,7 +15,7 @@ from batchrelay.cli.cache import cache_group
 from batchrelay.cli.config_file import accept_config_after, load_config
 from batchrelay.cli.cost import budget, cost, estimate
 from batchrelay.cli.kit import CONTEXT, emit_json, handles_errors, log_levels, open_client, run_async, settings_of
-from batchrelay.cli.lifecycle import cancel, retry_command
+from batchrelay.cli.lifecycle import cancel, resume_command, retry_command, submit_or_resume
 from batchrelay.cli.options import (
     cache_option,
     completion_window_option,
@@ -76,18 +77,22 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @providers_option
 @money_options
 @cache_option
+@click.option("--new", is_flag=True,
+              help="A new batch, even if a run of the same input and options was stopped or is done.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 @handles_errors
 def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers: int, endpoint: str,
-        allow: tuple[str, ...] | None, max_cost: Decimal | None, require_prices: bool, as_json: bool,
-        cache: bool | None = None) -> None:
+        allow: tuple[str, ...] | None, max_cost: Decimal | None, require_prices: bool, new: bool,
+        as_json: bool, cache: bool | None = None) -> None:
     """Submit FILE, work it here, and write the results: all in one process.
 
     Uses REDIS_URL or [redis] url when set, else the embedded Redis the commands share; uses the
     configured providers, else the built-in simulator. Exit status: 0 all lines succeeded, 3 some
     lines failed, 4 the budget (--max-cost) ran out first, 2 bad usage, 130/143 stopped by
-    Ctrl-C/SIGTERM (calls in flight are recorded; the batch is left to `batchrelay worker`).
+    Ctrl-C/SIGTERM (calls in flight are recorded; the batch is paused). The same command again
+    (same input bytes and options) resumes a stopped run and sends no answered line again; for a
+    run that is done it writes the results again with no provider call. --new starts afresh.
 
     \b
     Examples:
@@ -104,7 +109,8 @@ def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers:
     with environment(before_run(settings_of(ctx), file, out, errors, spec)) as env:
         if spec.needs_prices:
             check_prices(file, env.settings, spec.endpoint, spec.providers)
-        report = run_async(run_file(env, file, out, errors, spec, workers=workers, show=not as_json))
+        report = run_async(run_file(env, file, out, errors, spec, workers=workers, show=not as_json,
+                                    resume_same=not new, command=shlex.join(["batchrelay", *sys.argv[1:]])))
     _report(report, as_json)
     sys.exit(report.exit_code)
 
@@ -181,12 +187,13 @@ def demo(ctx: click.Context, lines: int, out: Path, force: bool, as_json: bool) 
 @defer_options
 @webhook_option
 @cache_option
+@click.option("--resume", is_flag=True, help="Return the unfinished batch of the same input and options, if any.")
 @click.option("--json", "as_json", is_flag=True, help="Print the submission as JSON.")
 @click.pass_context
 @handles_errors
 def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allow: tuple[str, ...] | None,
            max_cost: Decimal | None, require_prices: bool, completion_window: float | None, at: float | None,
-           delay: float | None, webhook: str | None, as_json: bool, cache: bool | None = None) -> None:
+           delay: float | None, webhook: str | None, resume: bool, as_json: bool, cache: bool | None = None) -> None:
     """Queue FILE as a new batch in Redis and print its id.
 
     Each line is an OpenAI Batch line, an Anthropic Message Batches line, or a bare request
@@ -204,11 +211,7 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
                         require_prices=require_prices, completion_window=completion_window,
                         start_at=start_at_of(at, delay), webhook=webhook, cache=cache)
 
-    async def go() -> dict[str, Any]:
-        async with open_client(settings_of(ctx)) as client:
-            return await client.status(await client.submit(file, spec))
-
-    st = run_async(go())
+    st = run_async(submit_or_resume(settings_of(ctx), file, spec, resume))
     counts = st["counts"]
     if as_json:
         emit_json({"id": st["id"], "lines": counts["total"], "valid": counts["total"] - counts["invalid"],
@@ -386,7 +389,8 @@ def batches(ctx: click.Context, limit: int, as_json: bool) -> None:
     print_table(["id", "name", "status", "total", "succeeded", "failed", "invalid", "pending", "starts"], rows)
 
 
-for command in (providers, estimate, cost, budget, cancel, retry_command, serve, simulate, cache_group):
+for command in (providers, estimate, cost, budget, cancel, retry_command, serve, simulate, resume_command,
+                cache_group):
     cli.add_command(command)
 accept_config_after(cli)
 

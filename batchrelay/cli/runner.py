@@ -1,7 +1,9 @@
 """`run` and `demo`: submit, work in-process (or in N worker processes), watch, export.
 
-Stopped by a signal, `run` lets the calls in flight finish, hands its batch to the shared queue
-(store/handover.py) and says how to go on; with its embedded Redis gone it ends at once (guard.py).
+Stopped by a signal, `run` lets the calls in flight finish, pauses its batch and says how to go on;
+the same command again (same input bytes, same options: store/resume.py) continues that batch, and
+one whose batch is done writes its results again without a provider call. With its embedded Redis
+gone it ends at once (guard.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 from arq.worker import Worker
 
 from batchrelay.cli.guard import Guard, Terminated, abort_others
@@ -35,8 +38,9 @@ from batchrelay.spec import BatchSpec
 from batchrelay.store.connection import check_reachable
 from batchrelay.store.embedded import EmbeddedRedis
 from batchrelay.store.export import Exported, check_paths, check_writable, export
-from batchrelay.store.handover import hand_over
+from batchrelay.store.ids import new_batch_id
 from batchrelay.store.keys import Keys
+from batchrelay.store.resume import Lease, batch_of, fingerprint, pause, resume, take_lease
 from batchrelay.store.spending import cost_summary, ledger_of
 from batchrelay.store.status import Status
 from batchrelay.store.store import BatchInfo, Store
@@ -55,6 +59,7 @@ class RunReport:
     cost: dict[str, Any]
     interrupted: signal.Signals | None = None
     config: str | None = None  # the config file the run read, for the commands it suggests
+    command: str | None = None  # the command line that continues it (the same one)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -74,13 +79,16 @@ class RunReport:
         """What an interrupted run says: where its batch is and how to go on."""
         b, name = self.batch, self.interrupted.name if self.interrupted else "?"
         cmd = f"batchrelay -c {printable(self.config)}" if self.config else "batchrelay"
-        steps = [(f"{cmd} status {b.id}", "where it stands"),
-                 (f"{cmd} worker --burst", "finish it (any number of workers, anywhere)"),
-                 (f"{cmd} results {b.id} -o OUT --wait", "then write its results"),
-                 (f"{cmd} cancel {b.id}", "or give up the lines left")]
+        steps = [(printable(self.command), "the same command continues it here: answered lines are not sent again")
+                 ] if self.command else []
+        steps += [(f"{cmd} resume {b.id}", "or hand it to workers, then:"),
+                  (f"{cmd} worker --burst", "finish it (any number of workers, anywhere)"),
+                  (f"{cmd} results {b.id} -o OUT --wait", "and write its results"),
+                  (f"{cmd} status {b.id}", "where it stands"),
+                  (f"{cmd} cancel {b.id}", "or give up the lines left")]
         width = max(len(c) for c, _ in steps)
-        return "\n".join([f"Interrupted ({name}): {b.id} stopped with {b.pending} of {b.total} lines left; "
-                          "the calls in flight were recorded. The batch waits in Redis for a worker:",
+        return "\n".join([f"Interrupted ({name}): batch {b.id} {b.status} with {b.pending} of {b.total} lines left; "
+                          "the calls in flight were recorded. To go on:",
                           *(f"  {c.ljust(width)}   # {what}" for c, what in steps)])
 
 
@@ -183,28 +191,42 @@ async def _reachable(url: str) -> None:
 
 async def run_file(
     env: Environment, path: Path, out: Path, errors: Path | None, spec: BatchSpec, *, workers: int = 1,
-    show: bool = True,
+    show: bool = True, resume_same: bool = False, command: str | None = None,
 ) -> RunReport:
-    """Submit `path` as a batch with the options `spec` gives, work it, and export its records."""
+    """Submit `path` as a batch with the options `spec` gives, work it, and export its records.
+    `resume_same`: continue the batch of the same input and options (store/resume.py) if it was
+    interrupted, and only write the results of one that is done. `command`: the command line that
+    continues the run, for the message of an interrupted one."""
     started = time.perf_counter()
     check_paths(out, errors, inputs=[path])  # before any money is spent, not after
     check_writable(out, errors)
     if env.embedded is None:
         await _reachable(env.url)
+    fp = await asyncio.to_thread(fingerprint, path, spec)
     batch_id: str | None = None
     async with Guard(env.embedded) as guard:
         try:
             async with await Store.connect(env.url, Keys(env.settings.redis.prefix)) as store:
                 # a queue of its own: this run's workers touch no other batch left in the same Redis
                 queue = f"{store.keys.queue}:run:{uuid.uuid4().hex[:12]}"
-                batch_id = (await submit_file(store, path, spec, queue=queue)).batch_id
-                info = await _work(env, store, batch_id, workers, show, queue, guard)
-                stopped = guard.signum is not None and not info.finished  # else it ended before the signal did
-                if stopped:
-                    await hand_over(store, batch_id, queue)
-                    info, exported = await store.info(batch_id), None
+                prior = await batch_of(store, fp) if resume_same else None
+                if prior is not None and prior.status == Status.COMPLETED:
+                    click.echo(f"batch {prior.id} (same input and options) is already done: its results are "
+                               "written again from Redis, no provider is called (--new runs it again)", err=True)
+                    batch_id, info, stopped = prior.id, prior, False
+                    exported: Exported | None = await export(store, batch_id, out, errors)
                 else:
-                    exported = await export(store, batch_id, out, errors)
+                    batch_id, lease = await _start(store, path, spec, queue, fp, prior)
+                    async with lease.kept():
+                        if prior is None or batch_id != prior.id:
+                            await submit_file(store, path, spec, queue=queue, batch_id=batch_id, fingerprint=fp)
+                        info = await _work(env, store, batch_id, workers, show, queue, guard)
+                        stopped = guard.signum is not None and not info.finished  # else it ended before the signal
+                        if stopped:
+                            await pause(store, batch_id, queue)
+                            info, exported = await store.info(batch_id), None
+                        else:
+                            exported = await export(store, batch_id, out, errors)
                 _rows, spent, budget = await ledger_of(store, batch_id)
         except asyncio.CancelledError:
             if not guard.stopped:
@@ -213,12 +235,32 @@ async def run_file(
             if guard.redis_gone:
                 await abort_others()
                 raise _redis_gone(env, batch_id) from None
-            # before the batch was queued, or after its work (while handing it over or writing it out)
+            # before the batch was queued, or after its work (while pausing it or writing it out)
             note = (f"Interrupted: see `batchrelay status {batch_id}`" if batch_id else
                     "Interrupted before the batch was queued: nothing was sent.")
             raise (Terminated if guard.signum == signal.SIGTERM else KeyboardInterrupt)(note) from None
     return RunReport(info, exported, time.perf_counter() - started, cost_summary(spent, budget),
-                     guard.signum if stopped else None, env.settings.source)
+                     guard.signum if stopped else None, env.settings.source, command)
+
+
+async def _start(store: Store, path: Path, spec: BatchSpec, queue: str, fp: str,
+                 prior: BatchInfo | None) -> tuple[str, Lease]:
+    """The batch this run works, with its lease: `prior` resumed on `queue` when it was interrupted
+    (paused, or in progress with its `run` dead), else a new id (submitted by the caller)."""
+    if prior is not None and prior.status in (Status.PAUSED, Status.IN_PROGRESS):
+        lease = await take_lease(store, prior.id)  # ResumeRefused while another run lives
+        try:
+            await resume(store, prior.id, queue)
+        except BaseException:
+            await lease.release()
+            raise
+        click.echo(f"resuming batch {prior.id}: {prior.total - prior.pending:,} of {prior.total:,} lines already "
+                   "answered", err=True)
+        return prior.id, lease
+    if prior is not None:
+        click.echo(f"batch {prior.id} (same input and options) is {prior.status}: starting a new batch", err=True)
+    batch_id = new_batch_id()
+    return batch_id, await take_lease(store, batch_id)
 
 
 def _redis_gone(env: Environment, batch_id: str | None) -> EmbeddedRedisError:

@@ -56,6 +56,7 @@ STATUS: dict[str, str] = {
     Status.VALIDATING: "validating", Status.SCHEDULED: "validating", Status.IN_PROGRESS: "in_progress",
     Status.BUDGET_EXHAUSTED: "in_progress", Status.EXPIRING: "in_progress", Status.CANCELLING: "cancelling",
     Status.COMPLETED: "completed", Status.FAILED: "failed", Status.CANCELLED: "cancelled", Status.EXPIRED: "expired",
+    Status.PAUSED: "in_progress",  # an interrupted `run`'s batch: not one `serve` made, shown as not done
 }
 
 

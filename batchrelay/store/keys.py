@@ -153,6 +153,18 @@ class Keys:
         """String (SET NX PX): the single-flight lease of the worker sending this cache key's request."""
         return f"{self.prefix}cache:lease:{key}"
 
+    def run_lease(self, batch_id: str) -> str:
+        """String with a short TTL: `host pid token` of the `run` working the batch, renewed while it lives."""
+        return f"{self.prefix}batch:{batch_id}:run"
+
+    def fingerprint(self, fingerprint: str) -> str:
+        """String: the id of the latest batch of this run fingerprint (resume.py); goes with that batch."""
+        return f"{self.prefix}fingerprint:{fingerprint}"
+
+    def idempotency(self, key_hash: str) -> str:
+        """String, set NX: the batch submitted with this idempotency key (its sha256); goes with that batch."""
+        return f"{self.prefix}idempotency:{key_hash}"
+
     def batch_keys(self, batch_id: str) -> list[str]:
         return [
             self.meta(batch_id),
@@ -166,4 +178,5 @@ class Keys:
             self.ledger(batch_id),
             self.budget(batch_id),
             self.budget_leases(batch_id),
+            self.run_lease(batch_id),
         ]

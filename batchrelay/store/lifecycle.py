@@ -151,6 +151,9 @@ async def workable_queue(store: Store, info: BatchInfo) -> str:
 async def retry(store: Store, batch_id: str, chunk_size: int) -> Retried:
     """Put the batch's failed, cancelled and expired lines back on the queue (invalid input stays)."""
     info = await store.info(batch_id)
+    if info.status == Status.PAUSED:
+        raise RetryRefused(f"batch {batch_id} is paused: the same `batchrelay run` command or `batchrelay resume "
+                           f"{batch_id}` continues it; retry its failed lines once it has ended")
     if not info.finished or info.status == Status.FAILED:  # `failed`: its submit never finished
         raise RetryRefused(f"batch {batch_id} is {info.status}: only a completed, cancelled or expired batch "
                            "can be retried")
@@ -199,7 +202,8 @@ async def tick(store: Store, *, grace_s: float, retention_s: float | None, now: 
                batches: Sequence[BatchInfo] | None = None) -> dict[str, int]:
     """The housekeeping every worker's sweep does: start deferred batches that are due, expire batches
     past their window, move stops on,
-    forget finished batches older than the retention. Safe to run in several workers at once."""
+    forget finished batches older than the retention (and batches paused for longer).
+    Safe to run in several workers at once."""
     now = time.time() if now is None else now
     done = {"started": 0, "expired": 0, "stopped_lines": 0, "forgotten": 0, "abandoned_submits": 0}
     for info in batches if batches is not None else await store.list_batches(limit=10_000):
@@ -223,4 +227,9 @@ async def tick(store: Store, *, grace_s: float, retention_s: float | None, now: 
               and now - info.finished_at > retention_s):
             await store.delete_batch(info.id)
             done["forgotten"] += 1
+        elif retention_s is not None and info.status == Status.PAUSED:
+            paused_at = float((await store.get_fields(info.id, ["paused_at"])).get("paused_at") or now)
+            if now - paused_at > retention_s:  # paused and left: forgotten like a finished batch
+                await store.delete_batch(info.id)
+                done["forgotten"] += 1
     return done

@@ -30,7 +30,8 @@ from batchrelay.store.status import Status
 SCRIPTS = ("batch_start_due", "budget_purge", "budget_raise", "budget_reserve", "budget_settle", "cache_get",
            "cache_lease", "cache_prune", "cache_put", "chunk_reclaim", "chunk_release", "health_acquire",
            "health_report", "result_write", "retry_reopen_line", "stop_finish", "stop_request",
-           "submit_claim_ids", "submit_finish", "webhook_claim")
+           "submit_claim_ids", "submit_finish", "webhook_claim",
+           "batch_pause", "batch_resume", "run_lease")  # the last three: resume.py
 
 _HEADER = re.compile(r"^-- (KEYS|ARGV): (.+)$", re.MULTILINE)
 _INCLUDE = re.compile(r"^--#include (\w+)$", re.MULTILINE)
@@ -147,6 +148,23 @@ class Scripts:
 
     async def start_due(self, k: Keys, batch_id: str, now: float) -> bool:
         return bool(await self._s["batch_start_due"]({"meta": k.meta(batch_id)}, {"now": repr(now)}))
+
+    # a `run`'s batch: paused, resumed, leased (resume.py)
+
+    async def pause(self, k: Keys, batch_id: str, now: float) -> str | None:
+        """The batch's status afterwards (`paused` if it was `in_progress`); None for an unknown batch."""
+        status = await self._s["batch_pause"]({"meta": k.meta(batch_id)}, {"now": repr(now)})
+        return None if status is None else _text(status)
+
+    async def resume(self, k: Keys, batch_id: str, queue: str) -> str | None:
+        """The status it had (a paused or in_progress batch is now in_progress on `queue`); None: unknown."""
+        status = await self._s["batch_resume"]({"meta": k.meta(batch_id)}, {"queue": queue})
+        return None if status is None else _text(status)
+
+    async def run_lease(self, k: Keys, batch_id: str, *, holder: str, op: str, ttl_ms: int) -> bool:
+        """`renew` or `release` the run lease if `holder` has it; False when it does not (any more)."""
+        return bool(await self._s["run_lease"]({"run_lease": k.run_lease(batch_id)},
+                                               {"holder": holder, "op": op, "ttl_ms": ttl_ms}))
 
     # chunks held by worker processes (heartbeat.py)
 

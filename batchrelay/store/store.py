@@ -153,12 +153,16 @@ class Store:
     async def __aexit__(self, *_exc: object) -> None:
         await self.aclose()
 
-    async def create_batch(self, batch_id: str, spec: BatchSpec, *, source: str, queue: str | None = None) -> None:
+    async def create_batch(self, batch_id: str, spec: BatchSpec, *, source: str, queue: str | None = None,
+                           fingerprint: str | None = None) -> None:
         """The batch's record, with its options (`spec`; named after `source` unless it has a name).
         A deferred batch's (`start_at`) completion window runs from its start. `queue`: the arq queue
-        its chunks go on (default: the shared one)."""
+        its chunks go on (default: the shared one). `fingerprint` (resume.py): the batch becomes the
+        one its fingerprint finds."""
         now = time.time()
         extra: dict[str, Any] = {"providers": ",".join(spec.providers)} if spec.providers else {}
+        if fingerprint:
+            extra["fingerprint"] = fingerprint
         extra["queue"] = queue or self.keys.queue
         if spec.cache:
             extra["cache"] = 1
@@ -174,6 +178,8 @@ class Store:
                 "created_at": now, **{f: 0 for f in (*COUNT_FIELDS, *BYTE_FIELDS.values())}, **extra,
             })
             pipe.zadd(self.keys.batches, {batch_id: now})
+            if fingerprint:
+                pipe.set(self.keys.fingerprint(fingerprint), batch_id)
             if spec.webhook:
                 pipe.hset(self.keys.meta(batch_id), mapping={"webhook": spec.webhook, "webhook_status": "pending"})
                 pipe.zadd(self.keys.webhooks, {batch_id: 0})
@@ -320,6 +326,11 @@ class Store:
                     yield raw[:1] == OK, raw[1:]
 
     async def delete_batch(self, batch_id: str) -> None:
+        fp, idem = await self.redis.hmget(self.keys.meta(batch_id), ["fingerprint", "idempotency"])  # type: ignore[misc]
+        for key in ([self.keys.fingerprint(fp.decode())] if fp else []) + ([self.keys.idempotency(idem.decode())]
+                                                                          if idem else []):
+            if await self.redis.get(key) == batch_id.encode():  # a later batch may have taken it over
+                await self.redis.delete(key)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(*self.keys.batch_keys(batch_id))
             pipe.zrem(self.keys.batches, batch_id)

@@ -81,18 +81,22 @@ async def submit_stream(
     queue: str | None = None,
     on_progress: Callable[[int], None] | None = None,
     id_rule: IdRule | None = None,
+    batch_id: str | None = None,
+    fingerprint: str | None = None,
 ) -> SubmitResult:
     """A new batch of the stream's lines, with the options `spec` gives (spec.py; named after
     `source` unless the spec has a name). `queue`: an arq queue of this batch's own (`run` uses one
     so its workers touch nothing else). A line longer than `spec.max_line_bytes` is an error line.
     A stream with no requests, or one that is not JSONL, is refused (InputError) before a batch exists.
-    `id_rule`: a line whose custom_id it refuses is an error line (jobs.iter_jobs).
+    `id_rule`: a line whose custom_id it refuses is an error line (jobs.iter_jobs). `batch_id`: the
+    new batch's id when the caller chose it (an idempotency key, a `run`'s lease: resume.py);
+    `fingerprint`: the run fingerprint the batch is found by (resume.py).
 
     Chunk jobs are enqueued only once every line is written and the batch is `in_progress` (or
     `scheduled` until `spec.start_at`: the workers' sweep starts it, lifecycle.tick): a submit cut
     short (Redis gone, Ctrl-C) leaves a batch nothing works on, marked failed when Redis can still
     be told, and found by the workers' sweep otherwise."""
-    batch_id = new_batch_id()
+    batch_id = batch_id or new_batch_id()
     queue = queue or store.keys.queue
     default_dialect, chunk_size = spec.endpoint, spec.chunk_size
     reader = _Counted(stream)
@@ -101,7 +105,7 @@ async def submit_stream(
     head, read_at = _first(items, reader)  # a file that cannot be a batch is refused before it is one
     if problem := input_problem(head, source):
         raise InputError(problem)
-    await store.create_batch(batch_id, spec, source=source, queue=queue)
+    await store.create_batch(batch_id, spec, source=source, queue=queue, fingerprint=fingerprint)
     block: list[JobLine] = []  # parsed, not yet checked for duplicates
     bad: list[tuple[int, bytes]] = []
     open_chunk: list[int] = []
@@ -183,7 +187,8 @@ async def submit_stream(
 
 
 async def submit_file(store: Store, path: str | os.PathLike[str], spec: BatchSpec, *,
-                      queue: str | None = None) -> SubmitResult:
+                      queue: str | None = None, batch_id: str | None = None,
+                      fingerprint: str | None = None) -> SubmitResult:
     """`submit_stream` of a file; the batch is named after the file unless the spec names it."""
     p = Path(path)
     try:
@@ -191,4 +196,5 @@ async def submit_file(store: Store, path: str | os.PathLike[str], spec: BatchSpe
     except OSError as e:
         raise InputError(f"{p}: cannot read input file: {e.strerror}") from None
     with stream:
-        return await submit_stream(store, stream, spec.named(p.name), source=str(p), queue=queue)
+        return await submit_stream(store, stream, spec.named(p.name), source=str(p), queue=queue,
+                                   batch_id=batch_id, fingerprint=fingerprint)

@@ -15,7 +15,7 @@ for i = 5, #ARGV, 2 do redis.call('HINCRBY', KEYS[5], ARGV[i], ARGV[i + 1]) end
 if redis.call('SCARD', KEYS[2]) == 0 then
   local status = redis.call('HGET', KEYS[3], 'status')
   local final = nil
-  if status == STATUS.in_progress or status == STATUS.budget_exhausted then final = STATUS.completed
+  if status == STATUS.in_progress or status == STATUS.budget_exhausted or status == STATUS.paused then final = STATUS.completed
   elseif status == STATUS.cancelling then final = STATUS.cancelled
   elseif status == STATUS.expiring then final = STATUS.expired end
   if final then redis.call('HSET', KEYS[3], 'status', final, 'finished_at', ARGV[4]) end

@@ -1,0 +1,173 @@
+"""Never paying twice for `run`: the same command after an interrupt (Ctrl-C, or a SIGKILL once the
+run's lease has lapsed) continues the batch and sends no answered line again; `--new` starts afresh;
+a finished batch is written again with no provider call."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from batchrelay.sim.process import SimulatorProcess
+
+from .conftest import openai_line, wait_for, write_config
+from .embedkit import cli, fresh_env, home
+
+__all__ = ["home"]  # the fixture
+
+LINES = 60
+CONCURRENCY = 4
+
+
+@pytest.fixture
+def slow() -> Iterator[SimulatorProcess]:
+    sim = SimulatorProcess({"latency_ms": 300})
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+def _setup(home: Path, sim: SimulatorProcess, lines: int = LINES) -> tuple[Path, Path]:
+    cfg = write_config(home / "c.toml", "res:", [{"name": "slow", "base_url": sim.base_url}],
+                       concurrency=CONCURRENCY, chunk_size=5)
+    src = home / "in.jsonl"
+    src.write_bytes(b"".join(orjson.dumps(openai_line(i)) + b"\n" for i in range(1, lines + 1)))
+    return cfg, src
+
+
+def _spawn(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "batchrelay", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**fresh_env(home), **(env or {})}, cwd=home, start_new_session=True)
+
+
+def _run_args(cfg: Path, src: Path, out: Path) -> list[str]:
+    return ["-c", str(cfg), "run", str(src), "-o", str(out)]
+
+
+def _interrupted_after(home: Path, sim: SimulatorProcess, args: list[str], calls: int, sig: signal.Signals,
+                       env: dict[str, str] | None = None) -> str:
+    """`run ARGS` stopped by `sig` once the simulator had `calls` calls; its stderr."""
+    proc = _spawn(home, *args, env=env)
+    wait_for(lambda: sim.stats()["calls"] >= calls or proc.poll() is not None, 60, "the first calls")
+    assert proc.poll() is None, proc.communicate()
+    (os.killpg if sig != signal.SIGKILL else os.kill)(proc.pid, sig)  # SIGKILL: `run` alone, as a crash
+    _out, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    return err
+
+
+def _batch_in(text: str) -> str:
+    found = re.search(r"batch_[0-9a-f]{24}", text)
+    assert found, text
+    return found.group(0)
+
+
+def _rows(path: Path) -> list[dict[str, object]]:
+    return [orjson.loads(x) for x in path.read_bytes().splitlines()]
+
+
+def _status(home: Path, cfg: Path, batch: str) -> dict[str, object]:
+    proc = cli(home, "-c", str(cfg), "status", batch, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return dict(json.loads(proc.stdout))
+
+
+def _all_answered_once(home: Path, cfg: Path, out: Path, batch: str) -> None:
+    assert [r["custom_id"] for r in _rows(out)] == [f"req-{i}" for i in range(1, LINES + 1)]
+    st = _status(home, cfg, batch)
+    assert st["status"] == "completed" and st["counts"]["succeeded"] == LINES  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("sig", "extra"), [
+    (signal.SIGINT, []), (signal.SIGHUP, []),  # Ctrl-C; the terminal closed
+    (signal.SIGINT, ["--workers", "2"]),  # worker processes of the run's own
+])
+def test_the_same_command_after_ctrl_c_resumes_the_batch_and_sends_no_answered_line_again(
+        home: Path, slow: SimulatorProcess, sig: signal.Signals, extra: list[str]) -> None:
+    cfg, src = _setup(home, slow)
+    args = [*_run_args(cfg, src, home / "out.jsonl"), *extra]
+    err = _interrupted_after(home, slow, args, 10, sig)
+    batch = _batch_in(err)
+    assert " ".join(args) in err  # the exact command that continues it
+    st = _status(home, cfg, batch)
+    assert st["status"] == "paused"
+    answered = LINES - st["counts"]["pending"]  # type: ignore[index]
+    assert cli(home, "-c", str(cfg), "batches").stdout.count("paused") == 1
+    again = cli(home, *args)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming batch {batch}: {answered} of {LINES} lines already answered" in again.stderr
+    _all_answered_once(home, cfg, home / "out.jsonl", batch)
+    assert slow.stats()["calls"] == LINES  # the calls in flight were recorded at the interrupt: none twice
+
+
+def test_a_rerun_refuses_while_the_killed_run_s_lease_lives_and_takes_the_batch_over_after(
+        home: Path, slow: SimulatorProcess) -> None:
+    cfg, src = _setup(home, slow)
+    args = _run_args(cfg, src, home / "out.jsonl")
+    lease = {"BATCHRELAY_RUN_LEASE_S": "8"}
+    _interrupted_after(home, slow, args, 10, signal.SIGKILL, env=lease)
+    refused = cli(home, *args, env=lease)
+    assert refused.returncode == 2, refused.stderr
+    batch = _batch_in(refused.stderr)
+    assert "another `run`" in refused.stderr and "pid" in refused.stderr, refused.stderr
+    assert _status(home, cfg, batch)["status"] == "in_progress"  # nobody works it: its run is dead
+    time.sleep(8.5)  # the dead run's lease lapses
+    again = cli(home, *args, env=lease)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming batch {batch}" in again.stderr
+    _all_answered_once(home, cfg, home / "out.jsonl", batch)
+    assert LINES <= slow.stats()["calls"] <= LINES + CONCURRENCY  # only the calls cut off by the kill again
+
+
+def test_a_finished_batch_is_written_again_with_no_provider_call_and_new_starts_afresh(
+        home: Path, slow: SimulatorProcess) -> None:
+    cfg, src = _setup(home, slow, lines=LINES)
+    slow.configure(latency_ms=0)
+    args = _run_args(cfg, src, home / "out.jsonl")
+    first = cli(home, *args)
+    assert first.returncode == 0, first.stderr
+    batch = _batch_in(first.stdout)
+    before = (home / "out.jsonl").read_bytes()
+    (home / "out.jsonl").unlink()
+    again = cli(home, *args[:-1], str(home / "out.jsonl"))
+    assert again.returncode == 0, again.stderr
+    assert f"batch {batch}" in again.stderr and "no provider is called" in again.stderr
+    assert (home / "out.jsonl").read_bytes() == before
+    assert slow.stats()["calls"] == LINES
+    fresh = cli(home, *args, "--new")
+    assert fresh.returncode == 0, fresh.stderr
+    assert _batch_in(fresh.stdout) != batch
+    assert slow.stats()["calls"] == 2 * LINES
+
+
+def test_a_changed_option_is_another_run(home: Path, slow: SimulatorProcess) -> None:
+    cfg, src = _setup(home, slow, lines=10)
+    slow.configure(latency_ms=0)
+    args = _run_args(cfg, src, home / "out.jsonl")
+    assert cli(home, *args).returncode == 0
+    other = cli(home, *args, "--endpoint", "messages")
+    assert other.returncode in (0, 3), other.stderr
+    assert "no provider is called" not in other.stderr
+    assert slow.stats()["calls"] == 20
+
+
+def test_a_paused_batch_can_be_cancelled(home: Path, slow: SimulatorProcess) -> None:
+    cfg, src = _setup(home, slow)
+    err = _interrupted_after(home, slow, _run_args(cfg, src, home / "out.jsonl"), 5, signal.SIGTERM)
+    batch = _batch_in(err)
+    done = cli(home, "-c", str(cfg), "cancel", batch, "--json")
+    assert done.returncode == 0, done.stderr
+    st = json.loads(done.stdout)
+    assert st["status"] == "cancelled" and st["counts"]["pending"] == 0
+    resumed = cli(home, "-c", str(cfg), "resume", batch)
+    assert resumed.returncode == 2 and "cancelled" in resumed.stderr

@@ -1,0 +1,183 @@
+"""`submit` of a file already submitted (a warning, or with --resume that batch), idempotent producers
+(`idempotency_key`), and what the lifecycle does with a paused batch (store/resume.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from batchrelay import AsyncClient, Client
+from batchrelay.config.settings import ProviderConfig, RedisConfig, Settings, WorkerConfig
+from batchrelay.errors import InputError, ResumeRefused, RetryRefused
+from batchrelay.spec import BatchSpec
+from batchrelay.store.keys import Keys
+from batchrelay.store.lifecycle import retry, tick
+from batchrelay.store.resume import fingerprint, options_part, pause, resume, take_lease
+from batchrelay.store.store import Store
+from batchrelay.store.submit import submit_stream
+
+from .conftest import batchrelay, openai_line, status_of, write_config
+
+
+def _file(path: Path, n: int) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(openai_line(i)) + b"\n" for i in range(1, n + 1)))
+    return path
+
+
+def _settings(prefix: str) -> Settings:
+    return Settings(redis=RedisConfig(prefix=prefix), worker=WorkerConfig(chunk_size=5),
+                    providers=(ProviderConfig(name="p", base_url="http://127.0.0.1:9"),))
+
+
+@pytest.mark.parametrize(("change", "same"), [
+    ({"name": "other"}, True), ({"chunk_size": 7}, True), ({"webhook": "https://example.com/h"}, True),
+    ({"start_at": 2e9}, True), ({"endpoint": "messages"}, False), ({"providers": ["p"]}, False),
+    ({"max_cost": Decimal("1")}, False), ({"require_prices": True}, False), ({"completion_window": 60}, False),
+    ({"max_line_bytes": 99}, False),
+])
+def test_a_fingerprint_covers_the_options_that_shape_what_is_sent_and_priced(
+        tmp_path: Path, change: dict[str, Any], same: bool) -> None:
+    src = _file(tmp_path / "in.jsonl", 3)
+    base = BatchSpec(providers=None)
+    changed = BatchSpec.model_validate({**base.model_dump(), **change})
+    assert (fingerprint(src, base) == fingerprint(src, changed)) is same
+    assert (options_part(base) == options_part(changed)) is same
+
+
+def test_a_fingerprint_is_of_the_bytes_not_the_path(tmp_path: Path) -> None:
+    a, b = _file(tmp_path / "a.jsonl", 3), _file(tmp_path / "b.jsonl", 3)
+    assert fingerprint(a, BatchSpec()) == fingerprint(b, BatchSpec())
+    assert fingerprint(a, BatchSpec()) != fingerprint(_file(tmp_path / "c.jsonl", 4), BatchSpec())
+
+
+def test_submit_of_an_unfinished_file_says_so_and_resume_returns_that_batch(
+        tmp_path: Path, redis_url: str, prefix: str) -> None:
+    cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "p", "base_url": "http://127.0.0.1:9"}])
+    src = _file(tmp_path / "in.jsonl", 12)
+    env = {"REDIS_URL": redis_url}
+    first = batchrelay("-c", str(cfg), "submit", str(src), env=env)
+    assert first.returncode == 0 and first.stderr == "", first.stderr
+    a = first.stdout.strip()
+    second = batchrelay("-c", str(cfg), "submit", str(src), env=env)
+    assert second.returncode == 0, second.stderr
+    b = second.stdout.strip()
+    assert b != a and a in second.stderr and "in_progress" in second.stderr
+    again = batchrelay("-c", str(cfg), "submit", str(src), "--resume", env=env)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == b  # the latest batch of that file and options; nothing new was made
+    listed = batchrelay("-c", str(cfg), "batches", "--json", env=env)
+    assert len(orjson.loads(listed.stdout)) == 2
+    other = batchrelay("-c", str(cfg), "submit", str(src), "--resume", "--max-cost", "5", env=env)
+    assert other.returncode in (0, 2) and other.stdout.strip() not in (a, b)
+
+
+def test_the_same_idempotency_key_returns_the_same_batch(tmp_path: Path, redis_url: str, prefix: str) -> None:
+    src = _file(tmp_path / "in.jsonl", 7)
+    with Client(redis_url, settings=_settings(prefix)) as client:
+        a = client.submit(src, idempotency_key="order-17")
+        assert client.submit(src, idempotency_key="order-17") == a
+        assert client.submit([openai_line(1)], idempotency_key="order-17") == a  # the key decides, not the input
+        b = client.submit(src, idempotency_key="order-18")
+        assert b != a
+        assert len(client.batches()) == 2
+        with pytest.raises(InputError):
+            client.submit(io.BytesIO(b"not json\n"), idempotency_key="bad")
+        c = client.submit(src, idempotency_key="bad")  # a failed submit gives its key back
+        assert c not in (a, b) and client.status(c)["counts"]["total"] == 7
+
+
+async def test_concurrent_submits_with_one_key_make_one_batch(tmp_path: Path, redis_url: str, prefix: str) -> None:
+    src = _file(tmp_path / "in.jsonl", 30)
+    async with AsyncClient(redis_url, settings=_settings(prefix)) as client:
+        ids = await asyncio.gather(*(client.submit(src, idempotency_key="k") for _ in range(5)))
+        assert len(set(ids)) == 1
+        assert len(await client.batches()) == 1
+
+
+async def test_a_forgotten_batch_frees_its_idempotency_key_and_fingerprint(store: Store, tmp_path: Path,
+                                                                            redis_url: str, prefix: str) -> None:
+    src = _file(tmp_path / "in.jsonl", 3)
+    async with AsyncClient(redis_url, settings=_settings(prefix)) as client:
+        a = await client.submit(src, idempotency_key="k")
+        await store.delete_batch(a)
+        assert not [k async for k in store.redis.scan_iter(f"{prefix}*") if b":fingerprint:" in k or b"idem" in k]
+        assert await client.submit(src, idempotency_key="k") != a
+
+
+async def _paused(store: Store, n: int = 10, window: float | None = None) -> str:
+    res = await submit_stream(store, io.BytesIO(b"".join(orjson.dumps(openai_line(i)) + b"\n"
+                                                         for i in range(1, n + 1))),
+                              BatchSpec(chunk_size=5, completion_window=window), source="t",
+                              queue=f"{store.keys.queue}:run:x")
+    assert await pause(store, res.batch_id, f"{store.keys.queue}:run:x") == "paused"
+    return res.batch_id
+
+
+async def test_a_paused_batch_gives_no_line_to_a_claim_and_resume_queues_it_on_the_shared_queue(
+        store: Store) -> None:
+    batch = await _paused(store)
+    assert not await store.redis.exists(f"{store.keys.queue}:run:x")  # the run's queue went with it
+    with pytest.raises(RetryRefused, match="resume"):
+        await retry(store, batch, chunk_size=5)  # says how to go on instead
+    assert (await store.claim(batch, [1, 2])).jobs == []
+    info = await store.info(batch)
+    assert info.status == "paused" and info.pending == 10
+    async with (await take_lease(store, batch)).kept():
+        with pytest.raises(ResumeRefused, match=batch):
+            await take_lease(store, batch)  # one run (or resume) at a time
+    await resume(store, batch, store.keys.queue)
+    info = await store.info(batch)
+    assert info.status == "in_progress" and info.queue == store.keys.queue
+    assert await store.redis.zcard(store.keys.queue) == 2  # both chunks
+    with pytest.raises(ResumeRefused, match="shared queue"):
+        await resume(store, batch, f"{store.keys.queue}:run:y")  # the workers have it now
+
+
+async def test_a_paused_batch_is_forgotten_after_the_retention(store: Store) -> None:
+    batch = await _paused(store)
+    await tick(store, grace_s=0, retention_s=3600)
+    assert (await store.info(batch)).status == "paused"
+    await tick(store, grace_s=0, retention_s=3600, now=9e12)
+    assert batch not in {b.id for b in await store.list_batches()}
+
+
+async def test_a_paused_batch_s_completion_window_keeps_running(store: Store) -> None:
+    batch = await _paused(store, window=60)
+    await tick(store, grace_s=0, retention_s=None, now=time.time() + 120)
+    info = await store.info(batch)
+    assert info.status == "expired" and info.pending == 0
+
+
+def test_status_and_batches_show_a_paused_batch(tmp_path: Path, redis_url: str, prefix: str) -> None:
+    cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "p", "base_url": "http://127.0.0.1:9"}])
+
+    async def go() -> str:
+        async with await Store.connect(redis_url, Keys(prefix)) as s:
+            return await _paused(s)
+
+    batch = asyncio.run(go())
+    assert status_of(cfg, redis_url, batch)["status"] == "paused"
+    listed = batchrelay("-c", str(cfg), "batches", env={"REDIS_URL": redis_url})
+    assert "paused" in listed.stdout
+    resumed = batchrelay("-c", str(cfg), "resume", batch, "--json", env={"REDIS_URL": redis_url})
+    assert resumed.returncode == 0, resumed.stderr
+    assert orjson.loads(resumed.stdout)["status"] == "in_progress"
+
+
+def test_run_of_a_file_the_workers_have_refuses_and_says_how_to_get_its_results(
+        tmp_path: Path, redis_url: str, prefix: str) -> None:
+    cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "p", "base_url": "http://127.0.0.1:9"}])
+    src = _file(tmp_path / "in.jsonl", 5)
+    env = {"REDIS_URL": redis_url}
+    batch = batchrelay("-c", str(cfg), "submit", str(src), env=env).stdout.strip()
+    run = batchrelay("-c", str(cfg), "run", str(src), "-o", str(tmp_path / "out.jsonl"), env=env)
+    assert run.returncode == 2, run.stderr
+    assert batch in run.stderr and "shared queue" in run.stderr and "results" in run.stderr
+    assert status_of(cfg, redis_url, batch)["counts"]["pending"] == 5  # nothing was sent
