@@ -67,7 +67,10 @@ from _abuse_rig import (  # noqa: E402
 )
 from _common import print_table  # noqa: E402
 
-from batchrelay.config.settings import ServeConfig  # noqa: E402
+try:  # noqa: E402 - its home since #14; a tree from before keeps it in settings.py (a "before" run)
+    from batchrelay.config.serve import ServeConfig
+except ImportError:
+    from batchrelay.config.settings import ServeConfig  # type: ignore[attr-defined,no-redef]
 
 MB = 2**20
 RSS_TARGET_MB = 150

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from batchrelay.config.settings import ServeConfig
+from batchrelay.config.serve import ServeConfig
 
 LINGER_S = 1.0
 LINGER_BYTES = 1024 * 1024
