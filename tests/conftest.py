@@ -112,6 +112,16 @@ def simulator() -> Iterator[SimulatorProcess]:
     sim.stop()
 
 
+@pytest.fixture
+def slow() -> Iterator[SimulatorProcess]:
+    """A provider answering in 0.3 s (calls are in flight when a test interrupts a run), outside the
+    process group of the `run` under test."""
+    sim = SimulatorProcess({"latency_ms": 300})
+    sim.start()
+    yield sim
+    sim.stop()
+
+
 def write_config(path: Path, prefix: str, providers: list[dict[str, Any]], *,
                  health: dict[str, Any] | None = None, routing: str = "", **worker: Any) -> Path:
     """A batchrelay.toml for a test: its own prefix, the given providers, fast worker settings."""

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -27,13 +26,6 @@ __all__ = ["home"]  # the fixture
 LINES = 60
 CONCURRENCY = 4
 
-
-@pytest.fixture
-def slow() -> Iterator[SimulatorProcess]:
-    sim = SimulatorProcess({"latency_ms": 300})
-    sim.start()
-    yield sim
-    sim.stop()
 
 
 def _setup(home: Path, sim: SimulatorProcess, lines: int = LINES) -> tuple[Path, Path]:

@@ -10,11 +10,9 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
-import pytest
 
 from batchrelay.sim.process import SimulatorProcess
 
@@ -25,14 +23,6 @@ __all__ = ["home"]  # the fixture
 
 LINES = 60
 
-
-@pytest.fixture
-def slow() -> Iterator[SimulatorProcess]:
-    """A provider answering in 0.3 s, outside the process group of the `run` under test."""
-    sim = SimulatorProcess({"latency_ms": 300})
-    sim.start()
-    yield sim
-    sim.stop()
 
 
 def _started(home: Path, sim: SimulatorProcess) -> tuple[subprocess.Popen[str], Path]:
