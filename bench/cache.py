@@ -13,6 +13,7 @@ Hits/s is given twice: end to end through `batchrelay worker` (arq starts at mos
 jobs per 0.1 s poll: 3 chunks of 50 lines with the defaults, so about 1,500 lines/s whatever a line
 costs), and run 3: the same file once more, its chunks run by a worker Runtime in this process (3
 at a time, as the worker holds them), without arq's poll between chunks: the hit path's own rate.
+The target is judged on the first: that is what a user's worker delivers.
 """
 
 from __future__ import annotations
@@ -100,9 +101,11 @@ async def measure(url: str, prefix: str, base: str, path: Path, lines: int, cfg:
         Figure("rerun", "provider calls", str(calls2 - calls1), "0", calls2 - calls1 == 0),
         Figure("rerun", "hits", f"{hits.count('hit')}/{lines}", f"{lines}", hits.count("hit") == lines),
         Figure("rerun", "time vs first run", f"{t_second:.2f}s vs {t_first:.2f}s ({t_second / t_first:.2f}x)"),
-        Figure("rerun", "hits/s, 1 worker process (arq)", f"{lines / t_worker:,.0f}"),
-        Figure("run 3", "hits/s, 1 worker Runtime", f"{done_rt / t_rt:,.0f} ({done_rt} lines, {calls3 - calls2} calls)",
-               ">= 5,000", done_rt / t_rt >= 5000 and done_rt == lines and calls3 == calls2),
+        # the issue's target is for a worker process: judged there (#15 stays open while arq's poll caps it)
+        Figure("rerun", "hits/s, 1 worker process (arq)", f"{lines / t_worker:,.0f}", ">= 5,000",
+               lines / t_worker >= 5000),
+        Figure("run 3", "hits/s, 1 worker Runtime (no arq poll)",
+               f"{done_rt / t_rt:,.0f} ({done_rt} lines, {calls3 - calls2} calls)"),
         Figure("size", "entry bytes / answer JSON", f"{per_entry:.0f} B / {json_size:.0f} B "
                f"({per_entry / json_size:.2f}x)"),
         Figure("size", "Redis memory / answer (hash + index)", f"{per_mem:.0f} B ({per_mem / json_size:.2f}x)"),
