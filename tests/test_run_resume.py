@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from batchrelay.cli.runner import continue_command
 from batchrelay.sim.process import SimulatorProcess
 
 from .conftest import openai_line, wait_for, write_config
@@ -163,3 +164,14 @@ def test_a_paused_batch_can_be_cancelled(home: Path, slow: SimulatorProcess) -> 
     assert st["status"] == "cancelled" and st["counts"]["pending"] == 0
     resumed = cli(home, "-c", str(cfg), "resume", batch)
     assert resumed.returncode == 2 and "cancelled" in resumed.stderr
+
+
+@pytest.mark.parametrize(("args", "shown"), [
+    (["run", "in.jsonl", "-o", "out.jsonl"], "batchrelay run in.jsonl -o out.jsonl"),
+    (["run", "in.jsonl", "-o", "out.jsonl", "--new"], "batchrelay run in.jsonl -o out.jsonl"),
+    (["-c", "my conf.toml", "run", "--new", "a b.jsonl", "-o", "o.jsonl"],
+     "batchrelay -c 'my conf.toml' run 'a b.jsonl' -o o.jsonl"),
+])
+def test_the_command_that_continues_a_run_is_its_own_without_new(args: list[str], shown: str) -> None:
+    """`--new` would start yet another batch: the printed command leaves it out (found by a fresh-clone check)."""
+    assert continue_command(args) == shown

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -101,7 +100,7 @@ def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers:
     """
     from batchrelay.cli.guard import sigterm_as_interrupt
     from batchrelay.cli.preflight import before_run
-    from batchrelay.cli.runner import environment, run_file
+    from batchrelay.cli.runner import continue_command, environment, run_file
 
     sigterm_as_interrupt()  # a SIGTERM ends `run` as cleanly as Ctrl-C does (see cli/guard.py)
     spec = BatchSpec.of(settings_of(ctx), endpoint=endpoint, providers=allow, max_cost=max_cost,
@@ -110,7 +109,7 @@ def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers:
         if spec.needs_prices:
             check_prices(file, env.settings, spec.endpoint, spec.providers)
         report = run_async(run_file(env, file, out, errors, spec, workers=workers, show=not as_json,
-                                    resume_same=not new, command=shlex.join(["batchrelay", *sys.argv[1:]])))
+                                    resume_same=not new, command=continue_command(sys.argv[1:])))
     _report(report, as_json)
     sys.exit(report.exit_code)
 

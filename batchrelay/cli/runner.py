@@ -13,13 +13,14 @@ import contextlib
 import functools
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,12 @@ from batchrelay.worker.worker import build_worker, run_worker, stop_worker
 
 MAX_REQUEUE_ROUNDS = 3
 
+
+
+def continue_command(args: Sequence[str]) -> str:
+    """The command line an interrupted run prints to continue it: its own, without `--new` (which
+    would start afresh rather than continue). Pure."""
+    return shlex.join(["batchrelay", *(a for a in args if a != "--new")])
 
 @dataclass(frozen=True, slots=True)
 class RunReport:
