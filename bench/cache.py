@@ -9,11 +9,11 @@ sent and stored); run 2 submits the same FILE again. Printed: the provider calls
 process (target >= 5,000 lines/s), and the Redis bytes per cached answer (the compressed entry, and
 the entries hash + index as Redis counts them) against the answer's JSON size.
 
-Hits/s is given twice: end to end through `batchrelay worker` (arq starts at most `max_jobs` chunk
-jobs per 0.1 s poll: 3 chunks of 50 lines with the defaults, so about 1,500 lines/s whatever a line
-costs), and run 3: the same file once more, its chunks run by a worker Runtime in this process (3
-at a time, as the worker holds them), without arq's poll between chunks: the hit path's own rate.
-The target is judged on the first: that is what a user's worker delivers.
+Hits/s is given twice: end to end through `batchrelay worker` (arq's poll, the chunk jobs' own
+Redis round trips and the results' writes included: what a user's worker delivers, and what the
+target is judged on), and run 3: the same file once more, its chunks run by a worker Runtime in this
+process (3 at a time, as the worker holds them) without arq: the hit path's own rate. Times end at
+the batch's `finished_at`, written by the worker with the last result.
 """
 
 from __future__ import annotations
@@ -45,15 +45,17 @@ from batchrelay.worker.runtime import Runtime  # noqa: E402
 
 
 async def one_run(store: Store, path: Path) -> tuple[str, float, float]:
-    """(batch id, seconds from submit to completion, seconds from the end of the submit to completion)."""
-    t0 = time.perf_counter()
+    """(batch id, seconds from submit to completion, seconds from the end of the submit to completion);
+    the completion is the batch's `finished_at`, so how often this process looks does not matter."""
+    t0 = time.time()
     sub = await submit_file(store, path, BatchSpec(chunk_size=50, cache=True))
-    t1 = time.perf_counter()
+    t1 = time.time()
+    # the end is the worker's own clock: `finished_at`, written with the last result; polled gently
+    # (this process shares two cores with the worker and Redis)
     while not (info := await store.info(sub.batch_id)).finished:
-        await asyncio.sleep(0.005)
-    t2 = time.perf_counter()
-    assert info.succeeded == sub.valid, info
-    return sub.batch_id, t2 - t0, t2 - t1
+        await asyncio.sleep(0.05)
+    assert info.succeeded == sub.valid and info.finished_at is not None, info
+    return sub.batch_id, info.finished_at - t0, info.finished_at - t1
 
 
 async def in_process(store: Store, cfg: Path, path: Path) -> tuple[float, int]:
@@ -101,7 +103,7 @@ async def measure(url: str, prefix: str, base: str, path: Path, lines: int, cfg:
         Figure("rerun", "provider calls", str(calls2 - calls1), "0", calls2 - calls1 == 0),
         Figure("rerun", "hits", f"{hits.count('hit')}/{lines}", f"{lines}", hits.count("hit") == lines),
         Figure("rerun", "time vs first run", f"{t_second:.2f}s vs {t_first:.2f}s ({t_second / t_first:.2f}x)"),
-        # the issue's target is for a worker process: judged there (#15 stays open while arq's poll caps it)
+        # the issue's target is for a worker process: judged there
         Figure("rerun", "hits/s, 1 worker process (arq)", f"{lines / t_worker:,.0f}", ">= 5,000",
                lines / t_worker >= 5000),
         Figure("run 3", "hits/s, 1 worker Runtime (no arq poll)",

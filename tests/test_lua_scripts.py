@@ -129,6 +129,26 @@ async def test_result_write_queued_on_a_pipeline_answers_through_it(store: Store
     assert (await _meta(store))["status"] == "completed"
 
 
+async def test_results_write_writes_several_lines_as_result_write_does_each(store: Store) -> None:
+    k, s = store.keys, store.scripts
+    await _given(store, Status.IN_PROGRESS, (1, 2, 3), succeeded=0)
+    await store.redis.hset(k.attempts(B), "2", "[]")  # type: ignore[misc]
+    hit = {"cache|m|cache_hits": 1, "cache|m|saved": 10**12}
+    lines = [(1, b"1one", "succeeded", hit), (2, b"1two", "succeeded", {}), (1, b"1again", "succeeded", hit)]
+    assert await s.write_results(k, B, now=9.0, lines=lines) == 2  # the second write of line 1 changes nothing
+    assert await _hash(store.redis, k.results(B)) == {"1": "1one", "2": "1two"}
+    assert await store.redis.smembers(k.pending(B)) == {b"3"}  # type: ignore[misc]
+    assert await store.redis.hlen(k.attempts(B)) == 0  # type: ignore[misc]
+    assert await _hash(store.redis, k.ledger(B)) == {"cache|m|cache_hits": "1", "cache|m|saved": str(10**12)}
+    meta = await _meta(store)
+    assert (meta["succeeded"], meta["status"], meta.get("finished_at")) == ("2", "in_progress", None)
+    assert await s.write_results(k, B, now=10.5, lines=[(3, b"0x", "failed", {})]) == 1
+    meta = await _meta(store)
+    assert (meta["failed"], meta["status"], meta["finished_at"]) == ("1", "completed", "10.5")
+    assert await s.write_results(k, B, now=11.0, lines=[(3, b"1late", "succeeded", hit)]) == 0
+    assert (await _meta(store))["finished_at"] == "10.5"
+
+
 @pytest.mark.parametrize(("pending", "start_at", "status"), [
     ((1,), None, Status.IN_PROGRESS), ((1,), 2e9, Status.SCHEDULED), ((), None, Status.COMPLETED)])
 async def test_submit_finish_writes_the_counts_and_starts_the_batch(

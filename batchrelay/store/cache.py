@@ -26,7 +26,7 @@ import orjson
 
 from batchrelay.config.cache import CacheConfig
 from batchrelay.money.pricing import pico, usd
-from batchrelay.store.store import Store, _result
+from batchrelay.store.store import OK, Store
 
 FORMAT = 1
 CLEAR_BLOCK = 1000
@@ -114,16 +114,18 @@ class ResponseCache:
 
     async def write_hits(self, batch_id: str, hits: list[tuple[int, bytes, dict[str, int], Decimal]]) -> int:
         """Lines' results from hits, (line, record, ledger, saved USD): the same exactly-once write as
-        any answer, and the saved USD in the cache's stats, in one round trip; how many were new."""
+        any answer (one script call for all), and the saved USD in the cache's stats, in one round
+        trip; how many were new."""
         s = self.store
         async with s.redis.pipeline(transaction=False) as pipe:
-            for line, record, ledger, _ in hits:
-                await s.scripts.write_result(s.keys, batch_id, **_result(line, record, True, ledger, None), pipe=pipe)
+            await s.scripts.write_results(s.keys, batch_id, now=time.time(), pipe=pipe,
+                                          lines=[(line, OK + record, "succeeded", ledger)
+                                                 for line, record, ledger, _ in hits])
             saved = sum((h[3] for h in hits), Decimal(0))
             if saved:
                 pipe.hincrby(s.keys.cache_stats, "saved", pico(saved))
             written = await pipe.execute()
-        return sum(1 for w in written[:len(hits)] if w)
+        return int(written[0])
 
     async def lease(self, key: str) -> str | None:
         """The single-flight lease for `key` (its token), or None while another worker holds it."""

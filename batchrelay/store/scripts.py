@@ -29,7 +29,7 @@ from batchrelay.store.status import Status
 
 SCRIPTS = ("batch_start_due", "budget_purge", "budget_raise", "budget_reserve", "budget_settle", "cache_get",
            "cache_lease", "cache_prune", "cache_put", "chunk_reclaim", "chunk_release", "health_acquire",
-           "health_report", "result_write", "retry_reopen_line", "stop_finish", "stop_request",
+           "health_report", "result_write", "results_write", "retry_reopen_line", "stop_finish", "stop_request",
            "submit_claim_ids", "submit_finish", "webhook_claim",
            "batch_pause", "batch_resume", "run_lease")  # the last three: resume.py
 
@@ -131,6 +131,20 @@ class Scripts:
              "attempts": k.attempts(batch_id), "ledger": k.ledger(batch_id)},
             {"line": line, "record": record, "count": count, "now": now}, _ledger(ledger), client=pipe)
         return pipe is None and bool(done)
+
+    async def write_results(self, k: Keys, batch_id: str, *, now: float,
+                            lines: Iterable[tuple[int, bytes, str, Mapping[str, int]]],
+                            pipe: Pipeline | None = None) -> int:
+        """`write_result` of several lines, (line, record, count, ledger), in one call: how many were
+        new (0 here with `pipe`: the answer comes from the pipeline's execute)."""
+        flat: list[Any] = []
+        for line, record, count, ledger in lines:
+            values = _ledger(ledger)
+            flat += [line, record, count, len(values), *values]
+        done = await self._s["results_write"](
+            {"results": k.results(batch_id), "pending": k.pending(batch_id), "meta": k.meta(batch_id),
+             "attempts": k.attempts(batch_id), "ledger": k.ledger(batch_id)}, {"now": now}, flat, client=pipe)
+        return 0 if pipe is not None else int(done)
 
     async def finish_submit(self, k: Keys, batch_id: str, *, now: float, start_at: float | None,
                             counts: Mapping[str, int | str]) -> str:

@@ -26,6 +26,7 @@ from batchrelay.store.connection import redis_settings
 from batchrelay.store.keys import Keys
 from batchrelay.store.queue import CHUNK_FUNCTION, cron_name
 from batchrelay.store.store import Store
+from batchrelay.worker.eager import EagerWorker
 from batchrelay.worker.runtime import SHUTDOWN_MARGIN_S, Runtime
 
 log = logging.getLogger("batchrelay.worker.worker")
@@ -81,7 +82,7 @@ def build_worker(
         if rt:
             await rt.close()
 
-    return Worker(
+    return EagerWorker(
         functions=[func(run_chunk, name=CHUNK_FUNCTION, timeout=w.job_timeout, max_tries=w.max_tries)],
         # a burst worker sweeps once the queue is empty instead (see run_worker): a cron job held by a
         # killed worker would keep the queue non-empty, and burst workers waiting, until it expires

@@ -1,0 +1,26 @@
+-- Fragment (result_write, results_write; after result_bytes): one line's final result, written once
+-- with its count, size and ledger, and the end of the batch once no line is pending. KEYS are those
+-- of result_write: results, pending, meta, attempts, ledger.
+-- write_line: 1, or 0 when the line already had a result (a rerun, which changes nothing); its
+-- ledger is args[from..to], field/increment pairs (integers as strings: Redis adds them as 64-bit
+-- integers, never as floats).
+local function write_line(line, record, count, args, from, to)
+  if redis.call('HSETNX', KEYS[1], line, record) == 0 then return 0 end
+  redis.call('SREM', KEYS[2], line)
+  redis.call('HDEL', KEYS[4], line)
+  redis.call('HINCRBY', KEYS[3], count, 1)
+  add_bytes(KEYS[3], record, 1)
+  for i = from, to, 2 do redis.call('HINCRBY', KEYS[5], args[i], args[i + 1]) end
+  return 1
+end
+
+-- The last line ends the batch: completed, or cancelled / expired when it was being stopped.
+local function end_if_done(now)
+  if redis.call('SCARD', KEYS[2]) ~= 0 then return end
+  local status = redis.call('HGET', KEYS[3], 'status')
+  local final = nil
+  if status == STATUS.in_progress or status == STATUS.budget_exhausted or status == STATUS.paused then final = STATUS.completed
+  elseif status == STATUS.cancelling then final = STATUS.cancelled
+  elseif status == STATUS.expiring then final = STATUS.expired end
+  if final then redis.call('HSET', KEYS[3], 'status', final, 'finished_at', now) end
+end
