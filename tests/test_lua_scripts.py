@@ -129,12 +129,30 @@ async def test_result_write_queued_on_a_pipeline_answers_through_it(store: Store
     assert (await _meta(store))["status"] == "completed"
 
 
+async def test_a_result_adds_to_the_fleets_ledger_and_counts_and_the_batchs_minute(store: Store) -> None:
+    k, s, sep = store.keys, store.scripts, "\x1f"
+    await _given(store, Status.IN_PROGRESS, (1, 2, 3))
+    ledger = {f"p{sep}m{sep}requests": 2, f"p{sep}m{sep}cost": 7 * 10**12}
+    calls = {f"calls{sep}p{sep}m{sep}ok": 1, f"calls{sep}p{sep}m{sep}transient": 1}
+    assert await s.write_result(k, B, line=1, record=b"1{}", count="succeeded", now=120.5, ledger=ledger, tally=calls)
+    assert not await s.write_result(k, B, line=1, record=b"1{}", count="succeeded", now=121.0, ledger=ledger,
+                                    tally=calls)  # a rerun adds nothing anywhere
+    assert await s.write_results(k, B, now=185.0, lines=[(2, b"0{}", "cancelled", {}, {})]) == 1
+    assert await _hash(store.redis, k.fleet_ledger) == {f"p{sep}m{sep}requests": "2", f"p{sep}m{sep}cost": str(7 * 10**12)}
+    assert await _hash(store.redis, k.fleet_counts) == {
+        f"lines{sep}succeeded": "1", f"lines{sep}cancelled": "1", f"calls{sep}p{sep}m{sep}ok": "1",
+        f"calls{sep}p{sep}m{sep}transient": "1"}
+    assert await _hash(store.redis, k.minutes(B)) == {
+        f"2{sep}succeeded": "1", f"2{sep}cost": str(7 * 10**12), f"3{sep}cancelled": "1"}
+    await store.redis.delete(k.fleet_ledger, k.fleet_counts)
+
+
 async def test_results_write_writes_several_lines_as_result_write_does_each(store: Store) -> None:
     k, s = store.keys, store.scripts
     await _given(store, Status.IN_PROGRESS, (1, 2, 3), succeeded=0)
     await store.redis.hset(k.attempts(B), "2", "[]")  # type: ignore[misc]
     hit = {"cache|m|cache_hits": 1, "cache|m|saved": 10**12}
-    lines = [(1, b"1one", "succeeded", hit), (2, b"1two", "succeeded", {}), (1, b"1again", "succeeded", hit)]
+    lines = [(1, b"1one", "succeeded", hit, {}), (2, b"1two", "succeeded", {}, {}), (1, b"1again", "succeeded", hit, {})]
     assert await s.write_results(k, B, now=9.0, lines=lines) == 2  # the second write of line 1 changes nothing
     assert await _hash(store.redis, k.results(B)) == {"1": "1one", "2": "1two"}
     assert await store.redis.smembers(k.pending(B)) == {b"3"}  # type: ignore[misc]
@@ -142,10 +160,10 @@ async def test_results_write_writes_several_lines_as_result_write_does_each(stor
     assert await _hash(store.redis, k.ledger(B)) == {"cache|m|cache_hits": "1", "cache|m|saved": str(10**12)}
     meta = await _meta(store)
     assert (meta["succeeded"], meta["status"], meta.get("finished_at")) == ("2", "in_progress", None)
-    assert await s.write_results(k, B, now=10.5, lines=[(3, b"0x", "failed", {})]) == 1
+    assert await s.write_results(k, B, now=10.5, lines=[(3, b"0x", "failed", {}, {})]) == 1
     meta = await _meta(store)
     assert (meta["failed"], meta["status"], meta["finished_at"]) == ("1", "completed", "10.5")
-    assert await s.write_results(k, B, now=11.0, lines=[(3, b"1late", "succeeded", hit)]) == 0
+    assert await s.write_results(k, B, now=11.0, lines=[(3, b"1late", "succeeded", hit, {})]) == 0
     assert (await _meta(store))["finished_at"] == "10.5"
 
 

@@ -119,7 +119,7 @@ class ResponseCache:
         s = self.store
         async with s.redis.pipeline(transaction=False) as pipe:
             await s.scripts.write_results(s.keys, batch_id, now=time.time(), pipe=pipe,
-                                          lines=[(line, OK + record, "succeeded", ledger)
+                                          lines=[(line, OK + record, "succeeded", ledger, {})
                                                  for line, record, ledger, _ in hits])
             saved = sum((h[3] for h in hits), Decimal(0))
             if saved:

@@ -110,6 +110,21 @@ class Keys:
         """Hash: `provider SEP model SEP metric` -> integer (tokens, calls, pico-dollars); see ledger.py."""
         return f"{self.prefix}batch:{batch_id}:ledger"
 
+    def minutes(self, batch_id: str) -> str:
+        """Hash: the batch's per-minute buckets, `minute SEP count` (lines that ended, by the meta count
+        they added to) and `minute SEP cost` (pico-dollars); minute = unix time // 60."""
+        return f"{self.prefix}batch:{batch_id}:minutes"
+
+    @property
+    def fleet_ledger(self) -> str:
+        """Hash: the ledger of every batch ever finished here, summed (never forgotten with a batch)."""
+        return f"{self.prefix}fleet:ledger"
+
+    @property
+    def fleet_counts(self) -> str:
+        """Hash: counters over every batch: `lines SEP status`, `calls SEP provider SEP model SEP outcome`."""
+        return f"{self.prefix}fleet:counts"
+
     def budget(self, batch_id: str) -> str:
         """Hash: max, spent, reserved (pico-dollars) and `r:{token}` reservations; see store/budget.py."""
         return f"{self.prefix}batch:{batch_id}:budget"
@@ -176,6 +191,7 @@ class Keys:
             self.attempts(batch_id),
             self.custom_ids(batch_id),
             self.ledger(batch_id),
+            self.minutes(batch_id),
             self.budget(batch_id),
             self.budget_leases(batch_id),
             self.run_lease(batch_id),

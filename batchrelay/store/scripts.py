@@ -122,28 +122,36 @@ class Scripts:
 
     # the batch record (store.py, submit.py)
 
+    @staticmethod
+    def _result_keys(k: Keys, batch_id: str) -> dict[str, str]:
+        return {"results": k.results(batch_id), "pending": k.pending(batch_id), "meta": k.meta(batch_id),
+                "attempts": k.attempts(batch_id), "ledger": k.ledger(batch_id), "fleet_ledger": k.fleet_ledger,
+                "fleet_counts": k.fleet_counts, "minutes": k.minutes(batch_id)}
+
     async def write_result(self, k: Keys, batch_id: str, *, line: int, record: bytes, count: str, now: float,
-                           ledger: Mapping[str, int], pipe: Pipeline | None = None) -> bool:
-        """True when the result was new. With `pipe` the call is only queued (False here; the answer
-        comes from the pipeline's execute)."""
+                           ledger: Mapping[str, int], tally: Mapping[str, int] | None = None,
+                           pipe: Pipeline | None = None) -> bool:
+        """True when the result was new. `tally`: what it adds to the fleet's counts besides its line
+        (its calls by outcome). With `pipe` the call is only queued (False here; the answer comes from
+        the pipeline's execute)."""
+        values = _ledger(ledger)
         done = await self._s["result_write"](
-            {"results": k.results(batch_id), "pending": k.pending(batch_id), "meta": k.meta(batch_id),
-             "attempts": k.attempts(batch_id), "ledger": k.ledger(batch_id)},
-            {"line": line, "record": record, "count": count, "now": now}, _ledger(ledger), client=pipe)
+            self._result_keys(k, batch_id), {"line": line, "record": record, "count": count, "now": now,
+                                             "nledger": len(values)},
+            [*values, *_ledger(tally or {})], client=pipe)
         return pipe is None and bool(done)
 
     async def write_results(self, k: Keys, batch_id: str, *, now: float,
-                            lines: Iterable[tuple[int, bytes, str, Mapping[str, int]]],
+                            lines: Iterable[tuple[int, bytes, str, Mapping[str, int], Mapping[str, int]]],
                             pipe: Pipeline | None = None) -> int:
-        """`write_result` of several lines, (line, record, count, ledger), in one call: how many were
-        new (0 here with `pipe`: the answer comes from the pipeline's execute)."""
+        """`write_result` of several lines, (line, record, count, ledger, tally), in one call: how many
+        were new (0 here with `pipe`: the answer comes from the pipeline's execute)."""
         flat: list[Any] = []
-        for line, record, count, ledger in lines:
+        for line, record, count, ledger, tally in lines:
             values = _ledger(ledger)
-            flat += [line, record, count, len(values), *values]
-        done = await self._s["results_write"](
-            {"results": k.results(batch_id), "pending": k.pending(batch_id), "meta": k.meta(batch_id),
-             "attempts": k.attempts(batch_id), "ledger": k.ledger(batch_id)}, {"now": now}, flat, client=pipe)
+            more = _ledger(tally)
+            flat += [line, record, count, len(values) + len(more), len(values), *values, *more]
+        done = await self._s["results_write"](self._result_keys(k, batch_id), {"now": now}, flat, client=pipe)
         return 0 if pipe is not None else int(done)
 
     async def finish_submit(self, k: Keys, batch_id: str, *, now: float, start_at: float | None,

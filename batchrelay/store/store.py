@@ -46,6 +46,7 @@ class Claim:
     earlier: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # attempts before a deferral
     budgeted: bool = False  # the batch has a spending limit: every call takes a reservation first
     cached: bool = False  # the batch uses the response cache (store/cache.py)
+    fresh: list[int] = field(default_factory=list)  # lines never tried before: `note_first_try` once they are
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +230,8 @@ class Store:
         await self.redis.hset(self.keys.meta(batch_id), "queue", queue)  # type: ignore[misc]
 
     async def claim(self, batch_id: str, lines: Sequence[int]) -> Claim:
-        """The lines of `lines` that still need work, with their requests and first-try times."""
+        """The lines of `lines` that still need work, with their requests and first-try times (those
+        tried for the first time now are `fresh`: the caller notes them once it tries them)."""
         if not lines:
             return Claim([], {}, None)
         k, now = self.keys, time.time()
@@ -251,32 +253,37 @@ class Store:
                     earlier[line] = orjson.loads(before)
                 if not first:
                     fresh[line] = now
-        if fresh:
-            await self.redis.hset(k.first_try(batch_id), mapping=fresh)  # type: ignore[misc]
         return Claim(jobs, first_tried, allow.decode().split(",") if allow else None, earlier, max_cost is not None,
-                     cached is not None)
+                     cached is not None, list(fresh))
+
+    async def note_first_try(self, batch_id: str, first_tried: dict[int, float]) -> None:
+        """When lines were first tried (kept for their retries; a cache hit never needs it)."""
+        if first_tried:
+            await self.redis.hset(self.keys.first_try(batch_id), mapping=first_tried)  # type: ignore[misc]
 
     async def save_attempts(self, batch_id: str, line: int, attempts: list[dict[str, Any]]) -> None:
         """A deferred line keeps its attempts, so its result can list every one of them."""
         await self.redis.hset(self.keys.attempts(batch_id), str(line), orjson.dumps(attempts).decode())  # type: ignore[misc]
 
     async def write_result(self, batch_id: str, line: int, record: bytes, ok: bool,
-                           ledger: dict[str, int] | None = None, count: str | None = None) -> bool:
+                           ledger: dict[str, int] | None = None, count: str | None = None,
+                           tally: dict[str, int] | None = None) -> bool:
         """Record a line's final result and add its calls to the ledger, once; False when it already
         had one (a harmless rerun, which counts nothing). `count`: the count it adds to (default
-        succeeded or failed; `cancelled` and `expired` for lines a stopped batch never ran)."""
-        return await self.scripts.write_result(self.keys, batch_id, **_result(line, record, ok, ledger, count))
+        succeeded or failed; `cancelled` and `expired` for lines a stopped batch never ran);
+        `tally`: its calls by outcome, for the fleet's counts (results/tally.py)."""
+        return await self.scripts.write_result(self.keys, batch_id, **_result(line, record, ok, ledger, count),
+                                               tally=tally)
 
     async def write_results(self, batch_id: str, items: Sequence[tuple[int, bytes, bool, dict[str, int], str | None]]
                             ) -> int:
-        """Many `write_result`s in one round trip: (line, record, ok, ledger, count); how many were new."""
+        """Many `write_result`s (of lines with no call) in one script call: (line, record, ok, ledger,
+        count); how many were new."""
         if not items:
             return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for item in items:
-                await self.scripts.write_result(self.keys, batch_id, **_result(*item), pipe=pipe)
-            written = await pipe.execute()
-        return sum(1 for w in written if w)
+        return await self.scripts.write_results(self.keys, batch_id, now=time.time(), lines=[
+            (line, (OK if ok else ERR) + record, count or ("succeeded" if ok else "failed"), ledger or {}, {})
+            for line, record, ok, ledger, count in items])
 
     async def ledger(self, batch_id: str) -> dict[bytes, bytes]:
         raw: dict[bytes, bytes] = await self.redis.hgetall(self.keys.ledger(batch_id))  # type: ignore[misc]

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ from batchrelay.money.ledger import increments
 from batchrelay.providers.routing import candidates
 from batchrelay.results.outcome import Attempt, Outcome, Result
 from batchrelay.results.records import outcome_record
+from batchrelay.results.tally import call_tally
 from batchrelay.store.budget import Budget
 from batchrelay.store.cache import ResponseCache
 from batchrelay.store.health import Health
@@ -200,7 +201,8 @@ class Runtime:
                 billed = out.billed
                 await self.store.write_result(work.batch_id, job.line,
                                               outcome_record(work.batch_id, job, out, billed, cache),
-                                              out.ok, increments(billed))
+                                              out.ok, increments(billed),
+                                              tally=call_tally(out.attempts, str(job.body["model"])))
                 return None
             case Result.DEFERRED:
                 await self._keep_attempts(work, out)
@@ -217,23 +219,26 @@ class Runtime:
         # held while it runs: if this process dies, its heartbeat lapses and another worker puts the
         # chunk's lines back long before arq would (store/heartbeat.py)
         assert self.heartbeat is not None
-        await self.heartbeat.hold(job_id, batch_id)
         try:
-            return await self._run_chunk(batch_id, lines, job_id)
+            # the claim only reads: it may go alongside the hold
+            return await self._run_chunk(batch_id, lines, job_id, self.heartbeat.hold(job_id, batch_id))
         finally:
             # left behind, the entry only makes a look after this process's end put back finished lines
             with contextlib.suppress(RedisError, OSError):
                 await self.heartbeat.release(job_id, batch_id)
 
-    async def _run_chunk(self, batch_id: str, lines: list[int], job_id: str) -> int:
+    async def _run_chunk(self, batch_id: str, lines: list[int], job_id: str, holding: Awaitable[None]) -> int:
         # lines still running here (a chunk that passed its deadline and came back) are not taken twice
-        claim = await self.store.claim(batch_id, [n for n in lines if (batch_id, n) not in self.in_flight])
+        _, claim = await asyncio.gather(
+            holding, self.store.claim(batch_id, [n for n in lines if (batch_id, n) not in self.in_flight]))
         jobs, hits = claim.jobs, 0
         if claim.cached and self.cached is not None and jobs and not self.draining:
             answered = await self.cached.answer_hits(batch_id, jobs)  # the whole chunk looked up at once
             jobs, hits = [job for job in jobs if job.line not in answered], len(answered)
         if not jobs:
             return hits
+        sending = {job.line for job in jobs}
+        await self.store.note_first_try(batch_id, {n: claim.first_tried[n] for n in claim.fresh if n in sending})
         assert self.pool is not None
         work = [LineWork(batch_id, job, claim.first_tried[job.line], claim.allow,
                          [Attempt.from_dict(a) for a in claim.earlier.get(job.line, [])], claim.budgeted, claim.cached)

@@ -1,16 +1,28 @@
 -- Fragment (result_write, results_write; after result_bytes): one line's final result, written once
 -- with its count, size and ledger, and the end of the batch once no line is pending. KEYS are those
--- of result_write: results, pending, meta, attempts, ledger.
--- write_line: 1, or 0 when the line already had a result (a rerun, which changes nothing); its
--- ledger is args[from..to], field/increment pairs (integers as strings: Redis adds them as 64-bit
--- integers, never as floats).
-local function write_line(line, record, count, args, from, to)
+-- of result_write: results, pending, meta, attempts, ledger, fleet_ledger, fleet_counts, minutes.
+-- write_line: 1, or 0 when the line already had a result (a rerun, which changes nothing). Its
+-- ledger is args[from..split-1], field/increment pairs (integers as strings: Redis adds them as
+-- 64-bit integers, never as floats), added to the batch's ledger and the fleet's; its tally is
+-- args[split..to], pairs added to the fleet's counts (the calls by outcome). The fleet's counts also
+-- get `lines SEP count`, and the batch's minute buckets (`minute SEP count`, `minute SEP cost`; the
+-- minute is unix time // 60) the line and its cost.
+local SEP = '\31'
+local function write_line(line, record, count, now, args, from, split, to)
   if redis.call('HSETNX', KEYS[1], line, record) == 0 then return 0 end
   redis.call('SREM', KEYS[2], line)
   redis.call('HDEL', KEYS[4], line)
   redis.call('HINCRBY', KEYS[3], count, 1)
   add_bytes(KEYS[3], record, 1)
-  for i = from, to, 2 do redis.call('HINCRBY', KEYS[5], args[i], args[i + 1]) end
+  local minute = string.format('%d', math.floor(tonumber(now) / 60))
+  redis.call('HINCRBY', KEYS[7], 'lines' .. SEP .. count, 1)
+  redis.call('HINCRBY', KEYS[8], minute .. SEP .. count, 1)
+  for i = from, split - 1, 2 do
+    redis.call('HINCRBY', KEYS[5], args[i], args[i + 1])
+    redis.call('HINCRBY', KEYS[6], args[i], args[i + 1])
+    if string.sub(args[i], -5) == SEP .. 'cost' then redis.call('HINCRBY', KEYS[8], minute .. SEP .. 'cost', args[i + 1]) end
+  end
+  for i = split, to, 2 do redis.call('HINCRBY', KEYS[7], args[i], args[i + 1]) end
   return 1
 end
 
