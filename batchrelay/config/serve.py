@@ -34,6 +34,8 @@ class ServeConfig(BaseModel):
     max_batch_lines: int = Field(default=50_000, ge=1)  # lines of an OpenAI batch's input file
     max_batch_requests: int = Field(default=100_000, ge=1)  # requests of an Anthropic message batch
     auth_failures_per_min: int = Field(default=30, ge=1)  # wrong keys per client address; 429 past it
+    # /metrics without a client key (Prometheus on a private network); by default it needs one (Bearer)
+    metrics_public: bool = False
 
     @field_validator("public_url")
     @classmethod
