@@ -353,6 +353,9 @@ def test_run_twice_with_cache_makes_no_provider_call_the_second_time_and_says_wh
     rows1 = [orjson.loads(x) for x in (tmp_path / "o1.jsonl").read_bytes().splitlines()]
     rows2 = [orjson.loads(x) for x in (tmp_path / "o2.jsonl").read_bytes().splitlines()]
     assert [r["response"]["body"] for r in rows1] == [r["response"]["body"] for r in rows2]
+    text = batchrelay("-c", str(cfg), "run", str(src), "-o", str(tmp_path / "o4.jsonl"), "--cache", "--new",
+                      env=env).stdout
+    assert f"30 lines answered from the cache, saving ${first['cost']['usd']}" in text
     # --no-cache: sent again
     proc = batchrelay("-c", str(cfg), "run", str(src), "-o", str(tmp_path / "o3.jsonl"), "--no-cache", "--new",
                       env=env)

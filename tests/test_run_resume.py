@@ -93,9 +93,11 @@ def test_the_same_command_after_ctrl_c_resumes_the_batch_and_sends_no_answered_l
     batch = _batch_in(err)
     assert " ".join(args) in err  # the exact command that continues it
     st = _status(home, cfg, batch)
-    assert st["status"] == "paused"
+    assert st["status"] == "paused" and st["eta_s"] is None  # nothing works it until it is resumed
     answered = LINES - st["counts"]["pending"]  # type: ignore[index]
     assert cli(home, "-c", str(cfg), "batches").stdout.count("paused") == 1
+    waited = cli(home, "-c", str(cfg), "results", batch, "-o", str(home / "part.jsonl"), "--wait")
+    assert f"`batchrelay resume {batch}` continues it" in waited.stderr  # not a wait for ever
     again = cli(home, *args)
     assert again.returncode == 0, again.stderr
     assert f"resuming batch {batch}: {answered} of {LINES} lines already answered" in again.stderr
@@ -135,6 +137,7 @@ def test_a_finished_batch_is_written_again_with_no_provider_call_and_new_starts_
     again = cli(home, *args[:-1], str(home / "out.jsonl"))
     assert again.returncode == 0, again.stderr
     assert f"batch {batch}" in again.stderr and "no provider is called" in again.stderr
+    assert f"{batch}: completed earlier (no provider called now)" in again.stdout
     assert (home / "out.jsonl").read_bytes() == before
     assert slow.stats()["calls"] == LINES
     fresh = cli(home, *args, "--new")

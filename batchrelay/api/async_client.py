@@ -215,16 +215,17 @@ class AsyncClient:
 
     async def wait(self, batch_id: str, *, timeout: float | None = None, poll: float = 0.5,
                    on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Wait until the batch is finished (completed, failed, cancelled, expired) or its budget is
-        exhausted; returns its status. TimeoutError after `timeout` seconds. `on_update` is called
-        with the batch's status (without its cost) at every poll."""
+        """Wait until the batch is finished (completed, failed, cancelled, expired), its budget is
+        exhausted or it is paused (an interrupted `run`'s batch: nothing works it until it is resumed);
+        returns its status. TimeoutError after `timeout` seconds. `on_update` is called with the
+        batch's status (without its cost) at every poll."""
         store = await self._connected()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             info = await store.info(batch_id)
             if on_update is not None:
                 on_update(info.as_dict())
-            if info.finished or info.status == Status.BUDGET_EXHAUSTED:
+            if info.finished or info.status in (Status.BUDGET_EXHAUSTED, Status.PAUSED):
                 return await self._status(store, info)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"batch {batch_id} is still {info.status} after {timeout:g}s "

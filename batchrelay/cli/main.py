@@ -26,8 +26,9 @@ from batchrelay.cli.options import (
     webhook_option,
 )
 from batchrelay.cli.providers import health_text, providers
+from batchrelay.cli.run_summary import print_report
 from batchrelay.cli.servers import serve, simulate
-from batchrelay.cli.text import counted, echo, print_table
+from batchrelay.cli.text import echo, print_table
 from batchrelay.config.settings import Settings
 from batchrelay.errors import ExitCode
 from batchrelay.money.estimate import require_prices as check_prices
@@ -36,7 +37,7 @@ from batchrelay.store.connection import check_reachable
 from batchrelay.store.export import check_paths, default_errors_path
 from batchrelay.store.spending import cost_line
 from batchrelay.store.status import Status
-from batchrelay.store.store import FINISHED, BatchInfo, unsuccessful
+from batchrelay.store.store import FINISHED, unsuccessful
 
 if TYPE_CHECKING:
     from batchrelay.api import AsyncClient
@@ -110,32 +111,8 @@ def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers:
             check_prices(file, env.settings, spec.endpoint, spec.providers)
         report = run_async(run_file(env, file, out, errors, spec, workers=workers, show=not as_json,
                                     resume_same=not new, command=continue_command(sys.argv[1:])))
-    _report(report, as_json)
+    print_report(report, as_json)
     sys.exit(report.exit_code)
-
-
-def _report(report: Any, as_json: bool) -> None:
-    if report.interrupted is not None:
-        click.echo(report.next_steps(), err=True)
-    if as_json:
-        emit_json(report.as_dict())
-        return
-    if report.interrupted is not None:
-        return
-    b: BatchInfo = report.batch
-    echo(f"{b.id}: {b.status} in {report.seconds:.1f}s: {b.succeeded} succeeded, {b.failed} failed, "
-         f"{b.invalid} invalid of {counted(b.total, 'line')}")
-    echo(f"results: {report.exported.results_path} ({counted(report.exported.results, 'line')})")
-    if report.exported.errors:
-        echo(f"errors:  {report.exported.errors_path} ({counted(report.exported.errors, 'line')})")
-    c = report.cost
-    notes = [f"{c['unpriced_calls']} calls of unknown price"] if c["unpriced_calls"] else []
-    if c["discrepancies"]:
-        notes.append(f"{c['discrepancies']} calls whose reported cost is over 1 % off the computed one")
-    click.echo(f"cost:    ${c['usd']}" + (f" ({'; '.join(notes)})" if notes else ""))
-    if b.status == Status.BUDGET_EXHAUSTED:
-        click.echo(f"budget exhausted: {b.pending} lines were not sent. Raise it with `batchrelay budget {b.id} "
-                   "--max-cost USD` and finish them with `batchrelay worker --burst` (same Redis)", err=True)
 
 
 @cli.command()
@@ -169,7 +146,7 @@ def demo(ctx: click.Context, lines: int, out: Path, force: bool, as_json: bool) 
     settings = settings_of(ctx).with_providers([])
     with environment(settings, DEMO_PROVIDERS) as env:
         report = run_async(run_file(env, sample, out, None, BatchSpec.of(env.settings), show=not as_json))
-    _report(report, as_json)
+    print_report(report, as_json)
     if report.interrupted is not None:
         sys.exit(report.exit_code)
     if not as_json:
@@ -351,7 +328,8 @@ def results(ctx: click.Context, batch: str, out: Path, errors: Path | None, wait
         emit_json({**st, **exported})
     else:
         if st["status"] not in FINISHED:
-            echo(f"note: {st['id']} is {st['status']}; {counts['pending']} lines have no result yet", err=True)
+            resume = f" (`batchrelay resume {st['id']}` continues it)" if st["status"] == Status.PAUSED else ""
+            echo(f"note: {st['id']} is {st['status']}; {counts['pending']} lines have no result yet{resume}", err=True)
         echo(f"{exported['results']} results -> {exported['results_file']}; "
              f"{exported['errors']} errors -> {exported['errors_file']}")
     sys.exit(ExitCode.FAILED_LINES if unsuccessful(counts) else ExitCode.OK)

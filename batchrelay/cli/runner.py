@@ -67,6 +67,7 @@ class RunReport:
     interrupted: signal.Signals | None = None
     config: str | None = None  # the config file the run read, for the commands it suggests
     command: str | None = None  # the command line that continues it (the same one)
+    done_before: bool = False  # the same command had finished it already: its results were only written again
 
     @property
     def exit_code(self) -> ExitCode:
@@ -80,7 +81,8 @@ class RunReport:
         files = {} if self.exported is None else {"results_file": str(self.exported.results_path),
                                                   "errors_file": str(self.exported.errors_path)}
         stop = {} if self.interrupted is None else {"interrupted": self.interrupted.name}
-        return {**self.batch.as_dict(), "seconds": round(self.seconds, 3), "cost": self.cost, **files, **stop}
+        return {**self.batch.as_dict(), "seconds": round(self.seconds, 3), "cost": self.cost,
+                "already_done": self.done_before, **files, **stop}
 
     def next_steps(self) -> str:
         """What an interrupted run says: where its batch is and how to go on."""
@@ -220,9 +222,10 @@ async def run_file(
                 if prior is not None and prior.status == Status.COMPLETED:
                     click.echo(f"batch {prior.id} (same input and options) is already done: its results are "
                                "written again from Redis, no provider is called (--new runs it again)", err=True)
-                    batch_id, info, stopped = prior.id, prior, False
+                    batch_id, info, stopped, done_before = prior.id, prior, False, True
                     exported: Exported | None = await export(store, batch_id, out, errors)
                 else:
+                    done_before = False
                     batch_id, lease = await _start(store, path, spec, queue, fp, prior)
                     async with lease.kept():
                         if prior is None or batch_id != prior.id:
@@ -247,7 +250,7 @@ async def run_file(
                     "Interrupted before the batch was queued: nothing was sent.")
             raise (Terminated if guard.signum == signal.SIGTERM else KeyboardInterrupt)(note) from None
     return RunReport(info, exported, time.perf_counter() - started, cost_summary(spent, budget),
-                     guard.signum if stopped else None, env.settings.source, command)
+                     guard.signum if stopped else None, env.settings.source, command, done_before)
 
 
 async def _start(store: Store, path: Path, spec: BatchSpec, queue: str, fp: str,
