@@ -98,6 +98,7 @@ def test_the_same_command_after_ctrl_c_resumes_the_batch_and_sends_no_answered_l
     assert cli(home, "-c", str(cfg), "batches").stdout.count("paused") == 1
     waited = cli(home, "-c", str(cfg), "results", batch, "-o", str(home / "part.jsonl"), "--wait")
     assert f"`batchrelay resume {batch}` continues it" in waited.stderr  # not a wait for ever
+    assert waited.returncode == 4  # and not taken for a whole batch by a script
     again = cli(home, *args)
     assert again.returncode == 0, again.stderr
     assert f"resuming batch {batch}: {answered} of {LINES} lines already answered" in again.stderr
@@ -178,3 +179,15 @@ def test_a_paused_batch_can_be_cancelled(home: Path, slow: SimulatorProcess) -> 
 def test_the_command_that_continues_a_run_is_its_own_without_new(args: list[str], shown: str) -> None:
     """`--new` would start yet another batch: the printed command leaves it out (found by a fresh-clone check)."""
     assert continue_command(args) == shown
+
+
+@pytest.mark.parametrize(("config", "shown"), [
+    (None, "batchrelay"), ("batchrelay.toml", "batchrelay -c batchrelay.toml"),
+    ("my conf.toml", "batchrelay -c 'my conf.toml'"),
+])
+def test_suggested_commands_name_the_config_the_command_ran_with(config: str | None, shown: str) -> None:
+    """Without its `-c`, a suggested `worker --burst` reads no config and answers with the simulator
+    (found by a fresh-clone check of `resume`)."""
+    from batchrelay.cli.text import command_with
+
+    assert command_with(config) == shown

@@ -55,6 +55,7 @@ def _finished_by_a_worker(home: Path, cfg: Path, sim: SimulatorProcess, batch: s
     assert st["counts"]["succeeded"] == sim.stats()["calls"]  # every call made was recorded
     resumed = cli(home, "-c", str(cfg), "resume", batch)
     assert resumed.returncode == 0, resumed.stderr
+    assert f"`batchrelay -c {cfg} worker --burst` finishes it" in resumed.stdout  # its config, not none
     work = cli(home, "-c", str(cfg), "worker", "--burst", "--quiet")
     assert work.returncode == 0, work.stderr
     res = cli(home, "-c", str(cfg), "results", batch, "-o", str(home / "all.jsonl"))

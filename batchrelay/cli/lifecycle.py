@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from batchrelay.cli.kit import emit_json, handles_errors, open_client, open_store, run_async, settings_of
-from batchrelay.cli.text import echo
+from batchrelay.cli.text import command_with, echo
 from batchrelay.config.settings import Settings
 from batchrelay.spec import BatchSpec
 
@@ -107,7 +107,7 @@ def resume_command(ctx: click.Context, batch: str, as_json: bool) -> None:
         emit_json(st)
         return
     echo(f"{st['id']}: {st['status']} on the shared queue, {st['counts']['pending']} lines pending; "
-         "`batchrelay worker --burst` finishes it")
+         f"`{command_with(settings_of(ctx).source)} worker --burst` finishes it")
 
 
 async def submit_or_resume(settings: Settings, file: Path, spec: BatchSpec, resume: bool) -> dict[str, Any]:

@@ -276,6 +276,8 @@ def status(ctx: click.Context, batch: str, as_json: bool, watch: bool) -> None:
     click.echo("  " + "  ".join(f"{k}={v}" for k, v in st["counts"].items()))
     eta = f", ETA {st['eta_s']:.0f}s" if st["eta_s"] is not None else ""
     click.echo(f"  {st['rate_lines_per_s']:.1f} lines/s{eta}")
+    if st["status"] == Status.PAUSED:
+        echo(f"  its `run` was interrupted: the same `run` command, or `batchrelay resume {st['id']}`, continues it")
     click.echo(f"  {cost_line(st['cost'])}")
     if hook := st["webhook"]:
         last = f" (last: {hook['last']})" if hook["last"] else ""
@@ -308,7 +310,8 @@ async def _watch(client: AsyncClient, batch: str, *, show: bool) -> dict[str, An
 def results(ctx: click.Context, batch: str, out: Path, errors: Path | None, wait: bool, as_json: bool) -> None:
     """Write a batch's results in input order (successes to OUTPUT, failures to the errors file).
 
-    Exit status 3 when the batch has failed or invalid lines.
+    Exit status 3 when the batch has failed or invalid lines; with --wait, 4 when it stopped short of
+    its end (budget exhausted, or paused: an interrupted `run`'s batch).
 
     \b
     Example:
@@ -332,7 +335,8 @@ def results(ctx: click.Context, batch: str, out: Path, errors: Path | None, wait
             echo(f"note: {st['id']} is {st['status']}; {counts['pending']} lines have no result yet{resume}", err=True)
         echo(f"{exported['results']} results -> {exported['results_file']}; "
              f"{exported['errors']} errors -> {exported['errors_file']}")
-    sys.exit(ExitCode.FAILED_LINES if unsuccessful(counts) else ExitCode.OK)
+    short = wait and st["status"] in (Status.PAUSED, Status.BUDGET_EXHAUSTED)  # waited, and it will not end alone
+    sys.exit(ExitCode.BUDGET if short else ExitCode.FAILED_LINES if unsuccessful(counts) else ExitCode.OK)
 
 
 @cli.command()

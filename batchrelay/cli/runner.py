@@ -30,7 +30,7 @@ from arq.worker import Worker
 
 from batchrelay.cli.guard import Guard, Terminated, abort_others
 from batchrelay.cli.progress import watch
-from batchrelay.cli.text import printable
+from batchrelay.cli.text import command_with, printable
 from batchrelay.config.settings import ProviderConfig, Settings
 from batchrelay.errors import BadRedisURL, BatchrelayError, ConfigError, EmbeddedRedisError, ExitCode, StoreError
 from batchrelay.procs import stop_all
@@ -87,7 +87,7 @@ class RunReport:
     def next_steps(self) -> str:
         """What an interrupted run says: where its batch is and how to go on."""
         b, name = self.batch, self.interrupted.name if self.interrupted else "?"
-        cmd = f"batchrelay -c {printable(self.config)}" if self.config else "batchrelay"
+        cmd = command_with(self.config)
         steps = [(printable(self.command), "the same command continues it here: answered lines are not sent again")
                  ] if self.command else []
         steps += [(f"{cmd} resume {b.id}", "or hand it to workers, then:"),
@@ -220,8 +220,10 @@ async def run_file(
                 queue = f"{store.keys.queue}:run:{uuid.uuid4().hex[:12]}"
                 prior = await batch_of(store, fp) if resume_same else None
                 if prior is not None and prior.status == Status.COMPLETED:
+                    unused = " (so --cache changes nothing here)" if spec.cache else ""
                     click.echo(f"batch {prior.id} (same input and options) is already done: its results are "
-                               "written again from Redis, no provider is called (--new runs it again)", err=True)
+                               f"written again from Redis, no provider is called{unused} (--new runs it again)",
+                               err=True)
                     batch_id, info, stopped, done_before = prior.id, prior, False, True
                     exported: Exported | None = await export(store, batch_id, out, errors)
                 else:

@@ -9,6 +9,7 @@ otherwise recolour, move or clear the screen of whoever lists the batches."""
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 from collections.abc import Iterable, Sequence
 
@@ -30,6 +31,12 @@ def printable(text: object) -> str:
     """`text` safe to print: each control character (parse.CONTROL) shown escaped, as Python writes
     it in a string (`\\x1b`, `\\n`, `\\u202e`). Pure."""
     return CONTROL.sub(_escaped, str(text))
+
+
+def command_with(config: str | None) -> str:
+    """`batchrelay`, with `-c FILE` when the command ran with a config file, as the commands it
+    suggests must be typed (a suggestion without it would read another config, or none). Pure."""
+    return printable(shlex.join(["batchrelay", "-c", config]) if config else "batchrelay")
 
 
 def echo(text: str, err: bool = False) -> None:
