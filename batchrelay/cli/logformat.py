@@ -105,7 +105,7 @@ def _escaped(m: re.Match[str]) -> str:
 # token, an OpenAI/Anthropic-style `sk-` key
 SHAPES = (
     (re.compile(r"(?i)\b((?:x-api-key|api[_-]?key|authorization)[\"']?\s*[:=]\s*[\"']?)"
-                r"(?:(?:bearer|basic)\s+)?[^\s\"',;}]+"), r"\1" + MASK),
+                r"(?:(?:bearer|basic)\s+)?[^\s\"',;&}]+"), r"\1" + MASK),
     (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{6,}"), r"\1" + MASK),
     (re.compile(r"\bsk-[A-Za-z0-9_-]{12,}[A-Za-z0-9_+/=-]*"), "sk-" + MASK),
 )

@@ -122,6 +122,7 @@ def setup_logging(setup: LogSetup, secrets: Iterable[str] = ()) -> None:
     # httpcore's own lines are a trace of each connection: never wanted in an operator's log
     logging.getLogger("httpx").setLevel(logging.INFO if setup.http else logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    logging.getLogger("asyncio").setLevel(max(level, logging.INFO))  # not its "Using selector" at debug
     arq = logging.getLogger("arq.worker")
     for f in [f for f in arq.filters if isinstance(f, ArqPerJob)]:
         arq.removeFilter(f)

@@ -304,5 +304,6 @@ def _log_outcome(work: LineWork, out: Outcome) -> None:
     log.log(level, event[:1000], extra={
         "batch": work.batch_id, "line": work.job.line, "provider": out.provider.name if out.provider else None,
         "model": str(work.job.body["model"]), "status": last.status if last else None,
+        "latency_ms": round(last.latency_ms, 1) if last else None,
         "attempt": len(out.attempts), "error": type(out.error).__name__ if out.error else None,
         "wait_s": round(out.defer_s, 2) if out.kind is Result.DEFERRED else None})
