@@ -66,9 +66,15 @@ def test_an_exception_is_one_field_of_the_one_line_and_names_its_class() -> None
     assert got["exception"].startswith("Traceback") and got["exception"].endswith("ValueError: bad\nvalue")
 
 
-def test_a_value_json_cannot_encode_is_written_as_text() -> None:
-    got = orjson.loads(JsonFormatter().format(record("x", model=object)))
-    assert got["model"] == "<class 'object'>"
+@pytest.mark.parametrize(("value", "shown"), [(object, "<class 'object'>"), (2**70, str(2**70)),
+                                               ({1: "a"}, {"1": "a"})])
+def test_a_value_json_cannot_encode_is_written_as_text(value: Any, shown: Any) -> None:
+    assert orjson.loads(JsonFormatter().format(record("x", model=value)))["model"] == shown
+
+
+def test_a_record_whose_arguments_do_not_fit_is_still_logged() -> None:
+    rec = record("%d calls", "not a number")
+    assert RedactingFilter(REDACT).filter(rec) and rec.getMessage() == "%d calls ('not a number',)"
 
 
 # --- text ------------------------------------------------------------------------------------------

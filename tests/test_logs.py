@@ -170,34 +170,39 @@ def test_run_gives_json_from_its_worker_processes_too(tmp_path: Path, simulator:
     no_secret(proc.stderr)
 
 
+def _serve_log(cfg: Path, env: dict[str, str], level: str, err: Path) -> str:
+    """What `serve --log-format json --log-level LEVEL` writes to stderr while it answers a client that
+    puts its key where it should not: in the query string, which the access log shows."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with err.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(cfg), "serve", "--port", str(port),
+                                 "--log-format", "json", "--log-level", level], env=env,
+                                stdout=subprocess.DEVNULL, stderr=out)
+
+    def up() -> bool:
+        assert proc.poll() is None, err.read_text()
+        try:
+            return httpx.get(base + "/v1/batches", timeout=1).status_code == 401
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(up, 20, "serve to answer")
+        assert httpx.get(base + f"/v1/batches?api_key={CLIENT_KEY}",
+                         headers={"Authorization": f"Bearer {CLIENT_KEY}"}).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    return err.read_text()
+
+
 def test_serve_logs_json_with_the_access_log_at_debug_only(tmp_path: Path, redis_url: str, prefix: str) -> None:
     cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": "http://127.0.0.1:9"}])
     with cfg.open("a") as f:
         f.write(f'\n[serve]\napi_keys_env = ["{CLIENT_VAR}"]\nfiles_dir = "{tmp_path / "files"}"\n')
     env = {**os.environ, "REDIS_URL": redis_url, CLIENT_VAR: CLIENT_KEY}
-    logs = {}
-    for level in ("debug", "info"):
-        port, err = free_port(), tmp_path / f"serve-{level}.stderr"
-        base = f"http://127.0.0.1:{port}"
-        with err.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(cfg), "serve", "--port", str(port),
-                                     "--log-format", "json", "--log-level", level], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=out)
-        try:
-            def up() -> bool:
-                assert proc.poll() is None, err.read_text()
-                try:
-                    return httpx.get(base + "/v1/batches", timeout=1).status_code == 401
-                except httpx.HTTPError:
-                    return False
-            wait_for(up, 20, "serve to answer")
-            # a client that puts its key where it should not: the query string (logged by the access log)
-            assert httpx.get(base + f"/v1/batches?api_key={CLIENT_KEY}",
-                             headers={"Authorization": f"Bearer {CLIENT_KEY}"}).status_code == 200
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=20)
-        logs[level] = err.read_text()
+    logs = {level: _serve_log(cfg, env, level, tmp_path / f"serve-{level}.stderr") for level in ("debug", "info")}
     for level, text in logs.items():
         no_secret(text)
         lines = json_lines(text)

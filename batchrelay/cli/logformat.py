@@ -69,7 +69,11 @@ class JsonFormatter(logging.Formatter):
             out["exception"] = exc
         if record.stack_info:
             out["stack"] = record.stack_info
-        return orjson.dumps(out, default=str).decode()
+        try:
+            return orjson.dumps(out, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        except orjson.JSONEncodeError:  # an int past 64 bits, say: as text rather than no line at all
+            return orjson.dumps({k: v if isinstance(v, str | float | bool) else str(v)
+                                 for k, v in out.items()}).decode()
 
 
 def _shown(value: Any) -> str:
@@ -149,7 +153,11 @@ class RedactingFilter(logging.Filter):
         self.redact = redact
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = self.redact(record.getMessage()), None
+        try:
+            message = record.getMessage()
+        except Exception:  # arguments that do not fit the message: log what there is rather than raise
+            message = f"{record.msg} {record.args!r}"
+        record.msg, record.args = self.redact(message), None
         for k in FIELDS:
             v = record.__dict__.get(k)
             if isinstance(v, str):
