@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -85,14 +86,22 @@ def log_options(default_level: str = "info") -> Callable[[Callable[..., Any]], C
     return decorate
 
 
-class _Stderr(logging.Handler):
-    """Writes to whatever sys.stderr is at the time: under `run`'s progress bar that is rich's proxy,
-    which prints the line above the bar instead of through it."""
+_writing = threading.Lock()
 
+
+def write_stderr(line: str) -> None:
+    """One whole line to whatever sys.stderr is at the time: under `run`'s progress bar that is rich's
+    proxy, which prints it above the bar instead of through it. One writer at a time (the log, and
+    `run`'s threads relaying its worker processes' lines)."""
+    with _writing:
+        sys.stderr.write(line if line.endswith("\n") else line + "\n")
+        sys.stderr.flush()
+
+
+class _Stderr(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            sys.stderr.write(self.format(record) + "\n")
-            sys.stderr.flush()
+            write_stderr(self.format(record))
         except Exception:
             self.handleError(record)
 

@@ -30,7 +30,7 @@ import click
 from arq.worker import Worker
 
 from batchrelay.cli.guard import Guard, Terminated, abort_others
-from batchrelay.cli.logs import LogSetup
+from batchrelay.cli.logs import LogSetup, write_stderr
 from batchrelay.cli.progress import watch
 from batchrelay.cli.text import printable
 from batchrelay.config.settings import ProviderConfig, Settings
@@ -132,8 +132,7 @@ def _relay_stderr(proc: subprocess.Popen[bytes]) -> threading.Thread:
     def relay() -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
-            sys.stderr.write(line.decode(errors="replace"))
-            sys.stderr.flush()
+            write_stderr(line.decode(errors="replace"))
 
     thread = threading.Thread(target=relay, daemon=True, name=f"worker-{proc.pid}-stderr")
     thread.start()
