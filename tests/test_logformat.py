@@ -189,14 +189,15 @@ def test_arq_per_job_lines_show_only_at_debug(msg: str, level: int, root: int, k
     (False, False, True, LogSetup("json", "info")),
 ])
 def test_quiet_and_verbose_are_log_levels(quiet: bool, verbose: bool, explicit: bool, expected: LogSetup) -> None:
-    assert LogSetup("json", "info").aliased(quiet=quiet, verbose=verbose, explicit_level=explicit) == expected
+    given = LogSetup("json", "info", level_given=explicit)
+    assert given.aliased(quiet=quiet, verbose=verbose) == expected
 
 
 @pytest.mark.parametrize(("quiet", "verbose", "explicit"), [(True, True, False), (True, False, True),
                                                              (False, True, True)])
 def test_contradicting_log_options_are_a_usage_error(quiet: bool, verbose: bool, explicit: bool) -> None:
     with pytest.raises(click.UsageError):
-        LogSetup().aliased(quiet=quiet, verbose=verbose, explicit_level=explicit)
+        LogSetup(level_given=explicit).aliased(quiet=quiet, verbose=verbose)
 
 
 def test_run_hands_its_log_options_to_its_worker_processes() -> None:

@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import click
@@ -42,6 +42,7 @@ class LogSetup:
     format: str = "text"
     level: str = "info"
     http: bool = False
+    level_given: bool = field(default=False, compare=False)  # --log-level was typed (not the default)
 
     @property
     def access_log(self) -> bool:
@@ -52,12 +53,12 @@ class LogSetup:
         """The same options for a worker process `run` starts."""
         return ["--log-format", self.format, "--log-level", self.level, *(["--log-http"] if self.http else [])]
 
-    def aliased(self, *, quiet: bool, verbose: bool, explicit_level: bool) -> LogSetup:
+    def aliased(self, *, quiet: bool, verbose: bool) -> LogSetup:
         """The worker's older flags: --quiet is --log-level warning, --verbose is --log-level debug
         with --log-http."""
         if quiet and verbose:
             raise click.UsageError("give --quiet or --verbose, not both")
-        if (quiet or verbose) and explicit_level:
+        if (quiet or verbose) and self.level_given:
             raise click.UsageError("give --log-level or --quiet/--verbose, not both")
         if quiet:
             return replace(self, level="warning")
@@ -67,14 +68,13 @@ class LogSetup:
 
 
 def log_options(default_level: str = "info") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """`--log-format`, `--log-level` and `--log-http`, given to the command as one `logs: LogSetup`
-    (with `explicit_level`: whether --log-level was typed, for the worker's aliases)."""
+    """`--log-format`, `--log-level` and `--log-http`, given to the command as one `logs: LogSetup`."""
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(f)
         def wrapper(*args: Any, log_format: str, log_level: str | None, log_http: bool, **kwargs: Any) -> Any:
-            setup = LogSetup(log_format, log_level or default_level, log_http)
-            return f(*args, logs=setup, explicit_level=log_level is not None, **kwargs)
+            setup = LogSetup(log_format, log_level or default_level, log_http, level_given=log_level is not None)
+            return f(*args, logs=setup, **kwargs)
 
         wrapper = click.option("--log-http", is_flag=True,
                                help="Also log each HTTP request to the providers (httpx's own line).")(wrapper)

@@ -84,7 +84,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @handles_errors
 def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers: int, endpoint: str,
         allow: tuple[str, ...] | None, max_cost: Decimal | None, require_prices: bool, new: bool,
-        as_json: bool, logs: LogSetup, explicit_level: bool, cache: bool | None = None) -> None:
+        as_json: bool, logs: LogSetup, cache: bool | None = None) -> None:
     """Submit FILE, work it here, and write the results: all in one process.
 
     Uses REDIS_URL or [redis] url when set, else the embedded Redis the commands share; uses the

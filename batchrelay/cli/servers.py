@@ -19,7 +19,7 @@ from batchrelay.store.embedded import redis_for
 @log_options()
 @click.pass_context
 @handles_errors
-def serve(ctx: click.Context, host: str | None, port: int | None, logs: LogSetup, explicit_level: bool) -> None:
+def serve(ctx: click.Context, host: str | None, port: int | None, logs: LogSetup) -> None:
     """Serve the OpenAI Files + Batches and Anthropic Message Batches APIs on this Redis.
 
     Point the official SDKs at it (base_url) to submit, poll, download and cancel batches;

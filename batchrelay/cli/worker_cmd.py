@@ -35,8 +35,8 @@ class WorkerOptions:
 @click.option("--queue", hidden=True, help="Work this arq queue instead of the shared one (used by `run`).")
 @click.pass_context
 @handles_errors
-def worker(ctx: click.Context, concurrency: int | None, burst: bool, logs: LogSetup, explicit_level: bool,
-           quiet: bool, verbose: bool, queue: str | None) -> None:
+def worker(ctx: click.Context, concurrency: int | None, burst: bool, logs: LogSetup, quiet: bool, verbose: bool,
+           queue: str | None) -> None:
     """Work queued batches: start as many as you like, on any machine sharing the Redis.
 
     \b
@@ -45,7 +45,7 @@ def worker(ctx: click.Context, concurrency: int | None, burst: bool, logs: LogSe
       batchrelay worker --burst          # for cron or CI: stop when nothing is queued
       batchrelay worker --log-format json --log-level warning
     """
-    logs = logs.aliased(quiet=quiet, verbose=verbose, explicit_level=explicit_level)
+    logs = logs.aliased(quiet=quiet, verbose=verbose)
     work(settings_of(ctx), WorkerOptions(concurrency, burst, queue, logs))
 
 
