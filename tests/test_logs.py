@@ -125,7 +125,9 @@ def test_a_worker_logs_json_lines_with_each_calls_fields_and_no_key(tmp_path: Pa
     for x in answered:
         assert all(k in x for k in CALL_FIELDS), x
         assert x["status"] == 200 and x["model"] == "gpt-4o-mini" and x["batch"].startswith("batch_")
-        assert x["attempt"] >= 2 and x["latency_ms"] >= 0  # echo (and maybe broke) came first
+        assert x["attempt"] >= 1 and x["latency_ms"] >= 0
+    # the first lines went to echo (and broke) first; once those are benched or broken, lines skip them
+    assert max(x["attempt"] for x in answered) >= 2
     failed = [x for x in lines if x["logger"] == "batchrelay.worker.relay" and x.get("status") == 500]
     assert failed and all(x["error"] == "ProviderHTTPError" and x["provider"] == "echo" for x in failed)
     assert any(x["level"] == "warning" and x["event"].startswith("failing over from echo") for x in lines)
