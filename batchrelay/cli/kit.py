@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from batchrelay.cli.guard import Terminated
+from batchrelay.cli.logs import json_logging
 from batchrelay.cli.text import echo
 from batchrelay.config.settings import Settings
 from batchrelay.errors import BatchrelayError, ExitCode
@@ -42,7 +43,10 @@ def handles_errors(f: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return f(*args, **kwargs)
         except BatchrelayError as e:
-            echo(f"Error: {e}", err=True)
+            if json_logging():  # every line on stderr is a JSON object
+                logging.getLogger("batchrelay.cli").error("Error: %s", e, extra={"error": type(e).__name__})
+            else:
+                echo(f"Error: {e}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM where the command asked for it (guard.py)
             click.echo(str(e) or "Interrupted.", err=True)
@@ -68,14 +72,3 @@ async def open_client(settings: Settings) -> AsyncIterator[AsyncClient]:
 
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
-
-
-def log_levels(*, quiet: bool, verbose: bool) -> None:
-    """A worker logs what it does with chunks and batches; each provider call (httpx logs one line
-    per request at INFO) only with --verbose, or a big batch's log is nothing but calls."""
-    if quiet and verbose:
-        raise click.UsageError("give --quiet or --verbose, not both")
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("batchrelay").setLevel(logging.DEBUG if verbose else logging.NOTSET)
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)

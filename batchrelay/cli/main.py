@@ -13,8 +13,9 @@ import click
 from batchrelay.cli.cache import cache_group
 from batchrelay.cli.config_file import accept_config_after, load_config
 from batchrelay.cli.cost import budget, cost, estimate
-from batchrelay.cli.kit import CONTEXT, emit_json, handles_errors, log_levels, open_client, run_async, settings_of
+from batchrelay.cli.kit import CONTEXT, emit_json, handles_errors, open_client, run_async, settings_of
 from batchrelay.cli.lifecycle import cancel, resume_command, retry_command, submit_or_resume
+from batchrelay.cli.logs import LogSetup, log_options, secrets_of, setup_logging
 from batchrelay.cli.options import (
     cache_option,
     completion_window_option,
@@ -29,11 +30,10 @@ from batchrelay.cli.providers import health_text, providers
 from batchrelay.cli.run_summary import print_report
 from batchrelay.cli.servers import serve, simulate
 from batchrelay.cli.text import echo, print_table
-from batchrelay.config.settings import Settings
+from batchrelay.cli.worker_cmd import worker
 from batchrelay.errors import ExitCode
 from batchrelay.money.estimate import require_prices as check_prices
 from batchrelay.spec import BatchSpec
-from batchrelay.store.connection import check_reachable
 from batchrelay.store.export import check_paths, default_errors_path
 from batchrelay.store.spending import cost_line
 from batchrelay.store.status import Status
@@ -80,11 +80,12 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @click.option("--new", is_flag=True,
               help="A new batch, even if a run of the same input and options was stopped or is done.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@log_options("warning")
 @click.pass_context
 @handles_errors
 def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers: int, endpoint: str,
         allow: tuple[str, ...] | None, max_cost: Decimal | None, require_prices: bool, new: bool,
-        as_json: bool, cache: bool | None = None) -> None:
+        as_json: bool, logs: LogSetup, cache: bool | None = None) -> None:
     """Submit FILE, work it here, and write the results: all in one process.
 
     Uses REDIS_URL or [redis] url when set, else the embedded Redis the commands share; uses the
@@ -104,13 +105,14 @@ def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers:
     from batchrelay.cli.runner import continue_command, environment, run_file
 
     sigterm_as_interrupt()  # a SIGTERM ends `run` as cleanly as Ctrl-C does (see cli/guard.py)
+    setup_logging(logs, secrets_of(settings_of(ctx)))
     spec = BatchSpec.of(settings_of(ctx), endpoint=endpoint, providers=allow, max_cost=max_cost,
                         require_prices=require_prices, cache=cache)
     with environment(before_run(settings_of(ctx), file, out, errors, spec)) as env:
         if spec.needs_prices:
             check_prices(file, env.settings, spec.endpoint, spec.providers)
         report = run_async(run_file(env, file, out, errors, spec, workers=workers, show=not as_json,
-                                    resume_same=not new, command=continue_command(sys.argv[1:])))
+                                    resume_same=not new, command=continue_command(sys.argv[1:]), logs=logs))
     print_report(report, as_json)
     sys.exit(report.exit_code)
 
@@ -200,50 +202,6 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
         if counts["invalid"]:
             click.echo(f"{counts['invalid']} of {counts['total']} lines are invalid (see the errors file of `results`)",
                        err=True)
-
-
-@cli.command()
-@click.option("--concurrency", type=click.IntRange(1, 4096), help="Lines in flight in this process.")
-@click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
-@click.option("--quiet", is_flag=True, help="Log warnings only.")
-@click.option("--verbose", is_flag=True, help="Also log every provider call (and batchrelay's debug messages).")
-@click.option("--queue", hidden=True, help="Work this arq queue instead of the shared one (used by `run`).")
-@click.pass_context
-@handles_errors
-def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool, verbose: bool,
-           queue: str | None) -> None:
-    """Work queued batches: start as many as you like, on any machine sharing the Redis.
-
-    \b
-    Examples:
-      batchrelay worker --concurrency 64
-      batchrelay worker --burst          # for cron or CI: stop when nothing is queued
-    """
-    from batchrelay.cli.preflight import with_keys
-    from batchrelay.cli.runner import environment
-    from batchrelay.store.webhooks import delivery_of
-    from batchrelay.worker.worker import build_worker, run_worker
-
-    settings = settings_of(ctx)
-    if concurrency:
-        tuned = settings.worker.model_copy(update={"concurrency": concurrency})
-        settings = settings.model_copy(update={"worker": tuned})
-    if not settings.providers and settings.redis_url:
-        raise click.UsageError("no [[providers]] configured: a worker needs at least one (see README)")
-    settings = with_keys(settings)
-    delivery_of(settings)  # a webhook secret variable that is not set: say so now, not at the first webhook
-    log_levels(quiet=quiet, verbose=verbose)
-    if not settings.providers:  # nothing set up at all: the embedded Redis, and simulated answers as `run` gives
-        click.echo("no [[providers]] configured: the built-in provider simulator answers (see README)", err=True)
-
-    async def go(url: str, settings: Settings) -> None:
-        # a clear error now beats arq's retry loop; an unreachable Redis (a restart, or a worker started
-        # first) is waited for: for good by a worker, for a minute by a burst worker
-        await check_reachable(url, wait_s=60 if burst else float("inf"))
-        await run_worker(build_worker(settings, url, burst=burst, queue=queue))
-
-    with environment(settings) as env:
-        run_async(go(env.url, env.settings))
 
 
 @cli.command()
@@ -370,7 +328,7 @@ def batches(ctx: click.Context, limit: int, as_json: bool) -> None:
     print_table(["id", "name", "status", "total", "succeeded", "failed", "invalid", "pending", "starts"], rows)
 
 
-for command in (providers, estimate, cost, budget, cancel, retry_command, serve, simulate, resume_command,
+for command in (providers, estimate, cost, budget, cancel, retry_command, worker, serve, simulate, resume_command,
                 cache_group):
     cli.add_command(command)
 accept_config_after(cli)

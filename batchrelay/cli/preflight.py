@@ -8,11 +8,11 @@ a model of its file could be served only by such providers, naming them and thei
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-import click
-
+from batchrelay.cli.logs import notice
 from batchrelay.config.settings import ProviderConfig, Settings
 from batchrelay.errors import InputError
 from batchrelay.providers.routing import candidates
@@ -45,7 +45,7 @@ def with_keys(settings: Settings, check: Callable[[list[ProviderConfig], list[Pr
                          "`batchrelay providers` shows which keys are set)")
     if check:
         check(kept, missing)
-    click.echo(f"warning: left out, their key variable is not set: {needs(missing)}", err=True)
+    notice(f"warning: left out, their key variable is not set: {needs(missing)}", logging.WARNING)
     return settings.with_providers(kept)
 
 

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,7 @@ import click
 from arq.worker import Worker
 
 from batchrelay.cli.guard import Guard, Terminated, abort_others
+from batchrelay.cli.logs import LogSetup, write_stderr
 from batchrelay.cli.progress import watch
 from batchrelay.cli.text import command_with, printable
 from batchrelay.config.settings import ProviderConfig, Settings
@@ -50,8 +52,7 @@ from batchrelay.store.sweeper import requeue_pending
 from batchrelay.worker.worker import build_worker, run_worker, stop_worker
 
 MAX_REQUEUE_ROUNDS = 3
-
-
+QUIET = LogSetup(level="warning")  # `run`'s own output is its progress and summary
 
 def continue_command(args: Sequence[str]) -> str:
     """The command line an interrupted run prints to continue it: its own, without `--new` (which
@@ -127,20 +128,37 @@ def environment(
         yield Environment(settings, url, embedded)
 
 
+def _relay_stderr(proc: subprocess.Popen[bytes]) -> threading.Thread:
+    """A worker's log lines, written through this process's stderr: above `run`'s progress bar (rich
+    proxies sys.stderr while it draws), not through it; each line whole."""
+    def relay() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            write_stderr(line.decode(errors="replace"))
+
+    thread = threading.Thread(target=relay, daemon=True, name=f"worker-{proc.pid}-stderr")
+    thread.start()
+    return thread
+
+
 @contextlib.contextmanager
-def _worker_processes(env: Environment, n: int, queue: str, guard: Guard) -> Iterator[list[subprocess.Popen[bytes]]]:
+def _worker_processes(env: Environment, n: int, queue: str, guard: Guard,
+                      logs: LogSetup) -> Iterator[list[subprocess.Popen[bytes]]]:
     with tempfile.TemporaryDirectory(prefix="batchrelay-") as tmp:
         cfg = Path(tmp) / "config.json"  # env var names only: no secret is written here
         cfg.write_text(json.dumps(env.settings.model_dump(mode="json", exclude={"source"})))
         child_env = {**os.environ, "BATCHRELAY_CONFIG": str(cfg), "REDIS_URL": env.url}
         # sessions of their own: a terminal's Ctrl-C reaches `run`, which passes it on once (see Guard)
-        procs = [subprocess.Popen([sys.executable, "-m", "batchrelay", "worker", "--burst", "--quiet",
-                                   "--queue", queue], env=child_env, start_new_session=True)
+        procs = [subprocess.Popen([sys.executable, "-m", "batchrelay", "worker", "--burst", *logs.child_args(),
+                                   "--queue", queue], env=child_env, start_new_session=True, stderr=subprocess.PIPE)
                  for _ in range(n)]
+        relays = [_relay_stderr(p) for p in procs]
         try:
             yield procs
         finally:
             stop_all(procs, grace=1 if guard.redis_gone else 30)
+            for r in relays:
+                r.join(timeout=5)  # the last lines of a worker that has exited
 
 
 def _drain_in_process(worker: Worker, task: asyncio.Task[None], signum: signal.Signals, now: bool) -> None:
@@ -157,7 +175,7 @@ def _drain_processes(procs: list[subprocess.Popen[bytes]], _signum: signal.Signa
 
 
 async def _work(env: Environment, store: Store, batch_id: str, workers: int, show: bool, queue: str,
-                guard: Guard) -> BatchInfo:
+                guard: Guard, logs: LogSetup) -> BatchInfo:
     for _round in range(MAX_REQUEUE_ROUNDS + 1):
         if workers <= 1:
             worker = build_worker(env.settings, env.url, burst=True, handle_signals=False, queue=queue)
@@ -169,7 +187,7 @@ async def _work(env: Environment, store: Store, batch_id: str, workers: int, sho
             finally:
                 guard.drain = None
         else:
-            with _worker_processes(env, workers, queue, guard) as procs:
+            with _worker_processes(env, workers, queue, guard, logs) as procs:
                 def exited(procs: list[subprocess.Popen[bytes]] = procs) -> bool:
                     return all(p.poll() is not None for p in procs)
                 guard.drain = functools.partial(_drain_processes, procs)
@@ -200,12 +218,13 @@ async def _reachable(url: str) -> None:
 
 async def run_file(
     env: Environment, path: Path, out: Path, errors: Path | None, spec: BatchSpec, *, workers: int = 1,
-    show: bool = True, resume_same: bool = False, command: str | None = None,
+    show: bool = True, resume_same: bool = False, command: str | None = None, logs: LogSetup = QUIET,
 ) -> RunReport:
     """Submit `path` as a batch with the options `spec` gives, work it, and export its records.
     `resume_same`: continue the batch of the same input and options (store/resume.py) if it was
     interrupted, and only write the results of one that is done. `command`: the command line that
-    continues the run, for the message of an interrupted one."""
+    continues the run, for the message of an interrupted one. `logs`: the log options its worker
+    processes get (the caller set up this process's own)."""
     started = time.perf_counter()
     check_paths(out, errors, inputs=[path])  # before any money is spent, not after
     check_writable(out, errors)
@@ -232,7 +251,7 @@ async def run_file(
                     async with lease.kept():
                         if prior is None or batch_id != prior.id:
                             await submit_file(store, path, spec, queue=queue, batch_id=batch_id, fingerprint=fp)
-                        info = await _work(env, store, batch_id, workers, show, queue, guard)
+                        info = await _work(env, store, batch_id, workers, show, queue, guard, logs)
                         stopped = guard.signum is not None and not info.finished  # else it ended before the signal
                         if stopped:
                             await pause(store, batch_id, queue)

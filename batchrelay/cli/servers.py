@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from batchrelay.cli.kit import handles_errors, run_async, settings_of
+from batchrelay.cli.logs import LogSetup, log_options, notice, secrets_of, setup_logging
 from batchrelay.store.connection import check_reachable
 from batchrelay.store.embedded import redis_for
 
@@ -15,9 +16,10 @@ from batchrelay.store.embedded import redis_for
 @click.command()
 @click.option("--host", help="Address to bind (default: [serve] host, 127.0.0.1).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port (default: [serve] port, 8080).")
+@log_options()
 @click.pass_context
 @handles_errors
-def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+def serve(ctx: click.Context, host: str | None, port: int | None, logs: LogSetup) -> None:
     """Serve the OpenAI Files + Batches and Anthropic Message Batches APIs on this Redis.
 
     Point the official SDKs at it (base_url) to submit, poll, download and cancel batches;
@@ -30,18 +32,20 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
       BATCHRELAY_CLIENT_KEY=secret batchrelay serve --port 8080
       OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="secret")
       Anthropic(base_url="http://127.0.0.1:8080", api_key="secret")
+      batchrelay serve --log-format json --log-level debug   # debug: with the access log
     """
     from batchrelay.serve.app import create_app
 
     settings = settings_of(ctx)
+    setup_logging(logs, secrets_of(settings))
     cfg = settings.serve
     create_app(settings)  # a missing key is a clean error before anything binds
     from batchrelay.serve.app import serve as run_server
 
     with redis_for(settings.redis_url) as url:
         run_async(check_reachable(url))  # a clear error now beats one per request
-        run_server(settings, host or cfg.host, port or cfg.port, announce=lambda text: click.echo(text, err=True),
-                   redis_url=url)
+        run_server(settings, host or cfg.host, port or cfg.port, announce=notice, redis_url=url,
+                   log_level=None, access_log=logs.access_log)
 
 
 @click.command()

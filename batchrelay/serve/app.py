@@ -160,12 +160,15 @@ def create_app(settings: Settings, redis_url: str | None = None) -> Starlette:
     return app
 
 
-def serve(settings: Settings, host: str, port: int, log_level: str = "warning",
-          announce: Callable[[str], None] | None = None, redis_url: str | None = None) -> None:
-    """Run the API until interrupted."""
+def serve(settings: Settings, host: str, port: int, log_level: str | None = "warning",
+          announce: Callable[[str], None] | None = None, redis_url: str | None = None, *,
+          access_log: bool = True) -> None:
+    """Run the API until interrupted. `log_level` None: the caller has configured logging (uvicorn's
+    loggers go to its handlers; cli/logs.py), and `access_log` says whether to log each request."""
     app = create_app(settings, redis_url)
     if announce:
         announce(f"batchrelay serve on http://{host}:{port} (OpenAI /v1/files, /v1/batches; "
                  "Anthropic /v1/messages/batches)")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                log_config=uvicorn.config.LOGGING_CONFIG if log_level else None, timeout_graceful_shutdown=5,
                 http=guarded_protocol(Limits.of(settings.serve)), ws="none")

@@ -46,6 +46,7 @@ from batchrelay.wire.dialect import Dialect
 from batchrelay.wire.jobs import JobLine
 from batchrelay.wire.reply import ProviderReply, Usage
 from batchrelay.wire.translate import translate_request, translate_response
+from batchrelay.worker import calllog
 
 KIND_OF: dict[Action, Kind] = {Action.RETRY: "transient", Action.BENCH: "billing", Action.DISABLE: "auth",
                                Action.COOL_MODEL: "model", Action.FAIL_LINE: "other", Action.FAILOVER: "other"}
@@ -178,7 +179,8 @@ class LineRelay:
     health settings, the batch's budget as `spend`) and what it has learnt so far (its attempts,
     each provider's last answer, the last provider error). `run` returns the line's `Outcome`; the
     other methods are its steps: a pass over the candidates, the retries on one provider, one call.
-    `earlier`: attempts of the line's previous runs (it was deferred), kept in its record.
+    `earlier`: attempts of the line's previous runs (it was deferred), kept in its record; `batch`
+    its batch id, for the log (calllog.py).
     """
 
     def __init__(
@@ -192,9 +194,10 @@ class LineRelay:
         first_tried: float,
         earlier: Sequence[Attempt] = (),
         spend: Spend | None = None,
+        batch: str | None = None,
     ) -> None:
         self.job, self.candidates, self.client, self.cfg, self.health = job, candidates, client, cfg, health
-        self.first_tried, self.spend = first_tried, spend
+        self.first_tried, self.spend, self.batch = first_tried, spend, batch
         self.attempts = [a for a in earlier if a.provider != "…"]  # the gap left by trimming
         self.last_answer: dict[str, str] = {}  # provider -> its last failed call
         self.error: ProviderError | None = None
@@ -226,7 +229,7 @@ class LineRelay:
         """Try each candidate once (with its retries): the line's Outcome when a provider answered or
         rejected it, else what this pass learnt."""
         tried = _Pass()
-        for provider, wire in self.candidates:
+        for i, (provider, wire) in enumerate(self.candidates):
             name = provider.name
             try:
                 body, notes = wire_body(self.job, wire, self.cfg)
@@ -249,6 +252,9 @@ class LineRelay:
                     return Outcome(Result.REJECTED, self.attempts, provider=provider, error=e,
                                    message=f"{name} rejected the request: {e.reason}")
                 tried.waits.append(_back_in(e, self.health.cfg))
+                if i + 1 < len(self.candidates):
+                    calllog.failing_over(self.batch, self.job.line, len(self.attempts), name,
+                                         self.candidates[i + 1][0].name, str(body["model"]), e, action.value)
                 continue
             answer, back = answer_body(self.job, provider, wire, reply)
             return Outcome(Result.ANSWERED, self.attempts, replace(reply, body=answer), provider,
@@ -336,6 +342,7 @@ class LineRelay:
         await _report_and_settle(call, health, cost, "success")
         self.attempts.append(Attempt(provider.name, 200, reply.latency_ms, wait_s=waited, started_at=started_at,
                                      model=provider.provider_model(call.model), usage=reply.usage, cost=cost))
+        calllog.answered(self.batch, self.job.line, len(self.attempts), provider.name, call.model, reply.latency_ms)
         return reply
 
     async def _reported_failure(self, call: _Call, e: ProviderError, started: float, started_at: float,
@@ -350,6 +357,8 @@ class LineRelay:
         kind: Kind = "rate_limited" if e.status == 429 and action is Action.FAILOVER else KIND_OF[action]
         if kind in LOCAL_BLOCKS:
             health.block_locally(provider.name, _block_for(kind, e, health.cfg), kind)
+        calllog.failed(self.batch, self.job.line, len(self.attempts), provider.name, model, e, action.value, kind,
+                       self.attempts[-1].latency_ms)
         await _report_and_settle(call, health, cost, kind, retry_after=retry_after_seconds(e),
                                  text=f"{e.status or ''} {e.reason}".strip())
 

@@ -141,7 +141,8 @@ class Runtime:
     def _background_done(self, task: asyncio.Task[Any]) -> None:
         self.background.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("background work failed: %r", task.exception())
+            log.error("background work failed: %r", task.exception(), exc_info=task.exception(),
+                      extra={"error": type(task.exception()).__name__})
 
     async def close(self) -> None:
         for task in list(self.background):
@@ -185,17 +186,19 @@ class Runtime:
             spend = Spend(self.budget, work.batch_id, self.settings.worker.default_max_tokens)
         try:
             out = await LineRelay(job, cands, client, self.settings.worker, self.health, first_tried=work.first_tried,
-                                  earlier=work.earlier, spend=spend).run()
+                                  earlier=work.earlier, spend=spend, batch=work.batch_id).run()
         except (RedisError, OSError):
             raise  # the store is unreachable: the chunk retries, finished lines stay finished
         except Exception as e:  # a bug or an input nothing caught earlier: never retry it forever
-            log.exception("line %s of %s failed inside batchrelay", job.line, work.batch_id)
+            log.exception("line %s of %s failed inside batchrelay", job.line, work.batch_id,
+                          extra={"batch": work.batch_id, "line": job.line, "error": type(e).__name__})
             out = Outcome(Result.FAILED, list(work.earlier), message=f"internal error: {type(e).__name__}: {e}"[:500])
         return out
 
     async def _finish(self, work: LineWork, out: Outcome, cache: dict[str, Any] | None = None) -> float | None:
         """Write a final outcome's record, or keep a pending line's attempts; when it may be tried again."""
         job = work.job
+        _log_outcome(work, out)
         match out.kind:
             case Result.ANSWERED | Result.REJECTED | Result.FAILED:
                 billed = out.billed
@@ -283,3 +286,24 @@ class Runtime:
     @property
     def chunk_deadline(self) -> float:
         return self.settings.worker.chunk_deadline
+
+
+# a line that failed (no provider could serve it) is a warning; one whose request was refused as bad is
+# the input's fault (info); the rest is routine (debug)
+_OUTCOME_LEVEL = {Result.FAILED: logging.WARNING, Result.REJECTED: logging.INFO, Result.OVER_BUDGET: logging.INFO}
+_OUTCOME_EVENT = {Result.ANSWERED: "line answered", Result.REJECTED: "line rejected", Result.FAILED: "line failed",
+                  Result.DEFERRED: "line deferred", Result.OVER_BUDGET: "line waits for its budget"}
+
+
+def _log_outcome(work: LineWork, out: Outcome) -> None:
+    level = _OUTCOME_LEVEL.get(out.kind, logging.DEBUG)
+    if not log.isEnabledFor(level):
+        return
+    last = out.attempts[-1] if out.attempts else None
+    event = f"{_OUTCOME_EVENT[out.kind]}: {out.message}" if out.message else _OUTCOME_EVENT[out.kind]
+    log.log(level, event[:1000], extra={
+        "batch": work.batch_id, "line": work.job.line, "provider": out.provider.name if out.provider else None,
+        "model": str(work.job.body["model"]), "status": last.status if last else None,
+        "latency_ms": round(last.latency_ms, 1) if last else None,
+        "attempt": len(out.attempts), "error": type(out.error).__name__ if out.error else None,
+        "wait_s": round(out.defer_s, 2) if out.kind is Result.DEFERRED else None})

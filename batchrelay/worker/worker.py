@@ -42,11 +42,14 @@ async def run_chunk(ctx: dict[str, Any], batch_id: str, lines: list[int]) -> int
             return await rt.run_chunk(batch_id, lines, ctx["job_id"])
     except TimeoutError:
         # arq fails a job at job_timeout for good; stopping first lets a retry finish the rest
-        log.warning("chunk of %s passed its deadline; requeueing its unfinished lines", batch_id)
+        log.warning("chunk of %s passed its deadline; requeueing its unfinished lines", batch_id,
+                    extra={"batch": batch_id, "job": ctx["job_id"], "lines": len(lines)})
         raise Retry(defer=0) from None
     except (RedisError, OSError) as e:
         # finished lines are recorded; a retry of this chunk redoes only the rest
-        log.warning("chunk of %s: Redis error (%s), retrying in %ss", batch_id, type(e).__name__, REDIS_RETRY_DEFER)
+        log.warning("chunk of %s: Redis error (%s), retrying in %ss", batch_id, type(e).__name__, REDIS_RETRY_DEFER,
+                    extra={"batch": batch_id, "job": ctx["job_id"], "error": type(e).__name__,
+                           "wait_s": REDIS_RETRY_DEFER})
         raise Retry(defer=REDIS_RETRY_DEFER) from None
 
 
@@ -150,7 +153,8 @@ async def _until_redis_answers(worker: Worker, signals: list[int]) -> None:
             return  # arq never got its pool: its own start-up retries are the wait
         try:
             await worker.pool.ping()
-            log.warning("Redis is back after %.0fs", time.monotonic() - since)
+            log.warning("Redis is back after %.0fs", time.monotonic() - since,
+                        extra={"wait_s": round(time.monotonic() - since, 1)})
             return
         except (AuthenticationError, AuthorizationError):
             raise
@@ -158,7 +162,8 @@ async def _until_redis_answers(worker: Worker, signals: list[int]) -> None:
             if worker.burst and time.monotonic() - since > BURST_REDIS_PATIENCE_S:
                 raise
             delay = min(delay * 2, MAX_REDIS_WAIT_S)
-            log.warning("Redis still unreachable (%s); next try in %.0fs", type(e).__name__, delay)
+            log.warning("Redis still unreachable (%s); next try in %.0fs", type(e).__name__, delay,
+                        extra={"error": type(e).__name__, "wait_s": delay})
 
 
 def _forget_dead_jobs(worker: Worker) -> None:
@@ -168,7 +173,8 @@ def _forget_dead_jobs(worker: Worker) -> None:
         if task.done():
             del worker.tasks[job_id]
             if not task.cancelled() and task.exception() is not None:
-                log.info("chunk job %s ended with the connection: %s", job_id, task.exception())
+                log.info("chunk job %s ended with the connection: %s", job_id, task.exception(),
+                         extra={"job": job_id, "error": type(task.exception()).__name__})
 
 
 def stop_worker(worker: Worker, signum: signal.Signals, *, now: bool) -> None:
@@ -223,7 +229,8 @@ async def run_worker(worker: Worker) -> None:
             except (AuthenticationError, AuthorizationError, ssl.SSLError):
                 raise  # a wrong password or certificate will not get better by waiting
             except (RedisError, OSError) as e:
-                log.warning("Redis unreachable (%s: %s); waiting for it", type(e).__name__, e)
+                log.warning("Redis unreachable (%s: %s); waiting for it", type(e).__name__, e,
+                            extra={"error": type(e).__name__})
                 await _until_redis_answers(worker, signals)
                 _forget_dead_jobs(worker)
     except asyncio.CancelledError:
