@@ -26,7 +26,7 @@ from batchrelay.cli.options import (
     webhook_option,
 )
 from batchrelay.cli.providers import health_text, providers
-from batchrelay.cli.servers import serve, simulate
+from batchrelay.cli.servers import metrics_options, serve, simulate
 from batchrelay.cli.text import counted, echo, print_table
 from batchrelay.config.settings import Settings
 from batchrelay.errors import ExitCode
@@ -231,6 +231,7 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
 @click.option("--quiet", is_flag=True, help="Log warnings only.")
 @click.option("--verbose", is_flag=True, help="Also log every provider call (and batchrelay's debug messages).")
 @click.option("--queue", hidden=True, help="Work this arq queue instead of the shared one (used by `run`).")
+@metrics_options
 @click.pass_context
 @handles_errors
 def worker(ctx: click.Context, concurrency: int | None, burst: bool, quiet: bool, verbose: bool,
