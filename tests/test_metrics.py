@@ -12,11 +12,13 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
 
 from batchrelay.config.settings import HealthConfig
 from batchrelay.money.ledger import SEP, rows
@@ -28,6 +30,8 @@ from batchrelay.spec import BatchSpec
 from batchrelay.store.fleet import read_fleet
 from batchrelay.store.store import Store
 from batchrelay.store.submit import submit_stream
+from batchrelay.worker.metrics import REGISTRY
+from batchrelay.worker.worker import _until_redis_answers
 
 from .conftest import openai_line, wait_for, write_config
 from .servekit import KEY, KEY_ENV, serving
@@ -176,3 +180,11 @@ async def test_a_fleet_read_counts_batches_by_status_and_pending_lines_a_block_a
     assert got.pending == 2 + 3 + 4 + 5
     assert got.queued == 5  # each batch's one chunk job, on the shared queue (no worker runs here)
     assert got.providers["a"]["state"] == "untried"
+
+
+async def test_a_worker_counts_the_redis_outages_it_waited_out(redis: Redis) -> None:
+    """worker.py's wait for Redis ends when it answers again: that is one reconnect."""
+    before = REGISTRY.get_sample_value("batchrelay_worker_redis_reconnects_total") or 0
+    arq_worker = SimpleNamespace(_pool=redis, pool=redis, burst=False)  # what the wait reads of arq's Worker
+    await _until_redis_answers(arq_worker, [0])  # type: ignore[arg-type]
+    assert REGISTRY.get_sample_value("batchrelay_worker_redis_reconnects_total") == before + 1
