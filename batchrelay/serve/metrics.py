@@ -81,7 +81,8 @@ def _calls(fleet: Fleet) -> Iterator[Metric]:
 
 
 def _ledger(fleet: Fleet) -> Iterator[Metric]:
-    spend = CounterMetricFamily("batchrelay_spend_usd", "What providers billed, in USD (the ledgers' cost).",
+    spend = CounterMetricFamily("batchrelay_spend_usd", "What providers billed, in USD (the ledgers' cost), by "
+                                "provider and the provider's model name.",
                                 labels=["provider", "model"])
     tokens = CounterMetricFamily("batchrelay_tokens", "Tokens billed, by provider, model and kind (cached and "
                                  "cache_write are parts of input).", labels=["provider", "model", "kind"])
