@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from batchrelay.config.settings import HealthConfig
+from batchrelay.config.settings import HealthConfig, WorkerConfig
 from batchrelay.money.ledger import SEP, rows
 from batchrelay.procs import stop_all
 from batchrelay.results.outcome import Attempt
@@ -30,7 +31,7 @@ from batchrelay.spec import BatchSpec
 from batchrelay.store.fleet import read_fleet
 from batchrelay.store.store import Store
 from batchrelay.store.submit import submit_stream
-from batchrelay.worker.metrics import REGISTRY
+from batchrelay.worker.metrics import REGISTRY, serve_metrics
 from batchrelay.worker.worker import _until_redis_answers
 
 from .conftest import openai_line, wait_for, write_config
@@ -188,3 +189,23 @@ async def test_a_worker_counts_the_redis_outages_it_waited_out(redis: Redis) -> 
     arq_worker = SimpleNamespace(_pool=redis, pool=redis, burst=False)  # what the wait reads of arq's Worker
     await _until_redis_answers(arq_worker, [0])  # type: ignore[arg-type]
     assert REGISTRY.get_sample_value("batchrelay_worker_redis_reconnects_total") == before + 1
+
+
+def test_a_worker_metrics_port_already_taken_is_a_warning_not_the_end_of_the_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cfg = WorkerConfig(metrics_port=free_port())
+    assert serve_metrics(WorkerConfig(), {}) is None, "no port: no server"
+    first = serve_metrics(cfg, {})
+    assert first is not None
+    try:
+        samples, _ = scrape(f"http://127.0.0.1:{cfg.metrics_port}/metrics")
+        assert samples[("batchrelay_worker_lines_in_flight", ())] == 0  # no runtime yet
+        with caplog.at_level(logging.WARNING, "batchrelay.worker.metrics"):
+            assert serve_metrics(cfg, {}) is None
+        assert f"cannot listen on 127.0.0.1:{cfg.metrics_port}" in caplog.text
+    finally:
+        first.close()
+    again = serve_metrics(cfg, {})  # closed means closed: its port and its collector are free again
+    assert again is not None
+    again.close()
