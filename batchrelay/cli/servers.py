@@ -86,3 +86,22 @@ def simulate(host: str, port: int, **faults: Any) -> None:
     click.echo(f"simulating {config.preset or 'a provider'} at http://{host}:{port} (control: /_sim/config, "
                "/_sim/log); Ctrl-C stops it", err=True)
     serve(config, host=host, port=port)
+
+
+def _metrics_address(ctx: click.Context, param: click.Parameter, value: str | int | None) -> None:
+    """Put `--metrics-port` / `--metrics-host` into the command's `[worker]` settings (after `-c`, which is eager)."""
+    if value is not None:
+        settings = settings_of(ctx)
+        field = "metrics_port" if param.name == "metrics_port" else "metrics_host"
+        tuned = settings.worker.model_copy(update={field: value})
+        ctx.find_object(dict)["settings"] = settings.model_copy(update={"worker": tuned})  # type: ignore[index]
+
+
+def metrics_options(f: Any) -> Any:
+    """`worker`'s own Prometheus metrics server (worker/metrics.py; README "Metrics")."""
+    f = click.option("--metrics-host", expose_value=False, callback=_metrics_address,
+                     help="Address of the metrics server (default: [worker] metrics_host, 127.0.0.1).")(f)
+    return click.option("--metrics-port", type=click.IntRange(1, 65535), expose_value=False,
+                        callback=_metrics_address,
+                        help="Serve this process's Prometheus metrics on this port (default: [worker] "
+                             "metrics_port; none).")(f)

@@ -12,6 +12,7 @@ import click
 
 from batchrelay.cli.kit import handles_errors, run_async, settings_of
 from batchrelay.cli.logs import LogSetup, log_options, notice, secrets_of, setup_logging
+from batchrelay.cli.servers import metrics_options
 from batchrelay.config.settings import Settings
 from batchrelay.store.connection import check_reachable
 
@@ -33,6 +34,7 @@ class WorkerOptions:
 @click.option("--quiet", is_flag=True, help="Log warnings only (--log-level warning).")
 @click.option("--verbose", is_flag=True, help="Log at debug, each provider request too (--log-level debug --log-http).")
 @click.option("--queue", hidden=True, help="Work this arq queue instead of the shared one (used by `run`).")
+@metrics_options
 @click.pass_context
 @handles_errors
 def worker(ctx: click.Context, concurrency: int | None, burst: bool, logs: LogSetup, quiet: bool, verbose: bool,

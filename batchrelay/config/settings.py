@@ -176,6 +176,9 @@ class WorkerConfig(_Strict):
     job_timeout: float = Field(default=600.0, gt=0)
     max_line_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)  # a longer input line is an error, never read whole
     retention_days: float = Field(default=30, ge=0)  # finished batches are deleted after this; 0 keeps them
+    # the process's own Prometheus metrics (worker/metrics.py) at http://metrics_host:metrics_port/; off by default
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @property
     def retention_s(self) -> float | None:

@@ -31,6 +31,7 @@ from batchrelay.errors import BodyRefused, ConfigError
 from batchrelay.serve.anthropic_api import routes as anthropic_routes
 from batchrelay.serve.bodies import BodyGuard
 from batchrelay.serve.http_guard import Limits, guarded_protocol
+from batchrelay.serve.metrics import PublicMetrics, metrics_route
 from batchrelay.serve.openai_api import routes as openai_routes
 from batchrelay.serve.params import clip
 from batchrelay.serve.shared import Served, anthropic_error, openai_error
@@ -152,10 +153,12 @@ def create_app(settings: Settings, redis_url: str | None = None) -> Starlette:
             await index_files(served.store)
             yield
 
-    app = Starlette(routes=[*openai_routes(served), *anthropic_routes(served)], lifespan=lifespan,
+    metrics = metrics_route(served)  # GET /metrics (metrics.py): a client key, unless [serve] metrics_public
+    app = Starlette(routes=[*openai_routes(served), *anthropic_routes(served), metrics], lifespan=lifespan,
                     exception_handlers={404: unknown_route, 405: unknown_route, BodyRefused: refused_body,
                                         Exception: server_fault})
     app.add_middleware(RequireKey, accepted=accepted, failures_per_min=cfg.auth_failures_per_min)
+    app.add_middleware(PublicMetrics, route=metrics, public=cfg.metrics_public)
     app.add_middleware(BodyGuard, idle_s=cfg.body_timeout_s)  # outermost: it sees every request's body
     return app
 

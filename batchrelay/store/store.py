@@ -18,6 +18,7 @@ import orjson
 from redis.asyncio import Redis
 
 from batchrelay.errors import BatchNotFound
+from batchrelay.money.ledger import SEP
 from batchrelay.money.pricing import pico
 from batchrelay.spec import BatchSpec
 from batchrelay.store.connection import connect
@@ -191,15 +192,18 @@ class Store:
         self, batch_id: str, jobs: Sequence[JobLine], bad: Sequence[tuple[int, bytes]],
         chunks: Sequence[tuple[str, list[int]]],
     ) -> None:
-        """One round trip for a block of parsed lines: requests, pending set, input errors, chunk map."""
+        """One round trip for a block of parsed lines: requests, pending set, input errors, chunk map.
+        Input errors are final results: they add to the fleet's count of invalid lines in the same
+        MULTI, so the count is never short of them (nor over)."""
         k = self.keys
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self.redis.pipeline(transaction=bool(bad)) as pipe:
             if jobs:
                 pipe.hset(k.lines(batch_id), mapping={j.line: j.to_json() for j in jobs})
                 pipe.sadd(k.pending(batch_id), *[j.line for j in jobs])
             if bad:
                 pipe.hset(k.results(batch_id), mapping={line: ERR + rec for line, rec in bad})
                 pipe.hincrby(k.meta(batch_id), BYTE_FIELDS[False], sum(len(rec) + 1 for _, rec in bad))
+                pipe.hincrby(k.fleet_counts, f"lines{SEP}invalid", len(bad))  # results/tally.line_field
             if chunks:
                 pipe.hset(k.chunks(batch_id), mapping=chunk_map_entries(chunks))
             await pipe.execute()

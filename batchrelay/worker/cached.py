@@ -28,6 +28,7 @@ from batchrelay.results.records import hit_record
 from batchrelay.store.cache import CachedAnswer, ResponseCache
 from batchrelay.wire.cache_key import cache_key
 from batchrelay.wire.jobs import JobLine
+from batchrelay.worker.metrics import lines_cached
 
 log = logging.getLogger("batchrelay.worker.cached")
 POLL_FIRST_S, POLL_MAX_S = 0.02, 1.0
@@ -61,7 +62,7 @@ class CachedLines:
         found = await self.cache.get_many([cache_key(job.dialect, job.body) for job in jobs])
         hits = [self._hit(batch_id, job, hit) for job, hit in zip(jobs, found, strict=True) if hit is not None]
         if hits:
-            await self.cache.write_hits(batch_id, hits)
+            lines_cached(await self.cache.write_hits(batch_id, hits))
         return {h[0] for h in hits}
 
     async def handle(self, batch_id: str, job: JobLine, relay: Relay, finish: Finish) -> float | None:
@@ -103,7 +104,7 @@ class CachedLines:
                     return  # lapsed (this loop was starved) and another took over: its answer will do
 
     async def _answer(self, batch_id: str, job: JobLine, hit: CachedAnswer) -> None:
-        await self.cache.write_hits(batch_id, [self._hit(batch_id, job, hit)])
+        lines_cached(await self.cache.write_hits(batch_id, [self._hit(batch_id, job, hit)]))
 
     @staticmethod
     def _hit(batch_id: str, job: JobLine, hit: CachedAnswer) -> tuple[int, bytes, dict[str, int], Decimal]:

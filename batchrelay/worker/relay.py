@@ -47,6 +47,7 @@ from batchrelay.wire.jobs import JobLine
 from batchrelay.wire.reply import ProviderReply, Usage
 from batchrelay.wire.translate import translate_request, translate_response
 from batchrelay.worker import calllog
+from batchrelay.worker.metrics import timed_call
 
 KIND_OF: dict[Action, Kind] = {Action.RETRY: "transient", Action.BENCH: "billing", Action.DISABLE: "auth",
                                Action.COOL_MODEL: "model", Action.FAIL_LINE: "other", Action.FAILOVER: "other"}
@@ -330,7 +331,8 @@ class LineRelay:
         started_at = time.time()
         started = time.perf_counter()
         try:
-            reply = await send(self.client, provider, call.wire, call.body, timeout=self.cfg.call_timeout)
+            reply = await timed_call(provider.name, send(self.client, provider, call.wire, call.body,
+                                                         timeout=self.cfg.call_timeout))
         except ProviderError as e:
             await self._reported_failure(call, e, started, started_at, waited)
             raise

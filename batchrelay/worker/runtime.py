@@ -45,6 +45,7 @@ from batchrelay.store.webhooks import Outbox, delivery_of
 from batchrelay.wire.jobs import JobLine
 from batchrelay.worker.cached import CachedLines
 from batchrelay.worker.linepool import LinePool
+from batchrelay.worker.metrics import chunk_job, line_done
 from batchrelay.worker.relay import LineRelay
 
 log = logging.getLogger("batchrelay.worker.runtime")
@@ -198,6 +199,7 @@ class Runtime:
     async def _finish(self, work: LineWork, out: Outcome, cache: dict[str, Any] | None = None) -> float | None:
         """Write a final outcome's record, or keep a pending line's attempts; when it may be tried again."""
         job = work.job
+        line_done(out.kind)
         _log_outcome(work, out)
         match out.kind:
             case Result.ANSWERED | Result.REJECTED | Result.FAILED:
@@ -224,7 +226,7 @@ class Runtime:
         assert self.heartbeat is not None
         try:
             # the claim only reads: it may go alongside the hold
-            return await self._run_chunk(batch_id, lines, job_id, self.heartbeat.hold(job_id, batch_id))
+            return await chunk_job(self._run_chunk(batch_id, lines, job_id, self.heartbeat.hold(job_id, batch_id)))
         finally:
             # left behind, the entry only makes a look after this process's end put back finished lines
             with contextlib.suppress(RedisError, OSError):

@@ -27,6 +27,7 @@ from batchrelay.store.keys import Keys
 from batchrelay.store.queue import CHUNK_FUNCTION, cron_name
 from batchrelay.store.store import Store
 from batchrelay.worker.eager import EagerWorker
+from batchrelay.worker.metrics import redis_reconnected, serve_metrics
 from batchrelay.worker.runtime import SHUTDOWN_MARGIN_S, Runtime
 
 log = logging.getLogger("batchrelay.worker.worker")
@@ -79,11 +80,14 @@ def build_worker(
         if "runtime" in ctx:  # a burst worker's second round after a sweep
             return
         ctx["runtime"] = Runtime.opened(settings, Store(ctx["redis"], keys))  # arq's own client: one pool per worker
+        ctx["metrics"] = serve_metrics(w, ctx)  # `--metrics-port`: this process's own (worker/metrics.py)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         rt: Runtime | None = ctx.get("runtime")
         if rt:
             await rt.close()
+        if ctx.get("metrics"):
+            ctx.pop("metrics").close()
 
     return EagerWorker(
         functions=[func(run_chunk, name=CHUNK_FUNCTION, timeout=w.job_timeout, max_tries=w.max_tries)],
@@ -153,6 +157,7 @@ async def _until_redis_answers(worker: Worker, signals: list[int]) -> None:
             return  # arq never got its pool: its own start-up retries are the wait
         try:
             await worker.pool.ping()
+            redis_reconnected()
             log.warning("Redis is back after %.0fs", time.monotonic() - since,
                         extra={"wait_s": round(time.monotonic() - since, 1)})
             return
