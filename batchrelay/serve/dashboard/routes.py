@@ -50,7 +50,7 @@ from batchrelay.serve.throttle import FailureThrottle
 from batchrelay.store import dashboard as reads
 from batchrelay.store.health import Health
 from batchrelay.store.ids import checked_batch_id
-from batchrelay.store.lifecycle import advance, request_stop, retry
+from batchrelay.store.lifecycle import FINAL, advance, request_stop, retry
 from batchrelay.store.status import Status
 
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
@@ -177,6 +177,8 @@ def routes(served: Served, accepted_keys: list[str], throttle: FailureThrottle,
     async def batch(request: Request, _session: Session) -> Response:
         db, batch_id = served.db, checked_batch_id(request.path_params["batch"])
         info = await db.info(batch_id)
+        if info.status in FINAL and await advance(db, batch_id, served.grace_s, most=STOP_LINES):
+            info = await db.info(batch_id)  # a stop watched here ends once its grace is over (as serve's APIs)
         ledger = await db.ledger(batch_id)
         rs = rows(ledger)
         now = time.time()

@@ -247,7 +247,7 @@ function batchView(id) {
     const card = (label, value, cid) => el("div", {className: "count"}, el("div", {className: "value", id: cid || ""}, value), el("div", {className: "muted"}, label));
     counts.replaceChildren(el("div", {className: "count wide"}, progress(c, "batch-done")),
       card("succeeded", c.succeeded, "n-succeeded"), card("failed", c.failed), card("invalid", c.invalid),
-      card("cancelled", c.cancelled), card("expired", c.expired), card("pending", c.pending, "n-pending"),
+      card("cancelled", c.cancelled, "n-cancelled"), card("expired", c.expired), card("pending", c.pending, "n-pending"),
       card("cost", usd(b.cost_usd), "batch-cost"), card("lines/s", b.rate_lines_per_s),
       card("ETA", b.finished ? "done" : (b.eta_s === null ? "–" : age(b.eta_s))), card("age", age(b.age_s)));
     cancelBtn.disabled = b.finished;
@@ -318,7 +318,7 @@ async function route() {
 
 document.getElementById("logout").addEventListener("click", async () => {
   try { await api("/logout", {method: "POST", body: "{}"}); } catch (e) { /* logged out either way */ }
-  showLogin("Logged out.");
+  showLogin("");
 });
 window.addEventListener("hashchange", route);
 route();
