@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ import redis as sync_redis
 
 from batchrelay.money.ledger import SEP
 from batchrelay.serve.dashboard import is_dashboard
-from batchrelay.serve.dashboard.auth import Session, Sessions, csrf_ok
+from batchrelay.serve.dashboard.auth import Session, Sessions, csrf_ok, same_origin
 from batchrelay.serve.dashboard.views import (
     Pace,
     error_classes,
@@ -174,6 +175,27 @@ def test_secure_cookie_over_https(dash: Api) -> None:
 
 
 # --- pure parts ----------------------------------------------------------------------------------
+
+def _request(headers: dict[str, str], scheme: str = "http") -> Any:
+    from starlette.requests import Request
+
+    return Request({"type": "http", "scheme": scheme, "path": "/", "query_string": b"", "server": ("h", 80),
+                    "headers": [(k.encode(), v.encode()) for k, v in headers.items()]})
+
+
+@pytest.mark.parametrize(("headers", "public_url", "ok"), [
+    ({"host": "h:8080", "origin": "http://h:8080"}, None, True),
+    ({"host": "h:8080", "origin": "http://h:8081"}, None, False),
+    ({"host": "h:8080", "origin": "https://h:8080"}, None, False),
+    ({"host": "127.0.0.1:8080", "origin": "https://batches.example.com"}, "https://batches.example.com/x", True),
+    ({"host": "h", "origin": "null"}, None, False),
+    ({"host": "h", "sec-fetch-site": "same-origin"}, None, True),
+    ({"host": "h", "sec-fetch-site": "cross-site"}, None, False),
+    ({"host": "h"}, None, False),
+])
+def test_same_origin(headers: dict[str, str], public_url: str | None, ok: bool) -> None:
+    assert same_origin(_request(headers), public_url) is ok
+
 
 @pytest.mark.parametrize(("path", "ours"), [("/", True), ("/dashboard/api/batches", True), ("/v1/batches", False),
                                             ("/metrics", False), ("/dashboardx", False)])

@@ -73,13 +73,18 @@ def csrf_ok(session: Session, sent: str | None) -> bool:
     return bool(sent) and hmac.compare_digest(session.csrf.encode(), (sent or "").encode())
 
 
-def same_origin(request: Request) -> bool:
+def same_origin(request: Request, public_url: str | None = None) -> bool:
     """Whether a POST comes from a page of this server: its Origin is this host (scheme, host and
-    port), or without an Origin the browser says the fetch is same-origin."""
+    port) or `[serve] public_url`'s (a proxy that rewrites Host), or without an Origin the browser
+    says the fetch is same-origin."""
     origin = request.headers.get("origin")
     if origin is not None:
         host = request.headers.get("host", "")
-        return bool(host) and origin == f"{request.url.scheme}://{host}"
+        allowed = {f"{request.url.scheme}://{host}"} if host else set()
+        if public_url:
+            scheme, _, rest = public_url.partition("://")
+            allowed.add(f"{scheme}://{rest.split('/', 1)[0]}")
+        return origin in allowed
     return request.headers.get("sec-fetch-site") == "same-origin"
 
 

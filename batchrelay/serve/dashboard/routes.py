@@ -109,7 +109,7 @@ def routes(served: Served, accepted_keys: list[str], throttle: FailureThrottle,
             session = session_of(request)
             if session is None:
                 return refused(401, "Not logged in: log in with a client key.")
-            if post and not same_origin(request):
+            if post and not same_origin(request, settings.serve.public_url):
                 return refused(403, "Refused: this request does not come from the dashboard's own page.")
             if post and not csrf_ok(session, request.headers.get(CSRF_HEADER)):
                 return refused(403, "Refused: the CSRF token is missing or wrong; reload the page.")
@@ -140,7 +140,7 @@ def routes(served: Served, accepted_keys: list[str], throttle: FailureThrottle,
             response = refused(429, f"Too many wrong keys from this address; try again in {seconds} s.")
             response.headers["Retry-After"] = str(seconds)
             return response
-        if not same_origin(request):
+        if not same_origin(request, settings.serve.public_url):
             return refused(403, "Refused: this login does not come from the dashboard's own page.")
         body = await small_body(request)
         try:

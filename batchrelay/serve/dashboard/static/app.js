@@ -154,7 +154,7 @@ function batchesView(filter) {
   const empty = el("p", {className: "muted", id: "no-batches", hidden: true}, "No batches yet.");
   main.replaceChildren(el("section", {},
     el("div", {className: "titlebar"}, el("h1", {}, "Batches"), el("label", {className: "filter"}, "Show ", select)),
-    el("div", {className: "scroll"}, el("table", {className: "grid"}, el("thead", {}, head), body)), empty));
+    el("div", {className: "scroll"}, el("table", {className: "grid", id: "batch-table"}, el("thead", {}, head), body)), empty));
   poll(async () => {
     const data = await api("/batches" + (filter ? "?status=" + encodeURIComponent(filter) : ""));
     const known = new Set([...select.options].map((o) => o.value));
@@ -168,18 +168,18 @@ function batchesView(filter) {
          el("div", {className: "muted small"}, b.id)),
       el("td", {}, badge(b.status)),
       el("td", {className: "wide"}, progress(b.counts)),
-      el("td", {className: "num"}, b.counts.succeeded),
+      el("td", {className: "num", dataset: {label: "succeeded"}}, b.counts.succeeded),
       el("td", {className: "num opt"}, b.counts.failed),
       el("td", {className: "num opt"}, b.counts.invalid),
       el("td", {className: "num opt"}, b.counts.pending),
-      el("td", {className: "num"}, usd(b.cost_usd)),
+      el("td", {className: "num", dataset: {label: "cost"}}, usd(b.cost_usd)),
       el("td", {className: "num opt"}, age(b.age_s)),
       el("td", {className: "num opt"}, b.finished ? "done" : (b.eta_s === null ? "–" : age(b.eta_s))))));
   });
 }
 
 function chart(points, key, title, cumulative) {
-  const W = 600, H = 170, L = 48, B = 24, T = 22;
+  const W = 600, H = 170, L = 64, B = 24, T = 22;
   const box = svg("svg", {viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": title});
   box.append(svg("text", {x: 4, y: 15, class: "chart-title"}, title));
   let acc = 0;
@@ -188,7 +188,7 @@ function chart(points, key, title, cumulative) {
   const x = (i) => L + (points.length < 2 ? (W - L - 8) / 2 : (i * (W - L - 8)) / (points.length - 1));
   const y = (v) => H - B - ((H - B - T) * v) / top;
   box.append(svg("line", {x1: L, y1: H - B, x2: W - 4, y2: H - B, class: "axis"}));
-  box.append(svg("text", {x: L - 4, y: T + 4, class: "tick", "text-anchor": "end"}, cumulative ? "$" + top.toPrecision(3) : String(top)));
+  box.append(svg("text", {x: L - 4, y: T + 4, class: "tick", "text-anchor": "end"}, cumulative ? "$" + Number(top.toPrecision(3)) : String(top)));
   box.append(svg("text", {x: L - 4, y: H - B, class: "tick", "text-anchor": "end"}, "0"));
   if (!points.length) {
     box.append(svg("text", {x: W / 2, y: H / 2, class: "tick", "text-anchor": "middle"}, "no lines ended yet"));
