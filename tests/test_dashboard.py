@@ -127,6 +127,20 @@ def test_actions_need_the_csrf_token_and_the_same_origin(dash: Api) -> None:
     assert r.status_code == 200 and r.json()["batch"]["status"] in ("cancelling", "cancelled")
 
 
+def test_budget_and_retry_actions(dash: Api) -> None:
+    batch = submit(dash)
+    client, r = login(dash)
+    headers = {"Origin": dash.base, "X-CSRF-Token": r.json()["csrf"]}
+    base = f"/dashboard/api/batches/{batch}"
+    done = client.post(base + "/budget", headers=headers, json={"max_usd": "1.25"})
+    assert done.status_code == 200 and done.json()["max_usd"] == "1.25"
+    assert client.get(base).json()["budget"]["max_usd"] == "1.25"
+    for bad in ({"max_usd": "-1"}, {"max_usd": "lots"}, {}):
+        assert client.post(base + "/budget", headers=headers, json=bad).status_code == 400
+    refused = client.post(base + "/retry", headers=headers)  # still running: nothing to retry yet
+    assert refused.status_code == 409 and "in_progress" in refused.json()["error"]
+
+
 def test_a_login_from_another_origin_is_refused(dash: Api) -> None:
     r = httpx.post(dash.base + "/dashboard/api/login", json={"key": KEY}, headers={"Origin": "http://evil.example"})
     assert r.status_code == 403 and "set-cookie" not in r.headers
