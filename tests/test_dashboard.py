@@ -243,11 +243,14 @@ def test_error_classes_group_the_sample_with_reasons_in_either_shape() -> None:
     openai_rec = {"error": {"code": "provider_error", "message": "502 from sim"}, "batchrelay": {"error": "provider_error"}}
     anthropic_rec = {"result": {"type": "errored", "error": {"type": "error", "error": {"type": "x", "message": "<b>bad</b>"}}},
                      "batchrelay": {"error": "invalid_input"}}
-    sample = [(i, openai_rec) for i in range(1, 8)] + [(9, anthropic_rec)]
+    invalid = {"error": {"code": "invalid_input", "message": "line 11: body.model: Field required"},
+               "batchrelay": {"error": "invalid_input"}}
+    sample = [(i, openai_rec) for i in range(1, 8)] + [(9, anthropic_rec), (11, invalid)]
     got = error_classes(sample)
-    assert [(c["class"], c["count"]) for c in got] == [("provider_error", 7), ("invalid_input", 1)]
+    assert [(c["class"], c["count"]) for c in got] == [("provider_error", 7), ("invalid_input", 2)]
     assert got[0]["samples"][0] == {"line": 1, "reason": "502 from sim"} and len(got[0]["samples"]) == 5
-    assert got[1]["samples"] == [{"line": 9, "reason": "<b>bad</b>"}]
+    assert got[1]["samples"] == [{"line": 9, "reason": "<b>bad</b>"},
+                                 {"line": 11, "reason": "body.model: Field required"}]  # its line said once
     assert reason_of({}) == ""
 
 

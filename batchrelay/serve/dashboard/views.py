@@ -66,7 +66,9 @@ def error_classes(sample: Iterable[tuple[int, Mapping[str, Any]]]) -> list[dict[
         c = by.setdefault(kind, {"class": kind, "count": 0, "samples": []})
         c["count"] += 1
         if len(c["samples"]) < SAMPLES_PER_CLASS:
-            c["samples"].append({"line": line, "reason": reason_of(rec)})
+            reason = reason_of(rec)
+            said = f"line {line}: "  # invalid input's reasons name their line already
+            c["samples"].append({"line": line, "reason": reason[len(said):] if reason.startswith(said) else reason})
     return sorted(by.values(), key=lambda c: (-c["count"], c["class"]))
 
 

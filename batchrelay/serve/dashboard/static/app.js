@@ -244,7 +244,7 @@ function batchView(id) {
     document.title = (b.name || b.id) + " · batchrelay";
     head.replaceChildren(el("h1", {id: "batch-name"}, b.name || b.id), badge(b.status), el("span", {className: "muted small"}, b.id));
     const c = b.counts;
-    const card = (label, value, cid) => el("div", {className: "count"}, el("div", {className: "value", id: cid || ""}, value), el("div", {className: "muted"}, label));
+    const card = (label, value, cid) => el("div", {className: "count"}, el("div", {className: "value", id: cid || "", title: String(value)}, value), el("div", {className: "muted"}, label));
     counts.replaceChildren(el("div", {className: "count wide"}, progress(c, "batch-done")),
       card("succeeded", c.succeeded, "n-succeeded"), card("failed", c.failed), card("invalid", c.invalid),
       card("cancelled", c.cancelled, "n-cancelled"), card("expired", c.expired), card("pending", c.pending, "n-pending"),
