@@ -137,6 +137,7 @@ def test_budget_and_retry_actions(dash: Api) -> None:
     assert client.get(base).json()["budget"]["max_usd"] == "1.25"
     for bad in ({"max_usd": "-1"}, {"max_usd": "lots"}, {}):
         assert client.post(base + "/budget", headers=headers, json=bad).status_code == 400
+    assert client.post(base + "/budget", headers=headers, json={"max_usd": "1" * 5000}).status_code == 413
     refused = client.post(base + "/retry", headers=headers)  # still running: nothing to retry yet
     assert refused.status_code == 409 and "in_progress" in refused.json()["error"]
 

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from batchrelay.errors import BatchNotFound, BatchrelayError, RetryRefused
+from batchrelay.errors import BatchNotFound, BatchrelayError, BodyRefused, RetryRefused, StoreError
 from batchrelay.money.ledger import rows, total
 from batchrelay.serve.bodies import capped
 from batchrelay.serve.dashboard.auth import (
@@ -119,6 +119,10 @@ def routes(served: Served, accepted_keys: list[str], throttle: FailureThrottle,
                 return refused(404, "No such batch.")
             except RetryRefused as e:
                 return refused(409, str(e))
+            except BodyRefused:
+                raise  # the app's handler answers it (413, 408) and BodyGuard closes the connection
+            except StoreError as e:
+                return refused(503, str(e))
             except BatchrelayError as e:
                 return refused(400, str(e))
         return run
