@@ -146,6 +146,17 @@ def test_a_batch_name_with_markup_is_shown_as_text(page: Any, dash: Api) -> None
     assert page.evaluate("window.__pwned") is None
 
 
+def test_the_pages_fit_a_phones_width(page: Any, dash: Api) -> None:
+    dash.sim.configure(latency_ms=0, fail_status=0)
+    batch = submit(dash, 2, name="a-rather-long-batch-name-that-must-wrap-on-a-phone-screen.jsonl")
+    page.set_viewport_size({"width": 390, "height": 844})
+    log_in(page, dash)
+    for hash_, ready in (("#/", "#batch-rows tr"), (f"#/batch/{batch}", "svg.chart"), ("#/providers", "[data-provider]")):
+        page.goto(f"{dash.base}/{hash_}")
+        page.wait_for_selector(ready)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, hash_  # no sideways scrolling
+
+
 def test_a_provider_answering_402_shows_as_benched(page: Any, dash: Api) -> None:
     dash.sim.configure(latency_ms=0, fail_status=402)
     submit(dash, 2)

@@ -285,8 +285,11 @@ function providersView() {
         el("h2", {}, p.name, " ", badge(p.state)),
         p.until ? row("until", clock(p.until) + " (" + age(p.for_s) + ")") : null,
         p.cooling_models.length ? row("models cooling", p.cooling_models.join(", ")) : null,
-        row("in flight", p.in_flight + (p.concurrency_limit ? " (limited to " + p.concurrency_limit + ")" : "") +
-                         (p.max_concurrency ? ", max " + p.max_concurrency : "")),
+        // calls in flight hold a lease (and are counted) only while a limit is in force
+        (p.concurrency_limit || p.max_concurrency)
+          ? row("in flight", p.in_flight + " of " + Math.min(...[p.concurrency_limit, p.max_concurrency].filter(Boolean)) +
+                             (p.concurrency_limit ? " (limited after 429s or its slow start)" : " (max_concurrency)"))
+          : row("in-flight limit", "none in force"),
         row("pace", pace),
         row("latency", p.latency_p50_ms !== undefined ? "p50 " + p.latency_p50_ms + " ms, p95 " + p.latency_p95_ms + " ms" : "–"),
         row("calls", (calls.calls || 0) + " (" + (calls.ok || 0) + " ok" + outcomes.map(([k, v]) => ", " + v + " " + k).join("") + ")"),
