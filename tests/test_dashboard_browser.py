@@ -146,6 +146,19 @@ def test_a_batch_name_with_markup_is_shown_as_text(page: Any, dash: Api) -> None
     assert page.evaluate("window.__pwned") is None
 
 
+def test_the_batches_filter_by_status(page: Any, dash: Api) -> None:
+    dash.sim.configure(latency_ms=0, fail_status=0)
+    done = submit(dash, 1)
+    poll(lambda: status(dash, done), lambda s: s == "completed", timeout=30)
+    log_in(page, dash)
+    page.wait_for_selector(f"tr[data-batch='{done}']")
+    page.select_option("#status-filter", "completed")
+    sync_api.expect(page.locator("#batch-rows tr").first).to_be_visible()
+    poll(lambda: page.locator("#batch-rows .badge").all_text_contents(),
+         lambda badges: bool(badges) and set(badges) == {"completed"}, timeout=10)
+    assert "status=completed" in page.url
+
+
 def test_the_pages_fit_a_phones_width(page: Any, dash: Api) -> None:
     dash.sim.configure(latency_ms=0, fail_status=0)
     batch = submit(dash, 2, name="a-rather-long-batch-name-that-must-wrap-on-a-phone-screen.jsonl")
