@@ -141,7 +141,7 @@ async def test_a_result_adds_to_the_fleets_ledger_and_counts_and_the_batchs_minu
     assert await _hash(store.redis, k.fleet_ledger) == {f"p{sep}m{sep}requests": "2", f"p{sep}m{sep}cost": str(7 * 10**12)}
     assert await _hash(store.redis, k.fleet_counts) == {
         f"lines{sep}succeeded": "1", f"lines{sep}cancelled": "1", f"calls{sep}p{sep}m{sep}ok": "1",
-        f"calls{sep}p{sep}m{sep}transient": "1"}
+        f"calls{sep}p{sep}m{sep}transient": "1", f"spend{sep}0{sep}p": str(7 * 10**12)}
     assert await _hash(store.redis, k.minutes(B)) == {
         f"2{sep}succeeded": "1", f"2{sep}cost": str(7 * 10**12), f"3{sep}cancelled": "1"}
     await store.redis.delete(k.fleet_ledger, k.fleet_counts)

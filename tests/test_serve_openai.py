@@ -207,7 +207,8 @@ def test_only_this_apis_batches_are_listed_and_each_names_a_real_input_file(api:
 
 
 def test_unknown_routes_and_methods_answer_in_openai_error_shape(api: Api) -> None:
-    for method, path, status in (("GET", "/v1/nope", 404), ("GET", "/", 404), ("POST", "/v1/chat/completions", 404),
+    for method, path, status in (("GET", "/v1/nope", 404), ("GET", "/nope", 404),  # `/` is the dashboard
+                                 ("POST", "/v1/chat/completions", 404),
                                  ("PUT", "/v1/batches", 405), ("DELETE", "/v1/batches/batch_x", 405),
                                  ("POST", "/v1/files/file-x", 405), ("GET", "/v1/batches/batch_x/cancel", 405)):
         r = api.request(method, path)

@@ -7,7 +7,8 @@ it); what only the APIs need (input file, endpoint, metadata) is kept in the bat
 `serve_*` fields, so it goes when the batch is forgotten. Every request needs one of the keys named
 by `[serve] api_keys_env` (`Authorization: Bearer` or `x-api-key`), else 401 in that API's error shape;
 past `[serve] auth_failures_per_min` wrong or missing keys from one address, 429 (throttle.py).
-The connection limits (head size and time, open connections) are http_guard.py's.
+The connection limits (head size and time, open connections) are http_guard.py's. The web dashboard
+at `/` (serve/dashboard/) logs in with the same keys and then uses a session cookie instead.
 Every other error, an unknown route or method (404, 405) or a fault of the server's own (500),
 answers in that API's JSON error shape too (Anthropic's under /v1/messages, OpenAI's elsewhere).
 """
@@ -30,6 +31,8 @@ from batchrelay.config.settings import Settings
 from batchrelay.errors import BodyRefused, ConfigError
 from batchrelay.serve.anthropic_api import routes as anthropic_routes
 from batchrelay.serve.bodies import BodyGuard
+from batchrelay.serve.dashboard import is_dashboard
+from batchrelay.serve.dashboard.routes import routes as dashboard_routes
 from batchrelay.serve.http_guard import Limits, guarded_protocol
 from batchrelay.serve.metrics import PublicMetrics, metrics_route
 from batchrelay.serve.openai_api import routes as openai_routes
@@ -59,17 +62,17 @@ class RequireKey:
     """Every request needs an accepted key; a missing or wrong one gets 401 in its API's shape. An
     address past its wrong keys per minute gets 429 with Retry-After, its key unread (throttle.py)."""
 
-    def __init__(self, app: ASGIApp, accepted: list[str], failures_per_min: int) -> None:
+    def __init__(self, app: ASGIApp, accepted: list[str], throttle: FailureThrottle) -> None:
         self.app = app
         self.accepted = [k.encode() for k in accepted]
-        self.throttle = FailureThrottle(failures_per_min)
+        self.throttle = throttle
 
     def _accepts(self, key: str) -> bool:
         raw = key.encode()
         return any([hmac.compare_digest(raw, k) for k in self.accepted])  # no early exit: constant time per key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or is_dashboard(scope["path"]):  # the dashboard checks its own cookie
             await self.app(scope, receive, send)
             return
         request = Request(scope)
@@ -154,10 +157,12 @@ def create_app(settings: Settings, redis_url: str | None = None) -> Starlette:
             yield
 
     metrics = metrics_route(served)  # GET /metrics (metrics.py): a client key, unless [serve] metrics_public
-    app = Starlette(routes=[*openai_routes(served), *anthropic_routes(served), metrics], lifespan=lifespan,
+    throttle = FailureThrottle(cfg.auth_failures_per_min)  # the API's wrong keys and the dashboard's logins
+    app = Starlette(routes=[*openai_routes(served), *anthropic_routes(served), metrics,
+                            *dashboard_routes(served, accepted, throttle)], lifespan=lifespan,
                     exception_handlers={404: unknown_route, 405: unknown_route, BodyRefused: refused_body,
                                         Exception: server_fault})
-    app.add_middleware(RequireKey, accepted=accepted, failures_per_min=cfg.auth_failures_per_min)
+    app.add_middleware(RequireKey, accepted=accepted, throttle=throttle)
     app.add_middleware(PublicMetrics, route=metrics, public=cfg.metrics_public)
     app.add_middleware(BodyGuard, idle_s=cfg.body_timeout_s)  # outermost: it sees every request's body
     return app
@@ -171,7 +176,7 @@ def serve(settings: Settings, host: str, port: int, log_level: str | None = "war
     app = create_app(settings, redis_url)
     if announce:
         announce(f"batchrelay serve on http://{host}:{port} (OpenAI /v1/files, /v1/batches; "
-                 "Anthropic /v1/messages/batches)")
+                 "Anthropic /v1/messages/batches; dashboard /)")
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log,
                 log_config=uvicorn.config.LOGGING_CONFIG if log_level else None, timeout_graceful_shutdown=5,
                 http=guarded_protocol(Limits.of(settings.serve)), ws="none")

@@ -122,7 +122,8 @@ class Keys:
 
     @property
     def fleet_counts(self) -> str:
-        """Hash: counters over every batch: `lines SEP status`, `calls SEP provider SEP model SEP outcome`."""
+        """Hash: counters over every batch: `lines SEP status`, `calls SEP provider SEP model SEP outcome`,
+        `spend SEP day SEP provider` (pico-dollars billed that UTC day, day = unix time // 86400)."""
         return f"{self.prefix}fleet:counts"
 
     def budget(self, batch_id: str) -> str:
