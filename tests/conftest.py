@@ -78,16 +78,21 @@ def redis_url() -> Iterator[str]:
             proc.wait(timeout=10)
 
 
+def drop_prefix(redis_url: str, prefix: str) -> None:
+    """Remove the keys under a test's own `prefix` (and nothing else)."""
+    client = sync_redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
 @pytest.fixture
 def prefix(redis_url: str) -> Iterator[str]:
     """A key prefix of this test's own; its keys are removed afterwards (and nothing else)."""
     p = f"brtest:{uuid.uuid4().hex[:10]}:"
     yield p
-    client = sync_redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=p + "*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    drop_prefix(redis_url, p)
 
 
 @pytest.fixture

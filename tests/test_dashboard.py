@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis as sync_redis
 
 from batchrelay.money.ledger import SEP
 from batchrelay.serve.dashboard import is_dashboard
@@ -24,7 +23,7 @@ from batchrelay.serve.dashboard.views import (
     spend_today,
 )
 
-from .conftest import openai_line
+from .conftest import drop_prefix, openai_line
 from .servekit import KEY, Api, jsonl, serving
 
 PICO = 10**12
@@ -38,11 +37,7 @@ def dash(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[A
         with serving(tmp_path_factory.mktemp("dash"), redis_url, prefix, worker=False) as api:
             yield api
     finally:
-        client = sync_redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
+        drop_prefix(redis_url, prefix)
 
 
 OPEN: list[httpx.Client] = []

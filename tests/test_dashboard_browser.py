@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis as sync_redis
 
-from .conftest import openai_line
+from .conftest import drop_prefix, openai_line
 from .servekit import KEY, Api, jsonl, poll, serving
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -34,11 +33,7 @@ def dash(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[A
         with serving(tmp_path_factory.mktemp("dash"), redis_url, prefix) as api:
             yield api
     finally:
-        client = sync_redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
+        drop_prefix(redis_url, prefix)
 
 
 @pytest.fixture(scope="module")

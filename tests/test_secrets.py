@@ -37,7 +37,7 @@ from batchrelay.config.settings import ProviderConfig, RedisConfig, Settings
 from batchrelay.sim.process import SimulatorProcess
 from batchrelay.sim.state import redacted
 
-from .conftest import batchrelay, openai_line, write_config
+from .conftest import batchrelay, drop_prefix, openai_line, write_config
 
 # --- the planted secrets ---------------------------------------------------------------------------
 
@@ -269,11 +269,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, redis_url: str,
             _write_lines(root / "one.jsonl", [openai_line(1)])
             yield World(root, prefix, redis_url, good, bad, echo_seen, cfg)
     finally:
-        client = sync_redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
+        drop_prefix(redis_url, prefix)
 
 
 @pytest.fixture(scope="module")
