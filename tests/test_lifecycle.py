@@ -71,9 +71,15 @@ async def test_cancelling_a_batch_nobody_works_on_stops_every_line_at_once(store
     assert sorted(records) == [1, 2, 3, 4, 5] and {r["error"] for r in records.values()} == {"cancelled"}
 
 
+async def _taken(store: Store, batch: str, lines: list[int]) -> None:
+    """What a worker does with lines it sends: claims them and notes their first try."""
+    claim = await store.claim(batch, lines)
+    await store.note_first_try(batch, {n: claim.first_tried[n] for n in claim.fresh})
+
+
 async def test_a_line_in_flight_gets_its_grace_and_its_real_answer_ends_the_stop(store: Store) -> None:
     batch = await _submitted(store, 3)
-    await store.claim(batch, [1])  # a worker took line 1: it has a first-try time now
+    await _taken(store, batch, [1])  # a worker took line 1: it has a first-try time now
     assert await request_stop(store, batch, "cancelled") == "cancelling"
     assert await advance(store, batch, GRACE) == 2  # lines 2 and 3 never started
     info = await store.info(batch)
@@ -87,7 +93,7 @@ async def test_a_line_in_flight_gets_its_grace_and_its_real_answer_ends_the_stop
 
 async def test_a_line_in_flight_past_its_grace_is_stopped_too(store: Store) -> None:
     batch = await _submitted(store, 2)
-    await store.claim(batch, [1, 2])
+    await _taken(store, batch, [1, 2])
     await request_stop(store, batch, "cancelled")
     assert await advance(store, batch, GRACE) == 0
     assert await advance(store, batch, GRACE, now=time.time() + GRACE + 1) == 2
@@ -97,7 +103,7 @@ async def test_a_line_in_flight_past_its_grace_is_stopped_too(store: Store) -> N
 
 async def test_a_bounded_step_stops_at_most_so_many_lines_and_the_next_steps_go_on(store: Store) -> None:
     batch = await _submitted(store, 7)
-    await store.claim(batch, [1])  # in flight: looked at, not stopped
+    await _taken(store, batch, [1])  # in flight: looked at, not stopped
     await request_stop(store, batch, "cancelled")
     assert await advance(store, batch, GRACE, most=3) <= 3
     info = await store.info(batch)
