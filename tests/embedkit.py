@@ -47,11 +47,11 @@ def cli(home: Path, *args: str, timeout: float = 120, env: dict[str, str] | None
                           env={**fresh_env(home), **(env or {})}, cwd=home, timeout=timeout)
 
 
-def spawn(home: Path, *args: str, **kw: object) -> subprocess.Popen[str]:
-    """`batchrelay ARGS` in the background, in a process group of its own (as a shell's job is), so a
-    test can send it what a terminal sends."""
+def spawn(home: Path, *args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.Popen[str]:
+    """`batchrelay ARGS` in the background (with `env` on top), in a process group of its own (as a
+    shell's job is), so a test can send it what a terminal sends."""
     return subprocess.Popen([sys.executable, "-m", "batchrelay", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=fresh_env(home), cwd=home,
+                            stderr=subprocess.PIPE, text=True, env={**fresh_env(home), **(env or {})}, cwd=home,
                             start_new_session=True, **kw)  # type: ignore[call-overload]
 
 

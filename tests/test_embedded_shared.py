@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
@@ -113,3 +114,33 @@ def test_a_wrong_redis_url_under_run_is_a_usage_error_that_says_to_unset_it(home
     assert "unset REDIS_URL" in proc.stderr and "embedded Redis" in proc.stderr
     assert "pw-s3cret" not in proc.stderr and "Traceback" not in proc.stderr
     assert not (home / "o.jsonl").exists()
+
+
+def test_serve_stopped_by_sigterm_stops_the_embedded_redis_it_started(home: Path) -> None:
+    """uvicorn raises a SIGTERM again after its shutdown: serve must still end its embedded Redis
+    (found by a fresh-clone check: it was left running until the next command ended)."""
+    sock, cfg = socket_of(home), home / "serve.toml"
+    cfg.write_text('[serve]\napi_keys_env = ["BR_TEST_CLIENT_KEY"]\n')
+    port = free_port()
+    serve = spawn(home, "-c", str(cfg), "serve", "--port", str(port), env={"BR_TEST_CLIENT_KEY": "k-test"})
+    try:
+        wait_for(lambda: sock.exists() and len(servers_on(sock)) == 1, 30, "the embedded redis-server")
+        wait_for(lambda: _answers(port), 30, "serve to listen")
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=30) == 0  # a graceful stop, as a worker's
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait(timeout=30)
+    wait_for(lambda: servers_on(sock) == [], 10, "the redis-server to stop")
+    err = serve.stderr.read()  # type: ignore[union-attr]
+    assert "Traceback" not in err, err
+    serve.stdout.close()  # type: ignore[union-attr]
+    serve.stderr.close()  # type: ignore[union-attr]
+
+
+def _answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/v1/batches", timeout=2).status_code == 401
+    except httpx.HTTPError:
+        return False

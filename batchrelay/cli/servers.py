@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from batchrelay.cli.guard import sigterm_as_interrupt
 from batchrelay.cli.kit import handles_errors, run_async, settings_of
 from batchrelay.cli.logs import LogSetup, log_options, notice, secrets_of, setup_logging
 from batchrelay.store.connection import check_reachable
@@ -42,6 +43,9 @@ def serve(ctx: click.Context, host: str | None, port: int | None, logs: LogSetup
     create_app(settings)  # a missing key is a clean error before anything binds
     from batchrelay.serve.app import serve as run_server
 
+    # uvicorn answers SIGTERM by shutting down, then raises it again once our handler is back: as an
+    # exception here (guard.py), so the embedded Redis this command started is shut down too
+    sigterm_as_interrupt()
     with redis_for(settings.redis_url) as url:
         run_async(check_reachable(url))  # a clear error now beats one per request
         run_server(settings, host or cfg.host, port or cfg.port, announce=notice, redis_url=url,
