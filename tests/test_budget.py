@@ -218,6 +218,22 @@ async def test_a_limit_set_later_makes_the_batch_budgeted(store: Store) -> None:
     assert await b.reserve(batch, D("0.6")) is None
 
 
+async def test_a_first_limit_starts_from_what_the_batch_has_spent(store: Store) -> None:
+    """Calls made before any limit took no reservation: the ledger says what they cost (found by a
+    fresh-clone check: a limit set mid-run started from $0 and the batch spent twice the limit)."""
+    batch = await _batch(store, None)
+    sep = "\x1f"
+    await store.redis.hset(store.keys.ledger(batch), mapping={  # type: ignore[misc]
+        f"a{sep}m{sep}cost": 300 * 10**6, f"b{sep}m{sep}cost": 200 * 10**6, f"a{sep}m{sep}requests": 7})
+    b = Budget(store)
+    assert await b.raise_limit(batch, D("0.001")) is False
+    info = await b.info(batch)
+    assert (info.max_usd, info.spent_usd) == (D("0.001"), D("0.0005"))
+    assert await b.reserve(batch, D("0.0006")) is None  # only $0.0005 is left
+    assert await b.raise_limit(batch, D("0.002")) is True  # the batch waited on it; the count is kept
+    assert (await b.info(batch)).spent_usd == D("0.0005")
+
+
 async def test_concurrent_reservations_never_pass_the_limit(store: Store) -> None:
     batch = await _batch(store, D("0.25"))
     budgets = [Budget(store) for _ in range(5)]  # several workers' views of one budget

@@ -242,8 +242,8 @@ class Scripts:
     async def raise_limit(self, k: Keys, batch_id: str, *, max_pico: int, now: float) -> bool:
         """True when the batch was waiting on its limit and may now go on."""
         return bool(await self._s["budget_raise"](
-            {"budget": k.budget(batch_id), "meta": k.meta(batch_id), "pending": k.pending(batch_id)},
-            {"max": max_pico, "now": now}))
+            {"budget": k.budget(batch_id), "meta": k.meta(batch_id), "pending": k.pending(batch_id),
+             "ledger": k.ledger(batch_id)}, {"max": max_pico, "now": now}))
 
     # provider health (health.py)
 
