@@ -72,6 +72,9 @@ def test_the_page_is_served_without_a_key_with_its_security_headers(dash: Api) -
     assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
     assert "innerHTML" not in js.text  # every value is set as text
     assert httpx.get(dash.base + "/dashboard/static/..%2Fauth.py").status_code == 404
+    icon = httpx.get(dash.base + "/dashboard/static/favicon.svg")  # the page names it: no 401 for /favicon.ico
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert 'rel="icon"' in r.text
 
 
 @pytest.mark.parametrize("path", ["/dashboard/api/batches", "/dashboard/api/providers", "/dashboard/api/session"])

@@ -70,3 +70,27 @@ async def test_a_burst_worker_sweeps_before_it_exits(store: Store, redis_url: st
     await _burst_worker(store, redis_url)
     info = await store.info(batch)
     assert (info.status, info.succeeded, info.pending) == ("completed", 30, 0)
+
+
+async def test_a_burst_worker_runs_a_cron_tick_it_takes_from_the_shared_queue(store: Store, redis_url: str) -> None:
+    """Long-running workers' cron ticks are jobs on the queue; a burst worker beside them used to fail
+    the one it took ('function not found') and report a failed chunk job (found by a fresh-clone check)."""
+    from arq.connections import create_pool
+
+    from batchrelay.store.connection import redis_settings
+    from batchrelay.store.queue import cron_name
+
+    pool = await create_pool(redis_settings(redis_url))
+    try:
+        for name in ("batchrelay-webhooks", "batchrelay-sweep"):
+            job = cron_name(store.keys.queue, name)
+            await pool.enqueue_job(job, _job_id=f"{job}:1", _queue_name=store.keys.queue)
+    finally:
+        await pool.aclose()
+    with SimulatorProcess({}) as base:
+        settings = Settings(redis={"prefix": store.keys.prefix}, worker=WorkerConfig(concurrency=4, chunk_size=10),
+                            providers=(ProviderConfig(name="sim", base_url=base),))
+        worker = build_worker(settings, redis_url, burst=True, handle_signals=False)
+        await run_worker(worker)
+    assert (worker.jobs_complete, worker.jobs_failed) == (2, 0)
+    assert await store.redis.zcard(store.keys.queue) == 0

@@ -89,8 +89,14 @@ def build_worker(
         if ctx.get("metrics"):
             ctx.pop("metrics").close()
 
+    sweep_job = cron_name(queue, "batchrelay-sweep"), sweep_orphans, min(30, w.job_timeout)
+    hooks_job = cron_name(queue, "batchrelay-webhooks"), send_webhooks, min(settings.webhooks.timeout_s + 10,
+                                                                            w.job_timeout)
+    functions = [func(run_chunk, name=CHUNK_FUNCTION, timeout=w.job_timeout, max_tries=w.max_tries)]
+    if burst:  # the long-running workers' cron ticks are jobs on this queue too: one taken here is run here
+        functions += [func(f, name=name, timeout=t) for name, f, t in (sweep_job, hooks_job)]
     return EagerWorker(
-        functions=[func(run_chunk, name=CHUNK_FUNCTION, timeout=w.job_timeout, max_tries=w.max_tries)],
+        functions=functions,
         # a burst worker sweeps once the queue is empty instead (see run_worker): a cron job held by a
         # killed worker would keep the queue non-empty, and burst workers waiting, until it expires
         # (arq keeps a job's in-progress key for the longest timeout of all its functions + 10 s, so
@@ -98,12 +104,10 @@ def build_worker(
         # worker's chunk)
         cron_jobs=[] if burst else [
             # named after the queue: another setup's workers on this Redis must not take their ticks
-            cron(sweep_orphans, name=cron_name(queue, "batchrelay-sweep"), second={0, 15, 30, 45}, unique=True,
-                 timeout=min(30, w.job_timeout)),
+            cron(sweep_orphans, name=sweep_job[0], second={0, 15, 30, 45}, unique=True, timeout=sweep_job[2]),
             # every 2 s; each POST is bounded by [webhooks] timeout_s and they run together (a POST cut
             # off by this timeout is sent again once its lease lapses)
-            cron(send_webhooks, name=cron_name(queue, "batchrelay-webhooks"), second=set(range(0, 60, 2)), unique=True,
-                 timeout=min(settings.webhooks.timeout_s + 10, w.job_timeout)),
+            cron(send_webhooks, name=hooks_job[0], second=set(range(0, 60, 2)), unique=True, timeout=hooks_job[2]),
         ],
         redis_settings=redis_settings(redis_url),
         queue_name=queue,

@@ -57,7 +57,8 @@ HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:;
                                       "base-uri 'none'; form-action 'self'",
            "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff",
            "Cache-Control": "no-store"}
-ASSETS = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+ASSETS = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
+          "favicon.svg": "image/svg+xml"}
 LIST_LIMIT = 200
 SMALL_BODY = 4096
 Handler = Callable[[Request], Awaitable[Response]]
