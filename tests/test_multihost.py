@@ -25,6 +25,8 @@ from typing import Any
 import orjson
 import pytest
 
+from batchrelay.sim.state import redacted
+
 from . import netnskit
 from .conftest import ROOT, openai_line, write_config
 from .netnskit import Network, cut_commands, plan, setup_commands
@@ -39,6 +41,8 @@ WORKERS = ("w1", "w2", "w3")
 CUT, KILLED = "w1", "w2"
 REDIS_PORT, SIM_PORT, METRICS_PORT = 6379, 8787, 9464
 # lines one worker holds: its chunk jobs (worker.py: max(2, ceil(2 * concurrency / chunk) + 1)) of CHUNK lines
+KEY_ENV = "MULTIHOST_TEST_KEY"
+KEYS = {w: f"sk-multihost-test-{w}" for w in WORKERS}
 HELD = max(2, -(-2 * CONCURRENCY // CHUNK) + 1) * CHUNK
 
 
@@ -84,6 +88,26 @@ def test_a_cut_is_between_two_hosts_both_ways_and_a_restore_undoes_exactly_it() 
         ["ip", "-n", r.ns, "neigh", "replace", w.addr, "lladdr", netnskit.NOWHERE, "dev", "eth0", "nud", "permanent"]]
     assert cut_commands(w, r, restore=True) == [["ip", "-n", w.ns, "neigh", "del", r.addr, "dev", "eth0"],
                                                 ["ip", "-n", r.ns, "neigh", "del", w.addr, "dev", "eth0"]]
+
+
+def repeated(calls: list[tuple[str, str, float]]) -> dict[str, list[tuple[str, float]]]:
+    """From the provider's calls (line, host that called, when), the lines called more than once:
+    line -> [(host, when), ...] in time order."""
+    by_line: dict[str, list[tuple[str, float]]] = {}
+    for line, host, t in calls:
+        by_line.setdefault(line, []).append((host, t))
+    return {line: sorted(c, key=lambda x: x[1]) for line, c in by_line.items() if len(c) > 1}
+
+
+@pytest.mark.parametrize(("calls", "expected"), [
+    ([], {}),
+    ([("1", "w1", 1.0), ("2", "w1", 1.0)], {}),
+    ([("1", "w3", 9.0), ("2", "w1", 1.0), ("1", "w1", 2.0)], {"1": [("w1", 2.0), ("w3", 9.0)]}),
+    ([("1", "w2", 3.0), ("1", "w3", 1.0), ("1", "w1", 2.0)], {"1": [("w3", 1.0), ("w1", 2.0), ("w2", 3.0)]}),
+])
+def test_repeated_lists_each_line_called_again_with_its_callers_in_time_order(
+        calls: list[tuple[str, str, float]], expected: dict[str, list[tuple[str, float]]]) -> None:
+    assert repeated(calls) == expected
 
 
 # --- the hosts ----------------------------------------------------------------------------------
@@ -137,6 +161,10 @@ def _lines(row: dict[str, Any], worker: str) -> float | None:
     return None if view is None else float(view["lines"])
 
 
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
 def _first(rows: list[dict[str, Any]], after: float, check: Any) -> float | None:
     return next((r["t"] for r in rows if r["t"] >= after and check(r)), None)
 
@@ -148,7 +176,10 @@ def test_a_partitioned_and_a_killed_worker_host_lose_and_duplicate_no_line(net: 
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "BATCHRELAY_CONFIG")}
     env |= {"REDIS_URL": redis_url, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))}
     prefix = "brmh:"
-    cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": sim_url}], concurrency=CONCURRENCY,
+    # each worker host its own key: the simulator's log (keys redacted to their last 4 characters and a
+    # fingerprint) tells which host made each call
+    cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": sim_url, "api_key_env": KEY_ENV}],
+                       concurrency=CONCURRENCY,
                        chunk_size=CHUNK, call_timeout=5, job_timeout=JOB_TIMEOUT, backoff=0.05)
     cfg.write_text(cfg.read_text() + 'prices."gpt-4o-mini" = { input = "0.15", output = "0.6" }\n')
     py = sys.executable
@@ -165,7 +196,7 @@ def test_a_partitioned_and_a_killed_worker_host_lose_and_duplicate_no_line(net: 
                       "--latency-ms", str(LATENCY_MS)], tmp_path / "sim.log", env=env)
     workers = {w: net.spawn(w, [py, "-m", "batchrelay", "-c", str(cfg), "worker", "--log-format", "json",
                                 "--metrics-host", net[w].addr, "--metrics-port", str(METRICS_PORT)],
-                            tmp_path / f"{w}.log", env=env) for w in WORKERS}
+                            tmp_path / f"{w}.log", env={**env, KEY_ENV: KEYS[w]}) for w in WORKERS}
     src = tmp_path / "in.jsonl"
     src.write_bytes(b"".join(orjson.dumps(openai_line(i)) + b"\n" for i in range(1, N + 1)))
     batch = json.loads(cli("submit", str(src), "--json"))["id"]
@@ -189,10 +220,10 @@ def run_the_faults(net: Network, cli: Any, probe: Probe, workers: dict[str, subp
     # mid-batch, with the cut worker's calls in flight (its chunk jobs running)
     probe.wait(lambda r: r["pending"] <= N * (1 - FAULT_AT) and (r["workers"].get(CUT) or {}).get("running"),
                90, "the batch to get going")
-    t_cut = time.monotonic()
+    t_cut, wall_cut = time.monotonic(), time.time()
     net.cut(CUT, "redis")
     killed = net.kill_host(KILLED)
-    t_kill = time.monotonic()
+    t_kill, wall_kill = time.monotonic(), time.time()
     assert workers[KILLED].pid in killed
     assert workers[KILLED].wait(timeout=10) == -9
     at_cut = probe.last()
@@ -228,9 +259,14 @@ def run_the_faults(net: Network, cli: Any, probe: Probe, workers: dict[str, subp
     # the provider's side: calls per line, from the simulator's log
     log = orjson.loads(net.run("client", [py, "-c", "import httpx, sys; sys.stdout.write(httpx.get("
                                           f"'{sim_url}/_sim/log?full=1', timeout=60).text)"], env=env).stdout)
-    calls = Counter(e["body"]["messages"][0]["content"].removeprefix("question ") for e in log)
-    twice = {line: c for line, c in calls.items() if c > 1}
-    extra = sum(c - 1 for c in twice.values())
+    fingerprints = {redacted(k): w for w, k in KEYS.items()}
+    calls = [(e["body"]["messages"][0]["content"].removeprefix("question "),
+              fingerprints[e["headers"]["authorization"].removeprefix("Bearer ")], e["t"]) for e in log]
+    twice = repeated(calls)
+    extra = sum(len(c) - 1 for c in twice.values())
+    first_by = Counter(c[0][0] for c in twice.values())
+    again_after = {w: max((c[1][1] - since for c in twice.values() if c[0][0] == w), default=None)
+                   for w, since in ((CUT, wall_cut), (KILLED, wall_kill))}
 
     # recovery
     cut_resumed = _first(rows, t_restore, lambda r: (_lines(r, CUT) or 0) > (lines_at_restore or 0))
@@ -243,10 +279,14 @@ def run_the_faults(net: Network, cli: Any, probe: Probe, workers: dict[str, subp
         "cut_worker_resumed_after_restore_s": None if cut_resumed is None else round(cut_resumed - t_restore, 1),
         "done_after_restore_s": round(t_done - t_restore, 1), "done_after_kill_s": round(t_done - t_kill, 1),
         "longest_progress_stall_s": round(stall, 1), "provider_calls": len(log), "lines_called_twice_or_more": len(twice),
-        "extra_calls": extra, "bound": 2 * HELD, "ledger_usd": ledger["total"]["usd"],
+        "extra_calls": extra, "extra_calls_by_first_caller": dict(first_by),
+        "calls_in_flight_per_worker": CONCURRENCY, "bound": 2 * HELD,
+        "cut_worker_lines_called_again_within_s": _round(again_after[CUT]),
+        "killed_worker_lines_called_again_within_s": _round(again_after[KILLED]), "ledger_usd": ledger["total"]["usd"],
     }
     print("\nmultihost:", json.dumps(figures))
     assert cut_resumed is not None, f"the cut worker never worked again after the restore: {log_of(CUT)}"
-    assert len(calls) == N  # the provider saw every line
+    assert len({line for line, _, _ in calls}) == N  # the provider saw every line
     # a line is called again only if a worker held it when it was cut off or killed: at most what those two held
     assert extra <= 2 * HELD, twice
+    assert set(first_by) <= {CUT, KILLED}, twice  # the healthy host repeats none of its own
