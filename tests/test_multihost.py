@@ -234,7 +234,7 @@ def run_the_faults(net: Network, cli: Any, probe: Probe, workers: dict[str, subp
     at_restore_row = probe.last()
     assert at_restore_row["status"] == "in_progress", "the batch ended before the cut was restored: it proves nothing"
     net.cut(CUT, "redis", restore=True)
-    t_restore = time.monotonic()
+    t_restore, wall_restore = time.monotonic(), time.time()
     lines_at_restore = _lines(at_restore_row, CUT)
     done = probe.wait(lambda r: r["status"] != "in_progress", 150, "the batch to finish")
     t_done = done["t"]
@@ -289,4 +289,7 @@ def run_the_faults(net: Network, cli: Any, probe: Probe, workers: dict[str, subp
     assert len({line for line, _, _ in calls}) == N  # the provider saw every line
     # a line is called again only if a worker held it when it was cut off or killed: at most what those two held
     assert extra <= 2 * HELD, twice
-    assert set(first_by) <= {CUT, KILLED}, twice  # the healthy host repeats none of its own
+    # no line is called twice but for the faults: one of its calls came from the cut or the killed host
+    # (a cut host that comes back may call a line another took over meanwhile: store/heartbeat.py)
+    assert all({CUT, KILLED} & {h for h, _ in c} for c in twice.values()), {
+        line: [(h, round(t - wall_restore, 2)) for h, t in c] for line, c in twice.items()}
