@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 
 import orjson
 import pytest
@@ -12,10 +13,11 @@ from arq.constants import job_key_prefix
 
 from batchrelay.sim.process import SimulatorProcess
 from batchrelay.spec import BatchSpec
-from batchrelay.store.heartbeat import Heartbeat, reclaim_lapsed
+from batchrelay.store.heartbeat import LAPSE_S, BeatGaps, Heartbeat, reclaim_lapsed
 from batchrelay.store.queue import chunk_job_id, cron_name, requeued_job_id
 from batchrelay.store.store import Store
 from batchrelay.store.submit import submit_stream
+from batchrelay.worker.runtime import LineWork
 
 from .conftest import openai_line, worker_runtime
 
@@ -117,3 +119,40 @@ async def test_a_chunk_is_not_reclaimed_from_a_holder_that_beats_or_from_an_entr
     assert await store.scripts.reclaim_chunk(store.keys, batch, holder=f"{worker.id} other", **reclaim) is None
     assert await store.chunk_map(batch) == {c0: [1, 2]} and await _queued(store) == {c0}  # untouched
     assert await store.scripts.reclaim_chunk(store.keys, batch, holder=f"{worker.id} {batch}", **reclaim) == [1, 2]
+
+
+@pytest.mark.parametrize(("beats", "since", "now", "unsure"), [
+    ([1, 3, 5], 0, 6, False),  # beating every 2 s: its key never lapsed
+    ([1, 3, 5], 0, 5 + LAPSE_S, True),  # no beat for LAPSE_S now (cut off): it may be lapsing
+    ([1, 3, 3 + LAPSE_S], 2, 4 + LAPSE_S, True),  # a gap after `since`: others may have put its chunks back
+    ([1, 3, 3 + LAPSE_S], 3.5 + LAPSE_S, 4 + LAPSE_S, False),  # claimed after the gap ended: its own
+    ([1, 1 + LAPSE_S - 0.1, 1 + 2 * LAPSE_S - 0.2], 0, 1 + 2 * LAPSE_S, False),  # gaps just short of a lapse
+])
+def test_beat_gaps_tell_when_a_chunk_held_since_then_may_have_been_put_back(
+        beats: list[float], since: float, now: float, unsure: bool) -> None:
+    gaps = BeatGaps(0)
+    for t in beats:
+        gaps.beaten(t)
+    assert gaps.unsure_since(since, now) is unsure
+
+
+async def test_a_worker_back_from_a_lapse_does_not_send_a_line_another_worker_answered_meanwhile(
+        store: Store, simulator: SimulatorProcess) -> None:
+    batch, _ = await _chunks(store, 2, 2)
+    async with worker_runtime(store, simulator.base_url) as rt:
+        assert rt.heartbeat is not None
+        claim = await store.claim(batch, [1, 2])
+        claimed = time.monotonic()
+        work = {job.line: LineWork(batch, job, claim.first_tried[job.line], claim.allow, [], claimed=claimed)
+                for job in claim.jobs}
+        # its beats stopped for LAPSE_S (a partition) while it held the lines, and meanwhile another
+        # worker took line 1 over and answered it
+        rt.heartbeat.gaps.last = claimed - LAPSE_S
+        rt.heartbeat.gaps.beaten(time.monotonic())
+        assert rt.heartbeat.may_have_lost(claimed)
+        await store.write_result(batch, 1, b'{"answered": "elsewhere"}', True)
+        assert await rt.handle_line(0, work[1]) is None
+        assert simulator.stats()["calls"] == 0  # not paid for twice
+        assert await rt.handle_line(0, work[2]) is None  # a line still pending is sent as ever
+        assert simulator.stats()["calls"] == 1
+        assert not await store.is_pending(batch, 2)

@@ -9,8 +9,10 @@ still pending go back on the queue as a new chunk job and the old job leaves the
 
 A worker that was only stalled, or cut off from Redis, for LAPSE_S and comes back may finish a
 line that is also running elsewhere: the result write keeps each line answered (and billed in the
-ledger) once. A worker that itself could not reach Redis judges no other until it has beaten for
-LAPSE_S again: the others were cut off as long as it was.
+ledger) once. Before it starts a line of a chunk it may have lost that way (`may_have_lost`), it asks
+whether the line is still pending: one another worker answered meanwhile is not paid for twice.
+A worker that itself could not reach Redis judges no other until it has beaten for LAPSE_S again:
+the others were cut off as long as it was.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -35,11 +38,31 @@ LAPSE_S = 10.0  # several missed beats: a worker whose event loop stalls for a m
 RECLAIM_S = 5.0
 
 
+class BeatGaps:
+    """When this process's own key may have lapsed, so that others may have put its chunks back: a
+    gap of LAPSE_S or more between two beats that reached Redis (a partition, a stalled event loop),
+    or one going on now. Pure: the times (monotonic) are passed in."""
+
+    def __init__(self, now: float) -> None:
+        self.last = now  # the latest beat that reached Redis
+        self.lapse_ended = -math.inf  # the beat that ended the latest gap
+
+    def beaten(self, now: float) -> None:
+        if now - self.last >= LAPSE_S:
+            self.lapse_ended = now
+        self.last = now
+
+    def unsure_since(self, t: float, now: float) -> bool:
+        """Whether the key may have lapsed after `t`."""
+        return self.lapse_ended >= t or now - self.last >= LAPSE_S
+
+
 class Heartbeat:
     """One worker process's heartbeat (`run` it beside the jobs) and the chunk jobs it holds."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.gaps = BeatGaps(time.monotonic())
         self.id = uuid.uuid4().hex[:12]
         self.about = f"{socket.gethostname()} {os.getpid()}"  # for a person reading the key
 
@@ -48,6 +71,11 @@ class Heartbeat:
 
     async def beat(self) -> None:
         await self.store.redis.set(self.store.keys.worker(self.id), self.about, px=int(LAPSE_S * 1000))
+        self.gaps.beaten(time.monotonic())
+
+    def may_have_lost(self, since: float) -> bool:
+        """Whether a chunk this process held at `since` (monotonic) may have been put back meanwhile."""
+        return self.gaps.unsure_since(since, time.monotonic())
 
     async def hold(self, job_id: str, batch_id: str) -> None:
         """Note that this process runs chunk `job_id` (and beat, so it is never held without one)."""
@@ -56,6 +84,7 @@ class Heartbeat:
             pipe.set(k.worker(self.id), self.about, px=int(LAPSE_S * 1000))
             pipe.hset(k.held, job_id, self._holder(batch_id))
             await pipe.execute()
+        self.gaps.beaten(time.monotonic())
 
     async def release(self, job_id: str, batch_id: str) -> None:
         """This process is done with chunk `job_id` (its lines are answered or handed on)."""

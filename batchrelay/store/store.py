@@ -261,6 +261,10 @@ class Store:
         return Claim(jobs, first_tried, allow.decode().split(",") if allow else None, earlier, max_cost is not None,
                      cached is not None, list(fresh))
 
+    async def is_pending(self, batch_id: str, line: int) -> bool:
+        """Whether the line still has no result."""
+        return bool(await self.redis.sismember(self.keys.pending(batch_id), str(line)))  # type: ignore[misc]
+
     async def note_first_try(self, batch_id: str, first_tried: dict[int, float]) -> None:
         """When lines were first tried (kept for their retries; a cache hit never needs it)."""
         if first_tried:

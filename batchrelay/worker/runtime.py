@@ -64,6 +64,7 @@ class LineWork:
     budgeted: bool = False
     cached: bool = False  # its batch uses the response cache (cached.py)
     done: bool = True  # False while a consumer is on it (it outlives a cancelled chunk)
+    claimed: float = -math.inf  # monotonic: when its chunk claimed it
 
 
 @dataclass(slots=True)
@@ -164,6 +165,9 @@ class Runtime:
             return time.time()  # not started: back to the queue at once, for another worker
         if await self.batch_stopped(work.batch_id):
             return PARKED  # stays pending: a cancel or expiry marks it, a raised budget requeues it
+        if (self.heartbeat is not None and self.heartbeat.may_have_lost(work.claimed)
+                and not await self.store.is_pending(work.batch_id, work.job.line)):
+            return None  # another worker took it over while this one was cut off, and answered it
         work.done = False
         try:
             return await self._handle(consumer, work)
@@ -236,6 +240,7 @@ class Runtime:
         # lines still running here (a chunk that passed its deadline and came back) are not taken twice
         _, claim = await asyncio.gather(
             holding, self.store.claim(batch_id, [n for n in lines if (batch_id, n) not in self.in_flight]))
+        claimed = time.monotonic()
         jobs, hits = claim.jobs, 0
         if claim.cached and self.cached is not None and jobs and not self.draining:
             answered = await self.cached.answer_hits(batch_id, jobs)  # the whole chunk looked up at once
@@ -246,7 +251,8 @@ class Runtime:
         await self.store.note_first_try(batch_id, {n: claim.first_tried[n] for n in claim.fresh if n in sending})
         assert self.pool is not None
         work = [LineWork(batch_id, job, claim.first_tried[job.line], claim.allow,
-                         [Attempt.from_dict(a) for a in claim.earlier.get(job.line, [])], claim.budgeted, claim.cached)
+                         [Attempt.from_dict(a) for a in claim.earlier.get(job.line, [])], claim.budgeted, claim.cached,
+                         claimed=claimed)
                 for job in jobs]
         self.in_flight.update((batch_id, w.job.line) for w in work)
         try:
