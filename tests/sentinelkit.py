@@ -1,0 +1,116 @@
+"""Real Redis replication and Sentinel for tests and benches: a master, replicas (`--replicaof`) and
+sentinels (`redis-server CONF --sentinel`), each a process of its own on a free loopback port,
+with its config and log in a directory the caller owns. `Servers.stop()` ends every one of them."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis as sync_redis
+
+from batchrelay.procs import stop_all
+from batchrelay.sim.process import free_port
+from batchrelay.store.embedded import find_redis_server
+
+MASTER = "brmaster"
+
+
+def _answers(port: int, check: str = "PING") -> bool:
+    client = sync_redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        return bool(client.execute_command(check))
+    except (sync_redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def client(port: int) -> sync_redis.Redis:
+    return sync_redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=1)
+
+
+@dataclass
+class Servers:
+    """The processes started, by role; ports too."""
+
+    dir: Path
+    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)  # port: process
+    master: int = 0
+    replicas: list[int] = field(default_factory=list)
+    sentinels: list[int] = field(default_factory=list)
+
+    def _start(self, port: int, args: list[str]) -> None:
+        log = self.dir / f"redis-{port}.log"
+        self.procs[port] = subprocess.Popen([find_redis_server(), *args, "--logfile", str(log)],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while not _answers(port):
+            if self.procs[port].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on {port} did not start: {log.read_text(errors='replace')[-800:]}")
+            time.sleep(0.05)
+
+    def _data(self, port: int) -> list[str]:
+        d = self.dir / str(port)
+        d.mkdir()
+        return ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(d), "--save", "", "--appendonly", "no",
+                "--maxmemory-policy", "noeviction"]
+
+    def start_master(self) -> int:
+        self.master = free_port()
+        self._start(self.master, self._data(self.master))
+        return self.master
+
+    def start_replica(self) -> int:
+        port = free_port()
+        self._start(port, [*self._data(port), "--replicaof", "127.0.0.1", str(self.master)])
+        self.replicas.append(port)
+        deadline = time.monotonic() + 15
+        while client(port).info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, f"replica {port} never linked up with its master"
+            time.sleep(0.05)
+        return port
+
+    def start_sentinels(self, n: int = 3, *, down_after_ms: int = 1000, failover_timeout_ms: int = 5000) -> list[int]:
+        """`n` sentinels watching the master (quorum: a majority), each knowing the replicas and the
+        other sentinels before this returns."""
+        for _ in range(n):
+            port = free_port()
+            conf = self.dir / f"sentinel-{port}.conf"  # a sentinel rewrites its config: a file of its own
+            conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                            f"sentinel monitor {MASTER} 127.0.0.1 {self.master} {n // 2 + 1}\n"
+                            f"sentinel down-after-milliseconds {MASTER} {down_after_ms}\n"
+                            f"sentinel failover-timeout {MASTER} {failover_timeout_ms}\n"
+                            f"sentinel parallel-syncs {MASTER} 1\n")
+            self._start(port, [str(conf), "--sentinel"])
+            self.sentinels.append(port)
+        deadline = time.monotonic() + 30
+        for port in self.sentinels:
+            while True:
+                state = client(port).sentinel_master(MASTER)
+                if state["num-slaves"] >= len(self.replicas) and state["num-other-sentinels"] >= n - 1:
+                    break
+                assert time.monotonic() < deadline, f"sentinel {port} does not know the others yet: {state}"
+                time.sleep(0.1)
+        return self.sentinels
+
+    def url(self, scheme: str = "redis+sentinel") -> str:
+        return f"{scheme}://{','.join(f'127.0.0.1:{p}' for p in self.sentinels)}/{MASTER}/0"
+
+    def master_by_sentinels(self) -> int | None:
+        """The master's port as a majority of the sentinels name it now."""
+        named = []
+        for port in self.sentinels:
+            try:
+                addr = client(port).sentinel_get_master_addr_by_name(MASTER)
+            except (sync_redis.RedisError, OSError):
+                continue
+            if addr:
+                named.append(int(addr[1]))
+        best = max(set(named), key=named.count, default=None)
+        return best if best is not None and named.count(best) > len(self.sentinels) // 2 else None
+
+    def stop(self) -> None:
+        stop_all(list(self.procs.values()), grace=5)
