@@ -52,10 +52,11 @@ def servers(tmp_path: Path) -> Iterator[Servers]:
 
 
 def _config(path: Path, base_url: str) -> Path:
-    """Short timeouts, so a chunk job whose end was lost with the old master runs again soon (arq
-    reruns it once its in-progress key lapses: job_timeout + 10 s)."""
+    """job_timeout is long: a chunk job whose end was lost with the old master must come back
+    through the heartbeat's look at its own chunks (store/heartbeat.py), not through arq, which
+    reruns it only once its in-progress key lapses (job_timeout + 10 s, after this test's end)."""
     path.write_text(f'[redis]\nprefix = "{PREFIX}"\n\n'
-                    '[worker]\nconcurrency = 8\nchunk_size = 10\ncall_timeout = 2\njob_timeout = 6\nbackoff = 0.01\n\n'
+                    '[worker]\nconcurrency = 8\nchunk_size = 10\ncall_timeout = 5\njob_timeout = 120\nbackoff = 0.01\n\n'
                     f'[[providers]]\nname = "sim"\nbase_url = "{base_url}"\n'
                     'prices."gpt-4o-mini" = { input = "0.15", output = "0.6" }\n')
     return path

@@ -11,8 +11,8 @@ from arq.connections import ArqRedis, RedisSettings
 from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import ExponentialBackoff
+from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
@@ -92,6 +92,26 @@ def _client(url: str, **kwargs: Any) -> Redis:
                           "(expected redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://)") from None
 
 
+class _Following(SentinelManagedConnection):
+    """A connection to the master the sentinels name, trying each address they give once.
+
+    redis-py's own retries its connect to the address it was given with the client's whole retry
+    policy (half a minute with ours) inside the loop that asks the sentinels again: after a failover
+    every reconnect waited on the dead master that long. Here the outer loop (and the command's
+    retries) do the waiting, and each try asks the sentinels where the master is now."""
+
+    async def connect_to(self, address: tuple[str, int]) -> None:
+        retry, self.retry = self.retry, Retry(NoBackoff(), 0)
+        try:
+            await super().connect_to(address)  # type: ignore[no-untyped-call]
+        finally:
+            self.retry = retry
+
+
+class _FollowingTLS(_Following, SentinelManagedSSLConnection):
+    pass
+
+
 def master_client(url: SentinelURL, redis_class: type[R], **kwargs: Any) -> R:
     """A client of the master the sentinels name now. Each new connection asks them again, so the
     client follows a failover: a command's retries reconnect (`retry_policy`), and a demoted master's
@@ -99,10 +119,11 @@ def master_client(url: SentinelURL, redis_class: type[R], **kwargs: Any) -> R:
     connection arguments for the master (timeouts, retry); the sentinels get the same timeouts,
     the URL's TLS options and their own credentials (`sentinel_password`), never the master's."""
     socket = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
-    sentinel = Sentinel(list(url.sentinels), sentinel_kwargs={**socket, **url.tls_kwargs, **url.sentinel_auth},
-                        **url.tls_kwargs)
+    sentinel_kwargs = {**socket, **url.tls_kwargs, **url.sentinel_auth}
+    sentinel = Sentinel(list(url.sentinels), sentinel_kwargs=sentinel_kwargs, **url.tls_kwargs)  # type: ignore[no-untyped-call]
     client: R = sentinel.master_for(url.master, redis_class=redis_class, db=url.db, username=url.username,
-                                    password=url.password, **kwargs)
+                                    password=url.password, connection_class=_FollowingTLS if url.tls else _Following,
+                                    **kwargs)
     return client
 
 

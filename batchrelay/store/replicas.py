@@ -40,7 +40,7 @@ class ReplicaAcks:
         """`pipe.execute()` with a WAIT after the writes queued on it (none when `n` is 0); the
         writes' replies, without the WAIT's."""
         if not self.n:
-            return await pipe.execute()  # type: ignore[no-any-return]
+            return await pipe.execute()
         pipe.execute_command("WAIT", self.n, max(1, int(self.timeout_s * 1000)))
         *replies, acked = await pipe.execute()
         if int(acked) < self.n:

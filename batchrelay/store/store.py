@@ -292,8 +292,9 @@ class Store:
         count); how many were new."""
         if not items:
             return 0
-        lines = [(line, (OK if ok else ERR) + record, count or ("succeeded" if ok else "failed"), ledger or {}, {})
-                 for line, record, ok, ledger, count in items]
+        lines: list[tuple[int, bytes, str, dict[str, int], dict[str, int]]] = [
+            (line, (OK if ok else ERR) + record, count or ("succeeded" if ok else "failed"), ledger or {}, {})
+            for line, record, ok, ledger, count in items]
         if not self.acks.n:
             return await self.scripts.write_results(self.keys, batch_id, now=time.time(), lines=lines)
         async with self.redis.pipeline(transaction=False) as pipe:
