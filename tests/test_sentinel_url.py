@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from batchrelay.errors import BadRedisURL
 from batchrelay.store.connection import redis_settings, worker_pool
+from batchrelay.sim.process import free_port
 from batchrelay.store.redis_url import SentinelURL, is_sentinel_url, masked, parse_sentinel_url
+
+from .conftest import batchrelay, write_config
 
 GOOD = [
     ("redis+sentinel://10.0.0.1:26379/mymaster",
@@ -109,3 +114,20 @@ def test_a_worker_pool_is_built_for_a_sentinel_url_only() -> None:
     pool = worker_pool("redis+sentinel://127.0.0.1:1/m")  # no IO until a command
     assert pool is not None
     assert pool.connection_pool.service_name == "m"  # type: ignore[attr-defined]
+
+
+def test_the_cli_says_a_bad_sentinel_url_is_bad_without_its_password(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "c.toml", "brsurl:", [{"name": "sim", "base_url": "http://127.0.0.1:9"}])
+    proc = batchrelay("-c", str(cfg), "batches", env={"REDIS_URL": "redis+sentinel://u:Hunter2pw@h1:1,h2:x/m"})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("Error: bad Redis URL") and "'h2:x' is not a host[:port]" in proc.stderr
+    assert "Hunter2pw" not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sentinels_that_do_not_answer_are_a_clean_error_naming_the_masked_url(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "c.toml", "brsurl:", [{"name": "sim", "base_url": "http://127.0.0.1:9"}])
+    url = f"redis+sentinel://u:Hunter2pw@127.0.0.1:{free_port()}/m?sentinel_password=Sentinel9pw"
+    proc = batchrelay("-c", str(cfg), "batches", env={"REDIS_URL": url})
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("Error: cannot reach Redis at redis+sentinel://u:***@127.0.0.1:"), proc.stderr
+    assert "Hunter2pw" not in proc.stderr and "Sentinel9pw" not in proc.stderr
