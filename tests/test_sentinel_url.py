@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from batchrelay.errors import BadRedisURL
-from batchrelay.store.connection import redis_settings, worker_pool
 from batchrelay.sim.process import free_port
+from batchrelay.store.connection import redis_settings, worker_pool
 from batchrelay.store.redis_url import SentinelURL, is_sentinel_url, masked, parse_sentinel_url
 
 from .conftest import batchrelay, write_config
