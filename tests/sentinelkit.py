@@ -18,18 +18,21 @@ from batchrelay.store.embedded import find_redis_server
 MASTER = "brmaster"
 
 
-def _answers(port: int, check: str = "PING") -> bool:
-    client = sync_redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+def client(port: int, tls: Path | None = None, password: str | None = None) -> sync_redis.Redis:
+    """A client of the server on `port` (over TLS, trusting `tls`/ca.pem, when `tls` is given)."""
+    ssl = {"ssl": True, "ssl_ca_certs": str(tls / "ca.pem")} if tls else {}
+    return sync_redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=1, password=password,
+                            **ssl)  # type: ignore[arg-type]
+
+
+def _answers(port: int, tls: Path | None, password: str | None) -> bool:
+    c = client(port, tls, password)
     try:
-        return bool(client.execute_command(check))
+        return bool(c.ping())
     except (sync_redis.RedisError, OSError):
         return False
     finally:
-        client.close()
-
-
-def client(port: int) -> sync_redis.Redis:
-    return sync_redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=1)
+        c.close()
 
 
 @dataclass
@@ -37,26 +40,43 @@ class Servers:
     """The processes started, by role; ports too."""
 
     dir: Path
+    tls: Path | None = None  # a directory with ca.pem, server.pem, server.key: every server speaks TLS only
+    password: str | None = None  # the master's and replicas' (requirepass); the sentinels have none
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)  # port: process
     master: int = 0
     replicas: list[int] = field(default_factory=list)
     sentinels: list[int] = field(default_factory=list)
 
-    def _start(self, port: int, args: list[str]) -> None:
+    def _start(self, port: int, args: list[str], *, sentinel: bool = False) -> None:
         log = self.dir / f"redis-{port}.log"
         self.procs[port] = subprocess.Popen([find_redis_server(), *args, "--logfile", str(log)],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
-        while not _answers(port):
+        while not _answers(port, self.tls, None if sentinel else self.password):
             if self.procs[port].poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server on {port} did not start: {log.read_text(errors='replace')[-800:]}")
             time.sleep(0.05)
 
+    def _tls_lines(self) -> list[str]:
+        """TLS only (no plain port), for clients, replication and a sentinel's own connections."""
+        if not self.tls:
+            return []
+        return [f"tls-cert-file {self.tls / 'server.pem'}", f"tls-key-file {self.tls / 'server.key'}",
+                f"tls-ca-cert-file {self.tls / 'ca.pem'}", "tls-auth-clients no", "tls-replication yes"]
+
+    def _port(self, port: int) -> list[str]:
+        return ["--port", "0", "--tls-port", str(port)] if self.tls else ["--port", str(port)]
+
     def _data(self, port: int) -> list[str]:
         d = self.dir / str(port)
         d.mkdir()
-        return ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(d), "--save", "", "--appendonly", "no",
+        tls = [x for line in self._tls_lines() for x in ("--" + line.split()[0], line.split()[1])]
+        auth = ["--requirepass", self.password, "--masterauth", self.password] if self.password else []
+        return [*self._port(port), *tls, *auth, "--bind", "127.0.0.1", "--dir", str(d), "--save", "", "--appendonly", "no",
                 "--maxmemory-policy", "noeviction"]
+
+    def client(self, port: int) -> sync_redis.Redis:
+        return client(port, self.tls, None if port in self.sentinels else self.password)
 
     def start_master(self) -> int:
         self.master = free_port()
@@ -68,7 +88,7 @@ class Servers:
         self._start(port, [*self._data(port), "--replicaof", "127.0.0.1", str(self.master)])
         self.replicas.append(port)
         deadline = time.monotonic() + 15
-        while client(port).info("replication").get("master_link_status") != "up":
+        while self.client(port).info("replication").get("master_link_status") != "up":
             assert time.monotonic() < deadline, f"replica {port} never linked up with its master"
             time.sleep(0.05)
         return port
@@ -79,17 +99,22 @@ class Servers:
         for _ in range(n):
             port = free_port()
             conf = self.dir / f"sentinel-{port}.conf"  # a sentinel rewrites its config: a file of its own
-            conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
+            listen = f"port 0\ntls-port {port}\n" + "".join(f"{x}\n" for x in self._tls_lines()) if self.tls \
+                else f"port {port}\n"
+            conf.write_text(f"{listen}bind 127.0.0.1\ndir {self.dir}\n"
                             f"sentinel monitor {MASTER} 127.0.0.1 {self.master} {n // 2 + 1}\n"
                             f"sentinel down-after-milliseconds {MASTER} {down_after_ms}\n"
                             f"sentinel failover-timeout {MASTER} {failover_timeout_ms}\n"
                             f"sentinel parallel-syncs {MASTER} 1\n")
-            self._start(port, [str(conf), "--sentinel"])
+            if self.password:
+                with conf.open("a") as f:
+                    f.write(f"sentinel auth-pass {MASTER} {self.password}\n")
             self.sentinels.append(port)
+            self._start(port, [str(conf), "--sentinel"], sentinel=True)
         deadline = time.monotonic() + 30
         for port in self.sentinels:
             while True:
-                state = client(port).sentinel_master(MASTER)
+                state = self.client(port).sentinel_master(MASTER)
                 if state["num-slaves"] >= len(self.replicas) and state["num-other-sentinels"] >= n - 1:
                     break
                 assert time.monotonic() < deadline, f"sentinel {port} does not know the others yet: {state}"
@@ -104,7 +129,7 @@ class Servers:
         named = []
         for port in self.sentinels:
             try:
-                addr = client(port).sentinel_get_master_addr_by_name(MASTER)
+                addr = self.client(port).sentinel_get_master_addr_by_name(MASTER)
             except (sync_redis.RedisError, OSError):
                 continue
             if addr:

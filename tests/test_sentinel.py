@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal as D
 from pathlib import Path
+from urllib.parse import quote
 
 import orjson
 import pytest
@@ -31,11 +33,13 @@ from batchrelay.sim.process import SimulatorProcess, free_port
 from batchrelay.store.keys import Keys
 
 from .conftest import batchrelay, openai_line, wait_for
-from .sentinelkit import Servers, client
+from .sentinelkit import MASTER, Servers, client
+from .test_redis_urls import _make_certs
 
 N = 300
 PREFIX = "brsent:"
 KEYS = Keys(PREFIX)
+MASTER_PW = "master-Pw-9zq"
 
 
 @pytest.fixture
@@ -131,3 +135,40 @@ def test_workers_follow_a_failover_and_lost_results_are_rerun_exactly_once(tmp_p
     assert D(ledger["total"]["usd"]) == sum(D(r["batchrelay"]["cost"]["usd"]) for r in rows) > 0
     assert sum(r["requests"] - r["failed"] for r in ledger["rows"]) == N  # one answer billed per line
     assert calls >= N + lost  # the lost answers were asked for again: rerun, not taken from nowhere
+
+
+def test_rediss_sentinel_with_a_ca_and_the_masters_password_works_for_the_cli_and_a_worker(tmp_path: Path) -> None:
+    if not shutil.which("openssl"):
+        pytest.skip("no openssl CLI to make a test CA and certificate")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    _make_certs(certs)
+    servers = Servers(tmp_path / "redis", tls=certs, password=MASTER_PW)
+    servers.dir.mkdir()
+    try:
+        servers.start_master()
+        servers.start_sentinels(1)
+        ca = quote(str(certs / "ca.pem"))
+        url = f"rediss+sentinel://:{MASTER_PW}@127.0.0.1:{servers.sentinels[0]}/{MASTER}/0?ssl_ca_certs={ca}"
+        env = {"REDIS_URL": url}
+        with SimulatorProcess() as sim:
+            cfg = _config(tmp_path / "c.toml", sim)
+            src = tmp_path / "in.jsonl"
+            src.write_bytes(b"".join(orjson.dumps(openai_line(i)) + b"\n" for i in range(1, 4)))
+            out = {"submit": batchrelay("-c", str(cfg), "submit", str(src), env=env, timeout=60)}
+            assert out["submit"].returncode == 0, out["submit"].stderr
+            batch = out["submit"].stdout.strip()
+            out["worker"] = batchrelay("-c", str(cfg), "worker", "--burst", env=env, timeout=60)
+            assert out["worker"].returncode == 0, out["worker"].stderr
+            out["results"] = batchrelay("-c", str(cfg), "results", batch, "-o", str(tmp_path / "o.jsonl"), env=env)
+            assert out["results"].returncode == 0, out["results"].stderr
+        assert len((tmp_path / "o.jsonl").read_bytes().splitlines()) == 3
+        assert servers.client(servers.master).hget(KEYS.meta(batch), "status") == b"completed"
+        for label, proc in out.items():
+            assert MASTER_PW not in proc.stdout + proc.stderr, f"{label} printed the password"
+        plain = batchrelay("-c", str(cfg), "batches", env={"REDIS_URL": url.replace("rediss+", "redis+", 1)
+                                                           .split("?")[0]}, timeout=60)
+        assert plain.returncode != 0 and "Traceback" not in plain.stderr, plain.stderr  # the sentinels speak TLS only
+        assert MASTER_PW not in plain.stderr
+    finally:
+        servers.stop()
