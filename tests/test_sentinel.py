@@ -31,6 +31,7 @@ import pytest
 from batchrelay.procs import stop_all
 from batchrelay.sim.process import SimulatorProcess, free_port
 from batchrelay.store.keys import Keys
+from batchrelay.store.store import Store
 
 from .conftest import batchrelay, openai_line, wait_for
 from .sentinelkit import MASTER, Servers, client
@@ -172,3 +173,14 @@ def test_rediss_sentinel_with_a_ca_and_the_masters_password_works_for_the_cli_an
         assert MASTER_PW not in plain.stderr
     finally:
         servers.stop()
+
+
+async def test_a_store_on_a_sentinel_url_talks_to_the_master_and_closes_every_connection(servers: Servers) -> None:
+    store = await Store.connect(servers.url(), KEYS)
+    await store.set_fields("batch_0123456789abcdef01234567", {"x": "1"})
+    assert client(servers.master).hget(KEYS.meta("batch_0123456789abcdef01234567"), "x") == b"1"
+    sentinels = store.redis.connection_pool.sentinel_manager.sentinels  # type: ignore[attr-defined]
+    await store.aclose()
+    # nothing left open (an open one would also warn, an error here, when collected)
+    assert not any(c.is_connected for s in sentinels for c in s.connection_pool._available_connections)
+    assert not any(c.is_connected for c in store.redis.connection_pool._available_connections)

@@ -11,7 +11,12 @@ from arq.connections import ArqRedis, RedisSettings
 from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import (
     AuthenticationError,
@@ -112,6 +117,16 @@ class _FollowingTLS(_Following, SentinelManagedSSLConnection):
     pass
 
 
+class _Pool(SentinelConnectionPool):
+    """Closing the client closes its connections to the sentinels too (redis-py leaves them open)."""
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        if inuse_connections:  # a close, not the drop of idle connections to a master that moved
+            for sentinel in self.sentinel_manager.sentinels:
+                await sentinel.aclose()
+
+
 def master_client(url: SentinelURL, redis_class: type[R], **kwargs: Any) -> R:
     """A client of the master the sentinels name now. Each new connection asks them again, so the
     client follows a failover: a command's retries reconnect (`retry_policy`), and a demoted master's
@@ -123,7 +138,7 @@ def master_client(url: SentinelURL, redis_class: type[R], **kwargs: Any) -> R:
     sentinel = Sentinel(list(url.sentinels), sentinel_kwargs=sentinel_kwargs, **url.tls_kwargs)  # type: ignore[no-untyped-call]
     client: R = sentinel.master_for(url.master, redis_class=redis_class, db=url.db, username=url.username,
                                     password=url.password, connection_class=_FollowingTLS if url.tls else _Following,
-                                    **kwargs)
+                                    connection_pool_class=_Pool, **kwargs)
     return client
 
 
