@@ -1,4 +1,6 @@
-"""Connecting to Redis with clean errors (URLs are shown without their password), and arq's settings for it."""
+"""Connecting to Redis with clean errors (URLs are shown without their password), and arq's settings
+for it: a server's URL (`redis://`, `rediss://`, `unix://`), or Sentinel's (`redis+sentinel://`,
+read in redis_url.py), whose clients follow the master the sentinels name through a failover."""
 
 from __future__ import annotations
 
