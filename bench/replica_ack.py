@@ -49,15 +49,22 @@ def once(url: str, prefix: str, base: str, path: Path, acks: int, concurrency: i
     time.sleep(2.0)
     ps = psutil.Process(worker.pid)
 
+    async def waits(client: Redis) -> int:
+        stats = await client.info("commandstats")
+        return int(stats.get("cmdstat_wait", {}).get("calls", 0))
+
     async def go() -> tuple[float, float]:
         client = Redis.from_url(url)
         store = Store(client, Keys(prefix))
+        before = await waits(client)
         cpu0, t0 = sum(ps.cpu_times()[:2]), time.perf_counter()
         sub = await submit_file(store, path, BatchSpec(chunk_size=50))
         while not (info := await store.info(sub.batch_id)).finished:
             await asyncio.sleep(0.01)
         elapsed, cpu = time.perf_counter() - t0, sum(ps.cpu_times()[:2]) - cpu0
         assert info.succeeded == sub.valid, info
+        waited = await waits(client) - before
+        assert (waited >= info.succeeded) if acks else waited == 0, f"{waited} WAITs with min_replicas_ack={acks}"
         await client.aclose()
         return elapsed, cpu
 
