@@ -11,9 +11,9 @@ With `rediss+sentinel://` every connection, to the sentinels and to the master, 
 `ssl_*` options of a `rediss://` URL (`ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`,
 `ssl_cert_reqs`, `ssl_check_hostname`) apply to both.
 
-Why Sentinel and not Cluster: arq keeps its queue in one sorted set beside a key per job, names
-none of them with a hash tag, and moves jobs with multi-key transactions; Redis Cluster refuses
-those across slots, so arq does not run on it.
+Why Sentinel and not Cluster: arq keeps its queue in one sorted set beside keys per job, names
+none of them with a hash tag, and enqueues and starts jobs with WATCH/MULTI transactions over
+several of them; Redis Cluster refuses those across slots, so arq does not run on it.
 """
 
 from __future__ import annotations
