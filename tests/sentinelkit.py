@@ -72,8 +72,9 @@ class Servers:
         d.mkdir()
         tls = [x for line in self._tls_lines() for x in ("--" + line.split()[0], line.split()[1])]
         auth = ["--requirepass", self.password, "--masterauth", self.password] if self.password else []
+        # a replica's first sync at once (a diskless sync waits 5 s for more replicas by default)
         return [*self._port(port), *tls, *auth, "--bind", "127.0.0.1", "--dir", str(d), "--save", "", "--appendonly", "no",
-                "--maxmemory-policy", "noeviction"]
+                "--maxmemory-policy", "noeviction", "--repl-diskless-sync-delay", "0"]
 
     def client(self, port: int) -> sync_redis.Redis:
         return client(port, self.tls, None if port in self.sentinels else self.password)
@@ -88,9 +89,10 @@ class Servers:
         self._start(port, [*self._data(port), "--replicaof", "127.0.0.1", str(self.master)])
         self.replicas.append(port)
         deadline = time.monotonic() + 15
-        while self.client(port).info("replication").get("master_link_status") != "up":
+        master = self.client(self.master)
+        # linked up, as the master sees it too: it counts a replica for WAIT only once that acknowledged
+        while int(master.execute_command("WAIT", len(self.replicas), 100)) < len(self.replicas):
             assert time.monotonic() < deadline, f"replica {port} never linked up with its master"
-            time.sleep(0.05)
         return port
 
     def start_sentinels(self, n: int = 3, *, down_after_ms: int = 1000, failover_timeout_ms: int = 5000) -> list[int]:

@@ -46,7 +46,7 @@ async def test_a_result_write_is_on_the_replica_when_it_returns(pair: Servers, a
     results = acked.keys.results(BATCH)
     for line in range(1, 51):  # read at once, each time: no sleep lets replication catch up
         assert await acked.write_result(BATCH, line, b'{"n": %d}' % line, True, {"sim|gpt|calls": 1})
-        assert replica.hexists(results, str(line))
+        assert replica.hexists(results, str(line)), (line, acked.acks.short)
     assert await acked.write_results(BATCH, [(line, b"{}", False, {}, "cancelled") for line in range(51, 61)]) == 10
     assert replica.hlen(results) == 60
     assert not await acked.write_result(BATCH, 1, b"again", True)  # a rerun is still a no-op
