@@ -8,11 +8,14 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
+from batchrelay.config.cache import CacheConfig
+from batchrelay.store.cache import ResponseCache
 from batchrelay.store.keys import Keys
 from batchrelay.store.replicas import ReplicaAcks
 from batchrelay.store.store import Store
@@ -42,15 +45,21 @@ async def acked(pair: Servers) -> AsyncIterator[Store]:
 
 
 async def test_a_result_write_is_on_the_replica_when_it_returns(pair: Servers, acked: Store) -> None:
-    replica = client(pair.replicas[0])
+    replica, master = client(pair.replicas[0]), client(pair.master)
+    waits = int(master.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
     results = acked.keys.results(BATCH)
     for line in range(1, 51):  # read at once, each time: no sleep lets replication catch up
         assert await acked.write_result(BATCH, line, b'{"n": %d}' % line, True, {"sim|gpt|calls": 1})
         assert replica.hexists(results, str(line)), (line, acked.acks.short)
     assert await acked.write_results(BATCH, [(line, b"{}", False, {}, "cancelled") for line in range(51, 61)]) == 10
     assert replica.hlen(results) == 60
+    hits = ResponseCache(acked, CacheConfig())
+    assert await hits.write_hits(BATCH, [(61, b"{}", {"sim|gpt|calls": 0}, Decimal("0.01"))]) == 1
+    assert replica.hexists(results, "61") and replica.hget(acked.keys.cache_stats, "saved")
     assert not await acked.write_result(BATCH, 1, b"again", True)  # a rerun is still a no-op
     assert acked.acks.short == 0
+    # one WAIT per write, on the write's own connection (one on another would wait for nothing)
+    assert int(master.info("commandstats")["cmdstat_wait"]["calls"]) - waits == 50 + 1 + 1 + 1
 
 
 async def test_with_no_replica_a_result_write_is_kept_and_warned_about_once(
