@@ -156,3 +156,23 @@ async def test_a_worker_back_from_a_lapse_does_not_send_a_line_another_worker_an
         assert await rt.handle_line(0, work[2]) is None  # a line still pending is sent as ever
         assert simulator.stats()["calls"] == 1
         assert not await store.is_pending(batch, 2)
+
+
+async def test_a_chunk_held_in_a_live_workers_name_that_it_no_longer_runs_goes_back(store: Store) -> None:
+    """After a failover to a replica that lacked the release: the entry is there, its worker beats,
+    and only that worker knows it does not run the chunk; it puts it back, others leave it alone."""
+    batch, (c0, c1) = await _chunks(store, 6, 3)
+    me, other = Heartbeat(store), Heartbeat(store)
+    await me.hold(c0, batch)
+    await me.hold(c1, batch)
+    await store.write_result(batch, 1, b"{}", True)
+    await me.release(c0, batch)
+    await store.redis.hset(store.keys.held, c0, f"{me.id} {batch}")  # type: ignore[misc]  # the release, lost
+    assert await reclaim_lapsed(store, other) == 0  # not the other's to judge: the holder beats
+    assert await reclaim_lapsed(store, me, others=False) == 1  # c1 runs here still: left alone
+    chunks = await store.chunk_map(batch)
+    ((new, lines),) = [(cid, lines) for cid, lines in chunks.items() if cid not in (c0, c1)]
+    assert new.startswith(c0 + ".k") and sorted(lines) == [2, 3]
+    assert await _queued(store) == {new, c1}
+    assert await store.redis.hkeys(store.keys.held) == [c1.encode()]  # type: ignore[misc]
+    assert await reclaim_lapsed(store, me) == 0  # once

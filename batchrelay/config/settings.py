@@ -159,6 +159,10 @@ class ProviderConfig(_Strict):
 class RedisConfig(_Strict):
     url: str | None = None
     prefix: str = DEFAULT_PREFIX
+    # result writes wait (Redis WAIT) until this many replicas have them, for at most
+    # replica_ack_timeout seconds (store/replicas.py); 0: no wait (asynchronous replication)
+    min_replicas_ack: int = Field(default=0, ge=0, le=64)
+    replica_ack_timeout: float = Field(default=1.0, gt=0, le=60)
 
 
 class WorkerConfig(_Strict):

@@ -124,7 +124,7 @@ class ResponseCache:
             saved = sum((h[3] for h in hits), Decimal(0))
             if saved:
                 pipe.hincrby(s.keys.cache_stats, "saved", pico(saved))
-            written = await pipe.execute()
+            written = await s.acks.execute(pipe)  # and waits for replicas ([redis] min_replicas_ack)
         return int(written[0])
 
     async def lease(self, key: str) -> str | None:

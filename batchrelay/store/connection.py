@@ -1,18 +1,25 @@
-"""Connecting to Redis with clean errors (URLs are shown without their password), and arq's settings for it."""
+"""Connecting to Redis with clean errors (URLs are shown without their password), and arq's settings
+for it: a server's URL (`redis://`, `rediss://`, `unix://`), or Sentinel's (`redis+sentinel://`,
+read in redis_url.py), whose clients follow the master the sentinels name through a failover."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, TypeVar
 
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
 from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
@@ -23,24 +30,13 @@ from redis.exceptions import (
 )
 
 from batchrelay.errors import BadRedisURL, StoreError
+from batchrelay.store.redis_url import SentinelURL, is_sentinel_url, masked, parse_sentinel_url
+
+__all__ = ["DEFAULT_URL", "check_reachable", "connect", "masked", "redis_settings", "retry_policy", "worker_pool"]
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
+R = TypeVar("R", bound=Redis)
 log = logging.getLogger("batchrelay.store.connection")
-
-
-def masked(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        password, port = parts.password, parts.port
-    except ValueError:
-        return "<unparsable URL>" if "@" in url else url
-    if password is None:
-        return url
-    host = parts.hostname or ""
-    if port:
-        host += f":{port}"
-    user = parts.username or ""
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
 def retry_policy() -> Retry:
@@ -64,10 +60,7 @@ async def connect(url: str, *, wait_s: float = 0.0, advice: str = ADVICE) -> Red
     does not wait a minute, unless `wait_s` says how long an unreachable Redis may be waited for
     (a worker started before its Redis, or during a restart); a refused login never waits. `advice`
     ends the error's message."""
-    try:
-        probe = Redis.from_url(url, socket_connect_timeout=5)
-    except ValueError as e:
-        raise BadRedisURL(f"bad Redis URL {masked(url)!r}: {e} (expected redis://, rediss:// or unix://)") from None
+    probe = _client(url, socket_connect_timeout=5)
     deadline, delay = time.monotonic() + wait_s, 0.5
     try:
         while True:
@@ -85,9 +78,8 @@ async def connect(url: str, *, wait_s: float = 0.0, advice: str = ADVICE) -> Red
                 delay = min(delay * 2, 5.0)
     finally:
         await probe.aclose()
-    client = Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30, retry=retry_policy(),
-                            retry_on_error=RETRY_ON)
-    return client  # type: ignore[no-any-return]
+    return _client(url, socket_connect_timeout=5, health_check_interval=30, retry=retry_policy(),
+                   retry_on_error=RETRY_ON)
 
 
 async def check_reachable(url: str, *, wait_s: float = 0.0, advice: str = ADVICE) -> None:
@@ -95,10 +87,83 @@ async def check_reachable(url: str, *, wait_s: float = 0.0, advice: str = ADVICE
     await (await connect(url, wait_s=wait_s, advice=advice)).aclose()
 
 
+def _client(url: str, **kwargs: Any) -> Redis:
+    """A client for `url` (no IO yet): a Sentinel-managed master's for a `redis+sentinel://` URL;
+    BadRedisURL (masked) for one that cannot be read."""
+    if is_sentinel_url(url):
+        return master_client(parse_sentinel_url(url), Redis, **kwargs)
+    try:
+        return Redis.from_url(url, **kwargs)  # type: ignore[no-any-return]
+    except ValueError as e:
+        raise BadRedisURL(f"bad Redis URL {masked(url)!r}: {e} "
+                          "(expected redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://)") from None
+
+
+class _Following(SentinelManagedConnection):
+    """A connection to the master the sentinels name, trying each address they give once.
+
+    redis-py's own retries its connect to the address it was given with the client's whole retry
+    policy (half a minute with ours) inside the loop that asks the sentinels again: after a failover
+    every reconnect waited on the dead master that long. Here the outer loop (and the command's
+    retries) do the waiting, and each try asks the sentinels where the master is now."""
+
+    async def connect_to(self, address: tuple[str, int]) -> None:
+        retry, self.retry = self.retry, Retry(NoBackoff(), 0)
+        try:
+            await super().connect_to(address)  # type: ignore[no-untyped-call]
+        finally:
+            self.retry = retry
+
+
+class _FollowingTLS(_Following, SentinelManagedSSLConnection):
+    pass
+
+
+class _Pool(SentinelConnectionPool):
+    """Closing the client closes its connections to the sentinels too (redis-py leaves them open)."""
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        if inuse_connections:  # a close, not the drop of idle connections to a master that moved
+            for sentinel in self.sentinel_manager.sentinels:
+                await sentinel.aclose()
+
+
+def master_client(url: SentinelURL, redis_class: type[R], **kwargs: Any) -> R:
+    """A client of the master the sentinels name now. Each new connection asks them again, so the
+    client follows a failover: a command's retries reconnect (`retry_policy`), and a demoted master's
+    READONLY drops the connection. No IO here: the first command connects. `kwargs`: redis-py's
+    connection arguments for the master (timeouts, retry); the sentinels get the same timeouts,
+    the URL's TLS options and their own credentials (`sentinel_password`), never the master's."""
+    socket = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
+    sentinel_kwargs = {**socket, **url.tls_kwargs, **url.sentinel_auth}
+    sentinel = Sentinel(list(url.sentinels), sentinel_kwargs=sentinel_kwargs, **url.tls_kwargs)  # type: ignore[no-untyped-call]
+    client: R = sentinel.master_for(url.master, redis_class=redis_class, db=url.db, username=url.username,
+                                    password=url.password, connection_class=_FollowingTLS if url.tls else _Following,
+                                    connection_pool_class=_Pool, **kwargs)
+    return client
+
+
+def worker_pool(url: str) -> ArqRedis | None:
+    """arq's pool for a worker on a Sentinel URL, built here rather than by arq (whose Sentinel
+    support passes on the master's password and `ssl` only: no retry policy, no sentinel password,
+    no CA file); None for any other URL, whose pool arq makes from `redis_settings`."""
+    if not is_sentinel_url(url):
+        return None
+    return master_client(parse_sentinel_url(url), ArqRedis, socket_connect_timeout=5, retry=retry_policy(),
+                         retry_on_error=RETRY_ON)
+
+
 def redis_settings(url: str) -> RedisSettings:
     """arq's connection, read from the URL by redis-py's own parser (arq's would keep a password
     percent-encoded and drop `rediss://` options such as `ssl_ca_certs`), retrying through a Redis
-    restart like every other client of ours."""
+    restart like every other client of ours. A Sentinel URL gives arq's own Sentinel settings (the
+    sentinels, the master's name and password); a worker uses `worker_pool` for it instead."""
+    if is_sentinel_url(url):
+        s = parse_sentinel_url(url)
+        return RedisSettings(host=list(s.sentinels), sentinel=True, sentinel_master=s.master, database=s.db,
+                             username=s.username, password=s.password, ssl=s.tls,
+                             retry=retry_policy(), retry_on_error=RETRY_ON)
     kw: dict[str, Any] = dict(parse_url(url))
     ssl = kw.pop("connection_class", None) is SSLConnection
     tls = {k: kw[k] for k in ("ssl_keyfile", "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_data",

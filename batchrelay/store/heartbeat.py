@@ -65,6 +65,7 @@ class Heartbeat:
         self.gaps = BeatGaps(time.monotonic())
         self.id = uuid.uuid4().hex[:12]
         self.about = f"{socket.gethostname()} {os.getpid()}"  # for a person reading the key
+        self.running: set[str] = set()  # the chunk jobs this process holds now, as it knows them
 
     def _holder(self, batch_id: str) -> str:
         return f"{self.id} {batch_id}"
@@ -80,6 +81,7 @@ class Heartbeat:
     async def hold(self, job_id: str, batch_id: str) -> None:
         """Note that this process runs chunk `job_id` (and beat, so it is never held without one)."""
         k = self.store.keys
+        self.running.add(job_id)  # before the entry: an entry of ours never looks stale while it is not
         async with self.store.redis.pipeline(transaction=True) as pipe:
             pipe.set(k.worker(self.id), self.about, px=int(LAPSE_S * 1000))
             pipe.hset(k.held, job_id, self._holder(batch_id))
@@ -88,7 +90,10 @@ class Heartbeat:
 
     async def release(self, job_id: str, batch_id: str) -> None:
         """This process is done with chunk `job_id` (its lines are answered or handed on)."""
-        await self.store.scripts.release_chunk(self.store.keys, job=job_id, holder=self._holder(batch_id))
+        try:
+            await self.store.scripts.release_chunk(self.store.keys, job=job_id, holder=self._holder(batch_id))
+        finally:
+            self.running.discard(job_id)  # an entry left behind is put back by `reclaim_lapsed`
 
     async def run(self) -> None:
         """Beat every BEAT_S and put back lapsed workers' chunks every RECLAIM_S, until cancelled."""
@@ -100,10 +105,11 @@ class Heartbeat:
                 await self.beat()
                 if beating_since is None:
                     beating_since = now
-                if now >= next_reclaim and now - beating_since >= LAPSE_S:
+                if now >= next_reclaim:
                     next_reclaim = now + RECLAIM_S
-                    if n := await reclaim_lapsed(self.store):
-                        log.warning("put back %d chunk jobs of worker processes whose heartbeat lapsed", n)
+                    if n := await reclaim_lapsed(self.store, self, others=now - beating_since >= LAPSE_S):
+                        log.warning("put back %d chunk jobs of worker processes whose heartbeat lapsed, or "
+                                    "whose end a Redis failover lost", n)
             except (RedisError, OSError) as e:
                 beating_since = None
                 log.info("heartbeat: Redis unreachable (%s)", type(e).__name__)  # the worker reports the outage
@@ -115,28 +121,33 @@ class Heartbeat:
             await self.store.redis.delete(self.store.keys.worker(self.id))
 
 
-async def reclaim_lapsed(store: Store) -> int:
-    """Put the pending lines of chunks held by worker processes whose heartbeat lapsed back on their
-    queue as new chunk jobs; how many jobs were made."""
+async def reclaim_lapsed(store: Store, me: Heartbeat | None = None, *, others: bool = True) -> int:
+    """Put the pending lines of chunks held by worker processes whose heartbeat lapsed (with
+    `others`), and of those held by `me` that it does not run, back on their queue as new chunk
+    jobs; how many jobs were made."""
     k = store.keys
+    my_id, running = (me.id, me.running) if me else ("", set())
     held = [(job.decode(), holder.decode()) for job, holder in (await store.redis.hgetall(k.held)).items()]  # type: ignore[misc]
-    workers = sorted({holder.split(" ", 1)[0] for _, holder in held})
-    if not workers:
-        return 0
-    async with store.redis.pipeline(transaction=False) as pipe:
-        for w in workers:
-            pipe.exists(k.worker(w))
-        gone = {w for w, alive in zip(workers, await pipe.execute(), strict=True) if not alive}
+    workers = sorted({holder.split(" ", 1)[0] for _, holder in held} - {my_id}) if others else []
+    gone: set[str] = set()
+    if workers:
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for w in workers:
+                pipe.exists(k.worker(w))
+            gone = {w for w, alive in zip(workers, await pipe.execute(), strict=True) if not alive}
     made = 0
     for job, holder in held:
         worker, batch_id = holder.split(" ", 1)
-        if worker not in gone:
+        own = worker == my_id
+        if not (worker in gone or (own and job not in running)):
             continue
         queue = await batch_queue(store, batch_id)
         due = await store.redis.zscore(queue, job)  # its lines have waited longest: they keep their place
         new_job = requeued_job_id(job, time.time_ns() // 1_000_000, reclaimed=True)
+        if own and job in running:
+            continue  # it came back to this process meanwhile
         lines = await store.scripts.reclaim_chunk(k, batch_id, job=job, holder=holder, worker=worker, queue=queue,
-                                                  new_job=new_job)
+                                                  new_job=new_job, own=own)
         if lines:
             await enqueue_chunks(store.redis, queue, batch_id, [(new_job, lines)],
                                  at_ms=None if due is None else int(due))

@@ -195,13 +195,14 @@ class Scripts:
         return bool(await self._s["chunk_release"]({"held": k.held}, {"job": job, "holder": holder}))
 
     async def reclaim_chunk(self, k: Keys, batch_id: str, *, job: str, holder: str, worker: str, queue: str,
-                            new_job: str) -> list[int] | None:
+                            new_job: str, own: bool = False) -> list[int] | None:
         """The pending lines now in chunk `new_job` (none: nothing is left to run); None when `holder`
-        beat again or the entry changed since it was read (nothing is done)."""
+        beat again or the entry changed since it was read (nothing is done). `own`: the holder
+        itself puts back a chunk it no longer runs (its heartbeat is not asked)."""
         lines = await self._s["chunk_reclaim"](
             {"held": k.held, "worker": k.worker(worker), "chunks": k.chunks(batch_id), "pending": k.pending(batch_id),
              "arq_job": k.arq_job(job), "queue": queue},
-            {"job_id": job, "holder": holder, "new_id": new_job})
+            {"job_id": job, "holder": holder, "new_id": new_job, "own": int(own)})
         return None if lines is None else [int(n) for n in lines]
 
     # stopping and retrying (lifecycle.py)

@@ -25,6 +25,7 @@ from batchrelay.store.connection import connect
 from batchrelay.store.ids import checked_batch_id
 from batchrelay.store.keys import Keys
 from batchrelay.store.queue import chunk_lines, chunk_map_entries
+from batchrelay.store.replicas import ReplicaAcks
 from batchrelay.store.scripts import Scripts
 from batchrelay.store.status import FINISHED as FINISHED  # where the CLI has always found it
 from batchrelay.store.status import STOPPED, Status
@@ -136,10 +137,11 @@ def _info(batch_id: str, raw: dict[bytes, bytes], pending: int) -> BatchInfo:
 class Store:
     """One Redis client and key prefix: the only way the rest of batchrelay reads or writes Redis."""
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, acks: ReplicaAcks | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.scripts = Scripts.of(redis)
+        self.acks = acks or ReplicaAcks()  # result writes wait for replicas ([redis] min_replicas_ack)
 
     @classmethod
     async def connect(cls, url: str, keys: Keys, *, wait_s: float = 0.0) -> Store:
@@ -281,8 +283,12 @@ class Store:
         had one (a harmless rerun, which counts nothing). `count`: the count it adds to (default
         succeeded or failed; `cancelled` and `expired` for lines a stopped batch never ran);
         `tally`: its calls by outcome, for the fleet's counts (results/tally.py)."""
-        return await self.scripts.write_result(self.keys, batch_id, **_result(line, record, ok, ledger, count),
-                                               tally=tally)
+        args = _result(line, record, ok, ledger, count)
+        if not self.acks.n:
+            return await self.scripts.write_result(self.keys, batch_id, **args, tally=tally)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self.scripts.write_result(self.keys, batch_id, **args, tally=tally, pipe=pipe)
+            return bool((await self.acks.execute(pipe))[0])
 
     async def write_results(self, batch_id: str, items: Sequence[tuple[int, bytes, bool, dict[str, int], str | None]]
                             ) -> int:
@@ -290,9 +296,14 @@ class Store:
         count); how many were new."""
         if not items:
             return 0
-        return await self.scripts.write_results(self.keys, batch_id, now=time.time(), lines=[
+        lines: list[tuple[int, bytes, str, dict[str, int], dict[str, int]]] = [
             (line, (OK if ok else ERR) + record, count or ("succeeded" if ok else "failed"), ledger or {}, {})
-            for line, record, ok, ledger, count in items])
+            for line, record, ok, ledger, count in items]
+        if not self.acks.n:
+            return await self.scripts.write_results(self.keys, batch_id, now=time.time(), lines=lines)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self.scripts.write_results(self.keys, batch_id, now=time.time(), lines=lines, pipe=pipe)
+            return int((await self.acks.execute(pipe))[0])
 
     async def ledger(self, batch_id: str) -> dict[bytes, bytes]:
         raw: dict[bytes, bytes] = await self.redis.hgetall(self.keys.ledger(batch_id))  # type: ignore[misc]

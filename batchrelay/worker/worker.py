@@ -22,9 +22,10 @@ from arq.worker import Retry, Worker, func
 from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
 from batchrelay.config.settings import Settings, load_settings
-from batchrelay.store.connection import redis_settings
+from batchrelay.store.connection import redis_settings, worker_pool
 from batchrelay.store.keys import Keys
 from batchrelay.store.queue import CHUNK_FUNCTION, cron_name
+from batchrelay.store.replicas import ReplicaAcks
 from batchrelay.store.store import Store
 from batchrelay.worker.eager import EagerWorker
 from batchrelay.worker.metrics import redis_reconnected, serve_metrics
@@ -79,7 +80,9 @@ def build_worker(
         ctx["queue_name"] = queue
         if "runtime" in ctx:  # a burst worker's second round after a sweep
             return
-        ctx["runtime"] = Runtime.opened(settings, Store(ctx["redis"], keys))  # arq's own client: one pool per worker
+        acks = ReplicaAcks(settings.redis.min_replicas_ack, settings.redis.replica_ack_timeout)
+        store = Store(ctx["redis"], keys, acks=acks)  # arq's own client: one pool per worker
+        ctx["runtime"] = Runtime.opened(settings, store)
         ctx["metrics"] = serve_metrics(w, ctx)  # `--metrics-port`: this process's own (worker/metrics.py)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
@@ -110,6 +113,7 @@ def build_worker(
             cron(send_webhooks, name=hooks_job[0], second=set(range(0, 60, 2)), unique=True, timeout=hooks_job[2]),
         ],
         redis_settings=redis_settings(redis_url),
+        redis_pool=worker_pool(redis_url),  # a Sentinel URL's (arq's own lacks our retries and options)
         queue_name=queue,
         max_jobs=chunks_in_flight,
         # running jobs stay at the queue head: a small read limit would cap the whole fleet
