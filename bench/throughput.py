@@ -69,6 +69,7 @@ class Run:
     round_trips: int = 0  # the worker's
     commands: int = 0  # the worker's
     server_commands: int = 0  # everybody's, from INFO commandstats
+    batch_id: str = ""  # ours: the batch, its keys still in Redis until the bench ends
 
 
 async def floor(base: str, path: Path, concurrency: int) -> Run:
@@ -107,22 +108,24 @@ def total_calls(stats: dict[str, Any]) -> int:
 
 
 def start_worker(url: str, prefix: str, base: str, concurrency: int, tmp: Path,
-                 extra: str = "") -> tuple[subprocess.Popen[bytes], str]:
-    """A `batchrelay worker` whose Redis use is counted (_counting.py), idle and ready."""
+                 extra: str = "", tree: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """A `batchrelay worker` whose Redis use is counted (_counting.py), idle and ready; `tree`: the
+    source tree it runs (first on its path), for a side-by-side comparison of two versions."""
     cfg = tmp / f"{prefix.replace(':', '_')}.toml"
     cfg.write_text(f'[redis]\nprefix = "{prefix}"\n[worker]\nconcurrency = {concurrency}\n{extra}'
                    f'[[providers]]\nname = "sim"\nbase_url = "{base}"\n')
     counts = str(tmp / f"{prefix.replace(':', '_')}.counts")
     env = {**os.environ, "REDIS_URL": url, "BATCHRELAY_CONFIG": str(cfg), "BRBENCH_COUNTS": counts,
-           "PYTHONPATH": os.pathsep.join(p for p in (BENCH_DIR, os.environ.get("PYTHONPATH")) if p)}
+           "PYTHONPATH": os.pathsep.join(p for p in (BENCH_DIR, tree, os.environ.get("PYTHONPATH")) if p)}
     worker = subprocess.Popen([sys.executable, "-c", WORKER, "worker", "--quiet"], env=env,
                               stderr=subprocess.DEVNULL)
     time.sleep(2.5)  # imported and idle before the window opens
     return worker, counts
 
 
-def batchrelay_once(url: str, prefix: str, base: str, path: Path, concurrency: int, tmp: Path) -> Run:
-    worker, counts_path = start_worker(url, prefix, base, concurrency, tmp)
+def batchrelay_once(url: str, prefix: str, base: str, path: Path, concurrency: int, tmp: Path,
+                    tree: str | None = None) -> Run:
+    worker, counts_path = start_worker(url, prefix, base, concurrency, tmp, tree=tree)
     proc = psutil.Process(worker.pid)
 
     async def go() -> Run:
@@ -139,8 +142,10 @@ def batchrelay_once(url: str, prefix: str, base: str, path: Path, concurrency: i
         w1, n1 = proc.cpu_times(), read_counts(worker.pid, counts_path)
         r1, s1 = await client.info("cpu"), await client.info("commandstats")
         if os.environ.get("BRBENCH_VERBOSE"):
-            print("  server commands by name (delta):", {k[8:]: int(v["calls"]) - int(s0.get(k, {"calls": 0})["calls"])
-                  for k, v in s1.items() if int(v["calls"]) != int(s0.get(k, {"calls": 0})["calls"])})
+            zero = {"calls": 0, "usec": 0}
+            print("  server commands by name (delta calls, usec):", {
+                k[8:]: (int(v["calls"]) - int(s0.get(k, zero)["calls"]), int(v["usec"]) - int(s0.get(k, zero)["usec"]))
+                for k, v in s1.items() if int(v["calls"]) != int(s0.get(k, zero)["calls"])})
         info = await store.info(sub.batch_id)
         assert info.succeeded == sub.valid, info
         await client.aclose()
@@ -148,7 +153,7 @@ def batchrelay_once(url: str, prefix: str, base: str, path: Path, concurrency: i
         rcpu = redis_cpu(r1) - redis_cpu(r0)
         return Run(elapsed, wcpu + rcpu + submit_cpu, wcpu, rcpu, submit_cpu,
                    n1["round_trips"] - n0["round_trips"], n1["commands"] - n0["commands"],
-                   total_calls(s1) - total_calls(s0))
+                   total_calls(s1) - total_calls(s0), sub.batch_id)
 
     try:
         return asyncio.run(go())
@@ -167,10 +172,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--payload", choices=("small", "realistic"), default="small")
+    ap.add_argument("--compare", metavar="TREE", help="also run a worker from this source tree (e.g. an older "
+                    "checkout) in every round, and print its figures beside")
     args = ap.parse_args()
     realistic = args.payload == "realistic"
     floors: list[Run] = []
     ours: list[Run] = []
+    others: list[Run] = []
     n = args.lines
     sim_cfg = {"answer_bytes": ANSWER_BYTES} if realistic else {}
     with tempfile.TemporaryDirectory() as d, bench_redis() as (url, prefix), SimulatorProcess(sim_cfg) as base:
@@ -185,6 +193,12 @@ def main() -> None:
             else:
                 floors.append(asyncio.run(floor(base, path, args.concurrency)))
                 ours.append(batchrelay_once(url, f"{prefix}{r}:", base, path, args.concurrency, tmp))
+            if args.compare:
+                others.append(batchrelay_once(url, f"{prefix}{r}c:", base, path, args.concurrency, tmp, args.compare))
+                c = others[-1]
+                print(f"  {args.compare}: {c.wall_s:.2f}s, {c.cpu_s / n * 1e3:.3f} ms CPU/line (worker "
+                      f"{c.worker_cpu_s / n * 1e3:.3f}, redis {c.redis_cpu_s / n * 1e3:.3f}), {c.round_trips / n:.2f} "
+                      f"round trips/line")
             f, o = floors[-1], ours[-1]
             print(f"round {r + 1}: floor {f.wall_s:.2f}s, {f.cpu_s / n * 1e3:.3f} ms CPU/line | batchrelay "
                   f"{o.wall_s:.2f}s, {o.cpu_s / n * 1e3:.3f} ms CPU/line (worker {o.worker_cpu_s / n * 1e3:.3f}, "
@@ -216,6 +230,15 @@ def main() -> None:
         Figure(scen, "worker Redis commands/line", f"{median([o.commands / n for o in ours]):.2f}"),
         Figure(scen, "server commands/line (all clients)", f"{median([o.server_commands / n for o in ours]):.2f}"),
     ]
+    if others:
+        other_cpu = median([o.cpu_s for o in others]) / median([f.cpu_s for f in floors])
+        other_worker = median([o.worker_cpu_s for o in others]) / median([f.cpu_s for f in floors])
+        figures += [
+            Figure(scen, f"{args.compare}: CPU ratio to the loop (all)", f"{other_cpu:.2f}"),
+            Figure(scen, f"{args.compare}: CPU ratio worker process/loop", f"{other_worker:.2f}"),
+            Figure(scen, f"{args.compare}: worker Redis round trips/line",
+                   f"{median([o.round_trips / n for o in others]):.2f}"),
+        ]
     print(f"throughput: {n} lines x {args.rounds} rounds, concurrency {args.concurrency}, 1 worker process, "
           f"payload {args.payload}")
     print_summary(figures)

@@ -280,15 +280,16 @@ class Store:
         return await self.scripts.write_result(self.keys, batch_id, **_result(line, record, ok, ledger, count),
                                                tally=tally)
 
-    async def write_results(self, batch_id: str, items: Sequence[tuple[int, bytes, bool, dict[str, int], str | None]]
-                            ) -> int:
-        """Many `write_result`s (of lines with no call) in one script call: (line, record, ok, ledger,
-        count); how many were new."""
+    async def write_results(self, batch_id: str, items: Sequence[tuple[int, bytes, bool, dict[str, int], str | None]],
+                            tallies: Sequence[dict[str, int]] | None = None) -> int:
+        """Many `write_result`s in one script call: (line, record, ok, ledger, count), with each
+        line's `tally` in `tallies` (none: lines with no call); how many were new."""
         if not items:
             return 0
         return await self.scripts.write_results(self.keys, batch_id, now=time.time(), lines=[
-            (line, (OK if ok else ERR) + record, count or ("succeeded" if ok else "failed"), ledger or {}, {})
-            for line, record, ok, ledger, count in items])
+            (line, (OK if ok else ERR) + record, count or ("succeeded" if ok else "failed"), ledger or {},
+             tallies[i] if tallies else {})
+            for i, (line, record, ok, ledger, count) in enumerate(items)])
 
     async def ledger(self, batch_id: str) -> dict[bytes, bytes]:
         raw: dict[bytes, bytes] = await self.redis.hgetall(self.keys.ledger(batch_id))  # type: ignore[misc]
