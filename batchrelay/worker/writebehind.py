@@ -39,7 +39,6 @@ class ResultWriter:
         self.store, self.window_s, self.max_lines = store, window_s, max_lines
         self._waiting: dict[str, list[_Line]] = {}
         self._queued = 0  # lines waiting, not yet in a write
-        self.unwritten = 0  # lines handed in whose write has not returned
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -51,14 +50,18 @@ class ResultWriter:
         done.add_done_callback(self._written)
         self._waiting.setdefault(batch_id, []).append(_Line(line, record, ok, ledger, tally, done))
         self._queued += 1
-        self.unwritten += 1
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="batchrelay-result-writer")
         self._wake.set()
         return done
 
-    def _written(self, done: asyncio.Future[Any]) -> None:
-        self.unwritten -= 1
+    @property
+    def unwritten(self) -> int:
+        """Lines handed in and not yet in a write: what falls behind."""
+        return self._queued
+
+    @staticmethod
+    def _written(done: asyncio.Future[Any]) -> None:
         if not done.cancelled():
             done.exception()  # retrieved: the chunk that waits for it re-raises it (or is gone)
 
