@@ -7,7 +7,7 @@ call per batch (batches in the same round concurrently). Each line's result, its
 pending and its counts stay atomic per line inside that script (HSETNX: a rerun writes nothing),
 so every line is still written exactly once; a process that dies before the write returned leaves
 its lines pending and they are rerun, as when it dies mid-call. Measured (bench/throughput.py
---payload realistic): one round trip per line less, and Redis CPU per line about halved.
+--payload realistic): one round trip per line less, and less Redis CPU per line (README "Scaling").
 """
 
 from __future__ import annotations
