@@ -73,9 +73,15 @@ def last_user_text(messages: list[Any]) -> str:
     return ""
 
 
-def reply_text(messages: list[Any]) -> str:
-    """The answer depends only on the request, so reruns and failovers can be compared exactly."""
-    return f"Simulated answer to: {last_user_text(messages)[:80]}"
+def reply_text(messages: list[Any], size: int = 0) -> str:
+    """The answer depends only on the request, so reruns and failovers can be compared exactly;
+    `size` > 0 pads it to about that many UTF-8 bytes (non-ASCII, as real answers often are)."""
+    text = f"Simulated answer to: {last_user_text(messages)[:80]}"
+    if size <= len(text.encode()):
+        return text
+    filler = f" Réponse simulée n° {len(messages)} — ответ, 答え, «{last_user_text(messages)[:40]}»."
+    reps = (size - len(text.encode())) // max(1, len(filler.encode())) + 1
+    return (text + filler * reps).encode()[:size].decode("utf-8", "ignore")
 
 
 def estimate_input_tokens(messages: list[Any], system: Any = None) -> int:
@@ -106,11 +112,12 @@ class Answer:
 
 
 def plan_answer(
-    dialect: SimDialect, body: dict[str, Any], cached_fraction: float = 0.0, cache_write_fraction: float = 0.0
+    dialect: SimDialect, body: dict[str, Any], cached_fraction: float = 0.0, cache_write_fraction: float = 0.0,
+    answer_bytes: int = 0,
 ) -> Answer:
     """Reply text and usage for a valid request, cut to max_tokens like a real model would stop."""
     messages = body["messages"]
-    text = reply_text(messages)
+    text = reply_text(messages, answer_bytes)
     input_tokens = estimate_input_tokens(messages, body.get("system") if dialect == "messages" else None)
     cached = math.floor(input_tokens * cached_fraction)
     written = math.floor(input_tokens * cache_write_fraction) if dialect == "messages" else 0

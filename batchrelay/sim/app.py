@@ -148,7 +148,7 @@ def create_app(config: SimConfig) -> Starlette:
             elif sim.balance is not None and sim.balance <= 0:
                 status = 402
             else:
-                answer = plan_answer(dialect, body, cfg.cached_fraction, cfg.cache_write_fraction)
+                answer = plan_answer(dialect, body, cfg.cached_fraction, cfg.cache_write_fraction, cfg.answer_bytes)
                 wait = 0.0
                 if cfg.rpm is not None or cfg.tpm is not None:
                     tokens = rate_tokens(dialect, body, answer)

@@ -59,7 +59,9 @@ class SimConfig(BaseModel):
     402) and `rpm` / `tpm` (a sliding 60 s window; over it, a 429 with Retry-After). `preset` makes
     the simulator speak one seed provider's wire format (sim/presets.py); None is the generic
     provider that takes every key header and both dialects. `truncate_rate` is the fraction of
-    streamed answers that stop half-way.
+    streamed answers that stop half-way. `answer_bytes` (0: short answers) pads every answer's text to
+    about that many UTF-8 bytes, with non-ASCII text made from the request, for benchmarks whose
+    payloads must be realistic in size.
     """
 
     # Typos in a fault name must fail loudly, or a test would silently run with no fault at all.
@@ -86,6 +88,7 @@ class SimConfig(BaseModel):
     cache_write_fraction: Rate = 0.0
     junk_rate: Rate = 0.0
     log_limit: Annotated[int, Field(ge=1)] = 100_000  # calls the request log keeps (the newest)
+    answer_bytes: Annotated[int, Field(ge=0, le=1_000_000)] = 0  # pad answers to about this size (bench/)
 
     @model_validator(mode="after")
     def _fractions_fit(self) -> SimConfig:

@@ -79,6 +79,9 @@ class Health:
         self._local: dict[str, tuple[float, str]] = {}
         self._leases: dict[str, set[str]] = {}  # provider -> leases of this process's calls in flight
         self._renewing: asyncio.Task[None] | None = None
+        # acquires asked while one is on its way to Redis: they go together next (one round trip)
+        self._asking: list[tuple[ProviderConfig, str, int, str, asyncio.Future[tuple[bool, float, str, bool]]]] = []
+        self._sending = False
 
     def block_locally(self, provider: str, seconds: float, reason: str) -> None:
         """Seen by this process's next call at once, before the report's round trip lands in Redis."""
@@ -144,14 +147,55 @@ class Health:
             await pipe.execute()
 
     async def acquire(self, p: ProviderConfig, model: str, tokens: int) -> Permit | Unavailable:
+        """A call's permit. The calls of this process that ask while an acquire is on its way to Redis
+        go together as soon as it is back: one round trip for all of them, each still its own atomic
+        step, in the order they asked (a lone call goes at once, alone)."""
         lease = uuid.uuid4().hex  # kept only while the provider's concurrency is limited
-        ok, wait, why, leased = await self.store.scripts.acquire(self.keys, p, self.cfg, model=model, tokens=tokens,
-                                                                 now=time.time(), lease=lease, gather=ROUND_GATHER_S)
+        if self._sending:
+            asked: asyncio.Future[tuple[bool, float, str, bool]] = asyncio.get_running_loop().create_future()
+            self._asking.append((p, model, tokens, lease, asked))
+            ok, wait, why, leased = await asked
+        else:
+            self._sending = True
+            try:
+                ok, wait, why, leased = await self.store.scripts.acquire(
+                    self.keys, p, self.cfg, model=model, tokens=tokens, now=time.time(), lease=lease,
+                    gather=ROUND_GATHER_S)
+            finally:
+                self._send_asked()
         if not ok:
             return Unavailable(p.name, wait, STATE_NAMES.get(why, why))
         if leased:
             self._hold(p.name, lease)
         return Permit(p.name, model, lease if leased else "", wait, why == "probe")
+
+    def _send_asked(self) -> None:
+        """Those that asked meanwhile go now, together; or nobody is sending any more."""
+        if not self._asking:
+            self._sending = False
+            return
+        asking, self._asking = self._asking, []
+        task = asyncio.ensure_future(self._acquire_many(asking))
+        task.add_done_callback(lambda _: self._send_asked())
+
+    async def _acquire_many(self, asking: list[tuple[ProviderConfig, str, int, str,
+                                                     asyncio.Future[tuple[bool, float, str, bool]]]]) -> None:
+        try:
+            got = await self.store.scripts.acquire_many(self.keys, self.cfg, [a[:4] for a in asking],
+                                                        now=time.time(), gather=ROUND_GATHER_S)
+        except Exception as e:  # Redis unreachable: each caller gets the error, as its own call would
+            got = [e] * len(asking)
+        except BaseException:
+            for *_, asked in asking:
+                asked.cancel()
+            raise
+        for (*_, asked), one in zip(asking, got, strict=True):
+            if asked.done():
+                continue  # its line was cancelled meanwhile (a lease taken lapses, as a killed call's)
+            if isinstance(one, Exception):
+                asked.set_exception(one)
+            else:
+                asked.set_result(one)
 
     @staticmethod
     def worth_reporting(permit: Permit | None, kind: Kind) -> bool:

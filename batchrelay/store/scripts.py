@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
 
 from batchrelay.config.settings import HealthConfig, ProviderConfig
 from batchrelay.store.keys import Keys
@@ -88,11 +89,21 @@ class Script:
     async def __call__(self, keys: Mapping[str, str], args: Mapping[str, Any], pairs: Iterable[Any] = (),
                        client: Pipeline | None = None) -> Any:
         lua = self.lua
-        if keys.keys() != self._names[0] or args.keys() != self._names[1]:
-            raise TypeError(f"{lua.name}.lua takes KEYS {lua.keys} and ARGV {lua.argv}, "
-                            f"not {tuple(keys)} and {tuple(args)}")
+        self._check(keys, args)
         return await self._script(keys=[keys[k] for k in lua.keys], args=[*(args[a] for a in lua.argv), *pairs],
                                   client=client)
+
+    def _check(self, keys: Mapping[str, str], args: Mapping[str, Any]) -> None:
+        if keys.keys() != self._names[0] or args.keys() != self._names[1]:
+            raise TypeError(f"{self.lua.name}.lua takes KEYS {self.lua.keys} and ARGV {self.lua.argv}, "
+                            f"not {tuple(keys)} and {tuple(args)}")
+
+    def queue(self, pipe: Pipeline, keys: Mapping[str, str], args: Mapping[str, Any]) -> None:
+        """Queue a call on `pipe` by its sha alone: no SCRIPT EXISTS round trip before the pipeline
+        (which a script registered on it costs); a NoScriptError in its reply means it did not run."""
+        self._check(keys, args)
+        lua = self.lua
+        pipe.evalsha(self._script.sha, len(lua.keys), *(keys[k] for k in lua.keys), *(args[a] for a in lua.argv))
 
 
 def _text(reply: Any) -> str:
@@ -118,6 +129,7 @@ class Scripts:
         return scripts
 
     def __init__(self, redis: Redis) -> None:
+        self._redis = redis
         self._s = {name: Script(redis, load(name)) for name in SCRIPTS}
 
     # the batch record (store.py, submit.py)
@@ -253,17 +265,45 @@ class Scripts:
         return {"health": k.health, "rate": k.rate(provider), "concurrency": k.concurrency(provider),
                 "breaker": k.breaker}
 
+    @staticmethod
+    def _acquire_args(p: ProviderConfig, cfg: HealthConfig, model: str, tokens: int, now: float, lease: str,
+                      gather: float) -> dict[str, Any]:
+        return {"provider": p.name, "model": model, "now": now, "tokens": tokens, "rpm": p.limits.rpm or 0,
+                "tpm": p.limits.tpm or 0, "max_concurrency": p.max_concurrency or 0, "lease": lease,
+                "lease_until": now + cfg.lease_s, "max_wait": cfg.max_wait_s, "recovery": cfg.rate_recovery_s,
+                "headroom": cfg.rate_headroom, "probe_s": cfg.probe_s, "window": cfg.breaker_window_s,
+                "gather": gather}
+
     async def acquire(self, k: Keys, p: ProviderConfig, cfg: HealthConfig, *, model: str, tokens: int, now: float,
                       lease: str, gather: float = 0.1) -> tuple[bool, float, str, bool]:
         """(may go, seconds to wait, reason, whether `lease` was taken); `gather`: how long a slow-start
         round takes calls before they go together."""
-        ok, wait, why, leased = await self._s["health_acquire"](self._health_keys(k, p.name), {
-            "provider": p.name, "model": model, "now": now, "tokens": tokens, "rpm": p.limits.rpm or 0,
-            "tpm": p.limits.tpm or 0, "max_concurrency": p.max_concurrency or 0, "lease": lease,
-            "lease_until": now + cfg.lease_s, "max_wait": cfg.max_wait_s, "recovery": cfg.rate_recovery_s,
-            "headroom": cfg.rate_headroom, "probe_s": cfg.probe_s, "window": cfg.breaker_window_s,
-            "gather": gather})
+        ok, wait, why, leased = await self._s["health_acquire"](
+            self._health_keys(k, p.name), self._acquire_args(p, cfg, model, tokens, now, lease, gather))
         return bool(ok), float(wait), _text(why), bool(leased)
+
+    async def acquire_many(self, k: Keys, cfg: HealthConfig, calls: list[tuple[ProviderConfig, str, int, str]], *,
+                           now: float, gather: float = 0.1) -> list[tuple[bool, float, str, bool] | Exception]:
+        """`acquire` of several calls, (provider, model, tokens, lease), in one round trip: each is its
+        own atomic step, in order, as if they had been asked one after the other; a call that failed
+        in Redis has its exception in its place."""
+        script = self._s["health_acquire"]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for p, model, tokens, lease in calls:
+                script.queue(pipe, self._health_keys(k, p.name), self._acquire_args(p, cfg, model, tokens, now, lease,
+                                                                                     gather))
+            replies = await pipe.execute(raise_on_error=False)
+        out: list[tuple[bool, float, str, bool] | Exception] = []
+        for (p, model, tokens, lease), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, NoScriptError):  # Redis lost its scripts (a restart): it did not run
+                out.append(await self.acquire(k, p, cfg, model=model, tokens=tokens, now=now, lease=lease,
+                                              gather=gather))
+            elif isinstance(reply, Exception):
+                out.append(reply)
+            else:
+                ok, wait, why, leased = reply
+                out.append((bool(ok), float(wait), _text(why), bool(leased)))
+        return out
 
     async def report(self, k: Keys, provider: str, cfg: HealthConfig, *, model: str, now: float, kind: str,
                      retry_after: float, lease: str, text: str) -> None:

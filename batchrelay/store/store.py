@@ -290,15 +290,16 @@ class Store:
             await self.scripts.write_result(self.keys, batch_id, **args, tally=tally, pipe=pipe)
             return bool((await self.acks.execute(pipe))[0])
 
-    async def write_results(self, batch_id: str, items: Sequence[tuple[int, bytes, bool, dict[str, int], str | None]]
-                            ) -> int:
-        """Many `write_result`s (of lines with no call) in one script call: (line, record, ok, ledger,
-        count); how many were new."""
+    async def write_results(self, batch_id: str, items: Sequence[tuple[int, bytes, bool, dict[str, int], str | None]],
+                            tallies: Sequence[dict[str, int]] | None = None) -> int:
+        """Many `write_result`s in one script call: (line, record, ok, ledger, count), with each
+        line's `tally` in `tallies` (none: lines with no call); how many were new."""
         if not items:
             return 0
         lines: list[tuple[int, bytes, str, dict[str, int], dict[str, int]]] = [
-            (line, (OK if ok else ERR) + record, count or ("succeeded" if ok else "failed"), ledger or {}, {})
-            for line, record, ok, ledger, count in items]
+            (line, (OK if ok else ERR) + record, count or ("succeeded" if ok else "failed"), ledger or {},
+             tallies[i] if tallies else {})
+            for i, (line, record, ok, ledger, count) in enumerate(items)]
         if not self.acks.n:
             return await self.scripts.write_results(self.keys, batch_id, now=time.time(), lines=lines)
         async with self.redis.pipeline(transaction=False) as pipe:

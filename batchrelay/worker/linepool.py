@@ -2,6 +2,8 @@
 
 Chunk jobs put their lines here and wait for them; a fixed pool used ~40 % less CPU than one task
 per line under gather + Semaphore (measured with httpx 0.28), and bounds in-flight provider calls exactly.
+A handler may answer with a Future (a result still being written: writebehind.py): its consumer
+takes the next item at once, and the item's result is that Future's once it is done.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
-Handler = Callable[[int, T], Awaitable[R]]
+Handler = Callable[[int, T], Awaitable[R | asyncio.Future[R]]]
 
 
 class LinePool(Generic[T, R]):
@@ -55,7 +57,9 @@ class LinePool(Generic[T, R]):
                 if not fut.done():
                     fut.set_exception(e)
             else:
-                if not fut.done():
+                if isinstance(result, asyncio.Future):
+                    result.add_done_callback(lambda done, fut=fut: _settle(fut, done))  # type: ignore[misc]
+                elif not fut.done():
                     fut.set_result(result)
 
     async def close(self) -> None:
@@ -63,3 +67,15 @@ class LinePool(Generic[T, R]):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+
+
+def _settle(fut: asyncio.Future[R], done: asyncio.Future[R]) -> None:
+    """The item's result is `done`'s (a write that returned, failed or was cancelled)."""
+    if fut.done():
+        return
+    if done.cancelled():
+        fut.cancel()
+    elif done.exception() is not None:
+        fut.set_exception(done.exception())  # type: ignore[arg-type]
+    else:
+        fut.set_result(done.result())

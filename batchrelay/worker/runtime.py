@@ -47,6 +47,7 @@ from batchrelay.worker.cached import CachedLines
 from batchrelay.worker.linepool import LinePool
 from batchrelay.worker.metrics import chunk_job, line_done
 from batchrelay.worker.relay import LineRelay
+from batchrelay.worker.writebehind import ResultWriter
 
 log = logging.getLogger("batchrelay.worker.runtime")
 SHUTDOWN_MARGIN_S = 5  # past call_timeout: how long a stopping worker's calls in flight may take
@@ -77,6 +78,7 @@ class Runtime:
     health: Health
     clients: list[httpx.AsyncClient] = field(default_factory=list)
     pool: LinePool[LineWork, float | None] | None = None
+    writer: ResultWriter | None = None  # final results, gathered across lines (writebehind.py)
     _checking: dict[str, asyncio.Future[bool]] = field(default_factory=dict)  # batch -> its stop check under way
     in_flight: set[tuple[str, int]] = field(default_factory=set)
     budget: Budget | None = None
@@ -127,6 +129,7 @@ class Runtime:
         # our own asyncio deadline (relay) is the authority; httpx's is only a backstop
         timeout = httpx.Timeout(w.call_timeout + 5, connect=min(10.0, w.call_timeout))
         self.clients = [httpx.AsyncClient(limits=limits, timeout=timeout) for _ in range(n_clients)]
+        self.writer = ResultWriter(self.store)
         self.pool = LinePool(w.concurrency, self.handle_line)
         self.pool.start()
         # its own client: a slow receiver must never hold a connection the providers' calls need
@@ -152,6 +155,8 @@ class Runtime:
         await asyncio.gather(*self.background, return_exceptions=True)
         if self.pool:
             await self.pool.close()
+        if self.writer:
+            await self.writer.close()
         for c in self.clients:
             await c.aclose()
         if self.outbox:
@@ -159,8 +164,9 @@ class Runtime:
         if self.heartbeat:
             await self.heartbeat.stop()
 
-    async def handle_line(self, consumer: int, work: LineWork) -> float | None:
-        """Relay one line and record its result; or return when (unix time) it may be tried again."""
+    async def handle_line(self, consumer: int, work: LineWork) -> float | asyncio.Future[Any] | None:
+        """Relay one line and record its result; or return when (unix time) it may be tried again.
+        A Future: its result is being written (writebehind.py); the line is done once it is."""
         if self.draining:
             return time.time()  # not started: back to the queue at once, for another worker
         if await self.batch_stopped(work.batch_id):
@@ -169,16 +175,24 @@ class Runtime:
                 and not await self.store.is_pending(work.batch_id, work.job.line)):
             return None  # another worker took it over while this one was cut off, and answered it
         work.done = False
+        got: float | asyncio.Future[Any] | None = None
         try:
-            return await self._handle(consumer, work)
+            got = await self._handle(consumer, work)
+            return got
         finally:
-            work.done = True
-            self.in_flight.discard((work.batch_id, work.job.line))
+            if isinstance(got, asyncio.Future) and not got.done():
+                got.add_done_callback(lambda _: self._line_over(work))  # still ours until it is written
+            else:
+                self._line_over(work)
 
-    async def _handle(self, consumer: int, work: LineWork) -> float | None:
+    def _line_over(self, work: LineWork) -> None:
+        work.done = True
+        self.in_flight.discard((work.batch_id, work.job.line))
+
+    async def _handle(self, consumer: int, work: LineWork) -> float | asyncio.Future[Any] | None:
         if work.cached and self.cached is not None:
             return await self.cached.handle(work.batch_id, work.job, lambda: self._relay(consumer, work),
-                                            lambda out, cache: self._finish(work, out, cache))
+                                            lambda out, cache: self._finish_now(work, out, cache))
         return await self._finish(work, await self._relay(consumer, work))
 
     async def _relay(self, consumer: int, work: LineWork) -> Outcome:
@@ -200,18 +214,29 @@ class Runtime:
             out = Outcome(Result.FAILED, list(work.earlier), message=f"internal error: {type(e).__name__}: {e}"[:500])
         return out
 
-    async def _finish(self, work: LineWork, out: Outcome, cache: dict[str, Any] | None = None) -> float | None:
-        """Write a final outcome's record, or keep a pending line's attempts; when it may be tried again."""
+    async def _finish_now(self, work: LineWork, out: Outcome, cache: dict[str, Any]) -> float | None:
+        """`_finish`, its record written before it returns (the response cache's lease waits for it)."""
+        got = await self._finish(work, out, cache, behind=False)
+        assert not isinstance(got, asyncio.Future)
+        return got
+
+    async def _finish(self, work: LineWork, out: Outcome, cache: dict[str, Any] | None = None, *,
+                      behind: bool = True) -> float | asyncio.Future[Any] | None:
+        """Write a final outcome's record, or keep a pending line's attempts; when it may be tried again.
+        `behind`: a final record may still be on its way (the Future of its write), unless too many are."""
         job = work.job
         line_done(out.kind)
         _log_outcome(work, out)
         match out.kind:
             case Result.ANSWERED | Result.REJECTED | Result.FAILED:
                 billed = out.billed
-                await self.store.write_result(work.batch_id, job.line,
-                                              outcome_record(work.batch_id, job, out, billed, cache),
-                                              out.ok, increments(billed),
-                                              tally=call_tally(out.attempts, str(job.body["model"])))
+                assert self.writer is not None
+                record = outcome_record(work.batch_id, job, out, billed, cache)
+                written = self.writer.write(work.batch_id, job.line, record, out.ok, increments(billed),
+                                            call_tally(out.attempts, str(job.body["model"])))
+                if behind and self.writer.unwritten <= self.settings.worker.concurrency:
+                    return written
+                await written  # the writes fall behind (or the caller needs it written): wait for this one
                 return None
             case Result.DEFERRED:
                 await self._keep_attempts(work, out)
