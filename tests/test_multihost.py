@@ -44,6 +44,7 @@ REDIS_PORT, SIM_PORT, METRICS_PORT = 6379, 8787, 9464
 KEY_ENV = "MULTIHOST_TEST_KEY"
 KEYS = {w: f"sk-multihost-test-{w}" for w in WORKERS}
 HELD = max(2, -(-2 * CONCURRENCY // CHUNK) + 1) * CHUNK
+AT_RISK = CONCURRENCY + max(1, CONCURRENCY // 4)  # a host's lines in flight, and answers it may not have written
 
 
 # --- the pure part of the kit -------------------------------------------------------------------
@@ -280,7 +281,7 @@ def run_the_faults(net: Network, cli: Any, probe: Probe, workers: dict[str, subp
         "done_after_restore_s": round(t_done - t_restore, 1), "done_after_kill_s": round(t_done - t_kill, 1),
         "longest_progress_stall_s": round(stall, 1), "provider_calls": len(log), "lines_called_twice_or_more": len(twice),
         "extra_calls": extra, "extra_calls_by_first_caller": dict(first_by),
-        "bound": 2 * CONCURRENCY,
+        "bound": 2 * AT_RISK,
         "cut_worker_lines_called_again_within_s": _round(again_after[CUT]),
         "killed_worker_lines_called_again_within_s": _round(again_after[KILLED]), "ledger_usd": ledger["total"]["usd"],
     }
@@ -288,9 +289,11 @@ def run_the_faults(net: Network, cli: Any, probe: Probe, workers: dict[str, subp
     assert cut_resumed is not None, f"the cut worker never worked again after the restore: {log_of(CUT)}"
     assert len({line for line, _, _ in calls}) == N  # the provider saw every line
     # a line is called again only if it was in flight on the cut or the killed host (each consumer of theirs
-    # at most one line): the cut host's lines not started yet are looked up once it is back, and those that
-    # were answered meanwhile are not sent (store/heartbeat.py); what they held in all is the looser bound
-    assert extra <= 2 * CONCURRENCY <= 2 * HELD, twice
+    # at most one line), or answered there with its write not back yet (at most concurrency // 4 beyond
+    # those: worker/runtime.py _finish): the cut host's lines not started yet are looked up once it is
+    # back, and those answered meanwhile are not sent (store/heartbeat.py); what they held in all is the
+    # looser bound
+    assert extra <= 2 * AT_RISK <= 2 * HELD, twice
     # and no line is called twice but for the faults: one of its calls came from the cut or the killed host
     assert all({CUT, KILLED} & {h for h, _ in c} for c in twice.values()), {
         line: [(h, round(t - wall_restore, 2)) for h, t in c] for line, c in twice.items()}

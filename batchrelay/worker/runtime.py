@@ -234,7 +234,9 @@ class Runtime:
                 record = outcome_record(work.batch_id, job, out, billed, cache)
                 written = self.writer.write(work.batch_id, job.line, record, out.ok, increments(billed),
                                             call_tally(out.attempts, str(job.body["model"])))
-                if behind and self.writer.unwritten <= self.settings.worker.concurrency:
+                # a consumer moves on only while few answers are unwritten: cut off from Redis, a
+                # worker loses those (another reruns their lines), beside the calls in flight
+                if behind and self.writer.unwritten <= max(1, self.settings.worker.concurrency // 4):
                     return written
                 await written  # the writes fall behind (or the caller needs it written): wait for this one
                 return None

@@ -39,6 +39,7 @@ class ResultWriter:
         self.store, self.window_s, self.max_lines = store, window_s, max_lines
         self._waiting: dict[str, list[_Line]] = {}
         self._queued = 0  # lines waiting, not yet in a write
+        self._unsettled = 0  # lines handed in whose write has not returned (waiting, or in a write)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -50,6 +51,7 @@ class ResultWriter:
         done.add_done_callback(self._written)
         self._waiting.setdefault(batch_id, []).append(_Line(line, record, ok, ledger, tally, done))
         self._queued += 1
+        self._unsettled += 1
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="batchrelay-result-writer")
         self._wake.set()
@@ -57,8 +59,9 @@ class ResultWriter:
 
     @property
     def unwritten(self) -> int:
-        """Lines handed in and not yet in a write: what falls behind."""
-        return self._queued
+        """Lines handed in whose write has not returned: answers a cut-off worker would lose (their
+        lines are rerun elsewhere and paid for again), so the caller bounds it."""
+        return self._unsettled
 
     @staticmethod
     def _written(done: asyncio.Future[Any]) -> None:
@@ -78,6 +81,12 @@ class ResultWriter:
                 return
 
     async def _write(self, batch_id: str, lines: list[_Line]) -> None:
+        try:
+            await self._write_lines(batch_id, lines)
+        finally:
+            self._unsettled -= len(lines)  # each is settled now: written, failed or cancelled
+
+    async def _write_lines(self, batch_id: str, lines: list[_Line]) -> None:
         try:
             await self.store.write_results(batch_id, [(x.line, x.record, x.ok, x.ledger, None) for x in lines],
                                            tallies=[x.tally for x in lines])
