@@ -44,7 +44,17 @@ async def acked(pair: Servers) -> AsyncIterator[Store]:
     await redis.aclose()
 
 
-async def test_a_result_write_is_on_the_replica_when_it_returns(pair: Servers, acked: Store) -> None:
+@pytest.fixture
+async def patient(pair: Servers) -> AsyncIterator[Store]:
+    """Waits as long as a loaded machine may need for its replica's acknowledgement (WAIT returns
+    as soon as it has it): 0.5 s was once too short in CI, and the write went on unacknowledged."""
+    redis = Redis(port=pair.master)
+    yield Store(redis, Keys("brack:"), acks=ReplicaAcks(1, timeout_s=10))
+    await redis.aclose()
+
+
+async def test_a_result_write_is_on_the_replica_when_it_returns(pair: Servers, patient: Store) -> None:
+    acked = patient
     replica, master = client(pair.replicas[0]), client(pair.master)
     waits = int(master.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
     results = acked.keys.results(BATCH)
