@@ -4,8 +4,10 @@ with its config and log in a directory the caller owns. `Servers.stop()` ends ev
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,3 +143,18 @@ class Servers:
 
     def stop(self) -> None:
         stop_all(list(self.procs.values()), grace=5)
+
+
+@contextlib.contextmanager
+def replicated(root: Path, *, sentinels: int = 0) -> Iterator[Servers]:
+    """A master and one replica under `root` (and `sentinels` sentinels watching them), stopped at the end."""
+    s = Servers(root)
+    s.dir.mkdir()
+    try:
+        s.start_master()
+        s.start_replica()
+        if sentinels:
+            s.start_sentinels(sentinels)
+        yield s
+    finally:
+        s.stop()

@@ -34,7 +34,7 @@ from batchrelay.store.keys import Keys
 from batchrelay.store.store import Store
 
 from .conftest import batchrelay, openai_line, wait_for
-from .sentinelkit import MASTER, Servers, client
+from .sentinelkit import MASTER, Servers, client, replicated
 from .test_redis_urls import _make_certs
 
 N = 300
@@ -45,15 +45,8 @@ MASTER_PW = "master-Pw-9zq"
 
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[Servers]:
-    s = Servers(tmp_path / "redis")
-    s.dir.mkdir()
-    try:
-        s.start_master()
-        s.start_replica()
-        s.start_sentinels(3)
+    with replicated(tmp_path / "redis", sentinels=3) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def _config(path: Path, base_url: str) -> Path:

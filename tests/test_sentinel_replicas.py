@@ -20,21 +20,15 @@ from batchrelay.store.keys import Keys
 from batchrelay.store.replicas import ReplicaAcks
 from batchrelay.store.store import Store
 
-from .sentinelkit import Servers, client
+from .sentinelkit import Servers, client, replicated
 
 BATCH = "batch_0123456789abcdef01234567"
 
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[Servers]:
-    s = Servers(tmp_path / "redis")
-    s.dir.mkdir()
-    try:
-        s.start_master()
-        s.start_replica()
+    with replicated(tmp_path / "redis") as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture
