@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 import orjson
 import pytest
+from redis.asyncio import Redis
 
 from batchrelay.config.cache import CacheConfig
 from batchrelay.config.settings import HealthConfig, ProviderConfig, Settings, WorkerConfig
@@ -30,13 +32,14 @@ from batchrelay.sim.process import SimulatorProcess
 from batchrelay.spec import BatchSpec
 from batchrelay.store.budget import Budget
 from batchrelay.store.cache import CachedAnswer, ResponseCache
+from batchrelay.store.keys import Keys
 from batchrelay.store.spending import cost_summary, ledger_of, status_object
 from batchrelay.store.store import Store
 from batchrelay.store.submit import submit_stream
 from batchrelay.wire.cache_key import cache_key
 from batchrelay.worker.runtime import Runtime
 
-from .conftest import batchrelay, openai_line, wait_for
+from .conftest import OwnRedis, batchrelay, openai_line, wait_for
 
 MODEL = "gpt-4o-mini"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
@@ -379,3 +382,35 @@ def test_the_python_api_takes_cache(tmp_path: Path, redis_url: str, prefix: str)
         async with Store(Redis.from_url(redis_url), Keys(prefix)) as s:
             return [(await s.claim(b, [1])).cached for b in (on, off)]
     assert asyncio.run(flags()) == [True, False]
+
+
+# --- the entry format and the hits' write ------------------------------------------------------------
+
+def test_an_entry_keeps_its_body_as_json_and_older_entries_still_decode() -> None:
+    a = _answer(7)
+    back = CachedAnswer.decode(a.encode())
+    assert back.body == orjson.dumps(a.body) and back.model == MODEL and back.line == 7 and back.usd == "0.0001"
+    assert CachedAnswer.decode(back.encode()) == back  # read back and stored again: the same bytes of body
+    v1 = zlib.compress(orjson.dumps({"v": 1, "body": a.body, "model": MODEL, "usage": None, "batch": "batch_x",
+                                     "line": 7, "provider": "sim", "at": a.at, "usd": "0.0001"}))
+    assert CachedAnswer.decode(v1) == a
+
+
+async def test_hits_are_written_once_also_after_redis_lost_its_scripts(own_redis: OwnRedis) -> None:
+    client = Redis.from_url(own_redis.url)
+    store = Store(client, Keys("t:"))
+    cache = ResponseCache(store, CacheConfig())
+
+    def hit(line: int) -> tuple[int, bytes, dict[str, int], Decimal]:
+        return line, orjson.dumps({"line": line}), {f"{CACHE}\x1f{MODEL}\x1fcache_hits": 1}, Decimal("0.25")
+
+    try:
+        assert await cache.write_hits("batch_x", [hit(1)]) == 1
+        own_redis.restart(0)  # AOF keeps the data; every script is gone
+        await client.connection_pool.disconnect()
+        assert await client.script_exists(store.scripts._s["results_write"]._script.sha) == [False]
+        assert await cache.write_hits("batch_x", [hit(1), hit(2)]) == 1  # line 1 had its result already
+        assert (await cache.stats()).saved_usd == Decimal("0.75")  # counted once per write, also the one redone
+        assert await client.hlen(store.keys.results("batch_x")) == 2
+    finally:
+        await client.aclose()

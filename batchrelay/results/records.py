@@ -88,10 +88,13 @@ def stopped_record(batch_id: str, job: JobLine, attempts: list[Attempt], final: 
 NO_COST = line_cost([])  # a hit's: no call, 0 USD (only read: orjson writes it into each record)
 
 
-def hit_record(batch_id: str, job: JobLine, body: dict[str, Any], request_id: str | None,
+def hit_record(batch_id: str, job: JobLine, body: dict[str, Any] | bytes, request_id: str | None,
                usage: dict[str, Any] | None, cache: dict[str, Any]) -> bytes:
-    """The record of a line the response cache answered: the stored answer, no attempt, cost 0;
-    `cache`: its `batchrelay.cache` ({"status": "hit", "from": ..., "saved_usd": ...})."""
+    """The record of a line the response cache answered: the stored answer (a dict, or its JSON:
+    put in as it is), no attempt, cost 0; `cache`: its `batchrelay.cache` ({"status": "hit", "from":
+    ..., "saved_usd": ...})."""
+    if isinstance(body, bytes):
+        body = orjson.Fragment(body)  # type: ignore[assignment]
     meta: dict[str, Any] = {"line": job.line, "provider": None, "provider_model": None, "attempts": [],
                             "usage": usage, "cost": NO_COST, "cache": cache}
     if _anthropic_shaped(job.fmt, job.dialect):

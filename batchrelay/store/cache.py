@@ -23,20 +23,22 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+from redis.asyncio.client import Pipeline
 
 from batchrelay.config.cache import CacheConfig
 from batchrelay.money.pricing import pico, usd
 from batchrelay.store.store import OK, Store
 
-FORMAT = 1
+FORMAT = 2  # 1: one JSON object; 2: the object without its body, a newline, then the body's JSON
 CLEAR_BLOCK = 1000
 
 
 @dataclass(frozen=True, slots=True)
 class CachedAnswer:
-    """One stored answer: `body` in the job's dialect, `usage` as the record had it, and its origin."""
+    """One stored answer: `body` in the job's dialect (a dict; read back, its JSON as bytes, put in a
+    record as it is without parsing it), `usage` as the record had it, and its origin."""
 
-    body: dict[str, Any]
+    body: dict[str, Any] | bytes
     model: str  # the job's model name
     usage: dict[str, Any] | None
     batch: str
@@ -47,16 +49,18 @@ class CachedAnswer:
     request_id: str | None = None
 
     def encode(self) -> bytes:
-        return zlib.compress(orjson.dumps({
-            "v": FORMAT, "body": self.body, "model": self.model, "usage": self.usage, "batch": self.batch,
-            "line": self.line, "provider": self.provider, "at": self.at, "usd": self.usd,
-            "request_id": self.request_id}), 6)
+        body = self.body if isinstance(self.body, bytes) else orjson.dumps(self.body)
+        head = orjson.dumps({
+            "v": FORMAT, "model": self.model, "usage": self.usage, "batch": self.batch, "line": self.line,
+            "provider": self.provider, "at": self.at, "usd": self.usd, "request_id": self.request_id})
+        return zlib.compress(head + b"\n" + body, 6)
 
     @classmethod
     def decode(cls, raw: bytes) -> CachedAnswer:
-        d = orjson.loads(zlib.decompress(raw))
-        return cls(d["body"], d["model"], d.get("usage"), d["batch"], d["line"], d["provider"], d["at"], d.get("usd"),
-                   d.get("request_id"))
+        head, newline, body = zlib.decompress(raw).partition(b"\n")  # compact JSON has no raw newline
+        d = orjson.loads(head)
+        return cls(body if newline else d["body"], d["model"], d.get("usage"), d["batch"], d["line"], d["provider"],
+                   d["at"], d.get("usd"), d.get("request_id"))
 
     @property
     def origin(self) -> dict[str, Any]:
@@ -116,16 +120,16 @@ class ResponseCache:
         """Lines' results from hits, (line, record, ledger, saved USD): the same exactly-once write as
         any answer (one script call for all), and the saved USD in the cache's stats, in one round
         trip; how many were new."""
-        s = self.store
-        async with s.redis.pipeline(transaction=False) as pipe:
-            await s.scripts.write_results(s.keys, batch_id, now=time.time(), pipe=pipe,
-                                          lines=[(line, OK + record, "succeeded", ledger, {})
-                                                 for line, record, ledger, _ in hits])
-            saved = sum((h[3] for h in hits), Decimal(0))
-            if saved:
+        s, now = self.store, time.time()
+        lines: list[tuple[int, bytes, str, dict[str, int], dict[str, int]]] = [
+            (line, OK + record, "succeeded", ledger, {}) for line, record, ledger, _ in hits]
+        saved = sum((h[3] for h in hits), Decimal(0))
+
+        async def queue(pipe: Pipeline, again: bool) -> None:
+            await s.scripts.write_results(s.keys, batch_id, now=now, pipe=pipe, lines=lines)
+            if saved and not again:
                 pipe.hincrby(s.keys.cache_stats, "saved", pico(saved))
-            written = await s.acks.execute(pipe)  # and waits for replicas ([redis] min_replicas_ack)
-        return int(written[0])
+        return int((await s.acked_write(queue))[0])  # and waits for replicas ([redis] min_replicas_ack)
 
     async def lease(self, key: str) -> str | None:
         """The single-flight lease for `key` (its token), or None while another worker holds it."""

@@ -88,22 +88,30 @@ class Script:
 
     async def __call__(self, keys: Mapping[str, str], args: Mapping[str, Any], pairs: Iterable[Any] = (),
                        client: Pipeline | None = None) -> Any:
+        if client is not None:  # queued by its sha alone (see `queue`); the reply comes from the pipeline
+            self.queue(client, keys, args, pairs)
+            return None
         lua = self.lua
         self._check(keys, args)
-        return await self._script(keys=[keys[k] for k in lua.keys], args=[*(args[a] for a in lua.argv), *pairs],
-                                  client=client)
+        return await self._script(keys=[keys[k] for k in lua.keys], args=[*(args[a] for a in lua.argv), *pairs])
 
     def _check(self, keys: Mapping[str, str], args: Mapping[str, Any]) -> None:
         if keys.keys() != self._names[0] or args.keys() != self._names[1]:
             raise TypeError(f"{self.lua.name}.lua takes KEYS {self.lua.keys} and ARGV {self.lua.argv}, "
                             f"not {tuple(keys)} and {tuple(args)}")
 
-    def queue(self, pipe: Pipeline, keys: Mapping[str, str], args: Mapping[str, Any]) -> None:
+    def queue(self, pipe: Pipeline, keys: Mapping[str, str], args: Mapping[str, Any],
+              pairs: Iterable[Any] = ()) -> None:
         """Queue a call on `pipe` by its sha alone: no SCRIPT EXISTS round trip before the pipeline
-        (which a script registered on it costs); a NoScriptError in its reply means it did not run."""
+        (which a script registered on it costs); a NoScriptError in its reply means it did not run
+        (`Scripts.load_all`, then queue it again)."""
         self._check(keys, args)
         lua = self.lua
-        pipe.evalsha(self._script.sha, len(lua.keys), *(keys[k] for k in lua.keys), *(args[a] for a in lua.argv))
+        pipe.evalsha(self._script.sha, len(lua.keys), *(keys[k] for k in lua.keys), *(args[a] for a in lua.argv),
+                     *pairs)
+
+    async def load(self) -> None:
+        await self._script.registered_client.script_load(self.lua.text)
 
 
 def _text(reply: Any) -> str:
@@ -131,6 +139,11 @@ class Scripts:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._s = {name: Script(redis, load(name)) for name in SCRIPTS}
+
+    async def load_all(self) -> None:
+        """Load every script into Redis again: after a restart lost them, before queuing calls by sha."""
+        for script in self._s.values():
+            await script.load()
 
     # the batch record (store.py, submit.py)
 

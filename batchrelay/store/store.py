@@ -10,12 +10,14 @@ kind (`BYTE_FIELDS`).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
 
 from batchrelay.errors import BatchNotFound
 from batchrelay.money.ledger import SEP
@@ -286,9 +288,10 @@ class Store:
         args = _result(line, record, ok, ledger, count)
         if not self.acks.n:
             return await self.scripts.write_result(self.keys, batch_id, **args, tally=tally)
-        async with self.redis.pipeline(transaction=False) as pipe:
+
+        async def queue(pipe: Pipeline, _again: bool) -> None:
             await self.scripts.write_result(self.keys, batch_id, **args, tally=tally, pipe=pipe)
-            return bool((await self.acks.execute(pipe))[0])
+        return bool((await self.acked_write(queue))[0])
 
     async def write_results(self, batch_id: str, items: Sequence[tuple[int, bytes, bool, dict[str, int], str | None]],
                             tallies: Sequence[dict[str, int]] | None = None) -> int:
@@ -302,9 +305,26 @@ class Store:
             for i, (line, record, ok, ledger, count) in enumerate(items)]
         if not self.acks.n:
             return await self.scripts.write_results(self.keys, batch_id, now=time.time(), lines=lines)
-        async with self.redis.pipeline(transaction=False) as pipe:
+
+        async def queue(pipe: Pipeline, _again: bool) -> None:
             await self.scripts.write_results(self.keys, batch_id, now=time.time(), lines=lines, pipe=pipe)
-            return int((await self.acks.execute(pipe))[0])
+        return int((await self.acked_write(queue))[0])
+
+    async def acked_write(self, queue: Callable[[Pipeline, bool], Awaitable[None]]) -> list[Any]:
+        """Run what `queue(pipe, again)` puts on a pipeline (script calls go by sha: no SCRIPT EXISTS
+        round trip), with the WAIT of `[redis] min_replicas_ack`, in one round trip; its replies. When
+        Redis lost its scripts (a restart), they are loaded and `queue` is called again with `again`
+        True: the commands besides the scripts already ran once, and it must queue only the scripts."""
+        for again in (False, True):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await queue(pipe, again)
+                try:
+                    return await self.acks.execute(pipe)
+                except NoScriptError:
+                    if again:
+                        raise
+            await self.scripts.load_all()
+        raise AssertionError("unreachable")
 
     async def ledger(self, batch_id: str) -> dict[bytes, bytes]:
         raw: dict[bytes, bytes] = await self.redis.hgetall(self.keys.ledger(batch_id))  # type: ignore[misc]

@@ -5,8 +5,10 @@ returns (its semaphore has `max_jobs + 1` permits, so `start_jobs` does not wait
 job that ends leaves its slot empty until the next poll. Chunks whose lines are all answered from the
 response cache end within milliseconds, so that wait, not the work, set the pace: about `max_jobs`
 chunks per 0.1 s. Here a poll that started a job polls again: at once if a slot is free, or as soon
-as a job ends (within the rest of the poll delay) if all are taken. A poll that starts nothing
-changes nothing: the queue has nothing ready, and arq's own delay applies.
+as a job ends (within the rest of the poll delay) if all are taken, also when that poll found them
+all taken (returning then would add arq's whole delay: it sleeps what is left of it after an
+iteration). A poll that starts nothing with a slot free changes nothing: the queue has nothing
+ready, and arq's own delay applies.
 """
 
 from __future__ import annotations
@@ -41,13 +43,16 @@ class EagerWorker(Worker):
         until = asyncio.get_running_loop().time() + self.poll_delay_s
         while True:
             self._started_some = False
+            self._slot_freed.clear()  # before the poll: a job that ends during it is not missed
             await super()._poll_iteration()
-            if not (self._started_some and self.allow_pick_jobs):
-                return  # nothing (more) was ready: arq's own delay applies
-            self._slot_freed.clear()
-            if self.job_counter >= self.max_jobs:  # full: more may be ready than there were slots
+            if not self.allow_pick_jobs:
+                return
+            full = self.job_counter >= self.max_jobs
+            if not (self._started_some or full):
+                return  # a slot is free and nothing (more) was ready: arq's own delay applies
+            if full:  # more may be ready than there were slots: poll again once one is free
                 try:
                     async with asyncio.timeout_at(until):
                         await self._slot_freed.wait()
                 except TimeoutError:
-                    return  # arq's next poll follows at once: the delay has passed
+                    return  # the delay has passed: arq's next poll follows at once (it sleeps only what is left)
