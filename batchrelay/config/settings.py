@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from batchrelay import parse
 from batchrelay.config.cache import CacheConfig
+from batchrelay.config.lanes import BATCH_KINDS, LaneConfig, ProviderKind, lane_defaults, lane_problems
 from batchrelay.config.presets import apply_preset
 from batchrelay.config.serve import ServeConfig
 from batchrelay.errors import ConfigError
@@ -66,6 +67,8 @@ class RateLimits(_Strict):
 
 class ProviderConfig(_Strict):
     name: str = Field(min_length=1)
+    kind: ProviderKind = "chat"  # a Batch API (config/lanes.py) is a lane: never called line by line
+    lane: LaneConfig | None = None
     preset: str | None = None
     base_url: str
     api_key_env: str | None = None
@@ -96,14 +99,21 @@ class ProviderConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _preset(cls, data: Any) -> Any:
-        return apply_preset(data) if isinstance(data, dict) else data
+        return lane_defaults(apply_preset(data)) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _plan_known(self) -> ProviderConfig:
+        if problems := lane_problems(self.kind, self.lane, self.model_fields_set, variant=self.variant,
+                                     cost_source=self.cost_source):
+            raise ValueError("; ".join(problems))
         if self.plan is not None and self.plan not in self.plans:
             known = ", ".join(self.plans) or "none"
             raise ValueError(f"unknown plan {self.plan!r} (known: {known})")
         return self
+
+    @property
+    def is_lane(self) -> bool:
+        return self.kind in BATCH_KINDS
 
     def auth_for(self, dialect: Dialect) -> AuthStyle:
         if isinstance(self.auth, str):

@@ -27,6 +27,7 @@ class Attempt:
     model: str | None = None  # the provider's model name, for billed calls
     usage: Usage | None = None  # billed calls only: the answer, or a failure the provider billed
     cost: CallCost | None = None
+    upstream_batch: str | None = None  # a lane's call: the upstream batch that answered (or failed) it
 
     @property
     def billed(self) -> Billed | None:
@@ -40,7 +41,7 @@ class Attempt:
         usage = Usage.from_dict(d["usage"]) if d.get("usage") else None
         cost = CallCost.from_dict(d["cost"]) if d.get("cost") else None
         return cls(d["provider"], d.get("status"), d.get("latency_ms", 0.0), d.get("action"), d.get("error"),
-                   d.get("wait_s", 0.0), d.get("started_at", 0.0), d.get("model"), usage, cost)
+                   d.get("wait_s", 0.0), d.get("started_at", 0.0), d.get("model"), usage, cost, d.get("upstream_batch"))
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"provider": self.provider, "status": self.status, "latency_ms": round(self.latency_ms, 1)}
@@ -56,6 +57,8 @@ class Attempt:
             d["model"] = self.model
             d["usage"] = self.usage.as_dict()
             d["cost"] = self.cost.as_dict()
+        if self.upstream_batch:
+            d["upstream_batch"] = self.upstream_batch
         return d
 
 
