@@ -1,0 +1,246 @@
+"""Lanes end to end (issue 18): one batchrelay (serve + worker + simulator) is the official Batch API
+upstream of another, behind a fault proxy (tests/lanekit.py); the one under test has a flaky reseller
+at 0.75x and the lane at 0.5x, and works its batches with `worker --burst` processes.
+
+Every test checks what a user relies on (lanekit.check_batch): each line answered or failed exactly
+once, the ledger equal to the sum of the lines' costs, a lane-answered line naming its upstream batch,
+and one upstream batch per parcel, never two (the kill points included)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from decimal import Decimal as D
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from batchrelay.config.settings import ProviderConfig
+from batchrelay.money.pricing import call_cost, price_of
+from batchrelay.wire.reply import Usage
+
+from .lanekit import (
+    CHAT_MODEL,
+    MESSAGES_MODEL,
+    Downstream,
+    answered_by,
+    chat_lines,
+    check_batch,
+    downstream,
+    lane_attempts,
+    messages_lines,
+    serve_has,
+    upstream,
+)
+
+pytestmark = pytest.mark.timeout(120)
+WINDOW = ("--completion-window", "60s")  # the lane needs window_s 20 + margin_s 5: 60 s leaves room
+
+
+def _half_price(attempt: dict[str, Any], model: str) -> D | None:
+    """What the lane's call costs at 0.5x the official price, from its usage."""
+    half = ProviderConfig(name="half", base_url="http://half.invalid", price_multiplier=D("0.5"))
+    return call_cost(price_of(half, model), Usage.from_dict(attempt["usage"]), None, "computed").billed
+
+
+def _deadline_options() -> tuple[str, ...]:
+    """`--deadline` in 60 s when submit has it (issue 18), else a 60 s completion window."""
+    from batchrelay.cli.main import cli
+
+    submit = cli.commands["submit"]
+    if any(p.name == "deadline" for p in submit.params):
+        return ("--deadline", str(round(time.time() + 60)))
+    return WINDOW
+
+
+def _budget_settled(down: Downstream, batch: str, rows: list[dict[str, Any]]) -> None:
+    b = down.budget(batch)
+    assert D(b["spent_usd"]) == D(down.ledger(batch)["total"]["usd"]) == sum(
+        (D((r["batchrelay"].get("cost") or {}).get("usd") or "0") for r in rows), D(0))
+    assert D(b["reserved_usd"]) == 0, b
+
+
+@pytest.mark.parametrize("kind", ["openai-batch", "anthropic-batch"])
+def test_a_batch_with_time_to_spare_is_answered_by_the_lane_at_half_the_official_price(
+    tmp_path: Path, redis_url: str, prefix: str, kind: str,
+) -> None:
+    n = 20
+    with upstream(tmp_path, redis_url, prefix) as up, downstream(tmp_path, redis_url, prefix, up, kind=kind) as down:
+        lines = chat_lines(n) if kind == "openai-batch" else messages_lines(n)
+        options = (*WINDOW, "--max-cost", "1") if kind == "openai-batch" else (*_deadline_options(), "--max-cost", "1")
+        batch = down.submit(lines, *options)
+        down.worker()
+        assert down.wait(batch) == "completed"
+        rows = check_batch(down, up, batch, n, kind)
+        assert down.reseller.stats()["calls"] == 0
+        model = CHAT_MODEL if kind == "openai-batch" else MESSAGES_MODEL
+        for r in rows:
+            assert answered_by(r) == "lane", r
+            (attempt,) = r["batchrelay"]["attempts"]
+            assert D(attempt["cost"]["usd"]) == _half_price(attempt, model)
+            assert D(attempt["cost"]["usd"]) > 0
+        assert {row["provider"] for row in down.ledger(batch)["rows"]} == {"lane"}
+        _budget_settled(down, batch, rows)
+        # the lane's requests went to the Batch API's own endpoints, none to a synchronous one
+        paths = {s.path for s in up.proxy.log}
+        assert not any(p.endswith(("/chat/completions", "/v1/messages")) for p in paths), paths
+
+
+def test_an_urgent_batch_and_one_whose_deadline_is_too_near_never_touch_the_lane(
+    tmp_path: Path, redis_url: str, prefix: str,
+) -> None:
+    with upstream(tmp_path, redis_url, prefix) as up, downstream(tmp_path, redis_url, prefix, up) as down:
+        urgent = down.submit(chat_lines(10))  # no deadline at all
+        near = down.submit(chat_lines(10), "--completion-window", "20s")  # < window_s 20 + margin_s 5
+        down.worker()
+        for batch in (urgent, near):
+            assert down.wait(batch) == "completed"
+            rows = check_batch(down, up, batch, 10)
+            assert {answered_by(r) for r in rows} == {"reseller"}
+            assert not any(lane_attempts(r) for r in rows)
+            assert "lane_parcels" not in down.meta(batch)
+        assert up.proxy.log == [] and up.batches("openai-batch") == []
+
+
+@pytest.mark.skipif(not serve_has("batch_window_s"), reason="`[serve] batch_window_s` is not there yet")
+def test_an_upstream_batch_that_expires_keeps_its_answers_and_the_rest_fail_over_to_the_reseller(
+    tmp_path: Path, redis_url: str, prefix: str,
+) -> None:
+    n = 16
+    # the upstream answers 2 lines a second (its worker has 2 slots) and its batches expire after 4 s
+    with upstream(tmp_path, redis_url, prefix, window_s=4, sim={"latency_ms": 1000}) as up, \
+            downstream(tmp_path, redis_url, prefix, up) as down:
+        batch = down.submit(chat_lines(n), *WINDOW, "--max-cost", "1")
+        down.worker()
+        assert down.wait(batch, timeout=90) == "completed"
+        rows = check_batch(down, up, batch, n)
+        (upstream_batch,) = up.batches("openai-batch")
+        assert upstream_batch["status"] == "expired"
+        by = Counter(answered_by(r) for r in rows)
+        assert by["lane"] > 0 and by["reseller"] > 0 and by["lane"] + by["reseller"] == n, by
+        for r in rows:
+            (lane,) = lane_attempts(r)
+            assert lane["upstream_batch"] == upstream_batch["id"]
+            if answered_by(r) == "reseller":  # failed over: the lane's attempt says why, then the reseller's
+                assert lane["status"] is None and lane.get("error"), r["batchrelay"]["attempts"]
+                assert r["batchrelay"]["attempts"][-1]["provider"] == "reseller"
+        assert D(down.ledger(batch)["total"]["usd"]) > 0
+        _budget_settled(down, batch, rows)
+
+
+def test_lines_in_the_upstream_error_file_are_rejected_on_a_400_and_failed_over_on_a_500(
+    tmp_path: Path, redis_url: str, prefix: str,
+) -> None:
+    n = 12
+    # upstream: req-1 and req-2 are bad requests (400 from the simulator, before any scripted fault); of the
+    # other 10 lines' calls the first 8 are answered and the next 4 are 500s: the two lines left get a 500
+    # on each of their 2 tries, fail upstream and land in the error file
+    lines = chat_lines(n)
+    for line in lines[:2]:
+        line["body"]["max_tokens"] = 0
+    with upstream(tmp_path, redis_url, prefix, sim={"script": [0] * 8 + [500] * 4}) as up, \
+            downstream(tmp_path, redis_url, prefix, up) as down:
+        batch = down.submit(lines, *WINDOW)
+        down.worker()
+        assert down.wait(batch) == "completed"
+        rows = check_batch(down, up, batch, n)
+        by_id = {r["custom_id"]: r for r in rows}
+        for cid in ("req-1", "req-2"):  # rejected: the request is bad, no money is spent elsewhere on it
+            r = by_id[cid]
+            assert answered_by(r) is None and r["error"], r
+            assert [a["provider"] for a in r["batchrelay"]["attempts"]] == ["lane"], r["batchrelay"]
+            assert r["batchrelay"]["attempts"][0]["status"] == 400
+        failed_over = [r for r in rows if answered_by(r) == "reseller"]
+        assert len(failed_over) == 2, Counter(answered_by(r) for r in rows)
+        for r in failed_over:
+            lane = r["batchrelay"]["attempts"][0]
+            assert lane["provider"] == "lane" and lane["upstream_batch"] and "500" in str(lane), lane
+        assert sum(answered_by(r) == "lane" for r in rows) == n - 4
+        reseller_calls = down.reseller.stats()["by_status"]
+        assert sum(reseller_calls.values()) == sum(
+            a["provider"] == "reseller" for r in failed_over for a in r["batchrelay"]["attempts"])
+
+
+def test_5xx_and_429_answers_to_polls_leave_the_lines_alone_and_retry_after_is_honoured(
+    tmp_path: Path, redis_url: str, prefix: str,
+) -> None:
+    n = 10
+    with upstream(tmp_path, redis_url, prefix, sim={"latency_ms": 200}) as up, \
+            downstream(tmp_path, redis_url, prefix, up) as down:
+        up.proxy.on("GET", "/v1/batches/*", [503, 503, (429, {"retry-after": "1"}), 500])
+        batch = down.submit(chat_lines(n), *WINDOW)
+        down.worker()
+        assert down.wait(batch) == "completed"
+        rows = check_batch(down, up, batch, n)
+        assert {answered_by(r) for r in rows} == {"lane"}
+        assert all(len(r["batchrelay"]["attempts"]) == 1 for r in rows)  # the faults are no line's attempt
+        polls = up.proxy.seen("GET", "/v1/batches/*")
+        assert [p.status for p in polls[:4]] == [503, 503, 429, 500] and polls[-1].status == 200, polls
+        assert polls[3].t - polls[2].t >= 0.95, "the poll after a 429 with Retry-After: 1 came too early"
+        assert down.reseller.stats()["calls"] == 0
+
+
+def _upstream_ids(rows: list[dict[str, Any]]) -> set[str]:
+    return {a["upstream_batch"] for r in rows for a in lane_attempts(r)}
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["between-upload-and-create", "between-create-and-recording"])
+def test_a_worker_killed_at_the_create_leaves_exactly_one_upstream_batch(
+    tmp_path: Path, redis_url: str, prefix: str, after: bool,
+) -> None:
+    n = 12
+    with upstream(tmp_path, redis_url, prefix) as up, downstream(tmp_path, redis_url, prefix, up) as down:
+        held = up.proxy.hold("POST", "/v1/batches", after=after)
+        batch = down.submit(chat_lines(n), *WINDOW)
+        victim = down.worker()
+        assert held.reached.wait(30), f"no create reached the upstream\n{down.logs()}"
+        created = up.batches("openai-batch")
+        assert len(created) == (1 if after else 0)  # held after: the upstream batch exists, its id unrecorded
+        down.kill(victim)
+        held.release()
+        down.worker()
+        assert down.wait(batch) == "completed"
+        rows = check_batch(down, up, batch, n)  # one upstream batch per parcel: none created twice
+        assert {answered_by(r) for r in rows} == {"lane"}
+        (only,) = up.batches("openai-batch")
+        assert _upstream_ids(rows) == {only["id"]}
+        if after:
+            assert created[0]["id"] == only["id"] == orjson.loads(held.upstream_answer[1])["id"]  # type: ignore[index]
+        creates = up.proxy.seen("POST", "/v1/batches")
+        # before: the held create was dropped, then sent once; after: found again by listing, not sent again
+        assert [c.status for c in creates] == ([200] if after else [502, 200]), creates
+        assert up.input_files() == [], "an uploaded input file was left behind"
+
+
+def test_cancel_cancels_the_upstream_batch_and_keeps_what_it_answered(
+    tmp_path: Path, redis_url: str, prefix: str,
+) -> None:
+    n = 10
+    with upstream(tmp_path, redis_url, prefix, sim={"latency_ms": 1500}) as up, \
+            downstream(tmp_path, redis_url, prefix, up) as down:
+        batch = down.submit(chat_lines(n), *WINDOW)
+        down.worker()
+        deadline = time.monotonic() + 30
+        while not (listed := up.batches("openai-batch")) or listed[0]["raw"]["request_counts"]["completed"] < 1:
+            assert time.monotonic() < deadline, f"the upstream batch never got going: {listed}\n{down.logs()}"
+            time.sleep(0.2)
+        down.cli("cancel", batch, "--no-wait")
+        deadline = time.monotonic() + 60
+        while down.meta(batch).get("status") != "cancelled":
+            # a burst worker leaves a stop's last step to `cancel` (or a long-running worker's sweep)
+            if all(w.poll() is not None for w in down.workers):
+                down.cli("cancel", batch)
+            assert time.monotonic() < deadline, f"{down.meta(batch)}\n{down.logs()}"
+            time.sleep(0.5)
+        (upstream_batch,) = up.batches("openai-batch")
+        assert upstream_batch["status"] in ("cancelling", "cancelled"), upstream_batch
+        assert any(s.method == "POST" and s.path.endswith("/cancel") for s in up.proxy.log)
+        rows = check_batch(down, up, batch, n)
+        by = Counter(answered_by(r) for r in rows)
+        assert by["lane"] >= 1 and by[None] >= 1 and set(by) <= {"lane", None}, by
+        for r in rows:
+            if answered_by(r) is None:
+                assert "cancel" in orjson.dumps(r["error"]).decode(), r
+        assert down.reseller.stats()["calls"] == 0  # a cancelled batch's lines are not failed over
