@@ -347,7 +347,9 @@ class Downstream:
         return "\n".join(f"--- worker{i}:\n" + (self.tmp / f"worker{i}.log").read_text(errors="replace")[-tail:]
                          for i in range(len(self.workers)))
 
-    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+    def kill_when(self, event: threading.Event, proc: subprocess.Popen[bytes], what: str) -> None:
+        """SIGKILL the worker once `event` is set (a request held at the proxy)."""
+        assert event.wait(30), f"{what} never reached the upstream\n{self.logs()}"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
 

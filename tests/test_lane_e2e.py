@@ -99,7 +99,7 @@ def test_an_urgent_batch_and_one_whose_deadline_is_too_near_never_touch_the_lane
             assert down.wait(batch) == "completed"
             rows = check_batch(down, up, batch, 10)
             assert {answered_by(r) for r in rows} == {"reseller"}
-            assert not any(lane_attempts(r) for r in rows)
+            assert not any(a["provider"] == "lane" for r in rows for a in r["batchrelay"]["attempts"])
             assert "lane_parcels" not in down.meta(batch)
         assert up.proxy.log == [] and up.batches("openai-batch") == []
 
@@ -186,31 +186,50 @@ def _upstream_ids(rows: list[dict[str, Any]]) -> set[str]:
     return {a["upstream_batch"] for r in rows for a in lane_attempts(r)}
 
 
-@pytest.mark.parametrize("after", [False, True], ids=["between-upload-and-create", "between-create-and-recording"])
-def test_a_worker_killed_at_the_create_leaves_exactly_one_upstream_batch(
-    tmp_path: Path, redis_url: str, prefix: str, after: bool,
+def _lease_s() -> float:
+    """How long a killed worker's parcel stays leased to it (worker/lane_steps.py)."""
+    try:
+        from batchrelay.worker.lane_steps import LEASE_S
+    except ImportError:
+        return 60.0
+    return float(LEASE_S)
+
+
+@pytest.mark.timeout(240)
+def test_workers_killed_between_upload_and_create_and_between_create_and_recording_leave_one_upstream_batch_each(
+    tmp_path: Path, redis_url: str, prefix: str,
 ) -> None:
+    """Both kill points in one test, so one lease lapse serves both: batch A's worker dies with its
+    create held unsent (the file is uploaded, no upstream batch exists), batch B's with its create sent
+    and the answer held (the upstream batch exists, its id never reached the worker). A third worker,
+    once their leases lapse, creates A's batch (once) and finds B's again by listing (no second create)."""
     n = 12
     with upstream(tmp_path, redis_url, prefix) as up, downstream(tmp_path, redis_url, prefix, up) as down:
-        held = up.proxy.hold("POST", "/v1/batches", after=after)
-        batch = down.submit(chat_lines(n), *WINDOW)
-        victim = down.worker()
-        assert held.reached.wait(30), f"no create reached the upstream\n{down.logs()}"
-        created = up.batches("openai-batch")
-        assert len(created) == (1 if after else 0)  # held after: the upstream batch exists, its id unrecorded
-        down.kill(victim)
-        held.release()
+        before = up.proxy.hold("POST", "/v1/batches", after=False)
+        a = down.submit(chat_lines(n), *WINDOW)
+        down.kill_when(before.reached, down.worker(), "A's create")
+        assert up.batches("openai-batch") == []
+        before.release()  # its client is dead: the proxy drops it unforwarded
+
+        after = up.proxy.hold("POST", "/v1/batches", after=True)
+        b = down.submit(chat_lines(n), *WINDOW)
+        down.kill_when(after.reached, down.worker(), "B's create")
+        assert after.upstream_answer is not None and after.upstream_answer[0] == 200
+        b_upstream = orjson.loads(after.upstream_answer[1])["id"]
+        assert [x["id"] for x in up.batches("openai-batch")] == [b_upstream]
+        after.release()
+
         down.worker()
-        assert down.wait(batch) == "completed"
-        rows = check_batch(down, up, batch, n)  # one upstream batch per parcel: none created twice
-        assert {answered_by(r) for r in rows} == {"lane"}
-        (only,) = up.batches("openai-batch")
-        assert _upstream_ids(rows) == {only["id"]}
-        if after:
-            assert created[0]["id"] == only["id"] == orjson.loads(held.upstream_answer[1])["id"]  # type: ignore[index]
-        creates = up.proxy.seen("POST", "/v1/batches")
-        # before: the held create was dropped, then sent once; after: found again by listing, not sent again
-        assert [c.status for c in creates] == ([200] if after else [502, 200]), creates
+        ids = {}
+        for batch in (a, b):
+            assert down.wait(batch, timeout=_lease_s() + 45) == "completed"
+            rows = check_batch(down, up, batch, n)  # one upstream batch per parcel: none created twice
+            assert {answered_by(r) for r in rows} == {"lane"}
+            ids[batch] = _upstream_ids(rows)
+        assert ids[b] == {b_upstream} and len(ids[a]) == 1 and ids[a] != ids[b]
+        assert len(up.batches("openai-batch")) == 2
+        # A's held create was dropped and sent once more; B's was sent once, and found again by listing
+        assert [c.status for c in up.proxy.seen("POST", "/v1/batches")] == [502, 200, 200]
         assert up.input_files() == [], "an uploaded input file was left behind"
 
 
