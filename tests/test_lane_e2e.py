@@ -46,12 +46,12 @@ def _half_price(attempt: dict[str, Any], model: str) -> D | None:
 
 
 def _deadline_options() -> tuple[str, ...]:
-    """`--deadline` in 60 s when submit has it (issue 18), else a 60 s completion window."""
+    """`--deadline +60s` when submit has it (issue 18), else a 60 s completion window."""
     from batchrelay.cli.main import cli
 
     submit = cli.commands["submit"]
     if any(p.name == "deadline" for p in submit.params):
-        return ("--deadline", str(round(time.time() + 60)))
+        return ("--deadline", "+60s")
     return WINDOW
 
 
