@@ -1,15 +1,25 @@
-"""Which lines go to a lane (an official Batch API) instead of a synchronous provider (providers/routing.py). Pure."""
+"""Which lines go to a lane (an official Batch API) instead of a synchronous provider (providers/routing.py,
+pure), and the deadline that decides it: `--deadline`, `deadline=`, a schedule's `completion_window`."""
 
 from __future__ import annotations
 
 import random
+import time
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
-from batchrelay.config.settings import ProviderConfig
+from batchrelay import Client
+from batchrelay.config.settings import ProviderConfig, load_settings, parse_settings
+from batchrelay.errors import ConfigError, ExitCode, InputError
 from batchrelay.providers.routing import Strategy, candidates, lane_for, lane_ok
+from batchrelay.spec import BatchSpec
+from batchrelay.store.schedules import spec_of
 from batchrelay.wire.dialect import Dialect
+
+from .conftest import batchrelay, openai_line, write_config
 
 NOW = 1_000_000.0
 NEEDS = 86400 + 3600  # a lane's default window (24 h) plus its default margin (1 h)
@@ -111,3 +121,85 @@ def test_weighted_gives_the_lane_its_share_of_first_places() -> None:
     to_lane = sum(lane_for("chat", "m", providers, strategy="weighted", routes=None, allow=None, deadline=ENOUGH,
                            now=NOW) is not None for _ in range(draws))
     assert 0.70 <= to_lane / draws <= 0.80  # 3:1 means 75 %
+
+
+# the deadline
+
+
+def test_a_deadline_is_a_time_or_a_duration_from_now() -> None:
+    before = time.time()
+    assert before + 26 * 3600 <= (BatchSpec(deadline="+26h").deadline or 0) <= time.time() + 26 * 3600  # type: ignore[arg-type]
+    assert BatchSpec(deadline="2099-01-01T00:00:00Z").deadline == 4070908800.0  # type: ignore[arg-type]
+    assert BatchSpec(deadline=4070908800).deadline == 4070908800.0
+    assert BatchSpec().deadline is None
+
+
+@pytest.mark.parametrize(("options", "expires_in"), [
+    ({}, None),
+    ({"completion_window": 100}, 100),
+    ({"deadline": 50}, 50),
+    ({"completion_window": 100, "deadline": 50}, 50),  # the earlier counts
+    ({"completion_window": 100, "deadline": 150}, 100),
+    ({"completion_window": 100, "start_at": 30}, 130),  # a deferred batch's window runs from its start
+    ({"completion_window": 100, "start_at": 30, "deadline": 120}, 120),
+])
+def test_a_batch_expires_at_the_end_of_its_window_or_at_its_deadline_whichever_is_first(
+        options: dict[str, float], expires_in: float | None) -> None:
+    now = time.time()
+    spec = BatchSpec(**{k: (now + v if k in ("start_at", "deadline") else v) for k, v in options.items()})
+    at = spec.expires_at(now)
+    assert (None if at is None else round(at - now, 3)) == expires_in
+
+
+@pytest.mark.parametrize(("options", "why"), [
+    ({"deadline": "2020-01-01T00:00:00Z"}, "deadline: 2020-01-01T00:00:00Z has passed"),
+    ({"deadline": "+1h", "start_at": time.time() + 7200}, "deadline: .* is not after the batch's start"),
+    ({"deadline": "soon"}, "deadline: 'soon' is not an ISO-8601 time like .*, nor a time from now like \\+26h"),
+    ({"deadline": "+0h"}, "deadline: '\\+0h' is not a time from now like \\+26h"),
+])
+def test_a_deadline_that_has_passed_or_is_not_after_the_start_is_refused(options: dict[str, Any], why: str) -> None:
+    with pytest.raises(InputError, match=why):
+        BatchSpec.checked(options)
+
+
+def test_the_command_line_refuses_a_past_deadline_or_one_before_the_start_without_a_traceback(
+        tmp_path: Path, redis_url: str, prefix: str) -> None:
+    cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": "http://127.0.0.1:9"}])
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(orjson.dumps(openai_line(1)) + b"\n")
+    env = {"REDIS_URL": redis_url}
+    past = batchrelay("-c", str(cfg), "submit", str(src), "--deadline", "2020-01-01T00:00:00Z", env=env)
+    assert past.returncode == ExitCode.USAGE and "Traceback" not in past.stderr
+    assert "Error: deadline: 2020-01-01T00:00:00Z has passed" in past.stderr
+    early = batchrelay("-c", str(cfg), "submit", str(src), "--in", "2h", "--deadline", "+1h", env=env)
+    assert early.returncode == ExitCode.USAGE and "Traceback" not in early.stderr
+    assert "is not after the batch's start" in early.stderr
+    ok = batchrelay("-c", str(cfg), "submit", str(src), "--deadline", "+26h", "--completion-window", "30h", "--json",
+                    env=env)
+    assert ok.returncode == 0, ok.stderr
+    submitted = orjson.loads(ok.stdout)
+    status = batchrelay("-c", str(cfg), "status", submitted["id"], "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    assert orjson.loads(status.stdout)["expires_at"] == pytest.approx(submitted["deadline"], abs=0.01)
+    assert submitted["deadline"] == pytest.approx(time.time() + 26 * 3600, abs=60)
+
+
+def test_the_python_api_takes_a_deadline(tmp_path: Path, redis_url: str, prefix: str) -> None:
+    cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": "http://127.0.0.1:9"}])
+    with Client(redis_url, settings=load_settings(cfg)) as client:
+        batch = client.submit([openai_line(1)], deadline="+2h", completion_window="3h")
+        assert client.status(batch)["expires_at"] == pytest.approx(time.time() + 7200, abs=60)
+        with pytest.raises(InputError, match="deadline: .* has passed"):
+            client.submit([openai_line(1)], deadline=time.time() - 1)
+
+
+SCHEDULE = {"name": "nightly", "cron": "0 2 * * *", "input": "in/*.jsonl", "output_dir": "out"}
+
+
+def test_a_schedule_gives_its_batches_a_completion_window() -> None:
+    settings = parse_settings({"schedules": [{**SCHEDULE, "completion_window": "26h"}]})
+    spec = spec_of(settings, settings.schedules[0], Path("in/a.jsonl"))
+    assert spec.completion_window == 26 * 3600 and spec.name == "nightly:a.jsonl"
+    assert spec_of(settings, parse_settings({"schedules": [SCHEDULE]}).schedules[0], Path("a")).completion_window is None
+    with pytest.raises(ConfigError, match=r"schedules\[0\]\.completion_window: .*not a duration"):
+        parse_settings({"schedules": [{**SCHEDULE, "completion_window": "soon"}]}, "c.toml")
