@@ -288,7 +288,7 @@ def test_the_estimate_shows_the_total_with_the_lane_and_without_when_the_deadlin
 
 
 @pytest.mark.parametrize(("deadline", "text"), [
-    (NOW + NEEDS - 1, "deadline leaves 25h; lane batch needs 25h (window 24h + margin 1h): not allowed: the lines "
+    (NOW + NEEDS - 1, "deadline leaves 24.9h; lane batch needs 25h (window 24h + margin 1h): not allowed: the lines "
                       "go to synchronous providers"),
     (NOW + 3600, "deadline leaves 1h; lane batch needs 25h (window 24h + margin 1h): not allowed: the lines go to "
                  "synchronous providers"),
@@ -322,10 +322,11 @@ def test_lines_only_a_lane_may_serve_are_unserved_unless_the_deadline_allows_it(
     assert est.unserved == {} and est.lane_total()[1] == cost(12, 10, "1", "2")
 
 
-@pytest.mark.parametrize(("seconds", "text"), [(90000, "25h"), (5400, "1.5h"), (3600, "1h"), (90, "1.5m"),
-                                               (45, "45s"), (-7200, "-2h")])
-def test_spans_read_as_hours_minutes_or_seconds(seconds: float, text: str) -> None:
-    assert span(seconds) == text
+@pytest.mark.parametrize(("seconds", "text", "down"), [
+    (90000, "25h", "25h"), (5400, "1.5h", "1.5h"), (3600, "1h", "1h"), (90, "1.5m", "1.5m"), (45, "45s", "45s"),
+    (-7200, "-2h", "-2h"), (89999.9, "25h", "24.9h"), (44.6, "45s", "44s")])
+def test_spans_read_as_hours_minutes_or_seconds(seconds: float, text: str, down: str) -> None:
+    assert (span(seconds), span(seconds, down=True)) == (text, down)
 
 
 def test_the_estimate_command_says_what_the_deadline_allows(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ user sees why: "deadline leaves 30h; lane X needs 25h (window 24h + margin 1h): 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,14 +16,14 @@ from batchrelay.config.settings import ProviderConfig
 from batchrelay.providers.routing import lane_ok
 
 
-def span(seconds: float) -> str:
-    """A duration as people read it: `25h`, `1.5h`, `90m`, `45s` (a negative one with a minus sign)."""
+def span(seconds: float, down: bool = False) -> str:
+    """A duration as people read it: `25h`, `1.5h`, `90m`, `45s` (a negative one with a minus sign).
+    `down`: rounded down, so a time left just short of what a lane needs never reads as enough."""
     sign, s = ("-" if seconds < 0 else ""), abs(seconds)
-    if s >= 3600:
-        return f"{sign}{round(s / 3600, 1):g}h"
-    if s >= 60:
-        return f"{sign}{round(s / 60, 1):g}m"
-    return f"{sign}{round(s):g}s"
+    unit, size = ("h", 3600) if s >= 3600 else ("m", 60) if s >= 60 else ("s", 1)
+    tenths = s / size * (1 if unit == "s" else 10)
+    n = (math.floor(tenths + 1e-9) if down else round(tenths)) / (1 if unit == "s" else 10)
+    return f"{sign}{n:g}{unit}"
 
 
 @dataclass(slots=True)
@@ -47,7 +48,10 @@ class LaneVerdict:
             return (f"no deadline; {needs}: not allowed; give --deadline, or a --completion-window of at least "
                     f"{span(self.needs_s)}")
         verdict = "allowed" if self.allowed else "not allowed: the lines go to synchronous providers"
-        return f"deadline leaves {span(self.leaves_s)}; {needs}: {verdict}"
+        leaves = span(self.leaves_s)
+        if not self.allowed and leaves == span(self.needs_s):  # just short: it must not read as enough
+            leaves = span(self.leaves_s, down=True)
+        return f"deadline leaves {leaves}; {needs}: {verdict}"
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.lane, "lines": self.lines, "allowed": self.allowed, "needs_s": self.needs_s,
