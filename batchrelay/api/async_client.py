@@ -120,8 +120,7 @@ class AsyncClient:
                      endpoint: Dialect | None = None, providers: Iterable[str] | str | None = None,
                      max_cost: Decimal | float | str | None = None, completion_window: Duration | None = None,
                      start_at: Instant | None = None, deadline: Instant | None = None,
-                     webhook: str | None = None,
-                     require_prices: bool = False, idempotency_key: str | None = None,
+                     webhook: str | None = None, require_prices: bool = False, idempotency_key: str | None = None,
                      cache: bool | None = None) -> str:
         """Queue a new batch; returns its id. Bad lines become error records (with their line
         number) and the rest of the batch runs. The options are `spec`'s (a BatchSpec), with those
