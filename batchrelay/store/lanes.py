@@ -16,9 +16,10 @@ and `failed` (its lines released). Each change that must be atomic is one Lua sc
 - write_results: the same exactly-once write as `Store.write_results` (a line answered twice counts
   once, whoever answers first), the line no longer held and its budget reservation (token
   `lane:{pid}:{line}`) settled at the lane's cost, all in one script.
-- release: the lines the parcel still holds are let go, their reservations settled at 0; with
-  requeue they become a chunk in the chunk map before the job is enqueued (an enqueue cut off is
-  put back by the sweeper), without (the batch is stopping) lifecycle.advance stops them next.
+- release: the lines the parcel still holds are let go, their reservations settled at 0, and become
+  a chunk in the chunk map before its job is enqueued (an enqueue cut off is put back by the
+  sweeper); without requeue (the batch is stopping) nothing is enqueued and lifecycle.advance stops
+  them next.
 """
 
 from __future__ import annotations
@@ -187,15 +188,16 @@ class LaneStore:
     async def release(self, batch_id: str, pid: str, lines: list[int], attempts: dict[int, list[dict[str, Any]]],
                       *, now: float, requeue: bool) -> str | None:
         """Let go of the `lines` the parcel still holds: their `attempts` saved, tried from `now` on,
-        reservations settled at 0. `requeue`: those still pending become a chunk (its id returned)
-        enqueued on the batch's queue; else (the batch is stopping) nothing is queued."""
+        reservations settled at 0, and those still pending a chunk of the chunk map. `requeue`: that
+        chunk is enqueued on the batch's queue (its id returned); else (the batch is stopping) nothing
+        is queued and lifecycle.advance stops them (were the batch not stopping after all, the
+        sweeper would find the chunk without a job and enqueue it: no line is left with no owner)."""
         s = self.store
-        job = f"{s.keys.prefix}{batch_id}:lane-{pid.rpartition('-')[2]}.f{time.time_ns() // 1_000_000}" \
-            if requeue else ""
+        job = f"{s.keys.prefix}{batch_id}:lane-{pid.rpartition('-')[2]}.f{time.time_ns() // 1_000_000}"
         back = await s.scripts.lane_release(
             s.keys, batch_id, pid, job=job, now=now,
             lines=[(line, orjson.dumps(attempts[line]).decode() if line in attempts else "") for line in lines])
-        if not job or not back:
+        if not requeue or not back:
             return None
         await enqueue_chunks(s.redis, await batch_queue(s, batch_id), batch_id, [(job, back)])
         return job

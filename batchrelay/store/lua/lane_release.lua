@@ -3,7 +3,8 @@
 -- attempts (the attempts hash: the synchronous relay's `earlier`, and a stop's record, list the
 -- lane's) and is tried from now on (first_try). With `job`, those pending lines become chunk `job`
 -- in the chunk map, which the caller then enqueues: if that is cut off, the sweeper finds the chunk
--- without a job. Without, nothing is queued: a stopping batch's next lifecycle.advance stops them.
+-- without a job. A stopping batch's chunk is not enqueued: claims take nothing from it, and the next
+-- lifecycle.advance stops its lines (had the batch not been stopping, the sweeper puts it back).
 -- Returns the pending lines released.
 -- KEYS: pending, lane_held, attempts, first_try, chunks, budget, budget_leases
 -- ARGV: pid, job, now, ...lines
