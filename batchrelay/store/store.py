@@ -251,13 +251,12 @@ class Store:
             pipe.hmget(k.first_try(batch_id), list(lines))
             pipe.hmget(k.meta(batch_id), ["providers", "status", "max_cost", "cache", "expires_at"])
             pipe.hmget(k.attempts(batch_id), list(lines))
-            pipe.hmget(k.lane_held(batch_id), list(lines))  # a lane's lines: a rerun of their old chunk skips them
-            flags, raws, firsts, (allow, status, max_cost, cached, expires), tried, held = await pipe.execute()
+            flags, raws, firsts, (allow, status, max_cost, cached, expires), tried = await pipe.execute()
         if status is not None and status.decode() in STOPPED:
             return Claim([], {}, None)  # nothing more is spent on a batch that was stopped or is over budget
         jobs, first_tried, fresh, earlier = [], {}, {}, {}
-        for line, flag, raw, first, before, lane in zip(lines, flags, raws, firsts, tried, held, strict=True):
-            if flag and raw and lane is None:
+        for line, flag, raw, first, before in zip(lines, flags, raws, firsts, tried, strict=True):
+            if flag and raw:
                 jobs.append(JobLine.from_json(raw))
                 first_tried[line] = float(first) if first else now
                 if before:
