@@ -144,10 +144,20 @@ async def test_take_of_a_line_held_answered_not_in_the_chunk_or_of_a_stopped_bat
     assert (await _map(store, batch))[job] == list(range(2, 11))
 
 
-async def test_claim_reads_the_batch_deadline(store: Store) -> None:
-    batch = await _batch(store, 2)
+async def test_claim_reads_the_batch_deadline_and_a_parcels_lines_are_read_while_the_batch_stops(
+        store: Store) -> None:
+    lanes = LaneStore(store)
+    batch = await _batch(store, 3)
     claim = await store.claim(batch, [1, 2])
     assert claim.deadline == (await store.info(batch)).expires_at and claim.deadline is not None
+    await _take(lanes, batch, _job(store, batch), [1, 2, 3])
+    await store.write_result(batch, 3, b"{}", True)
+    await store.save_attempts(batch, 2, [{"provider": "sync", "status": 500}])
+    await request_stop(store, batch, Status.CANCELLED)
+    assert (await store.claim(batch, [1, 2])).jobs == []
+    held = await lanes.claim_lines(batch, [1, 2, 3])
+    assert [j.line for j in held.jobs] == [1, 2] and held.earlier == {2: [{"provider": "sync", "status": 500}]}
+    assert held.deadline == claim.deadline
 
 
 # --- the parcel's record ----------------------------------------------------------------------------------
