@@ -12,16 +12,18 @@ import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from batchrelay.config.settings import ProviderConfig
 from batchrelay.errors import ProviderError, ProviderHTTPError, ProviderTransportError
-from batchrelay.providers.classify import Action, classify
-from batchrelay.providers.lane_client import LaneClient
+from batchrelay.providers.classify import Action, classify, retry_after_seconds
+from batchrelay.providers.lane_client import HEAD, TAIL, LaneClient, _body_length, _requests_of
 from batchrelay.providers.lane_results import Answered, Errored, Unanswered, read
 from batchrelay.providers.lane_wire import UpstreamState, custom_id, parse_custom_id, request_line
 from batchrelay.sim.process import free_port
@@ -34,13 +36,34 @@ CHAT_PATH = "/v1/chat/completions"
 
 
 @pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Api]:
-    prefix = f"brtest:{uuid.uuid4().hex[:10]}:"
+def upstreams(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[tuple[Api, Api]]:
+    """Two upstreams, started (and stopped) at the same time, as each takes seconds: one with the APIs'
+    24 h window, and one whose batches expire 3 s after they were created."""
+    prefixes = [f"brtest:{uuid.uuid4().hex[:10]}:" for _ in range(2)]
+    managers = [serving(tmp_path_factory.mktemp("upstream"), redis_url, prefixes[0]),
+                serving(tmp_path_factory.mktemp("short"), redis_url, prefixes[1], serve_extra="batch_window_s = 3")]
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(m.__enter__) for m in managers]
+    entered = [m for m, f in zip(managers, futures, strict=True) if f.exception() is None]
     try:
-        with serving(tmp_path_factory.mktemp("upstream"), redis_url, prefix) as api:
-            yield api
+        apis = [f.result() for f in futures]
+        yield apis[0], apis[1]
     finally:
-        drop_prefix(redis_url, prefix)
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda m: m.__exit__(None, None, None), entered))
+        for prefix in prefixes:
+            drop_prefix(redis_url, prefix)
+
+
+@pytest.fixture
+def upstream(upstreams: tuple[Api, Api]) -> Api:
+    return upstreams[0]
+
+
+@pytest.fixture
+def short(upstreams: tuple[Api, Api]) -> Api:
+    """The upstream whose batches expire 3 s after they were created."""
+    return upstreams[1]
 
 
 @pytest.fixture(autouse=True)
@@ -119,7 +142,7 @@ async def test_an_openai_batch_is_uploaded_created_polled_and_read(upstream: Api
     assert done.output_file_id and done.error_file_id
     got = await results(client, done)
     assert set(got) == {custom_id(bid, i) for i in range(4)}
-    assert all(parse_custom_id(c) is not None and parse_custom_id(c)[0] == bid for c in got)  # type: ignore[index]
+    assert {parse_custom_id(c) for c in got} == {(bid, i) for i in range(4)}
     answered = [g for g in got.values() if isinstance(g, Answered)]
     assert len(answered) == 3 and all(a.body["object"] == "chat.completion" and a.body["usage"] for a in answered)
     refused = got[custom_id(bid, 2)]
@@ -135,6 +158,8 @@ async def test_an_openai_batch_is_uploaded_created_polled_and_read(upstream: Api
 async def test_an_anthropic_message_batch_is_streamed_created_polled_and_read(upstream: Api, http: httpx.AsyncClient,
                                                                               tmp_path: Path) -> None:
     client = LaneClient(lane("anthropic-batch", upstream.base), http)
+    headers = client._headers("k", json=True)
+    assert headers["x-api-key"] == "k" and headers["anthropic-version"] and "Authorization" not in headers
     bid = batch_id()
     bad = {"model": "claude-3-5-haiku-latest", "max_tokens": 32}  # no messages
     path = write_lines(tmp_path / "in.jsonl", "anthropic-batch", bid, [message(0), bad, message(2)])
@@ -217,25 +242,58 @@ async def test_the_key_is_never_in_an_error(upstream: Api, http: httpx.AsyncClie
     assert KEY_ENV in str(unset.value) and unset.value.status is None
 
 
+def test_a_message_batch_body_is_built_a_piece_at_a_time(tmp_path: Path) -> None:
+    lines = [request_line("anthropic-batch", f"c-{i}", "/v1/messages", message(i)) for i in range(50)]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n\n")
+    with path.open("rb") as f:
+        pieces = list(_requests_of(f, 300))
+    longest = max(len(x) for x in lines)
+    assert len(pieces) > 1 and all(len(p) < 300 + longest + 1 for p in pieces)
+    body = HEAD + b"".join(pieces) + TAIL
+    assert _body_length(path) == len(body)
+    assert orjson.loads(body) == {"requests": [orjson.loads(x) for x in lines]}
+
+
 async def test_a_batch_that_expires_keeps_its_answers_and_names_the_expired_lines(
-        tmp_path: Path, redis_url: str, prefix: str, http: httpx.AsyncClient) -> None:
+        short: Api, tmp_path: Path, http: httpx.AsyncClient) -> None:
     n = 24  # at 500 ms a call and 2 at a time, about half are answered within the 3 s window
-    with serving(tmp_path, redis_url, prefix, serve_extra="batch_window_s = 3") as api:
-        client = LaneClient(lane("openai-batch", api.base), http)
+    try:
+        client = LaneClient(lane("openai-batch", short.base), http)
         warm = write_lines(tmp_path / "warm.jsonl", "openai-batch", batch_id(), [chat(0)])
         first = await client.create(pid="w", batch_id="w", path=warm, endpoint=CHAT_PATH,
                                     file_id=await client.upload("w.jsonl", warm))
         assert (await until_ended(client, first)).status == "completed"  # the upstream worker is up
-        api.sim.configure(latency_ms=500)
+        short.sim.configure(latency_ms=500)
         bid = batch_id()
         path = write_lines(tmp_path / "in.jsonl", "openai-batch", bid, [chat(i) for i in range(n)])
         file_id = await client.upload("e.jsonl", path)
         created = await client.create(pid="p", batch_id=bid, path=path, endpoint=CHAT_PATH, file_id=file_id)
         done = await until_ended(client, created, timeout=25)
         got = await results(client, done)
+    finally:
+        short.sim.configure(latency_ms=0)
     assert done.status == "expired" and done.total == n
     assert set(got) == {custom_id(bid, i) for i in range(n)}
     answered = [g for g in got.values() if isinstance(g, Answered)]
     expired = [g for g in got.values() if isinstance(g, Unanswered)]
     assert answered and expired and len(answered) + len(expired) == n
     assert all(g.why == "expired" for g in expired) and done.succeeded == len(answered)
+
+
+async def test_a_refused_call_carries_its_status_and_retry_after(short: Api, http: httpx.AsyncClient,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve answers 429 with Retry-After once an address sent too many wrong keys (its own serve:
+    that address stays throttled for a minute)."""
+    monkeypatch.setenv(KEY_ENV, "wrong-key")
+    client = LaneClient(lane("openai-batch", short.base), http)
+    errors: list[ProviderHTTPError] = []
+    for _ in range(40):
+        with pytest.raises(ProviderHTTPError) as e:
+            await client.get("batch_x")
+        errors.append(e.value)
+        if e.value.status == 429:
+            break
+    assert errors[0].status == 401 and errors[-1].status == 429
+    wait = retry_after_seconds(errors[-1])
+    assert wait is not None and wait > 0 and classify(errors[-1]) is Action.FAILOVER

@@ -92,11 +92,12 @@ class LaneClient:
         return headers
 
     def _failed(self, what: str, resp: httpx.Response, content: bytes, key: str | None) -> ProviderHTTPError:
-        try:
-            said = orjson.loads(content).get("error", {})
-            said = said.get("message", "") if isinstance(said, dict) else ""
+        try:  # the upstream's own words: {"error": {"message"}} (both APIs), or {"error": "..."}
+            said: Any = orjson.loads(content).get("error")
         except (orjson.JSONDecodeError, AttributeError):
-            said = ""
+            said = None
+        said = said.get("message") if isinstance(said, dict) else said
+        said = said if isinstance(said, str) else ""
         text = f"{what}: HTTP {resp.status_code}" + (f": {str(said)[:MAX_MESSAGE]}" if said else "")
         return ProviderHTTPError(self.provider.name, _redact(text, key), status=resp.status_code,
                                  body=_error_body(content, key), headers=dict(resp.headers))
