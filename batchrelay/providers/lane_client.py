@@ -104,7 +104,7 @@ class LaneClient:
 
     def _transport(self, what: str, e: httpx.TransportError, key: str | None) -> ProviderTransportError:
         if isinstance(e, httpx.TimeoutException):
-            return ProviderTimeout(self.provider.name, f"{what}: timeout ({type(e).__name__})")
+            return ProviderTimeout(self.provider.name, _redact(f"{what}: timeout ({type(e).__name__})", key))
         return ProviderTransportError(self.provider.name, _redact(f"{what}: {type(e).__name__}: {e}", key))
 
     async def _call(self, what: str, method: str, url: str, *, json: Any = None, **kw: Any) -> httpx.Response:
