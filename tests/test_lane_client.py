@@ -188,27 +188,31 @@ async def test_an_anthropic_message_batch_is_streamed_created_polled_and_read(up
     await client.delete_file("file-x")  # no files: nothing to do
 
 
-async def test_a_batch_in_progress_is_cancelled_and_keeps_what_it_answered(upstream: Api, http: httpx.AsyncClient,
-                                                                           tmp_path: Path) -> None:
+@pytest.mark.parametrize(("kind", "stopping", "stopped"), [("openai-batch", "cancelling", "cancelled"),
+                                                         ("anthropic-batch", "canceling", "ended")])
+async def test_a_batch_in_progress_is_cancelled_and_keeps_what_it_answered(
+        upstream: Api, http: httpx.AsyncClient, tmp_path: Path, kind: Any, stopping: str, stopped: str) -> None:
     upstream.sim.configure(latency_ms=700)
     try:
-        client = LaneClient(lane("openai-batch", upstream.base), http)
+        client = LaneClient(lane(kind, upstream.base), http)
         bid = batch_id()
-        path = write_lines(tmp_path / "in.jsonl", "openai-batch", bid, [chat(i) for i in range(8)])
-        file_id = await client.upload("c.jsonl", path)
+        openai = kind == "openai-batch"
+        path = write_lines(tmp_path / "in.jsonl", kind, bid, [chat(i) if openai else message(i) for i in range(8)])
+        file_id = await client.upload("c.jsonl", path) if openai else None
         created = await client.create(pid="p", batch_id=bid, path=path, endpoint=CHAT_PATH, file_id=file_id)
         cancelling = await client.cancel(created.id)
-        assert cancelling.id == created.id and cancelling.status in ("cancelling", "cancelled")
+        assert cancelling.id == created.id and cancelling.status in (stopping, stopped)
         done = await until_ended(client, cancelling)
     finally:
         upstream.sim.configure(latency_ms=0)
-    assert done.status == "cancelled" and done.total == 8
+    assert done.status == stopped and done.total == 8
     got = await results(client, done)
     assert set(got) == {custom_id(bid, i) for i in range(8)}
-    stopped = [g for g in got.values() if isinstance(g, Unanswered)]
-    assert stopped and all(g.why == "canceled" for g in stopped)
+    unanswered = [g for g in got.values() if isinstance(g, Unanswered)]
+    assert unanswered and all(g.why == "canceled" for g in unanswered)
     assert all(isinstance(g, Answered | Unanswered) for g in got.values())
-    assert await client.cancel(done.id) == done
+    assert done.succeeded == len(got) - len(unanswered)
+    assert await client.cancel(done.id) == done  # ended: its state (OpenAI answers 409)
 
 
 @pytest.mark.parametrize(("kind", "unknown"), [("openai-batch", "batch_nosuch"), ("anthropic-batch", "msgbatch_nosuch")])
