@@ -21,8 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from batchrelay import parse
 from batchrelay.config.cache import CacheConfig
-from batchrelay.config.lanes import (BATCH_KINDS, NOT_FOR_LANES, LaneConfig, ProviderKind, lane_defaults,
-                                     lane_problems)
+from batchrelay.config.lanes import BATCH_KINDS, NOT_FOR_LANES, LaneConfig, ProviderKind, lane_defaults, lane_problems
 from batchrelay.config.presets import apply_preset
 from batchrelay.config.serve import ServeConfig
 from batchrelay.errors import ConfigError
