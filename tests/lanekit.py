@@ -219,6 +219,8 @@ class Upstream:
 
     api: Api
     proxy: FaultProxy
+    worker_config: Path
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -228,6 +230,13 @@ class Upstream:
     def sim(self) -> SimulatorProcess:
         """The simulator the upstream's worker calls (configure its latency and faults)."""
         return self.api.sim
+
+    def start_worker(self) -> None:
+        log = self.worker_config.parent / f"worker{len(self.workers)}.log"
+        with log.open("wb") as out:
+            self.workers.append(subprocess.Popen(
+                [sys.executable, "-m", "batchrelay", "-c", str(self.worker_config), "worker", "--quiet"],
+                env=self.api.env, stdout=out, stderr=out))
 
     def _get(self, path: str, **params: Any) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {KEY}", "x-api-key": KEY, "anthropic-version": "2023-06-01"}
@@ -254,10 +263,6 @@ class Upstream:
                 return out
             cursor = page["data"][-1]["id"]
 
-    def batch(self, kind: str, upstream_id: str) -> dict[str, Any]:
-        path = f"/v1/batches/{upstream_id}" if kind == "openai-batch" else f"/v1/messages/batches/{upstream_id}"
-        return self._get(path)
-
     def input_files(self) -> list[dict[str, Any]]:
         """The batch input files the lane uploaded and has not deleted."""
         return [f for f in self._get("/v1/files", purpose="batch", limit=10000)["data"]
@@ -273,9 +278,11 @@ def serve_has(name: str) -> bool:
 
 @contextlib.contextmanager
 def upstream(tmp_path: Path, redis_url: str, prefix: str, *, window_s: float | None = None,
-             sim: dict[str, Any] | None = None) -> Iterator[Upstream]:
+             sim: dict[str, Any] | None = None, health: dict[str, Any] | None = None) -> Iterator[Upstream]:
     """serve + worker + simulator on `prefix` + "up:", behind a FaultProxy. `window_s`: the upstream
-    batches' own completion window (`[serve] batch_window_s`); `sim`: the simulator's faults/latency.
+    batches' own completion window (`[serve] batch_window_s`); `sim`: the simulator's faults/latency;
+    `health`: the upstream worker's `[health]` (a small `line_deadline_s` makes a line the simulator
+    keeps failing fail upstream, into the error file, instead of waiting an hour for the provider).
     Anthropic's `results_url` is built on the proxy's address (`public_url`), so downloads pass it too."""
     proxy = FaultProxy()
     extra = f'public_url = "{proxy.url}"\n'
@@ -283,14 +290,20 @@ def upstream(tmp_path: Path, redis_url: str, prefix: str, *, window_s: float | N
         extra += f"batch_window_s = {window_s}\n"
     home = tmp_path / "upstream"
     home.mkdir()
-    with serving(home, redis_url, prefix + "up:", serve_extra=extra) as api:
+    with serving(home, redis_url, prefix + "up:", serve_extra=extra, worker=False) as api:
         if sim:
             api.sim.configure(**sim)
-        proxy.start(api.base)
+        worker_config = home / "worker.toml"
+        own = "".join(f"{k} = {v!r}\n" for k, v in (health or {}).items())
+        worker_config.write_text(api.config.read_text().replace("[health]\n", "[health]\n" + own, 1))
+        up = Upstream(api, proxy, worker_config)
         try:
-            yield Upstream(api, proxy)
+            up.start_worker()
+            proxy.start(api.base)
+            yield up
         finally:
             proxy.stop()
+            stop_all(up.workers, grace=10)
         assert not proxy.errors, f"the fault proxy failed: {proxy.errors}"
 
 

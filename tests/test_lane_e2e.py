@@ -135,13 +135,13 @@ def test_lines_in_the_upstream_error_file_are_rejected_on_a_400_and_failed_over_
 ) -> None:
     n = 12
     # upstream: req-1 and req-2 are bad requests (400 from the simulator, before any scripted fault); of the
-    # other 10 lines' calls the first 8 are answered and the next 4 are 500s: the two lines left get a 500
-    # on each of their 2 tries, fail upstream and land in the error file
+    # other 10 lines' calls the first 8 are answered and the rest are 500s: the two lines left get nothing
+    # but 500s until their line deadline upstream (2 s), fail there and land in the error file
     lines = chat_lines(n)
     for line in lines[:2]:
         line["body"]["max_tokens"] = 0
-    with upstream(tmp_path, redis_url, prefix, sim={"script": [0] * 8 + [500] * 4}) as up, \
-            downstream(tmp_path, redis_url, prefix, up) as down:
+    with upstream(tmp_path, redis_url, prefix, sim={"script": [0] * 8 + [500] * 60},
+                  health={"line_deadline_s": 2}) as up, downstream(tmp_path, redis_url, prefix, up) as down:
         batch = down.submit(lines, *WINDOW)
         down.worker()
         assert down.wait(batch) == "completed"
@@ -204,15 +204,17 @@ def test_workers_killed_between_upload_and_create_and_between_create_and_recordi
     and the answer held (the upstream batch exists, its id never reached the worker). A third worker,
     once their leases lapse, creates A's batch (once) and finds B's again by listing (no second create)."""
     n = 12
+    # the deadline must outlast the killed workers' parcel leases, or the parcels come back too late for the lane
+    long_window = ("--completion-window", f"{_lease_s() + 90:.0f}s")
     with upstream(tmp_path, redis_url, prefix) as up, downstream(tmp_path, redis_url, prefix, up) as down:
         before = up.proxy.hold("POST", "/v1/batches", after=False)
-        a = down.submit(chat_lines(n), *WINDOW)
+        a = down.submit(chat_lines(n), *long_window)
         down.kill_when(before.reached, down.worker(), "A's create")
         assert up.batches("openai-batch") == []
         before.release()  # its client is dead: the proxy drops it unforwarded
 
         after = up.proxy.hold("POST", "/v1/batches", after=True)
-        b = down.submit(chat_lines(n), *WINDOW)
+        b = down.submit(chat_lines(n), *long_window)
         down.kill_when(after.reached, down.worker(), "B's create")
         assert after.upstream_answer is not None and after.upstream_answer[0] == 200
         b_upstream = orjson.loads(after.upstream_answer[1])["id"]
