@@ -90,9 +90,9 @@ class Upstream:
     def __enter__(self) -> Upstream:
         self.sim.start()
         serve = f'\n[serve]\napi_keys_env = ["{KEY_ENV}"]\nfiles_dir = {json.dumps(str(self.tmp / "files"))}\n'
-        # attempts_per_provider 1 and line_deadline_s 1: a 500 upstream fails its line there (into the error
-        # file), where its only provider would otherwise be tried again for an hour
-        serve += "\n[health]\nline_deadline_s = 1\n"
+        # attempts_per_provider 1, line_deadline_s 1 and max_wait_s 0: a 500 upstream fails its line there (into
+        # the error file), where its only provider would otherwise be tried again for an hour
+        serve += "\n[health]\nline_deadline_s = 1\nmax_wait_s = 0\n"
         self.cfg = toml(self.tmp / "upstream.toml", self.prefix, [{"name": "sim", "base_url": self.sim.base_url}],
                         serve, attempts_per_provider=1)
         self.procs.append(batchrelay(self.cfg, self.env, "serve", "--port", str(self.port), log=self.tmp / "serve.log"))
