@@ -65,6 +65,7 @@ class Collected:
     seen: set[int] = field(default_factory=set)  # lines with a result line (the first one counts)
     back: dict[int, Attempt] = field(default_factory=dict)  # lines to give back, with the lane's attempt
     earlier: dict[int, list[Attempt]] = field(default_factory=dict)  # the lines' attempts before the lane's
+    known: set[int] = field(default_factory=set)  # lines whose job and earlier attempts were read
     answered: int = 0
     rejected: int = 0
     written: int = 0  # records new in the store (a pass after a crash finds some written already)
@@ -141,6 +142,7 @@ async def collect(store: Store, parcels: LaneStore, client: LaneClient, p: Parce
     for i in range(0, len(lines), BLOCK):
         claim = await store.claim(p.batch, lines[i:i + BLOCK])
         jobs.update((job.line, job) for job in claim.jobs)
+        c.known.update(job.line for job in claim.jobs)
         c.earlier.update((n, [Attempt.from_dict(a) for a in tried]) for n, tried in claim.earlier.items())
     async for raw in client.results(state):
         r = read(lane.kind, raw)

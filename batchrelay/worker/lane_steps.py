@@ -10,6 +10,7 @@ choosing the lane); an upstream that refuses a parcel for good gives its lines b
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -48,6 +49,7 @@ class ParcelDriver:
         self.clients, self.holder, self.folder = clients, holder, folder
         self.by_name = {p.name: p for p in settings.providers if p.is_lane}
         self._seen: dict[str, int] = {}  # pid -> the upstream's done count at this process's last poll
+        self._creating: dict[str, asyncio.Lock] = {}  # lane -> held while this process creates one of its batches
 
     async def drive(self, pid: str) -> bool:
         """Lease the parcel and take its steps until one waits; False when another worker holds it."""
@@ -69,7 +71,7 @@ class ParcelDriver:
                         return True
                 except ProviderError as e:
                     if lane is not None:
-                        await self._failed(p, lane, e)
+                        await self._failed(p, lane, e, status)
                     return True
                 if not await ps.lease(pid, self.holder, LEASE_S):
                     return True  # this process stalled past its lease: another worker goes on
@@ -129,7 +131,7 @@ class ParcelDriver:
             case plan.Collect():
                 c = await collect(self.store, ps, client, p, lane, lambda: ps.lease(p.pid, self.holder, LEASE_S))
                 if c.back:
-                    await self._give_back(p, lane.name, c.back, c.earlier, requeue=not plan.stopping(status))
+                    await self._give_back(p, lane.name, c.back, c.earlier, c.known, requeue=not plan.stopping(status))
                 log.info("lane %s: parcel %s collected: %d answered, %d rejected, %d given back", lane.name, p.pid,
                          c.answered, c.rejected, len(c.back))
                 await self._forget(p, lane)
@@ -175,7 +177,9 @@ class ParcelDriver:
         if path is None:
             return False
         try:
-            state = await create(self.parcels, self.clients[lane.name], p, lane, path, self.holder)
+            # one create of a lane at a time in this process too (Anthropic's recovery relies on it)
+            async with self._creating.setdefault(lane.name, asyncio.Lock()):
+                state = await create(self.parcels, self.clients[lane.name], p, lane, path, self.holder)
         except ProviderError as e:
             now = time.time()
             if _refused(e):  # the upstream said no: nothing was created
@@ -192,8 +196,7 @@ class ParcelDriver:
             return False
         if state is not None:
             log.info("lane %s: parcel %s is upstream batch %s (%d lines)", lane.name, p.pid, state.id, p.n)
-            if lane.kind == "anthropic-batch":
-                path.unlink(missing_ok=True)  # OpenAI's is upstream already: the file has no more use here
+            path.unlink(missing_ok=True)  # it is upstream now
         return False
 
     async def _file(self, p: ParcelView, lane: ProviderConfig) -> Path | None:
@@ -209,15 +212,19 @@ class ParcelDriver:
         await self._release(p, lane, plan.Release(True, "no line of the parcel is left to send"))
         return None
 
-    async def _failed(self, p: ParcelView, lane: ProviderConfig, e: ProviderError) -> None:
+    async def _failed(self, p: ParcelView, lane: ProviderConfig, e: ProviderError, status: str) -> None:
         """A call to the upstream failed: its lines are untouched; the parcel is looked at again later
-        (Retry-After honoured); a key or credit problem is reported to the shared health."""
+        (Retry-After honoured); a key or credit problem is reported to the shared health. An upstream
+        still unreachable `cancel_wait_s` past `must_end_by` gets its lines given back."""
         assert lane.lane is not None
         await self._report(lane, e)
         if _refused(e) and p.state in ("sealed", "uploaded"):  # the upload was refused: it will not go better
             await self.parcels.advance(p.pid, p.state, "failed")
             return
         now = time.time()
+        if p.upstream_id and now >= p.must_end_by + lane.lane.cancel_wait_s:
+            await self._release(p, lane, plan.Release(not plan.stopping(status), f"unreachable: {e.reason}"))
+            return
         after = plan.poll_after(p, lane.lane, now=now, progressed=False, retry_after=retry_after_seconds(e))
         log.warning("lane %s: parcel %s (%s): %s; looked at again in %.0fs", lane.name, p.pid, p.state, e.reason,
                     after)
@@ -235,21 +242,22 @@ class ParcelDriver:
         """Give all the parcel's lines back (those it still holds), each with an attempt saying why."""
         name = lane.name if lane else p.lane
         lines = sorted(set((await self.parcels.parcel_lines(p.pid)).values()))
-        earlier: dict[int, list[Attempt]] = {}
-        if lines and why.requeue:
-            claim = await self.store.claim(p.batch, lines)
-            earlier = {n: [Attempt.from_dict(a) for a in tried] for n, tried in claim.earlier.items()}
+        claim = await self.store.claim(p.batch, lines)
+        earlier = {n: [Attempt.from_dict(a) for a in tried] for n, tried in claim.earlier.items()}
         error = f"upstream {why.why}" if p.upstream_id else f"lane {why.why}"
         back = {n: lane_attempt(name, p, p.upstream_id, None, error) for n in lines}
         if p.upstream_id and p.state in ("created", "cancelling"):
             log.warning("lane %s: giving back the %d lines of parcel %s while upstream batch %s has not ended (%s): "
                         "an answer it still bills is not counted", name, len(lines), p.pid, p.upstream_id, why.why)
-        await self._give_back(p, name, back, earlier, requeue=why.requeue)
+        await self._give_back(p, name, back, earlier, {job.line for job in claim.jobs}, requeue=why.requeue)
         await self._forget(p, lane)
 
     async def _give_back(self, p: ParcelView, name: str, back: dict[int, Attempt], earlier: dict[int, list[Attempt]],
-                         *, requeue: bool) -> None:
-        attempts = {n: [x.as_dict() for x in trimmed([*earlier.get(n, []), a])] for n, a in back.items()}
+                         known: set[int], *, requeue: bool) -> None:
+        """Release the lines of `back`, each with its attempts and the lane's; only for the lines whose
+        earlier attempts were read (`known`): a stopped batch's claim reads none, and the attempts
+        kept (their cost goes into the stopped line's record) must not be written over."""
+        attempts = {n: [x.as_dict() for x in trimmed([*earlier.get(n, []), a])] for n, a in back.items() if n in known}
         job = await self.parcels.release(p.batch, p.pid, list(back), attempts, now=time.time(), requeue=requeue)
         log.info("lane %s: parcel %s gave back %d lines%s", name, p.pid, len(back), f" (job {job})" if job else "")
 

@@ -112,7 +112,8 @@ class Lanes:
                                             now=now)
             # a line not taken is held by a lane already (a rerun of this chunk) or has its result
             if taken and claim.budgeted:
-                await self._reserve(batch_id, {j.line: a for j, _, a in items if j.line in set(taken)},
+                took = set(taken)
+                await self._reserve(batch_id, {j.line: a for j, _, a in items if j.line in took},
                                     deadline - now + lc.cancel_wait_s + RESERVE_SLACK_S)
         return rest
 
