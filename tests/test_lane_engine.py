@@ -1,0 +1,154 @@
+"""The lane engine (worker/lanes.py) in this process against a real upstream: batchrelay's own `serve`
+(its worker and simulator behind it) speaking the OpenAI Batch and Anthropic Message Batches APIs.
+A chunk hands its lines to the lane; the cron's `poll_due` seals, uploads, creates, polls and collects
+them: every line answered once, at the lane's price, with the upstream batch in its attempts, and the
+ledger equal to the sum of the lines. A create that a crash cut off before its id was recorded is
+found again upstream, never made twice."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from batchrelay.config.settings import ProviderConfig, Settings, WorkerConfig
+from batchrelay.money.ledger import rows, total
+from batchrelay.money.pricing import call_cost, price_of
+from batchrelay.providers.lane_client import LaneClient
+from batchrelay.sim.process import SimulatorProcess
+from batchrelay.spec import BatchSpec
+from batchrelay.store.lanes import LaneStore
+from batchrelay.store.store import Store
+from batchrelay.store.submit import submit_stream
+from batchrelay.wire.reply import Usage
+from batchrelay.worker.lane_send import endpoint, request_file
+from batchrelay.worker.runtime import Runtime
+
+from .conftest import openai_line
+from .servekit import KEY, KEY_ENV, Api, serving
+
+N = 6
+KINDS = ["openai-batch", "anthropic-batch"]
+
+
+def _settings(kind: str, upstream: str, sim_url: str) -> Settings:
+    lane = ProviderConfig.model_validate({
+        "name": "lane", "kind": kind, "base_url": upstream, "api_key_env": KEY_ENV, "window_s": 30, "margin_s": 5,
+        "gather_s": 0.2, "poll_min_s": 0.2, "poll_max_s": 1, "create_wait_s": 3, "cancel_wait_s": 5})
+    return Settings(worker=WorkerConfig(call_timeout=5, backoff=0.01, concurrency=4), routing={"strategy": "cheapest"},
+                    providers=(ProviderConfig(name="sim", base_url=sim_url), lane))
+
+
+async def _submit(store: Store, rt: Runtime) -> str:
+    """A batch of N chat lines whose deadline leaves the lane room, its chunk run: the lane takes all."""
+    src = io.BytesIO(b"".join(orjson.dumps(openai_line(i)) + b"\n" for i in range(N)))
+    res = await submit_stream(store, src, BatchSpec(name="t", chunk_size=N, completion_window=120), source="t")
+    ((cid, lines),) = (await store.chunk_map(res.batch_id)).items()
+    assert await rt.run_chunk(res.batch_id, lines, cid) == 0  # none answered synchronously
+    assert await store.chunk_map(res.batch_id) == {}  # the lines left the chunk: the sweeper reruns none
+    return res.batch_id
+
+
+async def _until_collected(rt: Runtime, timeout: float = 60) -> None:
+    assert rt.lanes is not None
+    deadline = time.monotonic() + timeout
+    while await rt.lanes.open():
+        assert time.monotonic() < deadline, "the lane's parcel was not collected in time"
+        await rt.lanes.poll_due()
+        await asyncio.sleep(0.2)
+
+
+def _upstream_batches(api: Api, kind: str) -> list[dict[str, Any]]:
+    path = "/v1/batches" if kind == "openai-batch" else "/v1/messages/batches"
+    headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"} if kind == "anthropic-batch" else {}
+    got = api.request("GET", path, params={"limit": 100}, headers=headers)
+    assert got.status_code == 200, got.text
+    return list(got.json()["data"])
+
+
+async def _check_answered_once(store: Store, batch: str, rt: Runtime, upstream_ids: set[str]) -> None:
+    info = await store.info(batch)
+    assert (info.status, info.counts["succeeded"], info.counts["failed"]) == ("completed", N, 0)
+    lane = next(p for p in rt.providers if p.name == "lane")
+    sim = next(p for p in rt.providers if p.name == "sim")
+    line_costs, seen = Decimal(0), []
+    async for ok, raw in store.iter_results(batch):
+        rec = orjson.loads(raw)
+        meta = rec["batchrelay"]
+        assert ok and meta["provider"] == "lane", meta
+        seen.append(meta["line"])
+        (attempt,) = meta["attempts"]
+        assert attempt["provider"] == "lane" and attempt["status"] == 200 and attempt["upstream_batch"] in upstream_ids
+        # priced from the upstream usage at the lane's price: half what the synchronous provider charges
+        usage = Usage.from_dict(meta["usage"])
+        assert usage.billable
+        full = call_cost(price_of(sim, "gpt-4o-mini"), usage, None, "computed").billed
+        assert full is not None and Decimal(meta["cost"]["usd"]) == full / 2
+        assert Decimal(attempt["cost"]["billed_usd"]) == Decimal(meta["cost"]["usd"])
+        assert rec["response"]["body"]["object"] == "chat.completion"  # in the job's dialect, whatever the lane's
+        line_costs += Decimal(meta["cost"]["usd"])
+        assert lane.is_lane
+    assert sorted(seen) == list(range(N))
+    rs = rows(await store.ledger(batch))
+    assert [(r.provider, r["requests"]) for r in rs] == [("lane", N)]
+    assert total(rs).cost == line_costs
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_lane_answers_every_line_once_at_its_price(tmp_path: Path, redis_url: str, prefix: str, store: Store,
+                                                           kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with SimulatorProcess({}) as sim_url, serving(tmp_path, redis_url, f"{prefix}up:") as api:
+        rt = Runtime.opened(_settings(kind, api.base, sim_url), store)
+        try:
+            batch = await _submit(store, rt)
+            await _until_collected(rt)
+            (upstream,) = _upstream_batches(api, kind)  # one parcel, one upstream batch
+            await _check_answered_once(store, batch, rt, {upstream["id"]})
+            counts = upstream["request_counts"]
+            assert (counts.get("total") or counts.get("succeeded")) == N
+        finally:
+            await rt.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_create_cut_off_before_its_id_was_recorded_is_found_not_made_again(
+        tmp_path: Path, redis_url: str, prefix: str, store: Store, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with SimulatorProcess({}) as sim_url, serving(tmp_path, redis_url, f"{prefix}up:") as api:
+        rt = Runtime.opened(_settings(kind, api.base, sim_url), store)
+        try:
+            batch = await _submit(store, rt)
+            # what a worker killed between the create and its record leaves: the parcel marked creating,
+            # its upstream batch made
+            parcels, lane = LaneStore(store), next(p for p in rt.providers if p.name == "lane")
+            await asyncio.sleep(0.3)
+            (pid,) = await parcels.due(time.time())
+            p = await parcels.parcel(pid)
+            assert p is not None and p.state == "gathering" and p.n == N
+            assert await parcels.advance(pid, "gathering", "sealed", sealed_at=time.time())
+            p = await parcels.parcel(pid)
+            assert p is not None
+            path, n = await request_file(store, parcels, p, lane, rt.settings.worker, tmp_path)
+            assert n == N
+            async with httpx.AsyncClient() as http:
+                client = LaneClient(lane, http)
+                file_id = await client.upload(path.name, path) if kind == "openai-batch" else None
+                assert await parcels.advance(pid, "sealed", "uploaded", **({"file_id": file_id} if file_id else {}))
+                assert await parcels.advance(pid, "uploaded", "creating", creating_at=time.time())
+                made = await client.create(pid=pid, batch_id=batch, path=path, endpoint=endpoint(lane),
+                                           file_id=file_id)
+            # the next look finds it, records it and goes on with it
+            await _until_collected(rt)
+            (upstream,) = _upstream_batches(api, kind)
+            assert upstream["id"] == made.id
+            await _check_answered_once(store, batch, rt, {made.id})
+        finally:
+            await rt.close()
