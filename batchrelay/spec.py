@@ -10,15 +10,16 @@ with the same reason, by every other.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from batchrelay import parse
-from batchrelay.errors import InputError
+from batchrelay.errors import InputError, InvalidValue
 from batchrelay.wire.dialect import Dialect
 from batchrelay.wire.jobs import MAX_LINE_BYTES
 
@@ -35,7 +36,10 @@ class BatchSpec(BaseModel):
     may serve the batch. `max_cost`: a spending limit in USD. `require_prices`: refuse an input
     file with a model of unknown price (a budget implies it). `completion_window`: lines not
     answered this many seconds after the start expire. `start_at` (unix time): the batch is
-    `scheduled` until then. `webhook`: a URL the batch object is POSTed to when the batch ends.
+    `scheduled` until then. `deadline` (unix time, after the start): lines not answered by then
+    expire, as with `completion_window` (the earlier of the two counts); it also decides whether
+    lines may go to a lane (an official Batch API: cheaper, but up to its window late).
+    `webhook`: a URL the batch object is POSTed to when the batch ends.
     `chunk_size` and `max_line_bytes` come from `[worker]` (`BatchSpec.of` fills them in)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -47,6 +51,7 @@ class BatchSpec(BaseModel):
     require_prices: bool = False
     completion_window: float | None = None
     start_at: float | None = None
+    deadline: float | None = None
     webhook: str | None = None
     chunk_size: int = Field(default=50, ge=1)
     max_line_bytes: int = Field(default=MAX_LINE_BYTES, ge=1)
@@ -111,10 +116,51 @@ class BatchSpec(BaseModel):
     def _start_at(cls, v: Instant | None) -> float | None:
         return None if v is None else parse.instant(v)
 
+    @field_validator("deadline", mode="before")
+    @classmethod
+    def _deadline(cls, v: Instant | None, info: ValidationInfo) -> float | None:
+        """A deadline that has passed, or that is not after the start, would expire every line unsent."""
+        if v is None:
+            return None
+        deadline, now = deadline_at(v), time.time()
+        start = info.data.get("start_at")
+        if deadline <= now:
+            raise InvalidValue(f"{_utc(deadline)} has passed (it is {_utc(now)} now)")
+        if start is not None and deadline <= start:
+            raise InvalidValue(f"{_utc(deadline)} is not after the batch's start, {_utc(start)}")
+        return deadline
+
+    def expires_at(self, now: float) -> float | None:
+        """When the batch's unanswered lines expire (submitted at `now`): the start plus the
+        completion window, or the deadline, whichever comes first; None: never."""
+        start = max(now, self.start_at or now)
+        ends = [t for t in (None if self.completion_window is None else start + self.completion_window,
+                            self.deadline) if t is not None]
+        return min(ends) if ends else None
+
     @field_validator("webhook", mode="before")
     @classmethod
     def _webhook(cls, v: str | None) -> str | None:
         return None if v is None else parse.webhook_url(v)
+
+
+def deadline_at(value: Instant) -> float:
+    """A deadline as unix time: what `start_at` takes (a datetime, unix seconds, an ISO-8601 string),
+    or a string `+DURATION` counted from now (`+26h`, `+2d`)."""
+    if isinstance(value, str) and value.strip().startswith("+"):
+        try:
+            return time.time() + parse.duration_s(value.strip()[1:])
+        except InvalidValue:
+            raise InvalidValue(f"{value!r} is not a time from now like +26h (more than 0)") from None
+    try:
+        return parse.instant(value)
+    except InvalidValue:
+        raise InvalidValue(f"{value!r} is not an ISO-8601 time like 2026-11-22T05:00:00Z, "
+                           "nor a time from now like +26h") from None
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _problem(err: Mapping[str, Any]) -> str:

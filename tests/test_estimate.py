@@ -6,11 +6,15 @@ from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from click.testing import CliRunner
 
+from batchrelay.cli.main import cli
 from batchrelay.config.settings import ProviderConfig, RoutingConfig, Settings
-from batchrelay.errors import InputError
+from batchrelay.errors import ExitCode, InputError
 from batchrelay.money.estimate import Estimate, OutputGuess, estimate_file, estimate_jobs
+from batchrelay.money.lane_cost import span
 from batchrelay.money.tokens import input_tokens
 from batchrelay.wire.jobs import BadLine, JobLine
 
@@ -227,3 +231,121 @@ def test_estimate_file_reads_each_line_format(tmp_path: Path) -> None:
 def test_estimate_file_of_a_missing_file_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="cannot read input file"):
         estimate_file(tmp_path / "nope.jsonl", settings(provider("p", prices=CHEAP)))
+
+
+# lanes: an official Batch API at its price, when the batch's deadline allows it
+
+NOW = 1_000_000.0
+NEEDS = 86400 + 3600  # the default window (24 h) and margin (1 h)
+
+
+def lane(name: str = "batch", priority: int = 100, **kw: Any) -> ProviderConfig:
+    return provider(name, priority, kind="openai-batch", **kw)
+
+
+def test_a_lane_is_priced_at_the_official_price_times_its_multiplier_of_one_half() -> None:
+    s = settings(lane(), provider("reseller", price_multiplier="0.75"), strategy="cheapest")
+    est = estimate_jobs([job(1, model="gpt-4o", max_tokens=100)], s, output=OutputGuess(tokens=100),
+                        deadline=NOW + NEEDS, now=NOW)
+    by = {r.provider: r for r in est.rows}
+    assert by["batch"].price_source == by["reseller"].price_source == "genai-prices"
+    assert by["batch"].high == cost(12, 100, "1.25", "5")  # gpt-4o: $2.5 / $10 per 1M, halved
+    assert by["reseller"].high == cost(12, 100, "1.875", "7.5")
+    assert by["batch"].lane and by["batch"].lane_allowed and not by["batch"].first_choice
+    assert by["reseller"].first_choice and not by["reseller"].lane
+
+
+def test_a_lane_with_listed_prices_charges_them() -> None:
+    s = settings(lane(prices=CHEAP), provider("dear", 1, DEAR), strategy="cheapest")
+    est = estimate_jobs([job(1, max_tokens=10)], s, output=OutputGuess(tokens=10), deadline=NOW + NEEDS, now=NOW)
+    assert est.lane_total()[1] == cost(12, 10, "1", "2")  # listed prices are what the lane charges
+
+
+def _mixed(deadline: float | None) -> Any:
+    """Two lines of `m` (the lane is cheapest for them) and one of `other` (routed to `dear` only)."""
+    s = settings(lane(prices={"*": CHEAP["m"]}), provider("dear", 1, {"*": DEAR["m"]}), strategy="cheapest",
+                 routes={"other": ["dear"]})
+    return estimate_jobs([job(1, max_tokens=10), job(2, max_tokens=10), job(3, model="other", max_tokens=10)], s,
+                         output=OutputGuess(tokens=10), deadline=deadline, now=NOW)
+
+
+def test_the_estimate_shows_the_total_with_the_lane_and_without_when_the_deadline_allows_it() -> None:
+    est = _mixed(NOW + NEEDS + 5 * 3600)
+    lane_line, sync_line = cost(12, 10, "1", "2"), cost(12, 10, "10", "20")
+    assert est.first_choice_total()[1] == 3 * sync_line  # without the lane: every line at `dear`
+    assert est.lane_total()[1] == 2 * lane_line + sync_line  # `other` is not the lane's (routes)
+    assert est.lane_lines == 2
+    d = est.as_dict()
+    assert (d["lane"], d["lane_allowed"], d["lane_needs_s"], d["deadline"]) == ("batch", True, NEEDS,
+                                                                                 NOW + NEEDS + 5 * 3600)
+    assert d["lane_total_usd"] == str(2 * lane_line + sync_line).rstrip("0")
+    assert d["sync_total_usd"] == d["first_choice"]["expected_usd"] == str(3 * sync_line).rstrip("0")
+    (v,) = d["lanes"]
+    assert v["text"] == "deadline leaves 30h; lane batch needs 25h (window 24h + margin 1h): allowed"
+    assert v["lines"] == 2
+    assert [(r["provider"], r["lane"], r["lines"]) for r in d["rows"] if r["model"] == "m"] == [
+        ("dear", False, 2), ("batch", True, 2)]
+
+
+@pytest.mark.parametrize(("deadline", "text"), [
+    (NOW + NEEDS - 1, "deadline leaves 24.9h; lane batch needs 25h (window 24h + margin 1h): not allowed: the lines "
+                      "go to synchronous providers"),
+    (NOW + 3600, "deadline leaves 1h; lane batch needs 25h (window 24h + margin 1h): not allowed: the lines go to "
+                 "synchronous providers"),
+    (None, "no deadline; lane batch needs 25h (window 24h + margin 1h): not allowed; give --deadline, or a "
+           "--completion-window of at least 25h"),
+])
+def test_a_deadline_too_short_for_the_lane_leaves_every_line_synchronous(deadline: float | None, text: str) -> None:
+    est = _mixed(deadline)
+    assert est.lane_total() == est.first_choice_total()
+    assert est.lane_lines == 0
+    d = est.as_dict()
+    assert (d["lane"], d["lane_allowed"], d["lane_needs_s"], d["deadline"]) == ("batch", False, NEEDS, deadline)
+    assert d["lanes"][0]["text"] == text
+    assert d["lane_total_usd"] == d["sync_total_usd"]
+
+
+def test_a_lane_ranked_after_a_synchronous_provider_gets_no_line() -> None:
+    s = settings(lane(priority=50, prices=CHEAP), provider("first", 1, DEAR))  # priority: `first` goes first
+    est = estimate_jobs([job(1)], s, deadline=NOW + 10 * NEEDS, now=NOW)
+    assert [r.provider for r in est.rows] == ["first"] and est.lanes == {}
+    d = est.as_dict()
+    assert (d["lane"], d["lane_allowed"], d["lane_needs_s"]) == (None, None, None)
+    assert d["lane_total_usd"] == d["sync_total_usd"]
+
+
+def test_lines_only_a_lane_may_serve_are_unserved_unless_the_deadline_allows_it() -> None:
+    s = settings(lane(prices=CHEAP), provider("sync", 1, CHEAP))
+    assert estimate_jobs([job(1)], s, allow=["batch"], deadline=None, now=NOW).unserved == {"m": 1}
+    est = estimate_jobs([job(1, max_tokens=10)], s, allow=["batch"], deadline=NOW + NEEDS, now=NOW,
+                        output=OutputGuess(tokens=10))
+    assert est.unserved == {} and est.lane_total()[1] == cost(12, 10, "1", "2")
+
+
+@pytest.mark.parametrize(("seconds", "text", "down"), [
+    (90000, "25h", "25h"), (5400, "1.5h", "1.5h"), (3600, "1h", "1h"), (90, "1.5m", "1.5m"), (45, "45s", "45s"),
+    (-7200, "-2h", "-2h"), (89999.9, "25h", "24.9h"), (44.6, "45s", "44s")])
+def test_spans_read_as_hours_minutes_or_seconds(seconds: float, text: str, down: str) -> None:
+    assert (span(seconds), span(seconds, down=True)) == (text, down)
+
+
+def test_the_estimate_command_says_what_the_deadline_allows(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[routing]\nstrategy = "cheapest"\n[[providers]]\nname = "reseller"\nbase_url = "http://127.0.0.1:9"\n'
+                   'price_multiplier = "0.75"\n[[providers]]\nname = "openai-batch"\nkind = "openai-batch"\n'
+                   'base_url = "http://127.0.0.1:9"\n')
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}\n')
+    runner = CliRunner()
+    base = ["-c", str(cfg), "estimate", str(src), "--no-history", "--output-tokens", "100"]
+    text = runner.invoke(cli, [*base, "--completion-window", "24h", "--deadline", "+30h"])
+    assert text.exit_code == 0, text.output
+    assert "deadline leaves 24h; lane openai-batch needs 25h (window 24h + margin 1h): not allowed" in text.output
+    out = runner.invoke(cli, [*base, "--deadline", "+30h", "--json"])
+    d = orjson.loads(out.stdout)
+    assert (d["lane"], d["lane_allowed"], d["lane_needs_s"]) == ("openai-batch", True, NEEDS)
+    assert D(d["lane_total_usd"]) == cost(12, 100, "1.25", "5")
+    assert D(d["sync_total_usd"]) == cost(12, 100, "1.875", "7.5")
+    past = runner.invoke(cli, [*base, "--deadline", "2020-01-01T00:00:00Z"])
+    assert past.exit_code == ExitCode.USAGE and "Traceback" not in past.output
+    assert "Error: deadline: 2020-01-01T00:00:00Z has passed" in past.output

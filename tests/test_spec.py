@@ -186,7 +186,7 @@ def test_a_spec_holds_each_option_parsed() -> None:
     assert spec.model_dump() == {
         "name": "n", "endpoint": "messages", "providers": ("b", "a"), "max_cost": D("0.5"), "require_prices": False,
         "completion_window": 86400.0, "start_at": NOON, "webhook": "https://x.test/h", "chunk_size": 50,
-        "max_line_bytes": 8 * 1024 * 1024, "cache": False}
+        "max_line_bytes": 8 * 1024 * 1024, "cache": False, "deadline": None}
     assert spec.needs_prices  # a budget needs prices
     assert BatchSpec.of(_settings("a", "b"), spec) == spec  # a spec passes again unchanged
 

@@ -119,8 +119,8 @@ class AsyncClient:
     async def submit(self, source: Source, spec: BatchSpec | None = None, *, name: str | None = None,
                      endpoint: Dialect | None = None, providers: Iterable[str] | str | None = None,
                      max_cost: Decimal | float | str | None = None, completion_window: Duration | None = None,
-                     start_at: Instant | None = None, webhook: str | None = None,
-                     require_prices: bool = False, idempotency_key: str | None = None,
+                     start_at: Instant | None = None, deadline: Instant | None = None,
+                     webhook: str | None = None, require_prices: bool = False, idempotency_key: str | None = None,
                      cache: bool | None = None) -> str:
         """Queue a new batch; returns its id. Bad lines become error records (with their line
         number) and the rest of the batch runs. The options are `spec`'s (a BatchSpec), with those
@@ -132,7 +132,10 @@ class AsyncClient:
         (UnpricedModels otherwise), for an iterable (which can be read only once) a call of a model
         without a known price is refused when it comes up. `completion_window`: seconds, a
         timedelta or "24h". `start_at`: a datetime, unix time or ISO-8601 string; the batch is
-        `scheduled` until then (workers start it). `webhook`: an http(s) URL the batch object is
+        `scheduled` until then (workers start it). `deadline`: what `start_at` takes, or "+26h" (from
+        now); lines not answered by then expire (with `completion_window` too: the earlier counts),
+        and lines may go to a lane (an official Batch API) only when it leaves the lane its window
+        plus margin. `webhook`: an http(s) URL the batch object is
         POSTed to when the batch ends (see the README). `require_prices` (a path only): refuse the
         batch (UnpricedModels) unless every model has a known price, as `max_cost` implies. `cache`:
         use the response cache (default: `[cache] enabled`; identical requests get identical answers).
@@ -141,14 +144,14 @@ class AsyncClient:
         if idempotency_key is None:
             return await self._submit(source, spec, name=name, endpoint=endpoint, providers=providers,
                                       max_cost=max_cost, completion_window=completion_window, start_at=start_at,
-                                      webhook=webhook, require_prices=require_prices, cache=cache)
+                                      deadline=deadline, webhook=webhook, require_prices=require_prices, cache=cache)
         store, batch_id = await self._connected(), new_batch_id()
         if (earlier := await claim_key(store, idempotency_key, batch_id)) is not None:
             return earlier
         try:
             await self._submit(source, spec, name=name, endpoint=endpoint, providers=providers, max_cost=max_cost,
-                               completion_window=completion_window, start_at=start_at, webhook=webhook,
-                               require_prices=require_prices, batch_id=batch_id, cache=cache)
+                               completion_window=completion_window, start_at=start_at, deadline=deadline,
+                               webhook=webhook, require_prices=require_prices, batch_id=batch_id, cache=cache)
         except BaseException:
             with contextlib.suppress(Exception):
                 await release_key(store, idempotency_key, batch_id)
@@ -159,12 +162,12 @@ class AsyncClient:
     async def _submit(self, source: Source, spec: BatchSpec | None = None, *, name: str | None = None,
                       endpoint: Dialect | None = None, providers: Iterable[str] | str | None = None,
                       max_cost: Decimal | float | str | None = None, completion_window: Duration | None = None,
-                      start_at: Instant | None = None, webhook: str | None = None,
+                      start_at: Instant | None = None, deadline: Instant | None = None, webhook: str | None = None,
                       require_prices: bool = False, batch_id: str | None = None,
                       cache: bool | None = None) -> str:
         spec = BatchSpec.of(self.settings, spec, name=name, endpoint=endpoint, providers=providers,
                             max_cost=max_cost, completion_window=completion_window, start_at=start_at,
-                            webhook=webhook, require_prices=require_prices, cache=cache)
+                            deadline=deadline, webhook=webhook, require_prices=require_prices, cache=cache)
         if isinstance(source, str | os.PathLike):
             path = Path(source)
             if spec.needs_prices:

@@ -75,12 +75,12 @@ class Client:
                endpoint: Dialect | None = None, providers: Iterable[str] | str | None = None,
                max_cost: Decimal | float | str | None = None, completion_window: Duration | None = None,
                start_at: Instant | None = None, webhook: str | None = None, require_prices: bool = False,
-               idempotency_key: str | None = None, cache: bool | None = None) -> str:
+               idempotency_key: str | None = None, cache: bool | None = None, deadline: Instant | None = None) -> str:
         """See `AsyncClient.submit`."""
         return self._run(self._client.submit(source, spec, name=name, endpoint=endpoint, providers=providers,
                                              max_cost=max_cost, completion_window=completion_window,
                                              start_at=start_at, webhook=webhook, require_prices=require_prices,
-                                             idempotency_key=idempotency_key, cache=cache))
+                                             idempotency_key=idempotency_key, cache=cache, deadline=deadline))
 
     def status(self, batch_id: str) -> dict[str, Any]:
         """See `AsyncClient.status`."""

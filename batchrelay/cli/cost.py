@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
@@ -11,12 +12,13 @@ import click
 from redis.exceptions import RedisError
 
 from batchrelay.cli.kit import emit_json, handles_errors, open_client, open_store, run_async, settings_of
-from batchrelay.cli.options import USD, ProviderNames, endpoint_option
+from batchrelay.cli.options import USD, ProviderNames, completion_window_option, deadline_option, endpoint_option
 from batchrelay.cli.text import echo, print_table
 from batchrelay.config.settings import ProviderConfig, Settings
 from batchrelay.errors import StoreError
 from batchrelay.money.estimate import Estimate, OutputGuess, estimate_file
 from batchrelay.money.pricing import usd_str
+from batchrelay.spec import BatchSpec
 from batchrelay.store.spending import cost_line, output_history, plain_usd
 from batchrelay.store.status import Status
 
@@ -38,11 +40,14 @@ def _fmt(amount: Decimal | None) -> str:
 @click.option("--history/--no-history", default=True, show_default=True,
               help="Expect the output per call that each provider and model gave in the last finished batches "
                    "in Redis (skipped when Redis is not reachable).")
+@completion_window_option
+@deadline_option
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
 @click.pass_context
 @handles_errors
 def estimate(ctx: click.Context, file: Path, endpoint: str, allow: tuple[str, ...] | None, output_tokens: int | None,
-             output_ratio: float, history: bool, as_json: bool) -> None:
+             output_ratio: float, history: bool, as_json: bool, completion_window: float | None = None,
+             deadline: float | None = None) -> None:
     """Estimate what FILE would cost, per provider and model, before submitting it.
 
     Input tokens are estimated from each request; output is a range from 1 token per line (low)
@@ -50,10 +55,16 @@ def estimate(ctx: click.Context, file: Path, endpoint: str, allow: tuple[str, ..
     per call each provider and model gave in earlier batches (history), else --output-ratio.
     `first choice` is the provider routing tries first; the others are where failover may go.
 
+    With a lane configured (an official Batch API), the estimate shows both totals: with the lane
+    (its lines at its price, when the deadline allows) and without it, and what the deadline
+    allows: a lane needs its window plus its margin before the deadline (--deadline, or now plus
+    --completion-window: the earlier counts); without either, no line goes to a lane.
+
     \b
     Examples:
       batchrelay estimate requests.jsonl
       batchrelay estimate requests.jsonl --output-tokens 300 --json
+      batchrelay estimate requests.jsonl --deadline +26h
     """
     settings = settings_of(ctx)
     if not settings.providers:  # what `run` would use: the built-in simulator, priced at official prices
@@ -62,12 +73,13 @@ def estimate(ctx: click.Context, file: Path, endpoint: str, allow: tuple[str, ..
             click.echo("no providers configured: priced as the built-in simulator `run` uses (official prices)",
                        err=True)
     seen = run_async(_history(settings)) if history and output_tokens is None else {}
+    due = BatchSpec.checked({"completion_window": completion_window, "deadline": deadline}).expires_at(time.time())
     est = estimate_file(file, settings, default_dialect=endpoint, allow=allow,  # type: ignore[arg-type]
-                        output=OutputGuess(output_tokens, output_ratio, seen))
+                        output=OutputGuess(output_tokens, output_ratio, seen), deadline=due)
     if as_json:
         emit_json(est.as_dict())
         return
-    _print_estimate(est)
+    _print_estimate(est, settings.providers)
 
 
 async def _history(settings: Settings) -> dict[tuple[str, str], float]:
@@ -78,14 +90,23 @@ async def _history(settings: Settings) -> dict[tuple[str, str], float]:
         return {}  # an estimate needs no Redis
 
 
-def _print_estimate(est: Estimate) -> None:
+def _print_estimate(est: Estimate, providers: Iterable[ProviderConfig]) -> None:
     print_table(("model", "provider", "lines", "tokens in / out", "expected", "range", "price", "output"),
-                [(r.model, r.provider + (" *" if r.first_choice else ""), str(r.lines),
+                [(r.model, r.provider + (" *" if r.first_choice else " (lane)" if r.lane else ""), str(r.lines),
                   f"{r.input_tokens} / {r.expected_output_tokens}", _fmt(r.expected),
                   f"{_fmt(r.low)}-{_fmt(r.high)}", r.price_source, r.output_basis) for r in est.rows])
     low, exp, high = est.first_choice_total()
     click.echo(f"{est.lines} lines ({est.invalid} invalid). On first-choice providers (*): expected {_fmt(exp)}, "
                f"range {_fmt(low)} to {_fmt(high)}")
+    for v in est.lanes.values():
+        click.echo(f"{v.text()} ({v.lines} lines)")
+    if est.lanes:
+        low, exp, high = est.lane_total()
+        click.echo(f"With the lane ({est.lane_lines} lines there): expected {_fmt(exp)}, range {_fmt(low)} to "
+                   f"{_fmt(high)}; without it: expected {_fmt(est.first_choice_total()[1])}")
+    elif lanes := [p.name for p in providers if p.is_lane]:
+        click.echo(f"no line would go to lane {', '.join(lanes)}: a synchronous provider ranks before it "
+                   "(routing.strategy, priority, routes, --providers)")
     for m, p in est.unpriced():
         echo(f"warning: no known price for {m} at {p}: its cost would be unknown", err=True)
     for m, n in est.unserved.items():

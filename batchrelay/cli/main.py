@@ -19,6 +19,7 @@ from batchrelay.cli.logs import LogSetup, log_options, secrets_of, setup_logging
 from batchrelay.cli.options import (
     cache_option,
     completion_window_option,
+    deadline_option,
     defer_options,
     endpoint_option,
     money_options,
@@ -76,6 +77,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @endpoint_option
 @providers_option
 @money_options
+@deadline_option
 @cache_option
 @click.option("--new", is_flag=True,
               help="A new batch, even if a run of the same input and options was stopped or is done.")
@@ -85,7 +87,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @handles_errors
 def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers: int, endpoint: str,
         allow: tuple[str, ...] | None, max_cost: Decimal | None, require_prices: bool, new: bool,
-        as_json: bool, logs: LogSetup, cache: bool | None = None) -> None:
+        as_json: bool, logs: LogSetup, cache: bool | None = None, deadline: float | None = None) -> None:
     """Submit FILE, work it here, and write the results: all in one process.
 
     Uses REDIS_URL or [redis] url when set, else the embedded Redis the commands share; uses the
@@ -94,11 +96,14 @@ def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers:
     Ctrl-C/SIGTERM (calls in flight are recorded; the batch is paused). The same command again
     (same input bytes and options) resumes a stopped run and sends no answered line again; for a
     run that is done it writes the results again with no provider call. --new starts afresh.
+    --deadline: lines not answered by then expire; a deadline far enough off lets lines go to a
+    configured lane (an official Batch API, up to its window late), and the run waits for it.
 
     \b
     Examples:
       batchrelay run examples/requests.jsonl -o results.jsonl
       batchrelay -c batchrelay.toml run big.jsonl -o out.jsonl --workers 2 --max-cost 5
+      batchrelay -c batchrelay.toml run big.jsonl -o out.jsonl --deadline +26h
     """
     from batchrelay.cli.guard import sigterm_as_interrupt
     from batchrelay.cli.preflight import before_run
@@ -107,7 +112,7 @@ def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers:
     sigterm_as_interrupt()  # a SIGTERM ends `run` as cleanly as Ctrl-C does (see cli/guard.py)
     setup_logging(logs, secrets_of(settings_of(ctx)))
     spec = BatchSpec.of(settings_of(ctx), endpoint=endpoint, providers=allow, max_cost=max_cost,
-                        require_prices=require_prices, cache=cache)
+                        require_prices=require_prices, cache=cache, deadline=deadline)
     with environment(before_run(settings_of(ctx), file, out, errors, spec)) as env:
         if spec.needs_prices:
             check_prices(file, env.settings, spec.endpoint, spec.providers)
@@ -162,6 +167,7 @@ def demo(ctx: click.Context, lines: int, out: Path, force: bool, as_json: bool) 
 @providers_option
 @money_options
 @completion_window_option
+@deadline_option
 @defer_options
 @webhook_option
 @cache_option
@@ -171,29 +177,36 @@ def demo(ctx: click.Context, lines: int, out: Path, force: bool, as_json: bool) 
 @handles_errors
 def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allow: tuple[str, ...] | None,
            max_cost: Decimal | None, require_prices: bool, completion_window: float | None, at: float | None,
-           delay: float | None, webhook: str | None, resume: bool, as_json: bool, cache: bool | None = None) -> None:
+           delay: float | None, webhook: str | None, resume: bool, as_json: bool, cache: bool | None = None,
+           deadline: float | None = None) -> None:
     """Queue FILE as a new batch in Redis and print its id.
 
     Each line is an OpenAI Batch line, an Anthropic Message Batches line, or a bare request
     body; bad lines become error records with their line number and the rest runs.
+    Lines not answered by the end of --completion-window (from the start) or by --deadline,
+    whichever comes first, expire. Lines go to a lane (an official Batch API, at its lower price)
+    only when that leaves the lane its window plus margin: a 24h lane needs --completion-window 26h
+    or --deadline +26h, not 24h.
 
     \b
     Examples:
       BATCH=$(batchrelay submit requests.jsonl)
       batchrelay status $BATCH --watch
       batchrelay submit requests.jsonl --max-cost 0.50 --completion-window 24h
+      batchrelay submit requests.jsonl --deadline 2026-11-23T08:00:00Z   # or --deadline +26h
       batchrelay submit requests.jsonl --at 2026-11-22T05:00:00Z   # or --in 2h
       batchrelay submit requests.jsonl --webhook https://example.com/hooks/batch
     """
     spec = BatchSpec.of(settings_of(ctx), name=name, endpoint=endpoint, providers=allow, max_cost=max_cost,
                         require_prices=require_prices, completion_window=completion_window,
-                        start_at=start_at_of(at, delay), webhook=webhook, cache=cache)
+                        start_at=start_at_of(at, delay), webhook=webhook, cache=cache, deadline=deadline)
 
     st = run_async(submit_or_resume(settings_of(ctx), file, spec, resume))
     counts = st["counts"]
     if as_json:
         emit_json({"id": st["id"], "lines": counts["total"], "valid": counts["total"] - counts["invalid"],
-                   "invalid": counts["invalid"], "start_at": spec.start_at, "webhook": spec.webhook})
+                   "invalid": counts["invalid"], "start_at": spec.start_at, "deadline": spec.deadline,
+                   "webhook": spec.webhook})
     else:
         echo(st["id"])
         if spec.start_at is not None:

@@ -16,6 +16,7 @@ import click
 from batchrelay import parse
 from batchrelay.cli.kit import settings_of
 from batchrelay.errors import InvalidValue
+from batchrelay.spec import deadline_at
 from batchrelay.wire.dialect import DIALECTS
 
 
@@ -55,6 +56,7 @@ USD = Parsed("USD", parse.usd_amount)
 DURATION = Parsed("DURATION", parse.duration_s)
 INSTANT = Parsed("TIME", parse.instant)
 URL = Parsed("URL", parse.webhook_url)
+DEADLINE = Parsed("TIME", deadline_at)
 
 endpoint_option = click.option(
     "--endpoint", type=Parsed("DIALECT", parse.dialect), metavar=f"[{'|'.join(DIALECTS)}]", default="chat",
@@ -67,6 +69,12 @@ providers_option = click.option("--providers", "allow", type=ProviderNames(),
 completion_window_option = click.option(
     "--completion-window", type=DURATION, metavar="DURATION",
     help="Expire the lines not answered within this long (e.g. 24h): they get `expired` records.")
+
+deadline_option = click.option(
+    "--deadline", type=DEADLINE, metavar="TIME",
+    help="Expire the lines not answered by this ISO-8601 time (e.g. 2026-11-22T05:00:00Z) or this long from now "
+         "(e.g. +26h); with --completion-window the earlier counts. A deadline that leaves a lane (an official "
+         "Batch API) its window plus margin lets lines go there, at its price.")
 
 webhook_option = click.option(
     "--webhook", type=URL, metavar="URL",

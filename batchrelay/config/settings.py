@@ -271,6 +271,12 @@ class ScheduleConfig(_Strict):
     providers: tuple[str, ...] | None = None
     max_cost: Decimal | None = None
     webhook: str | None = None  # each run's batch POSTs its batch object there when it ends
+    completion_window: float | None = None  # each run's lines expire this long after its submit (lanes: see README)
+
+    @field_validator("completion_window", mode="before")
+    @classmethod
+    def _window(cls, v: float | str | None) -> float | None:
+        return None if v is None else parse.duration_s(v)
 
     @field_validator("max_cost", mode="before")
     @classmethod

@@ -5,10 +5,17 @@ dialect). Input tokens are estimated from the request (tokens.py); output is a r
 assumes one output token per call, `high` the request's max_tokens (what a budget reserves), and
 `expected` the `output` assumption (by default as many tokens as the input, capped by max_tokens).
 Minimum charges and per-request fees apply per line. Pure, apart from reading the file.
+
+Lanes (official Batch APIs) take a line only when the batch's deadline leaves them their window
+plus margin and they rank first (routing.lane_for). With a lane configured, the estimate has two
+totals: `with_lane` (the lane's lines at its price when the deadline allows, the rest at their first
+synchronous choice) and the first-choice total without it, and a verdict per lane (lane_cost.py).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -17,11 +24,14 @@ from typing import Any
 
 from batchrelay.config.settings import ProviderConfig, Settings
 from batchrelay.errors import InputError, UnpricedModels
+from batchrelay.money.lane_cost import LaneVerdict, verdict
 from batchrelay.money.pricing import MILLION, Price, price_of, usd_str
 from batchrelay.money.tokens import input_tokens, max_output_tokens
-from batchrelay.providers.routing import candidates
+from batchrelay.providers.routing import candidates, lane_for
 from batchrelay.wire.dialect import Dialect
 from batchrelay.wire.jobs import BadLine, JobLine, iter_jobs
+
+Range = tuple[Decimal | None, Decimal | None, Decimal | None]  # low, expected, high
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +66,11 @@ class EstimateRow:
     dialect: Dialect
     provider: str
     provider_model: str
-    first_choice: bool
+    first_choice: bool  # the first synchronous choice
     price_source: str
     output_basis: str = "ratio"
+    lane: bool = False  # a lane's row: the lines it ranks first for, at its price
+    lane_allowed: bool = False  # ... and the deadline lets them go there
     lines: int = 0
     input_tokens: int = 0
     expected_output_tokens: int = 0
@@ -70,7 +82,8 @@ class EstimateRow:
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "dialect": self.dialect, "provider": self.provider,
                 "provider_model": self.provider_model, "first_choice": self.first_choice,
-                "price_source": self.price_source, "output_basis": self.output_basis, "lines": self.lines,
+                "price_source": self.price_source, "output_basis": self.output_basis, "lane": self.lane,
+                "lane_allowed": self.lane_allowed, "lines": self.lines,
                 "input_tokens": self.input_tokens,
                 "expected_output_tokens": self.expected_output_tokens, "max_output_tokens": self.max_output_tokens,
                 "low_usd": usd_str(self.low), "expected_usd": usd_str(self.expected), "high_usd": usd_str(self.high)}
@@ -82,9 +95,13 @@ class Estimate:
     lines: int = 0
     invalid: int = 0
     unserved: dict[str, int] = field(default_factory=dict)  # model -> lines no provider may serve
+    deadline: float | None = None  # the batch's (unix time): start + completion window, or --deadline
+    lanes: dict[str, LaneVerdict] = field(default_factory=dict)  # the lanes some line would go to, if allowed
+    lane_lines: int = 0  # lines that go to a lane (the deadline allows it)
+    with_lane: list[Decimal | None] = field(default_factory=lambda: [Decimal(0)] * 3)  # low, expected, high
 
-    def first_choice_total(self) -> tuple[Decimal | None, Decimal | None, Decimal | None]:
-        """The cost range if every line goes to its first-choice provider (None: a price is unknown)."""
+    def first_choice_total(self) -> Range:
+        """The cost range if every line goes to its first synchronous choice (None: a price is unknown)."""
         firsts = [r for r in self.rows if r.first_choice]
 
         def total(values: Iterable[Decimal | None]) -> Decimal | None:
@@ -92,14 +109,33 @@ class Estimate:
             return None if any(v is None for v in vs) else sum((v for v in vs if v is not None), Decimal(0))
         return (total(r.low for r in firsts), total(r.expected for r in firsts), total(r.high for r in firsts))
 
+    def lane_total(self) -> Range:
+        """The cost range with the lanes: their lines at the lane's price when the deadline allows it,
+        every other line at its first synchronous choice."""
+        low, expected, high = self.with_lane
+        return low, expected, high
+
+    def main_lane(self) -> LaneVerdict | None:
+        """The lane most lines would go to (if the deadline allowed)."""
+        return max(self.lanes.values(), key=lambda v: v.lines, default=None)
+
     def unpriced(self) -> list[tuple[str, str]]:
         """(model, provider) pairs that may serve lines but have no known price."""
         return sorted({(r.model, r.provider) for r in self.rows if r.price_source == "unknown"})
 
     def as_dict(self) -> dict[str, Any]:
         low, expected, high = self.first_choice_total()
+        lane_low, lane_expected, lane_high = self.lane_total()
+        main = self.main_lane()
         return {"lines": self.lines, "invalid": self.invalid, "unserved": self.unserved,
                 "first_choice": {"low_usd": usd_str(low), "expected_usd": usd_str(expected), "high_usd": usd_str(high)},
+                "deadline": self.deadline, "lane": main.lane if main else None,
+                "lane_allowed": main.allowed if main else None, "lane_needs_s": main.needs_s if main else None,
+                "lane_lines": self.lane_lines, "sync_total_usd": usd_str(expected),
+                "lane_total_usd": usd_str(lane_expected),
+                "with_lane": {"low_usd": usd_str(lane_low), "expected_usd": usd_str(lane_expected),
+                              "high_usd": usd_str(lane_high)},
+                "lanes": [v.as_dict() for v in self.lanes.values()],
                 "unpriced": [{"model": m, "provider": p} for m, p in self.unpriced()],
                 "rows": [r.as_dict() for r in self.rows]}
 
@@ -117,11 +153,14 @@ def _add(cost: Decimal | None, to: Decimal | None) -> Decimal | None:
 
 
 def estimate_jobs(jobs: Iterable[JobLine | BadLine], settings: Settings, *, allow: Sequence[str] | None = None,
-                  output: OutputGuess = OutputGuess()) -> Estimate:
-    est = Estimate()
+                  output: OutputGuess = OutputGuess(), deadline: float | None = None,
+                  now: float | None = None) -> Estimate:
+    """`deadline`: the batch's (unix time; None: none, so no lane is used), seen at `now`."""
+    now = time.time() if now is None else now
+    est = Estimate(deadline=deadline)
     rows: dict[tuple[str, str, str], EstimateRow] = {}
     prices: dict[tuple[str, str], Price] = {}
-    routing = settings.routing
+    routes: dict[tuple[Dialect, str], _Route] = {}
     providers: list[ProviderConfig] = settings.ordered_providers()
     default_cap = settings.worker.default_max_tokens
     for job in jobs:
@@ -130,15 +169,23 @@ def estimate_jobs(jobs: Iterable[JobLine | BadLine], settings: Settings, *, allo
             continue
         est.lines += 1
         model = str(job.body["model"])
-        # deterministic order: `weighted` would draw at random, so it is shown in priority order
-        strategy = "priority" if routing.strategy == "weighted" else routing.strategy
-        cands = candidates(job.dialect, model, providers, strategy=strategy, routes=routing.routes, allow=allow)
-        if not cands:
+        route = routes.get((job.dialect, model))
+        if route is None:
+            route = routes[(job.dialect, model)] = _route(job.dialect, model, providers, settings, allow, deadline, now)
+        if not route.sync and not route.lane_allowed:
             est.unserved[model] = est.unserved.get(model, 0) + 1
             continue
+        if route.lane is not None:
+            v = est.lanes.get(route.lane.name)
+            if v is None:
+                v = est.lanes[route.lane.name] = verdict(route.lane, deadline, now)
+            v.lines += 1
         inp = input_tokens(job.body)
         cap = max_output_tokens(job.body, default_cap)
-        for i, (provider, _wire) in enumerate(cands):
+        served = [(p, i == 0, False) for i, p in enumerate(route.sync)]
+        if route.lane is not None:
+            served.append((route.lane, False, True))
+        for provider, first, is_lane in served:
             pmodel = provider.provider_model(model)
             exp = output.expected(inp, cap, provider.name, pmodel)
             price = prices.get((provider.name, pmodel))
@@ -147,21 +194,51 @@ def estimate_jobs(jobs: Iterable[JobLine | BadLine], settings: Settings, *, allo
             key = (model, job.dialect, provider.name)
             row = rows.get(key)
             if row is None:
-                row = rows[key] = EstimateRow(model, job.dialect, provider.name, pmodel, i == 0, price.source,
-                                      output.basis(provider.name, pmodel))
+                row = rows[key] = EstimateRow(model, job.dialect, provider.name, pmodel, first, price.source,
+                                              output.basis(provider.name, pmodel), is_lane, route.lane_allowed)
+            costs = (_line_cost(price, inp, 1), _line_cost(price, inp, exp), _line_cost(price, inp, cap))
             row.lines += 1
             row.input_tokens += inp
             row.expected_output_tokens += exp
             row.max_output_tokens += cap
-            row.low = _add(_line_cost(price, inp, 1), row.low)
-            row.expected = _add(_line_cost(price, inp, exp), row.expected)
-            row.high = _add(_line_cost(price, inp, cap), row.high)
-    est.rows = [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1], not rows[k].first_choice, k[2]))]
+            row.low, row.expected, row.high = (_add(c, t) for c, t in zip(costs, (row.low, row.expected, row.high),
+                                                                          strict=True))
+            if (is_lane and route.lane_allowed) or (first and not route.lane_allowed):
+                est.with_lane = [_add(c, t) for c, t in zip(costs, est.with_lane, strict=True)]
+        est.lane_lines += route.lane_allowed
+    # first choices, then the lane, then failover
+    est.rows = [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1], not rows[k].first_choice, not rows[k].lane,
+                                                             k[2]))]
     return est
 
 
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Where lines of one (dialect, model) may go: the synchronous providers in order, and the lane
+    that would take them if the deadline allowed (`lane_allowed`: it does)."""
+
+    sync: list[ProviderConfig]
+    lane: ProviderConfig | None
+    lane_allowed: bool
+
+
+def _route(dialect: Dialect, model: str, providers: Sequence[ProviderConfig], settings: Settings,
+           allow: Sequence[str] | None, deadline: float | None, now: float) -> _Route:
+    routing = settings.routing
+    # deterministic order: `weighted` would draw at random, so it is shown in priority order
+    strategy = "priority" if routing.strategy == "weighted" else routing.strategy
+    sync = [p for p, _wire in candidates(dialect, model, providers, strategy=strategy, routes=routing.routes,
+                                         allow=allow)]
+    kw: dict[str, Any] = {"strategy": strategy, "routes": routing.routes, "allow": allow, "now": now}
+    lane = lane_for(dialect, model, providers, deadline=deadline, **kw)
+    if lane is not None:
+        return _Route(sync, lane, True)
+    return _Route(sync, lane_for(dialect, model, providers, deadline=math.inf, **kw), False)
+
+
 def estimate_file(path: Path, settings: Settings, *, default_dialect: Dialect = "chat",
-                  allow: Sequence[str] | None = None, output: OutputGuess = OutputGuess()) -> Estimate:
+                  allow: Sequence[str] | None = None, output: OutputGuess = OutputGuess(),
+                  deadline: float | None = None) -> Estimate:
     try:
         stream = path.open("rb")
     except OSError as e:
@@ -169,7 +246,7 @@ def estimate_file(path: Path, settings: Settings, *, default_dialect: Dialect = 
     with stream:
         jobs = iter_jobs(stream, default_dialect=default_dialect, max_line_bytes=settings.worker.max_line_bytes,
                          dedupe=False)  # duplicates only matter to submit; their cost is the same
-        return estimate_jobs(jobs, settings, allow=allow, output=output)
+        return estimate_jobs(jobs, settings, allow=allow, output=output, deadline=deadline)
 
 
 def require_prices(path: Path, settings: Settings, default_dialect: Dialect, allow: Sequence[str] | None) -> None:

@@ -4,13 +4,18 @@ Strategies: `priority` (lower first), `cheapest` (the job's model priced at each
 prices last), `weighted` (a random order drawn by weight). Providers that speak the job's dialect
 come before the ones that need a translation, whatever the strategy. Per-model routes and a
 per-batch allow-list narrow the set first.
+
+Lanes (`is_lane`: an official Batch API) are never called line by line, so `candidates` leaves them
+out. `lane_for` says whether a line goes to a lane instead: only when its batch's deadline leaves the
+lane's upstream window plus its margin (`lane_ok`), and only when the lane ranks first among every
+provider that may serve the line, by the same strategy. A batch without a deadline never uses a lane.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from decimal import Decimal
 from typing import Literal
 
@@ -48,8 +53,10 @@ def unit_price(provider: ProviderConfig, model: str) -> Decimal:
 def order(
     providers: Sequence[ProviderConfig], strategy: Strategy, model: str, rng: random.Random | None = None
 ) -> list[ProviderConfig]:
+    """`cheapest`: by price, then a lane before a synchronous provider (a tie is worth the wait: the
+    lane does not rate-limit or run out of credit), then by priority."""
     if strategy == "cheapest":
-        return sorted(providers, key=lambda p: (unit_price(p, model), p.priority))
+        return sorted(providers, key=lambda p: (unit_price(p, model), not p.is_lane, p.priority))
     if strategy == "weighted":
         pool, out = list(providers), []
         r = rng or random
@@ -59,6 +66,19 @@ def order(
             pool.remove(pick)
         return out
     return sorted(providers, key=lambda p: p.priority)
+
+
+def _ranked(
+    dialect: Dialect, model: str, providers: Sequence[ProviderConfig], strategy: Strategy,
+    routes: Mapping[str, Sequence[str]] | None, allow: Sequence[str] | None, rng: random.Random | None,
+) -> list[tuple[ProviderConfig, Dialect]]:
+    allowed = allowed_by_routes(model, routes or {})
+    usable = [p for p in providers
+              if (allowed is None or p.name in allowed) and (not allow or p.name in allow)]
+    ranked = order(usable, strategy, model, rng)
+    other = OTHER[dialect]
+    native = [(p, dialect) for p in ranked if p.speaks(dialect)]
+    return native + [(p, other) for p in ranked if not p.speaks(dialect) and p.translate and p.speaks(other)]
 
 
 def candidates(
@@ -71,11 +91,42 @@ def candidates(
     allow: Sequence[str] | None = None,
     rng: random.Random | None = None,
 ) -> list[tuple[ProviderConfig, Dialect]]:
-    """(provider, dialect to speak to it) in the order to try them."""
-    allowed = allowed_by_routes(model, routes or {})
+    """(provider, dialect to speak to it) in the order to try them; never a lane."""
+    return _ranked(dialect, model, [p for p in providers if not p.is_lane], strategy, routes, allow, rng)
+
+
+def lane_ok(lane: ProviderConfig, deadline: float | None, now: float) -> bool:
+    """Whether a batch due at `deadline` (unix time; None: no deadline) leaves `lane` its upstream
+    window plus its margin from `now`: the margin is the time left for synchronous failover when the
+    upstream batch is late."""
+    return lane.lane is not None and deadline is not None and deadline - now >= lane.lane.window_s + lane.lane.margin_s
+
+
+def lane_for(
+    dialect: Dialect,
+    model: str,
+    providers: Sequence[ProviderConfig],
+    *,
+    strategy: Strategy,
+    routes: Mapping[str, Sequence[str]] | None,
+    allow: Sequence[str] | None,
+    deadline: float | None,
+    now: float,
+    skip: Collection[str] = (),
+) -> ProviderConfig | None:
+    """The lane to hand the line to, or None (the line goes synchronous).
+
+    The providers that may serve the line (routes, allow-list, dialect or translation; not in `skip`:
+    lanes the line already failed on, benched or disabled ones; lanes only when `lane_ok`) are ranked
+    as `candidates` ranks them, the lanes among them; a lane is chosen only when it comes first. So
+    under `priority` a lane is placed by its priority, under `cheapest` by its price (a tie goes to
+    the lane), and under `weighted` it wins the draw by its weight.
+    """
+    if deadline is None or not any(p.is_lane for p in providers):
+        return None
     usable = [p for p in providers
-              if (allowed is None or p.name in allowed) and (not allow or p.name in allow)]
-    ranked = order(usable, strategy, model, rng)
-    other = OTHER[dialect]
-    native = [(p, dialect) for p in ranked if p.speaks(dialect)]
-    return native + [(p, other) for p in ranked if not p.speaks(dialect) and p.translate and p.speaks(other)]
+              if p.name not in skip and (not p.is_lane or lane_ok(p, deadline, now))]
+    if not any(p.is_lane for p in usable):
+        return None
+    ranked = _ranked(dialect, model, usable, strategy, routes, allow, None)
+    return ranked[0][0] if ranked and ranked[0][0].is_lane else None

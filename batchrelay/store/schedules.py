@@ -69,7 +69,7 @@ def output_paths(sch: ScheduleConfig, source: str) -> tuple[Path, Path]:
 def spec_of(settings: Settings, sch: ScheduleConfig, path: Path) -> BatchSpec:
     """The options of the schedule's batch of `path` (its providers were checked with the config)."""
     return BatchSpec.of(settings, name=f"{sch.name}:{path.name}", endpoint=sch.endpoint, providers=sch.providers,
-                        max_cost=sch.max_cost, webhook=sch.webhook)
+                        max_cost=sch.max_cost, webhook=sch.webhook, completion_window=sch.completion_window)
 
 
 async def claim_tick(store: Store, sch: ScheduleConfig, tick: int, now: float) -> bool:

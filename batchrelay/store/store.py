@@ -173,9 +173,12 @@ class Store:
         extra["queue"] = queue or self.keys.queue
         if spec.cache:
             extra["cache"] = 1
+        if (expires_at := spec.expires_at(now)) is not None:  # start + window, or the deadline
+            extra["expires_at"] = expires_at
         if spec.completion_window is not None:
-            extra["expires_at"] = max(now, spec.start_at or now) + spec.completion_window
             extra["completion_window_s"] = spec.completion_window
+        if spec.deadline is not None:
+            extra["deadline"] = spec.deadline
         async with self.redis.pipeline(transaction=True) as pipe:
             if spec.max_cost is not None:
                 extra["max_cost"] = pico(spec.max_cost)
