@@ -40,10 +40,6 @@ class LaneStore:
     async def open_parcels(self, batch_id=None): return 0
 
 
-def lane_for(dialect, model, providers, *, strategy, routes, allow, deadline, now, skip=()):
-    return None
-
-
 def custom_id(batch_id, line): return f"{batch_id}-{line}"
 def request_line(kind, custom_id, path, body): raise NotImplementedError
 

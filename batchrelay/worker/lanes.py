@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 from batchrelay.config.settings import Settings
 from batchrelay.errors import Unpriced
 from batchrelay.money.budget import most_it_may_cost
+from batchrelay.providers.routing import lane_for
 from batchrelay.store.budget import Budget
 from batchrelay.store.health import Health
 from batchrelay.store.store import Claim, Store
@@ -39,13 +40,12 @@ from batchrelay.wire.jobs import JobLine
 from batchrelay.worker.lane_send import lane_request
 from batchrelay.worker.lane_steps import ParcelDriver
 
-try:  # TEMP(D1): until packages A, B and C are merged
+try:  # TEMP(D1): until packages B and C are merged
     from batchrelay.providers.lane_client import LaneClient
     from batchrelay.providers.lane_wire import custom_id
-    from batchrelay.providers.routing import lane_for  # type: ignore[attr-defined]
     from batchrelay.store.lanes import LaneStore
 except ImportError:  # pragma: no cover
-    from batchrelay.worker._lane_standins import LaneClient, LaneStore, custom_id, lane_for
+    from batchrelay.worker._lane_standins import LaneClient, LaneStore, custom_id
 
 log = logging.getLogger("batchrelay.worker.lanes")
 PARALLEL = 4  # parcels moved on at once by one process
@@ -89,7 +89,7 @@ class Lanes:
         rest: list[JobLine] = []
         groups: dict[str, list[tuple[JobLine, int, Decimal | None]]] = {}
         for job in jobs:
-            failed_on = {a.get("provider") for a in claim.earlier.get(job.line, ())} & self.by_name.keys()
+            failed_on = {str(a.get("provider")) for a in claim.earlier.get(job.line, ())} & self.by_name.keys()
             lane = lane_for(job.dialect, str(job.body["model"]), self.providers, strategy=r.strategy, routes=r.routes,
                             allow=claim.allow, deadline=deadline, now=now, skip=closed | failed_on)
             if lane is None:
