@@ -136,7 +136,7 @@ async def test_a_create_cut_off_before_its_id_was_recorded_is_found_not_made_aga
             assert await parcels.advance(pid, "gathering", "sealed", sealed_at=time.time())
             p = await parcels.parcel(pid)
             assert p is not None
-            path, n = await request_file(store, parcels, p, lane, rt.settings.worker, tmp_path)
+            path, n = await request_file(parcels, p, lane, rt.settings.worker, tmp_path)
             assert n == N
             async with httpx.AsyncClient() as http:
                 client = LaneClient(lane, http)

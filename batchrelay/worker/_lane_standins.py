@@ -36,7 +36,8 @@ class LaneStore:
     async def write_results(self, batch_id, pid, items, tallies): raise NotImplementedError
     async def release(self, batch_id, pid, lines, attempts, *, now, requeue): raise NotImplementedError
     async def finish(self, pid): raise NotImplementedError
-    async def held(self, batch_id): raise NotImplementedError
+    async def held(self, batch_id, lines=None): raise NotImplementedError
+    async def claim_lines(self, batch_id, lines): raise NotImplementedError
     async def open_parcels(self, batch_id=None): return 0
 
 

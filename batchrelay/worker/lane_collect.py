@@ -27,7 +27,6 @@ from batchrelay.providers.dialects import check_reply, usage_of
 from batchrelay.results.outcome import Attempt, Outcome, Result
 from batchrelay.results.records import outcome_record
 from batchrelay.results.tally import call_tally
-from batchrelay.store.store import Store
 from batchrelay.wire.jobs import JobLine
 from batchrelay.wire.reply import ProviderReply
 from batchrelay.worker.lane_send import wire_of
@@ -129,7 +128,7 @@ def one_result(c: Collected, lane: ProviderConfig, p: ParcelView, state: Upstrea
     c.tallies.append(call_tally(out.attempts, str(job.body["model"])))
 
 
-async def collect(store: Store, parcels: LaneStore, client: LaneClient, p: ParcelView, lane: ProviderConfig,
+async def collect(parcels: LaneStore, client: LaneClient, p: ParcelView, lane: ProviderConfig,
                   renew: Callable[[], Awaitable[object]]) -> Collected:
     """Read the ended upstream batch's results and write them; what is left to give back is in `back`.
     `renew`: called after each block written (the parcel's lease)."""
@@ -140,7 +139,7 @@ async def collect(store: Store, parcels: LaneStore, client: LaneClient, p: Parce
     jobs: dict[int, JobLine] = {}
     c = Collected()
     for i in range(0, len(lines), BLOCK):
-        claim = await store.claim(p.batch, lines[i:i + BLOCK])
+        claim = await parcels.claim_lines(p.batch, lines[i:i + BLOCK])
         jobs.update((job.line, job) for job in claim.jobs)
         c.known.update(job.line for job in claim.jobs)
         c.earlier.update((n, [Attempt.from_dict(a) for a in tried]) for n, tried in claim.earlier.items())

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from batchrelay.config.settings import ProviderConfig, WorkerConfig
+from batchrelay.errors import ProviderError
 from batchrelay.providers.routing import OTHER
-from batchrelay.store.store import Store
 from batchrelay.wire.dialect import Dialect
 from batchrelay.wire.jobs import JobLine
 from batchrelay.worker.relay import wire_body
@@ -66,14 +66,14 @@ def endpoint(lane: ProviderConfig) -> str:
     return lane.path(lane.dialects[0])
 
 
-async def request_file(store: Store, parcels: LaneStore, p: ParcelView, lane: ProviderConfig, cfg: WorkerConfig,
-                       folder: Path) -> tuple[Path, int]:
+async def request_file(parcels: LaneStore, p: ParcelView, lane: ProviderConfig, cfg: WorkerConfig, folder: Path
+                       ) -> tuple[Path, int]:
     """The parcel's requests written to a file in `folder`; how many lines it has."""
     lines = sorted(set((await parcels.parcel_lines(p.pid)).values()))
     path, n = folder / f"batchrelay-{p.pid}.jsonl", 0
     with path.open("wb") as f:
         for i in range(0, len(lines), BLOCK):
-            claim = await store.claim(p.batch, lines[i:i + BLOCK])
+            claim = await parcels.claim_lines(p.batch, lines[i:i + BLOCK])
             f.write(b"".join(lane_request(lane, p.batch, job, cfg) for job in claim.jobs))
             n += len(claim.jobs)
     return path, n
@@ -103,8 +103,15 @@ async def create(parcels: LaneStore, client: LaneClient, p: ParcelView, lane: Pr
         return None
     if not await parcels.advance(p.pid, p.state, "creating", creating_at=time.time()):
         return None
-    state = await client.create(pid=p.pid, batch_id=p.batch, path=path, endpoint=endpoint(lane), file_id=p.file_id)
+    try:
+        state = await client.create(pid=p.pid, batch_id=p.batch, path=path, endpoint=endpoint(lane),
+                                    file_id=p.file_id)
+    except ProviderError as e:
+        if refused(e) or e.status == 429:  # nothing was created: the next create of the lane need not wait
+            await parcels.create_lease(lane.name, holder, 0)
+        raise  # else it may have been: the lease lapses after create_wait_s, while it is looked for
     await parcels.record(p.pid, state.id, due_at=time.time() + cfg.poll_min_s)
+    await parcels.create_lease(lane.name, holder, 0)
     return state
 
 
@@ -127,6 +134,11 @@ async def find_created(parcels: LaneStore, client: LaneClient, p: ParcelView, la
     if not found:
         return False
     state = min(found, key=lambda s: s.created_at or 0.0)  # newest first: the first made after the mark
-    if not await parcels.record(p.pid, state.id, due_at=time.time()):
-        return True
-    return state
+    recorded_now = await parcels.record(p.pid, state.id, due_at=time.time())
+    await parcels.create_lease(lane.name, holder, 0)
+    return state if recorded_now else True
+
+
+def refused(e: ProviderError) -> bool:
+    """A 4xx that says no for good (not a timeout, a conflict or a rate limit): nothing was done."""
+    return e.status is not None and 400 <= e.status < 500 and e.status not in (408, 409, 429)

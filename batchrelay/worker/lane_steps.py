@@ -26,7 +26,7 @@ from batchrelay.store.health import Health
 from batchrelay.store.store import Store
 from batchrelay.worker import lane_plan as plan
 from batchrelay.worker.lane_collect import collect, lane_attempt
-from batchrelay.worker.lane_send import create, find_created, request_file, upload
+from batchrelay.worker.lane_send import create, find_created, refused, request_file, upload
 
 try:  # TEMP(D1): until packages B and C are merged
     from batchrelay.providers.lane_client import LaneClient
@@ -129,7 +129,7 @@ class ParcelDriver:
                 state = await client.cancel(p.upstream_id)
                 return await self._ended(p, state.ended, state.status, lc.poll_min_s, state="cancelling")
             case plan.Collect():
-                c = await collect(self.store, ps, client, p, lane, lambda: ps.lease(p.pid, self.holder, LEASE_S))
+                c = await collect(ps, client, p, lane, lambda: ps.lease(p.pid, self.holder, LEASE_S))
                 if c.back:
                     await self._give_back(p, lane.name, c.back, c.earlier, c.known, requeue=not plan.stopping(status))
                 log.info("lane %s: parcel %s collected: %d answered, %d rejected, %d given back", lane.name, p.pid,
@@ -182,7 +182,7 @@ class ParcelDriver:
                 state = await create(self.parcels, self.clients[lane.name], p, lane, path, self.holder)
         except ProviderError as e:
             now = time.time()
-            if _refused(e):  # the upstream said no: nothing was created
+            if refused(e):  # the upstream said no: nothing was created
                 await self._report(lane, e)
                 log.warning("lane %s refused parcel %s: %s", lane.name, p.pid, e.reason)
                 await self.parcels.advance(p.pid, "creating", "failed")
@@ -205,7 +205,7 @@ class ParcelDriver:
         path = self.folder / f"batchrelay-{p.pid}.jsonl"
         if path.exists():
             return path
-        path, n = await request_file(self.store, self.parcels, p, lane, self.settings.worker, self.folder)
+        path, n = await request_file(self.parcels, p, lane, self.settings.worker, self.folder)
         if n:
             return path
         path.unlink(missing_ok=True)
@@ -218,7 +218,7 @@ class ParcelDriver:
         still unreachable `cancel_wait_s` past `must_end_by` gets its lines given back."""
         assert lane.lane is not None
         await self._report(lane, e)
-        if _refused(e) and p.state in ("sealed", "uploaded"):  # the upload was refused: it will not go better
+        if refused(e) and p.state in ("sealed", "uploaded"):  # the upload was refused: it will not go better
             await self.parcels.advance(p.pid, p.state, "failed")
             return
         now = time.time()
@@ -242,7 +242,7 @@ class ParcelDriver:
         """Give all the parcel's lines back (those it still holds), each with an attempt saying why."""
         name = lane.name if lane else p.lane
         lines = sorted(set((await self.parcels.parcel_lines(p.pid)).values()))
-        claim = await self.store.claim(p.batch, lines)
+        claim = await self.parcels.claim_lines(p.batch, lines)
         earlier = {n: [Attempt.from_dict(a) for a in tried] for n, tried in claim.earlier.items()}
         error = f"upstream {why.why}" if p.upstream_id else f"lane {why.why}"
         back = {n: lane_attempt(name, p, p.upstream_id, None, error) for n in lines}
@@ -271,8 +271,3 @@ class ParcelDriver:
             except ProviderError as e:
                 log.info("lane %s: input file %s of parcel %s not deleted: %s", lane.name, p.file_id, p.pid, e.reason)
         await self.parcels.finish(p.pid)
-
-
-def _refused(e: ProviderError) -> bool:
-    """A 4xx that says no for good (not a timeout, a conflict or a rate limit)."""
-    return e.status is not None and 400 <= e.status < 500 and e.status not in (408, 409, 429)

@@ -85,6 +85,9 @@ class Lanes:
         if not self.by_name or deadline is None or not jobs:
             return jobs
         now, r, cfg = time.time(), self.settings.routing, self.settings.worker
+        # a rerun of a chunk whose worker died after a lane took its lines: they are the lane's, not ours
+        held = await self.parcels.held(batch_id, [job.line for job in jobs])
+        jobs = [job for job in jobs if job.line not in held]
         closed = await self._closed_lanes(now)
         rest: list[JobLine] = []
         groups: dict[str, list[tuple[JobLine, int, Decimal | None]]] = {}
@@ -121,7 +124,7 @@ class Lanes:
         """Reserve the budget of lines a lane took, for as long as their parcel may live; a line the
         limit cannot cover goes back to the synchronous providers (where it waits for the limit)."""
         assert self.budget is not None
-        held = await self.parcels.held(batch_id)
+        held = await self.parcels.held(batch_id, list(amounts))
         refused: dict[str, list[int]] = {}
         for line, amount in amounts.items():
             pid = held.get(line)
