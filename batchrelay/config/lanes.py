@@ -63,12 +63,12 @@ def lane_defaults(data: dict[str, Any]) -> dict[str, Any]:
     kind = data.get("kind", "chat")
     flat = {k: data[k] for k in LANE_FIELDS if k in data}
     if kind not in BATCH_KINDS:
-        if flat or "lane" in data:
+        if flat or data.get("lane") is not None:  # a config written back out has `lane = None`
             names = ", ".join(flat) or "lane"
             raise ValueError(f"{names}: lane settings, for kind = \"openai-batch\" or \"anthropic-batch\" only")
         return data
     out = {k: v for k, v in data.items() if k not in flat}
-    out["lane"] = {"max_lines": MAX_LINES[kind], "max_bytes": MAX_BYTES[kind], **data.get("lane", {}), **flat}
+    out["lane"] = {"max_lines": MAX_LINES[kind], "max_bytes": MAX_BYTES[kind], **(data.get("lane") or {}), **flat}
     out.setdefault("price_multiplier", "0.5")
     out.setdefault("dialects", ("chat",) if kind == "openai-batch" else ("messages",))
     if kind == "anthropic-batch":

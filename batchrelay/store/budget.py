@@ -22,11 +22,16 @@ class Budget:
     def __init__(self, store: Store, lease_s: float = 300.0) -> None:
         self.store, self.lease_ms = store, int(lease_s * 1000)
 
-    async def reserve(self, batch_id: str, amount: Decimal) -> str | None:
-        """A reservation token, or None when the limit cannot cover `amount` (the batch then waits)."""
-        token = uuid.uuid4().hex[:16]
+    async def reserve(self, batch_id: str, amount: Decimal, token: str | None = None,
+                      lease_s: float | None = None) -> str | None:
+        """A reservation token, or None when the limit cannot cover `amount` (the batch then waits).
+        `token`: the caller's own (a lane line's `lane:{pid}:{line}`, which the lane's result write
+        settles; a token already reserved keeps its reservation); `lease_s`: how long it lasts
+        unsettled, instead of the store's lease (a lane line waits hours for its answer)."""
+        token = token or uuid.uuid4().hex[:16]
+        lease_ms = self.lease_ms if lease_s is None else int(lease_s * 1000)
         ok = await self.store.scripts.reserve(self.store.keys, batch_id, token=token, amount=pico(amount),
-                                              now_ms=int(time.time() * 1000), lease_ms=self.lease_ms)
+                                              now_ms=int(time.time() * 1000), lease_ms=lease_ms)
         return token if ok else None
 
     async def settle(self, batch_id: str, token: str, billed: Decimal) -> None:

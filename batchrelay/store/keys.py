@@ -181,6 +181,41 @@ class Keys:
         """String, set NX: the batch submitted with this idempotency key (its sha256); goes with that batch."""
         return f"{self.prefix}idempotency:{key_hash}"
 
+    # lanes (store/lanes.py): a parcel is the lines of one batch gathered for one upstream batch
+
+    @property
+    def lane_parcels(self) -> str:
+        """Sorted set: parcel ids scored by when their next step is due (ms); a collected parcel leaves it."""
+        return f"{self.prefix}lane:parcels"
+
+    def lane_parcel(self, pid: str) -> str:
+        """Hash: a parcel's lane, batch, state, counts, times and upstream ids (store/lanes.py ParcelView)."""
+        return f"{self.prefix}lane:parcel:{pid}"
+
+    def lane_parcel_lines(self, pid: str) -> str:
+        """Hash: the parcel's custom_id -> line (lua/lane_take.lua builds it as lane_parcel(pid) + ':lines')."""
+        return f"{self.lane_parcel(pid)}:lines"
+
+    def lane_held(self, batch_id: str) -> str:
+        """Hash: line -> the parcel holding it; a held line is in no chunk, and no stop or sweep touches it."""
+        return f"{self.prefix}batch:{batch_id}:lane"
+
+    def lane_gather(self, batch_id: str) -> str:
+        """Hash: lane -> the batch's parcel still gathering lines on that lane (at most one per lane)."""
+        return f"{self.prefix}batch:{batch_id}:lane:gather"
+
+    def lane_recorded(self, lane: str) -> str:
+        """Set: the upstream batch ids recorded for the lane's parcels (a lost create is sought among the others)."""
+        return f"{self.prefix}lane:upstream:{lane}"
+
+    def lane_lease(self, pid: str) -> str:
+        """String (SET NX PX): the worker working the parcel now."""
+        return f"{self.prefix}lane:lease:{pid}"
+
+    def lane_creating(self, lane: str) -> str:
+        """String (SET NX PX): the worker creating an upstream batch on the lane (one create in flight per lane)."""
+        return f"{self.prefix}lane:creating:{lane}"
+
     def batch_keys(self, batch_id: str) -> list[str]:
         return [
             self.meta(batch_id),
@@ -196,4 +231,6 @@ class Keys:
             self.budget(batch_id),
             self.budget_leases(batch_id),
             self.run_lease(batch_id),
+            self.lane_held(batch_id),
+            self.lane_gather(batch_id),
         ]

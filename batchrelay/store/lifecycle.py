@@ -5,7 +5,9 @@ There is no separate `finalizing` step: a line's result is final the moment it i
 last one completes the batch. Stopping is two-phase and safe with any number of workers: the batch
 is first marked `cancelling`/`expiring` (claims then take none of its lines); lines never started
 get their `cancelled`/`expired` record at once; lines a worker may still be calling get
-`grace_s` (`WorkerConfig.cancel_grace_s`) to finish with their real answer, then are stopped too. The
+`grace_s` (`WorkerConfig.cancel_grace_s`) to finish with their real answer, then are stopped too; lines
+a lane holds (store/lanes.py) wait until the lane lets go of them, so an answer the upstream bills
+after the stop still reaches the ledger. The
 last record ends the batch (lua/result_write.lua). `advance` does one step and is run by the
 `cancel` command and by every worker's sweep, so a stop finishes even if its CLI is interrupted;
 `serve` runs a bounded step (`most` lines) in a request, so a large batch's cancel answers at once.
@@ -30,6 +32,7 @@ from batchrelay.money.ledger import increments
 from batchrelay.results.outcome import Attempt, billed_calls
 from batchrelay.results.records import stopped_record
 from batchrelay.store.ids import checked_batch_id
+from batchrelay.store.lanes import LaneStore
 from batchrelay.store.queue import chunk_map_entries, enqueue_chunks, split_chunks
 from batchrelay.store.status import EXPIRABLE, INTERIM, STOPPED, Status
 from batchrelay.store.status import FINAL as FINAL  # where serve/app.py has always found it
@@ -104,11 +107,12 @@ async def advance(store: Store, batch_id: str, grace_s: float, now: float | None
             pipe.hmget(k.first_try(batch_id), block)
             pipe.hmget(k.lines(batch_id), block)
             pipe.hmget(k.attempts(batch_id), block)
-            started, raws, tried = await pipe.execute()
+            pipe.hmget(k.lane_held(batch_id), block)
+            started, raws, tried, held = await pipe.execute()
         items = []
-        for line, first, raw, before in zip(block, started, raws, tried, strict=True):
-            if raw is None or (first is not None and not everything):
-                continue  # a worker may be calling it: it gets its grace
+        for line, first, raw, before, lane in zip(block, started, raws, tried, held, strict=True):
+            if raw is None or (first is not None and not everything) or lane is not None:
+                continue  # a worker may be calling it: it gets its grace; a lane's, until the lane lets go of it
             attempts = [Attempt.from_dict(a) for a in orjson.loads(before)] if before else []
             items.append((line, stopped_record(batch_id, JobLine.from_json(raw), attempts, final), False,
                           increments(billed_calls(attempts)), final))
@@ -225,11 +229,13 @@ async def tick(store: Store, *, grace_s: float, retention_s: float | None, now: 
             done["stopped_lines"] += await advance(store, info.id, grace_s, now)
         elif (retention_s is not None and info.finished and info.finished_at is not None
               and now - info.finished_at > retention_s):
+            await LaneStore(store).forget(info.id)
             await store.delete_batch(info.id)
             done["forgotten"] += 1
         elif retention_s is not None and info.status == Status.PAUSED:
             paused_at = float((await store.get_fields(info.id, ["paused_at"])).get("paused_at") or now)
             if now - paused_at > retention_s:  # paused and left: forgotten like a finished batch
+                await LaneStore(store).forget(info.id)
                 await store.delete_batch(info.id)
                 done["forgotten"] += 1
     return done

@@ -25,6 +25,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from batchrelay.config.settings import HealthConfig, ProviderConfig
+from batchrelay.store.cache_scripts import CacheScripts
 from batchrelay.store.keys import Keys
 from batchrelay.store.status import Status
 
@@ -32,7 +33,8 @@ SCRIPTS = ("batch_start_due", "budget_purge", "budget_raise", "budget_reserve", 
            "cache_lease", "cache_prune", "cache_put", "chunk_reclaim", "chunk_release", "health_acquire",
            "health_report", "result_write", "results_write", "retry_reopen_line", "stop_finish", "stop_request",
            "submit_claim_ids", "submit_finish", "webhook_claim",
-           "batch_pause", "batch_resume", "run_lease")  # the last three: resume.py
+           "batch_pause", "batch_resume", "run_lease",  # these three: resume.py
+           "lane_lease", "lane_record", "lane_release", "lane_set", "lane_take", "lane_write")  # lanes.py
 
 _HEADER = re.compile(r"^-- (KEYS|ARGV): (.+)$", re.MULTILINE)
 _INCLUDE = re.compile(r"^--#include (\w+)$", re.MULTILINE)
@@ -124,7 +126,16 @@ def _ledger(increments: Mapping[str, int], sign: int = 1) -> list[str]:
     return _flat({f: str(sign * n) for f, n in increments.items()})
 
 
-class Scripts:
+def _lines(lines: Iterable[tuple[int, bytes, str, Mapping[str, int], Mapping[str, int]]]) -> list[Any]:
+    """results_write's (and lane_write's) `...lines`: line, record, count, n, ledger values, n values."""
+    flat: list[Any] = []
+    for line, record, count, ledger, tally in lines:
+        values, more = _ledger(ledger), _ledger(tally)
+        flat += [line, record, count, len(values) + len(more), len(values), *values, *more]
+    return flat
+
+
+class Scripts(CacheScripts):
     """Every script, registered once on one Redis client (`Scripts.of`), behind typed wrappers."""
 
     _registered: ClassVar[weakref.WeakKeyDictionary[Redis, Scripts]] = weakref.WeakKeyDictionary()
@@ -171,12 +182,8 @@ class Scripts:
                             pipe: Pipeline | None = None) -> int:
         """`write_result` of several lines, (line, record, count, ledger, tally), in one call: how many
         were new (0 here with `pipe`: the answer comes from the pipeline's execute)."""
-        flat: list[Any] = []
-        for line, record, count, ledger, tally in lines:
-            values = _ledger(ledger)
-            more = _ledger(tally)
-            flat += [line, record, count, len(values) + len(more), len(values), *values, *more]
-        done = await self._s["results_write"](self._result_keys(k, batch_id), {"now": now}, flat, client=pipe)
+        done = await self._s["results_write"](self._result_keys(k, batch_id), {"now": now}, _lines(lines),
+                                              client=pipe)
         return 0 if pipe is not None else int(done)
 
     async def finish_submit(self, k: Keys, batch_id: str, *, now: float, start_at: float | None,
@@ -334,26 +341,56 @@ class Scripts:
         return bool(await self._s["webhook_claim"]({"webhooks": k.webhooks},
                                                    {"batch": batch_id, "seen": repr(seen), "score": repr(score)}))
 
-    # the response cache (cache.py); times in ms
+    # lanes (lanes.py): parcels of lines handed to an upstream Batch API
 
-    def _cache_keys(self, k: Keys) -> dict[str, str]:
-        return {"cache_entries": k.cache_entries, "cache_index": k.cache_index, "cache_stats": k.cache_stats}
+    async def lane_take(self, k: Keys, batch_id: str, *, lane: str, job: str, now: float, deadline: float,
+                        must_end_by: float, max_lines: int, max_bytes: int, gather_s: float,
+                        lines: Iterable[tuple[int, str, int]]) -> list[int]:
+        """The lines of (line, custom_id, bytes) taken into the lane's parcels."""
+        taken = await self._s["lane_take"](
+            {"meta": k.meta(batch_id), "chunks": k.chunks(batch_id), "pending": k.pending(batch_id),
+             "lane_held": k.lane_held(batch_id), "lane_gather": k.lane_gather(batch_id),
+             "lane_parcels": k.lane_parcels},
+            {"lane": lane, "batch": batch_id, "job": job, "now": repr(now), "deadline": repr(deadline),
+             "must_end_by": repr(must_end_by), "max_lines": max_lines, "max_bytes": max_bytes,
+             "gather_s": repr(gather_s), "parcel_prefix": k.lane_parcel("")},
+            [x for line, cid, size in lines for x in (line, cid, size)])
+        return [int(n) for n in taken]
 
-    async def cache_get(self, k: Keys, *, keys: list[str], now_ms: int, ttl_ms: int, count: bool) -> list[bytes | None]:
-        """Each key's entry, or None."""
-        got: list[bytes | None] = await self._s["cache_get"](self._cache_keys(k), {
-            "keys": orjson.dumps(keys), "now_ms": now_ms, "ttl_ms": ttl_ms, "count": "1" if count else "0"})
-        return got
+    async def lane_set(self, k: Keys, pid: str, batch_id: str, *, expect: str = "", state: str = "",
+                       done: bool = False, fields: Mapping[str, Any] | None = None) -> bool:
+        """False when the parcel is gone or not in state `expect` (nothing changed)."""
+        return bool(await self._s["lane_set"](
+            {"lane_parcel": k.lane_parcel(pid), "lane_gather": k.lane_gather(batch_id), "lane_parcels": k.lane_parcels},
+            {"pid": pid, "expect": expect, "state": state, "done": int(done)}, _flat(fields or {})))
 
-    async def cache_put(self, k: Keys, *, key: str, value: bytes, now_ms: int, ttl_ms: int, max_bytes: int) -> int:
-        """How many entries were dropped (expired, or evicted for room)."""
-        return int(await self._s["cache_put"](self._cache_keys(k), {
-            "key": key, "value": value, "now_ms": now_ms, "ttl_ms": ttl_ms, "max_bytes": max_bytes}))
+    async def lane_record(self, k: Keys, pid: str, *, lane: str, upstream_id: str, due_ms: int) -> bool:
+        """False when the parcel is not `creating` or already has an upstream id."""
+        return bool(await self._s["lane_record"](
+            {"lane_parcel": k.lane_parcel(pid), "lane_recorded": k.lane_recorded(lane), "lane_parcels": k.lane_parcels},
+            {"pid": pid, "upstream_id": upstream_id, "due_ms": due_ms}))
 
-    async def cache_prune(self, k: Keys, *, keys: list[str], now_ms: int, ttl_ms: int, max_bytes: int) -> int:
-        return int(await self._s["cache_prune"](self._cache_keys(k), {
-            "keys": orjson.dumps(keys), "now_ms": now_ms, "ttl_ms": ttl_ms, "max_bytes": max_bytes}))
+    async def lane_lease(self, key: str, *, holder: str, ttl_ms: int) -> bool:
+        """Take or renew the lease at `key` (Keys.lane_lease or Keys.lane_creating; 0 ms: give it up)."""
+        return bool(await self._s["lane_lease"]({"lane_lease": key}, {"holder": holder, "ttl_ms": ttl_ms}))
 
-    async def cache_lease(self, k: Keys, key: str, *, token: str, ms: int) -> bool:
-        """Renew the lease for `ms` (0: give it up); False when `token` no longer held it."""
-        return bool(await self._s["cache_lease"]({"cache_lease": k.cache_lease(key)}, {"token": token, "ms": ms}))
+    async def lane_write(self, k: Keys, batch_id: str, pid: str, *, now: float,
+                         lines: Iterable[tuple[int, bytes, str, Mapping[str, int], Mapping[str, int]]],
+                         pipe: Pipeline | None = None) -> int:
+        """`write_results` of a parcel's lines, un-held and their reservations settled: how many were new
+        (0 here with `pipe`: the answer comes from the pipeline's execute)."""
+        done = await self._s["lane_write"](
+            {**self._result_keys(k, batch_id), "lane_held": k.lane_held(batch_id), "budget": k.budget(batch_id),
+             "budget_leases": k.budget_leases(batch_id), "lane_parcel": k.lane_parcel(pid)},
+            {"now": now, "pid": pid}, _lines(lines), client=pipe)
+        return 0 if pipe is not None else int(done)
+
+    async def lane_release(self, k: Keys, batch_id: str, pid: str, *, job: str, now: float,
+                           lines: Iterable[tuple[int, str]]) -> list[int]:
+        """The pending lines let go of (in chunk `job` unless it is ''); `lines`: (line, attempts JSON or '')."""
+        back = await self._s["lane_release"](
+            {"pending": k.pending(batch_id), "lane_held": k.lane_held(batch_id), "attempts": k.attempts(batch_id),
+             "first_try": k.first_try(batch_id), "chunks": k.chunks(batch_id), "budget": k.budget(batch_id),
+             "budget_leases": k.budget_leases(batch_id)},
+            {"pid": pid, "job": job, "now": repr(now)}, [x for pair in lines for x in pair])
+        return [int(n) for n in back]

@@ -51,6 +51,7 @@ class Claim:
     budgeted: bool = False  # the batch has a spending limit: every call takes a reservation first
     cached: bool = False  # the batch uses the response cache (store/cache.py)
     fresh: list[int] = field(default_factory=list)  # lines never tried before: `note_first_try` once they are
+    deadline: float | None = None  # the batch's deadline (meta expires_at): a lane takes lines only before it
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,9 +252,9 @@ class Store:
             pipe.smismember(k.pending(batch_id), list(lines))
             pipe.hmget(k.lines(batch_id), list(lines))
             pipe.hmget(k.first_try(batch_id), list(lines))
-            pipe.hmget(k.meta(batch_id), ["providers", "status", "max_cost", "cache"])
+            pipe.hmget(k.meta(batch_id), ["providers", "status", "max_cost", "cache", "expires_at"])
             pipe.hmget(k.attempts(batch_id), list(lines))
-            flags, raws, firsts, (allow, status, max_cost, cached), tried = await pipe.execute()
+            flags, raws, firsts, (allow, status, max_cost, cached, expires), tried = await pipe.execute()
         if status is not None and status.decode() in STOPPED:
             return Claim([], {}, None)  # nothing more is spent on a batch that was stopped or is over budget
         jobs, first_tried, fresh, earlier = [], {}, {}, {}
@@ -266,7 +267,7 @@ class Store:
                 if not first:
                     fresh[line] = now
         return Claim(jobs, first_tried, allow.decode().split(",") if allow else None, earlier, max_cost is not None,
-                     cached is not None, list(fresh))
+                     cached is not None, list(fresh), float(expires) if expires else None)
 
     async def is_pending(self, batch_id: str, line: int) -> bool:
         """Whether the line still has no result."""

@@ -5,6 +5,9 @@
 -- ARGV: token, amount, now_ms, lease_ms
 --#include budget_lapsed
 drop_lapsed(KEYS[1], KEYS[2], ARGV[3])
+-- a token already holding a reservation (a lane line's, `lane:{pid}:{line}`, reserved again after a
+-- crash) keeps it: reserving it twice would hold its amount twice, and settling gives back one
+if redis.call('HEXISTS', KEYS[1], 'r:' .. ARGV[1]) == 1 then return 1 end
 local max = redis.call('HGET', KEYS[1], 'max')
 if not max then return 1 end
 local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
