@@ -35,17 +35,17 @@ from batchrelay.money.budget import most_it_may_cost
 from batchrelay.providers.routing import lane_for
 from batchrelay.store.budget import Budget
 from batchrelay.store.health import Health
+from batchrelay.store.lanes import LaneStore
 from batchrelay.store.store import Claim, Store
 from batchrelay.wire.jobs import JobLine
 from batchrelay.worker.lane_send import lane_request
 from batchrelay.worker.lane_steps import ParcelDriver
 
-try:  # TEMP(D1): until packages B and C are merged
+try:  # TEMP(D1): until package B is merged
     from batchrelay.providers.lane_client import LaneClient
     from batchrelay.providers.lane_wire import custom_id
-    from batchrelay.store.lanes import LaneStore
 except ImportError:  # pragma: no cover
-    from batchrelay.worker._lane_standins import LaneClient, LaneStore, custom_id
+    from batchrelay.worker._lane_standins import LaneClient, custom_id  # type: ignore[assignment]
 
 log = logging.getLogger("batchrelay.worker.lanes")
 PARALLEL = 4  # parcels moved on at once by one process
@@ -81,7 +81,7 @@ class Lanes:
 
     async def take(self, batch_id: str, job_id: str, claim: Claim, jobs: list[JobLine]) -> list[JobLine]:
         """Hand the lines a lane should serve to it; the jobs left for the synchronous providers."""
-        deadline: float | None = getattr(claim, "deadline", None)  # TEMP(D1): claim.deadline once C is merged
+        deadline = claim.deadline
         if not self.by_name or deadline is None or not jobs:
             return jobs
         now, r, cfg = time.time(), self.settings.routing, self.settings.worker
@@ -130,8 +130,7 @@ class Lanes:
             pid = held.get(line)
             if pid is None or amount is None:
                 continue
-            token = await self.budget.reserve(batch_id, amount, token=f"lane:{pid}:{line}",  # type: ignore[call-arg]
-                                              lease_s=lease_s)
+            token = await self.budget.reserve(batch_id, amount, token=f"lane:{pid}:{line}", lease_s=lease_s)
             if token is None:
                 refused.setdefault(pid, []).append(line)
         for pid, lines in refused.items():
