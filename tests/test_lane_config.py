@@ -86,20 +86,26 @@ def test_every_lane_problem_is_refused_with_its_reason(kind: str, fields: dict[s
     assert problem in str(caught.value)
 
 
-@pytest.mark.parametrize(("kind", "lane", "fields_set", "variant", "cost_source", "problems"), [
-    ("chat", None, set(), "standard", "computed", []),
-    ("chat", LANE, set(), "standard", "computed", ["`lane` is for kind = \"openai-batch\" or \"anthropic-batch\" only"]),
-    ("openai-batch", LANE, {"name", "base_url"}, "standard", "computed", []),
-    ("openai-batch", LANE, {"rpm", "tpm"}, "ainow", "reported", [
+@pytest.mark.parametrize(("kind", "lane", "given", "variant", "cost_source", "problems"), [
+    ("chat", None, {}, "standard", "computed", []),
+    ("chat", LANE, {}, "standard", "computed", ["`lane` is for kind = \"openai-batch\" or \"anthropic-batch\" only"]),
+    ("openai-batch", LANE, {"rpm": None, "plans": {}, "endpoints": {}}, "standard", "computed", []),  # written back out
+    ("openai-batch", LANE, {"rpm": 5, "tpm": 100}, "ainow", "reported", [
         "`rpm` is not for a lane (it is never called line by line)",
         "`tpm` is not for a lane (it is never called line by line)", "variant = 'ainow' is not for a lane",
         "a lane's cost is computed from its usage at its price: cost_source must be \"computed\""]),
     ("anthropic-batch", LaneConfig(max_lines=MAX_LINES["anthropic-batch"], max_bytes=MAX_BYTES["anthropic-batch"],
-                                   poll_max_s=3600, margin_s=3600), set(), "standard", "computed", []),
+                                   poll_max_s=3600, margin_s=3600), {}, "standard", "computed", []),
 ])
-def test_lane_problems_lists_every_problem_at_once(kind: str, lane: LaneConfig | None, fields_set: set[str],
+def test_lane_problems_lists_every_problem_at_once(kind: str, lane: LaneConfig | None, given: dict[str, Any],
                                                    variant: str, cost_source: str, problems: list[str]) -> None:
-    assert lane_problems(kind, lane, fields_set, variant=variant, cost_source=cost_source) == problems
+    assert lane_problems(kind, lane, given, variant=variant, cost_source=cost_source) == problems
+
+
+@pytest.mark.parametrize("kind", ["chat", "openai-batch", "anthropic-batch"])
+def test_a_provider_written_back_out_reads_the_same(kind: str) -> None:
+    p = ProviderConfig.model_validate({"name": "p", "kind": kind, "base_url": "http://127.0.0.1:9"})
+    assert ProviderConfig.model_validate(p.model_dump()) == p
 
 
 @pytest.mark.parametrize(("fields", "field"), [

@@ -247,3 +247,13 @@ async def test_retrying_a_batch_of_an_ended_run_moves_it_to_the_shared_queue(sto
     done = await retry(store, batch, chunk_size=2)
     assert done.queue == store.keys.queue == (await store.info(batch)).queue
     assert await _queued(store) == {f"{store.keys.prefix}{batch}:r1-0"}
+
+
+async def test_a_retried_batch_gets_a_new_window_but_never_past_its_deadline(store: Store) -> None:
+    deadline = time.time() + 600
+    batch = await _submitted(store, 2, completion_window=3600, deadline=deadline)
+    assert (await store.info(batch)).expires_at == pytest.approx(deadline)  # the earlier of the two
+    await cancel(store, batch, GRACE, wait=False)
+    await store.redis.delete(store.keys.queue)
+    await retry(store, batch, chunk_size=2)
+    assert (await store.info(batch)).expires_at == pytest.approx(deadline)

@@ -76,13 +76,15 @@ def lane_defaults(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def lane_problems(kind: str, lane: LaneConfig | None, fields_set: set[str], *, variant: str,
+def lane_problems(kind: str, lane: LaneConfig | None, settings: dict[str, Any], *, variant: str,
                   cost_source: str) -> list[str]:
-    """Why a provider of `kind` with these settings cannot be (or have) a lane; empty when it can."""
+    """Why a provider of `kind` with these settings cannot be (or have) a lane; empty when it can.
+    `settings`: the provider's fields; those of NOT_FOR_LANES count when given (not None, not empty)."""
     if kind not in BATCH_KINDS:
         return ["`lane` is for kind = \"openai-batch\" or \"anthropic-batch\" only"] if lane is not None else []
     assert lane is not None  # lane_defaults always sets it for these kinds
-    out = [f"`{f}` is not for a lane (it is never called line by line)" for f in NOT_FOR_LANES if f in fields_set]
+    out = [f"`{f}` is not for a lane (it is never called line by line)" for f in NOT_FOR_LANES
+           if settings.get(f) not in (None, {}, ())]
     if variant != "standard":
         out.append(f"variant = {variant!r} is not for a lane")
     if cost_source != "computed":

@@ -33,6 +33,9 @@ class ServeConfig(BaseModel):
     max_upload_mb: int = Field(default=512, ge=1)  # an uploaded file, or a message batch's body
     max_batch_lines: int = Field(default=50_000, ge=1)  # lines of an OpenAI batch's input file
     max_batch_requests: int = Field(default=100_000, ge=1)  # requests of an Anthropic message batch
+    # how long a batch of either API runs before it expires (both APIs' 24 h); the wire still says
+    # "24h": a shorter one stands in for a slow upstream in tests of batch-API lanes (config/lanes.py)
+    batch_window_s: float = Field(default=86400, gt=0)
     auth_failures_per_min: int = Field(default=30, ge=1)  # wrong keys per client address; 429 past it
     # /metrics without a client key (Prometheus on a private network); by default it needs one (Bearer)
     metrics_public: bool = False

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from batchrelay import parse
 from batchrelay.config.cache import CacheConfig
-from batchrelay.config.lanes import BATCH_KINDS, LaneConfig, ProviderKind, lane_defaults, lane_problems
+from batchrelay.config.lanes import BATCH_KINDS, NOT_FOR_LANES, LaneConfig, ProviderKind, lane_defaults, lane_problems
 from batchrelay.config.presets import apply_preset
 from batchrelay.config.serve import ServeConfig
 from batchrelay.errors import ConfigError
@@ -103,8 +103,8 @@ class ProviderConfig(_Strict):
 
     @model_validator(mode="after")
     def _plan_known(self) -> ProviderConfig:
-        if problems := lane_problems(self.kind, self.lane, self.model_fields_set, variant=self.variant,
-                                     cost_source=self.cost_source):
+        given = {f: getattr(self, f) for f in NOT_FOR_LANES}
+        if problems := lane_problems(self.kind, self.lane, given, variant=self.variant, cost_source=self.cost_source):
             raise ValueError("; ".join(problems))
         if self.plan is not None and self.plan not in self.plans:
             known = ", ".join(self.plans) or "none"

@@ -116,7 +116,7 @@ async def _results(store: Store, batch_id: str) -> AsyncIterator[bytes]:
 def routes(served: Served) -> list[Route]:
     async def create(request: Request) -> Response:
         cfg, files_dir, mb = served.settings.serve, served.files_dir, served.settings.serve.max_upload_mb
-        spec = served.spec(name="message batch", endpoint="messages", completion_window=WINDOW_S)
+        spec = served.spec(name="message batch", endpoint="messages", completion_window=cfg.batch_window_s)
         # spooled to disk, then walked a request at a time (message_body.py): memory stays flat
         with tempfile.TemporaryFile(dir=files_dir) as body, tempfile.TemporaryFile(dir=files_dir) as lines:
             async for chunk in capped(request, mb * 2**20, f"{mb} MiB ([serve] max_upload_mb)"):

@@ -175,7 +175,7 @@ def routes(served: Served) -> list[Route]:
             fields["serve_input_file_id"] = record["id"]
             endpoint = fields["serve_endpoint"]
             spec = served.spec(name=record["filename"], endpoint=ENDPOINTS[endpoint],
-                               completion_window=WINDOWS[fields["serve_completion_window"]])
+                               completion_window=served.settings.serve.batch_window_s)  # the wire says "24h"
             try:  # checked in a thread: a large file must not stall the other requests
                 errors = await asyncio.to_thread(endpoint_errors, stream, endpoint, max_line_bytes=spec.max_line_bytes,
                                                  max_lines=served.settings.serve.max_batch_lines)

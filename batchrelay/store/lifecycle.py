@@ -180,9 +180,9 @@ async def retry(store: Store, batch_id: str, chunk_size: int) -> Retried:
     round_no = await store.redis.hincrby(k.meta(batch_id), "retries", 1)  # type: ignore[misc]
     chunks = split_chunks(k.prefix, batch_id, reopened, chunk_size, retry_round=round_no)
     mapping: dict[str, Any] = {"status": Status.IN_PROGRESS}
-    window = await store.redis.hget(k.meta(batch_id), "completion_window_s")  # type: ignore[misc]
-    if window:
-        mapping["expires_at"] = time.time() + float(window)
+    window, deadline = await store.redis.hmget(k.meta(batch_id), ["completion_window_s", "deadline"])  # type: ignore[misc]
+    if window:  # a new window from now, never past the batch's deadline
+        mapping["expires_at"] = min(time.time() + float(window), float(deadline or "inf"))
     if info.webhook:  # the retried batch's end is news again (a new webhook-id: see webhooks.py)
         mapping.update(webhook_status="pending", webhook_attempts=0)
     async with store.redis.pipeline(transaction=True) as pipe:

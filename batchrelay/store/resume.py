@@ -3,7 +3,8 @@ batch, the lease of the `run` working a batch, and idempotency keys for producer
 
 A run's fingerprint is a sha256 of the input file's bytes and of the options that shape what is
 sent and how it is priced (`FINGERPRINT_FIELDS`): not the batch's name, the output path, the chunk
-size, a start time or a webhook, which change neither. `{prefix}fingerprint:FP` holds the latest
+size, a start time, a deadline (both absolute times: `--deadline +26h` is another time at each run)
+or a webhook. A rerun continues the batch with the deadline it was given. `{prefix}fingerprint:FP` holds the latest
 batch of that fingerprint (store.create_batch); it goes when that batch is forgotten.
 
 A `run` stopped by a signal pauses its batch (`pause`): its private queue is dropped and nothing
