@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from batchrelay.providers.lane_client import LaneClient
 
 from batchrelay.config.settings import ProviderConfig, Settings, WorkerConfig
 from batchrelay.money.ledger import rows, total
 from batchrelay.money.pricing import call_cost, price_of
+from batchrelay.providers.lane_client import LaneClient
 from batchrelay.sim.process import SimulatorProcess
 from batchrelay.spec import BatchSpec
 from batchrelay.store.lanes import LaneStore

@@ -24,6 +24,9 @@ from batchrelay.money.ledger import increments
 from batchrelay.money.pricing import call_cost, price_of
 from batchrelay.providers.classify import Action, classify
 from batchrelay.providers.dialects import check_reply, usage_of
+from batchrelay.providers.lane_client import LaneClient
+from batchrelay.providers.lane_results import Answered, Errored, Read, Unanswered, read
+from batchrelay.providers.lane_wire import UpstreamState
 from batchrelay.results.outcome import Attempt, Outcome, Result
 from batchrelay.results.records import outcome_record
 from batchrelay.results.tally import call_tally
@@ -32,13 +35,6 @@ from batchrelay.wire.jobs import JobLine
 from batchrelay.wire.reply import ProviderReply
 from batchrelay.worker.lane_send import wire_of
 from batchrelay.worker.relay import answer_body
-
-try:  # TEMP(D1): until package B is merged
-    from batchrelay.providers.lane_client import LaneClient
-    from batchrelay.providers.lane_results import Answered, Errored, Read, Unanswered, read
-    from batchrelay.providers.lane_wire import UpstreamState
-except ImportError:  # pragma: no cover
-    from batchrelay.worker._lane_standins import Answered, Errored, LaneClient, Read, Unanswered, UpstreamState, read  # type: ignore[assignment]
 
 WRITE_BLOCK = 500
 BLOCK = 1000  # lines read from the store at a time

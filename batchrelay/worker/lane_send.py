@@ -16,17 +16,13 @@ from typing import Any
 
 from batchrelay.config.settings import ProviderConfig, WorkerConfig
 from batchrelay.errors import ProviderError
+from batchrelay.providers.lane_client import LaneClient
+from batchrelay.providers.lane_wire import UpstreamState, custom_id, request_line
 from batchrelay.providers.routing import OTHER
 from batchrelay.store.lanes import LaneStore, ParcelView
 from batchrelay.wire.dialect import Dialect
 from batchrelay.wire.jobs import JobLine
 from batchrelay.worker.relay import wire_body
-
-try:  # TEMP(D1): until package B is merged
-    from batchrelay.providers.lane_client import LaneClient
-    from batchrelay.providers.lane_wire import UpstreamState, custom_id, request_line
-except ImportError:  # pragma: no cover
-    from batchrelay.worker._lane_standins import LaneClient, UpstreamState, custom_id, request_line  # type: ignore[assignment]
 
 BLOCK = 1000  # lines read from the store at a time while the request file is written
 CLOCK_SLACK_S = 5.0  # the upstream's clock against ours, when its batches' times are compared with ours

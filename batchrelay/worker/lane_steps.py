@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from batchrelay.config.settings import ProviderConfig, Settings
 from batchrelay.errors import ProviderError
 from batchrelay.providers.classify import Action, classify, retry_after_seconds
+from batchrelay.providers.lane_client import LaneClient
 from batchrelay.results.outcome import Attempt, trimmed
 from batchrelay.store.health import Health
 from batchrelay.store.lanes import LaneStore, ParcelView
@@ -28,11 +29,6 @@ from batchrelay.store.store import Store
 from batchrelay.worker import lane_plan as plan
 from batchrelay.worker.lane_collect import collect, lane_attempt
 from batchrelay.worker.lane_send import create, find_created, refused, request_file, upload
-
-try:  # TEMP(D1): until package B is merged
-    from batchrelay.providers.lane_client import LaneClient
-except ImportError:  # pragma: no cover
-    from batchrelay.worker._lane_standins import LaneClient  # type: ignore[assignment]
 
 log = logging.getLogger("batchrelay.worker.lanes")
 LEASE_S = 60.0  # a parcel's lease, renewed between steps: a killed worker's parcel goes on this soon after

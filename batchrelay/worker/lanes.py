@@ -32,6 +32,8 @@ from redis.exceptions import RedisError
 from batchrelay.config.settings import Settings
 from batchrelay.errors import Unpriced
 from batchrelay.money.budget import most_it_may_cost
+from batchrelay.providers.lane_client import LaneClient
+from batchrelay.providers.lane_wire import custom_id
 from batchrelay.providers.routing import lane_for
 from batchrelay.store.budget import Budget
 from batchrelay.store.health import Health
@@ -40,12 +42,6 @@ from batchrelay.store.store import Claim, Store
 from batchrelay.wire.jobs import JobLine
 from batchrelay.worker.lane_send import lane_request
 from batchrelay.worker.lane_steps import ParcelDriver
-
-try:  # TEMP(D1): until package B is merged
-    from batchrelay.providers.lane_client import LaneClient
-    from batchrelay.providers.lane_wire import custom_id
-except ImportError:  # pragma: no cover
-    from batchrelay.worker._lane_standins import LaneClient, custom_id  # type: ignore[assignment]
 
 log = logging.getLogger("batchrelay.worker.lanes")
 PARALLEL = 4  # parcels moved on at once by one process
