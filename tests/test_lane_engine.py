@@ -160,3 +160,41 @@ async def test_a_create_cut_off_before_its_id_was_recorded_is_found_not_made_aga
             await _check_answered_once(store, batch, rt, kind, {made.id})
         finally:
             await rt.close()
+
+
+async def test_lines_an_upstream_batch_did_not_answer_go_on_to_the_synchronous_provider(
+        tmp_path: Path, redis_url: str, prefix: str, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    kind = "openai-batch"
+    with SimulatorProcess({}) as sim_url, serving(tmp_path, redis_url, f"{prefix}up:",
+                                                  serve_extra="batch_window_s = 2") as api:
+        api.sim.configure(latency_ms=1500)  # 2 at a time: the upstream batch expires before it answers all
+        rt = Runtime.opened(_settings(kind, api.base, sim_url), store)
+        try:
+            batch = await _submit(store, rt, kind)
+            await _until_collected(rt)
+            back = await store.chunk_map(batch)  # the lines given back: a chunk of their own, queued
+            assert back, "the upstream answered every line within its window: the test proves nothing"
+            for cid, lines in back.items():
+                await rt.run_chunk(batch, lines, cid)
+            (upstream,) = _upstream_batches(api, kind)
+            assert upstream["status"] == "expired"
+        finally:
+            await rt.close()
+    info = await store.info(batch)
+    assert (info.status, info.succeeded, info.pending) == ("completed", N, 0)
+    by: dict[str, int] = {"lane": 0, "sim": 0}
+    line_costs = Decimal(0)
+    async for ok, raw in store.iter_results(batch):
+        meta = orjson.loads(raw)["batchrelay"]
+        by[meta["provider"]] += 1
+        line_costs += Decimal(meta["cost"]["usd"])
+        first = meta["attempts"][0]
+        assert first["provider"] == "lane" and first["upstream_batch"] == upstream["id"]
+        if meta["provider"] == "sim":  # failed over: the lane's attempt says why, then the answer
+            assert first["status"] is None and first["error"].startswith("upstream expired"), first
+            assert [a["provider"] for a in meta["attempts"]] == ["lane", "sim"]
+    assert by["sim"] == sum(len(lines) for lines in back.values()) and by["lane"] + by["sim"] == N
+    rs = rows(await store.ledger(batch))
+    assert {r.provider: r["requests"] for r in rs} == {k: v for k, v in by.items() if v}
+    assert total(rs).cost == line_costs
