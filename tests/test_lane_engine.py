@@ -25,6 +25,7 @@ from batchrelay.providers.lane_client import LaneClient
 from batchrelay.sim.process import SimulatorProcess
 from batchrelay.spec import BatchSpec
 from batchrelay.store.lanes import LaneStore
+from batchrelay.store.lifecycle import advance, cancel
 from batchrelay.store.store import Store
 from batchrelay.store.submit import submit_stream
 from batchrelay.wire.reply import Usage
@@ -39,10 +40,10 @@ KINDS = ["openai-batch", "anthropic-batch"]
 MODEL = {"openai-batch": "gpt-4o-mini", "anthropic-batch": "claude-3-5-haiku-latest"}
 
 
-def _settings(kind: str, upstream: str, sim_url: str) -> Settings:
+def _settings(kind: str, upstream: str, sim_url: str, cancel_wait_s: float = 5) -> Settings:
     lane = ProviderConfig.model_validate({
         "name": "lane", "kind": kind, "base_url": upstream, "api_key_env": KEY_ENV, "window_s": 30, "margin_s": 5,
-        "gather_s": 0.2, "poll_min_s": 0.2, "poll_max_s": 1, "create_wait_s": 3, "cancel_wait_s": 5})
+        "gather_s": 0.2, "poll_min_s": 0.2, "poll_max_s": 1, "create_wait_s": 3, "cancel_wait_s": cancel_wait_s})
     return Settings(worker=WorkerConfig(call_timeout=5, backoff=0.01, concurrency=4), routing={"strategy": "cheapest"},
                     providers=(ProviderConfig(name="sim", base_url=sim_url), lane))
 
@@ -186,6 +187,7 @@ async def test_lines_an_upstream_batch_did_not_answer_go_on_to_the_synchronous_p
     by: dict[str, int] = {"lane": 0, "sim": 0}
     line_costs = Decimal(0)
     async for ok, raw in store.iter_results(batch):
+        assert ok
         meta = orjson.loads(raw)["batchrelay"]
         by[meta["provider"]] += 1
         line_costs += Decimal(meta["cost"]["usd"])
@@ -197,4 +199,42 @@ async def test_lines_an_upstream_batch_did_not_answer_go_on_to_the_synchronous_p
     assert by["sim"] == sum(len(lines) for lines in back.values()) and by["lane"] + by["sim"] == N
     rs = rows(await store.ledger(batch))
     assert {r.provider: r["requests"] for r in rs} == {k: v for k, v in by.items() if v}
+    assert total(rs).cost == line_costs
+
+
+async def test_a_cancelled_batch_cancels_its_upstream_batch_and_keeps_what_it_answered(
+        tmp_path: Path, redis_url: str, prefix: str, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    kind = "openai-batch"
+    with SimulatorProcess({}) as sim_url, serving(tmp_path, redis_url, f"{prefix}up:") as api:
+        api.sim.configure(latency_ms=1000)  # 2 at a time: the cancel comes while the upstream batch runs
+        # the upstream ends a cancelled batch once its calls in flight are done (its own sweep, every 15 s)
+        rt = Runtime.opened(_settings(kind, api.base, sim_url, cancel_wait_s=50), store)
+        assert rt.lanes is not None
+        try:
+            batch = await _submit(store, rt, kind)
+            deadline = time.monotonic() + 30
+            while not (ups := _upstream_batches(api, kind)) or not ups[0]["request_counts"]["completed"]:
+                assert time.monotonic() < deadline, "the upstream batch answered nothing"
+                await rt.lanes.poll_due()
+                await asyncio.sleep(0.2)
+            await cancel(store, batch, grace_s=0, wait=False)
+            await _until_collected(rt)
+            await advance(store, batch, grace_s=0)  # the lines the lane let go of are cancelled
+            (upstream,) = _upstream_batches(api, kind)
+        finally:
+            await rt.close()
+    assert upstream["status"] == "cancelled"
+    info = await store.info(batch)
+    assert info.status == "cancelled" and info.succeeded >= 1 and info.cancelled >= 1
+    assert (info.succeeded + info.cancelled, info.failed, info.pending) == (N, 0, 0)
+    line_costs = Decimal(0)
+    async for ok, raw in store.iter_results(batch):
+        meta = orjson.loads(raw)["batchrelay"]
+        line_costs += Decimal(meta["cost"]["usd"])
+        (attempt,) = meta["attempts"]  # the lane's, in the answered lines and in the cancelled ones
+        assert attempt["provider"] == "lane" and attempt["upstream_batch"] == upstream["id"]
+        assert ok == (meta.get("error") is None) and (ok or attempt["status"] is None)
+    rs = rows(await store.ledger(batch))
+    assert [(r.provider, r["requests"]) for r in rs] == [("lane", info.succeeded)]
     assert total(rs).cost == line_costs
