@@ -31,6 +31,7 @@ from batchrelay.store.submit import submit_stream
 from batchrelay.wire.reply import Usage
 from batchrelay.worker.lane_send import endpoint, request_file
 from batchrelay.worker.runtime import Runtime
+from batchrelay.worker.worker import build_worker, run_worker
 
 from .conftest import openai_line
 from .servekit import KEY, KEY_ENV, Api, anthropic_request, serving
@@ -40,11 +41,13 @@ KINDS = ["openai-batch", "anthropic-batch"]
 MODEL = {"openai-batch": "gpt-4o-mini", "anthropic-batch": "claude-3-5-haiku-latest"}
 
 
-def _settings(kind: str, upstream: str, sim_url: str, cancel_wait_s: float = 5) -> Settings:
+def _settings(kind: str, upstream: str, sim_url: str, cancel_wait_s: float = 5, prefix: str = "batchrelay:"
+              ) -> Settings:
     lane = ProviderConfig.model_validate({
         "name": "lane", "kind": kind, "base_url": upstream, "api_key_env": KEY_ENV, "window_s": 30, "margin_s": 5,
         "gather_s": 0.2, "poll_min_s": 0.2, "poll_max_s": 1, "create_wait_s": 3, "cancel_wait_s": cancel_wait_s})
-    return Settings(worker=WorkerConfig(call_timeout=5, backoff=0.01, concurrency=4), routing={"strategy": "cheapest"},
+    return Settings(redis={"prefix": prefix}, worker=WorkerConfig(call_timeout=5, backoff=0.01, concurrency=4),
+                    routing={"strategy": "cheapest"},
                     providers=(ProviderConfig(name="sim", base_url=sim_url), lane))
 
 
@@ -240,3 +243,23 @@ async def test_a_cancelled_batch_cancels_its_upstream_batch_and_keeps_what_it_an
     rs = rows(await store.ledger(batch))
     assert [(r.provider, r["requests"]) for r in rs] == [("lane", info.succeeded)]
     assert total(rs).cost == line_costs
+
+
+async def test_a_burst_worker_waits_for_its_lane_and_ends_once_the_parcel_is_collected(
+        tmp_path: Path, redis_url: str, prefix: str, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    kind = "openai-batch"
+    with SimulatorProcess({}) as sim_url, serving(tmp_path, redis_url, f"{prefix}up:") as api:
+        settings = _settings(kind, api.base, sim_url, prefix=prefix)
+        src = io.BytesIO(b"".join(orjson.dumps(_line(kind, i)) + b"\n" for i in range(N)))
+        res = await submit_stream(store, src, BatchSpec(name="t", chunk_size=N, completion_window=120), source="t")
+        worker = build_worker(settings, redis_url, burst=True, handle_signals=False)
+        await asyncio.wait_for(run_worker(worker), 60)  # its queue is empty at once: the lane's parcel is not
+        assert (worker.jobs_complete, worker.jobs_failed) == (1, 0)
+        assert await LaneStore(store).open_parcels() == 0
+        (upstream,) = _upstream_batches(api, kind)
+        rt = Runtime.opened(settings, store)
+        try:
+            await _check_answered_once(store, res.batch_id, rt, kind, {upstream["id"]})
+        finally:
+            await rt.close()
