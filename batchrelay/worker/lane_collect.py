@@ -12,7 +12,6 @@ the batch's cancel or expiry when it is stopping, with an attempt saying why.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,10 +113,8 @@ def one_result(c: Collected, lane: ProviderConfig, p: ParcelView, state: Upstrea
     c.tallies.append(call_tally(out.attempts, str(job.body["model"])))
 
 
-async def collect(parcels: LaneStore, client: LaneClient, p: ParcelView, lane: ProviderConfig,
-                  renew: Callable[[], Awaitable[object]]) -> Collected:
-    """Read the ended upstream batch's results and write them; what is left to give back is in `back`.
-    `renew`: called after each block written (the parcel's lease)."""
+async def collect(parcels: LaneStore, client: LaneClient, p: ParcelView, lane: ProviderConfig) -> Collected:
+    """Read the ended upstream batch's results and write them; what is left to give back is in `back`."""
     assert p.upstream_id is not None
     state = await client.get(p.upstream_id)
     cids = await parcels.parcel_lines(p.pid)
@@ -141,17 +138,16 @@ async def collect(parcels: LaneStore, client: LaneClient, p: ParcelView, lane: P
             continue
         one_result(c, lane, p, state, line, job, r, c.earlier.get(line, []))
         if len(c.writes) >= WRITE_BLOCK:
-            await _flush(parcels, p, c, renew)
-    await _flush(parcels, p, c, renew)
+            await _flush(parcels, p, c)
+    await _flush(parcels, p, c)
     for line in lines:
         if line not in c.seen:
             c.back[line] = lane_attempt(lane.name, p, state.id, None, "upstream expired: not in its results")
     return c
 
 
-async def _flush(parcels: LaneStore, p: ParcelView, c: Collected, renew: Callable[[], Awaitable[object]]) -> None:
+async def _flush(parcels: LaneStore, p: ParcelView, c: Collected) -> None:
     if c.writes:
         c.written += await parcels.write_results(p.batch, p.pid, c.writes, c.tallies)
         c.writes, c.tallies = [], []
         await parcels.save(p.pid, collected=c.answered + c.rejected)
-        await renew()

@@ -10,9 +10,13 @@ one lane being serialized by a lease), and created again only `create_wait_s` af
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from batchrelay.config.settings import ProviderConfig, WorkerConfig
 from batchrelay.errors import ProviderError
@@ -86,22 +90,42 @@ async def create(parcels: LaneStore, client: LaneClient, p: ParcelView, lane: Pr
     the lane is in flight or the parcel moved meanwhile (it is looked at again later)."""
     cfg = lane.lane
     assert cfg is not None
-    if lane.kind == "anthropic-batch" and not await parcels.create_lease(lane.name, holder, max(cfg.create_wait_s,
-                                                                                                 1.0)):
+    serial = lane.kind == "anthropic-batch"  # its batches carry no metadata: creates go one at a time
+
+    async def give_up() -> None:
+        if serial:
+            await parcels.create_lease(lane.name, holder, 0)
+
+    if serial and not await parcels.create_lease(lane.name, holder, max(cfg.create_wait_s, 1.0)):
         await parcels.schedule(p.pid, time.time() + cfg.poll_min_s)
         return None
     if not await parcels.advance(p.pid, p.state, "creating", creating_at=time.time()):
+        await give_up()
         return None
+    keeping = asyncio.create_task(_keep_create_lease(parcels, lane, holder)) if serial else None
     try:
         state = await client.create(pid=p.pid, batch_id=p.batch, path=path, endpoint=endpoint(lane),
                                     file_id=p.file_id)
     except ProviderError as e:
         if refused(e) or e.status == 429:  # nothing was created: the next create of the lane need not wait
-            await parcels.create_lease(lane.name, holder, 0)
+            await give_up()
         raise  # else it may have been: the lease lapses after create_wait_s, while it is looked for
+    finally:
+        if keeping is not None:
+            keeping.cancel()
     await parcels.record(p.pid, state.id, due_at=time.time() + cfg.poll_min_s)
-    await parcels.create_lease(lane.name, holder, 0)
+    await give_up()
     return state
+
+
+async def _keep_create_lease(parcels: LaneStore, lane: ProviderConfig, holder: str) -> None:
+    """While a create's body (up to 256 MB) is on its way, no other create of the lane may start."""
+    assert lane.lane is not None
+    ttl = max(lane.lane.create_wait_s, 1.0)
+    while True:
+        await asyncio.sleep(ttl / 4)
+        with contextlib.suppress(RedisError, OSError):
+            await parcels.create_lease(lane.name, holder, ttl)
 
 
 async def find_created(parcels: LaneStore, client: LaneClient, p: ParcelView, lane: ProviderConfig,

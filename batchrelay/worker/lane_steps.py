@@ -52,6 +52,8 @@ class ParcelDriver:
         ps = self.parcels
         if not await ps.lease(pid, self.holder, LEASE_S):
             return False
+        # an upload or a create of hundreds of MB outlasts the lease: kept while any step runs
+        renewing = asyncio.create_task(self._renew(pid))
         try:
             for _ in range(MAX_STEPS):
                 p = await ps.parcel(pid)
@@ -69,12 +71,21 @@ class ParcelDriver:
                     if lane is not None:
                         await self._failed(p, lane, e, status)
                     return True
-                if not await ps.lease(pid, self.holder, LEASE_S):
+                if renewing.done() or not await ps.lease(pid, self.holder, LEASE_S):
                     return True  # this process stalled past its lease: another worker goes on
             return True
         finally:
+            renewing.cancel()
             with contextlib.suppress(RedisError, OSError):
                 await ps.unlease(pid, self.holder)
+
+    async def _renew(self, pid: str) -> None:
+        while True:
+            await asyncio.sleep(LEASE_S / 4)
+            with contextlib.suppress(RedisError, OSError):  # the next round tries again, before the lease lapses
+                if not await self.parcels.lease(pid, self.holder, LEASE_S):
+                    log.warning("lane parcel %s: its lease was lost (this process stalled)", pid)
+                    return
 
     async def _step(self, p: ParcelView, lane: ProviderConfig, status: str) -> bool:
         """Take the parcel's next step; True when another may follow at once."""
@@ -125,7 +136,7 @@ class ParcelDriver:
                 state = await client.cancel(p.upstream_id)
                 return await self._ended(p, state.ended, state.status, lc.poll_min_s, state="cancelling")
             case plan.Collect():
-                c = await collect(ps, client, p, lane, lambda: ps.lease(p.pid, self.holder, LEASE_S))
+                c = await collect(ps, client, p, lane)
                 if c.back:
                     await self._give_back(p, lane.name, c.back, c.earlier, c.known, requeue=not plan.stopping(status))
                 log.info("lane %s: parcel %s collected: %d answered, %d rejected, %d given back", lane.name, p.pid,
