@@ -24,6 +24,7 @@ from batchrelay.money.pricing import call_cost, price_of
 from batchrelay.providers.lane_client import LaneClient
 from batchrelay.sim.process import SimulatorProcess
 from batchrelay.spec import BatchSpec
+from batchrelay.store.budget import Budget
 from batchrelay.store.lanes import LaneStore
 from batchrelay.store.lifecycle import advance, cancel
 from batchrelay.store.store import Store
@@ -56,10 +57,11 @@ def _line(kind: str, i: int) -> dict[str, Any]:
     return openai_line(i) if kind == "openai-batch" else anthropic_request(i)
 
 
-async def _submit(store: Store, rt: Runtime, kind: str) -> str:
+async def _submit(store: Store, rt: Runtime, kind: str, max_cost: str | None = None) -> str:
     """A batch of N lines whose deadline leaves the lane room, its chunk run: the lane takes all."""
     src = io.BytesIO(b"".join(orjson.dumps(_line(kind, i)) + b"\n" for i in range(N)))
-    res = await submit_stream(store, src, BatchSpec(name="t", chunk_size=N, completion_window=120), source="t")
+    spec = BatchSpec(name="t", chunk_size=N, completion_window=120, max_cost=Decimal(max_cost) if max_cost else None)
+    res = await submit_stream(store, src, spec, source="t")
     ((cid, lines),) = (await store.chunk_map(res.batch_id)).items()
     assert await rt.run_chunk(res.batch_id, lines, cid) == 0  # none answered synchronously
     assert await store.chunk_map(res.batch_id) == {}  # the lines left the chunk: the sweeper reruns none
@@ -115,15 +117,19 @@ async def _check_answered_once(store: Store, batch: str, rt: Runtime, kind: str,
 
 async def test_a_lane_answers_every_line_once_at_its_price(tmp_path: Path, redis_url: str, prefix: str, store: Store,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """Anthropic's here (its requests streamed with the create); OpenAI's upload and create are in the
-    tests below, which the engine drives too."""
+    """Anthropic's here (its requests streamed with the create), the batch on a budget; OpenAI's upload
+    and create are in the tests below, which the engine drives too."""
     monkeypatch.setenv(KEY_ENV, KEY)
     kind = "anthropic-batch"
     with SimulatorProcess({}) as sim_url, serving(tmp_path, redis_url, f"{prefix}up:") as api:
         rt = Runtime.opened(_settings(kind, api.base, sim_url), store)
         try:
-            batch = await _submit(store, rt, kind)
+            batch = await _submit(store, rt, kind, max_cost="10")
+            budget = await Budget(store).info(batch)
+            assert budget.reserved_usd > 0 and budget.spent_usd == 0  # reserved for the lane's lines
             await _until_collected(rt)
+            budget = await Budget(store).info(batch)  # settled at what the lane billed
+            assert budget.reserved_usd == 0 and budget.spent_usd == total(rows(await store.ledger(batch))).cost
             (upstream,) = _upstream_batches(api, kind)  # one parcel, one upstream batch
             await _check_answered_once(store, batch, rt, kind, {upstream["id"]})
             counts = upstream["request_counts"]
@@ -150,7 +156,7 @@ async def test_a_create_cut_off_before_its_id_was_recorded_is_found_not_made_aga
             assert await parcels.advance(pid, "gathering", "sealed", sealed_at=time.time())
             p = await parcels.parcel(pid)
             assert p is not None
-            path, n = await request_file(parcels, p, lane, rt.settings.worker, tmp_path)
+            path, n, _ = await request_file(parcels, p, lane, rt.settings.worker, tmp_path)
             assert n == N
             async with httpx.AsyncClient() as http:
                 client = LaneClient(lane, http)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,17 +60,25 @@ def endpoint(lane: ProviderConfig) -> str:
     return lane.path(lane.dialects[0])
 
 
-async def request_file(parcels: LaneStore, p: ParcelView, lane: ProviderConfig, cfg: WorkerConfig, folder: Path
-                       ) -> tuple[Path, int]:
-    """The parcel's requests written to a file in `folder`; how many lines it has."""
+Keep = Callable[[ParcelView, list[JobLine]], Awaitable[set[int]]]
+
+
+async def request_file(parcels: LaneStore, p: ParcelView, lane: ProviderConfig, cfg: WorkerConfig, folder: Path,
+                       keep: Keep | None = None) -> tuple[Path, int, list[int]]:
+    """The parcel's requests written to a file in `folder`; how many lines it has, and the lines
+    `keep` refused (a budgeted batch's: their reservation could not be made): they are left out."""
     lines = sorted(set((await parcels.parcel_lines(p.pid)).values()))
-    path, n = folder / f"batchrelay-{p.pid}.jsonl", 0
+    path, n, left_out = folder / f"batchrelay-{p.pid}.jsonl", 0, []
     with path.open("wb") as f:
         for i in range(0, len(lines), BLOCK):
             claim = await parcels.claim_lines(p.batch, lines[i:i + BLOCK])
-            f.write(b"".join(lane_request(lane, p.batch, job, cfg) for job in claim.jobs))
-            n += len(claim.jobs)
-    return path, n
+            jobs = claim.jobs
+            if keep is not None and claim.budgeted and (no := await keep(p, jobs)):
+                left_out += sorted(no)
+                jobs = [job for job in jobs if job.line not in no]
+            f.write(b"".join(lane_request(lane, p.batch, job, cfg) for job in jobs))
+            n += len(jobs)
+    return path, n, left_out
 
 
 async def upload(parcels: LaneStore, client: LaneClient, p: ParcelView, lane: ProviderConfig, path: Path) -> None:

@@ -19,13 +19,16 @@ from pathlib import Path
 from redis.exceptions import RedisError
 
 from batchrelay.config.settings import ProviderConfig, Settings
-from batchrelay.errors import ProviderError
+from batchrelay.errors import ProviderError, Unpriced
+from batchrelay.money.budget import most_it_may_cost
 from batchrelay.providers.classify import Action, classify, retry_after_seconds
 from batchrelay.providers.lane_client import LaneClient
 from batchrelay.results.outcome import Attempt, trimmed
+from batchrelay.store.budget import Budget
 from batchrelay.store.health import Health
 from batchrelay.store.lanes import LaneStore, ParcelView
 from batchrelay.store.store import Store
+from batchrelay.wire.jobs import JobLine
 from batchrelay.worker import lane_plan as plan
 from batchrelay.worker.lane_collect import collect, lane_attempt
 from batchrelay.worker.lane_send import create, find_created, refused, request_file, upload
@@ -34,14 +37,15 @@ log = logging.getLogger("batchrelay.worker.lanes")
 LEASE_S = 60.0  # a parcel's lease, renewed between steps: a killed worker's parcel goes on this soon after
 MAX_STEPS = 16  # steps per parcel per look (a parcel that keeps moving is looked at again next poll)
 UPSTREAM_CANCELLING = ("cancelling", "canceling")
+RESERVE_SLACK_S = 600.0  # a lane reservation outlives its parcel's last possible step by this much
 
 
 class ParcelDriver:
     """Moves parcels on for one process (`holder`), its request files in `folder`."""
 
-    def __init__(self, store: Store, settings: Settings, health: Health, parcels: LaneStore,
+    def __init__(self, store: Store, settings: Settings, health: Health, budget: Budget | None, parcels: LaneStore,
                  clients: dict[str, LaneClient], holder: str, folder: Path) -> None:
-        self.store, self.settings, self.health, self.parcels = store, settings, health, parcels
+        self.store, self.settings, self.health, self.budget, self.parcels = store, settings, health, budget, parcels
         self.clients, self.holder, self.folder = clients, holder, folder
         self.by_name = {p.name: p for p in settings.providers if p.is_lane}
         self._seen: dict[str, int] = {}  # pid -> the upstream's done count at this process's last poll
@@ -208,16 +212,38 @@ class ParcelDriver:
 
     async def _file(self, p: ParcelView, lane: ProviderConfig) -> Path | None:
         """The parcel's request file (built again after a restart); None when none of its lines is
-        left to send (the parcel is done with)."""
+        left to send (the parcel is done with). Built for its upload (still `sealed`), a budgeted
+        batch's lines are reserved again (kept when they are: a crash in the chunk between the take
+        and its reservations leaves none), those the limit cannot cover given back."""
         path = self.folder / f"batchrelay-{p.pid}.jsonl"
         if path.exists():
             return path
-        path, n = await request_file(self.parcels, p, lane, self.settings.worker, self.folder)
+        keep = self._reserved if p.state == "sealed" and self.budget is not None else None
+        path, n, left_out = await request_file(self.parcels, p, lane, self.settings.worker, self.folder, keep)
+        if left_out:
+            await self.parcels.release(p.batch, p.pid, left_out, {}, now=time.time(), requeue=True)
+        if n != p.n:
+            await self.parcels.save(p.pid, n=n)  # what goes upstream (a lost Anthropic create is told by it)
         if n:
             return path
         path.unlink(missing_ok=True)
         await self._release(p, lane, plan.Release(True, "no line of the parcel is left to send"))
         return None
+
+    async def _reserved(self, p: ParcelView, jobs: list[JobLine]) -> set[int]:
+        """Reserve the lines' budget (a reservation already made is kept); the lines refused."""
+        lane = self.by_name[p.lane]
+        assert self.budget is not None and lane.lane is not None
+        lease_s = max(0.0, p.deadline - time.time()) + lane.lane.cancel_wait_s + RESERVE_SLACK_S
+        refused_lines: set[int] = set()
+        for job in jobs:
+            try:
+                amount = most_it_may_cost(lane, job.body, self.settings.worker.default_max_tokens)
+            except Unpriced:
+                continue
+            if await self.budget.reserve(p.batch, amount, token=f"lane:{p.pid}:{job.line}", lease_s=lease_s) is None:
+                refused_lines.add(job.line)
+        return refused_lines
 
     async def _failed(self, p: ParcelView, lane: ProviderConfig, e: ProviderError, status: str) -> None:
         """A call to the upstream failed: its lines are untouched; the parcel is looked at again later

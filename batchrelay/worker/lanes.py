@@ -41,13 +41,12 @@ from batchrelay.store.lanes import LaneStore
 from batchrelay.store.store import Claim, Store
 from batchrelay.wire.jobs import JobLine
 from batchrelay.worker.lane_send import lane_request
-from batchrelay.worker.lane_steps import ParcelDriver
+from batchrelay.worker.lane_steps import RESERVE_SLACK_S, ParcelDriver
 
 log = logging.getLogger("batchrelay.worker.lanes")
 PARALLEL = 4  # parcels moved on at once by one process
 HEALTH_TTL_S = 5.0  # how long a process trusts its look at which lanes are benched or disabled
 CLOSED = ("disabled", "benched")
-RESERVE_SLACK_S = 600.0  # a lane reservation outlives its parcel's last possible step by this much
 
 
 class Lanes:
@@ -63,7 +62,8 @@ class Lanes:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.folder = Path(tempfile.mkdtemp(prefix="batchrelay-lanes-"))
         self._closed: tuple[float, frozenset[str]] = (-HEALTH_TTL_S, frozenset())
-        self.driver = ParcelDriver(store, settings, health, self.parcels, self.clients, self.holder, self.folder)
+        self.driver = ParcelDriver(store, settings, health, budget, self.parcels, self.clients, self.holder,
+                                   self.folder)
 
     async def close(self) -> None:
         await self.http.aclose()
