@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,15 +43,26 @@ RESERVE_SLACK_S = 600.0  # a lane reservation outlives its parcel's last possibl
 
 
 class ParcelDriver:
-    """Moves parcels on for one process (`holder`), its request files in `folder`."""
+    """Moves parcels on for one process (`holder`); their request files go in a folder of its own."""
 
     def __init__(self, store: Store, settings: Settings, health: Health, budget: Budget | None, parcels: LaneStore,
-                 clients: dict[str, LaneClient], holder: str, folder: Path) -> None:
+                 clients: dict[str, LaneClient], holder: str) -> None:
         self.store, self.settings, self.health, self.budget, self.parcels = store, settings, health, budget, parcels
-        self.clients, self.holder, self.folder = clients, holder, folder
+        self.clients, self.holder = clients, holder
+        self._folder: Path | None = None
         self.by_name = {p.name: p for p in settings.providers if p.is_lane}
         self._seen: dict[str, int] = {}  # pid -> the upstream's done count at this process's last poll
         self._creating: dict[str, asyncio.Lock] = {}  # lane -> held while this process creates one of its batches
+
+    @property
+    def folder(self) -> Path:
+        if self._folder is None:  # made when a parcel is first sent: most processes never send one
+            self._folder = Path(tempfile.mkdtemp(prefix="batchrelay-lanes-"))
+        return self._folder
+
+    def close(self) -> None:
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
 
     async def drive(self, pid: str) -> bool:
         """Lease the parcel and take its steps until one waits; False when another worker holds it."""
@@ -296,7 +309,8 @@ class ParcelDriver:
 
     async def _forget(self, p: ParcelView, lane: ProviderConfig | None) -> None:
         """The parcel is over: its input file deleted (upstream and here), and it is marked collected."""
-        (self.folder / f"batchrelay-{p.pid}.jsonl").unlink(missing_ok=True)
+        if self._folder is not None:
+            (self._folder / f"batchrelay-{p.pid}.jsonl").unlink(missing_ok=True)
         self._seen.pop(p.pid, None)
         if lane is not None and lane.lane is not None and lane.lane.delete_files and p.file_id:
             try:

@@ -18,13 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import socket
-import tempfile
 import time
 import uuid
 from decimal import Decimal
-from pathlib import Path
 
 import httpx
 from redis.exceptions import RedisError
@@ -60,14 +57,12 @@ class Lanes:
         self.parcels = LaneStore(store)
         self.clients = {name: LaneClient(p, http) for name, p in self.by_name.items()}
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.folder = Path(tempfile.mkdtemp(prefix="batchrelay-lanes-"))
         self._closed: tuple[float, frozenset[str]] = (-HEALTH_TTL_S, frozenset())
-        self.driver = ParcelDriver(store, settings, health, budget, self.parcels, self.clients, self.holder,
-                                   self.folder)
+        self.driver = ParcelDriver(store, settings, health, budget, self.parcels, self.clients, self.holder)
 
     async def close(self) -> None:
         await self.http.aclose()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        self.driver.close()
 
     async def open(self) -> int:
         """Parcels not collected yet: a burst worker keeps going while there are any."""
