@@ -16,12 +16,12 @@ import pytest
 from batchrelay import AsyncClient, Client
 from batchrelay.config.settings import ProviderConfig, RedisConfig, Settings, WorkerConfig, load_settings
 from batchrelay.errors import InputError, ResumeRefused, RetryRefused
+from batchrelay.sim.process import SimulatorProcess
 from batchrelay.spec import BatchSpec
 from batchrelay.store.keys import Keys
 from batchrelay.store.lifecycle import retry, tick
 from batchrelay.store.resume import fingerprint, options_part, pause, resume, take_lease
 from batchrelay.store.store import Store
-from batchrelay.sim.process import SimulatorProcess
 from batchrelay.store.submit import submit_file, submit_stream
 
 from .conftest import batchrelay, openai_line, status_of, write_config

@@ -101,9 +101,9 @@ class RunReport:
                   (f"{cmd} status {b.id}", "where it stands"),
                   (f"{cmd} cancel {b.id}", "or give up the lines left")]
         width = max(len(c) for c, _ in steps)
+        in_flight = IN_FLIGHT_ABANDONED if self.abandoned else "the calls in flight were recorded."
         return "\n".join([f"Interrupted ({name}): batch {b.id} {b.status} with {b.pending} of {b.total} lines left; "
-                          (IN_FLIGHT_ABANDONED if self.abandoned else "the calls in flight were recorded.") +
-                          " To go on:",
+                          f"{in_flight} To go on:",
                           *(f"  {c.ljust(width)}   # {what}" for c, what in steps)])
 
 
