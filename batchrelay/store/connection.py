@@ -185,7 +185,8 @@ def _no_master(url: str, e: MasterNotFoundError) -> str:
     without a live master of that name (its own text is a dump of client objects). Pure."""
     s = parse_sentinel_url(url)
     said = str(e)
-    silent, answered = [], []
+    silent: list[str] = []
+    answered: list[str] = []
     for host, port in s.sentinels:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         (silent if f"host={host},port={port}," in said else answered).append(shown)
