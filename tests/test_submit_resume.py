@@ -18,9 +18,10 @@ from batchrelay.config.settings import ProviderConfig, RedisConfig, Settings, Wo
 from batchrelay.errors import InputError, ResumeRefused, RetryRefused
 from batchrelay.sim.process import SimulatorProcess
 from batchrelay.spec import BatchSpec
+from batchrelay.store.ids import new_batch_id
 from batchrelay.store.keys import Keys
 from batchrelay.store.lifecycle import retry, tick
-from batchrelay.store.resume import fingerprint, options_part, pause, resume, take_lease
+from batchrelay.store.resume import Lease, fingerprint, options_part, pause, resume, take_lease
 from batchrelay.store.store import Store
 from batchrelay.store.submit import submit_file, submit_stream
 
@@ -239,3 +240,39 @@ def test_plain_submit_of_a_paused_file_makes_a_new_batch_and_says_resume_would_q
     assert same.stdout.strip() == out["id"]
     assert f"resuming batch {out['id']} (in_progress, 0 of 6 lines answered)" in same.stderr
     assert "keeps its own options" not in same.stderr
+
+
+def test_submit_resume_leaves_a_batch_a_live_run_works_and_takes_over_one_whose_run_died(
+        tmp_path: Path, redis_url: str, prefix: str) -> None:
+    cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "p", "base_url": "http://127.0.0.1:9"}], chunk_size=5)
+    env = {"REDIS_URL": redis_url}
+    src = _file(tmp_path / "in.jsonl", 10)
+    spec = BatchSpec.of(load_settings(cfg))
+
+    async def started() -> tuple[str, Lease]:  # a `run`'s batch, in progress on its private queue
+        async with await Store.connect(redis_url, Keys(prefix)) as s:
+            batch = new_batch_id()
+            lease = await take_lease(s, batch, ttl_s=60)
+            await submit_file(s, src, spec, queue=f"{s.keys.queue}:run:x", batch_id=batch,
+                              fingerprint=fingerprint(src, spec))
+            return batch, lease
+
+    batch, lease = asyncio.run(started())
+    live = batchrelay("-c", str(cfg), "submit", str(src), "--resume", env=env)
+    assert live.returncode == 0 and live.stdout.strip() == batch, live.stderr
+    assert f"resuming batch {batch} (in_progress, 0 of 10 lines answered): a live `run` works it" in live.stderr
+
+    async def died() -> None:
+        async with await Store.connect(redis_url, Keys(prefix)) as s:
+            await Lease(s, batch, lease.holder, lease.ttl_s).release()
+
+    asyncio.run(died())
+    taken = batchrelay("-c", str(cfg), "submit", str(src), "--resume", "--json", env=env)
+    assert taken.returncode == 0, taken.stderr
+    assert orjson.loads(taken.stdout)["existing"] is True and "back on the shared queue" in taken.stderr
+
+    async def queue_of() -> str:
+        async with await Store.connect(redis_url, Keys(prefix)) as s:
+            return (await s.info(batch)).queue
+
+    assert asyncio.run(queue_of()) == Keys(prefix).queue  # the dead run's queue is no longer its queue

@@ -172,7 +172,8 @@ def demo(ctx: click.Context, lines: int, out: Path, force: bool, as_json: bool) 
 @defer_options
 @webhook_option
 @cache_option
-@click.option("--resume", is_flag=True, help="Return the unfinished batch of the same input and options, if any.")
+@click.option("--resume", is_flag=True, help="Return the unfinished batch of the same input and options, if any "
+              "(a paused one goes back on the shared queue, as `resume` does).")
 @click.option("--json", "as_json", is_flag=True, help="Print the submission as JSON.")
 @click.pass_context
 @handles_errors
