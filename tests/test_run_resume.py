@@ -140,6 +140,11 @@ def test_a_finished_batch_is_written_again_with_no_provider_call_and_new_starts_
     assert f"batch {batch}" in again.stderr and "no provider is called" in again.stderr
     assert f"{batch}: completed earlier (no provider called now)" in again.stdout
     assert (home / "out.jsonl").read_bytes() == before
+    cached = cli(home, *args, "--cache")  # the cache is not in the fingerprint: the same batch, said in one sentence
+    assert cached.returncode == 0, cached.stderr
+    assert (f"batch {batch} (same input and options) is already complete: its results are written again from "
+            "Redis and no provider is called; --cache applies to new batches (add --new to run the file again "
+            "with the cache)") in cached.stderr
     assert slow.stats()["calls"] == LINES
     fresh = cli(home, *args, "--new")
     assert fresh.returncode == 0, fresh.stderr

@@ -86,6 +86,7 @@ def test_ctrl_c_finishes_the_calls_in_flight_and_says_how_to_go_on(home: Path, s
     batch = _batch_in(err)
     assert _says(err, f"status {batch}") and _says(err, f"resume {batch}") and _says(err, "worker --burst")
     assert _says(err, f"-c {cfg} run ")  # the same command line continues it
+    assert "the calls in flight were recorded" in err and "were abandoned" not in err, err
     assert servers_on(socket_of(home)) == []  # run was its only user
     _finished_by_a_worker(home, cfg, slow, batch)
 
@@ -116,6 +117,9 @@ def test_a_second_ctrl_c_stops_at_once(home: Path) -> None:
         err = _ended(proc, 10)
     assert proc.returncode == 130, err
     assert _says(err, f"status {_batch_in(err)}")
+    # the call in flight was not waited for: not recorded, and sent again when the batch goes on
+    assert "were recorded" not in err, err
+    assert "the calls in flight were abandoned, not recorded: their lines are sent again" in err, err
 
 
 def test_a_redis_that_dies_under_run_ends_it_within_seconds_with_one_message(

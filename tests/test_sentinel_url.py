@@ -12,6 +12,7 @@ from batchrelay.store.connection import redis_settings, worker_pool
 from batchrelay.store.redis_url import SentinelURL, is_sentinel_url, masked, parse_sentinel_url
 
 from .conftest import batchrelay, write_config
+from .sentinelkit import replicated
 
 GOOD = [
     ("redis+sentinel://10.0.0.1:26379/mymaster",
@@ -131,3 +132,24 @@ def test_sentinels_that_do_not_answer_are_a_clean_error_naming_the_masked_url(tm
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith("Error: cannot reach Redis at redis+sentinel://u:***@127.0.0.1:"), proc.stderr
     assert "Hunter2pw" not in proc.stderr and "Sentinel9pw" not in proc.stderr
+    # the sentinels tried and the master, not redis-py's dump of its client objects
+    assert "no sentinel gave the address of master 'm'" in proc.stderr and "did not answer" in proc.stderr
+    assert "<redis." not in proc.stderr and "ConnectionPool" not in proc.stderr, proc.stderr
+
+
+def test_a_master_name_no_sentinel_knows_is_told_apart_from_a_sentinel_that_does_not_answer(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "c.toml", "brsurl:", [{"name": "sim", "base_url": "http://127.0.0.1:9"}])
+    dead = free_port()
+    with replicated(tmp_path / "redis", sentinels=1) as servers:
+        live = servers.sentinels[0]
+        url = f"redis+sentinel://127.0.0.1:{dead},127.0.0.1:{live}/nosuchmaster"
+        proc = batchrelay("-c", str(cfg), "batches", env={"REDIS_URL": url})
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert (f"no sentinel gave the address of master 'nosuchmaster' (127.0.0.1:{dead} did not answer; "
+            f"127.0.0.1:{live} knows no master 'nosuchmaster' that is up") in proc.stderr, proc.stderr
+    assert "<redis." not in proc.stderr, proc.stderr
+
+
+def test_a_bad_sentinel_url_shows_the_port_as_optional() -> None:
+    with pytest.raises(BadRedisURL, match=r"host\[:port\]\[,host\[:port\]\.\.\.\]/MASTER\[/DB\]; port 26379"):
+        parse_sentinel_url("redis+sentinel://h1/")

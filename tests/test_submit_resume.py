@@ -14,14 +14,16 @@ import orjson
 import pytest
 
 from batchrelay import AsyncClient, Client
-from batchrelay.config.settings import ProviderConfig, RedisConfig, Settings, WorkerConfig
+from batchrelay.config.settings import ProviderConfig, RedisConfig, Settings, WorkerConfig, load_settings
 from batchrelay.errors import InputError, ResumeRefused, RetryRefused
+from batchrelay.sim.process import SimulatorProcess
 from batchrelay.spec import BatchSpec
+from batchrelay.store.ids import new_batch_id
 from batchrelay.store.keys import Keys
 from batchrelay.store.lifecycle import retry, tick
-from batchrelay.store.resume import fingerprint, options_part, pause, resume, take_lease
+from batchrelay.store.resume import Lease, fingerprint, options_part, pause, resume, take_lease
 from batchrelay.store.store import Store
-from batchrelay.store.submit import submit_stream
+from batchrelay.store.submit import submit_file, submit_stream
 
 from .conftest import batchrelay, openai_line, status_of, write_config
 
@@ -166,6 +168,8 @@ def test_status_and_batches_show_a_paused_batch(tmp_path: Path, redis_url: str, 
     assert status_of(cfg, redis_url, batch)["status"] == "paused"
     listed = batchrelay("-c", str(cfg), "batches", env={"REDIS_URL": redis_url})
     assert "paused" in listed.stdout
+    shown = batchrelay("-c", str(cfg), "status", batch, env={"REDIS_URL": redis_url})
+    assert "paused" in shown.stdout and "lines/s" not in shown.stdout and "ETA" not in shown.stdout  # nothing works it
     resumed = batchrelay("-c", str(cfg), "resume", batch, "--json", env={"REDIS_URL": redis_url})
     assert resumed.returncode == 0, resumed.stderr
     assert orjson.loads(resumed.stdout)["status"] == "in_progress"
@@ -181,3 +185,94 @@ def test_run_of_a_file_the_workers_have_refuses_and_says_how_to_get_its_results(
     assert run.returncode == 2, run.stderr
     assert batch in run.stderr and "shared queue" in run.stderr and "results" in run.stderr
     assert status_of(cfg, redis_url, batch)["counts"]["pending"] == 5  # nothing was sent
+
+
+def _paused_run_of(cfg: Path, src: Path, redis_url: str, prefix: str) -> str:
+    """The batch an interrupted `run -c cfg` of `src` leaves: paused, found by the same fingerprint."""
+    spec = BatchSpec.of(load_settings(cfg))
+
+    async def go() -> str:
+        async with await Store.connect(redis_url, Keys(prefix)) as s:
+            queue = f"{s.keys.queue}:run:x"
+            res = await submit_file(s, src, spec, queue=queue, fingerprint=fingerprint(src, spec))
+            assert await pause(s, res.batch_id, queue) == "paused"
+            return res.batch_id
+
+    return asyncio.run(go())
+
+
+def test_submit_resume_of_a_paused_batch_hands_it_to_the_workers_and_says_which_batch_it_is(
+        tmp_path: Path, redis_url: str, prefix: str, simulator: SimulatorProcess) -> None:
+    cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "p", "base_url": simulator.base_url}], chunk_size=5)
+    env = {"REDIS_URL": redis_url}
+    src = _file(tmp_path / "in.jsonl", 10)
+    batch = _paused_run_of(cfg, src, redis_url, prefix)
+    again = batchrelay("-c", str(cfg), "submit", str(src), "--resume", "--cache", "--json", env=env)
+    assert again.returncode == 0, again.stderr
+    out = orjson.loads(again.stdout)
+    assert out["id"] == batch and out["existing"] is True and out["status"] == "in_progress"
+    assert f"resuming batch {batch} (paused, 0 of 10 lines answered)" in again.stderr
+    assert f"resume {batch}" in again.stderr and "shared queue" in again.stderr  # as `batchrelay resume` does
+    assert "keeps its own options" in again.stderr and "--cache" in again.stderr  # given now, not taken
+    work = batchrelay("-c", str(cfg), "worker", "--burst", "--quiet", env=env)
+    assert work.returncode == 0, work.stderr
+    done = batchrelay("-c", str(cfg), "results", batch, "-o", str(tmp_path / "out.jsonl"), "--wait", env=env)
+    assert done.returncode == 0, done.stderr
+    assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 10
+    assert simulator.stats()["calls"] == 10
+
+
+def test_plain_submit_of_a_paused_file_makes_a_new_batch_and_says_resume_would_queue_that_one(
+        tmp_path: Path, redis_url: str, prefix: str) -> None:
+    cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "p", "base_url": "http://127.0.0.1:9"}], chunk_size=5)
+    env = {"REDIS_URL": redis_url}
+    src = _file(tmp_path / "in.jsonl", 6)
+    batch = _paused_run_of(cfg, src, redis_url, prefix)
+    new = batchrelay("-c", str(cfg), "submit", str(src), "--json", env=env)
+    assert new.returncode == 0, new.stderr
+    out = orjson.loads(new.stdout)
+    assert out["id"] != batch and out["existing"] is False
+    assert f"batch {batch} of the same input and options is paused" in new.stderr
+    assert "--resume puts that one back on the queue" in new.stderr
+    assert status_of(cfg, redis_url, batch)["status"] == "paused"  # left as it was
+    same = batchrelay("-c", str(cfg), "submit", str(src), "--resume", env=env)  # the new one, in progress
+    assert same.returncode == 0, same.stderr
+    assert same.stdout.strip() == out["id"]
+    assert f"resuming batch {out['id']} (in_progress, 0 of 6 lines answered)" in same.stderr
+    assert "keeps its own options" not in same.stderr
+
+
+def test_submit_resume_leaves_a_batch_a_live_run_works_and_takes_over_one_whose_run_died(
+        tmp_path: Path, redis_url: str, prefix: str) -> None:
+    cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "p", "base_url": "http://127.0.0.1:9"}], chunk_size=5)
+    env = {"REDIS_URL": redis_url}
+    src = _file(tmp_path / "in.jsonl", 10)
+    spec = BatchSpec.of(load_settings(cfg))
+
+    async def started() -> tuple[str, Lease]:  # a `run`'s batch, in progress on its private queue
+        async with await Store.connect(redis_url, Keys(prefix)) as s:
+            batch = new_batch_id()
+            lease = await take_lease(s, batch, ttl_s=60)
+            await submit_file(s, src, spec, queue=f"{s.keys.queue}:run:x", batch_id=batch,
+                              fingerprint=fingerprint(src, spec))
+            return batch, lease
+
+    batch, lease = asyncio.run(started())
+    live = batchrelay("-c", str(cfg), "submit", str(src), "--resume", env=env)
+    assert live.returncode == 0 and live.stdout.strip() == batch, live.stderr
+    assert f"resuming batch {batch} (in_progress, 0 of 10 lines answered): a live `run` works it" in live.stderr
+
+    async def died() -> None:
+        async with await Store.connect(redis_url, Keys(prefix)) as s:
+            await Lease(s, batch, lease.holder, lease.ttl_s).release()
+
+    asyncio.run(died())
+    taken = batchrelay("-c", str(cfg), "submit", str(src), "--resume", "--json", env=env)
+    assert taken.returncode == 0, taken.stderr
+    assert orjson.loads(taken.stdout)["existing"] is True and "back on the shared queue" in taken.stderr
+
+    async def queue_of() -> str:
+        async with await Store.connect(redis_url, Keys(prefix)) as s:
+            return (await s.info(batch)).queue
+
+    assert asyncio.run(queue_of()) == Keys(prefix).queue  # the dead run's queue is no longer its queue

@@ -89,7 +89,7 @@ class Guard:
         if self.signals == 1:
             again = "press Ctrl-C again" if signum == signal.SIGINT else "signal again"
             click.echo(f"\nStopping ({signum.name}): the calls in flight finish and are recorded; "
-                       f"{again} to stop at once.", err=True)
+                       f"{again} to stop at once (their lines are then sent again when the batch goes on).", err=True)
         self.drain(signum, self.signals > 1)
 
     async def _watch(self, embedded: EmbeddedRedis) -> None:

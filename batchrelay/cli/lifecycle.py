@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-from pathlib import Path
 from typing import Any
 
 import click
 
 from batchrelay.cli.kit import emit_json, handles_errors, open_client, open_store, run_async, settings_of
 from batchrelay.cli.text import command_with, echo
-from batchrelay.config.settings import Settings
-from batchrelay.spec import BatchSpec
+from batchrelay.store.store import BatchInfo, Store
 
 
 @click.command()
@@ -75,6 +72,19 @@ def retry_command(ctx: click.Context, batch: str, as_json: bool) -> None:
         echo(f"{batch}: no failed, cancelled or expired lines to retry")
 
 
+async def hand_to_workers(store: Store, batch: str) -> BatchInfo:
+    """A paused batch (or one whose `run` died) back on the shared queue, as it is now; ResumeRefused
+    while a live `run` works it, or for a batch in any other status."""
+    from batchrelay.store.resume import resume, take_lease
+
+    lease = await take_lease(store, batch)  # not while a live `run` works it
+    try:
+        await resume(store, batch, store.keys.queue)
+    finally:
+        await lease.release()
+    return await store.info(batch)
+
+
 @click.command("resume")
 @click.argument("batch")
 @click.option("--json", "as_json", is_flag=True, help="Print the batch as JSON.")
@@ -91,16 +101,9 @@ def resume_command(ctx: click.Context, batch: str, as_json: bool) -> None:
     Examples:
       batchrelay resume batch_0123abcd && batchrelay worker --burst
     """
-    from batchrelay.store.resume import resume, take_lease
-
     async def go() -> dict[str, Any]:
         async with open_store(settings_of(ctx)) as store:
-            lease = await take_lease(store, batch)  # not while a live `run` works it
-            try:
-                await resume(store, batch, store.keys.queue)
-            finally:
-                await lease.release()
-            return (await store.info(batch)).as_dict()
+            return (await hand_to_workers(store, batch)).as_dict()
 
     st = run_async(go())
     if as_json:
@@ -108,17 +111,3 @@ def resume_command(ctx: click.Context, batch: str, as_json: bool) -> None:
         return
     echo(f"{st['id']}: {st['status']} on the shared queue, {st['counts']['pending']} lines pending; "
          f"`{command_with(settings_of(ctx).source)} worker --burst` finishes it")
-
-
-async def submit_or_resume(settings: Settings, file: Path, spec: BatchSpec, resume: bool) -> dict[str, Any]:
-    """`submit`: a new batch (saying so when one of the same input and options is unfinished), or
-    with `resume` that unfinished batch."""
-    from batchrelay.store.resume import fingerprint, unfinished_of
-
-    async with open_store(settings) as store:
-        prior = await unfinished_of(store, await asyncio.to_thread(fingerprint, file, spec))
-    if prior is not None and not resume:
-        click.echo(f"note: batch {prior.id} of the same input and options is {prior.status}; a new batch is made "
-                   "(--resume returns that one)", err=True)
-    async with open_client(settings) as client:
-        return await client.status(prior.id if prior is not None and resume else await client.submit(file, spec))

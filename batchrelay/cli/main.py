@@ -14,7 +14,7 @@ from batchrelay.cli.cache import cache_group
 from batchrelay.cli.config_file import accept_config_after, load_config
 from batchrelay.cli.cost import budget, cost, estimate
 from batchrelay.cli.kit import CONTEXT, emit_json, handles_errors, open_client, run_async, settings_of
-from batchrelay.cli.lifecycle import cancel, resume_command, retry_command, submit_or_resume
+from batchrelay.cli.lifecycle import cancel, resume_command, retry_command
 from batchrelay.cli.logs import LogSetup, log_options, secrets_of, setup_logging
 from batchrelay.cli.options import (
     cache_option,
@@ -28,6 +28,7 @@ from batchrelay.cli.options import (
     webhook_option,
 )
 from batchrelay.cli.providers import health_text, providers
+from batchrelay.cli.resubmit import submit_or_resume
 from batchrelay.cli.run_summary import print_report
 from batchrelay.cli.servers import serve, simulate
 from batchrelay.cli.text import echo, print_table
@@ -171,7 +172,8 @@ def demo(ctx: click.Context, lines: int, out: Path, force: bool, as_json: bool) 
 @defer_options
 @webhook_option
 @cache_option
-@click.option("--resume", is_flag=True, help="Return the unfinished batch of the same input and options, if any.")
+@click.option("--resume", is_flag=True, help="Return the unfinished batch of the same input and options, if any "
+              "(a paused one goes back on the shared queue, as `resume` does).")
 @click.option("--json", "as_json", is_flag=True, help="Print the submission as JSON.")
 @click.pass_context
 @handles_errors
@@ -201,16 +203,18 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
                         require_prices=require_prices, completion_window=completion_window,
                         start_at=start_at_of(at, delay), webhook=webhook, cache=cache, deadline=deadline)
 
-    st = run_async(submit_or_resume(settings_of(ctx), file, spec, resume))
+    st, existing = run_async(submit_or_resume(settings_of(ctx), file, spec, resume))
     counts = st["counts"]
     if as_json:
-        emit_json({"id": st["id"], "lines": counts["total"], "valid": counts["total"] - counts["invalid"],
-                   "invalid": counts["invalid"], "start_at": spec.start_at, "deadline": spec.deadline,
-                   "webhook": spec.webhook})
+        emit_json({"id": st["id"], "existing": existing, "status": st["status"], "lines": counts["total"],
+                   "valid": counts["total"] - counts["invalid"], "invalid": counts["invalid"],
+                   "start_at": st["start_at"] if existing else spec.start_at,
+                   "deadline": st["deadline"],
+                   "webhook": (st["webhook"] or {}).get("url") if existing else spec.webhook})
     else:
         echo(st["id"])
-        if spec.start_at is not None:
-            when = datetime.fromtimestamp(spec.start_at, UTC).isoformat(timespec="seconds")
+        if st["status"] == Status.SCHEDULED and st["start_at"] is not None:
+            when = datetime.fromtimestamp(st["start_at"], UTC).isoformat(timespec="seconds")
             click.echo(f"scheduled: starts at {when} (at the workers' first sweep after it)", err=True)
         if counts["invalid"]:
             click.echo(f"{counts['invalid']} of {counts['total']} lines are invalid (see the errors file of `results`)",
@@ -246,7 +250,8 @@ def status(ctx: click.Context, batch: str, as_json: bool, watch: bool) -> None:
         click.echo(f"  starts at {datetime.fromtimestamp(st['start_at'], UTC).isoformat(timespec='seconds')}")
     click.echo("  " + "  ".join(f"{k}={v}" for k, v in st["counts"].items()))
     eta = f", ETA {st['eta_s']:.0f}s" if st["eta_s"] is not None else ""
-    click.echo(f"  {st['rate_lines_per_s']:.1f} lines/s{eta}")
+    if st["status"] != Status.PAUSED:  # nothing works a paused batch: a rate would say otherwise
+        click.echo(f"  {st['rate_lines_per_s']:.1f} lines/s{eta}")
     if st["status"] == Status.PAUSED:
         echo(f"  its `run` was interrupted: the same `run` command, or `batchrelay resume {st['id']}`, continues it")
     click.echo(f"  {cost_line(st['cost'])}")

@@ -52,6 +52,8 @@ from batchrelay.store.sweeper import requeue_pending
 from batchrelay.worker.worker import build_worker, run_worker, stop_worker
 
 MAX_REQUEUE_ROUNDS = 3
+IN_FLIGHT_ABANDONED = ("the calls in flight were abandoned, not recorded: their lines are sent again when it goes "
+                       "on.")
 QUIET = LogSetup(level="warning")  # `run`'s own output is its progress and summary
 
 def continue_command(args: Sequence[str]) -> str:
@@ -69,6 +71,7 @@ class RunReport:
     config: str | None = None  # the config file the run read, for the commands it suggests
     command: str | None = None  # the command line that continues it (the same one)
     done_before: bool = False  # the same command had finished it already: its results were only written again
+    abandoned: bool = False  # a second signal stopped it at once: the calls in flight were not waited for
 
     @property
     def exit_code(self) -> ExitCode:
@@ -81,7 +84,8 @@ class RunReport:
     def as_dict(self) -> dict[str, Any]:
         files = {} if self.exported is None else {"results_file": str(self.exported.results_path),
                                                   "errors_file": str(self.exported.errors_path)}
-        stop = {} if self.interrupted is None else {"interrupted": self.interrupted.name}
+        stop = {} if self.interrupted is None else {"interrupted": self.interrupted.name,
+                                                     "calls_abandoned": self.abandoned}
         return {**self.batch.as_dict(), "seconds": round(self.seconds, 3), "cost": self.cost,
                 "already_done": self.done_before, **files, **stop}
 
@@ -89,7 +93,7 @@ class RunReport:
         """What an interrupted run says: where its batch is and how to go on."""
         b, name = self.batch, self.interrupted.name if self.interrupted else "?"
         cmd = command_with(self.config)
-        steps = [(printable(self.command), "the same command continues it here: answered lines are not sent again")
+        steps = [(printable(self.command), "the same command continues it here: recorded answers are not asked again")
                  ] if self.command else []
         steps += [(f"{cmd} resume {b.id}", "or hand it to workers, then:"),
                   (f"{cmd} worker --burst", "finish it (any number of workers, anywhere)"),
@@ -97,8 +101,9 @@ class RunReport:
                   (f"{cmd} status {b.id}", "where it stands"),
                   (f"{cmd} cancel {b.id}", "or give up the lines left")]
         width = max(len(c) for c, _ in steps)
+        in_flight = IN_FLIGHT_ABANDONED if self.abandoned else "the calls in flight were recorded."
         return "\n".join([f"Interrupted ({name}): batch {b.id} {b.status} with {b.pending} of {b.total} lines left; "
-                          "the calls in flight were recorded. To go on:",
+                          f"{in_flight} To go on:",
                           *(f"  {c.ljust(width)}   # {what}" for c, what in steps)])
 
 
@@ -239,10 +244,10 @@ async def run_file(
                 queue = f"{store.keys.queue}:run:{uuid.uuid4().hex[:12]}"
                 prior = await batch_of(store, fp) if resume_same else None
                 if prior is not None and prior.status == Status.COMPLETED:
-                    unused = " (so --cache changes nothing here)" if spec.cache else ""
-                    click.echo(f"batch {prior.id} (same input and options) is already done: its results are "
-                               f"written again from Redis, no provider is called{unused} (--new runs it again)",
-                               err=True)
+                    again = ("--cache applies to new batches (add --new to run the file again with the cache)"
+                             if spec.cache else "--new runs the file again")
+                    click.echo(f"batch {prior.id} (same input and options) is already complete: its results are "
+                               f"written again from Redis and no provider is called; {again}", err=True)
                     batch_id, info, stopped, done_before = prior.id, prior, False, True
                     exported: Exported | None = await export(store, batch_id, out, errors)
                 else:
@@ -271,7 +276,8 @@ async def run_file(
                     "Interrupted before the batch was queued: nothing was sent.")
             raise (Terminated if guard.signum == signal.SIGTERM else KeyboardInterrupt)(note) from None
     return RunReport(info, exported, time.perf_counter() - started, cost_summary(spent, budget),
-                     guard.signum if stopped else None, env.settings.source, command, done_before)
+                     guard.signum if stopped else None, env.settings.source, command, done_before,
+                     abandoned=stopped and guard.signals > 1)
 
 
 async def _start(store: Store, path: Path, spec: BatchSpec, queue: str, fp: str,

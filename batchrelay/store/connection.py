@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import (
+    MasterNotFoundError,
     Sentinel,
     SentinelConnectionPool,
     SentinelManagedConnection,
@@ -175,4 +176,22 @@ def redis_settings(url: str) -> RedisSettings:
 
 
 def _unreachable(url: str, e: BaseException, advice: str) -> StoreError:
-    return StoreError(f"cannot reach Redis at {masked(url)}: {type(e).__name__}: {str(e).rstrip('.')}. {advice}")
+    why = _no_master(url, e) if isinstance(e, MasterNotFoundError) else f"{type(e).__name__}: {str(e).rstrip('.')}"
+    return StoreError(f"cannot reach Redis at {masked(url)}: {why}. {advice}")
+
+
+def _no_master(url: str, e: MasterNotFoundError) -> str:
+    """redis-py's MasterNotFoundError, told plainly: which sentinels did not answer, which answered
+    without a live master of that name (its own text is a dump of client objects). Pure."""
+    s = parse_sentinel_url(url)
+    said = str(e)
+    silent: list[str] = []
+    answered: list[str] = []
+    for host, port in s.sentinels:
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        (silent if f"host={host},port={port}," in said else answered).append(shown)
+    parts = [f"{', '.join(silent)} did not answer"] if silent else []
+    if answered:
+        parts.append(f"{', '.join(answered)} {'knows' if len(answered) == 1 else 'know'} no master {s.master!r} "
+                     "that is up (check the master's name)")
+    return f"no sentinel gave the address of master {s.master!r} ({'; '.join(parts)})"

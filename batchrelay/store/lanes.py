@@ -34,7 +34,6 @@ import orjson
 from batchrelay.store.queue import enqueue_chunks
 from batchrelay.store.store import ERR, OK, Claim, Store
 from batchrelay.store.sweeper import batch_queue
-from batchrelay.wire.jobs import JobLine
 
 STATES = ("gathering", "sealed", "uploaded", "creating", "created", "cancelling", "ended", "collected", "failed")
 
@@ -223,25 +222,7 @@ class LaneStore:
         their requests and earlier attempts, whatever the batch's status (`Store.claim` gives nothing
         of a stopping batch, whose parcels are still collected: an answer the upstream bills after a
         cancel is written like any other)."""
-        if not lines:
-            return Claim([], {}, None)
-        k, now = self.store.keys, time.time()
-        async with self.store.redis.pipeline(transaction=False) as pipe:
-            pipe.smismember(k.pending(batch_id), list(lines))
-            pipe.hmget(k.lines(batch_id), list(lines))
-            pipe.hmget(k.first_try(batch_id), list(lines))
-            pipe.hmget(k.attempts(batch_id), list(lines))
-            pipe.hmget(k.meta(batch_id), ["providers", "max_cost", "cache", "expires_at"])
-            flags, raws, firsts, tried, (allow, max_cost, cached, expires) = await pipe.execute()
-        jobs, first_tried, earlier = [], {}, {}
-        for line, flag, raw, first, before in zip(lines, flags, raws, firsts, tried, strict=True):
-            if flag and raw:
-                jobs.append(JobLine.from_json(raw))
-                first_tried[line] = float(first) if first else now
-                if before:
-                    earlier[line] = orjson.loads(before)
-        return Claim(jobs, first_tried, allow.decode().split(",") if allow else None, earlier, max_cost is not None,
-                     cached is not None, [], float(expires) if expires else None)
+        return await self.store.claim(batch_id, lines, stopped_too=True)
 
     async def _pids(self, batch_id: str) -> list[str]:
         n = await self.store.redis.hget(self.store.keys.meta(batch_id), "lane_parcels")  # type: ignore[misc]

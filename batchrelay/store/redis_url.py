@@ -89,7 +89,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     it masked) for anything it cannot say for sure."""
     def bad(why: str) -> BadRedisURL:
         return BadRedisURL(f"bad Redis URL {masked(url)!r}: {why} (expected redis+sentinel://[user:password@]"
-                           f"host:port[,host:port...]/MASTER[/DB])")
+                           f"host[:port][,host[:port]...]/MASTER[/DB]; port {DEFAULT_PORT} when left out)")
 
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in SCHEMES:

@@ -242,9 +242,10 @@ class Store:
         """The arq queue the batch's chunks go to from now on."""
         await self.redis.hset(self.keys.meta(batch_id), "queue", queue)  # type: ignore[misc]
 
-    async def claim(self, batch_id: str, lines: Sequence[int]) -> Claim:
+    async def claim(self, batch_id: str, lines: Sequence[int], *, stopped_too: bool = False) -> Claim:
         """The lines of `lines` that still need work, with their requests and first-try times (those
-        tried for the first time now are `fresh`: the caller notes them once it tries them)."""
+        tried for the first time now are `fresh`: the caller notes them once it tries them); none of a
+        stopped batch unless `stopped_too` (a lane's parcel is collected whatever the batch's status)."""
         if not lines:
             return Claim([], {}, None)
         k, now = self.keys, time.time()
@@ -255,7 +256,7 @@ class Store:
             pipe.hmget(k.meta(batch_id), ["providers", "status", "max_cost", "cache", "expires_at"])
             pipe.hmget(k.attempts(batch_id), list(lines))
             flags, raws, firsts, (allow, status, max_cost, cached, expires), tried = await pipe.execute()
-        if status is not None and status.decode() in STOPPED:
+        if status is not None and status.decode() in STOPPED and not stopped_too:
             return Claim([], {}, None)  # nothing more is spent on a batch that was stopped or is over budget
         jobs, first_tried, fresh, earlier = [], {}, {}, {}
         for line, flag, raw, first, before in zip(lines, flags, raws, firsts, tried, strict=True):

@@ -44,6 +44,7 @@ from batchrelay.store.sweeper import requeue_deferred, sweep
 from batchrelay.store.webhooks import Outbox, delivery_of
 from batchrelay.wire.jobs import JobLine
 from batchrelay.worker.cached import CachedLines
+from batchrelay.worker.lanes import Lanes
 from batchrelay.worker.linepool import LinePool
 from batchrelay.worker.metrics import chunk_job, line_done
 from batchrelay.worker.relay import LineRelay
@@ -88,6 +89,7 @@ class Runtime:
     _stopped: dict[str, tuple[float, bool]] = field(default_factory=dict)  # batch -> (checked at, stopped)
     heartbeat: Heartbeat | None = None  # this process's, and the chunks it holds (store/heartbeat.py)
     cached: CachedLines | None = None  # the response cache, for batches that use it
+    lanes: Lanes | None = None  # official Batch APIs (worker/lanes.py)
 
     @classmethod
     def opened(cls, settings: Settings, store: Store) -> Runtime:
@@ -99,6 +101,9 @@ class Runtime:
                  cached=CachedLines(ResponseCache(store, settings.cache),
                                     settings.worker.call_timeout + settings.cache.lease_s))
         rt.open()
+        # its own client: a file streamed up or down must never hold a connection the providers' calls need
+        http = httpx.AsyncClient(timeout=httpx.Timeout(120, connect=10), follow_redirects=False)
+        rt.lanes = Lanes(store, settings, rt.budget, rt.health, http)
         return rt
 
     async def batch_stopped(self, batch_id: str) -> bool:
@@ -163,6 +168,8 @@ class Runtime:
             await self.outbox.http.aclose()
         if self.heartbeat:
             await self.heartbeat.stop()
+        if self.lanes:
+            await self.lanes.close()
 
     async def handle_line(self, consumer: int, work: LineWork) -> float | asyncio.Future[Any] | None:
         """Relay one line and record its result; or return when (unix time) it may be tried again.
@@ -272,6 +279,8 @@ class Runtime:
         if claim.cached and self.cached is not None and jobs and not self.draining:
             answered = await self.cached.answer_hits(batch_id, jobs)  # the whole chunk looked up at once
             jobs, hits = [job for job in jobs if job.line not in answered], len(answered)
+        if self.lanes is not None and jobs and not self.draining:
+            jobs = await self.lanes.take(batch_id, job_id, claim, jobs)  # those a lane takes leave the chunk
         if not jobs:
             return hits
         sending = {job.line for job in jobs}

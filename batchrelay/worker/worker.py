@@ -34,6 +34,7 @@ from batchrelay.worker.runtime import SHUTDOWN_MARGIN_S, Runtime
 log = logging.getLogger("batchrelay.worker.worker")
 REDIS_RETRY_DEFER = 2.0
 MAX_REDIS_WAIT_S = 30.0
+LANE_WAIT_S = 0.5  # a burst worker waiting for a lane looks at its parcels this often
 BURST_REDIS_PATIENCE_S = 300.0  # a burst worker gives up on a Redis gone this long; others never do
 
 
@@ -68,6 +69,13 @@ async def send_webhooks(ctx: dict[str, Any]) -> int:
     return await rt.deliver_webhooks()
 
 
+async def poll_lanes(ctx: dict[str, Any]) -> int:
+    """Cron: move on the lanes' parcels that are due: seal, upload, create, poll, cancel, collect
+    (worker/lanes.py)."""
+    rt: Runtime = ctx["runtime"]
+    return await rt.lanes.poll_due() if rt.lanes else 0
+
+
 def build_worker(
     settings: Settings, redis_url: str, *, burst: bool = False, handle_signals: bool = True, queue: str | None = None,
 ) -> Worker:
@@ -95,9 +103,10 @@ def build_worker(
     sweep_job = cron_name(queue, "batchrelay-sweep"), sweep_orphans, min(30, w.job_timeout)
     hooks_job = cron_name(queue, "batchrelay-webhooks"), send_webhooks, min(settings.webhooks.timeout_s + 10,
                                                                             w.job_timeout)
+    lanes_job = cron_name(queue, "batchrelay-lanes"), poll_lanes, min(300, w.job_timeout)
     functions = [func(run_chunk, name=CHUNK_FUNCTION, timeout=w.job_timeout, max_tries=w.max_tries)]
     if burst:  # the long-running workers' cron ticks are jobs on this queue too: one taken here is run here
-        functions += [func(f, name=name, timeout=t) for name, f, t in (sweep_job, hooks_job)]
+        functions += [func(f, name=name, timeout=t) for name, f, t in (sweep_job, hooks_job, lanes_job)]
     return EagerWorker(
         functions=functions,
         # a burst worker sweeps once the queue is empty instead (see run_worker): a cron job held by a
@@ -111,6 +120,8 @@ def build_worker(
             # every 2 s; each POST is bounded by [webhooks] timeout_s and they run together (a POST cut
             # off by this timeout is sent again once its lease lapses)
             cron(send_webhooks, name=hooks_job[0], second=set(range(0, 60, 2)), unique=True, timeout=hooks_job[2]),
+            # every 10 s: each parcel due is leased, so a tick run twice moves none of them twice
+            cron(poll_lanes, name=lanes_job[0], second=set(range(0, 60, 10)), unique=True, timeout=lanes_job[2]),
         ],
         redis_settings=redis_settings(redis_url),
         redis_pool=worker_pool(redis_url),  # a Sentinel URL's (arq's own lacks our retries and options)
@@ -221,12 +232,24 @@ def _graceful(worker: Worker) -> list[int]:
     return signals  # how many signals came: none means keep going
 
 
+async def _lanes_open(rt: Runtime) -> bool:
+    """A burst worker's queue is empty: while a lane's parcel is open its lines are not done, so the
+    worker moves the due parcels on itself, waits a little, and goes round again (a parcel may give
+    lines back to the queue)."""
+    if rt.lanes is None or not await rt.lanes.open():
+        return False
+    await rt.lanes.poll_due()
+    await asyncio.sleep(LANE_WAIT_S)
+    return True
+
+
 async def run_worker(worker: Worker) -> None:
     """Run until burst end or a signal (arq's handler cancels `main_task`, set by async_run).
 
     In burst mode the queue being empty is not the end if arq dropped a chunk with lines still
-    pending: sweep, and go round again while that finds work. Redis going away for longer than
-    the client's own retries does not end the worker either: it waits and goes on.
+    pending, or while a lane's parcel is open: sweep (and poll the lanes), and go round again while
+    that finds work. Redis going away for longer than the client's own retries does not end the
+    worker either: it waits and goes on.
     """
     signals = _graceful(worker) if worker._handle_signals else [0]
     try:
@@ -236,7 +259,7 @@ async def run_worker(worker: Worker) -> None:
                 if not worker.burst:
                     break
                 rt: Runtime = worker.ctx["runtime"]
-                if not await rt.sweep(worker.queue_name):
+                if not await rt.sweep(worker.queue_name) and not await _lanes_open(rt):
                     await rt.deliver_webhooks()  # once: a retry waits for a worker that stays
                     break
             except (AuthenticationError, AuthorizationError, ssl.SSLError):

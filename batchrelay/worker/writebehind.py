@@ -13,6 +13,7 @@ its lines pending and they are rerun, as when it dies mid-call. Measured (bench/
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,7 @@ class ResultWriter:
         self._queued = 0  # lines waiting, not yet in a write
         self._unsettled = 0  # lines handed in whose write has not returned (waiting, or in a write)
         self._wake = asyncio.Event()
+        self._now = asyncio.Event()  # cuts the window short: closing, or max_lines waiting
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -55,6 +57,8 @@ class ResultWriter:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="batchrelay-result-writer")
         self._wake.set()
+        if self._queued >= self.max_lines:
+            self._now.set()
         return done
 
     @property
@@ -72,8 +76,12 @@ class ResultWriter:
         while True:
             await self._wake.wait()
             if not self._closing and self._queued < self.max_lines:
-                await asyncio.sleep(self.window_s)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.window_s):
+                        await self._now.wait()
             self._wake.clear()
+            if not self._closing:
+                self._now.clear()
             batches, self._waiting, self._queued = self._waiting, {}, 0
             if batches:
                 await asyncio.gather(*(self._write(b, lines) for b, lines in batches.items()))
@@ -107,6 +115,7 @@ class ResultWriter:
         """Write every line still waiting (a stopping worker's last results), then stop."""
         self._closing = True
         if self._task is not None:
+            self._now.set()  # a window under way ends now
             self._wake.set()
             await self._task
             self._task = None

@@ -1,0 +1,158 @@
+"""The lanes of a worker process (issue #18): lines handed to official Batch APIs, and their parcels
+driven to the end.
+
+`take` runs in each chunk job, after the cache hits: the lines whose best route is a lane (routing's
+`lane_for`: the batch's deadline leaves the lane's window and margin, the lane ranks first, the line
+has not failed on it, the lane is not benched or disabled) leave the chunk for the lane's gathering
+parcel in one atomic step (store/lanes.py), their budget reserved for as long as the parcel may live.
+
+`poll_due` runs from the arq cron `batchrelay-lanes` (every 10 s) and in burst workers: each parcel
+that is due is leased, and moved on step by step as lane_plan.next_step says (lane_send.py sends it
+up, lane_collect.py writes its answers), until a step has to wait (gathering, an upstream batch
+still running, a create that may still land) or the parcel is done. Every step starts from the state
+kept in Redis, so a worker killed anywhere leaves the parcel to the next one once its lease lapses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from decimal import Decimal
+
+import httpx
+from redis.exceptions import RedisError
+
+from batchrelay.config.settings import Settings
+from batchrelay.errors import Unpriced
+from batchrelay.money.budget import most_it_may_cost
+from batchrelay.providers.lane_client import LaneClient
+from batchrelay.providers.lane_wire import custom_id
+from batchrelay.providers.routing import lane_for
+from batchrelay.store.budget import Budget
+from batchrelay.store.health import Health
+from batchrelay.store.lanes import LaneStore
+from batchrelay.store.store import Claim, Store
+from batchrelay.wire.jobs import JobLine
+from batchrelay.worker.lane_send import lane_request
+from batchrelay.worker.lane_steps import RESERVE_SLACK_S, ParcelDriver
+
+log = logging.getLogger("batchrelay.worker.lanes")
+PARALLEL = 4  # parcels moved on at once by one process
+HEALTH_TTL_S = 5.0  # how long a process trusts its look at which lanes are benched or disabled
+CLOSED = ("disabled", "benched")
+
+
+class Lanes:
+    """The lanes of a process: `take` (chunk hook), `poll_due` (cron, burst), `open` (burst)."""
+
+    def __init__(self, store: Store, settings: Settings, budget: Budget | None, health: Health,
+                 http: httpx.AsyncClient) -> None:
+        self.store, self.settings, self.budget, self.health, self.http = store, settings, budget, health, http
+        self.providers = settings.ordered_providers()
+        self.by_name = {p.name: p for p in self.providers if p.is_lane}
+        self.parcels = LaneStore(store)
+        self.clients = {name: LaneClient(p, http) for name, p in self.by_name.items()}
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._closed: tuple[float, frozenset[str]] = (-HEALTH_TTL_S, frozenset())
+        self.driver = ParcelDriver(store, settings, health, budget, self.parcels, self.clients, self.holder)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        self.driver.close()
+
+    async def open(self) -> int:
+        """Parcels not collected yet: a burst worker keeps going while there are any."""
+        return await self.parcels.open_parcels()
+
+    # -- take: the chunk hook --------------------------------------------------------------------
+
+    async def take(self, batch_id: str, job_id: str, claim: Claim, jobs: list[JobLine]) -> list[JobLine]:
+        """Hand the lines a lane should serve to it; the jobs left for the synchronous providers."""
+        deadline = claim.deadline
+        if not self.by_name or deadline is None or not jobs:
+            return jobs
+        now, r, cfg = time.time(), self.settings.routing, self.settings.worker
+        # a rerun of a chunk whose worker died after a lane took its lines: they are the lane's, not ours
+        held = await self.parcels.held(batch_id, [job.line for job in jobs])
+        jobs = [job for job in jobs if job.line not in held]
+        closed = await self._closed_lanes(now)
+        rest: list[JobLine] = []
+        groups: dict[str, list[tuple[JobLine, int, Decimal | None]]] = {}
+        for job in jobs:
+            failed_on = {str(a.get("provider")) for a in claim.earlier.get(job.line, ())} & self.by_name.keys()
+            lane = lane_for(job.dialect, str(job.body["model"]), self.providers, strategy=r.strategy, routes=r.routes,
+                            allow=claim.allow, deadline=deadline, now=now, skip=closed | failed_on)
+            if lane is None:
+                rest.append(job)
+                continue
+            try:
+                size = len(lane_request(lane, batch_id, job, cfg))
+                amount = most_it_may_cost(lane, job.body, cfg.default_max_tokens) if claim.budgeted else None
+            except (ValueError, Unpriced):
+                rest.append(job)  # no form in the lane's dialect, or no price to reserve: it goes synchronous
+                continue
+            groups.setdefault(lane.name, []).append((job, size, amount))
+        for name, items in groups.items():
+            lc = self.by_name[name].lane
+            assert lc is not None
+            taken = await self.parcels.take(name, batch_id, job_id, [(j.line, custom_id(batch_id, j.line), size)
+                                                                      for j, size, _ in items],
+                                            deadline=deadline, must_end_by=deadline - lc.margin_s,
+                                            max_lines=lc.max_lines, max_bytes=lc.max_bytes, gather_s=lc.gather_s,
+                                            now=now)
+            # a line not taken is held by a lane already (a rerun of this chunk) or has its result
+            if taken and claim.budgeted:
+                took = set(taken)
+                await self._reserve(batch_id, {j.line: a for j, _, a in items if j.line in took},
+                                    deadline - now + lc.cancel_wait_s + RESERVE_SLACK_S)
+        return rest
+
+    async def _reserve(self, batch_id: str, amounts: dict[int, Decimal | None], lease_s: float) -> None:
+        """Reserve the budget of lines a lane took, for as long as their parcel may live; a line the
+        limit cannot cover goes back to the synchronous providers (where it waits for the limit)."""
+        assert self.budget is not None
+        held = await self.parcels.held(batch_id, list(amounts))
+        refused: dict[str, list[int]] = {}
+        for line, amount in amounts.items():
+            pid = held.get(line)
+            if pid is None or amount is None:
+                continue
+            token = await self.budget.reserve(batch_id, amount, token=f"lane:{pid}:{line}", lease_s=lease_s)
+            if token is None:
+                refused.setdefault(pid, []).append(line)
+        for pid, lines in refused.items():
+            await self.parcels.release(batch_id, pid, lines, {}, now=time.time(), requeue=True)
+
+    async def _closed_lanes(self, now: float) -> frozenset[str]:
+        """Lanes the shared health has benched (billing) or disabled (auth): not chosen meanwhile."""
+        at, closed = self._closed
+        if now - at > HEALTH_TTL_S:
+            snap = await self.health.snapshot(list(self.by_name))
+            closed = frozenset(n for n, s in snap.items() if s["state"] in CLOSED)
+            self._closed = (now, closed)
+        return closed
+
+    # -- poll_due: the cron ------------------------------------------------------------------------
+
+    async def poll_due(self) -> int:
+        """Move on every parcel that is due; how many were looked at."""
+        pids = await self.parcels.due(time.time())
+        if not pids:
+            return 0
+        gate = asyncio.Semaphore(PARALLEL)
+
+        async def one(pid: str) -> bool:
+            async with gate:
+                return await self.driver.drive(pid)
+
+        got = await asyncio.gather(*(one(pid) for pid in pids), return_exceptions=True)
+        for e in got:
+            if isinstance(e, RedisError | OSError):
+                raise e
+            if isinstance(e, BaseException):
+                log.error("lane parcel failed inside batchrelay: %r", e, exc_info=e)
+        return sum(1 for x in got if x is True)

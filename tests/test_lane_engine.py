@@ -1,0 +1,271 @@
+"""The lane engine (worker/lanes.py) in this process against a real upstream: batchrelay's own `serve`
+(its worker and simulator behind it) speaking the OpenAI Batch and Anthropic Message Batches APIs.
+A chunk hands its lines to the lane; the cron's `poll_due` seals, uploads, creates, polls and collects
+them: every line answered once, at the lane's price, with the upstream batch in its attempts, and the
+ledger equal to the sum of the lines. A create that a crash cut off before its id was recorded is
+found again upstream, never made twice."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from batchrelay.config.settings import ProviderConfig, Settings, WorkerConfig
+from batchrelay.money.ledger import rows, total
+from batchrelay.money.pricing import call_cost, price_of
+from batchrelay.providers.lane_client import LaneClient
+from batchrelay.sim.process import SimulatorProcess
+from batchrelay.spec import BatchSpec
+from batchrelay.store.budget import Budget
+from batchrelay.store.lanes import LaneStore
+from batchrelay.store.lifecycle import advance, cancel
+from batchrelay.store.store import Store
+from batchrelay.store.submit import submit_stream
+from batchrelay.wire.reply import Usage
+from batchrelay.worker.lane_send import endpoint, request_file
+from batchrelay.worker.runtime import Runtime
+from batchrelay.worker.worker import build_worker, run_worker
+
+from .conftest import openai_line
+from .servekit import KEY, KEY_ENV, Api, anthropic_request, serving
+
+N = 6
+KINDS = ["openai-batch", "anthropic-batch"]
+MODEL = {"openai-batch": "gpt-4o-mini", "anthropic-batch": "claude-3-5-haiku-latest"}
+
+
+def _settings(kind: str, upstream: str, sim_url: str, cancel_wait_s: float = 5, prefix: str = "batchrelay:"
+              ) -> Settings:
+    lane = ProviderConfig.model_validate({
+        "name": "lane", "kind": kind, "base_url": upstream, "api_key_env": KEY_ENV, "window_s": 30, "margin_s": 5,
+        "gather_s": 0.2, "poll_min_s": 0.2, "poll_max_s": 1, "create_wait_s": 3, "cancel_wait_s": cancel_wait_s})
+    return Settings(redis={"prefix": prefix}, worker=WorkerConfig(call_timeout=5, backoff=0.01, concurrency=4),
+                    routing={"strategy": "cheapest"},
+                    providers=(ProviderConfig(name="sim", base_url=sim_url), lane))
+
+
+def _line(kind: str, i: int) -> dict[str, Any]:
+    """A line in the lane's own dialect (a lane ranks after a provider that need not translate)."""
+    return openai_line(i) if kind == "openai-batch" else anthropic_request(i)
+
+
+async def _submit(store: Store, rt: Runtime, kind: str, max_cost: str | None = None) -> str:
+    """A batch of N lines whose deadline leaves the lane room, its chunk run: the lane takes all."""
+    src = io.BytesIO(b"".join(orjson.dumps(_line(kind, i)) + b"\n" for i in range(N)))
+    spec = BatchSpec(name="t", chunk_size=N, completion_window=120, max_cost=Decimal(max_cost) if max_cost else None)
+    res = await submit_stream(store, src, spec, source="t")
+    ((cid, lines),) = (await store.chunk_map(res.batch_id)).items()
+    assert await rt.run_chunk(res.batch_id, lines, cid) == 0  # none answered synchronously
+    assert await store.chunk_map(res.batch_id) == {}  # the lines left the chunk: the sweeper reruns none
+    return res.batch_id
+
+
+async def _until_collected(rt: Runtime, timeout: float = 60) -> None:
+    assert rt.lanes is not None
+    deadline = time.monotonic() + timeout
+    while await rt.lanes.open():
+        assert time.monotonic() < deadline, "the lane's parcel was not collected in time"
+        await rt.lanes.poll_due()
+        await asyncio.sleep(0.2)
+
+
+def _upstream_batches(api: Api, kind: str) -> list[dict[str, Any]]:
+    path = "/v1/batches" if kind == "openai-batch" else "/v1/messages/batches"
+    headers = ({"x-api-key": KEY, "anthropic-version": "2023-06-01"} if kind == "anthropic-batch"
+               else {"Authorization": f"Bearer {KEY}"})
+    got = httpx.get(api.base + path, params={"limit": 100}, headers=headers)
+    assert got.status_code == 200, got.text
+    return list(got.json()["data"])
+
+
+async def _check_answered_once(store: Store, batch: str, rt: Runtime, kind: str, upstream_ids: set[str]) -> None:
+    info = await store.info(batch)
+    assert (info.status, info.succeeded, info.failed, info.pending) == ("completed", N, 0, 0)
+    sim = next(p for p in rt.providers if p.name == "sim")
+    line_costs, seen = Decimal(0), []
+    async for ok, raw in store.iter_results(batch):
+        rec = orjson.loads(raw)
+        meta = rec["batchrelay"]
+        assert ok and meta["provider"] == "lane", meta
+        seen.append(meta["line"])
+        (attempt,) = meta["attempts"]
+        assert attempt["provider"] == "lane" and attempt["status"] == 200 and attempt["upstream_batch"] in upstream_ids
+        # priced from the upstream usage at the lane's price: half what the synchronous provider charges
+        usage = Usage.from_dict(meta["usage"])
+        assert usage.billable
+        full = call_cost(price_of(sim, MODEL[kind]), usage, None, "computed").billed
+        assert full is not None and Decimal(meta["cost"]["usd"]) == full / 2
+        assert Decimal(attempt["cost"]["usd"]) == Decimal(meta["cost"]["usd"])
+        if kind == "openai-batch":
+            assert rec["response"]["body"]["object"] == "chat.completion"
+        else:
+            assert rec["result"]["type"] == "succeeded" and rec["result"]["message"]["type"] == "message"
+        line_costs += Decimal(meta["cost"]["usd"])
+    assert sorted(seen) == list(range(1, N + 1))
+    rs = rows(await store.ledger(batch))
+    assert [(r.provider, r["requests"]) for r in rs] == [("lane", N)]
+    assert total(rs).cost == line_costs
+
+
+async def test_a_lane_answers_every_line_once_at_its_price(tmp_path: Path, redis_url: str, prefix: str, store: Store,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anthropic's here (its requests streamed with the create), the batch on a budget; OpenAI's upload
+    and create are in the tests below, which the engine drives too."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    kind = "anthropic-batch"
+    with SimulatorProcess({}) as sim_url, serving(tmp_path, redis_url, f"{prefix}up:") as api:
+        rt = Runtime.opened(_settings(kind, api.base, sim_url), store)
+        try:
+            batch = await _submit(store, rt, kind, max_cost="10")
+            budget = await Budget(store).info(batch)
+            assert budget.reserved_usd > 0 and budget.spent_usd == 0  # reserved for the lane's lines
+            await _until_collected(rt)
+            budget = await Budget(store).info(batch)  # settled at what the lane billed
+            assert budget.reserved_usd == 0 and budget.spent_usd == total(rows(await store.ledger(batch))).cost
+            (upstream,) = _upstream_batches(api, kind)  # one parcel, one upstream batch
+            await _check_answered_once(store, batch, rt, kind, {upstream["id"]})
+            counts = upstream["request_counts"]
+            assert (counts.get("total") or counts.get("succeeded")) == N
+        finally:
+            await rt.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_create_cut_off_before_its_id_was_recorded_is_found_not_made_again(
+        tmp_path: Path, redis_url: str, prefix: str, store: Store, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with SimulatorProcess({}) as sim_url, serving(tmp_path, redis_url, f"{prefix}up:") as api:
+        rt = Runtime.opened(_settings(kind, api.base, sim_url), store)
+        try:
+            batch = await _submit(store, rt, kind)
+            # what a worker killed between the create and its record leaves: the parcel marked creating,
+            # its upstream batch made
+            parcels, lane = LaneStore(store), next(p for p in rt.providers if p.name == "lane")
+            await asyncio.sleep(0.3)
+            (pid,) = await parcels.due(time.time())
+            p = await parcels.parcel(pid)
+            assert p is not None and p.state == "gathering" and p.n == N
+            assert await parcels.advance(pid, "gathering", "sealed", sealed_at=time.time())
+            p = await parcels.parcel(pid)
+            assert p is not None
+            path, n, _ = await request_file(parcels, p, lane, rt.settings.worker, tmp_path)
+            assert n == N
+            async with httpx.AsyncClient() as http:
+                client = LaneClient(lane, http)
+                file_id = await client.upload(path.name, path) if kind == "openai-batch" else None
+                assert await parcels.advance(pid, "sealed", "uploaded", **({"file_id": file_id} if file_id else {}))
+                assert await parcels.advance(pid, "uploaded", "creating", creating_at=time.time())
+                made = await client.create(pid=pid, batch_id=batch, path=path, endpoint=endpoint(lane),
+                                           file_id=file_id)
+            # the next look finds it, records it and goes on with it
+            await _until_collected(rt)
+            (upstream,) = _upstream_batches(api, kind)
+            assert upstream["id"] == made.id
+            await _check_answered_once(store, batch, rt, kind, {made.id})
+        finally:
+            await rt.close()
+
+
+async def test_lines_an_upstream_batch_did_not_answer_go_on_to_the_synchronous_provider(
+        tmp_path: Path, redis_url: str, prefix: str, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    kind = "openai-batch"
+    with SimulatorProcess({}) as sim_url, serving(tmp_path, redis_url, f"{prefix}up:",
+                                                  serve_extra="batch_window_s = 2") as api:
+        api.sim.configure(latency_ms=1500)  # 2 at a time: the upstream batch expires before it answers all
+        rt = Runtime.opened(_settings(kind, api.base, sim_url), store)
+        try:
+            batch = await _submit(store, rt, kind)
+            await _until_collected(rt)
+            back = await store.chunk_map(batch)  # the lines given back: a chunk of their own, queued
+            assert back, "the upstream answered every line within its window: the test proves nothing"
+            for cid, lines in back.items():
+                await rt.run_chunk(batch, lines, cid)
+            (upstream,) = _upstream_batches(api, kind)
+            assert upstream["status"] == "expired"
+        finally:
+            await rt.close()
+    info = await store.info(batch)
+    assert (info.status, info.succeeded, info.pending) == ("completed", N, 0)
+    by: dict[str, int] = {"lane": 0, "sim": 0}
+    line_costs = Decimal(0)
+    async for ok, raw in store.iter_results(batch):
+        assert ok
+        meta = orjson.loads(raw)["batchrelay"]
+        by[meta["provider"]] += 1
+        line_costs += Decimal(meta["cost"]["usd"])
+        first = meta["attempts"][0]
+        assert first["provider"] == "lane" and first["upstream_batch"] == upstream["id"]
+        if meta["provider"] == "sim":  # failed over: the lane's attempt says why, then the answer
+            assert first["status"] is None and first["error"].startswith("upstream expired"), first
+            assert [a["provider"] for a in meta["attempts"]] == ["lane", "sim"]
+    assert by["sim"] == sum(len(lines) for lines in back.values()) and by["lane"] + by["sim"] == N
+    rs = rows(await store.ledger(batch))
+    assert {r.provider: r["requests"] for r in rs} == {k: v for k, v in by.items() if v}
+    assert total(rs).cost == line_costs
+
+
+async def test_a_cancelled_batch_cancels_its_upstream_batch_and_keeps_what_it_answered(
+        tmp_path: Path, redis_url: str, prefix: str, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    kind = "openai-batch"
+    with SimulatorProcess({}) as sim_url, serving(tmp_path, redis_url, f"{prefix}up:") as api:
+        api.sim.configure(latency_ms=1000)  # 2 at a time: the cancel comes while the upstream batch runs
+        # the upstream ends a cancelled batch once its calls in flight are done (its own sweep, every 15 s)
+        rt = Runtime.opened(_settings(kind, api.base, sim_url, cancel_wait_s=50), store)
+        assert rt.lanes is not None
+        try:
+            batch = await _submit(store, rt, kind)
+            deadline = time.monotonic() + 30
+            while not (ups := _upstream_batches(api, kind)) or not ups[0]["request_counts"]["completed"]:
+                assert time.monotonic() < deadline, "the upstream batch answered nothing"
+                await rt.lanes.poll_due()
+                await asyncio.sleep(0.2)
+            await cancel(store, batch, grace_s=0, wait=False)
+            await _until_collected(rt)
+            await advance(store, batch, grace_s=0)  # the lines the lane let go of are cancelled
+            (upstream,) = _upstream_batches(api, kind)
+        finally:
+            await rt.close()
+    assert upstream["status"] == "cancelled"
+    info = await store.info(batch)
+    assert info.status == "cancelled" and info.succeeded >= 1 and info.cancelled >= 1
+    assert (info.succeeded + info.cancelled, info.failed, info.pending) == (N, 0, 0)
+    line_costs = Decimal(0)
+    async for ok, raw in store.iter_results(batch):
+        meta = orjson.loads(raw)["batchrelay"]
+        line_costs += Decimal(meta["cost"]["usd"])
+        (attempt,) = meta["attempts"]  # the lane's, in the answered lines and in the cancelled ones
+        assert attempt["provider"] == "lane" and attempt["upstream_batch"] == upstream["id"]
+        assert ok == (meta.get("error") is None) and (ok or attempt["status"] is None)
+    rs = rows(await store.ledger(batch))
+    assert [(r.provider, r["requests"]) for r in rs] == [("lane", info.succeeded)]
+    assert total(rs).cost == line_costs
+
+
+async def test_a_burst_worker_waits_for_its_lane_and_ends_once_the_parcel_is_collected(
+        tmp_path: Path, redis_url: str, prefix: str, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    kind = "openai-batch"
+    with SimulatorProcess({}) as sim_url, serving(tmp_path, redis_url, f"{prefix}up:") as api:
+        settings = _settings(kind, api.base, sim_url, prefix=prefix)
+        src = io.BytesIO(b"".join(orjson.dumps(_line(kind, i)) + b"\n" for i in range(N)))
+        res = await submit_stream(store, src, BatchSpec(name="t", chunk_size=N, completion_window=120), source="t")
+        worker = build_worker(settings, redis_url, burst=True, handle_signals=False)
+        await asyncio.wait_for(run_worker(worker), 60)  # its queue is empty at once: the lane's parcel is not
+        assert (worker.jobs_complete, worker.jobs_failed) == (1, 0)
+        assert await LaneStore(store).open_parcels() == 0
+        (upstream,) = _upstream_batches(api, kind)
+        rt = Runtime.opened(settings, store)
+        try:
+            await _check_answered_once(store, res.batch_id, rt, kind, {upstream["id"]})
+        finally:
+            await rt.close()
