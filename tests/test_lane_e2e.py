@@ -186,13 +186,7 @@ def _upstream_ids(rows: list[dict[str, Any]]) -> set[str]:
     return {a["upstream_batch"] for r in rows for a in lane_attempts(r)}
 
 
-def _lease_s() -> float:
-    """How long a killed worker's parcel stays leased to it (worker/lane_steps.py)."""
-    try:
-        from batchrelay.worker.lane_steps import LEASE_S
-    except ImportError:
-        return 60.0
-    return float(LEASE_S)
+KILLED_LEASE_S = 8.0  # the parcel lease of the workers in the kill test (BATCHRELAY_LANE_LEASE_S; default 60 s)
 
 
 @pytest.mark.timeout(240)
@@ -205,8 +199,9 @@ def test_workers_killed_between_upload_and_create_and_between_create_and_recordi
     once their leases lapse, creates A's batch (once) and finds B's again by listing (no second create)."""
     n = 12
     # the deadline must outlast the killed workers' parcel leases, or the parcels come back too late for the lane
-    long_window = ("--completion-window", f"{_lease_s() + 90:.0f}s")
+    long_window = ("--completion-window", f"{KILLED_LEASE_S + 90:.0f}s")
     with upstream(tmp_path, redis_url, prefix) as up, downstream(tmp_path, redis_url, prefix, up) as down:
+        down.env["BATCHRELAY_LANE_LEASE_S"] = str(KILLED_LEASE_S)  # a killed worker's parcel is free again soon
         before = up.proxy.hold("POST", "/v1/batches", after=False)
         a = down.submit(chat_lines(n), *long_window)
         down.kill_when(before.reached, down.worker(), "A's create")
@@ -224,7 +219,7 @@ def test_workers_killed_between_upload_and_create_and_between_create_and_recordi
         down.worker()
         ids = {}
         for batch in (a, b):
-            assert down.wait(batch, timeout=_lease_s() + 45) == "completed"
+            assert down.wait(batch, timeout=KILLED_LEASE_S + 45) == "completed"
             rows = check_batch(down, up, batch, n)  # one upstream batch per parcel: none created twice
             assert {answered_by(r) for r in rows} == {"lane"}
             ids[batch] = _upstream_ids(rows)

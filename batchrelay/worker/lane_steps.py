@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -36,7 +37,9 @@ from batchrelay.worker.lane_collect import collect, lane_attempt
 from batchrelay.worker.lane_send import create, find_created, refused, request_file, upload
 
 log = logging.getLogger("batchrelay.worker.lanes")
-LEASE_S = 60.0  # a parcel's lease, renewed between steps: a killed worker's parcel goes on this soon after
+# a parcel's lease, renewed between steps: a killed worker's parcel goes on this soon after
+# (BATCHRELAY_LANE_LEASE_S sets it: the tests' kill points wait for one lapse)
+LEASE_S = float(os.environ.get("BATCHRELAY_LANE_LEASE_S") or 60.0)
 MAX_STEPS = 16  # steps per parcel per look (a parcel that keeps moving is looked at again next poll)
 UPSTREAM_CANCELLING = ("cancelling", "canceling")
 RESERVE_SLACK_S = 600.0  # a lane reservation outlives its parcel's last possible step by this much
