@@ -338,7 +338,8 @@ async def test_a_stop_skips_held_lines_until_a_release_without_requeue_then_stop
     assert (c0, four, lines) == (_job(store, batch), [4], [2, 3])
     assert await store.redis.zscore(store.keys.queue, new) is None  # a chunk, but no job: claims skip it anyway
     assert await requeue_pending(store, batch) == 1 and (await store.claim(batch, [2, 3])).jobs == []
-    assert await advance(store, batch, grace_s=0) == 2
+    assert await store.redis.hmget(store.keys.first_try(batch), ["2", "3"]) == [None, None]  # type: ignore[misc]
+    assert await advance(store, batch, grace_s=3600) == 2  # no call of theirs is in flight: no grace to wait out
     info = await store.info(batch)
     assert (info.status, info.succeeded, info.cancelled) == ("cancelled", 1, 3)
     raw = await store.redis.hget(store.keys.results(batch), "2")  # type: ignore[misc]

@@ -195,7 +195,7 @@ class LaneStore:
         s = self.store
         job = f"{s.keys.prefix}{batch_id}:lane-{pid.rpartition('-')[2]}.f{time.time_ns() // 1_000_000}"
         back = await s.scripts.lane_release(
-            s.keys, batch_id, pid, job=job, now=now,
+            s.keys, batch_id, pid, job=job, now=now if requeue else "",
             lines=[(line, orjson.dumps(attempts[line]).decode() if line in attempts else "") for line in lines])
         if not requeue or not back:
             return None

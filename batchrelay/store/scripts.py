@@ -385,12 +385,13 @@ class Scripts(CacheScripts):
             {"now": now, "pid": pid}, _lines(lines), client=pipe)
         return 0 if pipe is not None else int(done)
 
-    async def lane_release(self, k: Keys, batch_id: str, pid: str, *, job: str, now: float,
+    async def lane_release(self, k: Keys, batch_id: str, pid: str, *, job: str, now: float | str,
                            lines: Iterable[tuple[int, str]]) -> list[int]:
-        """The pending lines let go of (in chunk `job` unless it is ''); `lines`: (line, attempts JSON or '')."""
+        """The pending lines let go of (in chunk `job` unless it is ''); `lines`: (line, attempts JSON or '');
+        `now` '': the batch is stopping (their first try is forgotten: they are stopped at once)."""
         back = await self._s["lane_release"](
             {"pending": k.pending(batch_id), "lane_held": k.lane_held(batch_id), "attempts": k.attempts(batch_id),
              "first_try": k.first_try(batch_id), "chunks": k.chunks(batch_id), "budget": k.budget(batch_id),
              "budget_leases": k.budget_leases(batch_id)},
-            {"pid": pid, "job": job, "now": repr(now)}, [x for pair in lines for x in pair])
+            {"pid": pid, "job": job, "now": now if now == "" else repr(now)}, [x for pair in lines for x in pair])
         return [int(n) for n in back]

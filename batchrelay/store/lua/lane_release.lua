@@ -1,7 +1,8 @@
 -- A parcel lets go of lines: each one it still holds is no longer held and its reservation
 -- `lane:{pid}:{line}` is settled at 0 (the lane billed nothing for it); one still pending keeps its
 -- attempts (the attempts hash: the synchronous relay's `earlier`, and a stop's record, list the
--- lane's) and is tried from now on (first_try). With `job`, those pending lines become chunk `job`
+-- lane's) and is tried from now on (first_try; `now` '': the batch is stopping, and the line is
+-- stopped at once, its first try forgotten: no call of it is in flight). With `job`, those pending lines become chunk `job`
 -- in the chunk map, which the caller then enqueues: if that is cut off, the sweeper finds the chunk
 -- without a job. A stopping batch's chunk is not enqueued: claims take nothing from it, and the next
 -- lifecycle.advance stops its lines (had the batch not been stopping, the sweeper puts it back).
@@ -18,7 +19,8 @@ for i = 4, #ARGV, 2 do
     settle(KEYS[6], KEYS[7], 'lane:' .. pid .. ':' .. line, '0')
     if redis.call('SISMEMBER', KEYS[1], line) == 1 then
       if ARGV[i + 1] ~= '' then redis.call('HSET', KEYS[3], line, ARGV[i + 1]) end
-      redis.call('HSET', KEYS[4], line, ARGV[3])
+      if ARGV[3] == '' then redis.call('HDEL', KEYS[4], line)  -- the batch stopping: no call is in flight,
+      else redis.call('HSET', KEYS[4], line, ARGV[3]) end       -- so its stop need not wait out the grace
       back[#back + 1] = line
     end
   end
