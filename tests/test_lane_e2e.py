@@ -8,6 +8,9 @@ and one upstream batch per parcel, never two (the kill points included)."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from decimal import Decimal as D
@@ -260,3 +263,34 @@ def test_cancel_cancels_the_upstream_batch_and_keeps_what_it_answered(
             if answered_by(r) is None:
                 assert "cancel" in orjson.dumps(r["error"]).decode(), r
         assert down.reseller.stats()["calls"] == 0  # a cancelled batch's lines are not failed over
+
+
+def test_ctrl_c_on_a_run_with_an_open_parcel_stops_it_at_once_and_leaves_the_parcel(
+    tmp_path: Path, redis_url: str, prefix: str,
+) -> None:
+    """A run's burst worker waits for an open parcel's lines, but not once it is told to stop: the
+    parcel stays in Redis (for the workers' cron, or the run's resume), the run pauses its batch."""
+    with upstream(tmp_path, redis_url, prefix) as up, downstream(tmp_path, redis_url, prefix, up) as down:
+        up.proxy.on("GET", "/v1/batches/*", [503] * 1000)  # the upstream batch never seems to end
+        src = tmp_path / "run.jsonl"
+        src.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in chat_lines(6)))
+        said = tmp_path / "run.stderr"
+        with said.open("wb") as err:
+            run = subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(down.cfg), "run", str(src),
+                                    "-o", str(tmp_path / "run.out.jsonl"), "--deadline", "+60s"],
+                                   env=down.env, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 40
+            while not up.batches("openai-batch"):
+                assert time.monotonic() < deadline and run.poll() is None, "the lane never created its batch"
+                time.sleep(0.2)
+            run.send_signal(signal.SIGINT)
+            stopped = time.monotonic()
+            run.wait(timeout=30)
+            assert time.monotonic() - stopped < 20
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+        assert run.returncode == 130, said.read_text()
+        assert "paused" in said.read_text()

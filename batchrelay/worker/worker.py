@@ -235,8 +235,9 @@ def _graceful(worker: Worker) -> list[int]:
 async def _lanes_open(rt: Runtime) -> bool:
     """A burst worker's queue is empty: while a lane's parcel is open its lines are not done, so the
     worker moves the due parcels on itself, waits a little, and goes round again (a parcel may give
-    lines back to the queue)."""
-    if rt.lanes is None or not await rt.lanes.open():
+    lines back to the queue). A draining worker (a signal, or `run` stopping) does not wait: the
+    parcels stay in Redis for the workers' cron, or the run's resume."""
+    if rt.lanes is None or rt.draining or not await rt.lanes.open():
         return False
     await rt.lanes.poll_due()
     await asyncio.sleep(LANE_WAIT_S)
