@@ -19,9 +19,11 @@ from typing import Any
 
 import orjson
 import pytest
+import redis as sync_redis
 
 from batchrelay.config.settings import ProviderConfig
 from batchrelay.money.pricing import call_cost, price_of
+from batchrelay.store.keys import Keys
 from batchrelay.wire.reply import Usage
 
 from .lanekit import (
@@ -294,3 +296,66 @@ def test_ctrl_c_on_a_run_with_an_open_parcel_stops_it_at_once_and_leaves_the_par
                 run.wait()
         assert run.returncode == 130, said.read_text()
         assert "paused" in said.read_text()
+
+
+
+def _parcel(down: Downstream, pid: str) -> dict[str, str]:
+    client = sync_redis.Redis.from_url(down.redis_url, decode_responses=True)
+    try:
+        return dict(client.hgetall(Keys(down.prefix).lane_parcel(pid)))  # type: ignore[arg-type]
+    finally:
+        client.close()
+
+
+
+
+def _run(down: Downstream, lines: list[dict[str, Any]], *options: str) -> subprocess.Popen[bytes]:
+    """`batchrelay run` of `lines` (its stderr in run.stderr); the caller waits for it."""
+    src = down.tmp / "run.jsonl"
+    src.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    with (down.tmp / "run.stderr").open("wb") as err:
+        return subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(down.cfg), "run", str(src),
+                                 "-o", str(down.tmp / "run.out.jsonl"), *options],
+                                env=down.env, stdout=subprocess.DEVNULL, stderr=err)
+
+def test_a_run_busy_with_a_deferred_line_cancels_its_late_upstream_batch_at_must_end_by_and_keeps_its_answers(
+    tmp_path: Path, redis_url: str, prefix: str,
+) -> None:
+    """The upstream (its batches' own window 10 min) answers 2 lines a second; the run's deadline is 19 s
+    away and the lane's margin 16 s. One line is too large for the lane and the reseller answers its
+    first call with a 429 (Retry-After 8 s): the run's worker has a job queued (deferred) past
+    must_end_by. The parcel is still moved on on time: its upstream batch is cancelled at must_end_by,
+    the lines it answered keep their answers, the rest are answered by the reseller before the deadline.
+    (Before, the worker moved its parcels on only once its queue was empty: the parcel was never even
+    sent, and all its lines were answered synchronously at the end.)"""
+    n = 16
+    lane = {"window_s": 1, "margin_s": 16, "poll_max_s": 1, "gather_s": 0.2, "cancel_wait_s": 15, "max_bytes": 4000}
+    lines = [*chat_lines(n - 1), {**chat_lines(1, messages=[{"role": "user", "content": "x" * 5000}])[0],
+                                  "custom_id": f"req-{n}"}]
+    with upstream(tmp_path, redis_url, prefix, window_s=600, sim={"latency_ms": 1000}) as up, \
+            downstream(tmp_path, redis_url, prefix, up, lane=lane,
+                       reseller={"fail_rate": 0, "script": [429], "retry_after": 8}) as down:
+        run = _run(down, lines, "--deadline", "+19s")
+        try:
+            run.wait(timeout=60)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+        said = (down.tmp / "run.stderr").read_text()
+        assert run.returncode == 0, said
+        (upstream_batch,) = up.batches("openai-batch")
+        assert upstream_batch["status"] == "cancelled", upstream_batch
+        batch = upstream_batch["metadata"]["batchrelay_batch"]
+        must_end_by = float(_parcel(down, f"{batch}-p1")["must_end_by"])
+        (cancel,) = up.proxy.seen("POST", "/v1/batches/*/cancel")
+        assert cancel.t - must_end_by < 1.5, f"cancelled {cancel.t - must_end_by:.1f}s after must_end_by\n{said}"
+        rows = check_batch(down, up, batch, n)
+        by = Counter(answered_by(r) for r in rows)
+        assert by["lane"] > 0 and by["reseller"] > 1 and by["lane"] + by["reseller"] == n, (by, said)
+        for r in rows[:n - 1]:
+            (attempt,) = lane_attempts(r)
+            assert attempt["upstream_batch"] == upstream_batch["id"]
+            if answered_by(r) == "reseller":  # failed over: the lane's attempt says why, then the reseller's
+                assert attempt["status"] is None and "cancel" in attempt["error"], r["batchrelay"]["attempts"]
+        assert rows[n - 1]["custom_id"] == f"req-{n}" and not lane_attempts(rows[n - 1])

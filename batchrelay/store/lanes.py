@@ -109,10 +109,24 @@ class LaneStore:
                                          must_end_by=must_end_by, max_lines=max_lines, max_bytes=max_bytes,
                                          gather_s=gather_s, lines=lines)
 
-    async def due(self, now: float, limit: int = 50) -> list[str]:
-        """Parcels whose next step is due, most overdue first."""
-        raw = await self.store.redis.zrangebyscore(self.store.keys.lane_parcels, "-inf", _ms(now), start=0, num=limit)
-        return [p.decode() for p in raw]
+    async def due(self, now: float, limit: int = 50, *, queue: str | None = None) -> list[str]:
+        """Parcels whose next step is due, most overdue first (of the batches on `queue` only, when given)."""
+        raw = await self.store.redis.zrangebyscore(self.store.keys.lane_parcels, "-inf", _ms(now), start=0,
+                                                   num=limit if queue is None else limit * 20)
+        return (await self._on_queue([p.decode() for p in raw], queue))[:limit]
+
+    async def _on_queue(self, pids: list[str], queue: str | None) -> list[str]:
+        """The parcels of `pids` whose batch is on `queue` (all of them when it is None)."""
+        if queue is None or not pids:
+            return pids
+        batches = sorted({batch_of(p) for p in pids})
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for b in batches:
+                pipe.hget(self.store.keys.meta(b), "queue")
+            raw = await pipe.execute()
+        default = self.store.keys.queue
+        ours = {b for b, q in zip(batches, raw, strict=True) if (q.decode() if q else default) == queue}
+        return [p for p in pids if batch_of(p) in ours]
 
     async def lease(self, pid: str, holder: str, ttl_s: float) -> bool:
         """Take the parcel's lease (or renew it when `holder` has it); False: another worker works it."""
@@ -228,11 +242,15 @@ class LaneStore:
         n = await self.store.redis.hget(self.store.keys.meta(batch_id), "lane_parcels")  # type: ignore[misc]
         return [f"{batch_id}-p{i}" for i in range(1, int(n or 0) + 1)]
 
-    async def open_parcels(self, batch_id: str | None = None) -> int:
-        """Parcels not collected yet (of the batch, or of every batch)."""
+    async def open_parcels(self, batch_id: str | None = None, *, queue: str | None = None) -> int:
+        """Parcels not collected yet (of the batch, or of every batch; of the batches on `queue`
+        only, when given: a burst worker waits for those of the batches it works, not for others')."""
         k = self.store.keys
         if batch_id is None:
-            return int(await self.store.redis.zcard(k.lane_parcels))
+            if queue is None:
+                return int(await self.store.redis.zcard(k.lane_parcels))
+            raw = await self.store.redis.zrange(k.lane_parcels, 0, -1)
+            return len(await self._on_queue([p.decode() for p in raw], queue))
         pids = await self._pids(batch_id)
         if not pids:
             return 0

@@ -271,7 +271,7 @@ class ParcelDriver:
             await self.parcels.advance(p.pid, p.state, "failed")
             return
         now = time.time()
-        if p.upstream_id and now >= p.must_end_by + lane.lane.cancel_wait_s:
+        if p.upstream_id and now >= plan.cancel_given_up_at(p, lane.lane, stop=plan.stopping(status)):
             await self._release(p, lane, plan.Release(not plan.stopping(status), f"unreachable: {e.reason}"))
             return
         after = plan.poll_after(p, lane.lane, now=now, progressed=False, retry_after=retry_after_seconds(e))
