@@ -257,12 +257,24 @@ async def test_a_burst_worker_waits_for_its_lane_and_ends_once_the_parcel_is_col
     kind = "openai-batch"
     with SimulatorProcess({}) as sim_url, serving(tmp_path, redis_url, f"{prefix}up:") as api:
         settings = _settings(kind, api.base, sim_url, prefix=prefix)
-        src = io.BytesIO(b"".join(orjson.dumps(_line(kind, i)) + b"\n" for i in range(N)))
-        res = await submit_stream(store, src, BatchSpec(name="t", chunk_size=N, completion_window=120), source="t")
+        spec = BatchSpec(name="t", chunk_size=N, completion_window=120)
+
+        def src() -> io.BytesIO:
+            return io.BytesIO(b"".join(orjson.dumps(_line(kind, i)) + b"\n" for i in range(N)))
+        # another `run`'s batch, on a queue of its own, has a parcel open (gathering for an hour): this
+        # worker neither waits for it nor moves it on
+        parcels, now = LaneStore(store), time.time()
+        other = (await submit_stream(store, src(), spec, source="t", queue=f"{store.keys.queue}:run:other")).batch_id
+        ((cid, lines),) = (await store.chunk_map(other)).items()
+        assert await parcels.take("lane", other, cid, [(n, f"{other}-{n}", 100) for n in lines], deadline=now + 120,
+                                  must_end_by=now + 100, max_lines=100, max_bytes=10_000, gather_s=3600, now=now)
+        res = await submit_stream(store, src(), spec, source="t")
         worker = build_worker(settings, redis_url, burst=True, handle_signals=False)
         await asyncio.wait_for(run_worker(worker), 60)  # its queue is empty at once: the lane's parcel is not
         assert (worker.jobs_complete, worker.jobs_failed) == (1, 0)
-        assert await LaneStore(store).open_parcels() == 0
+        assert await parcels.open_parcels(res.batch_id) == 0
+        other_parcel = await parcels.parcel(f"{other}-p1")
+        assert other_parcel is not None and other_parcel.state == "gathering"
         (upstream,) = _upstream_batches(api, kind)
         rt = Runtime.opened(settings, store)
         try:

@@ -242,6 +242,26 @@ async def test_open_parcels_counts_those_not_collected(store: Store) -> None:
     assert await lanes.open_parcels(a) == 1 and f"{a}-p1" not in await lanes.due(time.time() + HOUR)
 
 
+async def test_a_burst_worker_sees_only_the_parcels_of_the_batches_on_its_queue(store: Store) -> None:
+    """A `run` works its batch on a queue of its own: it waits for, and moves on, that batch's parcels,
+    not those of a batch on the shared queue (or another run's)."""
+    lanes = LaneStore(store)
+    shared, mine = await _batch(store, 4), await _batch(store, 2)
+    run_queue = f"{store.keys.queue}:run:abc"
+    await store.set_queue(mine, run_queue)
+    now = time.time()
+    await _take(lanes, shared, _job(store, shared), [1, 2, 3], max_lines=2, gather_s=0, now=now)
+    await _take(lanes, mine, _job(store, mine), [1], gather_s=0, now=now)
+    assert await lanes.open_parcels(queue=run_queue) == 1
+    assert await lanes.open_parcels(queue=store.keys.queue) == 2  # a batch with no queue of its own is on it
+    assert await lanes.open_parcels() == 3
+    assert await lanes.due(now + 1, queue=run_queue) == [f"{mine}-p1"]
+    assert sorted(await lanes.due(now + 1, queue=store.keys.queue)) == [f"{shared}-p1", f"{shared}-p2"]
+    assert len(await lanes.due(now + 1)) == 3
+    await lanes.finish(f"{mine}-p1")
+    assert await lanes.open_parcels(queue=run_queue) == 0 and await lanes.due(now + 1, queue=run_queue) == []
+
+
 # --- answers -------------------------------------------------------------------------------------------
 
 async def test_write_results_counts_each_line_once_and_settles_its_reservation(store: Store) -> None:
