@@ -13,12 +13,15 @@ from typing import Any
 import orjson
 from arq.constants import job_key_prefix
 
+from batchrelay.config.settings import HealthConfig
 from batchrelay.money.ledger import SEP
 from batchrelay.money.pricing import pico
+from batchrelay.serve.metrics import families
 from batchrelay.spec import BatchSpec
 from batchrelay.store.budget import Budget
+from batchrelay.store.fleet import read_fleet
 from batchrelay.store.heartbeat import reclaim_lapsed
-from batchrelay.store.lanes import LaneStore, ParcelView
+from batchrelay.store.lanes import LaneStore, ParcelView, abandoned_field
 from batchrelay.store.lifecycle import advance, request_stop, tick
 from batchrelay.store.status import Status
 from batchrelay.store.store import Store
@@ -260,6 +263,26 @@ async def test_a_burst_worker_sees_only_the_parcels_of_the_batches_on_its_queue(
     assert len(await lanes.due(now + 1)) == 3
     await lanes.finish(f"{mine}-p1")
     assert await lanes.open_parcels(queue=run_queue) == 0 and await lanes.due(now + 1, queue=run_queue) == []
+
+
+async def test_lines_given_back_while_their_upstream_batch_runs_are_counted_for_the_metrics(store: Store) -> None:
+    """A cancel the upstream did not finish in time: the lines the parcel still held are counted as
+    abandoned (they may be paid twice) in the release's own step, and /metrics shows them per lane."""
+    lanes = LaneStore(store)
+    batch = await _batch(store, 4)
+    await _take(lanes, batch, _job(store, batch), [1, 2, 3])
+    pid = f"{batch}-p1"
+    assert await _answer(lanes, batch, pid, [1]) == 1  # answered: no longer held, not given back
+    await lanes.release(batch, pid, [1, 2, 3], {}, now=time.time(), requeue=True, abandoned=LANE)
+    await lanes.release(batch, pid, [2, 3], {}, now=time.time(), requeue=True, abandoned=LANE)  # none held now
+    fleet = await read_fleet(store, [], HealthConfig())
+    assert fleet.counts[abandoned_field(LANE)] == 2
+    (family,) = [f for f in families(fleet) if f.name == "batchrelay_lane_lines_abandoned"]
+    assert [(s.labels, s.value) for s in family.samples] == [({"provider": LANE}, 2)]
+    other = await _batch(store, 2)  # an ordinary give-back (nothing upstream yet) counts nothing
+    await _take(lanes, other, _job(store, other), [1, 2])
+    await lanes.release(other, f"{other}-p1", [1, 2], {}, now=time.time(), requeue=True)
+    assert (await read_fleet(store, [], HealthConfig())).counts[abandoned_field(LANE)] == 2
 
 
 # --- answers -------------------------------------------------------------------------------------------

@@ -31,10 +31,12 @@ from typing import Any
 
 import orjson
 
+from batchrelay.money.ledger import SEP
 from batchrelay.store.queue import enqueue_chunks
 from batchrelay.store.store import ERR, OK, Claim, Store
 from batchrelay.store.sweeper import batch_queue
 
+ABANDONED = "lane_abandoned"
 STATES = ("gathering", "sealed", "uploaded", "creating", "created", "cancelling", "ended", "collected", "failed")
 
 
@@ -60,6 +62,13 @@ class ParcelView:
     next_poll_s: float
     ended_at: float | None
     collected: int  # lines collected so far
+
+
+def abandoned_field(lane: str | None) -> str:
+    """The fleet counter (`Keys.fleet_counts`) of a lane's lines given back while their upstream batch
+    had not ended (a cancel it did not finish in time, or an upstream unreachable): they may be paid
+    twice. '' for none."""
+    return f"{ABANDONED}{SEP}{lane}" if lane else ""
 
 
 def batch_of(pid: str) -> str:
@@ -200,16 +209,18 @@ class LaneStore:
         return int((await s.acked_write(queue))[0])
 
     async def release(self, batch_id: str, pid: str, lines: list[int], attempts: dict[int, list[dict[str, Any]]],
-                      *, now: float, requeue: bool) -> str | None:
+                      *, now: float, requeue: bool, abandoned: str | None = None) -> str | None:
         """Let go of the `lines` the parcel still holds: their `attempts` saved, tried from `now` on,
         reservations settled at 0, and those still pending a chunk of the chunk map. `requeue`: that
         chunk is enqueued on the batch's queue (its id returned); else (the batch is stopping) nothing
         is queued and lifecycle.advance stops them (were the batch not stopping after all, the
-        sweeper would find the chunk without a job and enqueue it: no line is left with no owner)."""
+        sweeper would find the chunk without a job and enqueue it: no line is left with no owner).
+        `abandoned`: the lane whose upstream batch has not ended (it may still bill them): the lines
+        let go of are counted in the fleet counter `abandoned_field(lane)` in the same step."""
         s = self.store
         job = f"{s.keys.prefix}{batch_id}:lane-{pid.rpartition('-')[2]}.f{time.time_ns() // 1_000_000}"
         back = await s.scripts.lane_release(
-            s.keys, batch_id, pid, job=job, now=now if requeue else "",
+            s.keys, batch_id, pid, job=job, now=now if requeue else "", abandoned=abandoned_field(abandoned),
             lines=[(line, orjson.dumps(attempts[line]).decode() if line in attempts else "") for line in lines])
         if not requeue or not back:
             return None
