@@ -281,3 +281,69 @@ async def test_a_burst_worker_waits_for_its_lane_and_ends_once_the_parcel_is_col
             await _check_answered_once(store, res.batch_id, rt, kind, {upstream["id"]})
         finally:
             await rt.close()
+
+
+OTHER_LINE = {  # a line in the dialect the lane does not speak
+    "openai-batch": lambda i: {"custom_id": f"m-{i}", "params": {"model": MODEL["openai-batch"], "max_tokens": 64,
+                                                                 "messages": [{"role": "user", "content": f"q {i}"}]}},
+    "anthropic-batch": lambda i: openai_line(i, MODEL["anthropic-batch"]),
+}
+
+
+def _shape(record: dict[str, Any]) -> dict[str, Any]:
+    """What a record's answer looks like, whatever the words: its keys, its kind of body and content."""
+    meta = record["batchrelay"]
+    if "response" in record:  # an OpenAI-format line's record
+        body = record["response"]["body"]
+        message = body["choices"][0]["message"]
+        answer = (body["object"], sorted(body), sorted(body["usage"]), message["role"], type(message["content"]))
+    else:
+        message = record["result"]["message"]
+        answer = (record["result"]["type"], sorted(message), sorted(message["usage"]),
+                  [block["type"] for block in message["content"]])
+    return {"answer": answer, "model": (body if "response" in record else message)["model"],
+            "translated": meta.get("translated"), "notes": meta.get("notes")}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_line_in_the_other_dialect_is_answered_by_the_lane_in_its_own_as_a_synchronous_provider_would(
+        tmp_path: Path, redis_url: str, prefix: str, store: Store, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An Anthropic line on an OpenAI Batch lane, or an OpenAI line on an Anthropic one: the request
+    goes up translated and the answer comes back in the line's own dialect, priced at the lane's price;
+    the record has the shape the synchronous path gives the same line (a provider that speaks only the
+    lane's dialect: it translates too)."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with SimulatorProcess({}) as sim_url, serving(tmp_path, redis_url, f"{prefix}up:") as api:
+        base = _settings(kind, api.base, sim_url)
+        lane = next(p for p in base.providers if p.is_lane)
+        sync = ProviderConfig(name="sim", base_url=sim_url, dialects=lane.dialects)  # translates too
+        settings = base.model_copy(update={"providers": (sync, lane)})
+        rt = Runtime.opened(settings, store)
+        try:
+            src = b"".join(orjson.dumps(OTHER_LINE[kind](i)) + b"\n" for i in range(1, N + 1))
+            lanes = await submit_stream(store, io.BytesIO(src), BatchSpec(name="t", chunk_size=N, completion_window=120),
+                                        source="t")
+            synchronous = await submit_stream(store, io.BytesIO(src), BatchSpec(name="t", chunk_size=N), source="t")
+            for res in (lanes, synchronous):
+                ((cid, lines),) = (await store.chunk_map(res.batch_id)).items()
+                await rt.run_chunk(res.batch_id, lines, cid)
+            await _until_collected(rt)
+            (upstream,) = _upstream_batches(api, kind)
+            records = {}
+            for res in (lanes, synchronous):
+                info = await store.info(res.batch_id)
+                assert (info.status, info.succeeded) == ("completed", N)
+                records[res.batch_id] = [orjson.loads(raw) async for _, raw in store.iter_results(res.batch_id)]
+        finally:
+            await rt.close()
+    line_dialect = "chat" if kind == "anthropic-batch" else "messages"
+    for by_lane, by_sync in zip(records[lanes.batch_id], records[synchronous.batch_id], strict=True):
+        meta = by_lane["batchrelay"]
+        (attempt,) = meta["attempts"]
+        assert meta["provider"] == "lane" and attempt["upstream_batch"] == upstream["id"], meta
+        assert by_sync["batchrelay"]["provider"] == "sim"
+        assert meta["translated"] == {"from": line_dialect, "to": lane.dialects[0]}
+        assert _shape(by_lane) == _shape(by_sync)
+        assert _shape(by_lane)["model"] == MODEL[kind]  # the line's own model name
+        full = call_cost(price_of(sync, MODEL[kind]), Usage.from_dict(meta["usage"]), None, "computed").billed
+        assert full is not None and Decimal(meta["cost"]["usd"]) == full / 2

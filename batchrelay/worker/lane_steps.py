@@ -156,7 +156,7 @@ class ParcelDriver:
                 state = await client.cancel(p.upstream_id)
                 return await self._ended(p, state.ended, state.status, lc.poll_min_s, state="cancelling")
             case plan.Collect():
-                c = await collect(ps, client, p, lane)
+                c = await collect(ps, client, p, lane, self.settings.worker)
                 if c.back:
                     await self._give_back(p, lane.name, c.back, c.earlier, c.known, requeue=not plan.stopping(status))
                 log.info("lane %s: parcel %s collected: %d answered, %d rejected, %d given back", lane.name, p.pid,
