@@ -235,6 +235,39 @@ def test_workers_killed_between_upload_and_create_and_between_create_and_recordi
         assert up.input_files() == [], "an uploaded input file was left behind"
 
 
+@pytest.mark.timeout(180)
+def test_an_anthropic_worker_killed_between_create_and_recording_leaves_one_upstream_batch(
+    tmp_path: Path, redis_url: str, prefix: str,
+) -> None:
+    """Anthropic's batches carry no metadata: a create whose id never reached the worker is found again
+    by its request count among the batches created after the parcel was marked `creating` that no parcel
+    recorded (the lane's creates being serialized by a lease). Meanwhile another batch's parcel of the
+    same size is created and recorded: the recovery takes the right one, and nothing is created twice."""
+    n, kind, path = 12, "anthropic-batch", "/v1/messages/batches"
+    long_window = ("--completion-window", f"{KILLED_LEASE_S + 90:.0f}s")
+    with upstream(tmp_path, redis_url, prefix) as up, downstream(tmp_path, redis_url, prefix, up, kind=kind) as down:
+        down.env["BATCHRELAY_LANE_LEASE_S"] = str(KILLED_LEASE_S)
+        after = up.proxy.hold("POST", path, after=True)
+        b = down.submit(messages_lines(n), *long_window)
+        down.kill_when(after.reached, down.worker(), "the create")
+        assert after.upstream_answer is not None and after.upstream_answer[0] == 200
+        b_upstream = orjson.loads(after.upstream_answer[1])["id"]
+        assert [x["id"] for x in up.batches(kind)] == [b_upstream]
+        after.release()
+
+        c = down.submit(messages_lines(n), *long_window)  # same size: created while b's parcel is lost
+        down.worker()
+        ids = {}
+        for batch in (c, b):
+            assert down.wait(batch, timeout=KILLED_LEASE_S + 45) == "completed"
+            rows = check_batch(down, up, batch, n, kind, others=1)
+            assert {answered_by(r) for r in rows} == {"lane"}
+            ids[batch] = _upstream_ids(rows)
+        assert ids[b] == {b_upstream} and len(ids[c]) == 1 and ids[c] != ids[b]
+        assert len(up.batches(kind)) == 2  # b's create was found again, not made twice
+        assert [x.status for x in up.proxy.seen("POST", path)] == [200, 200]
+
+
 def test_cancel_cancels_the_upstream_batch_and_keeps_what_it_answered(
     tmp_path: Path, redis_url: str, prefix: str,
 ) -> None:
