@@ -191,7 +191,7 @@ def _upstream_ids(rows: list[dict[str, Any]]) -> set[str]:
     return {a["upstream_batch"] for r in rows for a in lane_attempts(r)}
 
 
-KILLED_LEASE_S = 8.0  # the parcel lease of the workers in the kill test (BATCHRELAY_LANE_LEASE_S; default 60 s)
+KILLED_LEASE_S = 4.0  # the parcel lease of the workers in the kill test (BATCHRELAY_LANE_LEASE_S; default 60 s)
 
 
 @pytest.mark.timeout(240)
