@@ -347,3 +347,42 @@ async def test_a_line_in_the_other_dialect_is_answered_by_the_lane_in_its_own_as
         assert _shape(by_lane)["model"] == MODEL[kind]  # the line's own model name
         full = call_cost(price_of(sync, MODEL[kind]), Usage.from_dict(meta["usage"]), None, "computed").billed
         assert full is not None and Decimal(meta["cost"]["usd"]) == full / 2
+
+
+async def test_an_anthropic_lane_makes_no_new_batch_while_a_cut_off_create_of_it_is_not_found_yet(
+        tmp_path: Path, redis_url: str, prefix: str, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anthropic's batches are told apart by request count and time only: were a second create of the
+    lane cut off too while the first is not found yet, two parcels of the same size would compete for
+    one upstream batch. So parcel A, marked `creating` by a worker that died before its create went out,
+    is recovered (not found, created again once create_wait_s is over) before B, of the same size, is
+    created; each parcel is answered by its own upstream batch."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    kind = "anthropic-batch"
+    with SimulatorProcess({}) as sim_url, serving(tmp_path, redis_url, f"{prefix}up:") as api:
+        rt = Runtime.opened(_settings(kind, api.base, sim_url), store)
+        assert rt.lanes is not None
+        try:
+            parcels = LaneStore(store)
+            a = await _submit(store, rt, kind)
+            pid_a = f"{a}-p1"
+            assert await parcels.advance(pid_a, "gathering", "sealed", sealed_at=time.time())
+            assert await parcels.advance(pid_a, "sealed", "uploaded")
+            assert await parcels.advance(pid_a, "uploaded", "creating", creating_at=time.time())  # and died
+            b = await _submit(store, rt, kind)
+            deadline = time.monotonic() + 2  # create_wait_s is 3: A is not created again before then
+            while time.monotonic() < deadline:
+                await rt.lanes.poll_due()
+                await asyncio.sleep(0.2)
+            p_b = await parcels.parcel(f"{b}-p1")
+            assert p_b is not None and p_b.state == "uploaded" and _upstream_batches(api, kind) == []
+            await _until_collected(rt)
+            ups = _upstream_batches(api, kind)
+            assert len(ups) == 2
+            a_view, b_view = await parcels.parcel(pid_a), await parcels.parcel(f"{b}-p1")
+            assert a_view is not None and b_view is not None and a_view.upstream_id != b_view.upstream_id
+            created = {u["id"]: u["created_at"] for u in ups}
+            assert created[a_view.upstream_id] <= created[b_view.upstream_id]  # A's recovery came first
+            for batch, view in ((a, a_view), (b, b_view)):
+                await _check_answered_once(store, batch, rt, kind, {view.upstream_id})
+        finally:
+            await rt.close()

@@ -185,6 +185,18 @@ class LaneStore:
         return await s.scripts.lane_record(s.keys, pid, lane=lane.decode(), upstream_id=upstream_id,
                                            due_ms=_ms(due_at))
 
+    async def creating(self, lane: str) -> dict[str, float]:
+        """The lane's parcels marked `creating` (pid -> when): a create in flight, or one a crash or a
+        failed call cut off (not found upstream yet)."""
+        r, k = self.store.redis, self.store.keys
+        pids = [p.decode() for p in await r.zrange(k.lane_parcels, 0, -1)]
+        async with r.pipeline(transaction=False) as pipe:
+            for pid in pids:
+                pipe.hmget(k.lane_parcel(pid), ["lane", "state", "creating_at"])
+            got = await pipe.execute()
+        return {pid: float(at or 0) for pid, (ln, state, at) in zip(pids, got, strict=True)
+                if ln is not None and ln.decode() == lane and state == b"creating"}
+
     async def recorded(self, lane: str) -> set[str]:
         """The upstream batch ids recorded for the lane's parcels."""
         raw: set[bytes] = await self.store.redis.smembers(self.store.keys.lane_recorded(lane))  # type: ignore[misc]
