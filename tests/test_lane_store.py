@@ -22,7 +22,7 @@ from batchrelay.store.budget import Budget
 from batchrelay.store.fleet import read_fleet
 from batchrelay.store.heartbeat import reclaim_lapsed
 from batchrelay.store.lanes import LaneStore, ParcelView, abandoned_field
-from batchrelay.store.lifecycle import advance, request_stop, tick
+from batchrelay.store.lifecycle import advance, not_started, request_stop, tick
 from batchrelay.store.status import Status
 from batchrelay.store.store import Store
 from batchrelay.store.submit import submit_stream
@@ -283,6 +283,22 @@ async def test_lines_given_back_while_their_upstream_batch_runs_are_counted_for_
     await _take(lanes, other, _job(store, other), [1, 2])
     await lanes.release(other, f"{other}-p1", [1, 2], {}, now=time.time(), requeue=True)
     assert (await read_fleet(store, [], HealthConfig())).counts[abandoned_field(LANE)] == 2
+
+
+async def test_a_line_a_worker_found_stopped_before_calling_it_does_not_wait_out_the_grace(store: Store) -> None:
+    """The upstream side of a lane's cancel: lines claimed by a chunk (first try noted) wait out the
+    grace, as a call of theirs may be in flight; one a worker found stopped before its call is stopped
+    at once, so the cancelled upstream batch ends within seconds."""
+    batch = await _batch(store, 3)
+    await store.note_first_try(batch, {1: time.time(), 2: time.time(), 3: time.time()})
+    await not_started(store, batch, 3)  # still in progress: nothing changes
+    await request_stop(store, batch, Status.CANCELLED)
+    await not_started(store, batch, 2)
+    assert await advance(store, batch, grace_s=HOUR) == 1
+    info = await store.info(batch)
+    assert (info.status, info.cancelled, info.pending) == ("cancelling", 1, 2)
+    assert await advance(store, batch, grace_s=0) == 2
+    assert (await store.info(batch)).status == "cancelled"
 
 
 # --- answers -------------------------------------------------------------------------------------------
