@@ -354,21 +354,21 @@ def _run(down: Downstream, lines: list[dict[str, Any]], *options: str) -> subpro
 def test_a_run_busy_with_a_deferred_line_cancels_its_late_upstream_batch_at_must_end_by_and_keeps_its_answers(
     tmp_path: Path, redis_url: str, prefix: str,
 ) -> None:
-    """The upstream (its batches' own window 10 min) answers 2 lines a second; the run's deadline is 19 s
-    away and the lane's margin 16 s. One line is too large for the lane and the reseller answers its
-    first call with a 429 (Retry-After 8 s): the run's worker has a job queued (deferred) past
+    """The upstream (its batches' own window 10 min) answers 2 lines a second; the run's deadline is 13 s
+    away and the lane's margin 8 s. One line is too large for the lane and the reseller answers its
+    first call with a 429 (Retry-After 6 s): the run's worker has a job queued (deferred) past
     must_end_by. The parcel is still moved on on time: its upstream batch is cancelled at must_end_by,
     the lines it answered keep their answers, the rest are answered by the reseller before the deadline.
     (Before, the worker moved its parcels on only once its queue was empty: the parcel was never even
     sent, and all its lines were answered synchronously at the end.)"""
     n = 16
-    lane = {"window_s": 1, "margin_s": 16, "poll_max_s": 1, "gather_s": 0.2, "cancel_wait_s": 15, "max_bytes": 4000}
+    lane = {"window_s": 1, "margin_s": 8, "poll_max_s": 1, "gather_s": 0.2, "cancel_wait_s": 6, "max_bytes": 4000}
     lines = [*chat_lines(n - 1), {**chat_lines(1, messages=[{"role": "user", "content": "x" * 5000}])[0],
                                   "custom_id": f"req-{n}"}]
     with upstream(tmp_path, redis_url, prefix, window_s=600, sim={"latency_ms": 1000}) as up, \
             downstream(tmp_path, redis_url, prefix, up, lane=lane,
-                       reseller={"fail_rate": 0, "script": [429], "retry_after": 8}) as down:
-        run = _run(down, lines, "--deadline", "+19s")
+                       reseller={"fail_rate": 0, "script": [429], "retry_after": 6}) as down:
+        run = _run(down, lines, "--deadline", "+13s")
         try:
             run.wait(timeout=60)
         finally:
