@@ -264,3 +264,35 @@ async def test_providers_show_what_a_lane_holds_over_every_batch(store: Store, r
         WAITING, 2, {"gathering": 1})
     assert "waiting upstream (2 lines; parcels: 1 gathering)" in batchrelay("-c", str(cfg), "providers",
                                                                              env=env).stdout
+
+
+# --- end to end: a real lane (batchrelay serve upstream of another batchrelay) ---------------------------
+
+@pytest.mark.timeout(120)
+def test_status_while_a_real_upstream_batch_runs_and_after_it_ended(tmp_path: Path, redis_url: str,
+                                                                     prefix: str) -> None:
+    from .lanekit import chat_lines, downstream, upstream
+
+    with upstream(tmp_path, redis_url, prefix) as up, downstream(tmp_path, redis_url, prefix, up) as down:
+        poll = up.proxy.hold("GET", "/v1/batches/*", after=False)  # the first poll waits: the lines stay upstream
+        batch = down.submit(chat_lines(6), "--completion-window", "60s")
+        down.worker()
+        assert poll.reached.wait(30), down.logs()
+        st = json.loads(down.cli("status", batch, "--json"))
+        ((upstream_batch, _),) = [(b["id"], b) for b in up.batches("openai-batch")]
+        (parcel,) = st["lanes"]["parcels"]
+        assert (parcel["state"], parcel["upstream_id"], parcel["lines"], st["lanes"]["lines"]) == (
+            "created", upstream_batch, 6, 6)
+        assert st["deadline"] is not None and parcel["must_end_by"] == pytest.approx(st["deadline"] - 5)  # margin_s 5
+        assert st["eta_s"] is None
+        assert st["providers"]["lane"]["state"] == WAITING and st["providers"]["lane"]["lane_lines"] == 6
+        text = down.cli("status", batch)
+        assert "6 lines in lane lane: answered upstream by " in text and f"upstream {upstream_batch}" in text
+        assert "provider lane: waiting upstream (6 lines; parcels: 1 created)" in text
+
+        poll.release()
+        assert down.wait(batch) == "completed"
+        st = json.loads(down.cli("status", batch, "--json"))
+        assert st["lanes"]["lines"] == 0 and [p["state"] for p in st["lanes"]["parcels"]] == ["collected"]
+        assert st["providers"]["lane"]["state"] != WAITING and "lane_lines" not in st["providers"]["lane"]
+        assert "in lane" not in down.cli("status", batch)
