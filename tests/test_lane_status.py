@@ -16,7 +16,7 @@ import orjson
 import pytest
 from rich.console import Console
 
-from batchrelay.cli.lane_text import WAITING, held_in_batch, lane_lines, rate_line, waiting_text, with_lanes
+from batchrelay.cli.lane_text import IDLE, WAITING, held_in_batch, lane_lines, rate_line, waiting_text, with_lanes
 from batchrelay.cli.progress import Bar
 from batchrelay.cli.providers import health_text
 from batchrelay.money.ledger import SEP
@@ -180,6 +180,15 @@ def test_a_lane_holding_lines_reads_waiting_upstream_unless_its_health_says_more
     assert waiting_text(rows["reseller"]) == ""
 
 
+@pytest.mark.parametrize(("health", "state"), [
+    ({"state": "untried", "last": None}, IDLE),  # its health never sees a call succeed: untried says nothing
+    ({"state": "disabled", "for_s": 60.0, "last": "401"}, "disabled"),
+])
+def test_a_lane_holding_nothing_is_idle_unless_its_health_says_more(health: dict[str, Any], state: str) -> None:
+    rows = with_lanes({LANE: health}, {LANE: "anthropic-batch"}, {})
+    assert rows[LANE]["state"] == state and "lane_lines" not in rows[LANE]
+
+
 # --- the progress bar ------------------------------------------------------------------------------------
 
 def test_the_bar_counts_lane_lines_apart_and_promises_no_time_for_them() -> None:
@@ -242,7 +251,7 @@ def test_providers_show_kind_and_a_lanes_settings(redis_url: str, prefix: str, t
     lane = rows[LANE]["lane"]
     assert (lane["window_s"], lane["margin_s"], lane["gather_s"], lane["max_lines"]) == (7200, 1800, 60, 50_000)
     assert rows[LANE]["price_multiplier"] == "0.5" and rows["reseller"]["lane"] is None
-    assert rows[LANE]["health"]["kind"] == "openai-batch"
+    assert (rows[LANE]["health"]["kind"], rows[LANE]["health"]["state"]) == ("openai-batch", IDLE)
 
     proc = batchrelay("-c", str(cfg), "providers", env=env)
     assert proc.returncode == 0, proc.stderr
@@ -294,5 +303,5 @@ def test_status_while_a_real_upstream_batch_runs_and_after_it_ended(tmp_path: Pa
         assert down.wait(batch) == "completed"
         st = json.loads(down.cli("status", batch, "--json"))
         assert st["lanes"]["lines"] == 0 and [p["state"] for p in st["lanes"]["parcels"]] == ["collected"]
-        assert st["providers"]["lane"]["state"] != WAITING and "lane_lines" not in st["providers"]["lane"]
+        assert st["providers"]["lane"]["state"] == IDLE and "lane_lines" not in st["providers"]["lane"]
         assert "in lane" not in down.cli("status", batch)

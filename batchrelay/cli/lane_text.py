@@ -4,8 +4,9 @@ A lane's lines wait upstream for an answer that may come at any time until their
 `must_end_by` (its batch's deadline minus the lane's margin): then the upstream batch is cancelled
 and what it has not answered goes to the synchronous providers. So `status` gives no ETA from the
 rate while a lane holds lines; it says how many lines each lane holds and by when, at the latest,
-they are answered upstream or handed back. A lane holding lines is `waiting upstream`, not
-`untried` (a lane is never called line by line, so its health has no synchronous call to go by).
+they are answered upstream or handed back. A lane holding lines is `waiting upstream`, one holding
+none `idle`, never `untried` (a lane is never called line by line, so its health has no successful
+call to go by; benched, disabled and cooling still show).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from batchrelay.cli.text import counted
+from batchrelay.config.lanes import BATCH_KINDS
 from batchrelay.money.lane_cost import span
 
 WAITING = "waiting upstream"
+IDLE = "idle"  # a lane holding no lines (and neither benched nor disabled)
 # health states a lane holding lines shows as WAITING: none of them says more (benched, disabled,
 # cooling and an open breaker do, and are kept)
 QUIET_STATES = ("untried", "ok", "half-open")
@@ -91,7 +94,7 @@ def with_lanes(health: Mapping[str, dict[str, Any]], kinds: Mapping[str, str],
                held: Mapping[str, tuple[int, Mapping[str, int]]]) -> dict[str, dict[str, Any]]:
     """Each provider's health with its `kind`; a lane holding lines (`held`: lane -> its lines and
     its parcels holding them by state) with `lane_lines` and `parcels`, and `waiting upstream`
-    where its health state says nothing more."""
+    where its health state says nothing more; a lane holding none `idle` rather than `untried`."""
     out = {}
     for name, h in health.items():
         row = {**h, "kind": kinds.get(name, "chat")}
@@ -100,6 +103,8 @@ def with_lanes(health: Mapping[str, dict[str, Any]], kinds: Mapping[str, str],
             row["lane_lines"], row["parcels"] = lines, dict(states)
             if row.get("state") in QUIET_STATES:
                 row["state"] = WAITING
+        elif row["kind"] in BATCH_KINDS and row.get("state") == "untried":
+            row["state"] = IDLE  # a lane's health never sees a call succeed: `untried` would say nothing
         out[name] = row
     return out
 
