@@ -51,17 +51,6 @@ class BatchLanes:
         ends = [p.view.must_end_by for p in self.parcels if p.lines and p.view.must_end_by]
         return max(ends) if ends else None
 
-    def holding(self) -> list[ParcelStatus]:
-        """The parcels that hold lines now."""
-        return [p for p in self.parcels if p.lines]
-
-    def by_lane(self) -> dict[str, list[ParcelStatus]]:
-        """lane -> its parcels holding lines now."""
-        out: dict[str, list[ParcelStatus]] = {}
-        for p in self.holding():
-            out.setdefault(p.view.lane, []).append(p)
-        return out
-
     def as_dict(self) -> dict[str, Any]:
         return {"lines": self.lines, "answered_by": self.answered_by,
                 "parcels": [p.as_dict() for p in self.parcels]}
