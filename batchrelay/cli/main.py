@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -14,6 +15,7 @@ from batchrelay.cli.cache import cache_group
 from batchrelay.cli.config_file import accept_config_after, load_config
 from batchrelay.cli.cost import budget, cost, estimate
 from batchrelay.cli.kit import CONTEXT, emit_json, handles_errors, open_client, run_async, settings_of
+from batchrelay.cli.lane_report import SUBMIT_HINT, SUBMIT_KEPT_HINT, lane_report
 from batchrelay.cli.lifecycle import cancel, resume_command, retry_command
 from batchrelay.cli.logs import LogSetup, log_options, secrets_of, setup_logging
 from batchrelay.cli.options import (
@@ -205,12 +207,17 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
 
     st, existing = run_async(submit_or_resume(settings_of(ctx), file, spec, resume))
     counts = st["counts"]
+    start = st["start_at"] if existing else spec.start_at
+    notes = lane_report(settings_of(ctx), file, spec, st["expires_at"], now=max(time.time(), start or 0),
+                        hint=SUBMIT_KEPT_HINT if existing else SUBMIT_HINT)
+    for note in notes:
+        click.echo(note.text, err=True)
     if as_json:
         emit_json({"id": st["id"], "existing": existing, "status": st["status"], "lines": counts["total"],
                    "valid": counts["total"] - counts["invalid"], "invalid": counts["invalid"],
-                   "start_at": st["start_at"] if existing else spec.start_at,
-                   "deadline": st["deadline"],
-                   "webhook": (st["webhook"] or {}).get("url") if existing else spec.webhook})
+                   "start_at": start, "deadline": st["expires_at"], "deadline_given": spec.deadline,
+                   "webhook": (st["webhook"] or {}).get("url") if existing else spec.webhook,
+                   "notes": st["notes"], "lanes": [n.as_dict() for n in notes]})
     else:
         echo(st["id"])
         if st["status"] == Status.SCHEDULED and st["start_at"] is not None:
