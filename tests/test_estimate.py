@@ -15,6 +15,7 @@ from batchrelay.config.settings import ProviderConfig, RoutingConfig, Settings
 from batchrelay.errors import ExitCode, InputError
 from batchrelay.money.estimate import Estimate, OutputGuess, estimate_file, estimate_jobs
 from batchrelay.money.lane_cost import span
+from batchrelay.money.pricing import usd_str
 from batchrelay.money.tokens import input_tokens
 from batchrelay.wire.jobs import BadLine, JobLine
 
@@ -354,3 +355,34 @@ def test_the_estimate_command_says_what_the_deadline_allows(tmp_path: Path) -> N
     past = runner.invoke(cli, [*base, "--deadline", "2020-01-01T00:00:00Z"])
     assert past.exit_code == ExitCode.USAGE and "Traceback" not in past.output
     assert "Error: deadline: 2020-01-01T00:00:00Z has passed" in past.output
+
+
+def test_a_deadline_of_exactly_the_lanes_window_plus_margin_lets_it_in_and_the_lane_is_the_first_choice(
+        tmp_path: Path) -> None:
+    """`--deadline +25h` for a lane needing 25h: the deadline is read before the check, a moment earlier, so
+    an exact check never passed (found by a fresh-clone check); the first-choice total ignored the lane."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[routing]\nstrategy = "cheapest"\n[[providers]]\nname = "reseller"\nbase_url = "http://127.0.0.1:9"\n'
+                   'price_multiplier = "0.75"\n[[providers]]\nname = "openai-batch"\nkind = "openai-batch"\n'
+                   'base_url = "http://127.0.0.1:9"\n')
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}\n')
+    base = ["-c", str(cfg), "estimate", str(src), "--no-history", "--output-tokens", "100"]
+    runner = CliRunner()
+    out = runner.invoke(cli, [*base, "--deadline", "+25h", "--json"])
+    assert out.exit_code == 0, out.output
+    d = orjson.loads(out.stdout)
+    assert (d["lane"], d["lane_allowed"], d["lane_lines"]) == ("openai-batch", True, 1)
+    lane_cost, sync_cost = cost(12, 100, "1.25", "5"), cost(12, 100, "1.875", "7.5")
+    assert D(d["first_choice"]["expected_usd"]) == D(d["with_lane"]["expected_usd"]) == lane_cost
+    assert D(d["without_lane"]["expected_usd"]) == D(d["sync_total_usd"]) == sync_cost
+    assert [(r["provider"], r["first_choice"], r["first_sync_choice"]) for r in d["rows"]] == [
+        ("openai-batch", True, False), ("reseller", False, True)]
+    text = runner.invoke(cli, [*base, "--completion-window", "25h"])
+    assert text.exit_code == 0, text.output
+    assert "openai-batch (lane) *" in text.output
+    assert "deadline leaves 25h; lane openai-batch needs 25h (window 24h + margin 1h): allowed" in text.output
+    assert f"On first-choice providers (*): expected ${usd_str(lane_cost)}" in text.output
+    assert f"without it: expected ${usd_str(sync_cost)}" in text.output
+    short = runner.invoke(cli, [*base, "--deadline", "+1498m"])
+    assert "deadline leaves 24.9h; lane openai-batch needs 25h" in short.output and "not allowed" in short.output

@@ -80,7 +80,7 @@ def estimate(ctx: click.Context, file: Path, endpoint: str, allow: tuple[str, ..
     if as_json:
         emit_json(est.as_dict())
         return
-    _print_estimate(est, settings.providers)
+    _print_estimate(est, [p for p in settings.providers if not allow or p.name in allow])
 
 
 async def _history(settings: Settings) -> dict[tuple[str, str], float]:
@@ -101,11 +101,11 @@ def _print_estimate(est: Estimate, providers: Iterable[ProviderConfig]) -> None:
                f"range {_fmt(low)} to {_fmt(high)}")
     for v in est.lanes.values():
         click.echo(f"{v.text()} ({v.lines} lines)")
-    if est.lanes:
+    if est.lane_lines:
         low, exp, high = est.sync_total()
         click.echo(f"With the lane ({est.lane_lines} lines there): as above; without it: expected {_fmt(exp)}, "
                    f"range {_fmt(low)} to {_fmt(high)}")
-    elif lanes := [p.name for p in providers if p.is_lane]:
+    elif not est.lanes and (lanes := [p.name for p in providers if p.is_lane]):
         click.echo(f"no line would go to lane {', '.join(lanes)}: a synchronous provider ranks before it "
                    "(routing.strategy, priority, routes, --providers)")
     for m, p in est.unpriced():

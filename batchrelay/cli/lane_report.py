@@ -19,10 +19,19 @@ from batchrelay.money.lane_notes import LaneNote, lane_notes
 from batchrelay.spec import BatchSpec
 
 SAME_INSTANT_S = 60.0  # a relative --deadline given again names a slightly later instant: the same one
-RUN_HINT = "--deadline +{needs} or later"
-SUBMIT_HINT = "--deadline +{needs} or later (or --completion-window {needs})"
-KEPT_HINT = "--new with --deadline +{needs} or later"
-SUBMIT_KEPT_HINT = "a new batch (without --resume) with --deadline +{needs} or later"
+RUN_HINT = "--deadline +{until} or later"
+KEPT_HINT = "--new with --deadline +{until} or later"
+SUBMIT_KEPT_HINT = "a new batch (without --resume) with --deadline +{until} or later"
+
+
+def submit_hint(spec: BatchSpec) -> str:
+    """What would let a lane in on `submit`: both limits must leave it its window + margin. Pure."""
+    deadline, window = "--deadline +{until} or later", "--completion-window {needs} or more"
+    if spec.deadline is not None and spec.completion_window is not None:
+        return f"{deadline} with {window}"
+    if spec.deadline is None and spec.completion_window is None:
+        return f"{deadline} (or {window})"
+    return deadline if spec.deadline is not None else window
 
 
 def when(t: float) -> str:
@@ -62,7 +71,8 @@ def lane_report(settings: Settings, file: Path, spec: BatchSpec, deadline: float
     lanes = lanes_of(settings, spec)
     if not lanes:
         return []
-    now = time.time() if now is None else now
+    real = time.time()
+    now = real if now is None else now
     est = estimate_file(file, settings, default_dialect=spec.endpoint, allow=spec.providers, deadline=deadline,
                         now=now)
-    return lane_notes(est, lanes, now, hint)
+    return lane_notes(est, lanes, now, hint, ahead_s=now - real)

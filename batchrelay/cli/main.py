@@ -15,7 +15,7 @@ from batchrelay.cli.cache import cache_group
 from batchrelay.cli.config_file import accept_config_after, load_config
 from batchrelay.cli.cost import budget, cost, estimate
 from batchrelay.cli.kit import CONTEXT, emit_json, handles_errors, open_client, run_async, settings_of
-from batchrelay.cli.lane_report import SUBMIT_HINT, SUBMIT_KEPT_HINT, lane_report
+from batchrelay.cli.lane_report import SUBMIT_KEPT_HINT, lane_report, submit_hint
 from batchrelay.cli.lifecycle import cancel, resume_command, retry_command
 from batchrelay.cli.logs import LogSetup, log_options, secrets_of, setup_logging
 from batchrelay.cli.options import (
@@ -209,7 +209,7 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
     counts = st["counts"]
     start = st["start_at"] if existing else spec.start_at
     notes = lane_report(settings_of(ctx), file, spec, st["expires_at"], now=max(time.time(), start or 0),
-                        hint=SUBMIT_KEPT_HINT if existing else SUBMIT_HINT)
+                        hint=SUBMIT_KEPT_HINT if existing else submit_hint(spec))
     for note in notes:
         click.echo(note.text, err=True)
     if as_json:

@@ -58,16 +58,19 @@ def _price_part(est: Estimate, lane: str) -> str:
     return f", for {a / b * 100:.0f} % of the synchronous price (${usd_str(a)} instead of ${usd_str(b)})"
 
 
-def lane_notes(est: Estimate, lanes: Sequence[ProviderConfig], now: float, hint: str) -> list[LaneNote]:
+def lane_notes(est: Estimate, lanes: Sequence[ProviderConfig], now: float, hint: str,
+               ahead_s: float = 0.0) -> list[LaneNote]:
     """One note per lane in `lanes` (the configured ones the batch may use) for the batch `est`
-    priced at its deadline (`est.deadline`), seen at `now`. `hint` names the option that gives a
-    deadline, e.g. "--deadline +{needs} or later"."""
+    priced at its deadline (`est.deadline`), its lines claimed from `now` (a deferred batch: its
+    start, `ahead_s` from the real now). `hint` names the options that would let the lane in:
+    `{needs}` is its window + margin (from the start), `{until}` that counted from the real now,
+    e.g. "--deadline +{until} or later (or --completion-window {needs})"."""
     notes = []
     for lane in lanes:
         window, needs, needs_text = _needs(lane)
         leaves = None if est.deadline is None else est.deadline - now
         v = est.lanes.get(lane.name)
-        fix = hint.format(needs=span(needs))
+        fix = hint.format(needs=span(needs, up=True), until=span(needs + max(ahead_s, 0.0), up=True))
         if v is not None and v.allowed:
             notes.append(LaneNote(lane.name, True, v.lines, needs, leaves, None,
                                   f"lane {lane.name}: {v.lines} lines go there; they may wait up to {span(window)}"
