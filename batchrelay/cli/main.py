@@ -100,7 +100,9 @@ def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers:
     (same input bytes and options) resumes a stopped run and sends no answered line again; for a
     run that is done it writes the results again with no provider call. --new starts afresh.
     --deadline: lines not answered by then expire; a deadline far enough off lets lines go to a
-    configured lane (an official Batch API, up to its window late), and the run waits for it.
+    configured lane (an official Batch API, up to its window late), and the run waits for it; it
+    says on stderr, per lane, whether lines go there and why not. A batch found again keeps its own
+    deadline (and says so when the one given now is another).
 
     \b
     Examples:
@@ -190,7 +192,7 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
     Lines not answered by the end of --completion-window (from the start) or by --deadline,
     whichever comes first, expire. Lines go to a lane (an official Batch API, at its lower price)
     only when that leaves the lane its window plus margin: a 24h lane needs --completion-window 26h
-    or --deadline +26h, not 24h.
+    or --deadline +26h, not 24h. It says on stderr, per lane, whether lines go there and why not.
 
     \b
     Examples:
