@@ -149,11 +149,26 @@ class Estimate:
                 "rows": [r.as_dict() for r in self.rows]}
 
 
-def _line_cost(price: Price, inp: int, out: int) -> Decimal | None:
-    rates = price.rates()
-    if rates["input"] is None or rates["output"] is None:
+@dataclass(frozen=True, slots=True)
+class _Rates:
+    """A price's figures, read once per (provider, model): `Price.rates()` is too slow to call per line."""
+
+    source: str
+    input: Decimal | None
+    output: Decimal | None
+    per_request: Decimal
+    min_charge: Decimal
+
+    @classmethod
+    def of(cls, price: Price) -> _Rates:
+        rates = price.rates()
+        return cls(price.source, rates["input"], rates["output"], price.per_request, price.min_charge)
+
+
+def _line_cost(price: _Rates, inp: int, out: int) -> Decimal | None:
+    if price.input is None or price.output is None:
         return None
-    tokens = (inp * rates["input"] + out * rates["output"]) / MILLION
+    tokens = (inp * price.input + out * price.output) / MILLION
     return max(tokens + price.per_request, price.min_charge)
 
 
@@ -168,7 +183,7 @@ def estimate_jobs(jobs: Iterable[JobLine | BadLine], settings: Settings, *, allo
     now = time.time() if now is None else now
     est = Estimate(deadline=deadline)
     rows: dict[tuple[str, str, str], EstimateRow] = {}
-    prices: dict[tuple[str, str], Price] = {}
+    prices: dict[tuple[str, str], _Rates] = {}
     routes: dict[tuple[Dialect, str], _Route] = {}
     providers: list[ProviderConfig] = settings.ordered_providers()
     default_cap = settings.worker.default_max_tokens
@@ -201,7 +216,7 @@ def estimate_jobs(jobs: Iterable[JobLine | BadLine], settings: Settings, *, allo
             exp = output.expected(inp, cap, provider.name, pmodel)
             price = prices.get((provider.name, pmodel))
             if price is None:
-                price = prices[(provider.name, pmodel)] = price_of(provider, pmodel)
+                price = prices[(provider.name, pmodel)] = _Rates.of(price_of(provider, pmodel))
             key = (model, job.dialect, provider.name)
             row = rows.get(key)
             if row is None:
