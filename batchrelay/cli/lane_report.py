@@ -65,14 +65,15 @@ def deadline_note(batch_id: str, kept: float | None, given: float | None, done: 
 
 
 def lane_report(settings: Settings, file: Path, spec: BatchSpec, deadline: float | None, *, hint: str,
-                now: float | None = None) -> list[LaneNote]:
+                start: float | None = None) -> list[LaneNote]:
     """The lanes' notes for `file` submitted with `spec`, due at `deadline`, its lines claimed from
-    `now` (a deferred batch: its start). Reads the file (blocking); nothing when no lane may serve it."""
+    now or from its `start` if that is later (a deferred batch). Reads the file (blocking); nothing
+    when no lane may serve it."""
     lanes = lanes_of(settings, spec)
     if not lanes:
         return []
     real = time.time()
-    now = real if now is None else now
+    now = max(real, start or real)
     est = estimate_file(file, settings, default_dialect=spec.endpoint, allow=spec.providers, deadline=deadline,
                         now=now)
     return lane_notes(est, lanes, now, hint, ahead_s=now - real)

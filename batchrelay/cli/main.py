@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -210,7 +209,7 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
     st, existing = run_async(submit_or_resume(settings_of(ctx), file, spec, resume))
     counts = st["counts"]
     start = st["start_at"] if existing else spec.start_at
-    notes = lane_report(settings_of(ctx), file, spec, st["expires_at"], now=max(time.time(), start or 0),
+    notes = lane_report(settings_of(ctx), file, spec, st["expires_at"], start=start,
                         hint=SUBMIT_KEPT_HINT if existing else submit_hint(spec))
     for note in notes:
         click.echo(note.text, err=True)
