@@ -14,7 +14,6 @@ from batchrelay.cli.cache import cache_group
 from batchrelay.cli.config_file import accept_config_after, load_config
 from batchrelay.cli.cost import budget, cost, estimate
 from batchrelay.cli.kit import CONTEXT, emit_json, handles_errors, open_client, run_async, settings_of
-from batchrelay.cli.lane_report import SUBMIT_KEPT_HINT, lane_report, submit_hint
 from batchrelay.cli.lifecycle import cancel, resume_command, retry_command
 from batchrelay.cli.logs import LogSetup, log_options, secrets_of, setup_logging
 from batchrelay.cli.options import (
@@ -202,6 +201,8 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
       batchrelay submit requests.jsonl --at 2026-11-22T05:00:00Z   # or --in 2h
       batchrelay submit requests.jsonl --webhook https://example.com/hooks/batch
     """
+    from batchrelay.cli.lane_report import SUBMIT_KEPT_HINT, lane_report, submit_hint
+
     spec = BatchSpec.of(settings_of(ctx), name=name, endpoint=endpoint, providers=allow, max_cost=max_cost,
                         require_prices=require_prices, completion_window=completion_window,
                         start_at=start_at_of(at, delay), webhook=webhook, cache=cache, deadline=deadline)
