@@ -172,7 +172,8 @@ class AsyncClient:
             path = Path(source)
             if spec.needs_prices:
                 self._check_prices(path, spec)
-            fp = await asyncio.to_thread(fingerprint, path, spec)
+            lanes = [p.name for p in self.settings.providers if p.is_lane]  # may it use one: resume.py
+            fp = await asyncio.to_thread(fingerprint, path, spec, lanes)
             try:
                 stream = path.open("rb")
             except OSError as e:

@@ -100,7 +100,9 @@ def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers:
     (same input bytes and options) resumes a stopped run and sends no answered line again; for a
     run that is done it writes the results again with no provider call. --new starts afresh.
     --deadline: lines not answered by then expire; a deadline far enough off lets lines go to a
-    configured lane (an official Batch API, up to its window late), and the run waits for it.
+    configured lane (an official Batch API, up to its window late), and the run waits for it; it
+    says on stderr, per lane, whether lines go there and why not. A batch found again keeps its own
+    deadline (and says so when the one given now is another).
 
     \b
     Examples:
@@ -190,7 +192,7 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
     Lines not answered by the end of --completion-window (from the start) or by --deadline,
     whichever comes first, expire. Lines go to a lane (an official Batch API, at its lower price)
     only when that leaves the lane its window plus margin: a 24h lane needs --completion-window 26h
-    or --deadline +26h, not 24h.
+    or --deadline +26h, not 24h. It says on stderr, per lane, whether lines go there and why not.
 
     \b
     Examples:
@@ -201,18 +203,25 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
       batchrelay submit requests.jsonl --at 2026-11-22T05:00:00Z   # or --in 2h
       batchrelay submit requests.jsonl --webhook https://example.com/hooks/batch
     """
+    from batchrelay.cli.lane_report import SUBMIT_KEPT_HINT, lane_report, submit_hint
+
     spec = BatchSpec.of(settings_of(ctx), name=name, endpoint=endpoint, providers=allow, max_cost=max_cost,
                         require_prices=require_prices, completion_window=completion_window,
                         start_at=start_at_of(at, delay), webhook=webhook, cache=cache, deadline=deadline)
 
     st, existing = run_async(submit_or_resume(settings_of(ctx), file, spec, resume))
     counts = st["counts"]
+    start = st["start_at"] if existing else spec.start_at
+    notes = lane_report(settings_of(ctx), file, spec, st["expires_at"], start=start,
+                        hint=SUBMIT_KEPT_HINT if existing else submit_hint(spec))
+    for note in notes:
+        click.echo(note.text, err=True)
     if as_json:
         emit_json({"id": st["id"], "existing": existing, "status": st["status"], "lines": counts["total"],
                    "valid": counts["total"] - counts["invalid"], "invalid": counts["invalid"],
-                   "start_at": st["start_at"] if existing else spec.start_at,
-                   "deadline": st["deadline"],
-                   "webhook": (st["webhook"] or {}).get("url") if existing else spec.webhook})
+                   "start_at": start, "deadline": st["expires_at"], "deadline_given": spec.deadline,
+                   "webhook": (st["webhook"] or {}).get("url") if existing else spec.webhook,
+                   "notes": st["notes"], "lanes": [n.as_dict() for n in notes]})
     else:
         echo(st["id"])
         if st["status"] == Status.SCHEDULED and st["start_at"] is not None:
