@@ -11,7 +11,7 @@ import time
 import uuid
 from decimal import Decimal
 
-from batchrelay.money.budget import BudgetInfo
+from batchrelay.money.budget import BudgetInfo, Refusal
 from batchrelay.money.pricing import pico, usd
 from batchrelay.store.store import Store
 
@@ -22,17 +22,25 @@ class Budget:
     def __init__(self, store: Store, lease_s: float = 300.0) -> None:
         self.store, self.lease_ms = store, int(lease_s * 1000)
 
-    async def reserve(self, batch_id: str, amount: Decimal, token: str | None = None,
-                      lease_s: float | None = None) -> str | None:
-        """A reservation token, or None when the limit cannot cover `amount` (the batch then waits).
-        `token`: the caller's own (a lane line's `lane:{pid}:{line}`, which the lane's result write
-        settles; a token already reserved keeps its reservation); `lease_s`: how long it lasts
-        unsettled, instead of the store's lease (a lane line waits hours for its answer)."""
+    async def try_reserve(self, batch_id: str, amount: Decimal, token: str | None = None,
+                          lease_s: float | None = None) -> str | Refusal:
+        """A reservation token, or why the limit cannot cover `amount`: WAIT (not beside the
+        reservations in flight; try again once they settle) or EXHAUSTED (not even were they all
+        settled at 0; the batch is then budget_exhausted). `token`: the caller's own (a lane line's
+        `lane:{pid}:{line}`, which the lane's result write settles; a token already reserved keeps its
+        reservation); `lease_s`: how long it lasts unsettled, instead of the store's lease (a lane
+        line waits hours for its answer)."""
         token = token or uuid.uuid4().hex[:16]
         lease_ms = self.lease_ms if lease_s is None else int(lease_s * 1000)
-        ok = await self.store.scripts.reserve(self.store.keys, batch_id, token=token, amount=pico(amount),
-                                              now_ms=int(time.time() * 1000), lease_ms=lease_ms)
-        return token if ok else None
+        got = await self.store.scripts.reserve(self.store.keys, batch_id, token=token, amount=pico(amount),
+                                               now_ms=int(time.time() * 1000), lease_ms=lease_ms)
+        return token if got == 1 else Refusal.WAIT if got == 0 else Refusal.EXHAUSTED
+
+    async def reserve(self, batch_id: str, amount: Decimal, token: str | None = None,
+                      lease_s: float | None = None) -> str | None:
+        """`try_reserve`'s token, or None when it was refused (either way)."""
+        got = await self.try_reserve(batch_id, amount, token, lease_s)
+        return got if isinstance(got, str) else None
 
     async def settle(self, batch_id: str, token: str, billed: Decimal) -> None:
         await self.store.scripts.settle(self.store.keys, batch_id, token=token, billed=pico(billed))
