@@ -441,6 +441,42 @@ async def test_lines_the_reservations_in_flight_leave_no_room_for_wait_and_are_a
     assert 0 < spent == sum(D(r["batchrelay"]["cost"]["usd"]) for r in records) <= limit
 
 
+async def test_a_chunk_with_lines_that_wait_and_lines_parked_by_an_exhausted_budget_loses_none(
+        store: Store, slow: SimulatorProcess) -> None:
+    """Found by the end-to-end check below: a chunk whose lines partly waited (deferred to a new chunk)
+    and partly were parked by the budget running out dropped its own entry, and the parked lines were
+    never run again, not even once the limit was raised."""
+    sim = ProviderConfig(name="sim", base_url=slow.base_url)
+    small = {**openai_line(1)["body"], "max_tokens": 100}
+    limit = most_it_may_cost(sim, small, WORKER_MAX_TOKENS) * D("2.5")  # two small calls in flight at once
+    big = {**openai_line(4)["body"], "max_tokens": 4000}
+    assert most_it_may_cost(sim, big, WORKER_MAX_TOKENS) > limit  # more than the limit, whatever is spent
+    src = io.BytesIO(b"".join(orjson.dumps({**openai_line(i), "body": small if i < 4 else big}) + b"\n"
+                              for i in range(1, 5)))
+    fast_start = {"concurrency_recovery_calls": 1}
+    async with worker_runtime(store, slow.base_url, health=fast_start, concurrency=4) as rt:
+        assert await rt.run_chunk(*await _chunked_batch(store, 1, None)) == 1  # its first answer (a probe)
+        res = await submit_stream(store, src, BatchSpec(name="t", chunk_size=4, max_cost=limit), source="t")
+        batch = res.batch_id
+        ((cid, lines),) = (await store.chunk_map(batch)).items()
+        await rt.run_chunk(batch, lines, cid)
+    info = await store.info(batch)
+    assert (info.status, info.succeeded, info.pending) == (Status.BUDGET_EXHAUSTED, 2, 2)
+    chunks = await store.chunk_map(batch)
+    assert chunks[cid] == [4]  # the parked line stays its chunk's
+    ((again, waiting),) = [(c, ls) for c, ls in chunks.items() if c != cid]
+    assert len(waiting) == 1 and waiting[0] < 4  # the small line that waited: a chunk of its own
+
+    await Budget(store).raise_and_requeue(batch, D("1"))  # (both chunks still have their arq jobs here)
+    assert (await store.info(batch)).status == "in_progress"
+    async with worker_runtime(store, slow.base_url, health=fast_start, concurrency=4) as rt:
+        assert await rt.run_chunk(batch, waiting, again) == 1
+        assert await rt.run_chunk(batch, [4], cid) == 1
+    info = await store.info(batch)
+    assert (info.status, info.succeeded) == ("completed", 4)
+    assert slow.stats()["calls"] == 1 + 4  # each line sent once
+
+
 PRICEY = 'prices.pricey = { input = "1000", output = "1000" }'  # $0.001 a token: a line costs cents
 
 

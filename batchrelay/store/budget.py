@@ -13,7 +13,9 @@ from decimal import Decimal
 
 from batchrelay.money.budget import BudgetInfo, Refusal
 from batchrelay.money.pricing import pico, usd
+from batchrelay.store.resume import drop_queue
 from batchrelay.store.store import Store
+from batchrelay.store.sweeper import requeue_pending
 
 
 class Budget:
@@ -48,6 +50,20 @@ class Budget:
     async def raise_limit(self, batch_id: str, max_usd: Decimal) -> bool:
         """Set the limit; True when the batch was waiting on it and may now go on."""
         return await self.store.scripts.raise_limit(self.store.keys, batch_id, max_pico=pico(max_usd), now=time.time())
+
+    async def raise_and_requeue(self, batch_id: str, max_usd: Decimal) -> int:
+        """`raise_limit`; when the batch waited on it, its pending lines go back on the queue (how many
+        chunks were requeued). A batch on the private queue of a `run` (which ended when the limit ran
+        out) moves to the shared queue, and that queue is dropped: its jobs (lines deferred while their
+        reservation waited for the calls in flight) have no worker left, and would keep their chunks
+        from being requeued."""
+        info = await self.store.info(batch_id)
+        if not await self.raise_limit(batch_id, max_usd):
+            return 0
+        if ":run:" in info.queue:
+            await drop_queue(self.store, info.queue)
+            await self.store.set_queue(batch_id, self.store.keys.queue)
+        return await requeue_pending(self.store, batch_id)
 
     async def info(self, batch_id: str) -> BudgetInfo:
         s = self.store
