@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrelay.config.settings import ProviderConfig, WorkerConfig
+from batchrelay.config.settings import ProviderConfig, Settings, WorkerConfig
 from batchrelay.money.budget import BudgetBusy, OverBudget, Refusal, Spend, Unpriced, most_it_may_cost
 from batchrelay.money.pricing import pico
 from batchrelay.sim.process import SimulatorProcess
@@ -22,8 +23,10 @@ from batchrelay.store.status import Status
 from batchrelay.store.store import Store
 from batchrelay.store.submit import new_batch_id, submit_stream
 from batchrelay.wire.jobs import JobLine
+from batchrelay.worker.runtime import Runtime
 
 from .conftest import batchrelay, openai_line, worker_runtime, write_config
+from .servekit import KEY, KEY_ENV, anthropic_request, serving
 
 
 async def _batch(store: Store, max_cost: D | None, pending: int = 2) -> str:
@@ -555,3 +558,82 @@ def test_a_run_that_costs_more_than_its_limit_stops_within_it_and_finishes_once_
     assert [r["custom_id"] for r in rows] == [f"req-{i}" for i in range(1, n + 1)]  # none lost, none twice
     assert calls == n and st["cost"]["requests"] == n
     assert D(st["cost"]["usd"]) == sum(D(r["batchrelay"]["cost"]["usd"]) for r in rows)
+
+
+# --- lanes: lines an official Batch API takes follow the same rule -----------------------------------
+
+def _lane_settings(upstream: str, sim_url: str) -> Settings:
+    lane = ProviderConfig.model_validate({
+        "name": "lane", "kind": "anthropic-batch", "base_url": upstream, "api_key_env": KEY_ENV, "window_s": 30,
+        "margin_s": 5, "gather_s": 0.2, "poll_min_s": 0.2, "poll_max_s": 1, "create_wait_s": 3, "cancel_wait_s": 5})
+    return Settings(worker=WorkerConfig(call_timeout=5, backoff=0.01, concurrency=4), routing={"strategy": "cheapest"},
+                    providers=(ProviderConfig(name="sim", base_url=sim_url), lane))
+
+
+async def _lane_batch(store: Store, n: int, max_cost: D) -> tuple[str, list[int], str]:
+    src = io.BytesIO(b"".join(orjson.dumps(anthropic_request(i)) + b"\n" for i in range(1, n + 1)))
+    spec = BatchSpec(name="t", chunk_size=n, completion_window=120, max_cost=max_cost)
+    res = await submit_stream(store, src, spec, source="t")
+    ((cid, lines),) = (await store.chunk_map(res.batch_id)).items()
+    return res.batch_id, lines, cid
+
+
+def _lane_amount(settings: Settings) -> D:
+    lane = next(p for p in settings.providers if p.name == "lane")
+    (each,) = {most_it_may_cost(lane, anthropic_request(i)["params"], settings.worker.default_max_tokens)
+               for i in range(1, 7)}
+    return each
+
+
+async def test_lane_lines_the_reservations_in_flight_leave_no_room_for_wait_in_the_lane_and_are_answered_once(
+        tmp_path: Path, redis_url: str, prefix: str, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lane holds its lines' reservations while its upstream batch runs: a line that did not fit
+    beside them made the batch budget_exhausted (found by a fresh-clone check). It waits instead:
+    unreserved in its parcel, left out of the upload if it still does not fit, then taken again."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    n = 6
+    with SimulatorProcess({}) as sim_url, serving(tmp_path, redis_url, f"{prefix}up:") as api:
+        settings = _lane_settings(api.base, sim_url)
+        each = _lane_amount(settings)
+        rt = Runtime.opened(settings, store)
+        try:
+            batch, lines, cid = await _lane_batch(store, n, each * D("3.5"))  # three lines' reservations at once
+            assert await rt.run_chunk(batch, lines, cid) == 0  # the lane took them all
+            info, budget = await store.info(batch), await Budget(store).info(batch)
+            assert (info.status, budget.reserved_usd) == ("in_progress", 3 * each)  # three wait, unreserved
+            assert rt.lanes is not None
+            assert len(await rt.lanes.parcels.held(batch)) == n
+            # the parcel goes up with the three reserved lines; the others come back as a chunk
+            deadline = time.monotonic() + 60
+            while (await store.info(batch)).pending:
+                assert time.monotonic() < deadline, "the lane did not answer every line in time"
+                await rt.lanes.poll_due()
+                for c, ls in (await store.chunk_map(batch)).items():
+                    await rt.run_chunk(batch, ls, c)  # as a worker would: the lane takes them again
+                await asyncio.sleep(0.2)
+        finally:
+            await rt.close()
+    info, budget = await store.info(batch), await Budget(store).info(batch)
+    assert (info.status, info.succeeded, info.failed) == ("completed", n, 0)
+    assert budget.reserved_usd == 0 and 0 < budget.spent_usd <= each * D("3.5")
+    records = [orjson.loads(raw) async for _, raw in store.iter_results(batch)]
+    assert sorted(r["batchrelay"]["line"] for r in records) == list(range(1, n + 1))  # each once
+    assert all(r["batchrelay"]["provider"] == "lane" for r in records)
+
+
+async def test_lane_lines_a_limit_cannot_cover_at_all_go_back_and_wait_with_the_exhausted_batch(
+        redis_url: str, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with SimulatorProcess({}) as sim_url:
+        settings = _lane_settings("http://127.0.0.1:9", sim_url)  # nothing is sent: no upstream needed
+        each = _lane_amount(settings)
+        rt = Runtime.opened(settings, store)
+        try:
+            batch, lines, cid = await _lane_batch(store, 3, each / 2)
+            assert await rt.run_chunk(batch, lines, cid) == 0
+            assert rt.lanes is not None and await rt.lanes.parcels.held(batch) == {}  # given back
+        finally:
+            await rt.close()
+    info, budget = await store.info(batch), await Budget(store).info(batch)
+    assert (info.status, info.pending, budget.reserved_usd) == (Status.BUDGET_EXHAUSTED, 3, 0)
+    assert sorted(n for ls in (await store.chunk_map(batch)).values() for n in ls) == [1, 2, 3]  # none lost
