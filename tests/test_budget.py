@@ -421,7 +421,8 @@ async def test_lines_the_reservations_in_flight_leave_no_room_for_wait_and_are_a
     sim = ProviderConfig(name="sim", base_url=slow.base_url)
     each = most_it_may_cost(sim, openai_line(1)["body"], WORKER_MAX_TOKENS)  # 4096 tokens out: ~$0.0025
     limit = each * D("2.5")  # two calls in flight at once, and every line's real cost many times over
-    fast_start = {"concurrency_recovery_calls": 1}  # no slow start: once it has answered, four lines go at once
+    # no slow start: once it has answered, four lines go at once; and no wait in place (see below)
+    fast_start = {"concurrency_recovery_calls": 1, "max_wait_s": 0}
     async with worker_runtime(store, slow.base_url, health=fast_start, concurrency=4) as rt:
         assert await rt.run_chunk(*await _chunked_batch(store, 1, None)) == 1  # its first answer (a probe)
         batch, lines, cid = await _chunked_batch(store, 4, limit)
@@ -444,6 +445,22 @@ async def test_lines_the_reservations_in_flight_leave_no_room_for_wait_and_are_a
     assert 0 < spent == sum(D(r["batchrelay"]["cost"]["usd"]) for r in records) <= limit
 
 
+async def test_a_line_waits_in_place_for_the_reservations_in_flight_when_they_settle_soon(
+        store: Store, slow: SimulatorProcess) -> None:
+    """Within health's max_wait_s a line waits for room where it is, as it waits for a provider: a
+    batch near its limit goes on at the pace of its calls, not of deferrals."""
+    sim = ProviderConfig(name="sim", base_url=slow.base_url)
+    limit = most_it_may_cost(sim, openai_line(1)["body"], WORKER_MAX_TOKENS) * D("2.5")  # two in flight
+    async with worker_runtime(store, slow.base_url, health={"concurrency_recovery_calls": 1}, concurrency=4) as rt:
+        assert await rt.run_chunk(*await _chunked_batch(store, 1, None)) == 1  # its first answer (a probe)
+        batch, lines, cid = await _chunked_batch(store, 4, limit)
+        assert await rt.run_chunk(batch, lines, cid) == 4  # two waited 0.3 s for the first two: none deferred
+    info = await store.info(batch)
+    assert (info.status, info.succeeded) == ("completed", 4)
+    assert list(await store.chunk_map(batch)) == [cid]
+    assert slow.stats()["calls"] == 1 + 4
+
+
 async def test_a_chunk_with_lines_that_wait_and_lines_parked_by_an_exhausted_budget_loses_none(
         store: Store, slow: SimulatorProcess) -> None:
     """Found by the end-to-end check below: a chunk whose lines partly waited (deferred to a new chunk)
@@ -456,7 +473,7 @@ async def test_a_chunk_with_lines_that_wait_and_lines_parked_by_an_exhausted_bud
     assert most_it_may_cost(sim, big, WORKER_MAX_TOKENS) > limit  # more than the limit, whatever is spent
     src = io.BytesIO(b"".join(orjson.dumps({**openai_line(i), "body": small if i < 4 else big}) + b"\n"
                               for i in range(1, 5)))
-    fast_start = {"concurrency_recovery_calls": 1}
+    fast_start = {"concurrency_recovery_calls": 1, "max_wait_s": 0}  # as above: waiting lines are deferred
     async with worker_runtime(store, slow.base_url, health=fast_start, concurrency=4) as rt:
         assert await rt.run_chunk(*await _chunked_batch(store, 1, None)) == 1  # its first answer (a probe)
         res = await submit_stream(store, src, BatchSpec(name="t", chunk_size=4, max_cost=limit), source="t")

@@ -58,10 +58,10 @@ LOCAL_BLOCKS = ("rate_limited", "billing", "auth")
 # A process blocks a provider itself only to bridge the moment until its report is in Redis, which
 # then rules for everyone (and `providers check` can lift it there).
 LOCAL_BRIDGE_S = 5.0
-# A line the budget's reservations in flight leave no room for looks again after a tenth of its age,
-# within these bounds: calls settle within seconds, a lane's reservations only when its upstream
-# batch ends (hours), and every look is a Redis round trip.
-BUDGET_WAIT_S = (0.2, 10.0)
+# A line the budget's reservations in flight leave no room for looks again in place after pauses of
+# BUDGET_POLL_S (growing by half, up to health's max_wait_s in all), then deferred after a tenth of its
+# age within BUDGET_WAIT_S: calls settle in seconds, a lane's reservations when its upstream batch ends.
+BUDGET_POLL_S, BUDGET_WAIT_S = (0.02, 0.5), (0.2, 10.0)
 
 
 def _block_for(kind: Kind, e: ProviderError, cfg: HealthConfig) -> float:
@@ -216,14 +216,20 @@ class LineRelay:
         if not self.candidates:
             return Outcome(Result.FAILED, self.attempts, message=f"no configured provider serves the "
                            f"{self.job.dialect} dialect for this batch and model")
-        waited = 0.0
+        waited, busy = 0.0, 0
         # for probes and slow starts: the line waits for them until then (monotonic), in all passes
         self.patience = time.monotonic() + self.health.cfg.probe_wait_s
         while True:
             try:
                 tried = await self._one_pass()
             except BudgetBusy:
-                return self._budget_busy()
+                # calls in flight settle within moments: wait here, as for a provider; longer, defer
+                pause = min(BUDGET_POLL_S[1], BUDGET_POLL_S[0] * 1.5 ** busy)
+                if waited + pause > self.health.cfg.max_wait_s:
+                    return self._budget_busy()
+                await asyncio.sleep(pause)
+                waited, busy = waited + pause, busy + 1
+                continue
             except OverBudget:
                 return Outcome(Result.OVER_BUDGET, self.attempts)
             if isinstance(tried, Outcome):
