@@ -8,7 +8,8 @@ spending passes it only when a call bills more than its reservation (its input w
 A reservation is refused in one of two ways (`Refusal`):
 - WAIT: the limit covers it, but not beside the reservations in flight. Those settle at or below
   their amounts (most calls answer far short of max_tokens), so the line waits and tries again
-  shortly: the batch goes on (the relay defers the line; a lane leaves it unreserved until upload).
+  shortly: the batch goes on (the relay waits a moment, then defers the line; a lane leaves it
+  unreserved until its upload).
 - EXHAUSTED: even were every reservation in flight settled at 0 it would not fit (spent + amount >
   max). The batch becomes `budget_exhausted`: its remaining lines wait, pending, until
   `raise_limit` (the `budget` command) lets them go on.
