@@ -432,6 +432,8 @@ async def test_lines_the_reservations_in_flight_leave_no_room_for_wait_and_are_a
     ((again, waiting),) = (await store.chunk_map(batch)).items()  # back on the queue as a chunk of their own
     assert again != cid and len(waiting) == 2
     assert await store.redis.exists(f"arq:job:{again}") == 1  # its arq job, due shortly
+    # never sent: their deadline to find a provider starts when they are (a cancel stops them at once)
+    assert await store.redis.hmget(store.keys.first_try(batch), waiting) == [None, None]  # type: ignore[misc]
     # the worker that deferred them is gone: another one takes the chunk from the queue
     async with worker_runtime(store, slow.base_url, health=fast_start, concurrency=4) as rt:
         assert await rt.run_chunk(batch, waiting, again) == 2

@@ -65,6 +65,12 @@ class Budget:
             await self.store.set_queue(batch_id, self.store.keys.queue)
         return await requeue_pending(self.store, batch_id)
 
+    async def unsent(self, batch_id: str, line: int) -> None:
+        """A line that waited for the budget and has made no call yet: its first try is forgotten, so
+        its deadline to find a provider starts when it is sent (not while it waits, maybe for a lane's
+        hours), and a stop of its batch need not give it the grace of a call in flight."""
+        await self.store.redis.hdel(self.store.keys.first_try(batch_id), str(line))  # type: ignore[misc]
+
     async def info(self, batch_id: str) -> BudgetInfo:
         s = self.store
         await s.scripts.drop_lapsed(s.keys, batch_id, int(time.time() * 1000))

@@ -282,7 +282,7 @@ class LineRelay:
         settled: they end at or below their amounts, so the call may fit then (money/budget.py)."""
         low, high = BUDGET_WAIT_S
         wait = min(high, max(low, (time.time() - self.first_tried) / 10)) * random.uniform(0.8, 1.2)
-        return Outcome(Result.DEFERRED, self.attempts, defer_s=wait,
+        return Outcome(Result.DEFERRED, self.attempts, defer_s=wait, budget_wait=True,
                        message="the batch's budget is held by calls in flight: waits for them to settle")
 
     def _no_provider_now(self, tried: _Pass) -> Outcome:

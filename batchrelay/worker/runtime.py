@@ -249,6 +249,8 @@ class Runtime:
                 return None
             case Result.DEFERRED:
                 await self._keep_attempts(work, out)
+                if out.budget_wait and not out.attempts and self.budget is not None:
+                    await self.budget.unsent(work.batch_id, job.line)
                 return time.time() + out.defer_s  # due then, however long the rest of its chunk takes
             case Result.OVER_BUDGET:
                 await self._keep_attempts(work, out)
