@@ -17,6 +17,7 @@
     │   └── BatchNotFound
     ├── EmbeddedRedisError          the embedded redis-server could not be started
     ├── BudgetRefusal               a call the batch's budget cannot take (the relay holds the line)
+    │   ├── BudgetBusy              ... not until the reservations in flight settle
     │   ├── OverBudget              the limit left cannot cover the call's reservation
     │   └── Unpriced                no known price for the model at that provider: nothing to reserve
     └── ProviderError               one call to a provider failed (carries status, body, headers)
@@ -128,12 +129,18 @@ class EmbeddedRedisError(BatchrelayError):
 
 
 class BudgetRefusal(BatchrelayError):
-    """A call the batch's budget cannot take. The relay catches these: the line waits (OverBudget)
-    or tries another provider (Unpriced); they never reach a user as errors."""
+    """A call the batch's budget cannot take. The relay catches these: the line waits (BudgetBusy,
+    OverBudget) or tries another provider (Unpriced); they never reach a user as errors."""
+
+
+class BudgetBusy(BudgetRefusal):
+    """The batch's limit covers this call, but not beside the reservations in flight: the line waits
+    a moment for them to settle (at or below what they reserved) and tries again."""
 
 
 class OverBudget(BudgetRefusal):
-    """The batch's limit cannot cover this call: the line waits with the batch."""
+    """The batch's limit cannot cover this call even once the calls in flight settle: the line waits
+    with the batch (budget_exhausted) for a higher limit."""
 
 
 class Unpriced(BudgetRefusal):

@@ -10,8 +10,8 @@ create and recording (held after: the upstream batch exists, its id never reache
 
 `downstream()` is the batchrelay under test: a flaky reseller (the simulator with faults, at 0.75x)
 and the lane (0.5x) behind the proxy, routed `cheapest`, worked by `batchrelay worker --burst`
-processes (a burst worker keeps going while a parcel is open: the lane answers within seconds, where
-the long-running workers' cron ticks every 10 s).
+processes (a burst worker keeps going while a parcel of its queue's batches is open, and moves its
+parcels on every 0.5 s beside its jobs: the lane answers within seconds).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from batchrelay.config.settings import ProviderConfig, RoutingConfig, Settings
 from batchrelay.errors import ExitCode, InputError
 from batchrelay.money.estimate import Estimate, OutputGuess, estimate_file, estimate_jobs
 from batchrelay.money.lane_cost import span
+from batchrelay.money.pricing import usd_str
 from batchrelay.money.tokens import input_tokens
 from batchrelay.wire.jobs import BadLine, JobLine
 
@@ -251,8 +252,11 @@ def test_a_lane_is_priced_at_the_official_price_times_its_multiplier_of_one_half
     assert by["batch"].price_source == by["reseller"].price_source == "genai-prices"
     assert by["batch"].high == cost(12, 100, "1.25", "5")  # gpt-4o: $2.5 / $10 per 1M, halved
     assert by["reseller"].high == cost(12, 100, "1.875", "7.5")
-    assert by["batch"].lane and by["batch"].lane_allowed and not by["batch"].first_choice
-    assert by["reseller"].first_choice and not by["reseller"].lane
+    # the lane is where routing sends the line; the reseller is its first synchronous choice (the failover)
+    assert by["batch"].lane and by["batch"].lane_allowed and by["batch"].first_choice and not by["batch"].first_sync
+    assert by["reseller"].first_sync and not by["reseller"].first_choice and not by["reseller"].lane
+    assert est.first_choice_total() == (by["batch"].low, by["batch"].expected, by["batch"].high)
+    assert est.sync_total() == (by["reseller"].low, by["reseller"].expected, by["reseller"].high)
 
 
 def test_a_lane_with_listed_prices_charges_them() -> None:
@@ -272,23 +276,25 @@ def _mixed(deadline: float | None) -> Any:
 def test_the_estimate_shows_the_total_with_the_lane_and_without_when_the_deadline_allows_it() -> None:
     est = _mixed(NOW + NEEDS + 5 * 3600)
     lane_line, sync_line = cost(12, 10, "1", "2"), cost(12, 10, "10", "20")
-    assert est.first_choice_total()[1] == 3 * sync_line  # without the lane: every line at `dear`
+    assert est.sync_total()[1] == 3 * sync_line  # without the lane: every line at `dear`
     assert est.lane_total()[1] == 2 * lane_line + sync_line  # `other` is not the lane's (routes)
+    assert est.first_choice_total() == est.lane_total()  # the first choice is what routing really picks
     assert est.lane_lines == 2
     d = est.as_dict()
     assert (d["lane"], d["lane_allowed"], d["lane_needs_s"], d["deadline"]) == ("batch", True, NEEDS,
                                                                                  NOW + NEEDS + 5 * 3600)
     assert d["lane_total_usd"] == str(2 * lane_line + sync_line).rstrip("0")
-    assert d["sync_total_usd"] == d["first_choice"]["expected_usd"] == str(3 * sync_line).rstrip("0")
+    assert d["sync_total_usd"] == d["without_lane"]["expected_usd"] == str(3 * sync_line).rstrip("0")
+    assert d["first_choice"] == d["with_lane"] and d["first_choice"]["expected_usd"] == d["lane_total_usd"]
     (v,) = d["lanes"]
     assert v["text"] == "deadline leaves 30h; lane batch needs 25h (window 24h + margin 1h): allowed"
     assert v["lines"] == 2
-    assert [(r["provider"], r["lane"], r["lines"]) for r in d["rows"] if r["model"] == "m"] == [
-        ("dear", False, 2), ("batch", True, 2)]
+    assert [(r["provider"], r["lane"], r["first_choice"], r["first_sync_choice"], r["lines"])
+            for r in d["rows"] if r["model"] == "m"] == [("batch", True, True, False, 2), ("dear", False, False, True, 2)]
 
 
 @pytest.mark.parametrize(("deadline", "text"), [
-    (NOW + NEEDS - 1, "deadline leaves 24.9h; lane batch needs 25h (window 24h + margin 1h): not allowed: the lines "
+    (NOW + NEEDS - 61, "deadline leaves 24.9h; lane batch needs 25h (window 24h + margin 1h): not allowed: the lines "
                       "go to synchronous providers"),
     (NOW + 3600, "deadline leaves 1h; lane batch needs 25h (window 24h + margin 1h): not allowed: the lines go to "
                  "synchronous providers"),
@@ -297,7 +303,7 @@ def test_the_estimate_shows_the_total_with_the_lane_and_without_when_the_deadlin
 ])
 def test_a_deadline_too_short_for_the_lane_leaves_every_line_synchronous(deadline: float | None, text: str) -> None:
     est = _mixed(deadline)
-    assert est.lane_total() == est.first_choice_total()
+    assert est.lane_total() == est.first_choice_total() == est.sync_total()
     assert est.lane_lines == 0
     d = est.as_dict()
     assert (d["lane"], d["lane_allowed"], d["lane_needs_s"], d["deadline"]) == ("batch", False, NEEDS, deadline)
@@ -349,3 +355,34 @@ def test_the_estimate_command_says_what_the_deadline_allows(tmp_path: Path) -> N
     past = runner.invoke(cli, [*base, "--deadline", "2020-01-01T00:00:00Z"])
     assert past.exit_code == ExitCode.USAGE and "Traceback" not in past.output
     assert "Error: deadline: 2020-01-01T00:00:00Z has passed" in past.output
+
+
+def test_a_deadline_of_exactly_the_lanes_window_plus_margin_lets_it_in_and_the_lane_is_the_first_choice(
+        tmp_path: Path) -> None:
+    """`--deadline +25h` for a lane needing 25h: the deadline is read before the check, a moment earlier, so
+    an exact check never passed (found by a fresh-clone check); the first-choice total ignored the lane."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[routing]\nstrategy = "cheapest"\n[[providers]]\nname = "reseller"\nbase_url = "http://127.0.0.1:9"\n'
+                   'price_multiplier = "0.75"\n[[providers]]\nname = "openai-batch"\nkind = "openai-batch"\n'
+                   'base_url = "http://127.0.0.1:9"\n')
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}\n')
+    base = ["-c", str(cfg), "estimate", str(src), "--no-history", "--output-tokens", "100"]
+    runner = CliRunner()
+    out = runner.invoke(cli, [*base, "--deadline", "+25h", "--json"])
+    assert out.exit_code == 0, out.output
+    d = orjson.loads(out.stdout)
+    assert (d["lane"], d["lane_allowed"], d["lane_lines"]) == ("openai-batch", True, 1)
+    lane_cost, sync_cost = cost(12, 100, "1.25", "5"), cost(12, 100, "1.875", "7.5")
+    assert D(d["first_choice"]["expected_usd"]) == D(d["with_lane"]["expected_usd"]) == lane_cost
+    assert D(d["without_lane"]["expected_usd"]) == D(d["sync_total_usd"]) == sync_cost
+    assert [(r["provider"], r["first_choice"], r["first_sync_choice"]) for r in d["rows"]] == [
+        ("openai-batch", True, False), ("reseller", False, True)]
+    text = runner.invoke(cli, [*base, "--completion-window", "25h"])
+    assert text.exit_code == 0, text.output
+    assert "openai-batch (lane) *" in text.output
+    assert "deadline leaves 25h; lane openai-batch needs 25h (window 24h + margin 1h): allowed" in text.output
+    assert f"On first-choice providers (*): expected ${usd_str(lane_cost)}" in text.output
+    assert f"without it: expected ${usd_str(sync_cost)}" in text.output
+    short = runner.invoke(cli, [*base, "--deadline", "+1498m"])
+    assert "deadline leaves 24.9h; lane openai-batch needs 25h" in short.output and "not allowed" in short.output

@@ -14,7 +14,7 @@ import pytest
 from batchrelay import Client
 from batchrelay.config.settings import ProviderConfig, load_settings, parse_settings
 from batchrelay.errors import ConfigError, ExitCode, InputError
-from batchrelay.providers.routing import Strategy, candidates, lane_for, lane_ok
+from batchrelay.providers.routing import Strategy, candidates, lane_for, lane_ok, lane_slack
 from batchrelay.spec import BatchSpec
 from batchrelay.store.schedules import spec_of
 from batchrelay.wire.dialect import Dialect
@@ -44,7 +44,8 @@ CHAT_ONLY = prov("chat-only", "3", priority=10, dialects=["chat"])
 STRICT = lane("strict", "2", translate=False)  # speaks chat only and may not translate
 CLAUDE = lane("claude-batch", "2", kind="anthropic-batch")  # speaks messages
 SHORT = lane("short", "2", priority=60, window_s=3600, margin_s=600)  # needs 70 min
-ENOUGH, TOO_SHORT = NOW + NEEDS, NOW + NEEDS - 1
+SLACK = 60  # a 25 h lane lets a deadline be a minute short (the time between reading it and checking it)
+ENOUGH, TOO_SHORT = NOW + NEEDS, NOW + NEEDS - SLACK - 1
 
 CASES: list[tuple[str, Strategy, list[ProviderConfig], dict[str, Any], str | None]] = [
     # (why, strategy, providers, lane_for's keywords over the defaults below, the lane chosen)
@@ -96,14 +97,23 @@ def test_a_line_goes_to_a_lane_only_when_the_deadline_allows_and_the_lane_ranks_
 @pytest.mark.parametrize(("provider", "deadline", "ok"), [
     (LANE, None, False),
     (LANE, NOW + NEEDS, True),
-    (LANE, NOW + NEEDS - 1, False),
+    (LANE, NOW + NEEDS - SLACK, True),  # `--deadline +25h`, checked up to a minute later
+    (LANE, NOW + NEEDS - SLACK - 1, False),
     (LANE, NOW - 1, False),
     (SHORT, NOW + 4200, True),  # its own window and margin
+    (SHORT, NOW + 4200 - 42, True),  # 1 % of a short lane's 70 min, not a whole minute
+    (SHORT, NOW + 4200 - 43, False),
     (RESELLER, NOW + 10 * NEEDS, False),  # not a lane
 ])
 def test_lane_ok_needs_the_window_plus_the_margin_before_the_deadline(
         provider: ProviderConfig, deadline: float | None, ok: bool) -> None:
     assert lane_ok(provider, deadline, NOW) is ok
+
+
+@pytest.mark.parametrize(("needs", "slack"), [(NEEDS, 60), (4200, 42), (25, 0.25), (6000, 60)])
+def test_the_slack_is_a_minute_or_one_percent_of_what_the_lane_needs_whichever_is_less(
+        needs: float, slack: float) -> None:
+    assert lane_slack(needs) == pytest.approx(slack)
 
 
 @pytest.mark.parametrize("strategy", ["priority", "cheapest", "weighted"])

@@ -280,24 +280,26 @@ async def test_retry_reopen_line_puts_a_line_back_with_its_attempts_and_gives_ba
 async def test_budget_reserve_holds_what_the_limit_covers_and_exhausts_the_batch_past_it(store: Store) -> None:
     k, s = store.keys, store.scripts
     await _given(store, Status.IN_PROGRESS)
-    assert await s.reserve(k, B, token="free", amount=10**20, now_ms=0, lease_ms=1000) is True  # no limit set
+    assert await s.reserve(k, B, token="free", amount=10**20, now_ms=0, lease_ms=1000) == 1  # no limit set
     assert await store.redis.exists(k.budget(B), k.budget_leases(B)) == 0
     await store.redis.hset(k.budget(B), mapping={"max": "100", "spent": "40"})  # type: ignore[misc]
-    assert await s.reserve(k, B, token="t1", amount=50, now_ms=1000, lease_ms=500) is True
+    assert await s.reserve(k, B, token="t1", amount=50, now_ms=1000, lease_ms=500) == 1
     budget = await _hash(store.redis, k.budget(B))
     assert (budget["reserved"], budget["r:t1"]) == ("50", "50")
     assert await store.redis.zscore(k.budget_leases(B), "t1") == 1500
-    assert await s.reserve(k, B, token="t2", amount=11, now_ms=1200, lease_ms=500) is False  # 40 + 50 + 11 > 100
-    assert (await _meta(store))["status"] == "budget_exhausted"
-    assert await s.reserve(k, B, token="t3", amount=60, now_ms=1600, lease_ms=500) is True  # t1 has lapsed
+    assert await s.reserve(k, B, token="t2", amount=11, now_ms=1200, lease_ms=500) == 0  # 40 + 50 + 11 > 100: wait
+    assert (await _meta(store))["status"] == "in_progress"  # 40 + 11 fits once t1 settles
+    assert await s.reserve(k, B, token="t3", amount=60, now_ms=1600, lease_ms=500) == 1  # t1 has lapsed
     assert (await _hash(store.redis, k.budget(B)))["reserved"] == "60"
+    assert await s.reserve(k, B, token="t4", amount=61, now_ms=1600, lease_ms=500) == -1  # 40 + 61 > 100
+    assert (await _meta(store))["status"] == "budget_exhausted"
 
 
 @pytest.mark.parametrize("status", [Status.CANCELLING, Status.SCHEDULED])
 async def test_budget_reserve_refused_changes_no_other_status(store: Store, status: Status) -> None:
     await _given(store, status)
     await store.redis.hset(store.keys.budget(B), "max", "1")  # type: ignore[misc]
-    assert await store.scripts.reserve(store.keys, B, token="t", amount=2, now_ms=0, lease_ms=1) is False
+    assert await store.scripts.reserve(store.keys, B, token="t", amount=2, now_ms=0, lease_ms=1) == -1
     assert (await _meta(store))["status"] == status
 
 

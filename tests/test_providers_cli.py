@@ -81,9 +81,10 @@ def test_providers_piped_prints_whole_cells_and_whether_each_key_is_set(tmp_path
     proc = batchrelay("-c", str(cfg), "providers", env={"K1": "sk-do-not-print-me", "COLUMNS": "80"})
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].split()[:4] == ["name", "preset", "key", "priority"]
+    assert lines[0].split()[:5] == ["name", "kind", "preset", "key", "priority"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
-    assert rows["ttttt"][2] == "set" and rows["piapi"][2] == "unset" and rows["local"][2] == "-"
+    assert rows["ttttt"][3] == "set" and rows["piapi"][3] == "unset" and rows["local"][3] == "-"
+    assert {rows[n][1] for n in ("ttttt", "piapi", "local")} == {"chat"}
     assert long_url in proc.stdout and "…" not in proc.stdout  # a pipe gets every cell whole
     assert "sk-do-not-print-me" not in proc.stdout + proc.stderr
 

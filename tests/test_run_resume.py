@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -196,3 +197,84 @@ def test_suggested_commands_name_the_config_the_command_ran_with(config: str | N
     from batchrelay.cli.text import command_with
 
     assert command_with(config) == shown
+
+
+# lanes: whether a run may use one is in the fingerprint; its deadline (an instant) is not
+
+
+def _lane_setup(home: Path, sim: SimulatorProcess, lines: int = LINES) -> tuple[Path, Path]:
+    """The simulator as a 0.75x reseller and a 24 h lane (0.5x, so `cheapest` puts it first) that no test
+    deadline here leaves room for: the lane is never called, and each run says why."""
+    cfg = write_config(home / "c.toml", "res:", [
+        {"name": "slow", "base_url": sim.base_url, "price_multiplier": "0.75"},
+        {"name": "openai-batch", "kind": "openai-batch", "base_url": "http://127.0.0.1:9"}],
+        routing='[routing]\nstrategy = "cheapest"', concurrency=CONCURRENCY, chunk_size=5)
+    src = home / "in.jsonl"
+    src.write_bytes(b"".join(orjson.dumps(openai_line(i)) + b"\n" for i in range(1, lines + 1)))
+    return cfg, src
+
+
+def _json_run(home: Path, *args: str) -> tuple[dict[str, Any], str]:
+    proc = cli(home, *args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return dict(json.loads(proc.stdout)), proc.stderr
+
+
+def test_a_run_with_a_deadline_after_one_without_is_a_new_batch_and_each_says_why_the_lane_took_no_line(
+        home: Path, slow: SimulatorProcess) -> None:
+    """Found by a fresh-clone check: `run FILE --deadline +2m` after `run FILE` printed the old batch again and
+    never said why the lane was not used."""
+    cfg, src = _lane_setup(home, slow, lines=10)
+    slow.configure(latency_ms=0)
+    args = _run_args(cfg, src, home / "out.jsonl")
+    urgent, err = _json_run(home, *args)
+    (note,) = urgent["lanes"]
+    assert (note["name"], note["used"], note["reason"]) == ("openai-batch", False, "no_deadline")
+    assert ("lane openai-batch not used: the batch has no deadline; the lane needs 25h (window 24h + margin 1h): "
+            "--deadline +25h or later lets 10 lines go there") in err
+    assert urgent["deadline"] is None and urgent["deadline_given"] is None and urgent["deadline_note"] is None
+    soon, err = _json_run(home, *args, "--deadline", "+2m")
+    assert soon["id"] != urgent["id"] and not soon["already_done"]  # may use a lane: another batch
+    assert soon["deadline"] == pytest.approx(time.time() + 120, abs=30) == soon["deadline_given"]
+    (note,) = soon["lanes"]
+    assert (note["used"], note["reason"], note["needs_s"]) == (False, "deadline", 90000)
+    assert "lane openai-batch not used: deadline leaves 2m, the lane needs 25h (window 24h + margin 1h); " in err
+    assert slow.stats()["calls"] == 20
+    again, err = _json_run(home, *args, "--deadline", "+2m")  # the same instant, to the minute: nothing to say
+    assert again["id"] == soon["id"] and again["already_done"] and again["deadline_note"] is None
+    later, err = _json_run(home, *args, "--deadline", "+3h")
+    assert later["id"] == soon["id"] and later["already_done"]  # a deadline is an instant: not in the fingerprint
+    assert later["deadline"] == soon["deadline"] and later["deadline_given"] > soon["deadline"] + 3600
+    assert later["deadline_note"] in err
+    assert re.search(rf"note: batch {soon['id']} \(same input and options\) ran with its deadline \S+Z; this run's "
+                     r"deadline \S+Z is not applied \(--new starts a batch with it\)", later["deadline_note"])
+    assert slow.stats()["calls"] == 20  # no line sent again
+
+
+def test_an_interrupted_run_with_a_deadline_resumes_its_batch_and_says_when_it_keeps_its_own_deadline(
+        home: Path, slow: SimulatorProcess) -> None:
+    cfg, src = _lane_setup(home, slow)
+    args = [*_run_args(cfg, src, home / "out.jsonl"), "--deadline", "+1h"]
+    batch = _batch_in(_interrupted_after(home, slow, args, 10, signal.SIGINT))
+    same = cli(home, *args)  # the same command: the same batch, its deadline the same instant (to the minute)
+    assert same.returncode == 0, same.stderr
+    assert f"resuming batch {batch}" in same.stderr and "is not applied" not in same.stderr
+    assert re.search(r"lane openai-batch not used: deadline leaves (1h|59\.\dm), the lane needs 25h", same.stderr)
+    assert "--new with --deadline +25h or later lets" in same.stderr  # the batch keeps its deadline
+    _all_answered_once(home, cfg, home / "out.jsonl", batch)
+    assert slow.stats()["calls"] == LINES
+
+
+def test_a_resumed_run_given_another_deadline_keeps_its_own_and_says_so(home: Path, slow: SimulatorProcess) -> None:
+    cfg, src = _lane_setup(home, slow)
+    args = _run_args(cfg, src, home / "out.jsonl")
+    batch = _batch_in(_interrupted_after(home, slow, [*args, "--deadline", "+1h"], 10, signal.SIGINT))
+    kept = _status(home, cfg, batch)["expires_at"]
+    resumed, err = _json_run(home, *args, "--deadline", "+2h")
+    assert resumed["id"] == batch and resumed["deadline"] == kept
+    assert resumed["deadline_given"] == pytest.approx(time.time() + 7200, abs=60)
+    assert f"note: batch {batch} (same input and options) keeps its deadline" in resumed["deadline_note"]
+    assert resumed["deadline_note"] in err and err.index(f"resuming batch {batch}") < err.index(
+        resumed["deadline_note"])
+    _all_answered_once(home, cfg, home / "out.jsonl", batch)
+    assert slow.stats()["calls"] == LINES

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -51,6 +52,67 @@ def test_a_fingerprint_covers_the_options_that_shape_what_is_sent_and_priced(
     changed = BatchSpec.model_validate({**base.model_dump(), **change})
     assert (fingerprint(src, base) == fingerprint(src, changed)) is same
     assert (options_part(base) == options_part(changed)) is same
+
+
+LANES = ("openai-batch",)  # the configured lanes' names
+SOON, LATER = time.time() + 120, time.time() + 26 * 3600
+
+
+@pytest.mark.parametrize(("why", "a", "b", "lanes", "same"), [
+    ("no lane configured: a deadline changes nothing", {}, {"deadline": SOON}, (), True),
+    ("a lane, and a deadline that may let it in", {}, {"deadline": SOON}, LANES, False),
+    ("a lane, and a completion window that may let it in", {}, {"completion_window": 60}, LANES, False),
+    ("two deadlines are two instants, not two batches", {"deadline": SOON}, {"deadline": LATER}, LANES, True),
+    ("a lane --providers leaves out", {"providers": ["p"]}, {"providers": ["p"], "deadline": SOON}, LANES, True),
+    ("a lane --providers keeps", {"providers": ["openai-batch"]},
+     {"providers": ["openai-batch"], "deadline": SOON}, LANES, False),
+])
+def test_a_fingerprint_covers_whether_the_batch_may_use_a_lane_not_its_deadline(
+        tmp_path: Path, why: str, a: dict[str, Any], b: dict[str, Any], lanes: tuple[str, ...], same: bool) -> None:
+    src = _file(tmp_path / "in.jsonl", 3)
+    assert (fingerprint(src, BatchSpec(**a), lanes) == fingerprint(src, BatchSpec(**b), lanes)) is same
+
+
+def test_a_batch_that_cannot_use_a_lane_keeps_the_fingerprint_it_had(tmp_path: Path) -> None:
+    """Batches in Redis from before lanes were fingerprinted are found again by the same run."""
+    src = _file(tmp_path / "in.jsonl", 3)
+    assert fingerprint(src, BatchSpec(), LANES) == fingerprint(src, BatchSpec())
+    assert options_part(BatchSpec(), LANES) == options_part(BatchSpec())
+    assert b'"lanes":true' in options_part(BatchSpec(deadline=SOON), LANES)
+
+
+def test_submit_json_shows_the_effective_deadline_and_what_each_lane_does(
+        tmp_path: Path, redis_url: str, prefix: str) -> None:
+    """Found by a fresh-clone check: `deadline` was the --deadline given, not the earlier completion window, and
+    only `estimate` said why a lane took no line."""
+    cfg = write_config(tmp_path / "c.toml", prefix, [
+        {"name": "p", "base_url": "http://127.0.0.1:9", "price_multiplier": "0.75"},
+        {"name": "openai-batch", "kind": "openai-batch", "base_url": "http://127.0.0.1:9"}],
+        routing='[routing]\nstrategy = "cheapest"')
+    src = _file(tmp_path / "in.jsonl", 4)
+    env = {"REDIS_URL": redis_url}
+    short = batchrelay("-c", str(cfg), "submit", str(src), "--completion-window", "24h", "--deadline", "+30h",
+                       "--json", env=env)
+    assert short.returncode == 0, short.stderr
+    d = orjson.loads(short.stdout)
+    assert d["deadline"] == pytest.approx(time.time() + 24 * 3600, abs=60)  # the window ends first
+    assert d["deadline_given"] == pytest.approx(time.time() + 30 * 3600, abs=60)
+    (note,) = d["lanes"]
+    assert (note["name"], note["used"], note["reason"], note["lines"]) == ("openai-batch", False, "deadline", 0)
+    assert note["text"] == ("lane openai-batch not used: deadline leaves 24h, the lane needs 25h (window 24h + "
+                            "margin 1h); --deadline +25h or later with --completion-window 25h or more lets 4 lines "
+                            "go there")
+    assert note["text"] in short.stderr
+    fits = batchrelay("-c", str(cfg), "submit", str(src), "--deadline", "+25h", env=env)  # exactly window + margin
+    assert fits.returncode == 0, fits.stderr
+    assert re.search(r"lane openai-batch: 4 lines go there; they may wait up to 24h, for 67 % of the synchronous "
+                     r"price \(\$\S+ instead of \$\S+\)", fits.stderr), fits.stderr
+    kept = batchrelay("-c", str(cfg), "submit", str(src), "--deadline", "+25h", "--resume", "--json", env=env)
+    assert kept.returncode == 0, kept.stderr
+    k = orjson.loads(kept.stdout)
+    assert k["existing"] and k["id"] == fits.stdout.strip()
+    assert k["notes"] == [f"resuming batch {k['id']} (in_progress, 0 of 4 lines answered)"]
+    assert k["lanes"][0]["used"] is True
 
 
 def test_a_fingerprint_is_of_the_bytes_not_the_path(tmp_path: Path) -> None:

@@ -172,7 +172,8 @@ class AsyncClient:
             path = Path(source)
             if spec.needs_prices:
                 self._check_prices(path, spec)
-            fp = await asyncio.to_thread(fingerprint, path, spec)
+            lanes = [p.name for p in self.settings.providers if p.is_lane]  # may it use one: resume.py
+            fp = await asyncio.to_thread(fingerprint, path, spec, lanes)
             try:
                 stream = path.open("rb")
             except OSError as e:
@@ -285,17 +286,12 @@ class AsyncClient:
         """The batch's budget (max, spent, reserved, remaining in USD); with `max_cost`, set it first:
         lines waiting on a spent budget go back on the queue (`requeued_chunks`) for the workers."""
         from batchrelay.store.budget import Budget
-        from batchrelay.store.sweeper import requeue_pending
 
         limit = None if max_cost is None else BatchSpec.checked({"max_cost": max_cost}).max_cost
         store = await self._connected()
-        info = await store.info(batch_id)
+        await store.info(batch_id)  # BatchNotFound for an unknown id
         b = Budget(store)
-        requeued = 0
-        if limit is not None and await b.raise_limit(batch_id, limit):
-            if ":run:" in info.queue:  # the `run` that owned its private queue has ended
-                await store.set_queue(batch_id, store.keys.queue)
-            requeued = await requeue_pending(store, batch_id)
+        requeued = 0 if limit is None else await b.raise_and_requeue(batch_id, limit)
         status = (await store.info(batch_id)).status
         return {"batch": batch_id, "status": status, **(await b.info(batch_id)).as_dict(), "requeued_chunks": requeued}
 

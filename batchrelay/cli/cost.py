@@ -53,7 +53,8 @@ def estimate(ctx: click.Context, file: Path, endpoint: str, allow: tuple[str, ..
     Input tokens are estimated from each request; output is a range from 1 token per line (low)
     to each line's max_tokens (high). `expected` takes --output-tokens if given, else the output
     per call each provider and model gave in earlier batches (history), else --output-ratio.
-    `first choice` is the provider routing tries first; the others are where failover may go.
+    `first choice` (*) is where routing sends the lines first (a lane, when the deadline allows it);
+    the others are where failover may go.
 
     With a lane configured (an official Batch API), the estimate shows both totals: with the lane
     (its lines at its price, when the deadline allows) and without it, and what the deadline
@@ -79,7 +80,7 @@ def estimate(ctx: click.Context, file: Path, endpoint: str, allow: tuple[str, ..
     if as_json:
         emit_json(est.as_dict())
         return
-    _print_estimate(est, settings.providers)
+    _print_estimate(est, [p for p in settings.providers if not allow or p.name in allow])
 
 
 async def _history(settings: Settings) -> dict[tuple[str, str], float]:
@@ -92,7 +93,7 @@ async def _history(settings: Settings) -> dict[tuple[str, str], float]:
 
 def _print_estimate(est: Estimate, providers: Iterable[ProviderConfig]) -> None:
     print_table(("model", "provider", "lines", "tokens in / out", "expected", "range", "price", "output"),
-                [(r.model, r.provider + (" *" if r.first_choice else " (lane)" if r.lane else ""), str(r.lines),
+                [(r.model, r.provider + (" (lane)" if r.lane else "") + (" *" if r.first_choice else ""), str(r.lines),
                   f"{r.input_tokens} / {r.expected_output_tokens}", _fmt(r.expected),
                   f"{_fmt(r.low)}-{_fmt(r.high)}", r.price_source, r.output_basis) for r in est.rows])
     low, exp, high = est.first_choice_total()
@@ -100,11 +101,11 @@ def _print_estimate(est: Estimate, providers: Iterable[ProviderConfig]) -> None:
                f"range {_fmt(low)} to {_fmt(high)}")
     for v in est.lanes.values():
         click.echo(f"{v.text()} ({v.lines} lines)")
-    if est.lanes:
-        low, exp, high = est.lane_total()
-        click.echo(f"With the lane ({est.lane_lines} lines there): expected {_fmt(exp)}, range {_fmt(low)} to "
-                   f"{_fmt(high)}; without it: expected {_fmt(est.first_choice_total()[1])}")
-    elif lanes := [p.name for p in providers if p.is_lane]:
+    if est.lane_lines:
+        low, exp, high = est.sync_total()
+        click.echo(f"With the lane ({est.lane_lines} lines there): as above; without it: expected {_fmt(exp)}, "
+                   f"range {_fmt(low)} to {_fmt(high)}")
+    elif not est.lanes and (lanes := [p.name for p in providers if p.is_lane]):
         click.echo(f"no line would go to lane {', '.join(lanes)}: a synchronous provider ranks before it "
                    "(routing.strategy, priority, routes, --providers)")
     for m, p in est.unpriced():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -13,7 +14,7 @@ import click
 from batchrelay.cli.cache import cache_group
 from batchrelay.cli.config_file import accept_config_after, load_config
 from batchrelay.cli.cost import budget, cost, estimate
-from batchrelay.cli.kit import CONTEXT, emit_json, handles_errors, open_client, run_async, settings_of
+from batchrelay.cli.kit import CONTEXT, emit_json, handles_errors, open_client, open_store, run_async, settings_of
 from batchrelay.cli.lifecycle import cancel, resume_command, retry_command
 from batchrelay.cli.logs import LogSetup, log_options, secrets_of, setup_logging
 from batchrelay.cli.options import (
@@ -43,6 +44,7 @@ from batchrelay.store.store import FINISHED, unsuccessful
 
 if TYPE_CHECKING:
     from batchrelay.api import AsyncClient
+    from batchrelay.config.settings import Settings
 
 
 @click.group(context_settings=CONTEXT)
@@ -98,7 +100,9 @@ def run(ctx: click.Context, file: Path, out: Path, errors: Path | None, workers:
     (same input bytes and options) resumes a stopped run and sends no answered line again; for a
     run that is done it writes the results again with no provider call. --new starts afresh.
     --deadline: lines not answered by then expire; a deadline far enough off lets lines go to a
-    configured lane (an official Batch API, up to its window late), and the run waits for it.
+    configured lane (an official Batch API, up to its window late), and the run waits for it; it
+    says on stderr, per lane, whether lines go there and why not. A batch found again keeps its own
+    deadline (and says so when the one given now is another).
 
     \b
     Examples:
@@ -188,7 +192,7 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
     Lines not answered by the end of --completion-window (from the start) or by --deadline,
     whichever comes first, expire. Lines go to a lane (an official Batch API, at its lower price)
     only when that leaves the lane its window plus margin: a 24h lane needs --completion-window 26h
-    or --deadline +26h, not 24h.
+    or --deadline +26h, not 24h. It says on stderr, per lane, whether lines go there and why not.
 
     \b
     Examples:
@@ -199,18 +203,25 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
       batchrelay submit requests.jsonl --at 2026-11-22T05:00:00Z   # or --in 2h
       batchrelay submit requests.jsonl --webhook https://example.com/hooks/batch
     """
+    from batchrelay.cli.lane_report import SUBMIT_KEPT_HINT, lane_report, submit_hint
+
     spec = BatchSpec.of(settings_of(ctx), name=name, endpoint=endpoint, providers=allow, max_cost=max_cost,
                         require_prices=require_prices, completion_window=completion_window,
                         start_at=start_at_of(at, delay), webhook=webhook, cache=cache, deadline=deadline)
 
     st, existing = run_async(submit_or_resume(settings_of(ctx), file, spec, resume))
     counts = st["counts"]
+    start = st["start_at"] if existing else spec.start_at
+    notes = lane_report(settings_of(ctx), file, spec, st["expires_at"], start=start,
+                        hint=SUBMIT_KEPT_HINT if existing else submit_hint(spec))
+    for note in notes:
+        click.echo(note.text, err=True)
     if as_json:
         emit_json({"id": st["id"], "existing": existing, "status": st["status"], "lines": counts["total"],
                    "valid": counts["total"] - counts["invalid"], "invalid": counts["invalid"],
-                   "start_at": st["start_at"] if existing else spec.start_at,
-                   "deadline": st["deadline"],
-                   "webhook": (st["webhook"] or {}).get("url") if existing else spec.webhook})
+                   "start_at": start, "deadline": st["expires_at"], "deadline_given": spec.deadline,
+                   "webhook": (st["webhook"] or {}).get("url") if existing else spec.webhook,
+                   "notes": st["notes"], "lanes": [n.as_dict() for n in notes]})
     else:
         echo(st["id"])
         if st["status"] == Status.SCHEDULED and st["start_at"] is not None:
@@ -228,30 +239,43 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
 @click.pass_context
 @handles_errors
 def status(ctx: click.Context, batch: str, as_json: bool, watch: bool) -> None:
-    """Show a batch's status and counts.
+    """Show a batch's status: counts, deadline, rate and ETA, lines held by lanes, cost, providers.
+
+    While a lane (an official Batch API) holds lines, the ETA covers only the synchronous providers'
+    lines; each lane's lines are shown with their parcels (state, upstream batch id) and the time by
+    which, at the latest, they are answered upstream or handed back to the synchronous providers.
 
     \b
     Examples:
       batchrelay status batch_0123abcd
       batchrelay status batch_0123abcd --watch
     """
+    from batchrelay.cli.lane_text import deadline_line, held_in_batch, lane_lines, rate_line, with_lanes
+
+    settings = settings_of(ctx)
+
     async def go() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-        async with open_client(settings_of(ctx)) as client:
+        async with open_client(settings) as client:
             if watch:
-                await _watch(client, batch, show=True)
+                await _watch(client, settings, batch, show=True)
             return await client.status(batch), await client.providers()
 
     st, health = run_async(go())
+    now = time.time()
+    health = with_lanes(health, {p.name: p.kind for p in settings.ordered_providers()}, held_in_batch(st))
     if as_json:
         emit_json({**st, "providers": health})
         return
     echo(f"{st['id']}  {st['status']}  {st['name']}  ({st['input_format']})")
     if st["status"] == Status.SCHEDULED and st["start_at"] is not None:
         click.echo(f"  starts at {datetime.fromtimestamp(st['start_at'], UTC).isoformat(timespec='seconds')}")
+    if (deadline := deadline_line(st, now)) is not None:
+        click.echo(f"  {deadline}")
     click.echo("  " + "  ".join(f"{k}={v}" for k, v in st["counts"].items()))
-    eta = f", ETA {st['eta_s']:.0f}s" if st["eta_s"] is not None else ""
     if st["status"] != Status.PAUSED:  # nothing works a paused batch: a rate would say otherwise
-        click.echo(f"  {st['rate_lines_per_s']:.1f} lines/s{eta}")
+        click.echo(f"  {rate_line(st)}")
+    for line in lane_lines(st, now):
+        echo(f"  {line}")
     if st["status"] == Status.PAUSED:
         echo(f"  its `run` was interrupted: the same `run` command, or `batchrelay resume {st['id']}`, continues it")
     click.echo(f"  {cost_line(st['cost'])}")
@@ -263,15 +287,14 @@ def status(ctx: click.Context, batch: str, as_json: bool, watch: bool) -> None:
         echo(f"  provider {name}: {health_text(h)}{last}")
 
 
-async def _watch(client: AsyncClient, batch: str, *, show: bool) -> dict[str, Any]:
-    """Wait for the batch to end (or its budget to run out), with a progress bar on a terminal."""
-    from batchrelay.cli.progress import POLL_S, Bar
+async def _watch(client: AsyncClient, settings: Settings, batch: str, *, show: bool) -> dict[str, Any]:
+    """Wait for the batch to end (or its budget to run out, or its `run` to pause), with a progress
+    bar on a terminal that counts the lines lanes hold apart; its status then."""
+    from batchrelay.cli.progress import waited_for, watch
 
-    bar = Bar(batch, show=show)
-    try:
-        return await client.wait(batch, poll=POLL_S, on_update=lambda st: bar.update(st["counts"]))
-    finally:
-        bar.close()
+    async with open_store(settings) as store:
+        await watch(store, batch, show=show, ends=waited_for)
+    return await client.status(batch)
 
 
 @cli.command()
@@ -297,7 +320,7 @@ def results(ctx: click.Context, batch: str, out: Path, errors: Path | None, wait
 
     async def go() -> tuple[dict[str, Any], dict[str, Any]]:
         async with open_client(settings_of(ctx)) as client:
-            st = await (_watch(client, batch, show=not as_json) if wait else client.status(batch))
+            st = await (_watch(client, settings_of(ctx), batch, show=not as_json) if wait else client.status(batch))
             return st, await client.export(batch, out, errors)
 
     st, exported = run_async(go())

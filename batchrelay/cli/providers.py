@@ -8,10 +8,12 @@ from typing import Any
 import click
 
 from batchrelay.cli.kit import emit_json, handles_errors, open_store, run_async, settings_of
+from batchrelay.cli.lane_text import lane_settings_text, waiting_text, with_lanes
 from batchrelay.cli.text import echo, print_table
 from batchrelay.errors import StoreError
 from batchrelay.money.pricing import price_of, usd_str
 from batchrelay.store.health import Health
+from batchrelay.store.lane_status import lane_loads
 
 
 @click.group(invoke_without_command=True)
@@ -19,7 +21,8 @@ from batchrelay.store.health import Health
 @click.pass_context
 @handles_errors
 def providers(ctx: click.Context, as_json: bool) -> None:
-    """List the configured providers: preset, whether the key is set, dialects, models, limits, prices.
+    """List the configured providers: kind, preset, whether the key is set, dialects, models, limits,
+    prices, health; a lane's settings (window, margin, gather, sizes, price multiplier) and what it holds.
 
     
     Examples:
@@ -30,17 +33,20 @@ def providers(ctx: click.Context, as_json: bool) -> None:
         return
     settings = settings_of(ctx)
     items = settings.ordered_providers()
-    health = run_async(_health_or_none(settings, [p.name for p in items]))
+    health = run_async(_health_or_none(settings, items))
     rows = [{**_provider_row(p), "health": health.get(p.name) if health else None} for p in items]
     if as_json:
         emit_json(rows)
         return
-    print_table(["name", "preset", "key", "priority", "base url", "dialects", "auth", "models", "rpm/tpm", "pricing",
-                 "health"],
-                [[p.name, p.preset or "-", KEY_TEXT[row["key_set"]], str(p.priority), p.base_url, ", ".join(p.dialects),
-                  ", ".join(f"{d}:{a}" for d, a in row["auth"].items()), row["models_summary"],
+    print_table(["name", "kind", "preset", "key", "priority", "base url", "dialects", "auth", "models", "rpm/tpm",
+                 "pricing", "health"],
+                [[p.name, p.kind, p.preset or "-", KEY_TEXT[row["key_set"]], str(p.priority), p.base_url,
+                  ", ".join(p.dialects), ", ".join(f"{d}:{a}" for d, a in row["auth"].items()), row["models_summary"],
                   f"{row['limits']['rpm'] or '-'}/{row['limits']['tpm'] or '-'}", _pricing_text(p),
                   health_text(row["health"])] for p, row in zip(items, rows, strict=True)])
+    for row in rows:
+        if row["lane"]:
+            echo(lane_settings_text(row["name"], row["kind"], row["lane"], row["price_multiplier"]))
     if health is None:
         click.echo("(health unknown: Redis not reachable)", err=True)
 
@@ -76,6 +82,8 @@ def health_text(h: dict[str, Any] | None) -> str:
         text += f" (404: {', '.join(h['cooling_models'])})"
     if h.get("concurrency_limit"):
         text += f", {h['concurrency_limit']} in flight at most"
+    if waiting := waiting_text(h):
+        text += f" ({waiting})"
     return text
 
 
@@ -92,19 +100,23 @@ async def _clear_recovered(settings: Any, names: list[str]) -> set[str]:
     return set(names)
 
 
-async def _health_or_none(settings: Any, names: list[str]) -> dict[str, dict[str, Any]] | None:
-    """The shared health of these providers, or None when Redis cannot be reached."""
+async def _health_or_none(settings: Any, items: list[Any]) -> dict[str, dict[str, Any]] | None:
+    """The shared health of these providers, with what each lane holds over every batch (its lines
+    and open parcels by state), or None when Redis cannot be reached."""
     try:
         async with open_store(settings) as store:
-            return await Health(store, settings.health).snapshot(names)
+            health = await Health(store, settings.health).snapshot([p.name for p in items])
+            loads = await lane_loads(store) if any(p.is_lane for p in items) else {}
     except StoreError:
         return None
+    return with_lanes(health, {p.name: p.kind for p in items},
+                      {lane: (load.lines, load.parcels) for lane, load in loads.items()})
 
 
 def _provider_row(p: Any) -> dict[str, Any]:
     models = sorted(set(p.catalog) | set(p.models.values()))
     return {
-        "name": p.name, "preset": p.preset, "priority": p.priority, "base_url": p.base_url,
+        "name": p.name, "kind": p.kind, "preset": p.preset, "priority": p.priority, "base_url": p.base_url,
         "dialects": list(p.dialects), "auth": {d: p.auth_for(d) for d in p.dialects},
         "paths": {d: p.path(d) for d in p.dialects}, "api_key_env": p.api_key_env,
         "key_set": bool(p.api_key()) if p.api_key_env else None, "models": models,
@@ -113,6 +125,7 @@ def _provider_row(p: Any) -> dict[str, Any]:
         "price_multiplier": str(p.price_multiplier), "cost_source": p.cost_source,
         "prices": {m: pr.model_dump(mode="json", exclude_defaults=True) for m, pr in p.prices.items()},
         "model_prices": _resolved_prices(p, [m for m in models if "*" not in m]),
+        "lane": p.lane.model_dump() if p.is_lane and p.lane is not None else None,  # window_s, margin_s, ...
     }
 
 

@@ -14,8 +14,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import click
-
 from batchrelay.cli.kit import open_client, open_store
 from batchrelay.cli.lifecycle import hand_to_workers
 from batchrelay.cli.text import command_with, echo
@@ -80,24 +78,23 @@ async def _reuse(store: Store, prior: BatchInfo, spec: BatchSpec,
 async def submit_or_resume(settings: Settings, file: Path, spec: BatchSpec,
                            resume: bool) -> tuple[dict[str, Any], bool]:
     """`submit`: a new batch (saying so when one of the same input and options is unfinished), or with
-    `resume` that unfinished batch, put back to work; the batch's status (with its `deadline`), and
-    whether it existed."""
+    `resume` that unfinished batch, put back to work; the batch's status (with `notes`: what was said
+    on stderr), and whether it existed."""
+    from batchrelay.cli.lane_report import lane_names
     from batchrelay.store.resume import fingerprint, unfinished_of
 
     said: list[str] = []
-    deadline = spec.deadline
     async with open_store(settings) as store:
-        prior = await unfinished_of(store, await asyncio.to_thread(fingerprint, file, spec))
+        prior = await unfinished_of(store, await asyncio.to_thread(fingerprint, file, spec, lane_names(settings)))
         if prior is not None and resume:
-            said, fields = await _reuse(store, prior, spec, settings.source)
-            deadline = float(fields["deadline"]) if "deadline" in fields else None
-    for line in said:
-        echo(line, err=True)
+            said, _fields = await _reuse(store, prior, spec, settings.source)
     if prior is not None and not resume:
         again = "puts that one back on the queue instead" if prior.status == Status.PAUSED else "returns that one"
-        click.echo(f"note: batch {prior.id} of the same input and options is {prior.status}; a new batch is made "
-                   f"(--resume {again})", err=True)
+        said.append(f"note: batch {prior.id} of the same input and options is {prior.status}; a new batch is made "
+                    f"(--resume {again})")
+    for line in said:
+        echo(line, err=True)
     existing = prior is not None and resume
     async with open_client(settings) as client:
         batch_id = prior.id if prior is not None and existing else await client.submit(file, spec)
-        return {**await client.status(batch_id), "deadline": deadline}, existing
+        return {**await client.status(batch_id), "notes": said}, existing

@@ -30,11 +30,13 @@ import click
 from arq.worker import Worker
 
 from batchrelay.cli.guard import Guard, Terminated, abort_others
+from batchrelay.cli.lane_report import KEPT_HINT, RUN_HINT, deadline_note, lane_names, lane_report
 from batchrelay.cli.logs import LogSetup, write_stderr
 from batchrelay.cli.progress import watch
 from batchrelay.cli.text import command_with, printable
 from batchrelay.config.settings import ProviderConfig, Settings
 from batchrelay.errors import BadRedisURL, BatchrelayError, ConfigError, EmbeddedRedisError, ExitCode, StoreError
+from batchrelay.money.lane_notes import LaneNote
 from batchrelay.procs import stop_all
 from batchrelay.sim.process import SimulatorProcess
 from batchrelay.spec import BatchSpec
@@ -72,6 +74,9 @@ class RunReport:
     command: str | None = None  # the command line that continues it (the same one)
     done_before: bool = False  # the same command had finished it already: its results were only written again
     abandoned: bool = False  # a second signal stopped it at once: the calls in flight were not waited for
+    deadline_given: float | None = None  # this run's --deadline (the batch keeps its own: `deadline`)
+    deadline_note: str | None = None  # the batch found keeps another deadline than the one given now
+    lanes: tuple[LaneNote, ...] = ()  # whether its lines go to each configured lane, and why not
 
     @property
     def exit_code(self) -> ExitCode:
@@ -87,7 +92,9 @@ class RunReport:
         stop = {} if self.interrupted is None else {"interrupted": self.interrupted.name,
                                                      "calls_abandoned": self.abandoned}
         return {**self.batch.as_dict(), "seconds": round(self.seconds, 3), "cost": self.cost,
-                "already_done": self.done_before, **files, **stop}
+                "already_done": self.done_before, "deadline": self.batch.expires_at,
+                "deadline_given": self.deadline_given, "deadline_note": self.deadline_note,
+                "lanes": [n.as_dict() for n in self.lanes], **files, **stop}
 
     def next_steps(self) -> str:
         """What an interrupted run says: where its batch is and how to go on."""
@@ -235,25 +242,40 @@ async def run_file(
     check_writable(out, errors)
     if env.embedded is None:
         await _reachable(env.url)
-    fp = await asyncio.to_thread(fingerprint, path, spec)
+    given = spec.expires_at(time.time())
+    fp = await asyncio.to_thread(fingerprint, path, spec, lane_names(env.settings))
     batch_id: str | None = None
+    said: str | None = None
+    notes: list[LaneNote] = []
     async with Guard(env.embedded) as guard:
         try:
             async with await Store.connect(env.url, Keys(env.settings.redis.prefix)) as store:
                 # a queue of its own: this run's workers touch no other batch left in the same Redis
                 queue = f"{store.keys.queue}:run:{uuid.uuid4().hex[:12]}"
                 prior = await batch_of(store, fp) if resume_same else None
+                if prior is not None and prior.status in (Status.COMPLETED, Status.PAUSED, Status.IN_PROGRESS):
+                    said = deadline_note(prior.id, prior.expires_at, given, prior.status == Status.COMPLETED)
                 if prior is not None and prior.status == Status.COMPLETED:
                     again = ("--cache applies to new batches (add --new to run the file again with the cache)"
                              if spec.cache else "--new runs the file again")
                     click.echo(f"batch {prior.id} (same input and options) is already complete: its results are "
                                f"written again from Redis and no provider is called; {again}", err=True)
+                    if said:
+                        click.echo(said, err=True)
                     batch_id, info, stopped, done_before = prior.id, prior, False, True
                     exported: Exported | None = await export(store, batch_id, out, errors)
                 else:
                     done_before = False
                     batch_id, lease = await _start(store, path, spec, queue, fp, prior)
+                    if said:
+                        click.echo(said, err=True)
                     async with lease.kept():
+                        kept = prior if prior is not None and batch_id == prior.id else None
+                        notes = await asyncio.to_thread(lane_report, env.settings, path, spec,
+                                                        kept.expires_at if kept else given,
+                                                        hint=KEPT_HINT if kept else RUN_HINT)
+                        for lane_note in notes:
+                            click.echo(lane_note.text, err=True)
                         if prior is None or batch_id != prior.id:
                             await submit_file(store, path, spec, queue=queue, batch_id=batch_id, fingerprint=fp)
                         info = await _work(env, store, batch_id, workers, show, queue, guard, logs)
@@ -277,7 +299,8 @@ async def run_file(
             raise (Terminated if guard.signum == signal.SIGTERM else KeyboardInterrupt)(note) from None
     return RunReport(info, exported, time.perf_counter() - started, cost_summary(spent, budget),
                      guard.signum if stopped else None, env.settings.source, command, done_before,
-                     abandoned=stopped and guard.signals > 1)
+                     abandoned=stopped and guard.signals > 1, deadline_given=spec.deadline, deadline_note=said,
+                     lanes=tuple(notes))
 
 
 async def _start(store: Store, path: Path, spec: BatchSpec, queue: str, fp: str,

@@ -2,9 +2,17 @@
 
 Before each call a reservation (the most that call may cost: its input estimate and max_tokens at
 that provider's price, or the minimum charge) is taken; after it, the reservation is settled with
-the billed cost. A reservation the limit cannot cover is refused and the batch becomes
-`budget_exhausted`: its remaining lines wait, pending, until `raise_limit` (the `budget` command)
-lets them go on. Spending therefore passes the limit by at most the calls already in flight.
+the billed cost. Only reserved calls are sent, and spent + reserved never passes the limit, so
+spending passes it only when a call bills more than its reservation (its input was estimated).
+
+A reservation is refused in one of two ways (`Refusal`):
+- WAIT: the limit covers it, but not beside the reservations in flight. Those settle at or below
+  their amounts (most calls answer far short of max_tokens), so the line waits and tries again
+  shortly: the batch goes on (the relay waits a moment, then defers the line; a lane leaves it
+  unreserved until its upload).
+- EXHAUSTED: even were every reservation in flight settled at 0 it would not fit (spent + amount >
+  max). The batch becomes `budget_exhausted`: its remaining lines wait, pending, until
+  `raise_limit` (the `budget` command) lets them go on.
 
 Amounts are integer pico-dollars. A worker killed mid-call leaves its reservation behind; it lapses
 after `lease_s`. The comparison runs in Lua numbers, exact up to 2^53 pico-dollars ($9,007).
@@ -14,10 +22,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from enum import Enum
 from typing import Any, Protocol
 
 from batchrelay.config.settings import ProviderConfig
-from batchrelay.errors import OverBudget as OverBudget  # what `reserve` raises, as the relay imports them
+from batchrelay.errors import BudgetBusy as BudgetBusy  # what `reserve` raises, as the relay imports them
+from batchrelay.errors import OverBudget as OverBudget
 from batchrelay.errors import Unpriced as Unpriced
 from batchrelay.money.pricing import price_of, reservation
 from batchrelay.money.tokens import DEFAULT_MAX_OUTPUT, input_tokens, max_output_tokens
@@ -40,6 +50,11 @@ class BudgetInfo:
                 "remaining_usd": s(self.remaining_usd)}
 
 
+class Refusal(Enum):
+    """Why a reservation was not made (the module's docstring says what each means)."""
+
+    WAIT = "wait"  # the reservations in flight leave no room now; once they settle there may be
+    EXHAUSTED = "exhausted"  # spent + amount > max: it will not fit whatever they settle at
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +66,8 @@ class Reservation:
 class Limits(Protocol):
     """Where the limits are kept and reservations taken (store/budget.py's `Budget`, in Redis)."""
 
-    async def reserve(self, batch_id: str, amount: Decimal) -> str | None:
-        """A reservation token, or None when the limit cannot cover `amount`."""
+    async def try_reserve(self, batch_id: str, amount: Decimal) -> str | Refusal:
+        """A reservation token, or why the limit cannot cover `amount` (now, or at all)."""
 
     async def settle(self, batch_id: str, token: str, billed: Decimal) -> None: ...
 
@@ -76,11 +91,14 @@ class Spend:
     default_max_tokens: int = DEFAULT_MAX_OUTPUT
 
     async def reserve(self, provider: ProviderConfig, body: dict[str, Any]) -> Reservation:
+        """BudgetBusy: wait for the reservations in flight; OverBudget: the batch is budget_exhausted."""
         amount = most_it_may_cost(provider, body, self.default_max_tokens)
-        token = await self.budget.reserve(self.batch_id, amount)
-        if token is None:
+        got = await self.budget.try_reserve(self.batch_id, amount)
+        if got is Refusal.WAIT:
+            raise BudgetBusy(self.batch_id)
+        if got is Refusal.EXHAUSTED:
             raise OverBudget(self.batch_id)
-        return Reservation(token, amount)
+        return Reservation(got, amount)
 
     async def settle(self, held: Reservation, billed: Decimal | None) -> None:
         """`billed` None: the call's cost is unknown, so the reservation counts as spent."""

@@ -7,9 +7,11 @@ assumes one output token per call, `high` the request's max_tokens (what a budge
 Minimum charges and per-request fees apply per line. Pure, apart from reading the file.
 
 Lanes (official Batch APIs) take a line only when the batch's deadline leaves them their window
-plus margin and they rank first (routing.lane_for). With a lane configured, the estimate has two
-totals: `with_lane` (the lane's lines at its price when the deadline allows, the rest at their first
-synchronous choice) and the first-choice total without it, and a verdict per lane (lane_cost.py).
+plus margin and they rank first (routing.lane_for). The first choice of a line is where routing
+really sends it: the lane when the deadline allows it, else the first synchronous provider. With a
+lane configured, the estimate has two totals: the first choice's (`with_lane`: the lane's lines at its
+price) and `without_lane` (every line at its first synchronous choice), and a verdict per lane
+(lane_cost.py).
 """
 
 from __future__ import annotations
@@ -66,11 +68,12 @@ class EstimateRow:
     dialect: Dialect
     provider: str
     provider_model: str
-    first_choice: bool  # the first synchronous choice
+    first_choice: bool  # where routing sends the lines: the lane when the deadline allows it, else first_sync
     price_source: str
     output_basis: str = "ratio"
     lane: bool = False  # a lane's row: the lines it ranks first for, at its price
     lane_allowed: bool = False  # ... and the deadline lets them go there
+    first_sync: bool = False  # the first synchronous choice (without the lane; where its lines fail over)
     lines: int = 0
     input_tokens: int = 0
     expected_output_tokens: int = 0
@@ -82,6 +85,7 @@ class EstimateRow:
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "dialect": self.dialect, "provider": self.provider,
                 "provider_model": self.provider_model, "first_choice": self.first_choice,
+                "first_sync_choice": self.first_sync,
                 "price_source": self.price_source, "output_basis": self.output_basis, "lane": self.lane,
                 "lane_allowed": self.lane_allowed, "lines": self.lines,
                 "input_tokens": self.input_tokens,
@@ -98,22 +102,26 @@ class Estimate:
     deadline: float | None = None  # the batch's (unix time): start + completion window, or --deadline
     lanes: dict[str, LaneVerdict] = field(default_factory=dict)  # the lanes some line would go to, if allowed
     lane_lines: int = 0  # lines that go to a lane (the deadline allows it)
-    with_lane: list[Decimal | None] = field(default_factory=lambda: [Decimal(0)] * 3)  # low, expected, high
+    ranked: dict[str, int] = field(default_factory=dict)  # lane -> lines it would take, given all the time
 
-    def first_choice_total(self) -> Range:
-        """The cost range if every line goes to its first synchronous choice (None: a price is unknown)."""
-        firsts = [r for r in self.rows if r.first_choice]
-
+    def _total(self, rows: list[EstimateRow]) -> Range:
         def total(values: Iterable[Decimal | None]) -> Decimal | None:
             vs = list(values)
             return None if any(v is None for v in vs) else sum((v for v in vs if v is not None), Decimal(0))
-        return (total(r.low for r in firsts), total(r.expected for r in firsts), total(r.high for r in firsts))
+        return (total(r.low for r in rows), total(r.expected for r in rows), total(r.high for r in rows))
+
+    def first_choice_total(self) -> Range:
+        """The cost range if every line goes where routing sends it first: the lane when the deadline
+        allows it, else the first synchronous provider (None: a price is unknown)."""
+        return self._total([r for r in self.rows if r.first_choice])
 
     def lane_total(self) -> Range:
-        """The cost range with the lanes: their lines at the lane's price when the deadline allows it,
-        every other line at its first synchronous choice."""
-        low, expected, high = self.with_lane
-        return low, expected, high
+        """The cost range with the lanes (the first choices': the lane's lines at its price)."""
+        return self.first_choice_total()
+
+    def sync_total(self) -> Range:
+        """The cost range without the lanes: every line at its first synchronous choice."""
+        return self._total([r for r in self.rows if r.first_sync])
 
     def main_lane(self) -> LaneVerdict | None:
         """The lane most lines would go to (if the deadline allowed)."""
@@ -125,26 +133,42 @@ class Estimate:
 
     def as_dict(self) -> dict[str, Any]:
         low, expected, high = self.first_choice_total()
-        lane_low, lane_expected, lane_high = self.lane_total()
+        sync_low, sync_expected, sync_high = self.sync_total()
         main = self.main_lane()
         return {"lines": self.lines, "invalid": self.invalid, "unserved": self.unserved,
                 "first_choice": {"low_usd": usd_str(low), "expected_usd": usd_str(expected), "high_usd": usd_str(high)},
                 "deadline": self.deadline, "lane": main.lane if main else None,
                 "lane_allowed": main.allowed if main else None, "lane_needs_s": main.needs_s if main else None,
-                "lane_lines": self.lane_lines, "sync_total_usd": usd_str(expected),
-                "lane_total_usd": usd_str(lane_expected),
-                "with_lane": {"low_usd": usd_str(lane_low), "expected_usd": usd_str(lane_expected),
-                              "high_usd": usd_str(lane_high)},
+                "lane_lines": self.lane_lines, "sync_total_usd": usd_str(sync_expected),
+                "lane_total_usd": usd_str(expected),
+                "with_lane": {"low_usd": usd_str(low), "expected_usd": usd_str(expected), "high_usd": usd_str(high)},
+                "without_lane": {"low_usd": usd_str(sync_low), "expected_usd": usd_str(sync_expected),
+                                 "high_usd": usd_str(sync_high)},
                 "lanes": [v.as_dict() for v in self.lanes.values()],
                 "unpriced": [{"model": m, "provider": p} for m, p in self.unpriced()],
                 "rows": [r.as_dict() for r in self.rows]}
 
 
-def _line_cost(price: Price, inp: int, out: int) -> Decimal | None:
-    rates = price.rates()
-    if rates["input"] is None or rates["output"] is None:
+@dataclass(frozen=True, slots=True)
+class _Rates:
+    """A price's figures, read once per (provider, model): `Price.rates()` is too slow to call per line."""
+
+    source: str
+    input: Decimal | None
+    output: Decimal | None
+    per_request: Decimal
+    min_charge: Decimal
+
+    @classmethod
+    def of(cls, price: Price) -> _Rates:
+        rates = price.rates()
+        return cls(price.source, rates["input"], rates["output"], price.per_request, price.min_charge)
+
+
+def _line_cost(price: _Rates, inp: int, out: int) -> Decimal | None:
+    if price.input is None or price.output is None:
         return None
-    tokens = (inp * rates["input"] + out * rates["output"]) / MILLION
+    tokens = (inp * price.input + out * price.output) / MILLION
     return max(tokens + price.per_request, price.min_charge)
 
 
@@ -159,7 +183,7 @@ def estimate_jobs(jobs: Iterable[JobLine | BadLine], settings: Settings, *, allo
     now = time.time() if now is None else now
     est = Estimate(deadline=deadline)
     rows: dict[tuple[str, str, str], EstimateRow] = {}
-    prices: dict[tuple[str, str], Price] = {}
+    prices: dict[tuple[str, str], _Rates] = {}
     routes: dict[tuple[Dialect, str], _Route] = {}
     providers: list[ProviderConfig] = settings.ordered_providers()
     default_cap = settings.worker.default_max_tokens
@@ -175,6 +199,8 @@ def estimate_jobs(jobs: Iterable[JobLine | BadLine], settings: Settings, *, allo
         if not route.sync and not route.lane_allowed:
             est.unserved[model] = est.unserved.get(model, 0) + 1
             continue
+        if route.ideal is not None:
+            est.ranked[route.ideal.name] = est.ranked.get(route.ideal.name, 0) + 1
         if route.lane is not None:
             v = est.lanes.get(route.lane.name)
             if v is None:
@@ -182,20 +208,21 @@ def estimate_jobs(jobs: Iterable[JobLine | BadLine], settings: Settings, *, allo
             v.lines += 1
         inp = input_tokens(job.body)
         cap = max_output_tokens(job.body, default_cap)
-        served = [(p, i == 0, False) for i, p in enumerate(route.sync)]
+        served = [(p, i == 0 and not route.lane_allowed, i == 0, False) for i, p in enumerate(route.sync)]
         if route.lane is not None:
-            served.append((route.lane, False, True))
-        for provider, first, is_lane in served:
+            served.append((route.lane, route.lane_allowed, False, True))
+        for provider, first, first_sync, is_lane in served:
             pmodel = provider.provider_model(model)
             exp = output.expected(inp, cap, provider.name, pmodel)
             price = prices.get((provider.name, pmodel))
             if price is None:
-                price = prices[(provider.name, pmodel)] = price_of(provider, pmodel)
+                price = prices[(provider.name, pmodel)] = _Rates.of(price_of(provider, pmodel))
             key = (model, job.dialect, provider.name)
             row = rows.get(key)
             if row is None:
                 row = rows[key] = EstimateRow(model, job.dialect, provider.name, pmodel, first, price.source,
-                                              output.basis(provider.name, pmodel), is_lane, route.lane_allowed)
+                                              output.basis(provider.name, pmodel), is_lane, route.lane_allowed,
+                                              first_sync)
             costs = (_line_cost(price, inp, 1), _line_cost(price, inp, exp), _line_cost(price, inp, cap))
             row.lines += 1
             row.input_tokens += inp
@@ -203,12 +230,10 @@ def estimate_jobs(jobs: Iterable[JobLine | BadLine], settings: Settings, *, allo
             row.max_output_tokens += cap
             row.low, row.expected, row.high = (_add(c, t) for c, t in zip(costs, (row.low, row.expected, row.high),
                                                                           strict=True))
-            if (is_lane and route.lane_allowed) or (first and not route.lane_allowed):
-                est.with_lane = [_add(c, t) for c, t in zip(costs, est.with_lane, strict=True)]
         est.lane_lines += route.lane_allowed
-    # first choices, then the lane, then failover
-    est.rows = [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1], not rows[k].first_choice, not rows[k].lane,
-                                                             k[2]))]
+    # first choices, then the first synchronous one, then the lane, then failover
+    est.rows = [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1], not rows[k].first_choice,
+                                                             not rows[k].first_sync, not rows[k].lane, k[2]))]
     return est
 
 
@@ -220,6 +245,7 @@ class _Route:
     sync: list[ProviderConfig]
     lane: ProviderConfig | None
     lane_allowed: bool
+    ideal: ProviderConfig | None  # the lane that would take them given all the time in the world
 
 
 def _route(dialect: Dialect, model: str, providers: Sequence[ProviderConfig], settings: Settings,
@@ -230,15 +256,14 @@ def _route(dialect: Dialect, model: str, providers: Sequence[ProviderConfig], se
     sync = [p for p, _wire in candidates(dialect, model, providers, strategy=strategy, routes=routing.routes,
                                          allow=allow)]
     kw: dict[str, Any] = {"strategy": strategy, "routes": routing.routes, "allow": allow, "now": now}
+    ideal = lane_for(dialect, model, providers, deadline=math.inf, **kw)
     lane = lane_for(dialect, model, providers, deadline=deadline, **kw)
-    if lane is not None:
-        return _Route(sync, lane, True)
-    return _Route(sync, lane_for(dialect, model, providers, deadline=math.inf, **kw), False)
+    return _Route(sync, lane, True, ideal) if lane is not None else _Route(sync, ideal, False, ideal)
 
 
 def estimate_file(path: Path, settings: Settings, *, default_dialect: Dialect = "chat",
                   allow: Sequence[str] | None = None, output: OutputGuess = OutputGuess(),
-                  deadline: float | None = None) -> Estimate:
+                  deadline: float | None = None, now: float | None = None) -> Estimate:
     try:
         stream = path.open("rb")
     except OSError as e:
@@ -246,7 +271,7 @@ def estimate_file(path: Path, settings: Settings, *, default_dialect: Dialect = 
     with stream:
         jobs = iter_jobs(stream, default_dialect=default_dialect, max_line_bytes=settings.worker.max_line_bytes,
                          dedupe=False)  # duplicates only matter to submit; their cost is the same
-        return estimate_jobs(jobs, settings, allow=allow, output=output, deadline=deadline)
+        return estimate_jobs(jobs, settings, allow=allow, output=output, deadline=deadline, now=now)
 
 
 def require_prices(path: Path, settings: Settings, default_dialect: Dialect, allow: Sequence[str] | None) -> None:

@@ -16,13 +16,15 @@ from batchrelay.config.settings import ProviderConfig
 from batchrelay.providers.routing import lane_ok
 
 
-def span(seconds: float, down: bool = False) -> str:
+def span(seconds: float, down: bool = False, up: bool = False) -> str:
     """A duration as people read it: `25h`, `1.5h`, `90m`, `45s` (a negative one with a minus sign).
-    `down`: rounded down, so a time left just short of what a lane needs never reads as enough."""
+    `down`: rounded down, so a time left just short of what a lane needs never reads as enough; `up`:
+    rounded up, so a deadline it suggests is enough."""
     sign, s = ("-" if seconds < 0 else ""), abs(seconds)
     unit, size = ("h", 3600) if s >= 3600 else ("m", 60) if s >= 60 else ("s", 1)
     tenths = s / size * (1 if unit == "s" else 10)
-    n = (math.floor(tenths + 1e-9) if down else round(tenths)) / (1 if unit == "s" else 10)
+    n = (math.floor(tenths + 1e-9) if down else math.ceil(tenths - 1e-9) if up else round(tenths)) / (
+        1 if unit == "s" else 10)
     return f"{sign}{n:g}{unit}"
 
 

@@ -7,8 +7,9 @@ per-batch allow-list narrow the set first.
 
 Lanes (`is_lane`: an official Batch API) are never called line by line, so `candidates` leaves them
 out. `lane_for` says whether a line goes to a lane instead: only when its batch's deadline leaves the
-lane's upstream window plus its margin (`lane_ok`), and only when the lane ranks first among every
-provider that may serve the line, by the same strategy. A batch without a deadline never uses a lane.
+lane's upstream window plus its margin (`lane_ok`, give or take `lane_slack`), and only when the lane
+ranks first among every provider that may serve the line, by the same strategy. A batch without a
+deadline never uses a lane.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from batchrelay.wire.dialect import Dialect
 Strategy = Literal["priority", "cheapest", "weighted"]
 OTHER: dict[Dialect, Dialect] = {"chat": "messages", "messages": "chat"}
 UNKNOWN = Decimal("Infinity")
+LANE_SLACK_S = 60.0  # at most this much of a lane's margin may be short ...
+LANE_SLACK_SHARE = 0.01  # ... and at most this share of its window + margin
 
 
 def allowed_by_routes(model: str, routes: Mapping[str, Sequence[str]]) -> set[str] | None:
@@ -95,11 +98,24 @@ def candidates(
     return _ranked(dialect, model, [p for p in providers if not p.is_lane], strategy, routes, allow, rng)
 
 
+def lane_slack(needs_s: float) -> float:
+    """How far short of a lane's window + margin (`needs_s`) a deadline may be and still allow it.
+
+    A deadline such as `--deadline +25h` is counted from when it was read; the check comes later (the
+    estimate a moment after, a worker's claim after the file was stored, seconds for a big file). Without
+    slack, a deadline of exactly the window + margin would never pass. A minute (1 % for short test
+    lanes) is taken from the margin, which is the time left to fail over: nothing else."""
+    return min(LANE_SLACK_S, needs_s * LANE_SLACK_SHARE)
+
+
 def lane_ok(lane: ProviderConfig, deadline: float | None, now: float) -> bool:
     """Whether a batch due at `deadline` (unix time; None: no deadline) leaves `lane` its upstream
-    window plus its margin from `now`: the margin is the time left for synchronous failover when the
-    upstream batch is late."""
-    return lane.lane is not None and deadline is not None and deadline - now >= lane.lane.window_s + lane.lane.margin_s
+    window plus its margin from `now` (less `lane_slack`): the margin is the time left for synchronous
+    failover when the upstream batch is late."""
+    if lane.lane is None or deadline is None:
+        return False
+    needs = lane.lane.window_s + lane.lane.margin_s
+    return deadline - now + lane_slack(needs) >= needs
 
 
 def lane_for(

@@ -100,6 +100,7 @@ class Outcome:
     wire_dialect: Dialect | None = None  # what the serving provider spoke, when it differs from the job's
     notes: list[str] = field(default_factory=list)  # what could not be mapped exactly
     defer_s: float = 0.0  # DEFERRED: look again in this many seconds
+    budget_wait: bool = False  # DEFERRED: for the budget's reservations in flight to settle, not for a provider
 
     def __post_init__(self) -> None:
         if (self.kind is Result.ANSWERED) != (self.reply is not None):

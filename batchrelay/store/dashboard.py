@@ -19,7 +19,6 @@ import orjson
 from batchrelay.money.ledger import SEP
 from batchrelay.store.budget import Budget
 from batchrelay.store.store import ERR, BatchInfo, Store
-from batchrelay.store.sweeper import requeue_pending
 
 ERROR_SCAN = 5000  # results looked at, at most, for a batch's error sample
 ERROR_SAMPLE = 200  # error records kept from them
@@ -112,13 +111,8 @@ async def in_flight(store: Store, names: list[str]) -> dict[str, int]:
 async def raise_budget(store: Store, batch_id: str, max_usd: Decimal) -> dict[str, Any]:
     """Set the batch's spending limit (as `batchrelay budget --max-cost`): lines waiting on a spent
     budget go back on the queue. BatchNotFound for an unknown batch."""
-    info = await store.info(batch_id)
     budget = Budget(store)
-    requeued = 0
-    if await budget.raise_limit(batch_id, max_usd):
-        if ":run:" in info.queue:  # the `run` that owned its private queue has ended
-            await store.set_queue(batch_id, store.keys.queue)
-        requeued = await requeue_pending(store, batch_id)
+    requeued = await budget.raise_and_requeue(batch_id, max_usd)
     return {"batch": batch_id, **(await budget.info(batch_id)).as_dict(), "requeued_chunks": requeued}
 
 

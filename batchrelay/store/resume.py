@@ -4,8 +4,12 @@ batch, the lease of the `run` working a batch, and idempotency keys for producer
 A run's fingerprint is a sha256 of the input file's bytes and of the options that shape what is
 sent and how it is priced (`FINGERPRINT_FIELDS`): not the batch's name, the output path, the chunk
 size, a start time, a deadline (both absolute times: `--deadline +26h` is another time at each run)
-or a webhook. A rerun continues the batch with the deadline it was given. `{prefix}fingerprint:FP` holds the latest
-batch of that fingerprint (store.create_batch); it goes when that batch is forgotten.
+or a webhook. It does cover whether the batch may use a lane (`may_use_lanes`: a lane is configured
+and the batch has a deadline), so a run with `--deadline` after one without it is a new batch that
+can use the lane, while a rerun of an interrupted `run --deadline +26h` continues its batch, with the
+deadline it was given (the caller says so when the deadline given now is another).
+`{prefix}fingerprint:FP` holds the latest batch of that fingerprint (store.create_batch); it goes
+when that batch is forgotten.
 
 A `run` stopped by a signal pauses its batch (`pause`): its private queue is dropped and nothing
 works the batch until `resume` puts it on a queue again (the same command's next run: a private
@@ -25,7 +29,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,14 +58,27 @@ def lease_s() -> float:
     return float(raw) if raw else LEASE_S
 
 
-def options_part(spec: BatchSpec) -> bytes:
-    """The options of `spec` a fingerprint covers, canonical (sorted keys, Decimals as strings)."""
+def may_use_lanes(spec: BatchSpec, lanes: Iterable[str]) -> bool:
+    """Whether a batch of `spec` may send lines to a lane: it has a deadline (or a completion window)
+    and one of `lanes` (the configured lanes' names) is allowed by its `providers`. Pure."""
+    if spec.deadline is None and spec.completion_window is None:
+        return False
+    return any(spec.providers is None or name in spec.providers for name in lanes)
+
+
+def options_part(spec: BatchSpec, lanes: Iterable[str] = ()) -> bytes:
+    """The options of `spec` a fingerprint covers, canonical (sorted keys, Decimals as strings).
+    `lanes`: the configured lanes' names; `"lanes": true` is added only when the batch may use one,
+    so the fingerprints of batches that cannot stay what they were."""
     data = spec.model_dump(mode="json", include=set(FINGERPRINT_FIELDS))
+    if may_use_lanes(spec, lanes):
+        data["lanes"] = True
     return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
 
-def fingerprint(path: Path, spec: BatchSpec) -> str:
-    """The run fingerprint of `path`'s bytes with `spec`'s options (blocking: reads the whole file)."""
+def fingerprint(path: Path, spec: BatchSpec, lanes: Iterable[str] = ()) -> str:
+    """The run fingerprint of `path`'s bytes with `spec`'s options (blocking: reads the whole file);
+    `lanes`: the names of the configured lanes (see `options_part`)."""
     content = hashlib.sha256()
     try:
         with path.open("rb") as f:
@@ -69,7 +86,7 @@ def fingerprint(path: Path, spec: BatchSpec) -> str:
                 content.update(block)
     except OSError as e:
         raise InputError(f"{path}: cannot read input file: {e.strerror}") from None
-    return hashlib.sha256(b"batchrelay-run-1\0" + options_part(spec) + b"\0" + content.digest()).hexdigest()
+    return hashlib.sha256(b"batchrelay-run-1\0" + options_part(spec, lanes) + b"\0" + content.digest()).hexdigest()
 
 
 async def batch_of(store: Store, fp: str) -> BatchInfo | None:

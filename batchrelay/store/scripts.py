@@ -257,8 +257,9 @@ class Scripts(CacheScripts):
 
     # spending limits (budget.py); amounts in pico-dollars
 
-    async def reserve(self, k: Keys, batch_id: str, *, token: str, amount: int, now_ms: int, lease_ms: int) -> bool:
-        return bool(await self._s["budget_reserve"](
+    async def reserve(self, k: Keys, batch_id: str, *, token: str, amount: int, now_ms: int, lease_ms: int) -> int:
+        """1 reserved, 0 wait for the reservations in flight, -1 the limit is exhausted (budget_reserve.lua)."""
+        return int(await self._s["budget_reserve"](
             {"budget": k.budget(batch_id), "budget_leases": k.budget_leases(batch_id), "meta": k.meta(batch_id)},
             {"token": token, "amount": amount, "now_ms": now_ms, "lease_ms": lease_ms}))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -9,6 +10,7 @@ from batchrelay.money.budget import BudgetInfo
 from batchrelay.money.ledger import Row, rows, total
 from batchrelay.money.pricing import usd, usd_str
 from batchrelay.store.budget import Budget
+from batchrelay.store.lane_status import batch_lanes, timing
 from batchrelay.store.store import BatchInfo, Store
 
 
@@ -20,9 +22,12 @@ async def ledger_of(store: Store, batch_id: str) -> tuple[list[Row], Row, Budget
 
 
 async def status_object(store: Store, info: BatchInfo) -> dict[str, Any]:
-    """The batch as `status --json`, the Python API and webhooks show it: its info and running cost."""
+    """The batch as `status --json`, the Python API and webhooks show it: its info, its deadline, ETA
+    and lane lines (store/lane_status.py) and running cost."""
     _rows, spent, budget = await ledger_of(store, info.id)
-    return {**info.as_dict(), "cost": cost_summary(spent, budget)}
+    now = time.time()
+    lanes = timing(info, await batch_lanes(store, info.id), now)  # deadline, ETA and what the lanes hold
+    return {**info.as_dict(now), **lanes, "cost": cost_summary(spent, budget)}
 
 
 def cost_summary(t: Row, budget: BudgetInfo) -> dict[str, Any]:

@@ -67,15 +67,21 @@ async def enqueue_all(store: Store, batch_id: str, queue: str) -> int:
     return n
 
 
-async def requeue_deferred(store: Store, batch_id: str, job_id: str, lines: list[int], defer_s: float) -> str:
+async def requeue_deferred(store: Store, batch_id: str, job_id: str, lines: list[int], defer_s: float,
+                           parked: list[int] | None = None) -> str:
     """Deferred lines of chunk `job_id` become a new chunk job due in `defer_s`; the old id stops
-    owning them (the sweeper must not put them back twice)."""
+    owning them (the sweeper must not put them back twice). `parked`: lines of the chunk that stay
+    pending with no job (their batch stopped, or its budget ran out): the old id keeps owning those
+    alone, so that a raised budget or the sweeper finds them (dropped, they were never run again)."""
     new_id = requeued_job_id(job_id, time.time_ns() // 1_000_000)
     await enqueue_chunks(store.redis, await batch_queue(store, batch_id), batch_id, [(new_id, lines)],
                          defer_s=defer_s)
     async with store.redis.pipeline(transaction=True) as pipe:
         pipe.hset(store.keys.chunks(batch_id), mapping=chunk_map_entries([(new_id, lines)]))
-        pipe.hdel(store.keys.chunks(batch_id), job_id)
+        if parked:
+            pipe.hset(store.keys.chunks(batch_id), mapping=chunk_map_entries([(job_id, parked)]))
+        else:
+            pipe.hdel(store.keys.chunks(batch_id), job_id)
         await pipe.execute()
     return new_id
 

@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from batchrelay.config.settings import Settings
 from batchrelay.errors import Unpriced
-from batchrelay.money.budget import most_it_may_cost
+from batchrelay.money.budget import Refusal, most_it_may_cost
 from batchrelay.providers.lane_client import LaneClient
 from batchrelay.providers.lane_wire import custom_id
 from batchrelay.providers.routing import lane_for
@@ -138,8 +138,12 @@ class Lanes:
         return rest
 
     async def _reserve(self, batch_id: str, amounts: dict[int, Decimal | None], lease_s: float) -> None:
-        """Reserve the budget of lines a lane took, for as long as their parcel may live; a line the
-        limit cannot cover goes back to the synchronous providers (where it waits for the limit)."""
+        """Reserve the budget of lines a lane took, for as long as their parcel may live. A line the
+        reservations in flight leave no room for now (Refusal.WAIT) stays in its parcel unreserved:
+        the parcel's upload reserves it again (lane_steps), and gives it back then if it still does
+        not fit; sent back now, the next chunk would hand it to the lane again at once, round and
+        round. A line the limit cannot cover at all (EXHAUSTED: the batch is budget_exhausted) goes
+        back to the synchronous providers, where it waits with the batch for a higher limit."""
         assert self.budget is not None
         held = await self.parcels.held(batch_id, list(amounts))
         refused: dict[str, list[int]] = {}
@@ -147,8 +151,8 @@ class Lanes:
             pid = held.get(line)
             if pid is None or amount is None:
                 continue
-            token = await self.budget.reserve(batch_id, amount, token=f"lane:{pid}:{line}", lease_s=lease_s)
-            if token is None:
+            got = await self.budget.try_reserve(batch_id, amount, token=f"lane:{pid}:{line}", lease_s=lease_s)
+            if got is Refusal.EXHAUSTED:
                 refused.setdefault(pid, []).append(line)
         for pid, lines in refused.items():
             await self.parcels.release(batch_id, pid, lines, {}, now=time.time(), requeue=True)

@@ -8,13 +8,15 @@ next provider is tried; billing/auth/404/429 fail over at once; a bad request fa
 When no provider can take the line now, it is deferred, not failed, until its deadline.
 
 A `LineRelay` carries one line through all this and ends it with one `Result` (results/outcome.py):
-ANSWERED, REJECTED (a bad request), FAILED (nobody before the deadline), DEFERRED (nobody now) or
-OVER_BUDGET (the batch's limit cannot cover the next call).
+ANSWERED, REJECTED (a bad request), FAILED (nobody before the deadline), DEFERRED (nobody now, or
+the batch's limit covers the next call only once the reservations in flight settle) or OVER_BUDGET
+(the batch's limit cannot cover the next call whatever they settle at).
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -35,7 +37,7 @@ from tenacity.stop import stop_base
 
 from batchrelay.config.settings import HealthConfig, ProviderConfig, WorkerConfig
 from batchrelay.errors import ProviderBadResponse, ProviderError
-from batchrelay.money.budget import OverBudget, Reservation, Spend, Unpriced
+from batchrelay.money.budget import BudgetBusy, OverBudget, Reservation, Spend, Unpriced
 from batchrelay.money.pricing import CallCost, call_cost, price_of
 from batchrelay.money.tokens import estimate_tokens
 from batchrelay.providers.classify import Action, classify, retry_after_seconds
@@ -56,6 +58,10 @@ LOCAL_BLOCKS = ("rate_limited", "billing", "auth")
 # A process blocks a provider itself only to bridge the moment until its report is in Redis, which
 # then rules for everyone (and `providers check` can lift it there).
 LOCAL_BRIDGE_S = 5.0
+# A line the budget's reservations in flight leave no room for looks again in place after pauses of
+# BUDGET_POLL_S (growing by half, up to health's max_wait_s in all), then deferred after a tenth of its
+# age within BUDGET_WAIT_S: calls settle in seconds, a lane's reservations when its upstream batch ends.
+BUDGET_POLL_S, BUDGET_WAIT_S = (0.02, 0.5), (0.2, 10.0)
 
 
 def _block_for(kind: Kind, e: ProviderError, cfg: HealthConfig) -> float:
@@ -210,12 +216,20 @@ class LineRelay:
         if not self.candidates:
             return Outcome(Result.FAILED, self.attempts, message=f"no configured provider serves the "
                            f"{self.job.dialect} dialect for this batch and model")
-        waited = 0.0
+        waited, busy = 0.0, 0
         # for probes and slow starts: the line waits for them until then (monotonic), in all passes
         self.patience = time.monotonic() + self.health.cfg.probe_wait_s
         while True:
             try:
                 tried = await self._one_pass()
+            except BudgetBusy:
+                # calls in flight settle within moments: wait here, as for a provider; longer, defer
+                pause = min(BUDGET_POLL_S[1], BUDGET_POLL_S[0] * 1.5 ** busy)
+                if waited + pause > self.health.cfg.max_wait_s:
+                    return self._budget_busy()
+                await asyncio.sleep(pause)
+                waited, busy = waited + pause, busy + 1
+                continue
             except OverBudget:
                 return Outcome(Result.OVER_BUDGET, self.attempts)
             if isinstance(tried, Outcome):
@@ -262,6 +276,14 @@ class LineRelay:
                            wire_dialect=wire if wire != self.job.dialect else None,
                            notes=[*notes, *reply.notes, *back])
         return tried
+
+    def _budget_busy(self) -> Outcome:
+        """Deferred, not failed and with no attempt spent, until the reservations in flight may have
+        settled: they end at or below their amounts, so the call may fit then (money/budget.py)."""
+        low, high = BUDGET_WAIT_S
+        wait = min(high, max(low, (time.time() - self.first_tried) / 10)) * random.uniform(0.8, 1.2)
+        return Outcome(Result.DEFERRED, self.attempts, defer_s=wait, budget_wait=True,
+                       message="the batch's budget is held by calls in flight: waits for them to settle")
 
     def _no_provider_now(self, tried: _Pass) -> Outcome:
         """Defer until the earliest provider may take it again, unless that is past the line's deadline."""

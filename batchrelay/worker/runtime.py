@@ -250,6 +250,8 @@ class Runtime:
                 return None
             case Result.DEFERRED:
                 await self._keep_attempts(work, out)
+                if out.budget_wait and not out.attempts and self.budget is not None:
+                    await self.budget.unsent(work.batch_id, job.line)
                 return time.time() + out.defer_s  # due then, however long the rest of its chunk takes
             case Result.OVER_BUDGET:
                 await self._keep_attempts(work, out)
@@ -301,7 +303,8 @@ class Runtime:
         if later:
             # the chunk ends when its last line does: its deferred lines' wait has been running since
             soonest = max(0.0, min(due for _, due in later) - time.time())
-            await requeue_deferred(self.store, batch_id, job_id, [n for n, _ in later], soonest)
+            parked = [w.job.line for w, due in zip(work, defers, strict=True) if due == PARKED]
+            await requeue_deferred(self.store, batch_id, job_id, [n for n, _ in later], soonest, parked)
         return hits + len(jobs) - len(later)
 
     async def sweep(self, queue: str, *, background: bool = False) -> int:
