@@ -19,9 +19,11 @@ from typing import Any
 
 import orjson
 import pytest
+import redis as sync_redis
 
 from batchrelay.config.settings import ProviderConfig
 from batchrelay.money.pricing import call_cost, price_of
+from batchrelay.store.keys import Keys
 from batchrelay.wire.reply import Usage
 
 from .lanekit import (
@@ -189,7 +191,7 @@ def _upstream_ids(rows: list[dict[str, Any]]) -> set[str]:
     return {a["upstream_batch"] for r in rows for a in lane_attempts(r)}
 
 
-KILLED_LEASE_S = 8.0  # the parcel lease of the workers in the kill test (BATCHRELAY_LANE_LEASE_S; default 60 s)
+KILLED_LEASE_S = 4.0  # the parcel lease of the workers in the kill test (BATCHRELAY_LANE_LEASE_S; default 60 s)
 
 
 @pytest.mark.timeout(240)
@@ -231,6 +233,39 @@ def test_workers_killed_between_upload_and_create_and_between_create_and_recordi
         # A's held create was dropped and sent once more; B's was sent once, and found again by listing
         assert [c.status for c in up.proxy.seen("POST", "/v1/batches")] == [502, 200, 200]
         assert up.input_files() == [], "an uploaded input file was left behind"
+
+
+@pytest.mark.timeout(180)
+def test_an_anthropic_worker_killed_between_create_and_recording_leaves_one_upstream_batch(
+    tmp_path: Path, redis_url: str, prefix: str,
+) -> None:
+    """Anthropic's batches carry no metadata: a create whose id never reached the worker is found again
+    by its request count among the batches created after the parcel was marked `creating` that no parcel
+    recorded (the lane's creates being serialized by a lease). Meanwhile another batch's parcel of the
+    same size is created and recorded: the recovery takes the right one, and nothing is created twice."""
+    n, kind, path = 12, "anthropic-batch", "/v1/messages/batches"
+    long_window = ("--completion-window", f"{KILLED_LEASE_S + 90:.0f}s")
+    with upstream(tmp_path, redis_url, prefix) as up, downstream(tmp_path, redis_url, prefix, up, kind=kind) as down:
+        down.env["BATCHRELAY_LANE_LEASE_S"] = str(KILLED_LEASE_S)
+        after = up.proxy.hold("POST", path, after=True)
+        b = down.submit(messages_lines(n), *long_window)
+        down.kill_when(after.reached, down.worker(), "the create")
+        assert after.upstream_answer is not None and after.upstream_answer[0] == 200
+        b_upstream = orjson.loads(after.upstream_answer[1])["id"]
+        assert [x["id"] for x in up.batches(kind)] == [b_upstream]
+        after.release()
+
+        c = down.submit(messages_lines(n), *long_window)  # same size: created while b's parcel is lost
+        down.worker()
+        ids = {}
+        for batch in (c, b):
+            assert down.wait(batch, timeout=KILLED_LEASE_S + 45) == "completed"
+            rows = check_batch(down, up, batch, n, kind, others=1)
+            assert {answered_by(r) for r in rows} == {"lane"}
+            ids[batch] = _upstream_ids(rows)
+        assert ids[b] == {b_upstream} and len(ids[c]) == 1 and ids[c] != ids[b]
+        assert len(up.batches(kind)) == 2  # b's create was found again, not made twice
+        assert [x.status for x in up.proxy.seen("POST", path)] == [200, 200]
 
 
 def test_cancel_cancels_the_upstream_batch_and_keeps_what_it_answered(
@@ -294,3 +329,66 @@ def test_ctrl_c_on_a_run_with_an_open_parcel_stops_it_at_once_and_leaves_the_par
                 run.wait()
         assert run.returncode == 130, said.read_text()
         assert "paused" in said.read_text()
+
+
+
+def _parcel(down: Downstream, pid: str) -> dict[str, str]:
+    client = sync_redis.Redis.from_url(down.redis_url, decode_responses=True)
+    try:
+        return dict(client.hgetall(Keys(down.prefix).lane_parcel(pid)))  # type: ignore[arg-type]
+    finally:
+        client.close()
+
+
+
+
+def _run(down: Downstream, lines: list[dict[str, Any]], *options: str) -> subprocess.Popen[bytes]:
+    """`batchrelay run` of `lines` (its stderr in run.stderr); the caller waits for it."""
+    src = down.tmp / "run.jsonl"
+    src.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    with (down.tmp / "run.stderr").open("wb") as err:
+        return subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(down.cfg), "run", str(src),
+                                 "-o", str(down.tmp / "run.out.jsonl"), *options],
+                                env=down.env, stdout=subprocess.DEVNULL, stderr=err)
+
+def test_a_run_busy_with_a_deferred_line_cancels_its_late_upstream_batch_at_must_end_by_and_keeps_its_answers(
+    tmp_path: Path, redis_url: str, prefix: str,
+) -> None:
+    """The upstream (its batches' own window 10 min) answers 2 lines a second; the run's deadline is 13 s
+    away and the lane's margin 8 s. One line is too large for the lane and the reseller answers its
+    first call with a 429 (Retry-After 6 s): the run's worker has a job queued (deferred) past
+    must_end_by. The parcel is still moved on on time: its upstream batch is cancelled at must_end_by,
+    the lines it answered keep their answers, the rest are answered by the reseller before the deadline.
+    (Before, the worker moved its parcels on only once its queue was empty: the parcel was never even
+    sent, and all its lines were answered synchronously at the end.)"""
+    n = 16
+    lane = {"window_s": 1, "margin_s": 8, "poll_max_s": 1, "gather_s": 0.2, "cancel_wait_s": 6, "max_bytes": 4000}
+    lines = [*chat_lines(n - 1), {**chat_lines(1, messages=[{"role": "user", "content": "x" * 5000}])[0],
+                                  "custom_id": f"req-{n}"}]
+    with upstream(tmp_path, redis_url, prefix, window_s=600, sim={"latency_ms": 1000}) as up, \
+            downstream(tmp_path, redis_url, prefix, up, lane=lane,
+                       reseller={"fail_rate": 0, "script": [429], "retry_after": 6}) as down:
+        run = _run(down, lines, "--deadline", "+13s")
+        try:
+            run.wait(timeout=60)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+        said = (down.tmp / "run.stderr").read_text()
+        assert run.returncode == 0, said
+        (upstream_batch,) = up.batches("openai-batch")
+        assert upstream_batch["status"] == "cancelled", upstream_batch
+        batch = upstream_batch["metadata"]["batchrelay_batch"]
+        must_end_by = float(_parcel(down, f"{batch}-p1")["must_end_by"])
+        (cancel,) = up.proxy.seen("POST", "/v1/batches/*/cancel")
+        assert cancel.t - must_end_by < 1.5, f"cancelled {cancel.t - must_end_by:.1f}s after must_end_by\n{said}"
+        rows = check_batch(down, up, batch, n)
+        by = Counter(answered_by(r) for r in rows)
+        assert by["lane"] > 0 and by["reseller"] > 1 and by["lane"] + by["reseller"] == n, (by, said)
+        for r in rows[:n - 1]:
+            (attempt,) = lane_attempts(r)
+            assert attempt["upstream_batch"] == upstream_batch["id"]
+            if answered_by(r) == "reseller":  # failed over: the lane's attempt says why, then the reseller's
+                assert attempt["status"] is None and "cancel" in attempt["error"], r["batchrelay"]["attempts"]
+        assert rows[n - 1]["custom_id"] == f"req-{n}" and not lane_attempts(rows[n - 1])

@@ -257,15 +257,132 @@ async def test_a_burst_worker_waits_for_its_lane_and_ends_once_the_parcel_is_col
     kind = "openai-batch"
     with SimulatorProcess({}) as sim_url, serving(tmp_path, redis_url, f"{prefix}up:") as api:
         settings = _settings(kind, api.base, sim_url, prefix=prefix)
-        src = io.BytesIO(b"".join(orjson.dumps(_line(kind, i)) + b"\n" for i in range(N)))
-        res = await submit_stream(store, src, BatchSpec(name="t", chunk_size=N, completion_window=120), source="t")
+        spec = BatchSpec(name="t", chunk_size=N, completion_window=120)
+
+        def src() -> io.BytesIO:
+            return io.BytesIO(b"".join(orjson.dumps(_line(kind, i)) + b"\n" for i in range(N)))
+        # another `run`'s batch, on a queue of its own, has a parcel open (gathering for an hour): this
+        # worker neither waits for it nor moves it on
+        parcels, now = LaneStore(store), time.time()
+        other = (await submit_stream(store, src(), spec, source="t", queue=f"{store.keys.queue}:run:other")).batch_id
+        ((cid, lines),) = (await store.chunk_map(other)).items()
+        assert await parcels.take("lane", other, cid, [(n, f"{other}-{n}", 100) for n in lines], deadline=now + 120,
+                                  must_end_by=now + 100, max_lines=100, max_bytes=10_000, gather_s=3600, now=now)
+        res = await submit_stream(store, src(), spec, source="t")
         worker = build_worker(settings, redis_url, burst=True, handle_signals=False)
         await asyncio.wait_for(run_worker(worker), 60)  # its queue is empty at once: the lane's parcel is not
         assert (worker.jobs_complete, worker.jobs_failed) == (1, 0)
-        assert await LaneStore(store).open_parcels() == 0
+        assert await parcels.open_parcels(res.batch_id) == 0
+        other_parcel = await parcels.parcel(f"{other}-p1")
+        assert other_parcel is not None and other_parcel.state == "gathering"
         (upstream,) = _upstream_batches(api, kind)
         rt = Runtime.opened(settings, store)
         try:
             await _check_answered_once(store, res.batch_id, rt, kind, {upstream["id"]})
+        finally:
+            await rt.close()
+
+
+OTHER_LINE = {  # a line in the dialect the lane does not speak
+    "openai-batch": lambda i: {"custom_id": f"m-{i}", "params": {"model": MODEL["openai-batch"], "max_tokens": 64,
+                                                                 "messages": [{"role": "user", "content": f"q {i}"}]}},
+    "anthropic-batch": lambda i: openai_line(i, MODEL["anthropic-batch"]),
+}
+
+
+def _shape(record: dict[str, Any]) -> dict[str, Any]:
+    """What a record's answer looks like, whatever the words: its keys, its kind of body and content."""
+    meta = record["batchrelay"]
+    if "response" in record:  # an OpenAI-format line's record
+        body = record["response"]["body"]
+        message = body["choices"][0]["message"]
+        answer = (body["object"], sorted(body), sorted(body["usage"]), message["role"], type(message["content"]))
+    else:
+        message = record["result"]["message"]
+        answer = (record["result"]["type"], sorted(message), sorted(message["usage"]),
+                  [block["type"] for block in message["content"]])
+    return {"answer": answer, "model": (body if "response" in record else message)["model"],
+            "translated": meta.get("translated"), "notes": meta.get("notes")}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_line_in_the_other_dialect_is_answered_by_the_lane_in_its_own_as_a_synchronous_provider_would(
+        tmp_path: Path, redis_url: str, prefix: str, store: Store, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An Anthropic line on an OpenAI Batch lane, or an OpenAI line on an Anthropic one: the request
+    goes up translated and the answer comes back in the line's own dialect, priced at the lane's price;
+    the record has the shape the synchronous path gives the same line (a provider that speaks only the
+    lane's dialect: it translates too)."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with SimulatorProcess({}) as sim_url, serving(tmp_path, redis_url, f"{prefix}up:") as api:
+        base = _settings(kind, api.base, sim_url)
+        lane = next(p for p in base.providers if p.is_lane)
+        sync = ProviderConfig(name="sim", base_url=sim_url, dialects=lane.dialects)  # translates too
+        settings = base.model_copy(update={"providers": (sync, lane)})
+        rt = Runtime.opened(settings, store)
+        try:
+            src = b"".join(orjson.dumps(OTHER_LINE[kind](i)) + b"\n" for i in range(1, N + 1))
+            lanes = await submit_stream(store, io.BytesIO(src), BatchSpec(name="t", chunk_size=N, completion_window=120),
+                                        source="t")
+            synchronous = await submit_stream(store, io.BytesIO(src), BatchSpec(name="t", chunk_size=N), source="t")
+            for res in (lanes, synchronous):
+                ((cid, lines),) = (await store.chunk_map(res.batch_id)).items()
+                await rt.run_chunk(res.batch_id, lines, cid)
+            await _until_collected(rt)
+            (upstream,) = _upstream_batches(api, kind)
+            records = {}
+            for res in (lanes, synchronous):
+                info = await store.info(res.batch_id)
+                assert (info.status, info.succeeded) == ("completed", N)
+                records[res.batch_id] = [orjson.loads(raw) async for _, raw in store.iter_results(res.batch_id)]
+        finally:
+            await rt.close()
+    line_dialect = "chat" if kind == "anthropic-batch" else "messages"
+    for by_lane, by_sync in zip(records[lanes.batch_id], records[synchronous.batch_id], strict=True):
+        meta = by_lane["batchrelay"]
+        (attempt,) = meta["attempts"]
+        assert meta["provider"] == "lane" and attempt["upstream_batch"] == upstream["id"], meta
+        assert by_sync["batchrelay"]["provider"] == "sim"
+        assert meta["translated"] == {"from": line_dialect, "to": lane.dialects[0]}
+        assert _shape(by_lane) == _shape(by_sync)
+        assert _shape(by_lane)["model"] == MODEL[kind]  # the line's own model name
+        full = call_cost(price_of(sync, MODEL[kind]), Usage.from_dict(meta["usage"]), None, "computed").billed
+        assert full is not None and Decimal(meta["cost"]["usd"]) == full / 2
+
+
+async def test_an_anthropic_lane_makes_no_new_batch_while_a_cut_off_create_of_it_is_not_found_yet(
+        tmp_path: Path, redis_url: str, prefix: str, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anthropic's batches are told apart by request count and time only: were a second create of the
+    lane cut off too while the first is not found yet, two parcels of the same size would compete for
+    one upstream batch. So parcel A, marked `creating` by a worker that died before its create went out,
+    is recovered (not found, created again once create_wait_s is over) before B, of the same size, is
+    created; each parcel is answered by its own upstream batch."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    kind = "anthropic-batch"
+    with SimulatorProcess({}) as sim_url, serving(tmp_path, redis_url, f"{prefix}up:") as api:
+        rt = Runtime.opened(_settings(kind, api.base, sim_url), store)
+        assert rt.lanes is not None
+        try:
+            parcels = LaneStore(store)
+            a = await _submit(store, rt, kind)
+            pid_a = f"{a}-p1"
+            assert await parcels.advance(pid_a, "gathering", "sealed", sealed_at=time.time())
+            assert await parcels.advance(pid_a, "sealed", "uploaded")
+            assert await parcels.advance(pid_a, "uploaded", "creating", creating_at=time.time())  # and died
+            b = await _submit(store, rt, kind)
+            deadline = time.monotonic() + 2  # create_wait_s is 3: A is not created again before then
+            while time.monotonic() < deadline:
+                await rt.lanes.poll_due()
+                await asyncio.sleep(0.2)
+            p_b = await parcels.parcel(f"{b}-p1")
+            assert p_b is not None and p_b.state == "uploaded" and _upstream_batches(api, kind) == []
+            await _until_collected(rt)
+            ups = _upstream_batches(api, kind)
+            assert len(ups) == 2
+            a_view, b_view = await parcels.parcel(pid_a), await parcels.parcel(f"{b}-p1")
+            assert a_view is not None and b_view is not None and a_view.upstream_id != b_view.upstream_id
+            created = {u["id"]: u["created_at"] for u in ups}
+            assert created[a_view.upstream_id] <= created[b_view.upstream_id]  # A's recovery came first
+            for batch, view in ((a, a_view), (b, b_view)):
+                await _check_answered_once(store, batch, rt, kind, {view.upstream_id})
         finally:
             await rt.close()

@@ -36,6 +36,7 @@ class P:
 
     state: str
     must_end_by: float = NOW + 50
+    deadline: float = NOW + 70  # must_end_by + the margin
     first_at: float = NOW - 10
     creating_at: float | None = None
     next_poll_s: float = 1.0
@@ -119,6 +120,19 @@ def test_a_cancel_the_upstream_never_finishes_gives_the_lines_back_after_cancel_
     assert next_step(p, now=NOW, batch_status="in_progress", lane=LANE) == Release(
         True, "the upstream did not end its cancelled batch in time")
     assert next_step(p, now=NOW, batch_status="expiring", lane=LANE).requeue is False  # type: ignore[union-attr]
+
+
+def test_a_cancel_wait_longer_than_half_the_margin_ends_half_way_through_it_for_lines_that_fail_over() -> None:
+    """cancel_wait_s 30 and margin_s 20: lines given back only 30 s after must_end_by would come back
+    10 s past their deadline; they come back 10 s after it, with 10 s left to be answered."""
+    p = P("cancelling", must_end_by=NOW - 10, deadline=NOW + 10)
+    assert next_step(p, now=NOW - 0.1, batch_status="in_progress", lane=LANE) == Poll(1)
+    assert next_step(p, now=NOW, batch_status="in_progress", lane=LANE) == Release(
+        True, "the upstream did not end its cancelled batch in time")
+    # a stopping batch's lines are not answered elsewhere: its cancel gets the whole cancel_wait_s
+    assert next_step(p, now=NOW, batch_status="cancelling", lane=LANE) == Poll(1)
+    assert next_step(p, now=NOW + 20, batch_status="cancelling", lane=LANE) == Release(
+        False, "the upstream did not end its cancelled batch in time")
 
 
 def test_any_stopping_status_or_a_forgotten_batch_stops_the_lane() -> None:

@@ -13,13 +13,16 @@ from typing import Any
 import orjson
 from arq.constants import job_key_prefix
 
+from batchrelay.config.settings import HealthConfig
 from batchrelay.money.ledger import SEP
 from batchrelay.money.pricing import pico
+from batchrelay.serve.metrics import families
 from batchrelay.spec import BatchSpec
 from batchrelay.store.budget import Budget
+from batchrelay.store.fleet import read_fleet
 from batchrelay.store.heartbeat import reclaim_lapsed
-from batchrelay.store.lanes import LaneStore, ParcelView
-from batchrelay.store.lifecycle import advance, request_stop, tick
+from batchrelay.store.lanes import LaneStore, ParcelView, abandoned_field
+from batchrelay.store.lifecycle import advance, not_started, request_stop, tick
 from batchrelay.store.status import Status
 from batchrelay.store.store import Store
 from batchrelay.store.submit import submit_stream
@@ -240,6 +243,62 @@ async def test_open_parcels_counts_those_not_collected(store: Store) -> None:
     assert (await lanes.open_parcels(a), await lanes.open_parcels()) == (1, 2)
     await lanes.schedule(f"{a}-p1", 0)  # a collected parcel is not put back on the to-do list
     assert await lanes.open_parcels(a) == 1 and f"{a}-p1" not in await lanes.due(time.time() + HOUR)
+
+
+async def test_a_burst_worker_sees_only_the_parcels_of_the_batches_on_its_queue(store: Store) -> None:
+    """A `run` works its batch on a queue of its own: it waits for, and moves on, that batch's parcels,
+    not those of a batch on the shared queue (or another run's)."""
+    lanes = LaneStore(store)
+    shared, mine = await _batch(store, 4), await _batch(store, 2)
+    run_queue = f"{store.keys.queue}:run:abc"
+    await store.set_queue(mine, run_queue)
+    now = time.time()
+    await _take(lanes, shared, _job(store, shared), [1, 2, 3], max_lines=2, gather_s=0, now=now)
+    await _take(lanes, mine, _job(store, mine), [1], gather_s=0, now=now)
+    assert await lanes.open_parcels(queue=run_queue) == 1
+    assert await lanes.open_parcels(queue=store.keys.queue) == 2  # a batch with no queue of its own is on it
+    assert await lanes.open_parcels() == 3
+    assert await lanes.due(now + 1, queue=run_queue) == [f"{mine}-p1"]
+    assert sorted(await lanes.due(now + 1, queue=store.keys.queue)) == [f"{shared}-p1", f"{shared}-p2"]
+    assert len(await lanes.due(now + 1)) == 3
+    await lanes.finish(f"{mine}-p1")
+    assert await lanes.open_parcels(queue=run_queue) == 0 and await lanes.due(now + 1, queue=run_queue) == []
+
+
+async def test_lines_given_back_while_their_upstream_batch_runs_are_counted_for_the_metrics(store: Store) -> None:
+    """A cancel the upstream did not finish in time: the lines the parcel still held are counted as
+    abandoned (they may be paid twice) in the release's own step, and /metrics shows them per lane."""
+    lanes = LaneStore(store)
+    batch = await _batch(store, 4)
+    await _take(lanes, batch, _job(store, batch), [1, 2, 3])
+    pid = f"{batch}-p1"
+    assert await _answer(lanes, batch, pid, [1]) == 1  # answered: no longer held, not given back
+    await lanes.release(batch, pid, [1, 2, 3], {}, now=time.time(), requeue=True, abandoned=LANE)
+    await lanes.release(batch, pid, [2, 3], {}, now=time.time(), requeue=True, abandoned=LANE)  # none held now
+    fleet = await read_fleet(store, [], HealthConfig())
+    assert fleet.counts[abandoned_field(LANE)] == 2
+    (family,) = [f for f in families(fleet) if f.name == "batchrelay_lane_lines_abandoned"]
+    assert [(s.labels, s.value) for s in family.samples] == [({"provider": LANE}, 2)]
+    other = await _batch(store, 2)  # an ordinary give-back (nothing upstream yet) counts nothing
+    await _take(lanes, other, _job(store, other), [1, 2])
+    await lanes.release(other, f"{other}-p1", [1, 2], {}, now=time.time(), requeue=True)
+    assert (await read_fleet(store, [], HealthConfig())).counts[abandoned_field(LANE)] == 2
+
+
+async def test_a_line_a_worker_found_stopped_before_calling_it_does_not_wait_out_the_grace(store: Store) -> None:
+    """The upstream side of a lane's cancel: lines claimed by a chunk (first try noted) wait out the
+    grace, as a call of theirs may be in flight; one a worker found stopped before its call is stopped
+    at once, so the cancelled upstream batch ends within seconds."""
+    batch = await _batch(store, 3)
+    await store.note_first_try(batch, {1: time.time(), 2: time.time(), 3: time.time()})
+    await not_started(store, batch, 3)  # still in progress: nothing changes
+    await request_stop(store, batch, Status.CANCELLED)
+    await not_started(store, batch, 2)
+    assert await advance(store, batch, grace_s=HOUR) == 1
+    info = await store.info(batch)
+    assert (info.status, info.cancelled, info.pending) == ("cancelling", 1, 2)
+    assert await advance(store, batch, grace_s=0) == 2
+    assert (await store.info(batch)).status == "cancelled"
 
 
 # --- answers -------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from batchrelay.money.pricing import usd
 from batchrelay.results.tally import OUTCOMES
 from batchrelay.serve.shared import Served
 from batchrelay.store.fleet import Fleet, read_fleet
+from batchrelay.store.lanes import ABANDONED
 from batchrelay.store.status import Status
 
 PATH = "/metrics"
@@ -80,6 +81,18 @@ def _calls(fleet: Fleet) -> Iterator[Metric]:
     yield calls
 
 
+def _lanes(fleet: Fleet) -> Iterator[Metric]:
+    abandoned = CounterMetricFamily("batchrelay_lane_lines_abandoned", "Lines a lane gave back while their upstream "
+                                    "batch had not ended (its cancel not finished after cancel_wait_s, or the "
+                                    "upstream unreachable): the upstream may still bill them, so they may be paid "
+                                    "twice; by lane.", labels=["provider"])
+    for name, n in sorted(fleet.counts.items()):
+        kind, _, lane = name.partition(SEP)
+        if kind == ABANDONED and lane:
+            abandoned.add_metric([lane], n)
+    yield abandoned
+
+
 def _ledger(fleet: Fleet) -> Iterator[Metric]:
     spend = CounterMetricFamily("batchrelay_spend_usd", "What providers billed, in USD (the ledgers' cost), by "
                                 "provider and the provider's model name.",
@@ -131,7 +144,7 @@ def _providers(fleet: Fleet, max_concurrency: Mapping[str, int | None]) -> Itera
 
 def families(fleet: Fleet, max_concurrency: Mapping[str, int | None] | None = None) -> list[Metric]:
     """Every fleet metric of one read; `max_concurrency`: the configured limit of each provider."""
-    return [*_lines(fleet), *_calls(fleet), *_ledger(fleet), *_providers(fleet, max_concurrency or {})]
+    return [*_lines(fleet), *_calls(fleet), *_lanes(fleet), *_ledger(fleet), *_providers(fleet, max_concurrency or {})]
 
 
 class FleetCollector(Collector):

@@ -31,10 +31,12 @@ from typing import Any
 
 import orjson
 
+from batchrelay.money.ledger import SEP
 from batchrelay.store.queue import enqueue_chunks
 from batchrelay.store.store import ERR, OK, Claim, Store
 from batchrelay.store.sweeper import batch_queue
 
+ABANDONED = "lane_abandoned"
 STATES = ("gathering", "sealed", "uploaded", "creating", "created", "cancelling", "ended", "collected", "failed")
 
 
@@ -60,6 +62,13 @@ class ParcelView:
     next_poll_s: float
     ended_at: float | None
     collected: int  # lines collected so far
+
+
+def abandoned_field(lane: str | None) -> str:
+    """The fleet counter (`Keys.fleet_counts`) of a lane's lines given back while their upstream batch
+    had not ended (a cancel it did not finish in time, or an upstream unreachable): they may be paid
+    twice. '' for none."""
+    return f"{ABANDONED}{SEP}{lane}" if lane else ""
 
 
 def batch_of(pid: str) -> str:
@@ -109,10 +118,24 @@ class LaneStore:
                                          must_end_by=must_end_by, max_lines=max_lines, max_bytes=max_bytes,
                                          gather_s=gather_s, lines=lines)
 
-    async def due(self, now: float, limit: int = 50) -> list[str]:
-        """Parcels whose next step is due, most overdue first."""
-        raw = await self.store.redis.zrangebyscore(self.store.keys.lane_parcels, "-inf", _ms(now), start=0, num=limit)
-        return [p.decode() for p in raw]
+    async def due(self, now: float, limit: int = 50, *, queue: str | None = None) -> list[str]:
+        """Parcels whose next step is due, most overdue first (of the batches on `queue` only, when given)."""
+        raw = await self.store.redis.zrangebyscore(self.store.keys.lane_parcels, "-inf", _ms(now), start=0,
+                                                   num=limit if queue is None else limit * 20)
+        return (await self._on_queue([p.decode() for p in raw], queue))[:limit]
+
+    async def _on_queue(self, pids: list[str], queue: str | None) -> list[str]:
+        """The parcels of `pids` whose batch is on `queue` (all of them when it is None)."""
+        if queue is None or not pids:
+            return pids
+        batches = sorted({batch_of(p) for p in pids})
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for b in batches:
+                pipe.hget(self.store.keys.meta(b), "queue")
+            raw = await pipe.execute()
+        default = self.store.keys.queue
+        ours = {b for b, q in zip(batches, raw, strict=True) if (q.decode() if q else default) == queue}
+        return [p for p in pids if batch_of(p) in ours]
 
     async def lease(self, pid: str, holder: str, ttl_s: float) -> bool:
         """Take the parcel's lease (or renew it when `holder` has it); False: another worker works it."""
@@ -162,6 +185,18 @@ class LaneStore:
         return await s.scripts.lane_record(s.keys, pid, lane=lane.decode(), upstream_id=upstream_id,
                                            due_ms=_ms(due_at))
 
+    async def creating(self, lane: str) -> dict[str, float]:
+        """The lane's parcels marked `creating` (pid -> when): a create in flight, or one a crash or a
+        failed call cut off (not found upstream yet)."""
+        r, k = self.store.redis, self.store.keys
+        pids = [p.decode() for p in await r.zrange(k.lane_parcels, 0, -1)]
+        async with r.pipeline(transaction=False) as pipe:
+            for pid in pids:
+                pipe.hmget(k.lane_parcel(pid), ["lane", "state", "creating_at"])
+            got = await pipe.execute()
+        return {pid: float(at or 0) for pid, (ln, state, at) in zip(pids, got, strict=True)
+                if ln is not None and ln.decode() == lane and state == b"creating"}
+
     async def recorded(self, lane: str) -> set[str]:
         """The upstream batch ids recorded for the lane's parcels."""
         raw: set[bytes] = await self.store.redis.smembers(self.store.keys.lane_recorded(lane))  # type: ignore[misc]
@@ -186,16 +221,18 @@ class LaneStore:
         return int((await s.acked_write(queue))[0])
 
     async def release(self, batch_id: str, pid: str, lines: list[int], attempts: dict[int, list[dict[str, Any]]],
-                      *, now: float, requeue: bool) -> str | None:
+                      *, now: float, requeue: bool, abandoned: str | None = None) -> str | None:
         """Let go of the `lines` the parcel still holds: their `attempts` saved, tried from `now` on,
         reservations settled at 0, and those still pending a chunk of the chunk map. `requeue`: that
         chunk is enqueued on the batch's queue (its id returned); else (the batch is stopping) nothing
         is queued and lifecycle.advance stops them (were the batch not stopping after all, the
-        sweeper would find the chunk without a job and enqueue it: no line is left with no owner)."""
+        sweeper would find the chunk without a job and enqueue it: no line is left with no owner).
+        `abandoned`: the lane whose upstream batch has not ended (it may still bill them): the lines
+        let go of are counted in the fleet counter `abandoned_field(lane)` in the same step."""
         s = self.store
         job = f"{s.keys.prefix}{batch_id}:lane-{pid.rpartition('-')[2]}.f{time.time_ns() // 1_000_000}"
         back = await s.scripts.lane_release(
-            s.keys, batch_id, pid, job=job, now=now if requeue else "",
+            s.keys, batch_id, pid, job=job, now=now if requeue else "", abandoned=abandoned_field(abandoned),
             lines=[(line, orjson.dumps(attempts[line]).decode() if line in attempts else "") for line in lines])
         if not requeue or not back:
             return None
@@ -228,11 +265,15 @@ class LaneStore:
         n = await self.store.redis.hget(self.store.keys.meta(batch_id), "lane_parcels")  # type: ignore[misc]
         return [f"{batch_id}-p{i}" for i in range(1, int(n or 0) + 1)]
 
-    async def open_parcels(self, batch_id: str | None = None) -> int:
-        """Parcels not collected yet (of the batch, or of every batch)."""
+    async def open_parcels(self, batch_id: str | None = None, *, queue: str | None = None) -> int:
+        """Parcels not collected yet (of the batch, or of every batch; of the batches on `queue`
+        only, when given: a burst worker waits for those of the batches it works, not for others')."""
         k = self.store.keys
         if batch_id is None:
-            return int(await self.store.redis.zcard(k.lane_parcels))
+            if queue is None:
+                return int(await self.store.redis.zcard(k.lane_parcels))
+            raw = await self.store.redis.zrange(k.lane_parcels, 0, -1)
+            return len(await self._on_queue([p.decode() for p in raw], queue))
         pids = await self._pids(batch_id)
         if not pids:
             return 0

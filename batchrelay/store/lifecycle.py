@@ -57,6 +57,15 @@ async def request_stop(store: Store, batch_id: str, final: str) -> str:
     return status
 
 
+async def not_started(store: Store, batch_id: str, line: int) -> None:
+    """A worker found `line`'s batch being stopped before it called it: no call of the line is in
+    flight there, so it need not wait out the grace (its first try is forgotten: the next `advance`
+    stops it at once). Only while the batch is `cancelling`/`expiring`: a line parked over its
+    budget keeps its first try."""
+    if (await store.get_fields(batch_id, ["status"])).get("status") in FINAL:
+        await store.redis.hdel(store.keys.first_try(batch_id), str(line))  # type: ignore[misc]
+
+
 async def is_stopped(store: Store, batch_id: str) -> bool:
     """Whether the batch takes no more work (stopped, being stopped, over budget or not started yet).
     A batch found past its completion window is marked expiring here, before the next sweep."""

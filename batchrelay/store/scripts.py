@@ -387,12 +387,13 @@ class Scripts(CacheScripts):
         return 0 if pipe is not None else int(done)
 
     async def lane_release(self, k: Keys, batch_id: str, pid: str, *, job: str, now: float | str,
-                           lines: Iterable[tuple[int, str]]) -> list[int]:
+                           lines: Iterable[tuple[int, str]], abandoned: str = "") -> list[int]:
         """The pending lines let go of (in chunk `job` unless it is ''); `lines`: (line, attempts JSON or '');
-        `now` '': the batch is stopping (their first try is forgotten: they are stopped at once)."""
+        `now` '': the batch is stopping; `abandoned`: a fleet counter the lines let go of add to (lua)."""
         back = await self._s["lane_release"](
             {"pending": k.pending(batch_id), "lane_held": k.lane_held(batch_id), "attempts": k.attempts(batch_id),
              "first_try": k.first_try(batch_id), "chunks": k.chunks(batch_id), "budget": k.budget(batch_id),
-             "budget_leases": k.budget_leases(batch_id)},
-            {"pid": pid, "job": job, "now": now if now == "" else repr(now)}, [x for pair in lines for x in pair])
+             "budget_leases": k.budget_leases(batch_id), "fleet_counts": k.fleet_counts},
+            {"pid": pid, "job": job, "now": now if now == "" else repr(now), "abandoned": abandoned},
+            [x for pair in lines for x in pair])
         return [int(n) for n in back]

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from batchrelay.config.settings import ProviderConfig
+from batchrelay.config.settings import ProviderConfig, WorkerConfig
 from batchrelay.errors import ProviderHTTPError
 from batchrelay.money.ledger import increments
 from batchrelay.money.pricing import call_cost, price_of
@@ -33,7 +33,7 @@ from batchrelay.store.lanes import LaneStore, ParcelView
 from batchrelay.wire.jobs import JobLine
 from batchrelay.wire.reply import ProviderReply
 from batchrelay.worker.lane_send import wire_of
-from batchrelay.worker.relay import answer_body
+from batchrelay.worker.relay import answer_body, wire_body
 
 WRITE_BLOCK = 500
 BLOCK = 1000  # lines read from the store at a time
@@ -65,9 +65,10 @@ def lane_attempt(lane: str, p: ParcelView, upstream_id: str | None, status: int 
 
 
 def answered_outcome(lane: ProviderConfig, p: ParcelView, state: UpstreamState, job: JobLine, body: dict[str, Any],
-                     earlier: list[Attempt]) -> Outcome:
+                     earlier: list[Attempt], cfg: WorkerConfig) -> Outcome:
     """ANSWERED: the answer in the job's dialect, priced from its usage at the lane's price (ValueError:
-    a 200 that is no usable answer)."""
+    a 200 that is no usable answer). Its notes are those the synchronous path gives the same line: what
+    the request's translation did (`cfg`'s default max_tokens), then what the answer's did."""
     wire = wire_of(lane, job)
     check_reply(wire, body)
     usage = usage_of(wire, body)
@@ -78,17 +79,18 @@ def answered_outcome(lane: ProviderConfig, p: ParcelView, state: UpstreamState, 
     attempt = Attempt(lane.name, 200, latency, started_at=started, model=pmodel, usage=usage, cost=cost,
                       upstream_batch=state.id)
     request_id = body.get("id") if isinstance(body.get("id"), str) else None
+    _, asked = wire_body(job, wire, cfg)  # as lane_send built the request
     answer, notes = answer_body(job, lane, wire, ProviderReply(body, usage, latency, request_id))
     return Outcome(Result.ANSWERED, [*earlier, attempt], ProviderReply(answer, usage, latency, request_id), lane,
-                   wire_dialect=wire if wire != job.dialect else None, notes=notes)
+                   wire_dialect=wire if wire != job.dialect else None, notes=[*asked, *notes])
 
 
 def one_result(c: Collected, lane: ProviderConfig, p: ParcelView, state: UpstreamState, line: int, job: JobLine,
-               r: Read, earlier: list[Attempt]) -> None:
+               r: Read, earlier: list[Attempt], cfg: WorkerConfig) -> None:
     """Add the result `r` of a pending `line` to the pass `c`: a record to write, or a line to give back."""
     if isinstance(r, Answered):
         try:
-            out = answered_outcome(lane, p, state, job, r.body, earlier)
+            out = answered_outcome(lane, p, state, job, r.body, earlier, cfg)
         except ValueError as e:
             c.back[line] = lane_attempt(lane.name, p, state.id, 200, f"upstream errored: {e}", Action.RETRY)
             return
@@ -113,7 +115,8 @@ def one_result(c: Collected, lane: ProviderConfig, p: ParcelView, state: Upstrea
     c.tallies.append(call_tally(out.attempts, str(job.body["model"])))
 
 
-async def collect(parcels: LaneStore, client: LaneClient, p: ParcelView, lane: ProviderConfig) -> Collected:
+async def collect(parcels: LaneStore, client: LaneClient, p: ParcelView, lane: ProviderConfig,
+                  cfg: WorkerConfig) -> Collected:
     """Read the ended upstream batch's results and write them; what is left to give back is in `back`."""
     assert p.upstream_id is not None
     state = await client.get(p.upstream_id)
@@ -136,7 +139,7 @@ async def collect(parcels: LaneStore, client: LaneClient, p: ParcelView, lane: P
         if job is None:  # written by an earlier pass (then no longer held), or its batch has stopped
             c.back[line] = lane_attempt(lane.name, p, state.id, None, "upstream answered after the batch stopped")
             continue
-        one_result(c, lane, p, state, line, job, r, c.earlier.get(line, []))
+        one_result(c, lane, p, state, line, job, r, c.earlier.get(line, []), cfg)
         if len(c.writes) >= WRITE_BLOCK:
             await _flush(parcels, p, c)
     await _flush(parcels, p, c)

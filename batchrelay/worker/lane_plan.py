@@ -15,7 +15,9 @@ Late means past `must_end_by` (the batch's deadline less the lane's margin): the
 margin to be answered synchronously. A parcel not yet sent upstream is still sent until then: an
 upstream batch that would overrun is cancelled at `must_end_by` with what it answered kept, so the
 margin is never spent on it. A cancel the upstream does not finish within `cancel_wait_s` of
-`must_end_by` gives the lines back anyway (they might then be paid twice, which the engine logs).
+`must_end_by` (and, for lines that go on to the synchronous providers, by half-way through the
+margin: the other half is theirs) gives the lines back anyway (they might then be paid twice, which
+the engine logs and counts).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class Parcel(Protocol):
 
     @property
     def state(self) -> str: ...
+    @property
+    def deadline(self) -> float: ...
     @property
     def must_end_by(self) -> float: ...
     @property
@@ -126,7 +130,7 @@ def next_step(p: Parcel, *, now: float, batch_status: str, lane: LaneConfig) -> 
         case "created":
             return Cancel() if stop or late else Poll(poll_after(p, lane, now=now, progressed=False))
         case "cancelling":
-            if now >= p.must_end_by + lane.cancel_wait_s:
+            if now >= cancel_given_up_at(p, lane, stop=stop):
                 return Release(not stop, "the upstream did not end its cancelled batch in time")
             return Poll(lane.poll_min_s)
         case state if state in NOT_SENT:
@@ -139,6 +143,15 @@ def next_step(p: Parcel, *, now: float, batch_status: str, lane: LaneConfig) -> 
                 return Seal() if now >= due else Wait(due - now)
             return Upload() if state == "sealed" else Create()
     raise ValueError(f"unknown parcel state {p.state!r}")
+
+
+def cancel_given_up_at(p: Parcel, lane: LaneConfig, *, stop: bool) -> float:
+    """When a cancel the upstream has not finished is given up (its lines given back): `cancel_wait_s`
+    after `must_end_by` (a cancel's sending time, when it came earlier); lines that go on to the
+    synchronous providers (the batch not stopping) get the second half of the margin whatever
+    `cancel_wait_s` says: a wait that ran on to the deadline would leave them no time at all."""
+    at = p.must_end_by + lane.cancel_wait_s
+    return at if stop else min(at, p.deadline - lane.margin_s / 2)
 
 
 def not_found(p: Parcel, *, now: float, batch_status: str, lane: LaneConfig) -> Step:

@@ -5,7 +5,9 @@ The upstream is never asked twice to create a parcel while a create may be in fl
 marked `creating` before the request goes, and a parcel found `creating` is looked for upstream first
 (OpenAI: by the metadata naming the parcel; Anthropic, whose batches carry no metadata: the batch
 created after the mark that no other parcel recorded, with the parcel's line count, the creates of
-one lane being serialized by a lease), and created again only `create_wait_s` after the mark.
+one lane being serialized by a lease, and no new one made while a cut-off create of the lane is not
+found yet: so at most one of the lane's creates is ever lost at a time), and created again only
+`create_wait_s` after the mark.
 """
 
 from __future__ import annotations
@@ -106,6 +108,14 @@ async def create(parcels: LaneStore, client: LaneClient, p: ParcelView, lane: Pr
             await parcels.create_lease(lane.name, holder, 0)
 
     if serial and not await parcels.create_lease(lane.name, holder, max(cfg.create_wait_s, 1.0)):
+        await parcels.schedule(p.pid, time.time() + cfg.poll_min_s)
+        return None
+    mine = (p.creating_at or 0.0) if p.state == "creating" else float("inf")  # created again: not found
+    if serial and any(q != p.pid and at < mine for q, at in (await parcels.creating(lane.name)).items()):
+        # another parcel's create was cut off and is not found yet: were this one created now, and that
+        # one's lost too, the two would be told apart by their times alone. Its recovery comes first
+        # (the older of two such parcels goes first: they never wait for each other).
+        await give_up()
         await parcels.schedule(p.pid, time.time() + cfg.poll_min_s)
         return None
     if not await parcels.advance(p.pid, p.state, "creating", creating_at=time.time()):

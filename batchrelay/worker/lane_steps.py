@@ -156,7 +156,7 @@ class ParcelDriver:
                 state = await client.cancel(p.upstream_id)
                 return await self._ended(p, state.ended, state.status, lc.poll_min_s, state="cancelling")
             case plan.Collect():
-                c = await collect(ps, client, p, lane)
+                c = await collect(ps, client, p, lane, self.settings.worker)
                 if c.back:
                     await self._give_back(p, lane.name, c.back, c.earlier, c.known, requeue=not plan.stopping(status))
                 log.info("lane %s: parcel %s collected: %d answered, %d rejected, %d given back", lane.name, p.pid,
@@ -271,7 +271,7 @@ class ParcelDriver:
             await self.parcels.advance(p.pid, p.state, "failed")
             return
         now = time.time()
-        if p.upstream_id and now >= p.must_end_by + lane.lane.cancel_wait_s:
+        if p.upstream_id and now >= plan.cancel_given_up_at(p, lane.lane, stop=plan.stopping(status)):
             await self._release(p, lane, plan.Release(not plan.stopping(status), f"unreachable: {e.reason}"))
             return
         after = plan.poll_after(p, lane.lane, now=now, progressed=False, retry_after=retry_after_seconds(e))
@@ -295,19 +295,23 @@ class ParcelDriver:
         earlier = {n: [Attempt.from_dict(a) for a in tried] for n, tried in claim.earlier.items()}
         error = f"upstream {why.why}" if p.upstream_id else f"lane {why.why}"
         back = {n: lane_attempt(name, p, p.upstream_id, None, error) for n in lines}
-        if p.upstream_id and p.state in ("created", "cancelling"):
+        abandoned = bool(p.upstream_id) and p.state in ("created", "cancelling")
+        if abandoned:
             log.warning("lane %s: giving back the %d lines of parcel %s while upstream batch %s has not ended (%s): "
-                        "an answer it still bills is not counted", name, len(lines), p.pid, p.upstream_id, why.why)
-        await self._give_back(p, name, back, earlier, {job.line for job in claim.jobs}, requeue=why.requeue)
+                        "an answer it still bills is not counted (metric batchrelay_lane_lines_abandoned_total)",
+                        name, len(lines), p.pid, p.upstream_id, why.why)
+        await self._give_back(p, name, back, earlier, {job.line for job in claim.jobs}, requeue=why.requeue,
+                              abandoned=abandoned)
         await self._forget(p, lane)
 
     async def _give_back(self, p: ParcelView, name: str, back: dict[int, Attempt], earlier: dict[int, list[Attempt]],
-                         known: set[int], *, requeue: bool) -> None:
+                         known: set[int], *, requeue: bool, abandoned: bool = False) -> None:
         """Release the lines of `back`, each with its attempts and the lane's; only for the lines whose
         earlier attempts were read (`known`): a stopped batch's claim reads none, and the attempts
         kept (their cost goes into the stopped line's record) must not be written over."""
         attempts = {n: [x.as_dict() for x in trimmed([*earlier.get(n, []), a])] for n, a in back.items() if n in known}
-        job = await self.parcels.release(p.batch, p.pid, list(back), attempts, now=time.time(), requeue=requeue)
+        job = await self.parcels.release(p.batch, p.pid, list(back), attempts, now=time.time(), requeue=requeue,
+                                         abandoned=name if abandoned else None)
         log.info("lane %s: parcel %s gave back %d lines%s", name, p.pid, len(back), f" (job {job})" if job else "")
 
     async def _forget(self, p: ParcelView, lane: ProviderConfig | None) -> None:

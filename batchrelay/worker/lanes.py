@@ -6,11 +6,14 @@ driven to the end.
 has not failed on it, the lane is not benched or disabled) leave the chunk for the lane's gathering
 parcel in one atomic step (store/lanes.py), their budget reserved for as long as the parcel may live.
 
-`poll_due` runs from the arq cron `batchrelay-lanes` (every 10 s) and in burst workers: each parcel
-that is due is leased, and moved on step by step as lane_plan.next_step says (lane_send.py sends it
-up, lane_collect.py writes its answers), until a step has to wait (gathering, an upstream batch
-still running, a create that may still land) or the parcel is done. Every step starts from the state
-kept in Redis, so a worker killed anywhere leaves the parcel to the next one once its lease lapses.
+`poll_due` runs in every worker process that has a lane, every `TICK_S` (`keep_moving`, beside the
+chunk jobs: a worker busy with them, or a burst worker whose queue holds a deferred job, still
+cancels a late upstream batch at its `must_end_by`): each parcel that is due is leased, and moved on
+step by step as lane_plan.next_step says (lane_send.py sends it up, lane_collect.py writes its
+answers), until a step has to wait (gathering, an upstream batch still running, a create that may
+still land) or the parcel is done. Every step starts from the state kept in Redis, so a worker
+killed anywhere leaves the parcel to the next one once its lease lapses. A burst worker (`run`'s)
+moves on, and waits for, the parcels of the batches on its own queue only.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 
 import httpx
@@ -42,6 +46,7 @@ from batchrelay.worker.lane_steps import RESERVE_SLACK_S, ParcelDriver
 
 log = logging.getLogger("batchrelay.worker.lanes")
 PARALLEL = 4  # parcels moved on at once by one process
+TICK_S = 0.5  # a process looks for due parcels this often (one ZRANGEBYSCORE when none is due)
 HEALTH_TTL_S = 5.0  # how long a process trusts its look at which lanes are benched or disabled
 CLOSED = ("disabled", "benched")
 
@@ -50,8 +55,12 @@ class Lanes:
     """The lanes of a process: `take` (chunk hook), `poll_due` (cron, burst), `open` (burst)."""
 
     def __init__(self, store: Store, settings: Settings, budget: Budget | None, health: Health,
-                 http: httpx.AsyncClient) -> None:
+                 http: httpx.AsyncClient, *, queue: str | None = None) -> None:
         self.store, self.settings, self.budget, self.health, self.http = store, settings, budget, health, http
+        # a burst worker's (`run`'s) queue: it moves on and waits for the parcels of the batches on it
+        # only; a long-running worker (None) moves on every parcel, a dead run's included
+        self.queue = queue
+        self._polling = asyncio.Lock()
         self.providers = settings.ordered_providers()
         self.by_name = {p.name: p for p in self.providers if p.is_lane}
         self.parcels = LaneStore(store)
@@ -64,9 +73,26 @@ class Lanes:
         await self.http.aclose()
         self.driver.close()
 
+    @property
+    def configured(self) -> bool:
+        return bool(self.by_name)
+
     async def open(self) -> int:
-        """Parcels not collected yet: a burst worker keeps going while there are any."""
-        return await self.parcels.open_parcels()
+        """Parcels not collected yet (of the batches on this process's queue, when it has one): a
+        burst worker keeps going while there are any."""
+        return await self.parcels.open_parcels(queue=self.queue)
+
+    async def keep_moving(self, stopped: Callable[[], bool]) -> None:
+        """Move on the due parcels every TICK_S until `stopped()` (a draining worker starts no step);
+        a Redis outage or an upstream's failure is logged and tried again at the next tick."""
+        while not stopped():
+            try:
+                await self.poll_due()
+            except (RedisError, OSError) as e:
+                log.warning("lanes: parcels not moved on (%s: %s); tried again shortly", type(e).__name__, e)
+            except Exception as e:  # a bug must not stop this process's lanes for good
+                log.error("lanes: parcels not moved on: %r", e, exc_info=e)
+            await asyncio.sleep(TICK_S)
 
     # -- take: the chunk hook --------------------------------------------------------------------
 
@@ -143,8 +169,16 @@ class Lanes:
     # -- poll_due: the cron ------------------------------------------------------------------------
 
     async def poll_due(self) -> int:
-        """Move on every parcel that is due; how many were looked at."""
-        pids = await self.parcels.due(time.time())
+        """Move on every parcel that is due; how many were looked at. One pass at a time in a process
+        (its parcels' leases are its own: two passes could drive one parcel twice): a call while a
+        pass runs returns 0."""
+        if self._polling.locked():
+            return 0
+        async with self._polling:
+            return await self._poll_due()
+
+    async def _poll_due(self) -> int:
+        pids = await self.parcels.due(time.time(), queue=self.queue)
         if not pids:
             return 0
         gate = asyncio.Semaphore(PARALLEL)

@@ -37,7 +37,7 @@ from batchrelay.store.budget import Budget
 from batchrelay.store.cache import ResponseCache
 from batchrelay.store.health import Health
 from batchrelay.store.heartbeat import Heartbeat
-from batchrelay.store.lifecycle import is_stopped, tick
+from batchrelay.store.lifecycle import is_stopped, not_started, tick
 from batchrelay.store.schedules import run_due_schedules
 from batchrelay.store.store import Store
 from batchrelay.store.sweeper import requeue_deferred, sweep
@@ -177,6 +177,7 @@ class Runtime:
         if self.draining:
             return time.time()  # not started: back to the queue at once, for another worker
         if await self.batch_stopped(work.batch_id):
+            await not_started(self.store, work.batch_id, work.job.line)  # a stop need not wait for it
             return PARKED  # stays pending: a cancel or expiry marks it, a raised budget requeues it
         if (self.heartbeat is not None and self.heartbeat.may_have_lost(work.claimed)
                 and not await self.store.is_pending(work.batch_id, work.job.line)):

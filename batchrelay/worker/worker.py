@@ -70,8 +70,8 @@ async def send_webhooks(ctx: dict[str, Any]) -> int:
 
 
 async def poll_lanes(ctx: dict[str, Any]) -> int:
-    """Cron: move on the lanes' parcels that are due: seal, upload, create, poll, cancel, collect
-    (worker/lanes.py)."""
+    """A tick of an older worker's lanes cron (each process now moves its lanes' parcels on itself:
+    Lanes.keep_moving); run so it leaves the queue."""
     rt: Runtime = ctx["runtime"]
     return await rt.lanes.poll_due() if rt.lanes else 0
 
@@ -90,7 +90,11 @@ def build_worker(
             return
         acks = ReplicaAcks(settings.redis.min_replicas_ack, settings.redis.replica_ack_timeout)
         store = Store(ctx["redis"], keys, acks=acks)  # arq's own client: one pool per worker
-        ctx["runtime"] = Runtime.opened(settings, store)
+        ctx["runtime"] = rt = Runtime.opened(settings, store)
+        if rt.lanes is not None and rt.lanes.configured:
+            # a burst worker (`run`'s) moves on the parcels of its queue's batches only
+            rt.lanes.queue = queue if burst else None
+            rt.spawn(rt.lanes.keep_moving(lambda: rt.draining))
         ctx["metrics"] = serve_metrics(w, ctx)  # `--metrics-port`: this process's own (worker/metrics.py)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
@@ -120,8 +124,6 @@ def build_worker(
             # every 2 s; each POST is bounded by [webhooks] timeout_s and they run together (a POST cut
             # off by this timeout is sent again once its lease lapses)
             cron(send_webhooks, name=hooks_job[0], second=set(range(0, 60, 2)), unique=True, timeout=hooks_job[2]),
-            # every 10 s: each parcel due is leased, so a tick run twice moves none of them twice
-            cron(poll_lanes, name=lanes_job[0], second=set(range(0, 60, 10)), unique=True, timeout=lanes_job[2]),
         ],
         redis_settings=redis_settings(redis_url),
         redis_pool=worker_pool(redis_url),  # a Sentinel URL's (arq's own lacks our retries and options)
