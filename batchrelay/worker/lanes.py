@@ -121,6 +121,9 @@ class Lanes:
             except (ValueError, Unpriced):
                 rest.append(job)  # no form in the lane's dialect, or no price to reserve: it goes synchronous
                 continue
+            if lane.lane is not None and size > lane.lane.max_bytes:
+                rest.append(job)  # no parcel of the lane can ever hold it (left in the chunk, it was never sent)
+                continue
             groups.setdefault(lane.name, []).append((job, size, amount))
         for name, items in groups.items():
             lc = self.by_name[name].lane
