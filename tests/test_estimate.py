@@ -335,15 +335,19 @@ def test_spans_read_as_hours_minutes_or_seconds(seconds: float, text: str, down:
     assert (span(seconds), span(seconds, down=True)) == (text, down)
 
 
-def test_the_estimate_command_says_what_the_deadline_allows(tmp_path: Path) -> None:
+def _lane_estimate_args(tmp_path: Path) -> list[str]:
+    """`estimate` of one gpt-4o line, a reseller at 0.75x and an openai-batch lane (cheapest first)."""
     cfg = tmp_path / "c.toml"
     cfg.write_text('[routing]\nstrategy = "cheapest"\n[[providers]]\nname = "reseller"\nbase_url = "http://127.0.0.1:9"\n'
                    'price_multiplier = "0.75"\n[[providers]]\nname = "openai-batch"\nkind = "openai-batch"\n'
                    'base_url = "http://127.0.0.1:9"\n')
     src = tmp_path / "in.jsonl"
     src.write_text('{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}\n')
-    runner = CliRunner()
-    base = ["-c", str(cfg), "estimate", str(src), "--no-history", "--output-tokens", "100"]
+    return ["-c", str(cfg), "estimate", str(src), "--no-history", "--output-tokens", "100"]
+
+
+def test_the_estimate_command_says_what_the_deadline_allows(tmp_path: Path) -> None:
+    runner, base = CliRunner(), _lane_estimate_args(tmp_path)
     text = runner.invoke(cli, [*base, "--completion-window", "24h", "--deadline", "+30h"])
     assert text.exit_code == 0, text.output
     assert "deadline leaves 24h; lane openai-batch needs 25h (window 24h + margin 1h): not allowed" in text.output
@@ -361,14 +365,7 @@ def test_a_deadline_of_exactly_the_lanes_window_plus_margin_lets_it_in_and_the_l
         tmp_path: Path) -> None:
     """`--deadline +25h` for a lane needing 25h: the deadline is read before the check, a moment earlier, so
     an exact check never passed (found by a fresh-clone check); the first-choice total ignored the lane."""
-    cfg = tmp_path / "c.toml"
-    cfg.write_text('[routing]\nstrategy = "cheapest"\n[[providers]]\nname = "reseller"\nbase_url = "http://127.0.0.1:9"\n'
-                   'price_multiplier = "0.75"\n[[providers]]\nname = "openai-batch"\nkind = "openai-batch"\n'
-                   'base_url = "http://127.0.0.1:9"\n')
-    src = tmp_path / "in.jsonl"
-    src.write_text('{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}\n')
-    base = ["-c", str(cfg), "estimate", str(src), "--no-history", "--output-tokens", "100"]
-    runner = CliRunner()
+    runner, base = CliRunner(), _lane_estimate_args(tmp_path)
     out = runner.invoke(cli, [*base, "--deadline", "+25h", "--json"])
     assert out.exit_code == 0, out.output
     d = orjson.loads(out.stdout)
