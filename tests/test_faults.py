@@ -32,6 +32,9 @@ def _worker(cfg: Path, redis_url: str, *extra: str, log: Path | None = None) -> 
 
 def test_sigterm_lets_calls_in_flight_finish_and_leaves_the_rest_queued(tmp_path: Path, redis_url: str,
                                                                         prefix: str) -> None:
+    """A SIGTERMed worker waits for its calls in flight (slow ones, 1.5 s), records their answers and
+    exits 0; the lines it never started stay queued, and a second worker finishes them (with quick
+    answers) without calling any line twice."""
     n = 60
     with SimulatorProcess({"latency_ms": 1500}) as sim:
         cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": sim}],
@@ -55,7 +58,9 @@ def test_sigterm_lets_calls_in_flight_finish_and_leaves_the_rest_queued(tmp_path
         assert status["counts"]["succeeded"] == calls >= 4
         assert status["counts"]["pending"] == n - calls > 0
         assert stopped_in < 10  # it waited for ~1.5 s calls, not for the whole grace period
-        # the lines it never started are queued for the next worker, without costing an arq try
+        # the lines it never started are queued for the next worker, without costing an arq try (quick
+        # answers now: the slow ones were only there to have calls in flight at the SIGTERM)
+        httpx.post(sim + "/_sim/config", json={"latency_ms": 5}, timeout=5).raise_for_status()
         finisher = _worker(cfg, redis_url, "--burst", "--quiet")
         assert finisher.wait(timeout=120) == 0
         total_calls = SimulatorProcess.stats_of(sim)["calls"]
@@ -112,10 +117,15 @@ def test_submit_against_an_unreachable_redis_fails_cleanly(tmp_path: Path, prefi
 
 def test_cancel_lets_calls_in_flight_finish_marks_the_rest_and_retry_brings_them_back(
         tmp_path: Path, redis_url: str, prefix: str) -> None:
+    """`cancel` while 1.2 s calls are in flight: their answers are kept, every other line is marked
+    cancelled (exported as `batch_cancelled` errors), and `retry` queues exactly those again for a
+    worker to finish (with quick answers): every line once, no line called twice."""
     n = 60
     with SimulatorProcess({"latency_ms": 1200}) as sim:
+        # the cancel waits call_timeout + 5 s for the lines a worker took (the chunk's, not only the 4 calls
+        # in flight): a 5 s timeout, ample for 1.2 s calls, keeps that wait short
         cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": sim}],
-                           concurrency=4, chunk_size=10, call_timeout=10, job_timeout=30)
+                           concurrency=4, chunk_size=10, call_timeout=5, job_timeout=30)
         batch = submit_lines(tmp_path, cfg, redis_url, n)
         w = _worker(cfg, redis_url, "--quiet")
         try:
@@ -144,6 +154,8 @@ def test_cancel_lets_calls_in_flight_finish_marks_the_rest_and_retry_brings_them
         assert again.returncode == 0, again.stderr
         assert json.loads(again.stdout)["lines"] == n - calls
         assert status_of(cfg, redis_url, batch)["status"] == "in_progress"
+        # quick answers now: the slow ones were only there to have calls in flight at the cancel
+        httpx.post(sim + "/_sim/config", json={"latency_ms": 5}, timeout=5).raise_for_status()
         finisher = _worker(cfg, redis_url, "--burst", "--quiet")
         assert finisher.wait(timeout=120) == 0
         total_calls = SimulatorProcess.stats_of(sim)["calls"]

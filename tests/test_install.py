@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,14 +55,17 @@ def plain_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def no_leftover_servers(tmp_path: Path) -> Iterator[Path]:
-    """A state directory whose servers are stopped afterwards, whether or not the command left any."""
-    yield tmp_path
-    for proc in psutil.process_iter(["cmdline"]):
-        if any(str(tmp_path) in arg for arg in proc.info["cmdline"] or []):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.terminate()
-                psutil.wait_procs([proc], timeout=10)
+def no_leftover_servers() -> Iterator[Path]:
+    """A state directory whose servers are stopped afterwards, whether or not the command left any.
+    A short path of its own, not tmp_path (deeper under pytest-xdist): the embedded Redis's unix socket
+    lives in it, and a socket's path has at most 107 bytes."""
+    with tempfile.TemporaryDirectory(prefix="br-install-") as d:
+        yield Path(d)
+        for proc in psutil.process_iter(["cmdline"]):
+            if any(d in arg for arg in proc.info["cmdline"] or []):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.terminate()
+                    psutil.wait_procs([proc], timeout=10)
 
 
 def site_packages(venv: Path) -> Path:

@@ -31,7 +31,10 @@ from . import netnskit
 from .conftest import ROOT, openai_line, write_config
 from .netnskit import Network, cut_commands, plan, setup_commands
 
-N = 3000
+# enough lines that the batch outlasts the cut and the cut worker's return (its stalled connections wait for
+# TCP's next retransmission: up to ~13 s after a 20 s cut): about 0.85 N - 640 lines are left at the restore,
+# as the one worker left does at most 8 / 0.25 s = 32 lines a second during the cut (3,000 lines: 20 s longer)
+N = 1800
 LATENCY_MS = 250
 CONCURRENCY, CHUNK = 8, 10
 JOB_TIMEOUT = 20  # a killed worker's chunks rerun once arq's in-progress keys lapse: job_timeout + 10 s

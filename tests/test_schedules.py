@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+import redis as sync_redis
 
 from batchrelay.config.settings import ScheduleConfig, Settings
 from batchrelay.sim.process import SimulatorProcess
@@ -213,9 +214,13 @@ async def test_a_sweep_hands_its_submits_off_and_a_cut_off_submit_is_tried_again
     assert sorted(b.name for b in ok) == ["nightly:a.jsonl", "nightly:b.jsonl"]
 
 
+# the workers' BATCHRELAY_SCHEDULE_TICK_S: a schedule tick of 4 s instead of a minute, so they sweep every second
+TICK_S = 4
+
+
 def _worker(cfg: Path, redis_url: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(cfg), "worker", "--quiet"],
-                            env={**os.environ, "REDIS_URL": redis_url},
+                            env={**os.environ, "REDIS_URL": redis_url, "BATCHRELAY_SCHEDULE_TICK_S": str(TICK_S)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -256,24 +261,36 @@ def test_a_deferred_batch_does_not_start_before_its_time(tmp_path: Path, redis_u
     assert [b["start_at"] for b in orjson.loads(listed.stdout)] == [start_at]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(120)
 def test_three_workers_run_a_minutely_schedule_once_per_file(tmp_path: Path, redis_url: str, prefix: str) -> None:
+    """Three long-running workers sweep a `* * * * *` schedule: each tick is run by one of them, each
+    input file becomes one batch, a tick after the results were written submits nothing again, and the
+    results land in output_dir. The workers' ticks are TICK_S seconds (BATCHRELAY_SCHEDULE_TICK_S)
+    instead of a minute, so the ticks come within seconds rather than at minute boundaries."""
     _inputs(tmp_path)
+    client = sync_redis.Redis.from_url(redis_url)
+
+    def ticks() -> int:  # the ticks claimed (one key each, set NX by the worker that ran it)
+        keys = client.scan_iter(match=f"{prefix}schedule:every-minute:*", count=1000)
+        return sum(k.rsplit(b":", 1)[1].isdigit() for k in keys)
+
     with SimulatorProcess({"latency_ms": 5}) as base:
         cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": base}])
         with cfg.open("a") as f:
             f.write(f'\n[[schedules]]\nname = "every-minute"\ncron = "* * * * *"\n'
                     f'input = "{tmp_path / "in" / "*.jsonl"}"\noutput_dir = "{tmp_path / "out"}"\n')
         workers = [_worker(cfg, redis_url) for _ in range(3)]
+        out = tmp_path / "out"
         try:
-            # at least one whole minute boundary, so two ticks are run (the second finds nothing new)
-            deadline = time.time() + 75
-            out = tmp_path / "out"
-            while time.time() < deadline or not (out / "b.results.jsonl").exists():
-                assert time.time() < deadline + 60, "the schedule's results never appeared"
-                time.sleep(1)
+            wait_for(lambda: (out / "a.results.jsonl").exists() and (out / "b.results.jsonl").exists(), 60,
+                     "the schedule's results")
+            seen = ticks()
+            # two more ticks: both began after the results were written, with the files unchanged, and the
+            # first one's (background) submits had a whole tick to run before the workers stop
+            wait_for(lambda: ticks() >= seen + 2, 4 * TICK_S + 20, "two more ticks")
         finally:
             _stop(workers)
+            client.close()
     listed = batchrelay("-c", str(cfg), "batches", "--json", env={"REDIS_URL": redis_url})
     ours = [b for b in orjson.loads(listed.stdout) if b["name"].startswith("every-minute:")]
     assert sorted(b["name"] for b in ours) == ["every-minute:a.jsonl", "every-minute:b.jsonl"]

@@ -5,6 +5,8 @@ instead: `SET schedule:{name}:{minute} NX`, and only the winner runs it, however
 sweep that minute. A worker's sweep starts the tick's submits as tasks of their own, so a large
 input is not cut off by the sweep's timeout; a worker stopped mid-submit fails that batch and the
 file is tried again at the next tick. The sweep runs every 15 s, so each matching minute is seen at least once.
+`BATCHRELAY_SCHEDULE_TICK_S` (for tests; default 60, at least 4) shortens a tick: a tick is then
+due when its cron matches the minute the tick starts in, and the workers sweep at least four times a tick.
 An input file is submitted once: its identity (absolute path, size, mtime) is added to a Redis set
 before its batch is written, and taken out again if the submit fails, so a file changed in place
 counts as new. Each run is an ordinary batch (named `{schedule}:{file name}`); once it finishes,
@@ -36,16 +38,22 @@ from batchrelay.store.submit import submit_file
 log = logging.getLogger("batchrelay.store.schedules")
 TICK_TTL_S = 86_400
 EXPORT_LEASE_S = 600  # an export cut short (its worker died) is redone after this
+TICK_S = int(os.environ.get("BATCHRELAY_SCHEDULE_TICK_S") or 60)  # a minute; shorter only in tests
+
+
+def sweep_seconds() -> set[int]:
+    """The seconds of each minute at which the workers sweep: four times a tick (0, 15, 30, 45)."""
+    return set(range(0, 60, max(1, TICK_S // 4)))
 
 
 def tick_of(now: float) -> int:
-    """The wall-clock minute `now` falls in, as whole minutes since the epoch."""
-    return int(now // 60)
+    """The wall-clock minute `now` falls in, as whole minutes since the epoch (ticks of TICK_S in tests)."""
+    return int(now // TICK_S)
 
 
 def due(cron: str, tick: int) -> bool:
-    """Whether `cron` (five fields, as ScheduleConfig keeps them) matches the UTC minute `tick`."""
-    at = datetime.fromtimestamp(tick * 60, UTC)
+    """Whether `cron` (five fields, as ScheduleConfig keeps them) matches the UTC minute `tick` (starts in)."""
+    at = datetime.fromtimestamp(tick * TICK_S // 60 * 60, UTC)
     # cronsim answers "the next match after": one second before the minute, that is the minute itself if it matches
     return next(CronSim(cron, at - timedelta(seconds=1)), None) == at
 

@@ -26,6 +26,7 @@ from batchrelay.store.connection import redis_settings, worker_pool
 from batchrelay.store.keys import Keys
 from batchrelay.store.queue import CHUNK_FUNCTION, cron_name
 from batchrelay.store.replicas import ReplicaAcks
+from batchrelay.store.schedules import sweep_seconds
 from batchrelay.store.store import Store
 from batchrelay.worker.eager import EagerWorker
 from batchrelay.worker.metrics import redis_reconnected, serve_metrics
@@ -120,7 +121,7 @@ def build_worker(
         # worker's chunk)
         cron_jobs=[] if burst else [
             # named after the queue: another setup's workers on this Redis must not take their ticks
-            cron(sweep_orphans, name=sweep_job[0], second={0, 15, 30, 45}, unique=True, timeout=sweep_job[2]),
+            cron(sweep_orphans, name=sweep_job[0], second=sweep_seconds(), unique=True, timeout=sweep_job[2]),
             # every 2 s; each POST is bounded by [webhooks] timeout_s and they run together (a POST cut
             # off by this timeout is sent again once its lease lapses)
             cron(send_webhooks, name=hooks_job[0], second=set(range(0, 60, 2)), unique=True, timeout=hooks_job[2]),
