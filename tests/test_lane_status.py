@@ -16,12 +16,15 @@ import orjson
 import pytest
 from rich.console import Console
 
-from batchrelay.cli.lane_text import IDLE, WAITING, held_in_batch, lane_lines, rate_line, waiting_text, with_lanes
+from batchrelay.cli.lane_text import held_in_batch, lane_lines, rate_line, waiting_text, with_lanes
 from batchrelay.cli.progress import Bar
 from batchrelay.cli.providers import health_text
+from batchrelay.config.lanes import IDLE, WAITING
+from batchrelay.config.settings import HealthConfig
 from batchrelay.money.ledger import SEP
 from batchrelay.spec import BatchSpec
-from batchrelay.store.lane_status import batch_lanes, held_lines, lane_loads, timing
+from batchrelay.store.fleet import read_fleet
+from batchrelay.store.lane_status import batch_lanes, held_lines, lane_loads, open_parcels, timing
 from batchrelay.store.lanes import LaneStore
 from batchrelay.store.store import Store
 from batchrelay.store.submit import submit_stream
@@ -127,6 +130,9 @@ async def test_lane_loads_sum_open_parcels_and_held_lines_over_batches(store: St
     loads = await lane_loads(store)
     assert loads[LANE].lines == 5
     assert loads[LANE].as_dict() == {"open_parcels": {"gathering": 1, "created": 1}, "lines": 5}
+    assert await open_parcels(store) == {LANE: {"gathering": 1, "created": 1}}  # the metrics' read: no line read
+    fleet = await read_fleet(store, [LANE], HealthConfig())
+    assert fleet.lanes == {LANE: {"gathering": 1, "created": 1}}
 
 
 # --- the text: pure ------------------------------------------------------------------------------------

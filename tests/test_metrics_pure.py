@@ -19,10 +19,11 @@ def _ledger(**fields: int) -> dict[bytes, bytes]:
     return {k.replace("__", SEP).encode(): str(v).encode() for k, v in fields.items()}
 
 
-def _samples(fleet: Fleet, max_concurrency: dict[str, int | None] | None = None) -> dict[tuple[str, tuple], float]:
+def _samples(fleet: Fleet, max_concurrency: dict[str, int | None] | None = None,
+             lanes: frozenset[str] = frozenset()) -> dict[tuple[str, tuple], float]:
     """Every sample the fleet exposes, through prometheus_client's exposition and its own parser."""
     registry = CollectorRegistry(auto_describe=False)
-    collector = FleetCollector(max_concurrency or {})
+    collector = FleetCollector(max_concurrency or {}, lanes)
     collector.fleet = fleet
     registry.register(collector)
     text = generate_latest(registry).decode()
@@ -117,6 +118,28 @@ def test_a_provider_shows_one_state_at_1_and_its_in_flight_limit_while_one_holds
     states = {dict(labels)["state"]: v for (name, labels), v in got.items() if name == "batchrelay_provider_state"}
     assert states == {s: (1.0 if s == state else 0.0) for s in STATES}
     assert got.get(("batchrelay_provider_inflight_limit", (("provider", "p"),))) == limit
+
+
+@pytest.mark.parametrize(("health", "open_parcels", "state"), [
+    ("untried", {}, "idle"),  # a lane's health never sees a call succeed: `untried` would say nothing
+    ("untried", {"created": 1, "gathering": 1}, "waiting_upstream"),
+    ("ok", {"created": 1}, "waiting_upstream"),
+    ("half-open", {"cancelling": 1}, "waiting_upstream"),
+    ("benched", {"created": 1}, "benched"),  # a state that says more is kept
+    ("disabled", {}, "disabled"),
+    ("cooling", {"created": 2}, "cooling"),
+])
+def test_a_lane_shows_the_state_status_and_providers_show_and_its_parcels_by_state(
+    health: str, open_parcels: dict[str, int], state: str
+) -> None:
+    got = _samples(Fleet(providers={"lane": {"state": health}, "sync": {"state": "untried"}}, lanes={"lane": open_parcels}),
+                   lanes=frozenset({"lane"}))
+    states = {dict(labels)["state"]: v for (name, labels), v in got.items()
+              if name == "batchrelay_provider_state" and dict(labels)["provider"] == "lane"}
+    assert states == {s: (1.0 if s == state else 0.0) for s in STATES}
+    parcels = {dict(labels)["state"]: v for (name, labels), v in got.items() if name == "batchrelay_lane_parcels"}
+    assert parcels == {k: float(v) for k, v in open_parcels.items()}
+    assert got[("batchrelay_provider_state", (("provider", "sync"), ("state", "untried")))] == 1.0  # not a lane
 
 
 def test_an_empty_store_exposes_every_family_without_error() -> None:

@@ -17,14 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from batchrelay.cli.text import counted
-from batchrelay.config.lanes import BATCH_KINDS
+from batchrelay.config.lanes import BATCH_KINDS, lane_state
 from batchrelay.money.lane_cost import span
 
-WAITING = "waiting upstream"
-IDLE = "idle"  # a lane holding no lines (and neither benched nor disabled)
-# health states a lane holding lines shows as WAITING: none of them says more (benched, disabled,
-# cooling and an open breaker do, and are kept)
-QUIET_STATES = ("untried", "ok", "half-open")
 NOT_SENT = {"gathering": "gathering lines", "sealed": "not uploaded yet", "uploaded": "upstream batch not created yet",
             "creating": "upstream batch being created"}
 
@@ -98,13 +93,11 @@ def with_lanes(health: Mapping[str, dict[str, Any]], kinds: Mapping[str, str],
     out = {}
     for name, h in health.items():
         row = {**h, "kind": kinds.get(name, "chat")}
-        if name in held and held[name][0]:
-            lines, states = held[name]
-            row["lane_lines"], row["parcels"] = lines, dict(states)
-            if row.get("state") in QUIET_STATES:
-                row["state"] = WAITING
-        elif row["kind"] in BATCH_KINDS and row.get("state") == "untried":
-            row["state"] = IDLE  # a lane's health never sees a call succeed: `untried` would say nothing
+        holding = name in held and bool(held[name][0])
+        if holding:
+            row["lane_lines"], row["parcels"] = held[name][0], dict(held[name][1])
+        if row["kind"] in BATCH_KINDS:
+            row["state"] = lane_state(str(row.get("state")), holding)
         out[name] = row
     return out
 

@@ -32,6 +32,22 @@ MiB = 1024 * 1024
 MAX_LINES: dict[str, int] = {"openai-batch": 50_000, "anthropic-batch": 100_000}
 MAX_BYTES: dict[str, int] = {"openai-batch": 200 * MiB, "anthropic-batch": 256 * MiB}
 # what a synchronous provider has that a lane has no use for (it is never called line by line)
+WAITING = "waiting upstream"  # a lane holding lines, whose health says nothing more
+IDLE = "idle"  # a lane holding no lines (and neither benched nor disabled)
+# health states a lane holding lines shows as WAITING: none of them says more (benched, disabled,
+# cooling and an open breaker do, and are kept)
+QUIET_STATES = ("untried", "ok", "half-open")
+
+
+def lane_state(health_state: str, holding: bool) -> str:
+    """The state a lane shows (`status`, `providers`, the provider-state metric): a lane is never called
+    line by line, so its health never sees a call succeed and `untried` would say nothing; one holding
+    lines is `waiting upstream`, one holding none `idle`; benched, disabled, cooling still show."""
+    if holding:
+        return WAITING if health_state in QUIET_STATES else health_state
+    return IDLE if health_state == "untried" else health_state
+
+
 NOT_FOR_LANES = ("rpm", "tpm", "plan", "plans", "max_concurrency", "endpoints", "models_path", "credits_path")
 
 

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from batchrelay.config.lanes import IDLE, WAITING, lane_state
 from batchrelay.money.ledger import CACHE, SEP, rows
 from batchrelay.money.pricing import usd
 from batchrelay.results.tally import OUTCOMES
@@ -35,7 +36,8 @@ LINE_STATUSES = ("succeeded", "failed", "invalid", "cancelled", "expired")
 TOKEN_KINDS = ("input", "cached", "cache_write", "output", "reasoning")
 # store/health.py's states as label values (snake_case: no space in a PromQL matcher)
 STATE_LABEL = {"ok": "ok", "untried": "untried", "half-open": "half_open", "cooling": "cooling",
-               "benched": "benched", "disabled": "disabled", "breaker open": "breaker_open"}
+               "benched": "benched", "disabled": "disabled", "breaker open": "breaker_open",
+               IDLE: "idle", WAITING: "waiting_upstream"}
 STATES = tuple(STATE_LABEL.values())
 
 
@@ -125,14 +127,21 @@ def _ledger(fleet: Fleet) -> Iterator[Metric]:
                             value=c.get("bytes", 0))
 
 
-def _providers(fleet: Fleet, max_concurrency: Mapping[str, int | None]) -> Iterator[Metric]:
+def _providers(fleet: Fleet, max_concurrency: Mapping[str, int | None], lanes: frozenset[str]) -> Iterator[Metric]:
     state = GaugeMetricFamily("batchrelay_provider_state", "1 for each provider's health state now, 0 for the others "
-                              "(shared by every worker).", labels=["provider", "state"])
+                              "(shared by every worker; a lane: idle, or waiting_upstream while it has parcels).",
+                              labels=["provider", "state"])
+    parcels = GaugeMetricFamily("batchrelay_lane_parcels", "A lane's upstream batches not collected yet, by the "
+                                "state of their parcel (gathering ... created, cancelling, ended).",
+                                labels=["provider", "state"])
     limit = GaugeMetricFamily("batchrelay_provider_inflight_limit", "Calls a provider may have in flight now, over "
                               "every worker, while a limit holds (max_concurrency, its slow start or a 429).",
                               labels=["provider"])
     for name, d in sorted(fleet.providers.items()):
-        now = state_label(str(d.get("state")))
+        held = fleet.lanes.get(name, {})
+        now = state_label(lane_state(str(d.get("state")), bool(held)) if name in lanes else str(d.get("state")))
+        for parcel_state, n in sorted(held.items()):
+            parcels.add_metric([name, parcel_state], n)
         for s in (*STATES, *(() if now in STATES else (now,))):
             state.add_metric([name, s], 1 if s == now else 0)
         limits = [n for n in (d.get("concurrency_limit"), max_concurrency.get(name)) if n]
@@ -140,22 +149,26 @@ def _providers(fleet: Fleet, max_concurrency: Mapping[str, int | None]) -> Itera
             limit.add_metric([name], min(limits))
     yield state
     yield limit
+    yield parcels
 
 
-def families(fleet: Fleet, max_concurrency: Mapping[str, int | None] | None = None) -> list[Metric]:
-    """Every fleet metric of one read; `max_concurrency`: the configured limit of each provider."""
-    return [*_lines(fleet), *_calls(fleet), *_lanes(fleet), *_ledger(fleet), *_providers(fleet, max_concurrency or {})]
+def families(fleet: Fleet, max_concurrency: Mapping[str, int | None] | None = None,
+             lanes: frozenset[str] = frozenset()) -> list[Metric]:
+    """Every fleet metric of one read; `max_concurrency`: the configured limit of each provider; `lanes`:
+    the providers that are lanes."""
+    return [*_lines(fleet), *_calls(fleet), *_lanes(fleet), *_ledger(fleet),
+            *_providers(fleet, max_concurrency or {}, lanes)]
 
 
 class FleetCollector(Collector):
     """Hands prometheus_client the families of the latest read (`fleet`, set before each exposition)."""
 
-    def __init__(self, max_concurrency: Mapping[str, int | None]) -> None:
+    def __init__(self, max_concurrency: Mapping[str, int | None], lanes: frozenset[str] = frozenset()) -> None:
         self.fleet = Fleet()
-        self.max_concurrency = max_concurrency
+        self.max_concurrency, self.lanes = max_concurrency, lanes
 
     def collect(self) -> Iterable[Metric]:
-        return families(self.fleet, self.max_concurrency)
+        return families(self.fleet, self.max_concurrency, self.lanes)
 
 
 class FleetMetrics:
@@ -165,7 +178,8 @@ class FleetMetrics:
         self.served = served
         providers = served.settings.ordered_providers()
         self.names = [p.name for p in providers]
-        self.collector = FleetCollector({p.name: p.max_concurrency for p in providers})
+        self.collector = FleetCollector({p.name: p.max_concurrency for p in providers},
+                                        frozenset(p.name for p in providers if p.is_lane))
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
 

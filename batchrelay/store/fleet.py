@@ -20,6 +20,7 @@ from typing import Any
 
 from batchrelay.config.settings import HealthConfig
 from batchrelay.store.health import describe
+from batchrelay.store.lane_status import open_parcels
 from batchrelay.store.status import FINISHED
 from batchrelay.store.store import Store
 
@@ -37,6 +38,7 @@ class Fleet:
     pending: int = 0  # lines without a result, over the unfinished batches
     queued: int = 0  # jobs on the arq queues of the unfinished batches (and the shared one)
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> health.describe
+    lanes: dict[str, dict[str, int]] = field(default_factory=dict)  # lane -> state -> parcels not collected yet
 
 
 def _ints(raw: dict[bytes, bytes]) -> dict[str, int]:
@@ -88,4 +90,4 @@ async def read_fleet(store: Store, providers: list[str], health: HealthConfig, *
     now = time.time()
     text = {f.decode(): v.decode() for f, v in raw_health.items()}
     return Fleet(_ints(counts), ledger, _ints(cache), dict(statuses), pending, queued,
-                 {n: describe(n, text, now, health.rate_recovery_s) for n in providers})
+                 {n: describe(n, text, now, health.rate_recovery_s) for n in providers}, await open_parcels(store))

@@ -101,14 +101,27 @@ class LaneLoad:
         return {"open_parcels": dict(self.parcels), "lines": self.lines}
 
 
+async def _open_views(store: Store) -> list[ParcelView]:
+    """The parcels not collected yet, over every batch (a handful: one per lane and batch at a time)."""
+    pids = [p.decode() for p in await store.redis.zrange(store.keys.lane_parcels, 0, -1)]
+    lanes = LaneStore(store)
+    return [v for v in [await lanes.parcel(pid) for pid in pids] if v is not None]
+
+
+async def open_parcels(store: Store) -> dict[str, dict[str, int]]:
+    """lane -> state -> its parcels not collected yet, over every batch (no line is read: a metrics scrape)."""
+    out: dict[str, Counter[str]] = {}
+    for v in await _open_views(store):
+        out.setdefault(v.lane, Counter())[v.state] += 1
+    return {lane: dict(c) for lane, c in out.items()}
+
+
 async def lane_loads(store: Store) -> dict[str, LaneLoad]:
     """lane -> its open parcels (not collected yet) and the lines they hold, over every batch."""
     k, r = store.keys, store.redis
-    pids = [p.decode() for p in await r.zrange(k.lane_parcels, 0, -1)]
-    if not pids:
+    views = await _open_views(store)
+    if not views:
         return {}
-    lanes = LaneStore(store)
-    views = [v for v in [await lanes.parcel(pid) for pid in pids] if v is not None]
     batches = sorted({v.batch for v in views})
     async with r.pipeline(transaction=False) as pipe:
         for b in batches:
