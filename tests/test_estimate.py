@@ -330,7 +330,8 @@ def test_lines_only_a_lane_may_serve_are_unserved_unless_the_deadline_allows_it(
 
 @pytest.mark.parametrize(("seconds", "text", "down"), [
     (90000, "25h", "25h"), (5400, "1.5h", "1.5h"), (3600, "1h", "1h"), (90, "1.5m", "1.5m"), (45, "45s", "45s"),
-    (-7200, "-2h", "-2h"), (89999.9, "25h", "24.9h"), (44.6, "45s", "44s")])
+    (-7200, "-2h", "-2h"), (89999.9, "25h", "24.9h"), (44.6, "45s", "44s"),
+    (3599.6, "1h", "59.9m"), (59.7, "1m", "59s"), (-3599.6, "-1h", "-59.9m")])
 def test_spans_read_as_hours_minutes_or_seconds(seconds: float, text: str, down: str) -> None:
     assert (span(seconds), span(seconds, down=True)) == (text, down)
 

@@ -25,6 +25,8 @@ def span(seconds: float, down: bool = False, up: bool = False) -> str:
     tenths = s / size * (1 if unit == "s" else 10)
     n = (math.floor(tenths + 1e-9) if down else math.ceil(tenths - 1e-9) if up else round(tenths)) / (
         1 if unit == "s" else 10)
+    if unit != "h" and n * size >= (3600 if unit == "m" else 60):  # 59.97m rounds to 60m: read as 1h
+        return span(math.copysign(n * size, seconds))
     return f"{sign}{n:g}{unit}"
 
 
