@@ -248,7 +248,9 @@ async def _wait_for_lanes(rt: Runtime, queue: str, signals: list[int]) -> bool:
     swept = time.monotonic()
     while not (signals[0] or rt.draining):
         if not await rt.lanes.open():
-            return False
+            # a parcel gives its unanswered lines back to the queue before it is marked collected:
+            # read after that, the queue holds them
+            return bool(await queued_jobs(rt.store, queue))
         if await queued_jobs(rt.store, queue):
             return True
         if time.monotonic() - swept >= SWEEP_WHILE_WAITING_S:
