@@ -20,14 +20,10 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 from arq.constants import job_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
-
-if TYPE_CHECKING:
-    from batchrelay.store.store import Store
 
 CHUNK_FUNCTION = "run_chunk"
 JOB_EXPIRES_MS = 7 * 86_400_000  # a queued chunk waits for workers up to a week
@@ -85,8 +81,3 @@ async def enqueue_chunks(
             pipe.set(job_key_prefix + job_id, payload, px=JOB_EXPIRES_MS + score - now_ms, nx=True)
             pipe.zadd(queue, {job_id: score}, nx=True)
         await pipe.execute()
-
-
-async def queued_jobs(store: Store, queue: str) -> int:
-    """Jobs on `queue`, due or deferred (what keeps a burst worker going)."""
-    return int(await store.redis.zcard(queue))

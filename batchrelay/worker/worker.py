@@ -24,10 +24,11 @@ from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 from batchrelay.config.settings import Settings, load_settings
 from batchrelay.store.connection import redis_settings, worker_pool
 from batchrelay.store.keys import Keys
-from batchrelay.store.queue import CHUNK_FUNCTION, cron_name, queued_jobs
+from batchrelay.store.queue import CHUNK_FUNCTION, cron_name
 from batchrelay.store.replicas import ReplicaAcks
 from batchrelay.store.schedules import sweep_seconds
 from batchrelay.store.store import Store
+from batchrelay.store.sweeper import queued_jobs
 from batchrelay.worker.eager import EagerWorker
 from batchrelay.worker.metrics import redis_reconnected, serve_metrics
 from batchrelay.worker.runtime import SHUTDOWN_MARGIN_S, Runtime
