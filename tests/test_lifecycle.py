@@ -154,6 +154,34 @@ async def test_a_worker_finds_a_batch_past_its_window_stopped_and_marks_it_expir
     assert await is_stopped(store, "batch_forgotten") is False
 
 
+async def _paused_after_a_try(store: Store) -> str:
+    """A batch whose `run` was interrupted: it had tried lines 1 and 2 (line 1 answered), then paused it."""
+    batch = await _submitted(store, 4, completion_window=3600)
+    await _taken(store, batch, [1, 2])
+    await store.write_result(batch, 1, b'{"batchrelay":{"line":1}}', True)
+    assert await store.scripts.pause(store.keys, batch, time.time()) == "paused"
+    return batch
+
+
+async def test_a_paused_batch_past_its_deadline_expires_every_line_at_the_sweep(store: Store) -> None:
+    # nothing is in flight in a paused batch: line 2, tried by its run, does not wait out the grace
+    batch = await _paused_after_a_try(store)
+    await store.set_fields(batch, {"expires_at": str(time.time() - 1)})
+    done = await tick(store, grace_s=GRACE, retention_s=None)
+    assert (done["expired"], done["stopped_lines"]) == (1, 3)
+    info = await store.info(batch)
+    assert (info.status, info.succeeded, info.expired, info.pending) == ("expired", 1, 3, 0)
+    assert info.finished_at is not None
+    assert {n: r.get("error") for n, r in (await _records(store, batch)).items()} == {
+        1: None, 2: "expired", 3: "expired", 4: "expired"}
+
+
+async def test_cancelling_a_paused_batch_stops_its_lines_at_once(store: Store) -> None:
+    batch = await _paused_after_a_try(store)
+    info = await cancel(store, batch, GRACE, wait=False)
+    assert (info.status, info.succeeded, info.cancelled, info.pending) == ("cancelled", 1, 3, 0)
+
+
 @pytest.mark.parametrize("status", [Status.CANCELLING, Status.BUDGET_EXHAUSTED, Status.SCHEDULED])
 async def test_a_stopped_waiting_or_unstarted_batch_takes_no_work(store: Store, status: Status) -> None:
     batch = await _submitted(store, 2)
