@@ -250,8 +250,9 @@ async def _wait_for_lanes(rt: Runtime, queue: str, signals: list[int]) -> bool:
     while not (signals[0] or rt.draining):
         if not await rt.lanes.open():
             # a parcel gives its unanswered lines back to the queue before it is marked collected:
-            # read after that, the queue holds them
-            return bool(await queued_jobs(rt.store, queue))
+            # read after that, the queue holds them; a last sweep ends the lines it gave back to a
+            # stopping batch (and finds any other work) before the worker ends
+            return bool(await queued_jobs(rt.store, queue)) or bool(await rt.sweep(queue))
         if await queued_jobs(rt.store, queue):
             return True
         if time.monotonic() - swept >= SWEEP_WHILE_WAITING_S:
