@@ -63,6 +63,7 @@ class ParcelDriver:
         self.by_name = {p.name: p for p in settings.providers if p.is_lane}
         self._seen: dict[str, int] = {}  # pid -> the upstream's done count at this process's last poll
         self._creating: dict[str, asyncio.Lock] = {}  # lane -> held while this process creates one of its batches
+        self.closed_at = 0.0  # when this process last closed a lane in the shared health (routing looks again)
 
     @property
     def folder(self) -> Path:
@@ -304,6 +305,7 @@ class ParcelDriver:
         with contextlib.suppress(RedisError, OSError):
             await self.health.report(lane, None, "", "transient", retry_after=LANE_COOL_S if given_up else None,
                                      text=e.reason)
+            self.closed_at = time.time() if given_up else self.closed_at
         if given_up:
             log.warning("lane %s: parcel %s (%s) could not be sent %d times (%s): its lines go to the synchronous "
                         "providers; no new line goes to the lane for %.0fs", lane.name, p.pid, p.state, tries,
@@ -323,6 +325,7 @@ class ParcelDriver:
             with contextlib.suppress(RedisError, OSError):
                 await self.health.report(lane, None, "", "billing" if action is Action.BENCH else "auth",
                                          text=f"{e.status or ''} {e.reason}".strip())
+                self.closed_at = time.time()
 
     async def _release(self, p: ParcelView, lane: ProviderConfig | None, why: plan.Release) -> None:
         """Give all the parcel's lines back (those it still holds), each with an attempt saying why."""

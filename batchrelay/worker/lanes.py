@@ -164,7 +164,7 @@ class Lanes:
         """Lanes the shared health has benched (billing), disabled (auth) or cooling (unreachable): not chosen
         meanwhile."""
         at, closed = self._closed
-        if now - at > HEALTH_TTL_S:
+        if now - at > HEALTH_TTL_S or self.driver.closed_at >= at:  # or this process closed one since
             snap = await self.health.snapshot(list(self.by_name))
             closed = frozenset(n for n, s in snap.items() if s["state"] in CLOSED)
             self._closed = (now, closed)
