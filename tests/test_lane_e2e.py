@@ -426,6 +426,8 @@ def test_a_lane_disabled_after_a_401_is_said_not_used_and_providers_check_re_ena
         assert note["text"].startswith("lane lane not used: disabled after HTTP 401 for ") and \
             note["text"].endswith("(check its key; `batchrelay providers check` re-enables it)"), note
         assert note["text"] in proc.stderr
+        est = orjson.loads(down.cli("estimate", str(src), *WINDOW, "--json"))
+        assert est["lanes_closed"]["lane"].startswith("lane lane not used: disabled after HTTP 401"), est
         up.proxy.on("GET", "/v1/batches", [401])
         failed = orjson.loads(down.cli("providers", "check", "--live", "--json", ok=(1,)))
         (lane_check,) = [x for x in failed if x["provider"] == "lane"]
