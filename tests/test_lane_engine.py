@@ -406,13 +406,14 @@ async def _answered_after_the_lane(store: Store, rt: Runtime, batch: str) -> lis
     return [orjson.loads(raw)["batchrelay"] async for _, raw in store.iter_results(batch)]
 
 
+@pytest.mark.parametrize("kind", KINDS)
 async def test_a_lane_that_cannot_be_reached_gives_its_lines_back_at_once_and_cools(
-        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A typo'd base_url: the parcel (nothing upstream yet) fails to upload SEND_TRIES times, then its
-    lines go to the synchronous provider, long before the deadline; the lane cools in the shared health
-    (`providers` shows why) and the next batch's lines are not handed to it."""
+        kind: str, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typo'd base_url: the parcel (nothing upstream yet) fails to upload (OpenAI) or create (Anthropic:
+    no connection, so nothing was created) SEND_TRIES times, then its lines go to the synchronous
+    provider, long before the deadline; the lane cools in the shared health (`providers` shows why) and
+    the next batch's lines are not handed to it."""
     monkeypatch.setenv(KEY_ENV, KEY)
-    kind = "openai-batch"
     with SimulatorProcess({}) as sim_url:
         settings = _settings(kind, f"http://127.0.0.1:{free_port()}", sim_url)
         rt = Runtime.opened(settings, store)
