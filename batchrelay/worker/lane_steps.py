@@ -5,7 +5,10 @@ state kept in Redis, until one has to wait (gathering, an upstream batch still r
 that may still land) or the parcel is done; lane_send.py sends it up, lane_collect.py writes its
 answers. A call to the upstream that fails leaves the lines alone: the parcel is looked at again
 later (Retry-After honoured, a key or credit problem reported to the shared health, so routing stops
-choosing the lane); an upstream that refuses a parcel for good gives its lines back.
+choosing the lane); an upstream that refuses a parcel for good gives its lines back, their attempts
+saying what it said. A parcel not sent yet whose sending keeps failing (unreachable, 5xx) gives its
+lines back after SEND_TRIES tries, the lane cooling meanwhile: no parcel from `creating` on (an
+upstream batch may exist) is given up that way.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ MAX_STEPS = 16  # steps per parcel per look (a parcel that keeps moving is looke
 UPSTREAM_CANCELLING = ("cancelling", "canceling")
 RESERVE_SLACK_S = 600.0  # a lane reservation outlives its parcel's last possible step by this much
 # A parcel not sent yet (nothing upstream: nothing can be paid twice) whose sending fails this many
-# times in a row (unreachable, 5xx) gives its lines to the synchronous providers, and the lane cools
+# times (unreachable, 5xx) gives its lines to the synchronous providers, and the lane cools
 # for LANE_COOL_S in the shared health: routing hands it no new line meanwhile (a typo'd base_url
 # must not hold a batch's lines until its deadline).
 SEND_TRIES = 3
@@ -333,9 +336,10 @@ class ParcelDriver:
         lines = sorted(set((await self.parcels.parcel_lines(p.pid)).values()))
         claim = await self.parcels.claim_lines(p.batch, lines)
         earlier = {n: [Attempt.from_dict(a) for a in tried] for n, tried in claim.earlier.items()}
-        # what the upstream said, when a call failed (its status, its words; no secret: lane_client redacts)
-        error = f"{why.why} ({p.error})" if p.error else why.why
-        back = {n: lane_attempt(name, p, p.upstream_id, p.error_status, error) for n in lines}
+        # what the upstream said when sending it failed (its status, its words; no secret: lane_client redacts)
+        said_ = p.error if p.state in (*plan.NOT_SENT, "failed") else None
+        error = f"{why.why} ({said_})" if said_ else why.why
+        back = {n: lane_attempt(name, p, p.upstream_id, p.error_status if said_ else None, error) for n in lines}
         abandoned = bool(p.upstream_id) and p.state in ("created", "cancelling")
         if abandoned:
             log.warning("lane %s: giving back the %d lines of parcel %s while upstream batch %s has not ended (%s): "
