@@ -480,3 +480,21 @@ async def test_a_refused_key_fails_the_lines_over_saying_why_and_providers_check
             assert (await Health(store, settings.health).snapshot(["lane"]))["lane"]["state"] != "disabled"
         finally:
             await rt.close()
+
+
+async def test_providers_check_lists_each_kind_of_lane_s_batches_with_its_own_auth(
+        tmp_path: Path, redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenAI's `GET /v1/batches` (Bearer) and Anthropic's `GET /v1/messages/batches` (x-api-key):
+    ok with the key `serve` accepts, FAIL naming the 401 with another; never a chat request."""
+    with serving(tmp_path, redis_url, f"{prefix}up:", worker=False) as api:
+        lanes = [next(p for p in _settings(kind, api.base, "http://127.0.0.1:1").providers if p.is_lane)
+                 for kind in KINDS]
+        monkeypatch.setenv(KEY_ENV, KEY)
+        good = await check_all(lanes, live=False, model=None)
+        monkeypatch.setenv(KEY_ENV, "sk-not-this-one")
+        bad = await check_all(lanes, live=False, model=None)
+    assert [(r.state, r.checks[0]["check"], r.recovered) for r in good] == [("ok", "batches", True)] * 2, good
+    for r, path in zip(bad, ("/v1/batches", "/v1/messages/batches"), strict=True):
+        assert r.state == "fail" and "HTTP 401" in r.checks[0]["detail"] and "key is refused" in r.checks[0]["detail"]
+        assert r.checks[0]["detail"].startswith("list batches: HTTP 401"), r.checks
+        assert path in next(c["detail"] for c in (good[0 if path == "/v1/batches" else 1].checks))
