@@ -423,11 +423,11 @@ def test_a_lane_disabled_after_a_401_is_said_not_used_and_providers_check_re_ena
         proc = batchrelay_cli(down, "submit", str(src), *WINDOW, "--json")
         (note,) = orjson.loads(proc.stdout)["lanes"]
         assert (note["used"], note["reason"]) == (False, "disabled"), note
-        assert note["text"].startswith("lane lane not used: disabled after HTTP 401 for ") and \
+        assert note["text"].startswith("lane lane not used: disabled for ") and " after HTTP 401 (check its key" in note["text"] and \
             note["text"].endswith("(check its key; `batchrelay providers check` re-enables it)"), note
         assert note["text"] in proc.stderr
         est = orjson.loads(down.cli("estimate", str(src), *WINDOW, "--json"))
-        assert est["lanes_closed"]["lane"].startswith("lane lane not used: disabled after HTTP 401"), est
+        assert "not used: disabled for " in est["lanes_closed"]["lane"], est
         up.proxy.on("GET", "/v1/batches", [401])
         failed = orjson.loads(down.cli("providers", "check", "--live", "--json", ok=(1,)))
         (lane_check,) = [x for x in failed if x["provider"] == "lane"]

@@ -465,7 +465,7 @@ async def test_a_refused_key_fails_the_lines_over_saying_why_and_providers_check
                                 deadline=time.time() + 120)
             (note,) = lane_notes(est, [next(p for p in settings.providers if p.name == "lane")], time.time(), "", health=health)
             assert (note.used, note.reason) == (False, "disabled")
-            assert note.text.startswith("lane lane not used: disabled after HTTP 401 for ") and \
+            assert note.text.startswith("lane lane not used: disabled for ") and " after HTTP 401 (check its key" in note.text and \
                 "check its key; `batchrelay providers check` re-enables it" in note.text, note.text
             lane_cfg = next(p for p in settings.providers if p.name == "lane")
             for live in (False, True):

@@ -114,14 +114,14 @@ def test_a_note_as_json_carries_the_numbers() -> None:
 
 @pytest.mark.parametrize(("health", "said"), [
     ({"state": "disabled", "for_s": 3594.0, "last": "401 list files: HTTP 401: Incorrect API key provided."},
-     ("disabled", "lane batch not used: disabled after HTTP 401 for 59.9m (check its key; `batchrelay providers check` "
+     ("disabled", "lane batch not used: disabled for 59.9m after HTTP 401 (check its key; `batchrelay providers check` "
                   "re-enables it)")),
     ({"state": "benched", "for_s": 1790.2, "last": "402 create the batch of p1: HTTP 402: no credit"},
-     ("benched", "lane batch not used: benched after HTTP 402 for 29.9m (check its credit; `batchrelay providers "
+     ("benched", "lane batch not used: benched for 29.9m after HTTP 402 (check its credit; `batchrelay providers "
                  "check` takes it off the bench)")),
     ({"state": "cooling", "for_s": 299.5, "last": "list files: ConnectError: All connection attempts failed"},
-     ("cooling", "lane batch not used: cooling after list files: ConnectError: All connection attempts failed for "
-                 "5m (it could not be reached; new lines go to it again when this ends)")),
+     ("cooling", "lane batch not used: cooling for 5m after list files: ConnectError: All connection attempts "
+                 "failed (it could not be reached; new lines go to it again when this ends)")),
     ({"state": "ok", "last": "401 an old one"}, (None, "lane batch: 3 lines go there; they may wait up to 24h, for "
                                                        "50 % of the synchronous price ($0.000066 instead of "
                                                        "$0.000132)")),

@@ -81,7 +81,7 @@ def health_text(name: str, h: Mapping[str, object]) -> str | None:
     after = f" after HTTP {code.group(1)}" if code else (f" after {last[:120]}" if last else "")
     left = h.get("for_s")
     until = f" for {span(float(left), up=True)}" if isinstance(left, int | float) and left > 0 else ""
-    return f"lane {name} not used: {state}{after}{until} ({CLOSED[state]})"
+    return f"lane {name} not used: {state}{until}{after} ({CLOSED[state]})"
 
 
 def lane_notes(est: Estimate, lanes: Sequence[ProviderConfig], now: float, hint: str,
