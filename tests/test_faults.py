@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -204,3 +205,41 @@ def test_a_batch_past_its_completion_window_expires_and_retry_brings_its_lines_b
     assert status["status"] == "completed" and status["counts"]["succeeded"] == n
     rows = results_of(tmp_path, cfg, redis_url, batch)
     assert Counter(r["custom_id"] for r in rows) == Counter(f"req-{i}" for i in range(1, n + 1))
+
+
+def test_an_interrupted_run_past_its_deadline_expires_at_a_burst_workers_sweep(
+        tmp_path: Path, redis_url: str, prefix: str) -> None:
+    """Ctrl-C pauses a `run`'s batch; once its deadline has passed, a `worker --burst` (whose one sweep
+    is all it gets) expires every line left, those the run had taken included (nothing is in flight
+    in a paused batch: none waits out the grace), and the answers it got stay exportable."""
+    n = 40
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(orjson.dumps(openai_line(i)) + b"\n" for i in range(1, n + 1)))
+    env = {**os.environ, "REDIS_URL": redis_url}
+    with SimulatorProcess({"latency_ms": 1500}) as sim:
+        cfg = write_config(tmp_path / "c.toml", prefix, [{"name": "sim", "base_url": sim}],
+                           concurrency=4, chunk_size=5, call_timeout=30, job_timeout=60)
+        run = subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(cfg), "run", str(src), "-o",
+                                str(tmp_path / "out.jsonl"), "--deadline", "+6s"], env=env, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: SimulatorProcess.stats_of(sim)["calls"] >= 3 or run.poll() is not None, 60, "the first calls")
+        run.send_signal(signal.SIGINT)
+        _out, err = run.communicate(timeout=60)
+        assert run.returncode == 130, err
+        batch = re.findall(r"batch_[0-9a-f]{24}", err)[0]
+        st = status_of(cfg, redis_url, batch)
+        assert st["status"] == "paused" and 0 < st["counts"]["pending"] < n and st["eta_s"] is None
+        time.sleep(max(0.0, st["deadline"] - time.time() + 0.5))
+        shown = batchrelay("-c", str(cfg), "status", batch, env={"REDIS_URL": redis_url}).stdout
+        assert "past its deadline: the next sweep of a `batchrelay worker`" in shown and "ETA" not in shown
+
+        assert _worker(cfg, redis_url, "--burst", "--quiet").wait(timeout=120) == 0
+    st = status_of(cfg, redis_url, batch)
+    assert (st["status"], st["counts"]["pending"]) == ("expired", 0), st
+    assert st["counts"]["succeeded"] + st["counts"]["expired"] == n and st["counts"]["succeeded"] > 0
+    out = tmp_path / "all.jsonl"
+    exported = batchrelay("-c", str(cfg), "results", batch, "-o", str(out), env={"REDIS_URL": redis_url})
+    assert exported.returncode == 3, exported.stderr  # expired lines are failures
+    assert len(out.read_bytes().splitlines()) == st["counts"]["succeeded"]
+    errors = [orjson.loads(x) for x in out.with_suffix(".errors.jsonl").read_bytes().splitlines()]
+    assert {e["error"]["code"] for e in errors} == {"batch_expired"} and len(errors) == st["counts"]["expired"]

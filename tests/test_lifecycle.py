@@ -16,6 +16,7 @@ from batchrelay.money.pricing import CallCost
 from batchrelay.results.outcome import Attempt, Outcome, Result
 from batchrelay.results.records import outcome_record
 from batchrelay.spec import BatchSpec
+from batchrelay.store.lanes import LaneStore
 from batchrelay.store.lifecycle import (
     STALE_SUBMIT_S,
     RetryRefused,
@@ -152,6 +153,59 @@ async def test_a_worker_finds_a_batch_past_its_window_stopped_and_marks_it_expir
     assert await is_stopped(store, batch) is True
     assert (await store.info(batch)).status == "expiring"
     assert await is_stopped(store, "batch_forgotten") is False
+
+
+async def _paused_after_a_try(store: Store, *, lane: bool = False) -> str:
+    """A batch whose `run` was interrupted: it had tried lines 1 and 2 (line 1 answered), and with
+    `lane` given line 4 to a lane's parcel (`{batch}-p1`), then paused it."""
+    batch = await _submitted(store, 4, queue=f"{store.keys.queue}:run:abc", completion_window=3600)
+    await _taken(store, batch, [1, 2])
+    if lane:
+        now = time.time()
+        assert await LaneStore(store).take("lane", batch, f"{store.keys.prefix}{batch}:c1", [(4, f"{batch}-4", 100)],
+                                           deadline=now + 3600, must_end_by=now + 3000, max_lines=10,
+                                           max_bytes=10_000, gather_s=0, now=now) == [4]
+    await store.write_result(batch, 1, b'{"batchrelay":{"line":1}}', True)
+    assert await store.scripts.pause(store.keys, batch, time.time()) == "paused"
+    return batch
+
+
+async def test_a_paused_batch_past_its_deadline_expires_every_line_at_the_sweep(store: Store) -> None:
+    # nothing is in flight in a paused batch: line 2, tried by its run, does not wait out the grace
+    batch = await _paused_after_a_try(store)
+    await store.set_fields(batch, {"expires_at": str(time.time() - 1)})
+    done = await tick(store, grace_s=GRACE, retention_s=None)
+    assert (done["expired"], done["stopped_lines"]) == (1, 3)
+    info = await store.info(batch)
+    assert (info.status, info.succeeded, info.expired, info.pending) == ("expired", 1, 3, 0)
+    assert info.finished_at is not None
+    assert {n: r.get("error") for n, r in (await _records(store, batch)).items()} == {
+        1: None, 2: "expired", 3: "expired", 4: "expired"}
+
+
+async def test_a_paused_batch_past_its_deadline_leaves_its_lane_lines_to_the_shared_queues_workers(
+        store: Store) -> None:
+    # line 4 is in a lane's parcel: it waits until the lane lets go of it, and the paused run's queue is
+    # gone, so the batch moves to the shared queue, whose workers (burst ones too) move the parcel on
+    batch, lanes, now = await _paused_after_a_try(store, lane=True), LaneStore(store), time.time()
+    pid = f"{batch}-p1"
+    assert await lanes.due(now + 1, queue=store.keys.queue) == []  # the run's parcel, while it is paused
+    await store.set_fields(batch, {"expires_at": str(time.time() - 1)})
+    assert (await tick(store, grace_s=GRACE, retention_s=None))["stopped_lines"] == 2
+    info = await store.info(batch)
+    assert (info.status, info.expired, await _pending(store, batch)) == ("expiring", 2, {4})
+    assert (info.queue, await lanes.due(now + 1, queue=store.keys.queue)) == (store.keys.queue, [pid])
+
+    await lanes.release(batch, pid, [4], {}, now=time.time(), requeue=False)  # its upstream batch was cancelled
+    assert (await tick(store, grace_s=GRACE, retention_s=None))["stopped_lines"] == 1
+    info = await store.info(batch)
+    assert (info.status, info.succeeded, info.expired, info.pending) == ("expired", 1, 3, 0)
+
+
+async def test_cancelling_a_paused_batch_stops_its_lines_at_once(store: Store) -> None:
+    batch = await _paused_after_a_try(store)
+    info = await cancel(store, batch, GRACE, wait=False)
+    assert (info.status, info.succeeded, info.cancelled, info.pending) == ("cancelled", 1, 3, 0)
 
 
 @pytest.mark.parametrize("status", [Status.CANCELLING, Status.BUDGET_EXHAUSTED, Status.SCHEDULED])

@@ -241,6 +241,9 @@ def submit(ctx: click.Context, file: Path, name: str | None, endpoint: str, allo
 def status(ctx: click.Context, batch: str, as_json: bool, watch: bool) -> None:
     """Show a batch's status: counts, deadline, rate and ETA, lines held by lanes, cost, providers.
 
+    A paused batch, one over its budget and one being cancelled or expired get no rate or ETA (nothing
+    works them at a rate): status says what each waits for instead.
+
     While a lane (an official Batch API) holds lines, the ETA covers only the synchronous providers'
     lines; each lane's lines are shown with their parcels (state, upstream batch id) and the time by
     which, at the latest, they are answered upstream or handed back to the synchronous providers.
@@ -251,6 +254,7 @@ def status(ctx: click.Context, batch: str, as_json: bool, watch: bool) -> None:
       batchrelay status batch_0123abcd --watch
     """
     from batchrelay.cli.lane_text import deadline_line, held_in_batch, lane_lines, rate_line, with_lanes
+    from batchrelay.cli.status_text import waiting_line
 
     settings = settings_of(ctx)
 
@@ -272,12 +276,13 @@ def status(ctx: click.Context, batch: str, as_json: bool, watch: bool) -> None:
     if (deadline := deadline_line(st, now)) is not None:
         click.echo(f"  {deadline}")
     click.echo("  " + "  ".join(f"{k}={v}" for k, v in st["counts"].items()))
-    if st["status"] != Status.PAUSED:  # nothing works a paused batch: a rate would say otherwise
+    # a paused, over-budget or stopping batch is not worked at a rate: what it waits for instead
+    if (waiting := waiting_line(st, settings.worker.cancel_grace_s, now)) is None:
         click.echo(f"  {rate_line(st)}")
     for line in lane_lines(st, now):
         echo(f"  {line}")
-    if st["status"] == Status.PAUSED:
-        echo(f"  its `run` was interrupted: the same `run` command, or `batchrelay resume {st['id']}`, continues it")
+    if waiting is not None:
+        echo(f"  {waiting}")
     click.echo(f"  {cost_line(st['cost'])}")
     if hook := st["webhook"]:
         last = f" (last: {hook['last']})" if hook["last"] else ""

@@ -58,11 +58,14 @@ class BatchLanes:
 
 def timing(info: BatchInfo, lanes: BatchLanes, now: float) -> dict[str, Any]:
     """The batch's deadline and ETA knowing its lanes (pure): `eta_sync_s` is for the lines the
-    synchronous providers work (pending, not held by a lane), at the batch's rate so far; `eta_s`
+    synchronous providers work (pending, not held by a lane), at the batch's rate so far (None unless
+    it is in progress); `eta_s`
     is that when no lane holds a line, else None: a lane's lines wait upstream for an answer that may
     come at any time until `lanes.answered_by`, and no rate foretells it."""
     rate = info.rate(now)
-    working = not info.finished and info.status != Status.PAUSED and rate > 0
+    # only a batch in progress is worked at its rate: a paused one waits for its `run` or `resume`, one
+    # over its budget for `budget --max-cost`, a stopping one for its calls in flight and its lanes
+    working = info.status == Status.IN_PROGRESS and rate > 0
     sync = max(0, info.pending - lanes.lines)
     eta_sync = round(sync / rate, 1) if working else None
     return {"deadline": info.expires_at, "eta_s": eta_sync if not lanes.lines else None, "eta_sync_s": eta_sync,

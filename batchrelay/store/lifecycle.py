@@ -7,7 +7,9 @@ is first marked `cancelling`/`expiring` (claims then take none of its lines); li
 get their `cancelled`/`expired` record at once; lines a worker may still be calling get
 `grace_s` (`WorkerConfig.cancel_grace_s`) to finish with their real answer, then are stopped too; lines
 a lane holds (store/lanes.py) wait until the lane lets go of them, so an answer the upstream bills
-after the stop still reaches the ledger. The
+after the stop still reaches the ledger. A paused batch (an interrupted `run`) has no call in
+flight: its stop forgets its first tries, so its lines end at the first step, and moves it to the
+shared queue, whose workers move its lane parcels on (lua/stop_request.lua). The
 last record ends the batch (lua/result_write.lua). `advance` does one step and is run by the
 `cancel` command and by every worker's sweep, so a stop finishes even if its CLI is interrupted;
 `serve` runs a bounded step (`most` lines) in a request, so a large batch's cancel answers at once.

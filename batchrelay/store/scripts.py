@@ -241,7 +241,8 @@ class Scripts(CacheScripts):
 
     async def request_stop(self, k: Keys, batch_id: str, interim: Status, now: float) -> str | None:
         """The batch's status afterwards; None for an unknown batch."""
-        status = await self._s["stop_request"]({"meta": k.meta(batch_id)}, {"interim": interim, "now": now})
+        keys = {"meta": k.meta(batch_id), "first_try": k.first_try(batch_id)}
+        status = await self._s["stop_request"](keys, {"interim": interim, "now": now, "queue": k.queue})
         return _text(status) if status is not None else None
 
     async def finish_stop(self, k: Keys, batch_id: str, interim: Status, final: Status, now: float) -> None:

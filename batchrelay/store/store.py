@@ -94,9 +94,9 @@ class BatchInfo:
         return self.done / max(1e-9, end - self.created_at)
 
     def eta_seconds(self, now: float) -> float | None:
-        """None when nothing works it: finished, or paused (an interrupted `run` waiting for `resume`)."""
+        """None unless it is worked (in progress): no rate foretells when a paused, stopped or stopping batch ends."""
         rate = self.rate(now)
-        return None if self.finished or self.status == Status.PAUSED or rate <= 0 else self.pending / rate
+        return self.pending / rate if self.status == Status.IN_PROGRESS and rate > 0 else None
 
     def as_dict(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
