@@ -414,3 +414,56 @@ def test_a_run_busy_with_a_deferred_line_cancels_its_late_upstream_batch_at_must
             if answered_by(r) == "reseller":  # failed over: the lane's attempt says why, then the reseller's
                 assert attempt["status"] is None and "cancel" in attempt["error"], r["batchrelay"]["attempts"]
         assert rows[n - 1]["custom_id"] == f"req-{n}" and not lane_attempts(rows[n - 1])
+
+
+def test_a_lane_disabled_after_a_401_is_said_not_used_and_providers_check_re_enables_it(
+    tmp_path: Path, redis_url: str, prefix: str,
+) -> None:
+    """The fresh-clone check: the lane's upstream answers a 401. Its lines go to the reseller with the
+    401 in their lane attempt; `providers` shows the lane disabled; `submit` says it is not used and
+    why (text and --json); `providers check` lists the lane's batches (no chat request, also with
+    --live), passes once the key is accepted again, and re-enables it: the next batch uses the lane."""
+    with upstream(tmp_path, redis_url, prefix) as up, downstream(tmp_path, redis_url, prefix, up) as down:
+        up.proxy.on("GET", "/v1/files", [401])  # the parcel's first call
+        batch = down.submit(chat_lines(8), *WINDOW)
+        down.worker()
+        assert down.wait(batch) == "completed"
+        rows = down.results(batch)  # (check_batch would look for the parcel's upstream batch: there is none)
+        assert len(rows) == 8 and up.batches("openai-batch") == []
+        for r in rows:
+            assert answered_by(r) == "reseller"
+            (lane,) = [a for a in r["batchrelay"]["attempts"] if a["provider"] == "lane"]
+            assert lane["status"] == 401 and lane["error"] == \
+                "the upstream refused the batch (list files: HTTP 401: proxy fault 401)", lane
+        (row,) = [x for x in orjson.loads(down.cli("providers", "--json")) if x["name"] == "lane"]
+        assert row["health"]["state"] == "disabled", row["health"]
+        src = tmp_path / "more.jsonl"
+        src.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in chat_lines(3)))
+        proc = batchrelay_cli(down, "submit", str(src), *WINDOW, "--json")
+        (note,) = orjson.loads(proc.stdout)["lanes"]
+        assert (note["used"], note["reason"]) == (False, "disabled"), note
+        assert note["text"].startswith("lane lane not used: disabled for ") and " after HTTP 401 (check its key" in note["text"] and \
+            note["text"].endswith("(check its key; `batchrelay providers check` re-enables it)"), note
+        assert note["text"] in proc.stderr
+        est = orjson.loads(down.cli("estimate", str(src), *WINDOW, "--json"))
+        assert "not used: disabled for " in est["lanes_closed"]["lane"], est
+        up.proxy.on("GET", "/v1/batches", [401])
+        failed = orjson.loads(down.cli("providers", "check", "--live", "--json", ok=(1,)))
+        (lane_check,) = [x for x in failed if x["provider"] == "lane"]
+        assert lane_check["state"] == "fail" and not lane_check["cleared"], lane_check
+        assert "HTTP 401" in lane_check["checks"][0]["detail"] and "key is refused" in lane_check["checks"][0]["detail"]
+        checked = orjson.loads(down.cli("providers", "check", "--live", "--json"))
+        (lane_check,) = [x for x in checked if x["provider"] == "lane"]
+        assert lane_check["state"] == "ok" and lane_check["cleared"], lane_check
+        assert [(c["check"], c["ok"]) for c in lane_check["checks"]] == [("batches", True), ("live", None)]
+        assert [s.path for s in up.proxy.log if s.method == "POST"] == []  # no chat request, no empty probe
+        (row,) = [x for x in orjson.loads(down.cli("providers", "--json")) if x["name"] == "lane"]
+        assert row["health"]["state"] not in ("disabled", "benched", "cooling"), row["health"]
+
+
+def batchrelay_cli(down: Downstream, *args: str) -> subprocess.CompletedProcess[str]:
+    from .conftest import batchrelay
+
+    proc = batchrelay("-c", str(down.cfg), *args, env=down.env)
+    assert proc.returncode == 0, proc.stderr
+    return proc

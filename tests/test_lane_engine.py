@@ -20,18 +20,24 @@ import orjson
 import pytest
 
 from batchrelay.config.settings import ProviderConfig, Settings, WorkerConfig
+from batchrelay.money.estimate import estimate_jobs
+from batchrelay.money.lane_notes import lane_notes
 from batchrelay.money.ledger import rows, total
 from batchrelay.money.pricing import call_cost, price_of
+from batchrelay.providers.checks import check_all
 from batchrelay.providers.lane_client import LaneClient
-from batchrelay.sim.process import SimulatorProcess
+from batchrelay.sim.process import SimulatorProcess, free_port
 from batchrelay.spec import BatchSpec
 from batchrelay.store.budget import Budget
+from batchrelay.store.health import Health
 from batchrelay.store.lanes import LaneStore
 from batchrelay.store.lifecycle import advance, cancel
 from batchrelay.store.store import Store
 from batchrelay.store.submit import submit_stream
+from batchrelay.wire.jobs import JobLine
 from batchrelay.wire.reply import Usage
 from batchrelay.worker.lane_send import endpoint, request_file
+from batchrelay.worker.lane_steps import SEND_TRIES
 from batchrelay.worker.runtime import Runtime
 from batchrelay.worker.worker import build_worker, run_worker
 
@@ -393,3 +399,109 @@ async def test_an_anthropic_lane_makes_no_new_batch_while_a_cut_off_create_of_it
                 await _check_answered_once(store, batch, rt, kind, {view.upstream_id})
         finally:
             await rt.close()
+
+
+async def _answered_after_the_lane(store: Store, rt: Runtime, batch: str) -> list[dict[str, Any]]:
+    """Run the chunks of lines the lane gave back (the synchronous provider answers them); each line's
+    record's meta."""
+    back = await store.chunk_map(batch)
+    assert back, "the lane gave no line back"
+    for cid, lines in back.items():
+        await rt.run_chunk(batch, lines, cid)
+    info = await store.info(batch)
+    assert (info.status, info.succeeded, info.pending) == ("completed", N, 0)
+    return [orjson.loads(raw)["batchrelay"] async for _, raw in store.iter_results(batch)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_lane_that_cannot_be_reached_gives_its_lines_back_at_once_and_cools(
+        kind: str, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typo'd base_url: the parcel (nothing upstream yet) fails to upload (OpenAI) or create (Anthropic:
+    no connection, so nothing was created) SEND_TRIES times, then its lines go to the synchronous
+    provider, long before the deadline; the lane cools in the shared health (`providers` shows why) and
+    the next batch's lines are not handed to it."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with SimulatorProcess({}) as sim_url:
+        settings = _settings(kind, f"http://127.0.0.1:{free_port()}", sim_url)
+        rt = Runtime.opened(settings, store)
+        try:
+            batch = await _submit(store, rt, kind)
+            t0 = time.monotonic()
+            await _until_collected(rt, timeout=20)
+            assert time.monotonic() - t0 < 15  # not held until deadline - margin (120 s - 5 s)
+            for meta in await _answered_after_the_lane(store, rt, batch):
+                lane, sim = meta["attempts"]
+                assert (lane["provider"], sim["provider"], meta["provider"]) == ("lane", "sim", "sim")
+                assert lane["status"] is None and "ConnectError" in lane["error"], lane
+                assert lane["error"].startswith(f"could not be sent to the lane {SEND_TRIES} times"), lane
+            (health,) = (await Health(store, settings.health).snapshot(["lane"])).values()
+            assert health["state"] == "cooling" and "ConnectError" in health["last"], health
+            src = io.BytesIO(b"".join(orjson.dumps(_line(kind, i)) + b"\n" for i in range(N)))
+            res = await submit_stream(store, src, BatchSpec(name="t", chunk_size=N, completion_window=120), source="t")
+            ((cid, lines),) = (await store.chunk_map(res.batch_id)).items()
+            await rt.run_chunk(res.batch_id, lines, cid)
+            assert (await store.info(res.batch_id)).succeeded == N  # all synchronous: the lane is cooling
+            assert rt.lanes is not None and not await rt.lanes.open()
+        finally:
+            await rt.close()
+
+
+async def test_a_refused_key_fails_the_lines_over_saying_why_and_providers_check_lists_batches(
+        tmp_path: Path, redis_url: str, prefix: str, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong key: the upload gets a 401, the lane is disabled in the shared health, its lines' lane
+    attempts carry the 401 and the upstream's words (not the key); the notes `submit` and `run` print
+    say the lane is not used and why. `providers check` lists the lane's batches (no chat call), fails
+    with the wrong key, passes with the right one and re-enables the lane."""
+    wrong = "sk-wrong-key-0123456789"
+    monkeypatch.setenv(KEY_ENV, wrong)
+    kind = "openai-batch"
+    with SimulatorProcess({}) as sim_url, serving(tmp_path, redis_url, f"{prefix}up:") as api:
+        settings = _settings(kind, api.base, sim_url)
+        rt = Runtime.opened(settings, store)
+        try:
+            batch = await _submit(store, rt, kind)
+            await _until_collected(rt, timeout=20)
+            for meta in await _answered_after_the_lane(store, rt, batch):
+                lane = meta["attempts"][0]
+                assert lane["provider"] == "lane" and lane["status"] == 401, lane
+                assert lane["error"] == "the upstream refused the batch (list files: HTTP 401: Incorrect API key provided.)"
+                assert wrong not in orjson.dumps(meta).decode()
+            health = await Health(store, settings.health).snapshot(["lane"])
+            assert health["lane"]["state"] == "disabled"
+            est = estimate_jobs([JobLine(1, "c1", "bare", "chat", _line(kind, 1)["body"])], settings,
+                                deadline=time.time() + 120)
+            (note,) = lane_notes(est, [next(p for p in settings.providers if p.name == "lane")], time.time(), "", health=health)
+            assert (note.used, note.reason) == (False, "disabled")
+            assert note.text.startswith("lane lane not used: disabled for ") and " after HTTP 401 (check its key" in note.text and \
+                "check its key; `batchrelay providers check` re-enables it" in note.text, note.text
+            lane_cfg = next(p for p in settings.providers if p.name == "lane")
+            for live in (False, True):
+                (res,) = await check_all([lane_cfg], live=live, model=None)
+                assert res.state == "fail" and [c["check"] for c in res.checks][0] == "batches", res.checks
+                assert "HTTP 401" in res.checks[0]["detail"] and wrong not in str(res.checks)
+            monkeypatch.setenv(KEY_ENV, KEY)
+            (res,) = await check_all([lane_cfg], live=True, model=None)
+            assert res.state == "ok" and res.recovered, res.checks  # and --live made no chat call:
+            assert [(c["check"], c["ok"]) for c in res.checks] == [("batches", True), ("live", None)]
+            await Health(store, settings.health).clear("lane", cooling=True)  # what `providers check` does then
+            assert (await Health(store, settings.health).snapshot(["lane"]))["lane"]["state"] != "disabled"
+        finally:
+            await rt.close()
+
+
+async def test_providers_check_lists_each_kind_of_lane_s_batches_with_its_own_auth(
+        tmp_path: Path, redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenAI's `GET /v1/batches` (Bearer) and Anthropic's `GET /v1/messages/batches` (x-api-key):
+    ok with the key `serve` accepts, FAIL naming the 401 with another; never a chat request."""
+    with serving(tmp_path, redis_url, f"{prefix}up:", worker=False) as api:
+        lanes = [next(p for p in _settings(kind, api.base, "http://127.0.0.1:1").providers if p.is_lane)
+                 for kind in KINDS]
+        monkeypatch.setenv(KEY_ENV, KEY)
+        good = await check_all(lanes, live=False, model=None)
+        monkeypatch.setenv(KEY_ENV, "sk-not-this-one")
+        bad = await check_all(lanes, live=False, model=None)
+    assert [(r.state, r.checks[0]["check"], r.recovered) for r in good] == [("ok", "batches", True)] * 2, good
+    for r, path in zip(bad, ("/v1/batches", "/v1/messages/batches"), strict=True):
+        assert r.state == "fail" and "HTTP 401" in r.checks[0]["detail"] and "key is refused" in r.checks[0]["detail"]
+        assert r.checks[0]["detail"].startswith("list batches: HTTP 401"), r.checks
+        assert path in next(c["detail"] for c in (good[0 if path == "/v1/batches" else 1].checks))

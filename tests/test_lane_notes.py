@@ -114,6 +114,35 @@ def test_a_note_as_json_carries_the_numbers() -> None:
     assert d["text"] == note.text
 
 
+@pytest.mark.parametrize(("health", "said"), [
+    ({"state": "disabled", "for_s": 3594.0, "last": "401 list files: HTTP 401: Incorrect API key provided."},
+     ("disabled", "lane batch not used: disabled for 59.9m after HTTP 401 (check its key; `batchrelay providers check` "
+                  "re-enables it)")),
+    ({"state": "benched", "for_s": 1790.2, "last": "402 create the batch of p1: HTTP 402: no credit"},
+     ("benched", "lane batch not used: benched for 29.9m after HTTP 402 (check its credit; `batchrelay providers "
+                 "check` takes it off the bench)")),
+    ({"state": "cooling", "for_s": 299.5, "last": "list files: ConnectError: All connection attempts failed"},
+     ("cooling", "lane batch not used: cooling for 5m after list files: ConnectError: All connection attempts "
+                 "failed (it could not be reached; new lines go to it again when this ends)")),
+    ({"state": "ok", "last": "401 an old one"}, (None, "lane batch: 3 lines go there; they may wait up to 24h, for "
+                                                       "50 % of the synchronous price ($0.000066 instead of "
+                                                       "$0.000132)")),
+    ({"state": "untried"}, (None, "lane batch: 3 lines go there; they may wait up to 24h, for 50 % of the "
+                                  "synchronous price ($0.000066 instead of $0.000132)")),
+])
+def test_a_lane_the_shared_health_has_closed_is_said_not_used_and_why(
+        health: dict[str, Any], said: tuple[str | None, str]) -> None:
+    """Whatever the deadline allows: a disabled lane takes no line (the fresh-clone check saw "33
+    lines go there" while all went to the reseller)."""
+    s = Settings(routing=RoutingConfig(strategy="cheapest")).with_providers([RESELLER, LANE])
+    jobs = [JobLine(i, f"c{i}", "bare", "chat", {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                                 "max_tokens": 10}) for i in (1, 2, 3)]
+    est = estimate_jobs(jobs, s, output=OutputGuess(tokens=10), deadline=NOW + 30 * H, now=NOW)
+    (note,) = lane_notes(est, [LANE], NOW, HINT, health={"batch": health, "other": {"state": "disabled"}})
+    assert (note.reason, note.text) == said and note.used == (said[0] is None)
+    assert note.as_dict()["used"] is note.used and note.as_dict()["reason"] == said[0]
+
+
 @pytest.mark.parametrize(("kept", "given", "done", "said"), [
     (NOW, NOW, False, None),
     (NOW, NOW + 59, False, None),  # `--deadline +26h` again a few seconds later: the same instant

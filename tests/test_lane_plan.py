@@ -105,6 +105,22 @@ def test_each_parcel_state_has_its_next_step(state: str, when: str, step: Step) 
     assert next_step(p, now=now, batch_status=status, lane=LANE) == step
 
 
+@pytest.mark.parametrize(("state", "step"), [
+    ("gathering", Release(False, "the batch is paused: its lines wait for its resume")),
+    ("sealed", Release(False, "the batch is paused: its lines wait for its resume")),
+    ("uploaded", Release(False, "the batch is paused: its lines wait for its resume")),
+    ("creating", Recover()),  # the create may have landed: found, it goes on
+    ("created", Poll(2)),  # already upstream (and paid for): polled and collected as ever
+    ("ended", Collect()),
+    ("failed", Release(False, "the upstream refused the batch")),  # no job on the run's dropped queue
+])
+def test_a_paused_batch_sends_nothing_new_upstream_and_its_lines_wait_for_its_resume(state: str, step: Step) -> None:
+    """A long-running worker moves every parcel, a paused run's too: after Ctrl-C it sent the run's unsent
+    parcels upstream (new spend for a batch nobody works); now their lines go back, unqueued, to the resume."""
+    p, now, _ = case(state, ON_TIME)
+    assert next_step(p, now=now, batch_status="paused", lane=LANE) == step
+
+
 def test_the_table_covers_every_state_in_every_situation() -> None:
     states = {"gathering", "sealed", "uploaded", "creating", "created", "cancelling", "ended", "collected", "failed"}
     assert {(s, w) for s, w, _ in TABLE} == {(s, w) for s in states for w in (ON_TIME, LATE, STOPPING, LEASE_LOST)}

@@ -447,4 +447,5 @@ async def test_a_forgotten_batch_leaves_no_lane_keys(store: Store) -> None:
 def test_parcel_view_has_the_frozen_fields() -> None:
     assert list(ParcelView.__dataclass_fields__) == [
         "pid", "lane", "batch", "state", "n", "bytes", "deadline", "must_end_by", "first_at", "sealed_at", "file_id",
-        "creating_at", "upstream_id", "upstream_status", "polls", "next_poll_s", "ended_at", "collected"]
+        "creating_at", "upstream_id", "upstream_status", "polls", "next_poll_s", "ended_at", "collected", "error",
+        "error_status"]

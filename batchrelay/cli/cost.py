@@ -77,10 +77,22 @@ def estimate(ctx: click.Context, file: Path, endpoint: str, allow: tuple[str, ..
     due = BatchSpec.checked({"completion_window": completion_window, "deadline": deadline}).expires_at(time.time())
     est = estimate_file(file, settings, default_dialect=endpoint, allow=allow,  # type: ignore[arg-type]
                         output=OutputGuess(output_tokens, output_ratio, seen), deadline=due)
+    closed = _closed_lanes(settings, list(est.lanes))
     if as_json:
-        emit_json(est.as_dict())
+        emit_json({**est.as_dict(), "lanes_closed": closed})
         return
-    _print_estimate(est, [p for p in settings.providers if not allow or p.name in allow])
+    _print_estimate(est, [p for p in settings.providers if not allow or p.name in allow], closed)
+
+
+def _closed_lanes(settings: Settings, names: list[str]) -> dict[str, str]:
+    """The lanes the shared health has closed (disabled, benched, cooling): why each takes no line now."""
+    from batchrelay.cli.lane_report import lane_health
+    from batchrelay.money.lane_notes import health_text
+
+    if not names:
+        return {}
+    said = {n: health_text(n, h) for n, h in lane_health(settings, names).items()}
+    return {n: t for n, t in said.items() if t}
 
 
 async def _history(settings: Settings) -> dict[tuple[str, str], float]:
@@ -105,7 +117,7 @@ def with_lanes(est: Estimate) -> str:
     return f"{head}: as above; without {them}: expected {_fmt(exp)}, range {_fmt(low)} to {_fmt(high)}"
 
 
-def _print_estimate(est: Estimate, providers: Iterable[ProviderConfig]) -> None:
+def _print_estimate(est: Estimate, providers: Iterable[ProviderConfig], closed: dict[str, str]) -> None:
     print_table(("model", "provider", "lines", "tokens in / out", "expected", "range", "price", "output"),
                 [(r.model, r.provider + (" (lane)" if r.lane else "") + (" *" if r.first_choice else ""), str(r.lines),
                   f"{r.input_tokens} / {r.expected_output_tokens}", _fmt(r.expected),
@@ -114,7 +126,7 @@ def _print_estimate(est: Estimate, providers: Iterable[ProviderConfig]) -> None:
     click.echo(f"{est.lines} lines ({est.invalid} invalid). On first-choice providers (*): expected {_fmt(exp)}, "
                f"range {_fmt(low)} to {_fmt(high)}")
     for v in est.lanes.values():
-        click.echo(f"{v.text()} ({v.lines} lines)")
+        click.echo(f"{v.text()} ({v.lines} lines)" + (f"; but now {closed[v.lane]}" if v.lane in closed else ""))
     if est.lane_lines:
         click.echo(with_lanes(est))
     elif not est.lanes and (lanes := [p.name for p in providers if p.is_lane]):

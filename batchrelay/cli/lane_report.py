@@ -11,13 +11,18 @@ announcing again that they go there: they are upstream already.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from redis.exceptions import RedisError
 
 from batchrelay.cli.text import counted
 from batchrelay.config.settings import ProviderConfig, Settings
+from batchrelay.errors import StoreError
 from batchrelay.money.estimate import estimate_file
 from batchrelay.money.lane_notes import LaneNote, lane_notes
 from batchrelay.spec import BatchSpec
@@ -89,16 +94,33 @@ def held_notes(notes: list[LaneNote], held: BatchLanes) -> list[LaneNote]:
     return out
 
 
+def lane_health(settings: Settings, names: list[str]) -> dict[str, dict[str, Any]]:
+    """The lanes' shared health (a disabled lane takes no line); {} when Redis cannot be reached.
+    Blocking: runs its own event loop (called from a command, or from a thread)."""
+    from batchrelay.cli.kit import open_store
+    from batchrelay.store.health import Health
+
+    async def read() -> dict[str, dict[str, Any]]:
+        async with open_store(settings) as store:
+            return await Health(store, settings.health).snapshot(names)
+
+    try:
+        return asyncio.run(read())
+    except (StoreError, RedisError, OSError):
+        return {}
+
+
 def lane_report(settings: Settings, file: Path, spec: BatchSpec, deadline: float | None, *, hint: str,
                 start: float | None = None) -> list[LaneNote]:
     """The lanes' notes for `file` submitted with `spec`, due at `deadline`, its lines claimed from
-    now or from its `start` if that is later (a deferred batch). Reads the file (blocking); nothing
-    when no lane may serve it."""
+    now or from its `start` if that is later (a deferred batch), and the lanes' shared health. Reads
+    the file and Redis (blocking); nothing when no lane may serve it."""
     lanes = lanes_of(settings, spec)
     if not lanes:
         return []
+    health = lane_health(settings, [p.name for p in lanes])
     real = time.time()
     now = max(real, start or real)
     est = estimate_file(file, settings, default_dialect=spec.endpoint, allow=spec.providers, deadline=deadline,
                         now=now)
-    return lane_notes(est, lanes, now, hint, ahead_s=now - real)
+    return lane_notes(est, lanes, now, hint, ahead_s=now - real, health=health)

@@ -90,11 +90,12 @@ def health_text(h: dict[str, Any] | None) -> str:
 async def _clear_recovered(settings: Any, names: list[str]) -> set[str]:
     if not names:
         return set()
+    lanes = {p.name for p in settings.providers if p.is_lane}
     try:
         async with open_store(settings) as store:
             health = Health(store, settings.health)
             for name in names:
-                await health.clear(name)
+                await health.clear(name, cooling=name in lanes)  # a lane that lists its batches is reachable
     except StoreError:
         return set()
     return set(names)
@@ -139,10 +140,11 @@ def providers_check(ctx: click.Context, live: bool, model: str | None, as_json: 
     """Check each provider's key and reachability (models/credits endpoints; --live: a real call).
 
     A provider without a models or credits endpoint gets an empty request (unless --live), which
-    a working one refuses with a 4xx; --live tries a 5xx once more. Each provider is ok, FAIL, or
+    a working one refuses with a 4xx; --live tries a 5xx once more. A lane (an official Batch API)
+    lists its batches with its key; --live makes no call on it. Each provider is ok, FAIL, or
     unchecked when nothing tried could tell. A provider that passes (with credit left, where it
-    shows credit) is taken off the bench and re-enabled for every worker. Exit status: 0 all ok,
-    1 one failed, 5 none failed but one could not be checked.
+    shows credit) is taken off the bench and re-enabled for every worker (a lane: its cooldown
+    lifted too). Exit status: 0 all ok, 1 one failed, 5 none failed but one could not be checked.
 
     \b
     Examples:

@@ -7,11 +7,17 @@ without a word, so these notes say it on the command line and in `--json`:
 
     lane openai-batch: 120 lines go there; they may wait up to 24h, for 67 % of the synchronous price
     lane openai-batch not used: deadline leaves 24h, the lane needs 25h (window 24h + margin 1h); ...
+    lane openai-batch not used: disabled after HTTP 401 (check its key; `batchrelay providers check` ...)
+
+A lane the shared health has closed (disabled after a 401/403, benched after a 402, cooling after its
+parcels could not be sent) takes no line whatever the deadline: `health` (lane -> its
+store/health.describe state) says so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -30,7 +36,8 @@ class LaneNote:
     lines: int  # how many (the lines it ranks first for, when used)
     needs_s: float  # its window plus margin
     leaves_s: float | None  # the deadline minus now; None: no deadline
-    reason: str | None  # why not used: "no_deadline", "deadline", "ranked_behind"
+    reason: str | None  # why not used: "no_deadline", "deadline", "ranked_behind", or its health:
+    # "disabled", "benched", "cooling", "breaker_open"
     text: str
 
     def as_dict(self) -> dict[str, Any]:
@@ -58,8 +65,27 @@ def _price_part(est: Estimate, lane: str) -> str:
     return f", for {a / b * 100:.0f} % of the synchronous price (${usd_str(a)} instead of ${usd_str(b)})"
 
 
+CLOSED = {"disabled": "check its key; `batchrelay providers check` re-enables it",
+          "benched": "check its credit; `batchrelay providers check` takes it off the bench",
+          "cooling": "it could not be reached; new lines go to it again when this ends",
+          "breaker open": "it could not be reached; new lines go to it again when this ends"}
+
+
+def health_text(name: str, h: Mapping[str, object]) -> str | None:
+    """Why a lane the shared health has closed takes no line (None: it is open). Pure."""
+    state = str(h.get("state"))
+    if state not in CLOSED:
+        return None
+    last = str(h.get("last") or "")
+    code = re.search(r"HTTP (\d{3})", last)
+    after = f" after HTTP {code.group(1)}" if code else (f" after {last[:120]}" if last else "")
+    left = h.get("for_s")
+    until = f" for {span(float(left), up=True)}" if isinstance(left, int | float) and left > 0 else ""
+    return f"lane {name} not used: {state}{until}{after} ({CLOSED[state]})"
+
+
 def lane_notes(est: Estimate, lanes: Sequence[ProviderConfig], now: float, hint: str,
-               ahead_s: float = 0.0) -> list[LaneNote]:
+               ahead_s: float = 0.0, health: Mapping[str, Mapping[str, object]] | None = None) -> list[LaneNote]:
     """One note per lane in `lanes` (the configured ones the batch may use) for the batch `est`
     priced at its deadline (`est.deadline`), its lines claimed from `now` (a deferred batch: its
     start, `ahead_s` from the real now). `hint` names the options that would let the lane in:
@@ -71,7 +97,10 @@ def lane_notes(est: Estimate, lanes: Sequence[ProviderConfig], now: float, hint:
         leaves = None if est.deadline is None else est.deadline - now
         v = est.lanes.get(lane.name)
         fix = hint.format(needs=span(needs, up=True), until=span(needs + max(ahead_s, 0.0), up=True))
-        if v is not None and v.allowed:
+        h = (health or {}).get(lane.name) or {}
+        if (closed := health_text(lane.name, h)) is not None:
+            notes.append(LaneNote(lane.name, False, 0, needs, leaves, str(h["state"]).replace(" ", "_"), closed))
+        elif v is not None and v.allowed:
             notes.append(LaneNote(lane.name, True, v.lines, needs, leaves, None,
                                   f"lane {lane.name}: {v.lines} lines go there; they may wait up to {span(window)}"
                                   f"{_price_part(est, lane.name)}"))

@@ -5,6 +5,10 @@ Each provider ends `ok` (a check answered as it should), `fail` (one did not) or
 no models or credits endpoint gets an empty request at its chat (or messages) path, which a
 working provider refuses with a 4xx, unless `--live` makes a real call; that call is tried once
 more when it meets a 5xx.
+
+A lane (an official Batch API) is checked as it is used: its batches listed (OpenAI `GET /v1/batches`,
+Anthropic `GET /v1/messages/batches`, one item) with its key; `--live` makes no chat call on it (it
+would be a synchronous call at the full price, of an API the lane never uses).
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ class CheckResult:
     @property
     def recovered(self) -> bool:
         """Answered a real check, with credit left where credit is shown: fit to serve again."""
-        real = any(c["check"] in ("models", "credits", "live") for c in self.checks)
+        real = any(c["check"] in ("models", "credits", "live", "batches") for c in self.checks)
         has_credit = self.credits is None or (isinstance(self.credits, int | float) and self.credits > 0)
         return self.ok and real and has_credit
 
@@ -128,12 +132,33 @@ async def _live(client: httpx.AsyncClient, p: ProviderConfig, model: str | None,
         return
 
 
+async def _lane(client: httpx.AsyncClient, p: ProviderConfig, res: CheckResult, live: bool) -> None:
+    """A lane's batches listed with its key, as its parcels' calls are sent (lane_client)."""
+    from batchrelay.providers.lane_client import LaneClient
+
+    lane = LaneClient(p, client)
+    t0 = time.perf_counter()
+    try:
+        await lane.list_page(1)
+    except ProviderError as e:
+        hint = {401: " (the key is refused)", 403: " (the key is refused)", 402: " (no credit left)",
+                404: " (no Batch API there: check base_url)"}.get(e.status or 0, "")
+        res.add("batches", False, e.reason + hint)
+    else:
+        res.add("batches", True, f"listed {lane.batches} with its key", (time.perf_counter() - t0) * 1000)
+    if live:
+        res.add("live", None, "not for a lane: its batch listing is its check (a chat call is not what it uses)")
+
+
 async def check_provider(client: httpx.AsyncClient, p: ProviderConfig, *, live: bool, model: str | None) -> CheckResult:
     res = CheckResult(p.name)
     try:
         usable_key(p)
     except ProviderError as e:
         res.add("key", False, e.reason)
+        return res
+    if p.is_lane:
+        await _lane(client, p, res, live)
         return res
     try:
         if p.models_path:

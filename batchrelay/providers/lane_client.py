@@ -71,6 +71,10 @@ def _body_length(path: Path) -> int:
         return len(HEAD) + sum(len(p) for p in _requests_of(f, PIECE)) + len(TAIL)
 
 
+class NotReached(ProviderTransportError):
+    """No connection was made (refused, no such host, TLS): the request was not sent."""
+
+
 class LaneClient:
     """One lane's upstream Batch API over `http` (the lane's own client: file streams must not hold the
     call pool's connections). Ids are the upstream's (OpenAI `batch_...`, Anthropic `msgbatch_...`)."""
@@ -105,7 +109,8 @@ class LaneClient:
     def _transport(self, what: str, e: httpx.TransportError, key: str | None) -> ProviderTransportError:
         if isinstance(e, httpx.TimeoutException):
             return ProviderTimeout(self.provider.name, _redact(f"{what}: timeout ({type(e).__name__})", key))
-        return ProviderTransportError(self.provider.name, _redact(f"{what}: {type(e).__name__}: {e}", key))
+        kind = NotReached if isinstance(e, httpx.ConnectError) else ProviderTransportError
+        return kind(self.provider.name, _redact(f"{what}: {type(e).__name__}: {e}", key))
 
     async def _call(self, what: str, method: str, url: str, *, json: Any = None, **kw: Any) -> httpx.Response:
         """One request; its response when 2xx, else the error a failed call raises."""
@@ -243,6 +248,15 @@ class LaneClient:
                 return out
             cursor = str(items[-1].get("id"))
         return out
+
+    async def list_page(self, limit: int = 1) -> dict[str, Any]:
+        """The first page of the upstream's batches (`providers check`: the key and the API answer)."""
+        resp = await self._call("list batches", "GET", self.batches, params={"limit": limit})
+        page = self._json("list batches", resp)
+        if not isinstance(page.get("data"), list):
+            raise ProviderBadResponse(self.provider.name, "list batches: the answer has no batch list",
+                                      status=resp.status_code)
+        return page
 
     async def cancel(self, upstream_id: str) -> UpstreamState:
         """Cancel the upstream batch; its state (`cancelling`/`canceling` until it has stopped). One

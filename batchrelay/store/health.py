@@ -212,9 +212,11 @@ class Health:
                                         retry_after=retry_after or 0, lease=permit.lease if permit else "",
                                         text=text[:300])
 
-    async def clear(self, provider: str) -> None:
-        """`providers check` found it working again: lift bench and disable."""
-        await self.redis.hdel(self.keys.health, f"{provider}:bench_until", f"{provider}:disabled_until")  # type: ignore[misc]
+    async def clear(self, provider: str, *, cooling: bool = False) -> None:
+        """`providers check` found it working again: lift bench and disable (`cooling`: a lane's
+        cooldown after its parcels could not be sent, and its breaker, too)."""
+        fields = ["bench_until", "disabled_until"] + (["cool_until", "open_until"] if cooling else [])
+        await self.redis.hdel(self.keys.health, *(f"{provider}:{f}" for f in fields))  # type: ignore[misc]
 
     async def snapshot(self, names: list[str]) -> dict[str, dict[str, Any]]:
         raw = {k.decode(): v.decode() for k, v in (await self.redis.hgetall(self.keys.health)).items()}  # type: ignore[misc]

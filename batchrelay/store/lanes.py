@@ -62,6 +62,8 @@ class ParcelView:
     next_poll_s: float
     ended_at: float | None
     collected: int  # lines collected so far
+    error: str | None = None  # what the upstream last said when a call failed (no secret: lane_client redacts)
+    error_status: int | None = None  # its HTTP status (None: it was not reached)
 
 
 def abandoned_field(lane: str | None) -> str:
@@ -91,7 +93,8 @@ def _view(pid: str, raw: Mapping[bytes, bytes]) -> ParcelView:
         first_at=num("first_at"), sealed_at=when("sealed_at"), file_id=m.get("file_id") or None,
         creating_at=when("creating_at"), upstream_id=m.get("upstream_id") or None,
         upstream_status=m.get("upstream_status") or None, polls=int(num("polls")), next_poll_s=num("next_poll_s"),
-        ended_at=when("ended_at"), collected=int(num("collected")))
+        ended_at=when("ended_at"), collected=int(num("collected")), error=m.get("error") or None,
+        error_status=int(num("error_status")) or None)
 
 
 def _ms(t: float) -> int:

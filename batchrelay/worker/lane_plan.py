@@ -118,24 +118,29 @@ def stopping(batch_status: str) -> bool:
 def next_step(p: Parcel, *, now: float, batch_status: str, lane: LaneConfig) -> Step:
     """The step the parcel `p` needs now, its batch having `batch_status` ("" if it is gone)."""
     stop, late = stopping(batch_status), now >= p.must_end_by
+    # a paused batch (its run interrupted): nothing new goes upstream for it, and lines given back wait,
+    # with no job, for its resume (which enqueues them); an upstream batch already made goes on as ever
+    held_back = stop or batch_status == Status.PAUSED
     match p.state:
         case "collected":
             return Done()
         case "ended":
             return Collect()
         case "failed":
-            return Release(not stop, "the upstream refused the batch")
+            return Release(not held_back, "the upstream refused the batch")
         case "creating":
             return Recover()
         case "created":
             return Cancel() if stop or late else Poll(poll_after(p, lane, now=now, progressed=False))
         case "cancelling":
             if now >= cancel_given_up_at(p, lane, stop=stop):
-                return Release(not stop, "the upstream did not end its cancelled batch in time")
+                return Release(not held_back, "the upstream did not end its cancelled batch in time")
             return Poll(lane.poll_min_s)
         case state if state in NOT_SENT:
             if stop:
                 return Release(False, "the batch is stopping")
+            if held_back:
+                return Release(False, "the batch is paused: its lines wait for its resume")
             if late:
                 return Release(True, "too late for the lane")
             if state == "gathering":

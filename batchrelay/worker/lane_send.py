@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from batchrelay.config.settings import ProviderConfig, WorkerConfig
 from batchrelay.errors import ProviderError
-from batchrelay.providers.lane_client import LaneClient
+from batchrelay.providers.lane_client import LaneClient, NotReached
 from batchrelay.providers.lane_wire import UpstreamState, custom_id, request_line
 from batchrelay.providers.routing import OTHER
 from batchrelay.store.lanes import LaneStore, ParcelView
@@ -126,7 +126,7 @@ async def create(parcels: LaneStore, client: LaneClient, p: ParcelView, lane: Pr
         state = await client.create(pid=p.pid, batch_id=p.batch, path=path, endpoint=endpoint(lane),
                                     file_id=p.file_id)
     except ProviderError as e:
-        if refused(e) or e.status == 429:  # nothing was created: the next create of the lane need not wait
+        if refused(e) or e.status == 429 or isinstance(e, NotReached):  # nothing was created: no need to wait
             await give_up()
         raise  # else it may have been: the lease lapses after create_wait_s, while it is looked for
     finally:

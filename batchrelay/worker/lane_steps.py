@@ -5,7 +5,10 @@ state kept in Redis, until one has to wait (gathering, an upstream batch still r
 that may still land) or the parcel is done; lane_send.py sends it up, lane_collect.py writes its
 answers. A call to the upstream that fails leaves the lines alone: the parcel is looked at again
 later (Retry-After honoured, a key or credit problem reported to the shared health, so routing stops
-choosing the lane); an upstream that refuses a parcel for good gives its lines back.
+choosing the lane); an upstream that refuses a parcel for good gives its lines back, their attempts
+saying what it said. A parcel not sent yet whose sending keeps failing (unreachable, 5xx) gives its
+lines back after SEND_TRIES tries, the lane cooling meanwhile: no parcel from `creating` on (an
+upstream batch may exist) is given up that way.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from redis.exceptions import RedisError
@@ -25,7 +29,7 @@ from batchrelay.config.settings import ProviderConfig, Settings
 from batchrelay.errors import ProviderError, Unpriced
 from batchrelay.money.budget import most_it_may_cost
 from batchrelay.providers.classify import Action, classify, retry_after_seconds
-from batchrelay.providers.lane_client import LaneClient
+from batchrelay.providers.lane_client import LaneClient, NotReached
 from batchrelay.results.outcome import Attempt, trimmed
 from batchrelay.store.budget import Budget
 from batchrelay.store.health import Health
@@ -43,6 +47,12 @@ LEASE_S = float(os.environ.get("BATCHRELAY_LANE_LEASE_S") or 60.0)
 MAX_STEPS = 16  # steps per parcel per look (a parcel that keeps moving is looked at again next poll)
 UPSTREAM_CANCELLING = ("cancelling", "canceling")
 RESERVE_SLACK_S = 600.0  # a lane reservation outlives its parcel's last possible step by this much
+# A parcel not sent yet (nothing upstream: nothing can be paid twice) whose sending fails this many
+# times (unreachable, 5xx) gives its lines to the synchronous providers, and the lane cools
+# for LANE_COOL_S in the shared health: routing hands it no new line meanwhile (a typo'd base_url
+# must not hold a batch's lines until its deadline).
+SEND_TRIES = 3
+LANE_COOL_S = 300.0
 
 
 class ParcelDriver:
@@ -56,6 +66,7 @@ class ParcelDriver:
         self.by_name = {p.name: p for p in settings.providers if p.is_lane}
         self._seen: dict[str, int] = {}  # pid -> the upstream's done count at this process's last poll
         self._creating: dict[str, asyncio.Lock] = {}  # lane -> held while this process creates one of its batches
+        self.closed_at = 0.0  # when this process last closed a lane in the shared health (routing looks again)
 
     @property
     def folder(self) -> Path:
@@ -212,8 +223,12 @@ class ParcelDriver:
             if refused(e):  # the upstream said no: nothing was created
                 await self._report(lane, e)
                 log.warning("lane %s refused parcel %s: %s", lane.name, p.pid, e.reason)
-                await self.parcels.advance(p.pid, "creating", "failed")
+                await self.parcels.advance(p.pid, "creating", "failed", **said(e))
                 return True
+            if isinstance(e, NotReached):  # no connection was made: nothing was sent, nothing created
+                if await self.parcels.advance(p.pid, "creating", "uploaded"):
+                    await self._not_sent(replace(p, state="uploaded"), lane, e, "")
+                return False
             ra = retry_after_seconds(e) or 0.0
             if e.status == 429:  # not created: send it again later
                 await self.parcels.advance(p.pid, "creating", "uploaded")
@@ -268,7 +283,10 @@ class ParcelDriver:
         assert lane.lane is not None
         await self._report(lane, e)
         if refused(e) and p.state in ("sealed", "uploaded"):  # the upload was refused: it will not go better
-            await self.parcels.advance(p.pid, p.state, "failed")
+            await self.parcels.advance(p.pid, p.state, "failed", **said(e))
+            return
+        if p.state in plan.NOT_SENT and not refused(e) and e.status != 429:
+            await self._not_sent(p, lane, e, status)
             return
         now = time.time()
         if p.upstream_id and now >= plan.cancel_given_up_at(p, lane.lane, stop=plan.stopping(status)):
@@ -280,12 +298,37 @@ class ParcelDriver:
         await self.parcels.save(p.pid, polls=p.polls + 1, next_poll_s=after)
         await self.parcels.schedule(p.pid, now + after)
 
+    async def _not_sent(self, p: ParcelView, lane: ProviderConfig, e: ProviderError, status: str) -> None:
+        """Sending a parcel that is not upstream yet failed (unreachable, 5xx): the shared health is told
+        (`providers` shows why); SEND_TRIES such failures in a row give its lines to the synchronous
+        providers at once, the lane cooling LANE_COOL_S; else it is looked at again later."""
+        assert lane.lane is not None
+        tries, now = p.polls + 1, time.time()
+        given_up = tries >= SEND_TRIES
+        with contextlib.suppress(RedisError, OSError):
+            await self.health.report(lane, None, "", "transient", retry_after=LANE_COOL_S if given_up else None,
+                                     text=e.reason)
+            self.closed_at = time.time() if given_up else self.closed_at
+        if given_up:
+            log.warning("lane %s: parcel %s (%s) could not be sent %d times (%s): its lines go to the synchronous "
+                        "providers; no new line goes to the lane for %.0fs", lane.name, p.pid, p.state, tries,
+                        e.reason, LANE_COOL_S)
+            why = plan.Release(not plan.stopping(status), f"could not be sent to the lane {tries} times")
+            await self._release(replace(p, error=e.reason[:300], error_status=e.status), lane, why)
+            return
+        after = plan.poll_after(p, lane.lane, now=now, progressed=False, retry_after=retry_after_seconds(e))
+        log.warning("lane %s: parcel %s (%s): %s; tried again in %.0fs (%d of %d)", lane.name, p.pid, p.state,
+                    e.reason, after, tries, SEND_TRIES)
+        await self.parcels.save(p.pid, polls=tries, next_poll_s=after, **said(e))
+        await self.parcels.schedule(p.pid, now + after)
+
     async def _report(self, lane: ProviderConfig, e: ProviderError) -> None:
         action = classify(e)
         if action in (Action.BENCH, Action.DISABLE):
             with contextlib.suppress(RedisError, OSError):
                 await self.health.report(lane, None, "", "billing" if action is Action.BENCH else "auth",
                                          text=f"{e.status or ''} {e.reason}".strip())
+                self.closed_at = time.time()
 
     async def _release(self, p: ParcelView, lane: ProviderConfig | None, why: plan.Release) -> None:
         """Give all the parcel's lines back (those it still holds), each with an attempt saying why."""
@@ -293,8 +336,10 @@ class ParcelDriver:
         lines = sorted(set((await self.parcels.parcel_lines(p.pid)).values()))
         claim = await self.parcels.claim_lines(p.batch, lines)
         earlier = {n: [Attempt.from_dict(a) for a in tried] for n, tried in claim.earlier.items()}
-        error = f"upstream {why.why}" if p.upstream_id else f"lane {why.why}"
-        back = {n: lane_attempt(name, p, p.upstream_id, None, error) for n in lines}
+        # what the upstream said when sending it failed (its status, its words; no secret: lane_client redacts)
+        said_ = p.error if p.state in (*plan.NOT_SENT, "failed") else None
+        error = f"{why.why} ({said_})" if said_ else why.why
+        back = {n: lane_attempt(name, p, p.upstream_id, p.error_status if said_ else None, error) for n in lines}
         abandoned = bool(p.upstream_id) and p.state in ("created", "cancelling")
         if abandoned:
             log.warning("lane %s: giving back the %d lines of parcel %s while upstream batch %s has not ended (%s): "
@@ -325,3 +370,8 @@ class ParcelDriver:
             except ProviderError as e:
                 log.info("lane %s: input file %s of parcel %s not deleted: %s", lane.name, p.file_id, p.pid, e.reason)
         await self.parcels.finish(p.pid)
+
+
+def said(e: ProviderError) -> dict[str, str | int]:
+    """What a failed call said, kept on its parcel for the lines' attempts: its reason and status."""
+    return {"error": e.reason[:300], "error_status": e.status or 0}

@@ -48,7 +48,7 @@ log = logging.getLogger("batchrelay.worker.lanes")
 PARALLEL = 4  # parcels moved on at once by one process
 TICK_S = 0.5  # a process looks for due parcels this often (one ZRANGEBYSCORE when none is due)
 HEALTH_TTL_S = 5.0  # how long a process trusts its look at which lanes are benched or disabled
-CLOSED = ("disabled", "benched")
+CLOSED = ("disabled", "benched", "cooling", "breaker open")  # a lane cools after its parcels cannot be sent
 
 
 class Lanes:
@@ -161,9 +161,10 @@ class Lanes:
             await self.parcels.release(batch_id, pid, lines, {}, now=time.time(), requeue=True)
 
     async def _closed_lanes(self, now: float) -> frozenset[str]:
-        """Lanes the shared health has benched (billing) or disabled (auth): not chosen meanwhile."""
+        """Lanes the shared health has benched (billing), disabled (auth) or cooling (unreachable): not chosen
+        meanwhile."""
         at, closed = self._closed
-        if now - at > HEALTH_TTL_S:
+        if now - at > HEALTH_TTL_S or self.driver.closed_at >= at:  # or this process closed one since
             snap = await self.health.snapshot(list(self.by_name))
             closed = frozenset(n for n, s in snap.items() if s["state"] in CLOSED)
             self._closed = (now, closed)
