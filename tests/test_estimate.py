@@ -10,6 +10,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from batchrelay.cli.cost import with_lanes
 from batchrelay.cli.main import cli
 from batchrelay.config.settings import ProviderConfig, RoutingConfig, Settings
 from batchrelay.errors import ExitCode, InputError
@@ -384,3 +385,16 @@ def test_a_deadline_of_exactly_the_lanes_window_plus_margin_lets_it_in_and_the_l
     assert f"without it: expected ${usd_str(sync_cost)}" in text.output
     short = runner.invoke(cli, [*base, "--deadline", "+1498m"])
     assert "deadline leaves 24.9h; lane openai-batch needs 25h" in short.output and "not allowed" in short.output
+
+
+def test_the_totals_line_names_the_lanes_the_lines_go_to() -> None:
+    """Two lanes (`estimate` said "With the lane (3 lines there)" for both together)."""
+    s = settings(lane("a", prices={"*": CHEAP["m"]}), lane("b", prices={"*": CHEAP["m"]}),
+                 provider("dear", 1, {"*": DEAR["m"]}), strategy="cheapest", routes={"other": ["b", "dear"]})
+    jobs = [job(1, max_tokens=10), job(2, max_tokens=10), job(3, model="other", max_tokens=10)]
+    both = estimate_jobs(jobs, s, output=OutputGuess(tokens=10), deadline=NOW + NEEDS, now=NOW)
+    sync = usd_str(3 * cost(12, 10, "10", "20"))
+    assert with_lanes(both).startswith(f"With lanes a (2 lines) and b (1 line): as above; without them: expected "
+                                       f"${sync}, range $")
+    one = estimate_jobs(jobs[:2], s, output=OutputGuess(tokens=10), deadline=NOW + NEEDS, now=NOW)
+    assert with_lanes(one).startswith("With lane a (2 lines there): as above; without it: expected $")

@@ -8,6 +8,7 @@ and one upstream batch per parcel, never two (the kill points included)."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -310,10 +311,10 @@ def test_ctrl_c_on_a_run_with_an_open_parcel_stops_it_at_once_and_leaves_the_par
         src = tmp_path / "run.jsonl"
         src.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in chat_lines(6)))
         said = tmp_path / "run.stderr"
+        command = [sys.executable, "-m", "batchrelay", "-c", str(down.cfg), "run", str(src),
+                   "-o", str(tmp_path / "run.out.jsonl"), "--deadline", "+60s"]
         with said.open("wb") as err:
-            run = subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(down.cfg), "run", str(src),
-                                    "-o", str(tmp_path / "run.out.jsonl"), "--deadline", "+60s"],
-                                   env=down.env, stdout=subprocess.DEVNULL, stderr=err)
+            run = subprocess.Popen(command, env=down.env, stdout=subprocess.DEVNULL, stderr=err)
         try:
             deadline = time.monotonic() + 40
             while not up.batches("openai-batch"):
@@ -329,6 +330,24 @@ def test_ctrl_c_on_a_run_with_an_open_parcel_stops_it_at_once_and_leaves_the_par
                 run.wait()
         assert run.returncode == 130, said.read_text()
         assert "paused" in said.read_text()
+        # the same command again resumes it: the lane's lines are upstream already, and it says so
+        # rather than that they go there
+        with said.open("wb") as err:
+            again = subprocess.Popen(command, env=down.env, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 40
+            while "lane lane" not in said.read_text():
+                assert time.monotonic() < deadline and again.poll() is None, said.read_text()
+                time.sleep(0.2)
+            again.send_signal(signal.SIGINT)
+            again.wait(timeout=30)
+        finally:
+            if again.poll() is None:
+                again.kill()
+                again.wait()
+        text = said.read_text()
+        assert "resuming batch" in text and "go there" not in text, text
+        assert re.search(r"lane lane: 6 lines already there \(parcel \w+, answered by \S+Z at the latest\)", text), text
 
 
 

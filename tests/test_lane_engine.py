@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -258,7 +259,8 @@ async def test_a_cancelled_batch_cancels_its_upstream_batch_and_keeps_what_it_an
 
 
 async def test_a_burst_worker_waits_for_its_lane_and_ends_once_the_parcel_is_collected(
-        tmp_path: Path, redis_url: str, prefix: str, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, redis_url: str, prefix: str, store: Store, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv(KEY_ENV, KEY)
     kind = "openai-batch"
     with SimulatorProcess({}) as sim_url, serving(tmp_path, redis_url, f"{prefix}up:") as api:
@@ -276,8 +278,13 @@ async def test_a_burst_worker_waits_for_its_lane_and_ends_once_the_parcel_is_col
                                   must_end_by=now + 100, max_lines=100, max_bytes=10_000, gather_s=3600, now=now)
         res = await submit_stream(store, src(), spec, source="t")
         worker = build_worker(settings, redis_url, burst=True, handle_signals=False)
-        await asyncio.wait_for(run_worker(worker), 60)  # its queue is empty at once: the lane's parcel is not
+        with caplog.at_level(logging.INFO, logger="arq"):
+            await asyncio.wait_for(run_worker(worker), 60)  # its queue is empty at once: the lane's parcel is not
         assert (worker.jobs_complete, worker.jobs_failed) == (1, 0)
+        # one arq run however long the parcel took (gathering, upstream, polls: it was re-run, and
+        # logged its start, twice a second while it waited)
+        starts = [r for r in caplog.records if r.getMessage().startswith("Starting worker")]
+        assert len(starts) == 1
         assert await parcels.open_parcels(res.batch_id) == 0
         other_parcel = await parcels.parcel(f"{other}-p1")
         assert other_parcel is not None and other_parcel.state == "gathering"

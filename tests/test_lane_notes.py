@@ -7,12 +7,14 @@ from typing import Any
 
 import pytest
 
-from batchrelay.cli.lane_report import deadline_note, submit_hint
+from batchrelay.cli.lane_report import deadline_note, held_notes, submit_hint
 from batchrelay.config.settings import ProviderConfig, RoutingConfig, Settings
 from batchrelay.money.estimate import OutputGuess, estimate_jobs
 from batchrelay.money.lane_cost import span
 from batchrelay.money.lane_notes import lane_notes
 from batchrelay.spec import BatchSpec
+from batchrelay.store.lane_status import BatchLanes, ParcelStatus
+from batchrelay.store.lanes import ParcelView
 from batchrelay.wire.jobs import JobLine
 
 NOW = 1_000_000.0
@@ -174,3 +176,25 @@ def test_submit_suggests_the_options_it_was_given(options: dict[str, Any], hint:
                                              (5400, "1.5h")])
 def test_a_suggested_span_is_rounded_up(seconds: float, up: str) -> None:
     assert span(seconds, up=True) == up
+
+
+def _parcel(pid: str, lane: str, state: str, must_end_by: float) -> ParcelView:
+    return ParcelView(pid=pid, lane=lane, batch="B", state=state, n=40, bytes=4000, deadline=NOW + 30 * H,
+                      must_end_by=must_end_by, first_at=NOW, sealed_at=NOW, file_id="f", creating_at=NOW,
+                      upstream_id="u", upstream_status="in_progress", polls=3, next_poll_s=60, ended_at=None,
+                      collected=0)
+
+
+def test_a_resumed_batch_says_its_lines_already_upstream_are_there_not_that_they_go_there() -> None:
+    go = lane_notes(estimate_jobs([JobLine(i, f"c{i}", "bare", "chat", {"model": "m", "max_tokens": 10, "messages": [
+        {"role": "user", "content": "hi"}]}) for i in (1, 2, 3)], Settings(routing=RoutingConfig(
+            strategy="cheapest")).with_providers([RESELLER, LANE, SHORT]), deadline=NOW + 30 * H, now=NOW),
+        [LANE, SHORT], NOW, HINT)
+    held = BatchLanes((ParcelStatus(_parcel("B-p1", "batch", "created", NOW + 29 * H), 33),
+                       ParcelStatus(_parcel("B-p2", "batch", "collected", NOW + 29 * H), 0)))  # answered: not held
+    said = held_notes(go, held)
+    assert [(n.lane, n.used, n.lines, n.text) for n in said] == [
+        ("batch", True, 33, "lane batch: 33 lines already there (parcel created, answered by 1970-01-13T18:46:40Z at "
+                            "the latest)"),
+        (go[1].lane, go[1].used, go[1].lines, go[1].text)]  # a lane holding none keeps its note
+    assert "go there" in go[0].text and held_notes(go, BatchLanes()) == go

@@ -67,3 +67,16 @@ def test_no_bar_off_a_terminal() -> None:
 @pytest.mark.parametrize(("n", "text"), [(0, "0 lines"), (1, "1 line"), (2, "2 lines")])
 def test_counts_take_the_noun_in_the_right_number(n: int, text: str) -> None:
     assert counted(n, "line") == text
+
+
+def test_the_elapsed_time_keeps_running_while_lanes_hold_the_lines_left() -> None:
+    now = [1000.0]
+    console = _terminal()
+    bar = Bar("batch_0123456789abcdef01234567", show=True, console=console, clock=lambda: now[0])
+    counts = _counts(50, succeeded=17)
+    bar.update(counts, lanes=33)
+    now[0] += 4
+    bar.update(counts, lanes=33)
+    now[0] += 3600 + 61  # nothing changes while the lane's upstream batch runs: the clock still does
+    line = [x for x in _drawn(bar, console).splitlines() if "17/50" in x][-1]  # the last frame drawn
+    assert "33 in lanes" in line and line.rstrip().endswith("1:01:05 -:--:--"), line

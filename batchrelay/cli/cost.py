@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from batchrelay.cli.kit import emit_json, handles_errors, open_client, open_store, run_async, settings_of
 from batchrelay.cli.options import USD, ProviderNames, completion_window_option, deadline_option, endpoint_option
-from batchrelay.cli.text import echo, print_table
+from batchrelay.cli.text import counted, echo, print_table
 from batchrelay.config.settings import ProviderConfig, Settings
 from batchrelay.errors import StoreError
 from batchrelay.money.estimate import Estimate, OutputGuess, estimate_file
@@ -103,6 +103,20 @@ async def _history(settings: Settings) -> dict[tuple[str, str], float]:
         return {}  # an estimate needs no Redis
 
 
+def with_lanes(est: Estimate) -> str:
+    """The totals line of an estimate some of whose lines go to lanes, naming them:
+    `With lane openai-batch (50 lines there): as above; without it: expected $…, range $… to $…`."""
+    used = [(v.lane, v.lines) for v in est.lanes.values() if v.allowed and v.lines]
+    low, exp, high = est.sync_total()
+    if len(used) == 1:
+        head, them = f"With lane {used[0][0]} ({counted(used[0][1], 'line')} there)", "it"
+    else:  # `With lanes a (30 lines) and b (20 lines)`
+        names = [f"{name} ({counted(n, 'line')})" for name, n in used] or [counted(est.lane_lines, "line")]
+        head = "With lanes " + (" and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}")
+        them = "them"
+    return f"{head}: as above; without {them}: expected {_fmt(exp)}, range {_fmt(low)} to {_fmt(high)}"
+
+
 def _print_estimate(est: Estimate, providers: Iterable[ProviderConfig], closed: dict[str, str]) -> None:
     print_table(("model", "provider", "lines", "tokens in / out", "expected", "range", "price", "output"),
                 [(r.model, r.provider + (" (lane)" if r.lane else "") + (" *" if r.first_choice else ""), str(r.lines),
@@ -114,9 +128,7 @@ def _print_estimate(est: Estimate, providers: Iterable[ProviderConfig], closed: 
     for v in est.lanes.values():
         click.echo(f"{v.text()} ({v.lines} lines)" + (f"; but now {closed[v.lane]}" if v.lane in closed else ""))
     if est.lane_lines:
-        low, exp, high = est.sync_total()
-        click.echo(f"With the lane ({est.lane_lines} lines there): as above; without it: expected {_fmt(exp)}, "
-                   f"range {_fmt(low)} to {_fmt(high)}")
+        click.echo(with_lanes(est))
     elif not est.lanes and (lanes := [p.name for p in providers if p.is_lane]):
         click.echo(f"no line would go to lane {', '.join(lanes)}: a synchronous provider ranks before it "
                    "(routing.strategy, priority, routes, --providers)")

@@ -4,24 +4,29 @@ With a lane configured (an official Batch API), each lane gets one line saying w
 lines go there and, when they do not, why (money/lane_notes.py): a lane skipped without a word
 looks like a lane that does not work. A `run` (or `submit --resume`) that finds the batch of the
 same input and options keeps that batch's deadline (the fingerprint does not cover it: `+26h` is
-another instant at each run); `deadline_note` says so when the deadline given now is another.
+another instant at each run); `deadline_note` says so when the deadline given now is another. On
+such a resume, a lane that already holds lines of the batch says so (`held_notes`) instead of
+announcing again that they go there: they are upstream already.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from redis.exceptions import RedisError
 
+from batchrelay.cli.text import counted
 from batchrelay.config.settings import ProviderConfig, Settings
 from batchrelay.errors import StoreError
 from batchrelay.money.estimate import estimate_file
 from batchrelay.money.lane_notes import LaneNote, lane_notes
 from batchrelay.spec import BatchSpec
+from batchrelay.store.lane_status import BatchLanes
 
 SAME_INSTANT_S = 60.0  # a relative --deadline given again names a slightly later instant: the same one
 RUN_HINT = "--deadline +{until} or later"
@@ -67,6 +72,26 @@ def deadline_note(batch_id: str, kept: float | None, given: float | None, done: 
     now = (f"this run's deadline {when(given)} is not applied (--new starts a batch with it)" if given is not None
            else "this run gives none (--new starts a batch without one)")
     return f"note: batch {batch_id} (same input and options) {has}; {now}"
+
+
+def held_notes(notes: list[LaneNote], held: BatchLanes) -> list[LaneNote]:
+    """The notes of a resumed batch: a lane whose parcels hold some of its lines says how many are
+    there already, in what state, and when at the latest they are answered (or handed back to the
+    synchronous providers: the parcels' must_end_by); the others' notes stay. Pure."""
+    out = []
+    for note in notes:
+        parcels = [p for p in held.parcels if p.view.lane == note.lane and p.lines]
+        if not parcels:
+            out.append(note)
+            continue
+        lines = sum(p.lines for p in parcels)
+        states = ", ".join(sorted({p.view.state for p in parcels}))
+        ends = [p.view.must_end_by for p in parcels if p.view.must_end_by]
+        by = f", answered by {when(max(ends))} at the latest" if ends else ""
+        word = "parcel" if len(parcels) == 1 else "parcels"
+        out.append(replace(note, used=True, lines=lines, reason=None,
+                           text=f"lane {note.lane}: {counted(lines, 'line')} already there ({word} {states}{by})"))
+    return out
 
 
 def lane_health(settings: Settings, names: list[str]) -> dict[str, dict[str, Any]]:

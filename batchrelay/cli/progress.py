@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 from rich.console import Console
 from rich.markup import escape
@@ -43,30 +44,44 @@ class RemainingColumn(TimeRemainingColumn):
         return super().render(task)
 
 
+class ElapsedColumn(TimeElapsedColumn):
+    """The time since the bar appeared, read at each redraw: it keeps running while lanes hold lines
+    and nothing else changes (rich's own stops with its task, e.g. one it thinks complete)."""
+
+    def __init__(self, since: float, clock: Callable[[], float]) -> None:
+        super().__init__()
+        self.since, self.clock = since, clock
+
+    def render(self, task: Task) -> Text:
+        return Text(str(timedelta(seconds=max(0, int(self.clock() - self.since)))), style="progress.elapsed")
+
+
 def _in_lanes(n: int) -> str:
     return f"{n} in lanes" if n else ""
 
 
-def make_progress(console: Console | None = None) -> Progress:
+def make_progress(console: Console | None = None, *, since: float | None = None,
+                  clock: Callable[[], float] = time.monotonic) -> Progress:
     return Progress(
         BarColumn(bar_width=None), MofNCompleteColumn(),  # the bar takes the width the rest leaves
         TextColumn("{task.fields[rate]:.0f} lines/s"), TextColumn("[red]{task.fields[failed]} failed"),
         TextColumn("[yellow]{task.fields[invalid]} invalid"), TextColumn("[cyan]{task.fields[in_lanes]}"),
-        TimeElapsedColumn(), RemainingColumn(),
-        console=console or Console(stderr=True), transient=False, expand=True,
+        ElapsedColumn(clock() if since is None else since, clock), RemainingColumn(),
+        console=console or Console(stderr=True), transient=False, expand=True, get_time=clock,
     )
 
 
 class Bar:
     """A batch's progress bar on stderr (or `console`) when it is a terminal, nothing otherwise."""
 
-    def __init__(self, batch_id: str, *, show: bool, console: Console | None = None) -> None:
+    def __init__(self, batch_id: str, *, show: bool, console: Console | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         console = console or Console(stderr=True)
-        self.batch_id = batch_id
-        self.progress = make_progress(console) if show and console.is_terminal else None
+        self.batch_id, self.clock = batch_id, clock
+        self.t0 = clock()
+        self.progress = make_progress(console, since=self.t0, clock=clock) if show and console.is_terminal else None
         self.task: TaskID | None = None
         self.first_done = 0
-        self.t0 = time.monotonic()
 
     def update(self, counts: dict[str, int], lanes: int = 0) -> None:
         """`counts` as in a batch's status: total, done, pending, failed, invalid, cancelled, expired;
@@ -80,7 +95,7 @@ class Bar:
             self.task = self.progress.add_task(self.batch_id, total=max(1, counts["total"]), rate=0.0, failed=0,
                                                invalid=0, lanes=0, in_lanes="")
             self.progress.start()
-        elapsed = max(1e-6, time.monotonic() - self.t0)
+        elapsed = max(1e-6, self.clock() - self.t0)
         self.progress.update(self.task, total=max(1, counts["total"]), completed=counts["done"],
                              rate=(counts["done"] - self.first_done) / elapsed,
                              failed=counts["failed"], invalid=counts["invalid"], lanes=lanes, in_lanes=_in_lanes(lanes))

@@ -30,7 +30,14 @@ import click
 from arq.worker import Worker
 
 from batchrelay.cli.guard import Guard, Terminated, abort_others
-from batchrelay.cli.lane_report import KEPT_HINT, RUN_HINT, deadline_note, lane_names, lane_report
+from batchrelay.cli.lane_report import (
+    KEPT_HINT,
+    RUN_HINT,
+    deadline_note,
+    held_notes,
+    lane_names,
+    lane_report,
+)
 from batchrelay.cli.logs import LogSetup, write_stderr
 from batchrelay.cli.progress import watch
 from batchrelay.cli.text import command_with, printable
@@ -45,6 +52,7 @@ from batchrelay.store.embedded import EmbeddedRedis
 from batchrelay.store.export import Exported, check_paths, check_writable, export
 from batchrelay.store.ids import new_batch_id
 from batchrelay.store.keys import Keys
+from batchrelay.store.lane_status import batch_lanes
 from batchrelay.store.resume import Lease, batch_of, fingerprint, pause, resume, take_lease
 from batchrelay.store.spending import cost_summary, ledger_of
 from batchrelay.store.status import Status
@@ -274,6 +282,8 @@ async def run_file(
                         notes = await asyncio.to_thread(lane_report, env.settings, path, spec,
                                                         kept.expires_at if kept else given,
                                                         hint=KEPT_HINT if kept else RUN_HINT)
+                        if kept is not None and notes:  # lines a lane took before the pause are there already
+                            notes = held_notes(notes, await batch_lanes(store, batch_id))
                         for lane_note in notes:
                             click.echo(lane_note.text, err=True)
                         if prior is None or batch_id != prior.id:

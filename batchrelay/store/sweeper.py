@@ -93,3 +93,8 @@ async def sweep(store: Store, queue: str) -> int:
         if info.status == Status.IN_PROGRESS and info.pending and (info.queue or store.keys.queue) == queue:
             total += await requeue_pending(store, info.id)
     return total
+
+
+async def queued_jobs(store: Store, queue: str) -> int:
+    """Jobs on `queue`, due or deferred: what keeps a burst worker going (worker.py)."""
+    return int(await store.redis.zcard(queue))

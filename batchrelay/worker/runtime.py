@@ -44,6 +44,7 @@ from batchrelay.store.sweeper import requeue_deferred, sweep
 from batchrelay.store.webhooks import Outbox, delivery_of
 from batchrelay.wire.jobs import JobLine
 from batchrelay.worker.cached import CachedLines
+from batchrelay.worker.housekeeping import housekeeping_text
 from batchrelay.worker.lanes import Lanes
 from batchrelay.worker.linepool import LinePool
 from batchrelay.worker.metrics import chunk_job, line_done
@@ -314,7 +315,7 @@ class Runtime:
         w = self.settings.worker
         done = await tick(self.store, grace_s=w.call_timeout + SHUTDOWN_MARGIN_S, retention_s=w.retention_s)
         if any(done.values()):
-            log.info("housekeeping: %s", ", ".join(f"{k} {v}" for k, v in done.items() if v))
+            log.info("housekeeping: %s", housekeeping_text(done), extra={k: v for k, v in done.items() if v})
         ran = {"submitted": 0}
         if self.settings.schedules:
             ran = await run_due_schedules(self.store, self.settings, background=self.spawn if background else None)

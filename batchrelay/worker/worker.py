@@ -28,6 +28,7 @@ from batchrelay.store.queue import CHUNK_FUNCTION, cron_name
 from batchrelay.store.replicas import ReplicaAcks
 from batchrelay.store.schedules import sweep_seconds
 from batchrelay.store.store import Store
+from batchrelay.store.sweeper import queued_jobs
 from batchrelay.worker.eager import EagerWorker
 from batchrelay.worker.metrics import redis_reconnected, serve_metrics
 from batchrelay.worker.runtime import SHUTDOWN_MARGIN_S, Runtime
@@ -35,7 +36,8 @@ from batchrelay.worker.runtime import SHUTDOWN_MARGIN_S, Runtime
 log = logging.getLogger("batchrelay.worker.worker")
 REDIS_RETRY_DEFER = 2.0
 MAX_REDIS_WAIT_S = 30.0
-LANE_WAIT_S = 0.5  # a burst worker waiting for a lane looks at its parcels this often
+LANE_WAIT_S = 0.5  # a burst worker waiting for a lane looks at its parcels and queue this often
+SWEEP_WHILE_WAITING_S = 15.0  # and sweeps this often (as the long-running workers' cron does)
 BURST_REDIS_PATIENCE_S = 300.0  # a burst worker gives up on a Redis gone this long; others never do
 
 
@@ -235,24 +237,39 @@ def _graceful(worker: Worker) -> list[int]:
     return signals  # how many signals came: none means keep going
 
 
-async def _lanes_open(rt: Runtime) -> bool:
-    """A burst worker's queue is empty: while a lane's parcel is open its lines are not done, so the
-    worker moves the due parcels on itself, waits a little, and goes round again (a parcel may give
-    lines back to the queue). A draining worker (a signal, or `run` stopping) does not wait: the
-    parcels stay in Redis for the workers' cron, or the run's resume."""
-    if rt.lanes is None or rt.draining or not await rt.lanes.open():
+async def _wait_for_lanes(rt: Runtime, queue: str, signals: list[int]) -> bool:
+    """A burst worker's queue is empty but a lane's parcel of its batches is open: its lines are not
+    done. Wait here, quietly, while the process's own lane loop (Lanes.keep_moving) moves the parcels
+    on, until they are all collected (False: the worker may end) or work is back on the queue (True:
+    a parcel gave lines back, a sweep found some; arq runs again). A signal, or `run` stopping, ends
+    the wait at once (False): the parcels stay in Redis for the workers, or the run's resume.
+    Each look is a couple of Redis reads; the sweep runs every SWEEP_WHILE_WAITING_S."""
+    if rt.lanes is None:
         return False
-    await rt.lanes.poll_due()
-    await asyncio.sleep(LANE_WAIT_S)
-    return True
+    swept = time.monotonic()
+    while not (signals[0] or rt.draining):
+        if not await rt.lanes.open():
+            # a parcel gives its unanswered lines back to the queue before it is marked collected:
+            # read after that, the queue holds them; a last sweep ends the lines it gave back to a
+            # stopping batch (and finds any other work) before the worker ends
+            return bool(await queued_jobs(rt.store, queue)) or bool(await rt.sweep(queue))
+        if await queued_jobs(rt.store, queue):
+            return True
+        if time.monotonic() - swept >= SWEEP_WHILE_WAITING_S:
+            swept = time.monotonic()
+            if await rt.sweep(queue):
+                return True
+        await asyncio.sleep(LANE_WAIT_S)  # a signal is seen within this
+    return False
 
 
 async def run_worker(worker: Worker) -> None:
     """Run until burst end or a signal (arq's handler cancels `main_task`, set by async_run).
 
     In burst mode the queue being empty is not the end if arq dropped a chunk with lines still
-    pending, or while a lane's parcel is open: sweep (and poll the lanes), and go round again while
-    that finds work. Redis going away for longer than the client's own retries does not end the
+    pending, or while a lane's parcel is open: sweep, wait for the parcels (_wait_for_lanes: one
+    arq run, one "Starting worker" log, however long the upstream batch takes), and go round again
+    only while that finds work. Redis going away for longer than the client's own retries does not end the
     worker either: it waits and goes on.
     """
     signals = _graceful(worker) if worker._handle_signals else [0]
@@ -263,7 +280,7 @@ async def run_worker(worker: Worker) -> None:
                 if not worker.burst:
                     break
                 rt: Runtime = worker.ctx["runtime"]
-                if not await rt.sweep(worker.queue_name) and not await _lanes_open(rt):
+                if not await rt.sweep(worker.queue_name) and not await _wait_for_lanes(rt, worker.queue_name, signals):
                     await rt.deliver_webhooks()  # once: a retry waits for a worker that stays
                     break
             except (AuthenticationError, AuthorizationError, ssl.SSLError):
