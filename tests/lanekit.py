@@ -487,3 +487,34 @@ def check_batch(down: Downstream, up: Upstream, batch: str, n: int, kind: str = 
     assert len(listed) == parcels + (others if kind != "openai-batch" else 0), \
         f"{parcels} parcels, upstream batches {sorted(listed)}"
     return rows
+
+
+def run_until(down: Downstream, command: list[str], said: Path, ready: Any, *, timeout: float = 40
+              ) -> tuple[int, float]:
+    """Start `command` (a `batchrelay run`, stderr to `said`), wait until `ready()` is true, then Ctrl-C
+    it (SIGINT) and wait for it to end: its exit status, and how long it took to stop after the signal
+    (killed if it hangs)."""
+    with said.open("wb") as err:
+        run = subprocess.Popen(command, env=down.env, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert time.monotonic() < deadline and run.poll() is None, said.read_text()
+            time.sleep(0.2)
+        run.send_signal(signal.SIGINT)
+        stopped = time.monotonic()
+        run.wait(timeout=30)
+        return run.returncode, time.monotonic() - stopped
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+
+
+def run_command(down: Downstream, tmp_path: Path, lines: list[dict[str, Any]], *args: str) -> list[str]:
+    """`batchrelay run` of `lines` (written to tmp_path/run.jsonl) with the downstream's config and `args`."""
+    src = tmp_path / "run.jsonl"
+    src.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    return [sys.executable, "-m", "batchrelay", "-c", str(down.cfg), "run", str(src), "-o",
+            str(tmp_path / "run.out.jsonl"), *args]
+

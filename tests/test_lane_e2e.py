@@ -9,7 +9,6 @@ and one upstream batch per parcel, never two (the kill points included)."""
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -37,6 +36,8 @@ from .lanekit import (
     downstream,
     lane_attempts,
     messages_lines,
+    run_command,
+    run_until,
     serve_has,
     upstream,
 )
@@ -308,43 +309,14 @@ def test_ctrl_c_on_a_run_with_an_open_parcel_stops_it_at_once_and_leaves_the_par
     parcel stays in Redis (for the workers' cron, or the run's resume), the run pauses its batch."""
     with upstream(tmp_path, redis_url, prefix) as up, downstream(tmp_path, redis_url, prefix, up) as down:
         up.proxy.on("GET", "/v1/batches/*", [503] * 1000)  # the upstream batch never seems to end
-        src = tmp_path / "run.jsonl"
-        src.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in chat_lines(6)))
+        command = run_command(down, tmp_path, chat_lines(6), "--deadline", "+60s")
         said = tmp_path / "run.stderr"
-        command = [sys.executable, "-m", "batchrelay", "-c", str(down.cfg), "run", str(src),
-                   "-o", str(tmp_path / "run.out.jsonl"), "--deadline", "+60s"]
-        with said.open("wb") as err:
-            run = subprocess.Popen(command, env=down.env, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            deadline = time.monotonic() + 40
-            while not up.batches("openai-batch"):
-                assert time.monotonic() < deadline and run.poll() is None, "the lane never created its batch"
-                time.sleep(0.2)
-            run.send_signal(signal.SIGINT)
-            stopped = time.monotonic()
-            run.wait(timeout=30)
-            assert time.monotonic() - stopped < 20
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.wait()
-        assert run.returncode == 130, said.read_text()
+        code, stop_s = run_until(down, command, said, lambda: up.batches("openai-batch"))
+        assert code == 130 and stop_s < 20, said.read_text()
         assert "paused" in said.read_text()
         # the same command again resumes it: the lane's lines are upstream already, and it says so
         # rather than that they go there
-        with said.open("wb") as err:
-            again = subprocess.Popen(command, env=down.env, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            deadline = time.monotonic() + 40
-            while "lane lane" not in said.read_text():
-                assert time.monotonic() < deadline and again.poll() is None, said.read_text()
-                time.sleep(0.2)
-            again.send_signal(signal.SIGINT)
-            again.wait(timeout=30)
-        finally:
-            if again.poll() is None:
-                again.kill()
-                again.wait()
+        run_until(down, command, said, lambda: "lane lane" in said.read_text())
         text = said.read_text()
         assert "resuming batch" in text and "go there" not in text, text
         assert re.search(r"lane lane: 6 lines already there \(parcel \w+, answered by \S+Z at the latest\)", text), text

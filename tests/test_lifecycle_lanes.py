@@ -7,16 +7,11 @@ A batchrelay `serve` is the upstream (tests/lanekit.py)."""
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import orjson
 import pytest
 
-from .lanekit import answered_by, chat_lines, check_batch, downstream, upstream
+from .lanekit import answered_by, chat_lines, check_batch, downstream, run_command, run_until, upstream
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -27,23 +22,11 @@ def test_a_paused_runs_batch_cancelled_has_its_parcel_moved_on_by_a_shared_burst
     n = 8
     with upstream(tmp_path, redis_url, prefix, sim={"latency_ms": 1500}) as up, \
             downstream(tmp_path, redis_url, prefix, up) as down:
-        src = tmp_path / "run.jsonl"
-        src.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in chat_lines(n)))
-        run = subprocess.Popen([sys.executable, "-m", "batchrelay", "-c", str(down.cfg), "run", str(src),
-                                "-o", str(tmp_path / "run.out.jsonl"), "--deadline", "+90s"],
-                               env=down.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 40
-            while not up.batches("openai-batch"):
-                assert time.monotonic() < deadline and run.poll() is None, "the lane never created its batch"
-                time.sleep(0.2)
-            run.send_signal(signal.SIGINT)
-            _out, err = run.communicate(timeout=30)
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.wait()
-        assert run.returncode == 130, err
+        said = tmp_path / "run.stderr"
+        code, _ = run_until(down, run_command(down, tmp_path, chat_lines(n), "--deadline", "+90s"), said,
+                            lambda: up.batches("openai-batch"))
+        err = said.read_text()
+        assert code == 130, err
         batch = re.findall(r"batch_[0-9a-f]{24}", err)[0]
         assert down.meta(batch)["status"] == "paused"
 
