@@ -398,3 +398,22 @@ def test_the_totals_line_names_the_lanes_the_lines_go_to() -> None:
                                        f"${sync}, range $")
     one = estimate_jobs(jobs[:2], s, output=OutputGuess(tokens=10), deadline=NOW + NEEDS, now=NOW)
     assert with_lanes(one).startswith("With lane a (2 lines there): as above; without it: expected $")
+
+
+@pytest.mark.parametrize(("closed", "first", "lane_lines", "allowed"), [
+    (frozenset(), "openai-batch", 1, True),
+    (frozenset({"openai-batch"}), "reseller", 0, False),  # disabled after a 401, benched or cooling
+])
+def test_a_lane_the_shared_health_has_closed_is_not_the_first_choice(
+        closed: frozenset[str], first: str, lane_lines: int, allowed: bool) -> None:
+    """`estimate` priced a disabled lane as the first choice (found by a fresh-clone check): routing skips
+    a closed lane, so the first choice and its total are the reseller's."""
+    s = settings(ProviderConfig(name="reseller", base_url="http://127.0.0.1:9", price_multiplier=D("0.75")),
+                 ProviderConfig(name="openai-batch", kind="openai-batch", base_url="http://127.0.0.1:9"),
+                 strategy="cheapest")
+    line = job(1, "gpt-4o")
+    est = estimate_jobs([line], s, deadline=1_000_000 + 30 * 3600, now=1_000_000, closed=closed)
+    assert [r.provider for r in est.rows if r.first_choice] == [first]
+    d = est.as_dict()
+    assert (d["lane"], d["lane_allowed"], d["lane_lines"]) == ("openai-batch", allowed, lane_lines)
+    assert (d["first_choice"] == d["without_lane"]) is bool(closed)

@@ -167,7 +167,7 @@ def test_lane_lines_say_how_many_by_when_and_each_parcel() -> None:
         f"7 lines in lane {LANE}: answered upstream by 1970-01-01T02:00:00Z (in 2h) at the latest, else they go to "
         "the synchronous providers then",
         "  parcel batch_x-p1: created, upstream batch_up1 (in_progress), 4 lines, must end by 1970-01-01T02:00:00Z",
-        "  parcel batch_x-p2: gathering, gathering lines, 3 lines, must end by 1970-01-01T01:00:00Z"]
+        "  parcel batch_x-p2: gathering, not sent yet, 3 lines, must end by 1970-01-01T01:00:00Z"]
     assert lane_lines(_st(0, 0, [_parcel(0, "collected")]), now=0.0) == []
 
 

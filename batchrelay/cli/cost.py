@@ -75,9 +75,11 @@ def estimate(ctx: click.Context, file: Path, endpoint: str, allow: tuple[str, ..
                        err=True)
     seen = run_async(_history(settings)) if history and output_tokens is None else {}
     due = BatchSpec.checked({"completion_window": completion_window, "deadline": deadline}).expires_at(time.time())
+    # lanes the shared health has closed take no line now: the first choice is then a synchronous provider
+    closed = _closed_lanes(settings, [p.name for p in settings.providers if p.is_lane])
     est = estimate_file(file, settings, default_dialect=endpoint, allow=allow,  # type: ignore[arg-type]
-                        output=OutputGuess(output_tokens, output_ratio, seen), deadline=due)
-    closed = _closed_lanes(settings, list(est.lanes))
+                        output=OutputGuess(output_tokens, output_ratio, seen), deadline=due,
+                        closed=frozenset(closed))
     if as_json:
         emit_json({**est.as_dict(), "lanes_closed": closed})
         return

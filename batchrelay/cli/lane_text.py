@@ -20,7 +20,7 @@ from batchrelay.cli.text import counted
 from batchrelay.config.lanes import BATCH_KINDS, lane_state
 from batchrelay.money.lane_cost import span
 
-NOT_SENT = {"gathering": "gathering lines", "sealed": "not uploaded yet", "uploaded": "upstream batch not created yet",
+NOT_SENT = {"gathering": "not sent yet", "sealed": "not uploaded yet", "uploaded": "upstream batch not created yet",
             "creating": "upstream batch being created"}
 
 

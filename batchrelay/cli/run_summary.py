@@ -43,5 +43,5 @@ def print_report(report: RunReport, as_json: bool) -> None:
     notes = cost_notes(report.cost)
     click.echo(f"cost:    ${report.cost['usd']}" + (f" ({'; '.join(notes)})" if notes else ""))
     if b.status == Status.BUDGET_EXHAUSTED:
-        click.echo(f"budget exhausted: {b.pending} lines were not sent. Raise it with `batchrelay budget {b.id} "
+        click.echo(f"budget exhausted: {counted(b.pending, 'line')} not sent. Raise it with `batchrelay budget {b.id} "
                    "--max-cost USD` and finish them with `batchrelay worker --burst` (same Redis)", err=True)

@@ -103,6 +103,7 @@ class Estimate:
     lanes: dict[str, LaneVerdict] = field(default_factory=dict)  # the lanes some line would go to, if allowed
     lane_lines: int = 0  # lines that go to a lane (the deadline allows it)
     ranked: dict[str, int] = field(default_factory=dict)  # lane -> lines it would take, given all the time
+    closed: frozenset[str] = frozenset()  # lanes the shared health has closed (disabled, benched, cooling)
 
     def _total(self, rows: list[EstimateRow]) -> Range:
         def total(values: Iterable[Decimal | None]) -> Decimal | None:
@@ -138,7 +139,8 @@ class Estimate:
         return {"lines": self.lines, "invalid": self.invalid, "unserved": self.unserved,
                 "first_choice": {"low_usd": usd_str(low), "expected_usd": usd_str(expected), "high_usd": usd_str(high)},
                 "deadline": self.deadline, "lane": main.lane if main else None,
-                "lane_allowed": main.allowed if main else None, "lane_needs_s": main.needs_s if main else None,
+                "lane_allowed": (main.allowed and main.lane not in self.closed) if main else None,
+                "lane_needs_s": main.needs_s if main else None,
                 "lane_lines": self.lane_lines, "sync_total_usd": usd_str(sync_expected),
                 "lane_total_usd": usd_str(expected),
                 "with_lane": {"low_usd": usd_str(low), "expected_usd": usd_str(expected), "high_usd": usd_str(high)},
@@ -178,10 +180,11 @@ def _add(cost: Decimal | None, to: Decimal | None) -> Decimal | None:
 
 def estimate_jobs(jobs: Iterable[JobLine | BadLine], settings: Settings, *, allow: Sequence[str] | None = None,
                   output: OutputGuess = OutputGuess(), deadline: float | None = None,
-                  now: float | None = None) -> Estimate:
-    """`deadline`: the batch's (unix time; None: none, so no lane is used), seen at `now`."""
+                  now: float | None = None, closed: frozenset[str] = frozenset()) -> Estimate:
+    """`deadline`: the batch's (unix time; None: none, so no lane is used), seen at `now`; `closed`: lanes
+    the shared health has closed, which take no line now whatever the deadline (routing skips them)."""
     now = time.time() if now is None else now
-    est = Estimate(deadline=deadline)
+    est = Estimate(deadline=deadline, closed=closed)
     rows: dict[tuple[str, str, str], EstimateRow] = {}
     prices: dict[tuple[str, str], _Rates] = {}
     routes: dict[tuple[Dialect, str], _Route] = {}
@@ -195,7 +198,8 @@ def estimate_jobs(jobs: Iterable[JobLine | BadLine], settings: Settings, *, allo
         model = str(job.body["model"])
         route = routes.get((job.dialect, model))
         if route is None:
-            route = routes[(job.dialect, model)] = _route(job.dialect, model, providers, settings, allow, deadline, now)
+            route = routes[(job.dialect, model)] = _route(job.dialect, model, providers, settings, allow, deadline, now,
+                                                                 closed)
         if not route.sync and not route.lane_allowed:
             est.unserved[model] = est.unserved.get(model, 0) + 1
             continue
@@ -249,7 +253,7 @@ class _Route:
 
 
 def _route(dialect: Dialect, model: str, providers: Sequence[ProviderConfig], settings: Settings,
-           allow: Sequence[str] | None, deadline: float | None, now: float) -> _Route:
+           allow: Sequence[str] | None, deadline: float | None, now: float, closed: frozenset[str]) -> _Route:
     routing = settings.routing
     # deterministic order: `weighted` would draw at random, so it is shown in priority order
     strategy = "priority" if routing.strategy == "weighted" else routing.strategy
@@ -257,13 +261,14 @@ def _route(dialect: Dialect, model: str, providers: Sequence[ProviderConfig], se
                                          allow=allow)]
     kw: dict[str, Any] = {"strategy": strategy, "routes": routing.routes, "allow": allow, "now": now}
     ideal = lane_for(dialect, model, providers, deadline=math.inf, **kw)
-    lane = lane_for(dialect, model, providers, deadline=deadline, **kw)
+    lane = lane_for(dialect, model, providers, deadline=deadline, skip=closed, **kw)
     return _Route(sync, lane, True, ideal) if lane is not None else _Route(sync, ideal, False, ideal)
 
 
 def estimate_file(path: Path, settings: Settings, *, default_dialect: Dialect = "chat",
                   allow: Sequence[str] | None = None, output: OutputGuess = OutputGuess(),
-                  deadline: float | None = None, now: float | None = None) -> Estimate:
+                  deadline: float | None = None, now: float | None = None,
+                  closed: frozenset[str] = frozenset()) -> Estimate:
     try:
         stream = path.open("rb")
     except OSError as e:
@@ -271,7 +276,7 @@ def estimate_file(path: Path, settings: Settings, *, default_dialect: Dialect = 
     with stream:
         jobs = iter_jobs(stream, default_dialect=default_dialect, max_line_bytes=settings.worker.max_line_bytes,
                          dedupe=False)  # duplicates only matter to submit; their cost is the same
-        return estimate_jobs(jobs, settings, allow=allow, output=output, deadline=deadline, now=now)
+        return estimate_jobs(jobs, settings, allow=allow, output=output, deadline=deadline, now=now, closed=closed)
 
 
 def require_prices(path: Path, settings: Settings, default_dialect: Dialect, allow: Sequence[str] | None) -> None:
