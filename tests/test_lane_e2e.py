@@ -409,6 +409,7 @@ def test_a_lane_disabled_after_a_401_is_said_not_used_and_providers_check_re_ena
                 "the upstream refused the batch (list files: HTTP 401: proxy fault 401)", lane
         (row,) = [x for x in orjson.loads(down.cli("providers", "--json")) if x["name"] == "lane"]
         assert row["health"]["state"] == "disabled", row["health"]
+        assert re.search(r"^lane is disabled \d+s after: .*HTTP 401", down.cli("providers"), re.M)  # below the table
         src = tmp_path / "more.jsonl"
         src.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in chat_lines(3)))
         proc = batchrelay_cli(down, "submit", str(src), *WINDOW, "--json")

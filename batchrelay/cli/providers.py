@@ -47,6 +47,10 @@ def providers(ctx: click.Context, as_json: bool) -> None:
     for row in rows:
         if row["lane"]:
             echo(lane_settings_text(row["name"], row["kind"], row["lane"], row["price_multiplier"]))
+    for row in rows:  # why a provider takes no call now, below the table (the error is too wide for it)
+        h = row["health"] or {}
+        if h.get("state") in CLOSED_STATES and h.get("last"):
+            echo(f"{row['name']} is {health_text(h)} after: {h['last']}")
     if health is None:
         click.echo("(health unknown: Redis not reachable)", err=True)
 
@@ -72,6 +76,9 @@ def _resolved_prices(p: Any, models: list[str]) -> dict[str, Any]:
         out[m] = {**rates, "per_request": usd_str(price.per_request), "min_charge": usd_str(price.min_charge),
                   "source": price.source}
     return out
+
+
+CLOSED_STATES = ("benched", "disabled", "cooling", "breaker open")
 
 
 def health_text(h: dict[str, Any] | None) -> str:
