@@ -169,6 +169,9 @@ def test_lane_lines_say_how_many_by_when_and_each_parcel() -> None:
         "  parcel batch_x-p1: created, upstream batch_up1 (in_progress), 4 lines, must end by 1970-01-01T02:00:00Z",
         "  parcel batch_x-p2: gathering, not sent yet, 3 lines, must end by 1970-01-01T01:00:00Z"]
     assert lane_lines(_st(0, 0, [_parcel(0, "collected")]), now=0.0) == []
+    paused, cancelling = ({**_st(4, 4, [_parcel(4)]), "status": s} for s in ("paused", "cancelling"))
+    assert lane_lines(paused, now=0.0)[0].endswith("at the latest, else they wait for the batch's resume then")
+    assert lane_lines(cancelling, now=0.0)[0].endswith("at the latest, else they end with the batch then")
 
 
 @pytest.mark.parametrize(("health", "state", "text"), [

@@ -60,14 +60,21 @@ def _parcel_text(p: Mapping[str, Any]) -> str:
     return f"parcel {p['parcel']}: {p['state']}, {upstream}, {counted(p['lines'], 'line')}{end}"
 
 
+# what becomes of the lines a lane gives back, by the batch's status (else: the synchronous providers)
+AFTER_LANE = {"paused": "they wait for the batch's resume then", "cancelling": "they end with the batch then",
+              "expiring": "they end with the batch then"}
+
+
 def lane_lines(st: Mapping[str, Any], now: float) -> list[str]:
     """Per lane holding lines: how many and by when at the latest, then each of its parcels."""
     out = []
     for lane, parcels in _holding(st).items():
         n = sum(p["lines"] for p in parcels)
         latest = max((p["must_end_by"] for p in parcels if p.get("must_end_by")), default=None)
-        by = (f": answered upstream by {when(latest)} ({_from_now(latest, now)}) at the latest, else they go to "
-              "the synchronous providers then") if latest else ""
+        # a paused batch's lines given back wait for its resume; a stopping one's end with it
+        then = AFTER_LANE.get(str(st.get("status")), "they go to the synchronous providers then")
+        by = (f": answered upstream by {when(latest)} ({_from_now(latest, now)}) at the latest, else {then}"
+              ) if latest else ""
         out.append(f"{counted(n, 'line')} in lane {lane}{by}")
         out.extend(f"  {_parcel_text(p)}" for p in parcels)
     return out
