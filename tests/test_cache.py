@@ -198,14 +198,16 @@ async def test_an_answer_past_its_ttl_is_gone(store: Store, simulator: Simulator
 
 async def test_over_max_mb_the_oldest_answers_are_evicted_first(store: Store) -> None:
     cache = ResponseCache(store, CacheConfig(max_mb=0.01))  # 10,485 bytes
+    # the index is by put time in ms: puts within one ms tie and go by key, so the keys sort as they were put
+    # (k9 outlived k10-k14 in one CI run with "k{n}" keys)
     for n in range(40):
-        await cache.put(f"k{n}", _answer(n, size=200))  # random: ~420 bytes each, compressed
+        await cache.put(f"k{n:02}", _answer(n, size=200))  # random: ~420 bytes each, compressed
     s = await cache.stats()
     assert 0 < s.bytes <= CacheConfig(max_mb=0.01).max_bytes and 10 < s.entries < 40 and s.evicted == 40 - s.entries
-    assert await cache.get("k0") is None and await cache.get("k39") is not None
-    kept = [n for n in range(40) if await cache.get(f"k{n}", count=False) is not None]
+    assert await cache.get("k00") is None and await cache.get("k39") is not None
+    kept = [n for n in range(40) if await cache.get(f"k{n:02}", count=False) is not None]
     assert kept == list(range(40 - s.entries, 40))  # the newest stayed
-    assert s.bytes == sum([await store.redis.hstrlen(store.keys.cache_entries, f"k{n}") for n in kept])
+    assert s.bytes == sum([await store.redis.hstrlen(store.keys.cache_entries, f"k{n:02}") for n in kept])
 
 
 async def test_clear_by_age_and_by_model(store: Store) -> None:
