@@ -41,16 +41,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
 import orjson  # noqa: E402
-from _common import Figure, bench_redis, print_summary  # noqa: E402
-from cost_lines import GPT, HAIKU, line_of, medium_prompts, numbered_lines, short_questions  # noqa: E402
-from cost_recompute import MILLION, billed_calls, recompute  # noqa: E402
+from _common import bench_redis, print_summary  # noqa: E402
+from cost_figures import FIGURES, PRICES, PRICEY, figure  # noqa: E402
+from cost_lines import line_of, medium_prompts, numbered_lines, short_questions  # noqa: E402
+from cost_presets import scenario_presets  # noqa: E402
+from cost_recompute import MILLION, billed_calls  # noqa: E402
 from cost_rig import (  # noqa: E402
     batch_info,
     cli,
     cli_json,
     line_cost,
-    prices_toml,
-    q,
     report_workers,
     results,
     sim_log,
@@ -67,29 +67,6 @@ from batchrelay.sim.process import SimulatorProcess  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "requests.jsonl"
 SCENARIOS = ("recompute", "presets", "estimate", "budget", "kill")
-
-# USD per 1M tokens (and per call) as the recompute and kill configs state them
-PRICES: dict[str, dict[str, dict[str, str]]] = {
-    "cheap": {
-        GPT: {"input": "0.15", "output": "0.6", "cached_input": "0.075", "min_charge": "0.000013"},
-        HAIKU: {"input": "0.8", "output": "4", "cached_input": "0.08", "cache_write": "1"},
-    },
-    "backup": {
-        GPT: {"input": "0.3", "output": "1.2", "per_request": "0.000001"},
-        HAIKU: {"input": "1", "output": "5"},
-    },
-}
-PRICEY = {"pricey": {"input": "1000", "output": "1000"}}  # the budget scenario's model
-
-
-# ---------------------------------------------------------------------------------------------- plumbing
-
-FIGURES: list[Figure] = []
-
-
-def figure(scenario: str, name: str, value: Any, target: str = "", ok: bool | None = None) -> None:
-    FIGURES.append(Figure(scenario, name, str(value), target, ok))
-
 
 # ---------------------------------------------------------------------------------------------- scenarios
 
@@ -357,83 +334,6 @@ def scenario_kill(url: str, prefix: str, tmp: Path, args: argparse.Namespace) ->
     figure(s, "ledger requests vs lines", f"{requests} vs {n}", "equal", requests == n)
     figure(s, "calls billed by the simulator, in no line", billed - requests)
 
-
-PRESET_KEY = "sk-bench-cost-7d1e"
-
-
-def single_line(tmp: Path, url: str, prefix: str, tag: str, sim_config: dict[str, Any], provider_toml: str,
-                line: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Run one line against one simulator; (its result's batchrelay.cost, the simulator's response)."""
-    src = tmp / f"{tag}.jsonl"
-    src.write_bytes(orjson.dumps(line) + b"\n")
-    sim = SimulatorProcess(sim_config)
-    try:
-        sim.start()
-        cfg = tmp / f"{tag}.toml"
-        cfg.write_text(f"[redis]\nprefix = {q(prefix + tag + ':')}\n\n[[providers]]\n{provider_toml}\n"
-                       f"base_url = {q(sim.base_url)}\n")
-        out = tmp / f"{tag}.out.jsonl"
-        cli_json(cfg, url, "run", str(src), "-o", str(out), timeout=60, env={"BENCH_COST_KEY": PRESET_KEY})
-        (call,) = sim_log(sim.base_url)
-    finally:
-        sim.stop()
-    (row,) = results(out)
-    return row["batchrelay"]["cost"], call["response"]
-
-
-def scenario_presets(url: str, prefix: str, tmp: Path, args: argparse.Namespace) -> None:
-    s = "presets"
-    print("\n== 1b. single lines: PiAPI gizmo minimum charge, ai-now reported cost, cached input")
-    key = 'api_key_env = "BENCH_COST_KEY"'
-    # [{"role":"user","content":"Hi"}] is 32 bytes: 8 input tokens at the simulator, plus 2 output
-    cost, resp = single_line(tmp, url, prefix, "gizmo", {"preset": "piapi", "api_key": PRESET_KEY},
-                             f'preset = "piapi"\n{key}',
-                             {"custom_id": "g", "method": "POST", "url": "/v1/chat/completions",
-                              "body": {"model": "gpt-4-gizmo-g-abc123", "max_tokens": 2,
-                                       "messages": [{"role": "user", "content": "Hi"}]}})
-    u = resp["usage"]
-    tokens = u["prompt_tokens"] + u["completion_tokens"]
-    print(f"  gizmo: {tokens} tokens at the simulator; line usd {cost['usd']}, computed {cost.get('computed_usd')}, "
-          f"min_charge_applied {cost['min_charge_applied']}")
-    figure(s, "PiAPI gizmo line of 10 tokens",
-           f"{tokens} tokens: ${cost['usd']} (min charge {cost['min_charge_applied']})",
-           "10 tokens: $0.005 exactly", tokens == 10 and cost["usd"] is not None and D(cost["usd"]) == D("0.005")
-           and cost["min_charge_applied"] is True)
-
-    cost, resp = single_line(tmp, url, prefix, "ainow", {"preset": "ainow", "api_key": PRESET_KEY},
-                             f'preset = "ainow"\n{key}',
-                             {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
-                              "body": {"model": "gpt-4-turbo",
-                                       "messages": [{"role": "user", "content": "Tell me about tea."}]}})
-    # GPT-4 Turbo at ai-now: $0.03 / $0.06 per 1K tokens, as its document quotes them
-    computed = (resp["input_tokens"] * D("0.03") + resp["output_tokens"] * D("0.06")) / 1000
-    reported = D(str(resp["total_tokens_cost"]))
-    ok = (cost.get("computed_usd") is not None and D(cost["computed_usd"]) == computed
-          and cost.get("reported_usd") is not None and D(cost["reported_usd"]) == reported
-          and cost.get("source") == "reported" and cost["usd"] == cost["reported_usd"])
-    print(f"  ai-now: computed {cost.get('computed_usd')} (mine {usd(computed)}), reported {cost.get('reported_usd')} "
-          f"(simulator {reported}), billed {cost['usd']} from {cost.get('source')}")
-    figure(s, "ai-now line: computed / reported", f"${cost.get('computed_usd')} / ${cost.get('reported_usd')} "
-           f"(billed {cost.get('source')})", f"${usd(computed)} / ${reported} (reported)", ok)
-
-    cost, resp = single_line(tmp, url, prefix, "cached", {"cached_fraction": 0.75},
-                             'name = "cheap"\n' + prices_toml(PRICES["cheap"]),
-                             {"custom_id": "c", "method": "POST", "url": "/v1/chat/completions",
-                              "body": {"model": GPT,
-                                       "messages": [{"role": "user", "content": "question 1: " + "x" * 400}]}})
-    want, floor = recompute(PRICES["cheap"][GPT], "/v1/chat/completions", resp)
-    u = resp["usage"]
-    cached = u["prompt_tokens_details"]["cached_tokens"]
-    p = {k: D(v) for k, v in PRICES["cheap"][GPT].items()}
-    all_cached = (u["prompt_tokens"] * p["cached_input"] + u["completion_tokens"] * p["output"]) / MILLION
-    print(f"  cached: {cached} of {u['prompt_tokens']} input tokens cached; line usd {cost['usd']}, recomputed "
-          f"{usd(want)} (all input at the cached rate would be {usd(all_cached)}; min charge decided: {floor})")
-    figure(s, "cached line: cached part at the cached rate", f"${cost['usd']} ({cached}/{u['prompt_tokens']} cached)",
-           f"${usd(want)}, above the min charge", cost["usd"] is not None and D(cost["usd"]) == want and not floor
-           and cached > 0)
-
-
-# ---------------------------------------------------------------------------------------------- main
 
 def summary() -> bool:
     return print_summary(FIGURES)
